@@ -1,0 +1,83 @@
+"""The torch side of the uniform model view."""
+from __future__ import annotations
+
+import sys
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+class TorchAdapter:
+    name = "torch"
+
+    # -- recognising objects -------------------------------------------------
+    def owns(self, obj) -> bool:
+        torch = sys.modules.get("torch")  # never import a framework the caller did not use
+        return torch is not None and isinstance(obj, (torch.nn.Module, torch.Tensor))
+
+    def is_module(self, obj) -> bool:
+        torch = sys.modules.get("torch")
+        return torch is not None and isinstance(obj, torch.nn.Module)
+
+    # -- structure -----------------------------------------------------------
+    def named_children(self, module):
+        return module._modules.items()
+
+    def own_tensors(self, module):
+        """(name, tensor, kind, persistent) for the module's own parameters and buffers."""
+        out = [(n, p, "param", True) for n, p in module._parameters.items() if p is not None]
+        skip = module._non_persistent_buffers_set
+        out += [(n, b, "buffer", n not in skip) for n, b in module._buffers.items() if b is not None]
+        return out
+
+    def class_names(self, module):
+        return [c.__name__ for c in type(module).__mro__]
+
+    def get_tensor(self, module, dotted: str):
+        obj = module
+        for part in dotted.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                return None
+        return obj if isinstance(obj, _torch().Tensor) else None
+
+    def set_training(self, module, training: bool):
+        module.train(training)
+
+    def is_training(self, module) -> bool:
+        return module.training
+
+    # -- tensors -------------------------------------------------------------
+    def shape(self, t) -> tuple:
+        return tuple(t.shape)
+
+    def dtype_name(self, t) -> str:
+        return str(t.dtype).replace("torch.", "")
+
+    def readable(self, t) -> bool:
+        return not t.is_meta
+
+    def device(self, t) -> str:
+        return str(t.device)
+
+    def is_direct(self, t) -> bool:
+        """Whether torch_view(t) shares t's memory (writes through it land in t)."""
+        return True
+
+    def torch_view(self, t):
+        """A torch tensor sharing ``t``'s memory (no copy)."""
+        return t.detach()
+
+    def write(self, t, value):
+        """Write a torch tensor ``value`` (same shape) into ``t`` in place, keeping dtype/device."""
+        with _torch().no_grad():
+            t.copy_(value)
+
+    def from_torch(self, value, like=None):
+        return value
+
+    def to_numpy(self, t):
+        return t.detach().cpu().numpy()

@@ -1,0 +1,39 @@
+"""Every exception padiff_lite raises, in one place.
+
+Each message names the place (dotted paths, class pair, file) and says what to do.
+docs/errors.md lists them with their causes and fixes.
+"""
+from __future__ import annotations
+
+
+class PadiffError(Exception):
+    """Base class of all padiff_lite errors."""
+
+
+class TransferError(PadiffError):
+    """A weight transfer could not be planned or carried out; the target was left untouched.
+
+    ``problems`` holds one line per problem found (all of them, not just the first).
+    """
+
+    def __init__(self, message: str, problems: list[str] | None = None):
+        self.problems = list(problems or [])
+        if self.problems:
+            message = message + "\n" + "\n".join("  - " + p for p in self.problems)
+        super().__init__(message)
+
+
+class RegistryError(PadiffError):
+    """A special init could not be registered (duplicate key, wrong signature)."""
+
+
+class PluginImportError(RegistryError):
+    """A plugin file ``padiff_lite/special_init/init_*.py`` failed to import."""
+
+
+class LayerMapError(PadiffError, ValueError):
+    """A layer map or black/white list names modules that are not usable."""
+
+
+class CheckpointError(PadiffError):
+    """A checkpoint file is missing, corrupt, of an unknown kind or does not fit the model."""

@@ -1,0 +1,252 @@
+"""Planning and validation: turn layer pairs into a list of plain operations, check them all.
+
+Nothing here writes to a model. ``build_plan`` returns a :class:`Plan` whose ``problems`` say
+everything that is wrong at once; the executor only runs a plan without problems.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from .pairing import LayerPair, Unpaired, pair_models
+from .special_init import init_pool
+from .tree import TensorRef
+
+# torch-only counters with no counterpart anywhere: dropped when met in a default pair
+SOURCE_ONLY = {"num_batches_tracked"}
+
+
+@dataclass(eq=False)
+class Op:
+    kind: str  # "copy" | "fill" | "expect"
+    src: TensorRef | None
+    dst: TensorRef | None
+    pair: LayerPair
+    transform: str = "copy"
+    src_rows: tuple[int, int] | None = None
+    dst_rows: tuple[int, int] | None = None
+    value: float | None = None
+
+    def describe(self) -> str:
+        s = self.src.path if self.src else f"{self.value}"
+        d = self.dst.path if self.dst else f"== {self.value}"
+        rows = lambda r: f"[{r[0]}:{r[1]}]" if r else ""  # noqa: E731
+        t = "" if self.transform == "copy" else f" ({self.transform})"
+        return f"{s}{rows(self.src_rows)} -> {d}{rows(self.dst_rows)}{t}"
+
+
+@dataclass
+class Plan:
+    base: object
+    raw: object
+    pairs: list[LayerPair] = field(default_factory=list)
+    ops: list[Op] = field(default_factory=list)  # copy and fill, in execution order
+    checks: list[Op] = field(default_factory=list)  # expect: source must equal a constant
+    imperative: list[LayerPair] = field(default_factory=list)
+    unpaired: list[Unpaired] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # raw tensors nothing will write
+    unexpected: list[str] = field(default_factory=list)  # base tensors nothing will read
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    casts: list[str] = field(default_factory=list)
+    tied: list[str] = field(default_factory=list)
+
+
+def _where(pair: LayerPair) -> str:
+    b, r = pair.base, pair.raw
+    return (f"{b.path or '<root>'} ({type(b.module).__name__}) -> "
+            f"{r.path or '<root>'} ({type(r.module).__name__})")
+
+
+# -- building ------------------------------------------------------------------
+def build_plan(base, raw, pool=init_pool) -> Plan:
+    pairing = pair_models(base, raw, pool)
+    plan = Plan(base, raw, pairing.pairs, unpaired=pairing.unpaired)
+    for u in pairing.unpaired:
+        (plan.unexpected if u.side == "base" else plan.missing).extend(u.tensor_paths())
+    for pair in pairing.pairs:
+        if pair.entry is None:
+            _plan_default(plan, pair)
+        elif pair.entry.kind == "mapping":
+            _plan_maps(plan, pair)
+        else:
+            plan.imperative.append(pair)
+    _dedupe_targets(plan)
+    validate(plan)
+    return plan
+
+
+def _plan_default(plan: Plan, pair: LayerPair):
+    b, r = pair.base, pair.raw
+    rk = {r.local(ref): ref for ref in r.own}
+    for ref in b.own:
+        name = b.local(ref)
+        other = rk.pop(name, None)
+        if other is not None:
+            plan.ops.append(Op("copy", ref, other, pair))
+        elif name in SOURCE_ONLY or not ref.persistent or ref.alias_of:
+            continue
+        else:
+            plan.unexpected.append(ref.path)
+            _hint_rename(plan, pair, ref, rk)
+    for ref in rk.values():
+        if ref.persistent and not ref.alias_of:
+            plan.missing.append(ref.path)
+
+
+def _hint_rename(plan, pair, ref, candidates):
+    if candidates:
+        names = ", ".join(sorted(pair.raw.local(c) for c in candidates.values()))
+        plan.notes.append(
+            f"{_where(pair)}: base tensor '{pair.base.local(ref)}' has no namesake on the raw side "
+            f"(raw has {names}); register a rule for this class pair with init_pool.register_maps or "
+            "add_special_init"
+        )
+
+
+def _plan_maps(plan: Plan, pair: LayerPair):
+    b, r, entry = pair.base, pair.raw, pair.entry
+    bt, rt = b.subtree_tensors(), r.subtree_tensors()
+    try:
+        maps = entry.maps(b.module, r.module)
+    except Exception as exc:  # a rule that cannot describe this pair is a planning problem, not a crash
+        plan.problems.append(f"{_where(pair)}: rule {entry.key} ({entry.origin}) failed: {type(exc).__name__}: {exc}")
+        return
+    used_b, used_r = set(), set()
+    for m in maps:
+        src = bt.get(m.src) if m.src else None
+        dst = rt.get(m.dst) if m.dst else None
+        if m.src and src is None and m.dst and dst is not None:
+            plan.missing.append(dst.path)
+            used_r.add(m.dst)
+            continue
+        if m.dst and dst is None and m.src and src is not None:
+            if m.value is None and m.src not in SOURCE_ONLY:
+                plan.unexpected.append(src.path)
+            used_b.add(m.src)
+            continue
+        if src is None and dst is None:
+            continue  # the rule names tensors that neither side has (e.g. bias=False on both)
+        used_b.add(m.src)
+        used_r.add(m.dst)
+        if src is not None and dst is not None:
+            plan.ops.append(Op("copy", src, dst, pair, m.transform, m.src_rows, m.dst_rows))
+        elif dst is not None and m.value is not None:
+            plan.ops.append(Op("fill", None, dst, pair, value=m.value))
+        elif src is not None and m.value is not None:
+            plan.checks.append(Op("expect", src, None, pair, value=m.value))
+    for name, ref in bt.items():
+        if name not in used_b and ref.persistent and not ref.alias_of and name.split(".")[-1] not in SOURCE_ONLY:
+            plan.unexpected.append(ref.path)
+    for name, ref in rt.items():
+        if name not in used_r and ref.persistent and not ref.alias_of:
+            plan.missing.append(ref.path)
+    if entry.caveat:
+        note = f"{_where(pair)}: {entry.caveat}"
+        if note not in plan.notes:
+            plan.notes.append(note)
+
+
+def _dedupe_targets(plan: Plan):
+    """A tied target is written once; a second writer is noted, not run."""
+    first: dict[int, Op] = {}
+    kept = []
+    for op in plan.ops:
+        key = (id(op.dst.tensor), op.dst_rows)
+        prev = first.get(key)
+        if prev is None:
+            first[key] = op
+            kept.append(op)
+        elif prev.src is not None and op.src is not None and prev.src.tensor is not op.src.tensor:
+            plan.tied.append(f"{op.dst.path} is tied to {prev.dst.path}: it gets {prev.src.path}, not {op.src.path}")
+    plan.ops = kept
+
+
+# -- validating ----------------------------------------------------------------
+_FLOATS = {"float16", "bfloat16", "float32", "float64"}
+_WIDTH = {"float16": 16, "bfloat16": 16, "float32": 32, "float64": 64}
+
+
+def _family(dtype: str) -> str:
+    if dtype in _FLOATS or dtype.startswith("float8"):
+        return "float"
+    if dtype.startswith("complex"):
+        return "complex"
+    if dtype == "bool":
+        return "bool"
+    return "int"
+
+
+def _region(shape, rows):
+    if rows is None:
+        return tuple(shape)
+    return (rows[1] - rows[0],) + tuple(shape[1:])
+
+
+def validate(plan: Plan):
+    """Fill ``plan.problems`` with everything that would make the transfer wrong."""
+    ba, ra = plan.base.adapter, plan.raw.adapter
+    for op in plan.ops:
+        where = _where(op.pair)
+        dshape = ra.shape(op.dst.tensor)
+        if op.dst_rows and not (0 <= op.dst_rows[0] < op.dst_rows[1] <= (dshape[0] if dshape else 0)):
+            plan.problems.append(f"{where}: rows {op.dst_rows} do not fit raw {op.dst.path} of shape {list(dshape)}")
+            continue
+        if op.kind == "fill":
+            continue
+        sshape = ba.shape(op.src.tensor)
+        if not ba.readable(op.src.tensor):
+            plan.problems.append(
+                f"{where}: base {op.src.path} holds no data (device {ba.device(op.src.tensor)}); "
+                "load real weights into the base model before transferring"
+            )
+            continue
+        if op.src_rows and not (0 <= op.src_rows[0] < op.src_rows[1] <= (sshape[0] if sshape else 0)):
+            plan.problems.append(f"{where}: rows {op.src_rows} do not fit base {op.src.path} of shape {list(sshape)}")
+            continue
+        got = _region(sshape, op.src_rows)
+        want = _region(dshape, op.dst_rows)
+        if op.transform == "transpose":
+            if len(got) != 2:
+                plan.problems.append(f"{where}: base {op.src.path} is {len(got)}-D, a transpose needs 2-D")
+                continue
+            got = got[::-1]
+        elif op.transform == "reshape" and math.prod(got) == math.prod(want):
+            got = want
+        if got != want:
+            plan.problems.append(_shape_problem(where, op, sshape, dshape))
+        _check_dtype(plan, where, op, ba.dtype_name(op.src.tensor), ra.dtype_name(op.dst.tensor))
+    for op in plan.checks:
+        _check_expect(plan, op)
+
+
+def _shape_problem(where, op, sshape, dshape) -> str:
+    msg = (f"{where}: shape mismatch: base {op.src.path} {list(sshape)}"
+           f"{'' if op.transform == 'copy' else ' (' + op.transform + ')'} vs raw {op.dst.path} {list(dshape)}")
+    if op.transform == "copy" and len(sshape) == 2 and tuple(sshape[::-1]) == tuple(dshape):
+        return msg + ("; the layouts look transposed: register a rule for this class pair "
+                      "(init_pool.register_maps with Map(..., 'transpose')) - padiff_lite never guesses a transpose")
+    return msg + "; build both models with the same sizes, or pair these layers differently with set_layer_map"
+
+
+def _check_dtype(plan, where, op, sd, dd):
+    fs, fd = _family(sd), _family(dd)
+    if fs != fd:
+        plan.problems.append(f"{where}: base {op.src.path} is {sd} but raw {op.dst.path} is {dd}; "
+                             "a transfer does not change the kind of a tensor: build the raw model with a matching dtype")
+    elif sd != dd and fs == "float":
+        lossless = _WIDTH.get(sd, 0) < _WIDTH.get(dd, 0) or (sd, dd) == ("float16", "float32")
+        if not lossless:
+            plan.casts.append(f"{op.src.path} {sd} -> {op.dst.path} {dd}")
+
+
+def _check_expect(plan, op):
+    import torch
+
+    view = plan.base.adapter.torch_view(op.src.tensor)
+    if not bool(torch.all(view == op.value)):
+        plan.problems.append(
+            f"{_where(op.pair)}: base {op.src.path} has values other than {op.value}, and the raw layer has no "
+            f"tensor to hold them; give the raw layer that parameter (e.g. affine=True / weight_attr) or reset "
+            f"{op.src.path} to {op.value}"
+        )

@@ -1,0 +1,72 @@
+"""TransferReport: what a transfer did, for code to inspect and people to read."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class PairRecord:
+    base_path: str
+    raw_path: str
+    base_class: str
+    raw_class: str
+    rule: str  # "default", "mapping <key>" or "special init <key>"
+    how: str  # how the pair was found: root | name | order | layer_map
+    tensors: int
+
+
+@dataclass
+class TransferReport:
+    base: str  # "torch:Model"
+    raw: str
+    pairs: list[PairRecord] = field(default_factory=list)
+    tensors: int = 0
+    elements: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    initialised: list[str] = field(default_factory=list)
+    casts: list[str] = field(default_factory=list)
+    nonfinite: dict = field(default_factory=dict)
+    tied: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def __bool__(self):
+        return True
+
+    @property
+    def rules_used(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for p in self.pairs:
+            out[p.rule] = out.get(p.rule, 0) + 1
+        return out
+
+    def __str__(self):
+        gbs = self.bytes / self.seconds / 1e9 if self.seconds else 0.0
+        lines = [
+            f"padiff_lite transfer {self.base} -> {self.raw}: {len(self.pairs)} layer pairs, "
+            f"{self.tensors} tensors, {self.elements:,} values, {self.bytes / 1e6:.1f} MB in {self.seconds:.3f} s"
+            + (f" ({gbs:.2f} GB/s)" if self.bytes > 1e7 else ""),
+        ]
+        shown = self.pairs if len(self.pairs) <= 40 else self.pairs[:20] + [None] + self.pairs[-10:]
+        w = max([len(p.base_path or "<root>") for p in self.pairs if p] + [4])
+        for p in shown:
+            if p is None:
+                lines.append(f"  ... {len(self.pairs) - 30} more pairs ...")
+                continue
+            lines.append(f"  {(p.base_path or '<root>'):<{w}}  {p.base_class} -> {p.raw_class} "
+                         f"{p.raw_path or '<root>'}  [{p.rule}, {p.tensors} tensors, by {p.how}]")
+        for title, items in (("missing (raw tensors that got nothing)", self.missing),
+                             ("unexpected (base tensors not used)", self.unexpected),
+                             ("initialised", self.initialised),
+                             ("narrowing casts", self.casts),
+                             ("tied", self.tied),
+                             ("non-finite values copied", [f"{k}: {v}" for k, v in self.nonfinite.items()]),
+                             ("notes", self.notes)):
+            if items:
+                lines.append(f"{title}:")
+                lines.extend(f"  {i}" for i in items[:50])
+                if len(items) > 50:
+                    lines.append(f"  ... and {len(items) - 50} more")
+        return "\n".join(lines)

@@ -1,0 +1,10 @@
+"""Linear layers: torch keeps the weight as [out, in], paddle as [in, out]."""
+from . import Map, init_pool
+
+
+@init_pool.register_maps("torch", "Linear", "paddle", "Linear", note="weight transposed [out, in] <-> [in, out]; bias copied")
+def linear(module, layer):
+    maps = [Map("weight", "weight", "transpose")]
+    if module.bias is not None or layer.bias is not None:
+        maps.append(Map("bias", "bias"))
+    return maps

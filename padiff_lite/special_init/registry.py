@@ -1,0 +1,206 @@
+"""The special-init registry: which function transfers a given pair of layer classes.
+
+Two kinds of entries share one key space, (base framework, base class, raw framework, raw class):
+
+* imperative inits, ``fn(module, layer)``, PaDiff's form: the function copies ``module`` (base)
+  into ``layer`` (raw) itself. They run last, with every tensor they could touch saved first
+  and restored if they raise or change a shape.
+* mapping rules, ``fn(base_module, raw_module) -> list[Map]``: plain data saying which tensor goes
+  where with which transform. The planner validates them before anything is written and the
+  same rule is registered for the reverse direction by inverting the maps.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field, replace
+from typing import Callable, NamedTuple
+
+from ..errors import RegistryError
+
+FRAMEWORKS = ("torch", "paddle")
+TRANSFORMS = ("copy", "transpose", "reshape")
+
+
+class InitKey(NamedTuple):
+    base_framework: str
+    base_class: str
+    raw_framework: str
+    raw_class: str
+
+    def __str__(self):
+        return f"{self.base_framework}.{self.base_class} -> {self.raw_framework}.{self.raw_class}"
+
+    def reversed(self) -> "InitKey":
+        return InitKey(self.raw_framework, self.raw_class, self.base_framework, self.base_class)
+
+
+@dataclass(frozen=True)
+class Map:
+    """One step of a mapping rule, in names local to the two layers of a pair.
+
+    - ``Map("weight", "weight", "transpose")``: copy with a transpose.
+    - ``Map("in_proj_weight", "q_proj.weight", "transpose", src_rows=(0, 8))``: a row block.
+    - ``Map(None, "scale", value=1.0)``: fill the target with a constant.
+    - ``Map("scale", None, value=1.0)``: the source has no counterpart; it must equal the constant.
+    - ``Map("num_batches_tracked", None)``: the source has no counterpart and is ignored.
+    - ``Map(None, "num_batches_tracked")``: the target has no counterpart and is left as it is.
+    """
+
+    src: str | None
+    dst: str | None
+    transform: str = "copy"
+    src_rows: tuple[int, int] | None = None
+    dst_rows: tuple[int, int] | None = None
+    value: float | None = None
+
+    def __post_init__(self):
+        if self.transform not in TRANSFORMS:
+            raise RegistryError(f"Map transform {self.transform!r} is not one of {TRANSFORMS}")
+        if self.src is None and self.dst is None:
+            raise RegistryError("a Map needs a source, a target, or both")
+
+    def inverse(self) -> "Map":
+        return replace(self, src=self.dst, dst=self.src, src_rows=self.dst_rows, dst_rows=self.src_rows)
+
+
+@dataclass
+class SpecialInit:
+    key: InitKey
+    func: Callable
+    kind: str  # "imperative" | "mapping"
+    origin: str  # "module:line" where it was registered
+    note: str = ""  # what the rule transforms, for the rules table
+    caveat: str = ""  # semantics that weights cannot fix, copied into reports
+    inverted: bool = False  # a mapping rule used in its reverse direction
+
+    def maps(self, base_module, raw_module) -> list[Map]:
+        if self.inverted:
+            return [m.inverse() for m in self.func(raw_module, base_module)]
+        return list(self.func(base_module, raw_module))
+
+
+def _origin(func) -> str:
+    try:
+        return f"{func.__module__}:{inspect.getsourcelines(func)[1]}"
+    except (OSError, TypeError):
+        return getattr(func, "__module__", "?") or "?"
+
+
+def _check_signature(func, what: str, key: InitKey):
+    if not callable(func):
+        raise RegistryError(f"special init for {key} must be callable, got {type(func).__name__}")
+    try:
+        sig = inspect.signature(func)
+    except (TypeError, ValueError):
+        return
+    try:
+        sig.bind(object(), object())
+    except TypeError:
+        raise RegistryError(
+            f"special init {getattr(func, '__qualname__', func)!r} for {key} has signature {sig}; "
+            f"{what} functions take exactly two positional arguments (base_module, raw_module)"
+        ) from None
+
+
+class InitPool:
+    """The global registry. Use ``init_pool.register(...)`` as a decorator."""
+
+    def __init__(self):
+        self._entries: dict[InitKey, SpecialInit] = {}
+        self._cache: dict = {}
+
+    # -- registering ---------------------------------------------------------
+    def _key(self, bf, bc, rf, rc) -> InitKey:
+        for fw in (bf, rf):
+            if fw not in FRAMEWORKS:
+                raise RegistryError(f"framework {fw!r} is not one of {FRAMEWORKS}")
+        for cls in (bc, rc):
+            if not isinstance(cls, str) or not cls:
+                raise RegistryError(f"class names are strings like 'Linear', got {cls!r}")
+        return InitKey(bf, bc, rf, rc)
+
+    def _add(self, entry: SpecialInit, override: bool):
+        old = self._entries.get(entry.key)
+        if old is not None and not override:
+            raise RegistryError(
+                f"a special init for {entry.key} is already registered (at {old.origin}); "
+                "pass override=True to replace it"
+            )
+        self._entries[entry.key] = entry
+        self._cache.clear()
+
+    def add(self, bf, bc, rf, rc, func, override=False, note="", caveat=""):
+        """Register an imperative ``func(module, layer)`` that copies base ``module`` into raw ``layer``."""
+        key = self._key(bf, bc, rf, rc)
+        _check_signature(func, "special init", key)
+        self._add(SpecialInit(key, func, "imperative", _origin(func), note, caveat), override)
+        return func
+
+    def register(self, bf, bc, rf, rc, override=False, note="", caveat=""):
+        """Decorator form of :meth:`add`."""
+
+        def deco(func):
+            return self.add(bf, bc, rf, rc, func, override=override, note=note, caveat=caveat)
+
+        return deco
+
+    def register_maps(self, bf, bc, rf, rc, both_directions=True, override=False, note="", caveat=""):
+        """Decorator for a mapping rule ``fn(base_module, raw_module) -> list[Map]``.
+
+        With ``both_directions`` the reverse key is registered too, using the inverted maps.
+        """
+        key = self._key(bf, bc, rf, rc)
+
+        def deco(func):
+            _check_signature(func, "mapping rule", key)
+            origin = _origin(func)
+            self._add(SpecialInit(key, func, "mapping", origin, note, caveat), override)
+            if both_directions and key.reversed() != key:
+                self._add(SpecialInit(key.reversed(), func, "mapping", origin, note, caveat, inverted=True), override)
+            return func
+
+        return deco
+
+    def remove(self, bf, bc, rf, rc):
+        self._entries.pop(InitKey(bf, bc, rf, rc), None)
+        self._cache.clear()
+
+    # -- looking up ----------------------------------------------------------
+    def __contains__(self, key) -> bool:
+        return InitKey(*key) in self._entries
+
+    def __getitem__(self, key) -> SpecialInit:
+        return self._entries[InitKey(*key)]
+
+    def __len__(self):
+        return len(self._entries)
+
+    def entries(self) -> list[SpecialInit]:
+        return sorted(self._entries.values(), key=lambda e: tuple(e.key))
+
+    def lookup(self, base_adapter, base_module, raw_adapter, raw_module) -> SpecialInit | None:
+        """The entry for this pair of modules; subclasses inherit their bases' entries."""
+        ck = (base_adapter.name, type(base_module), raw_adapter.name, type(raw_module))
+        if ck in self._cache:
+            return self._cache[ck]
+        found = None
+        raw_names = raw_adapter.class_names(raw_module)
+        for bc in base_adapter.class_names(base_module):
+            for rc in raw_names:
+                found = self._entries.get(InitKey(base_adapter.name, bc, raw_adapter.name, rc))
+                if found:
+                    break
+            if found:
+                break
+        self._cache[ck] = found
+        return found
+
+    def classes_on(self, side: str, framework: str) -> set[str]:
+        """Class names of ``framework`` that take part in a registered pair on ``side`` ("base"/"raw")."""
+        idx = 0 if side == "base" else 1
+        out = set()
+        for k in self._entries:
+            fw, cls = (k.base_framework, k.base_class) if idx == 0 else (k.raw_framework, k.raw_class)
+            if fw == framework:
+                out.add(cls)
+        return out

@@ -1,0 +1,108 @@
+"""assign_weight: the transfer pipeline, pair -> plan -> validate -> execute -> report."""
+from __future__ import annotations
+
+import logging
+import time
+
+from .errors import TransferError
+from .execute import execute
+from .plan import Plan, build_plan
+from .proxy import create_model
+from .report import PairRecord, TransferReport
+
+log = logging.getLogger("padiff_lite")
+
+
+def plan_transfer(base, raw) -> Plan:
+    """Pair, plan and validate without writing anything; the plan's ``problems`` say what is wrong."""
+    return build_plan(create_model(base), create_model(raw))
+
+
+def assign_weight(base, raw, strict: bool = True, check_finite: bool = False) -> TransferReport:
+    """Copy the weights of ``base`` into ``raw`` (models or ProxyModels, torch or paddle, either way).
+
+    Returns a :class:`TransferReport`. Raises :class:`TransferError` listing every problem when the
+    transfer cannot be done correctly; ``raw`` is then left exactly as it was.
+
+    strict: when False, tensors without a partner are listed in ``report.missing`` (raw side) and
+        ``report.unexpected`` (base side) instead of being an error.
+    check_finite: refuse a base model holding NaN or Inf instead of copying them and flagging them.
+    """
+    t0 = time.perf_counter()
+    base, raw = create_model(base), create_model(raw)
+    plan = build_plan(base, raw)
+    problems = list(plan.problems)
+    if strict and (plan.missing or plan.unexpected):
+        problems = [_unpaired_problem(plan)] + problems
+    if check_finite:
+        problems += _nonfinite_problems(plan)
+    if problems:
+        raise TransferError(
+            f"cannot transfer {base.framework}:{base.name} -> {raw.framework}:{raw.name}; "
+            f"nothing was written ({len(problems)} problem{'s' * (len(problems) != 1)}):",
+            problems,
+        )
+    stats = execute(plan)
+    report = _report(plan, stats, time.perf_counter() - t0)
+    log.debug("transferred %d tensors (%d values) %s -> %s in %.3f s",
+             report.tensors, report.elements, report.base, report.raw, report.seconds)
+    for note in report.notes:
+        log.debug("%s", note)
+    return report
+
+
+def _unpaired_problem(plan: Plan) -> str:
+    lines = []
+    for u in plan.unpaired:
+        lines.append(f"unpaired {u}")
+    listed = {p for u in plan.unpaired for p in u.tensor_paths()}
+    rest_m = [p for p in plan.missing if p not in listed]
+    rest_u = [p for p in plan.unexpected if p not in listed]
+    if rest_m:
+        lines.append("raw tensors with no base partner: " + ", ".join(rest_m))
+    if rest_u:
+        lines.append("base tensors with no raw partner: " + ", ".join(rest_u))
+    hint = [n for n in plan.notes if "no namesake" in n]
+    return (
+        "\n    ".join(["structure differs:"] + lines + hint)
+        + "\n    fix: pair the layers explicitly with set_layer_map, leave them out with update_black_list, "
+        "or pass strict=False to transfer what matches and list the rest"
+    )
+
+
+def _nonfinite_problems(plan: Plan) -> list[str]:
+    import torch
+
+    out = []
+    ba = plan.base.adapter
+    for op in plan.ops:
+        if op.src is None:
+            continue
+        v = ba.torch_view(op.src.tensor)
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            n = int((~torch.isfinite(v)).sum())
+            out.append(f"base {op.src.path} holds {n} NaN/Inf values (check_finite=True); "
+                       "fix the source weights or pass check_finite=False to copy them as they are")
+    return out
+
+
+def _report(plan: Plan, stats, seconds) -> TransferReport:
+    base, raw = plan.base, plan.raw
+    counts: dict[int, int] = {}
+    for op in plan.ops:
+        counts[id(op.pair)] = counts.get(id(op.pair), 0) + 1
+    for pair in plan.imperative:
+        counts[id(pair)] = len(pair.raw.subtree_tensors())
+    records = []
+    for pair in plan.pairs:
+        e = pair.entry
+        rule = "default" if e is None else f"{'mapping' if e.kind == 'mapping' else 'special init'} {e.key}"
+        records.append(PairRecord(pair.base.path, pair.raw.path, type(pair.base.module).__name__,
+                                  type(pair.raw.module).__name__, rule, pair.how, counts.get(id(pair), 0)))
+    notes = [n for n in plan.notes if "no namesake" not in n]
+    return TransferReport(
+        base=f"{base.framework}:{base.name}", raw=f"{raw.framework}:{raw.name}", pairs=records,
+        tensors=stats.tensors, elements=stats.elements, bytes=stats.bytes, seconds=seconds,
+        missing=list(plan.missing), unexpected=list(plan.unexpected), casts=list(plan.casts),
+        nonfinite=dict(stats.nonfinite), tied=list(plan.tied), notes=notes,
+    )

@@ -1,0 +1,96 @@
+"""The model as padiff_lite sees it: a tree of modules with their own tensors.
+
+Black and white lists are applied here, non-persistent buffers are left out (as state_dict does), tied tensors are found here (a tensor met a second
+time is an alias of the first), and the subtree counts that pairing needs are computed once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(eq=False)
+class TensorRef:
+    path: str  # dotted path in the whole model, e.g. "encoder.0.weight"
+    tensor: object
+    kind: str  # "param" | "buffer"
+    persistent: bool
+    alias_of: str | None = None  # path of the first occurrence when the tensor is tied
+
+
+@dataclass(eq=False)
+class Node:
+    path: str
+    module: object
+    own: list[TensorRef] = field(default_factory=list)
+    children: list[tuple[str, "Node"]] = field(default_factory=list)
+    count: int = 0  # tensors in the subtree, aliases included
+    fresh: int = 0  # tensors in the subtree that are not aliases
+
+    def local(self, ref: TensorRef) -> str:
+        return ref.path[len(self.path) + 1:] if self.path else ref.path
+
+    def subtree_tensors(self) -> dict[str, TensorRef]:
+        """Every tensor under this node by its dotted name relative to this node."""
+        out, stack = {}, [self]
+        while stack:
+            node = stack.pop()
+            for ref in node.own:
+                out[self.local(ref)] = ref
+            stack.extend(child for _, child in reversed(node.children))
+        return out
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+class ModelTree:
+    """Builds Nodes for a ProxyModel, skipping ``exclude`` modules (explicitly paired elsewhere)."""
+
+    def __init__(self, proxy, exclude_ids=()):
+        self.proxy = proxy
+        self.adapter = proxy.adapter
+        self.seen: dict[int, str] = {}  # id(tensor) -> path of its first occurrence
+        self.exclude = set(exclude_ids)
+        self.white = proxy.white_list
+        self.black = proxy.black_list
+
+    def build(self, module, path: str = "", on: bool | None = None) -> Node:
+        if on is None:
+            on = not self.white
+        return self._build(module, path, on, blocked=False)
+
+    def _build(self, module, path, on, blocked):
+        own_on = kids_on = on
+        mode = self.white.get(id(module))
+        if mode and not blocked:
+            own_on = own_on or mode in ("self", "all")
+            kids_on = kids_on or mode in ("sublayers", "all")
+        mode = self.black.get(id(module))
+        if mode:
+            if mode in ("self", "all"):
+                own_on = False
+            if mode in ("sublayers", "all"):
+                kids_on, blocked = False, True
+        node = Node(path, module)
+        if own_on:
+            for name, tensor, kind, persistent in self.adapter.own_tensors(module):
+                if not persistent:
+                    continue  # like state_dict(): derived caches are not part of the weights
+                p = _join(path, name)
+                first = self.seen.setdefault(id(tensor), p)
+                ref = TensorRef(p, tensor, kind, persistent, None if first == p else first)
+                node.own.append(ref)
+                node.count += 1
+                node.fresh += ref.alias_of is None
+        for name, child in self.adapter.named_children(module):
+            if child is None or id(child) in self.exclude:
+                continue
+            if not kids_on and not self.white:
+                continue
+            sub = self._build(child, _join(path, name), kids_on, blocked)
+            if sub.count:
+                node.children.append((name, sub))
+                node.count += sub.count
+                node.fresh += sub.fresh
+        return node

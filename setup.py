@@ -1,0 +1,17 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="padiff_lite",
+    version="0.1.0",
+    description="Move neural-network weights between PyTorch and PaddlePaddle, in both directions, and prove it by outputs",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["padiff_lite", "padiff_lite.*"]),
+    python_requires=">=3.9",
+    install_requires=["numpy", "torch>=2.0", "paddlepaddle>=2.6", "safetensors>=0.4", "tqdm>=4.60"],
+    extras_require={"test": ["pytest>=7", "hypothesis>=6"]},
+    entry_points={"console_scripts": ["padiff-lite=padiff_lite.cli:main"]},
+    license="Apache-2.0",
+)

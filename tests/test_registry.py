@@ -1,0 +1,192 @@
+"""The special-init registry: decorator and run-time registration, duplicates, plugins, rollback."""
+import numpy as np
+import paddle
+import pytest
+import torch
+
+from helpers import assert_unchanged, inputs_for, snapshot
+from padiff_lite import (PluginImportError, RegistryError, TransferError, add_special_init, assign_weight,
+                         create_model, init_pool)
+from padiff_lite.models import run
+from padiff_lite.special_init import Map, load_plugins
+
+
+class LMHead(paddle.nn.Layer):
+    """A PaddleFormers-style head: weight [vocab, hidden], applied with transpose_y (not a Linear)."""
+
+    def __init__(self, hidden, vocab):
+        super().__init__()
+        self.weight = self.create_parameter([vocab, hidden])
+
+    def forward(self, h):
+        return paddle.matmul(h, self.weight, transpose_y=True)
+
+
+def lm(fw):
+    if fw == "torch":
+        return torch.nn.Sequential(torch.nn.Linear(6, 6), torch.nn.Tanh(), torch.nn.Linear(6, 9, bias=False))
+    return paddle.nn.Sequential(paddle.nn.Linear(6, 6), paddle.nn.Tanh(), LMHead(6, 9))
+
+
+@pytest.fixture
+def clean_pool():
+    added = []
+
+    def track(*key):
+        added.append(key)
+        return key
+
+    yield track
+    for key in added:
+        init_pool.remove(*key)
+
+
+def _copy_head_t2p(module, layer):
+    layer.weight.set_value(module.weight.detach().numpy())  # no transpose: same [vocab, hidden] layout
+
+
+def _copy_head_p2t(layer, module):
+    module.weight.copy_(torch.from_numpy(layer.weight.numpy()))
+
+
+@pytest.mark.parametrize("direction", ["torch->paddle", "paddle->torch"])
+def test_add_special_init_at_run_time_for_a_custom_head(direction, clean_pool):
+    clean_pool("torch", "Linear", "paddle", "LMHead")
+    clean_pool("paddle", "LMHead", "torch", "Linear")
+    add_special_init("torch", "Linear", "paddle", "LMHead", _copy_head_t2p)
+    add_special_init("paddle", "LMHead", "torch", "Linear", _copy_head_p2t)
+    src, dst = direction.split("->")
+    a, b = lm(src), lm(dst)
+    x = inputs_for([(3, 6)])
+    assert np.abs(run(a, src, x)[0] - run(b, dst, x)[0]).max() > 1e-3
+    report = assign_weight(a, b)
+    np.testing.assert_allclose(run(a, src, x)[0], run(b, dst, x)[0], atol=1e-6)
+    assert any(p.rule.startswith("special init") for p in report.pairs)
+
+
+def test_decorator_registration_and_duplicate_key(clean_pool):
+    clean_pool("torch", "Tanh", "paddle", "Tanh")
+
+    @init_pool.register("torch", "Tanh", "paddle", "Tanh")
+    def first(module, layer):
+        pass
+
+    with pytest.raises(RegistryError) as e:
+        init_pool.register("torch", "Tanh", "paddle", "Tanh")(lambda m, l: None)
+    assert "torch.Tanh -> paddle.Tanh" in str(e.value) and "test_registry" in str(e.value)
+    assert "override=True" in str(e.value)
+    init_pool.register("torch", "Tanh", "paddle", "Tanh", override=True)(lambda m, l: None)
+    assert init_pool["torch", "Tanh", "paddle", "Tanh"].func is not first
+
+
+def test_wrong_signature_is_refused_at_registration():
+    with pytest.raises(RegistryError, match="two positional arguments"):
+        add_special_init("torch", "Foo", "paddle", "Foo", lambda module: None)
+    assert ("torch", "Foo", "paddle", "Foo") not in init_pool
+    with pytest.raises(RegistryError, match="framework 'jax'"):
+        add_special_init("jax", "Foo", "paddle", "Foo", lambda m, l: None)
+
+
+def test_a_plugin_that_fails_to_import_is_named(tmp_path):
+    (tmp_path / "init_aaa_ok.py").write_text("X = 1\n")
+    bad = tmp_path / "init_broken.py"
+    bad.write_text("import this_module_does_not_exist\n")
+    with pytest.raises(PluginImportError) as e:
+        load_plugins(tmp_path)
+    assert str(bad) in str(e.value) and "this_module_does_not_exist" in str(e.value)
+
+
+def test_plugins_in_a_folder_register_their_inits(tmp_path, clean_pool):
+    clean_pool("torch", "Softsign", "paddle", "Softsign")
+    (tmp_path / "init_soft.py").write_text(
+        "from padiff_lite.special_init import init_pool\n"
+        "@init_pool.register('torch', 'Softsign', 'paddle', 'Softsign')\n"
+        "def soft(module, layer):\n    pass\n")
+    load_plugins(tmp_path)
+    assert ("torch", "Softsign", "paddle", "Softsign") in init_pool
+
+
+class Scaled(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(4, 3))
+
+    def forward(self, x):
+        return x @ self.w.T
+
+
+class ScaledP(paddle.nn.Layer):
+    def __init__(self):
+        super().__init__()
+        self.w = self.create_parameter([3, 4])
+
+    def forward(self, x):
+        return x @ self.w
+
+
+def test_unregistered_transposed_layout_is_refused_not_guessed(clean_pool):
+    a, b = Scaled(), ScaledP()
+    snap = snapshot(b)
+    with pytest.raises(TransferError) as e:
+        assign_weight(a, b)
+    assert "w [4, 3] vs raw w [3, 4]" in str(e.value) and "never guesses a transpose" in str(e.value)
+    assert_unchanged(b, snap)
+    clean_pool("torch", "Scaled", "paddle", "ScaledP")
+    clean_pool("paddle", "ScaledP", "torch", "Scaled")
+    init_pool.register_maps("torch", "Scaled", "paddle", "ScaledP")(lambda m, l: [Map("w", "w", "transpose")])
+    x = inputs_for([(2, 3)])
+    assign_weight(a, b)
+    np.testing.assert_allclose(run(a, "torch", x)[0], run(b, "paddle", x)[0], atol=1e-6)
+    a2 = Scaled()
+    assign_weight(b, a2)  # the inverted rule
+    np.testing.assert_allclose(run(a2, "torch", x)[0], run(b, "paddle", x)[0], atol=1e-6)
+
+
+def test_special_init_that_raises_half_way_restores_everything(clean_pool):
+    clean_pool("torch", "Linear", "paddle", "LMHead")
+
+    def half(module, layer):
+        layer.weight.set_value(np.zeros([9, 6], "float32"))
+        raise RuntimeError("boom after writing")
+
+    add_special_init("torch", "Linear", "paddle", "LMHead", half)
+    a, b = lm("torch"), lm("paddle")
+    snap = snapshot(b)
+    with pytest.raises(TransferError) as e:
+        assign_weight(a, b)
+    assert "boom after writing" in str(e.value) and "2 (Linear) -> 2 (LMHead)" in str(e.value)
+    assert isinstance(e.value.__cause__, RuntimeError)
+    assert_unchanged(b, snap)
+
+
+def test_special_init_that_replaces_a_tensor_with_another_shape_is_undone(clean_pool):
+    clean_pool("paddle", "LMHead", "torch", "Linear")
+
+    def swap(layer, module):
+        module.weight = torch.nn.Parameter(torch.zeros(5, 5))
+
+    add_special_init("paddle", "LMHead", "torch", "Linear", swap)
+    a, b = lm("paddle"), lm("torch")
+    snap = snapshot(b)
+    with pytest.raises(TransferError, match=r"changed tensor shapes"):
+        assign_weight(a, b)
+    assert tuple(b[2].weight.shape) == (9, 6)
+    assert_unchanged(b, snap)
+
+
+def test_bad_arguments():
+    with pytest.raises(TypeError, match="numpy.ndarray"):
+        create_model(np.zeros(3))
+    proxy = create_model(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="sideways"):
+        proxy.auto_layer_map("sideways")
+    with pytest.raises(ValueError, match="does not contain: Linear"):
+        proxy.set_layer_map([torch.nn.Linear(2, 2)])
+    with pytest.raises(ValueError, match="mode must be one of"):
+        proxy.update_black_list([proxy.model], "some")
+    a = create_model(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)))
+    b = create_model(paddle.nn.Sequential(paddle.nn.Linear(2, 2), paddle.nn.Linear(2, 2)))
+    a.set_layer_map([a.model[0], a.model[1]])
+    b.set_layer_map([b.model[0]])
+    with pytest.raises(ValueError, match="layer maps differ in length: Sequential \\(torch\\) has 2"):
+        assign_weight(a, b)
