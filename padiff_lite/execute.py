@@ -105,6 +105,7 @@ def _run_imperative(plan: Plan, stats: Stats):
             for ref, *_ in before:
                 stats.tensors += 1
                 stats.elements += _numel(ra.shape(ref.tensor))
+                _count_nonfinite(ra.torch_view(ref.tensor), ref.path, stats)  # what the init wrote, never hidden
     except BaseException:
         _restore(plan, saved)
         raise

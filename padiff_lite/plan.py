@@ -50,6 +50,7 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     casts: list[str] = field(default_factory=list)
     tied: list[str] = field(default_factory=list)
+    tie_conflicts: list[tuple] = field(default_factory=list)  # (kept op, dropped op) writing one tied target
 
 
 def _where(pair: LayerPair) -> str:
@@ -159,6 +160,7 @@ def _dedupe_targets(plan: Plan):
             kept.append(op)
         elif prev.src is not None and op.src is not None and prev.src.tensor is not op.src.tensor:
             plan.tied.append(f"{op.dst.path} is tied to {prev.dst.path}: it gets {prev.src.path}, not {op.src.path}")
+            plan.tie_conflicts.append((prev, op))
     plan.ops = kept
 
 
@@ -186,8 +188,13 @@ def _region(shape, rows):
 def validate(plan: Plan):
     """Fill ``plan.problems`` with everything that would make the transfer wrong."""
     ba, ra = plan.base.adapter, plan.raw.adapter
+    unreadable: set[int] = set()
     for op in plan.ops:
         where = _where(op.pair)
+        if not ra.readable(op.dst.tensor):
+            unreadable.add(id(op.dst.tensor))
+            plan.problems.append(_no_data(where, "raw", ra, op.dst))
+            continue
         dshape = ra.shape(op.dst.tensor)
         if op.dst_rows and not (0 <= op.dst_rows[0] < op.dst_rows[1] <= (dshape[0] if dshape else 0)):
             plan.problems.append(f"{where}: rows {op.dst_rows} do not fit raw {op.dst.path} of shape {list(dshape)}")
@@ -196,10 +203,8 @@ def validate(plan: Plan):
             continue
         sshape = ba.shape(op.src.tensor)
         if not ba.readable(op.src.tensor):
-            plan.problems.append(
-                f"{where}: base {op.src.path} holds no data (device {ba.device(op.src.tensor)}); "
-                "load real weights into the base model before transferring"
-            )
+            unreadable.add(id(op.src.tensor))
+            plan.problems.append(_no_data(where, "base", ba, op.src))
             continue
         if op.src_rows and not (0 <= op.src_rows[0] < op.src_rows[1] <= (sshape[0] if sshape else 0)):
             plan.problems.append(f"{where}: rows {op.src_rows} do not fit base {op.src.path} of shape {list(sshape)}")
@@ -216,8 +221,57 @@ def validate(plan: Plan):
         if got != want:
             plan.problems.append(_shape_problem(where, op, sshape, dshape))
         _check_dtype(plan, where, op, ba.dtype_name(op.src.tensor), ra.dtype_name(op.dst.tensor))
+    for pair in plan.imperative:  # a special init reads and writes whole layers: all of them must hold data
+        for side, node, adapter in (("base", pair.base, ba), ("raw", pair.raw, ra)):
+            for ref in node.subtree_tensors().values():
+                if not adapter.readable(ref.tensor):
+                    unreadable.add(id(ref.tensor))
+                    plan.problems.append(_no_data(_where(pair), side, adapter, ref))
     for op in plan.checks:
-        _check_expect(plan, op)
+        if not ba.readable(op.src.tensor):
+            plan.problems.append(_no_data(_where(op.pair), "base", ba, op.src))
+        else:
+            _check_expect(plan, op)
+    for kept, dropped in plan.tie_conflicts:
+        if not {id(kept.src.tensor), id(dropped.src.tensor), id(kept.dst.tensor)} & unreadable:
+            _check_tie(plan, kept, dropped)
+
+
+def _no_data(where, side, adapter, ref) -> str:
+    fix = ("load real weights into the base model (for a meta-device or LazyGuard model: materialise it, "
+           "e.g. to_empty() + load_state_dict, or build it outside LazyGuard)" if side == "base" else
+           "materialise the raw model first (torch: model.to_empty(device='cpu'); paddle: build it outside "
+           "LazyGuard or initialise its parameters)")
+    return f"{where}: {side} {ref.path} holds no data (device {adapter.device(ref.tensor)}); {fix}"
+
+
+def source_value(adapter, op):
+    """The torch tensor an op writes: the source view with its row block and transform applied."""
+    src = adapter.torch_view(op.src.tensor)
+    if op.src_rows is not None:
+        src = src[op.src_rows[0]:op.src_rows[1]]
+    if op.transform == "transpose":
+        src = src.t()
+    elif op.transform == "reshape":
+        src = src.reshape(-1)
+    return src
+
+
+def _check_tie(plan, kept, dropped):
+    """A tied raw tensor can hold one value: two different base tensors written into it lose one."""
+    import torch
+
+    ba = plan.base.adapter
+    a, b = source_value(ba, kept), source_value(ba, dropped)
+    if a.numel() == b.numel() and "reshape" in (kept.transform, dropped.transform):
+        a, b = a.reshape(-1), b.reshape(-1)
+    if a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b):
+        return
+    plan.problems.append(
+        f"{_where(dropped.pair)}: raw {dropped.dst.path} is tied to {kept.dst.path} (one tensor), but base "
+        f"{kept.src.path} and {dropped.src.path} hold different values, so one of them would be lost; untie "
+        f"{dropped.dst.path} in the raw model, tie the base model the same way, or black-list one of the two"
+    )
 
 
 def _shape_problem(where, op, sshape, dshape) -> str:
@@ -237,7 +291,36 @@ def _check_dtype(plan, where, op, sd, dd):
     elif sd != dd and fs == "float":
         lossless = _WIDTH.get(sd, 0) < _WIDTH.get(dd, 0) or (sd, dd) == ("float16", "float32")
         if not lossless:
+            _check_range(plan, where, op, sd, dd)
             plan.casts.append(f"{op.src.path} {sd} -> {op.dst.path} {dd}")
+    elif sd != dd and fs == "int":
+        _check_range(plan, where, op, sd, dd)
+        plan.casts.append(f"{op.src.path} {sd} -> {op.dst.path} {dd}")
+
+
+def _check_range(plan, where, op, sd, dd):
+    """A narrowing cast must not turn finite values into Inf or wrap integers around (only narrowing ops pay this)."""
+    import torch
+
+    target = getattr(torch, dd, None)
+    if target is None:
+        return
+    info = torch.finfo(target) if target.is_floating_point else torch.iinfo(target)
+    src = source_value(plan.base.adapter, op)
+    if src.numel() == 0:
+        return
+    if src.is_floating_point():
+        src = src[torch.isfinite(src)]  # NaN/Inf are reported as non-finite, not as out of range
+        if src.numel() == 0:
+            return
+    lo, hi = src.min().item(), src.max().item()
+    if lo < info.min or hi > info.max:
+        plan.problems.append(
+            f"{where}: base {op.src.path} ({sd}) holds values in [{lo:g}, {hi:g}], outside the range of raw "
+            f"{op.dst.path} ({dd}, [{info.min:g}, {info.max:g}]); the cast would "
+            f"{'turn them into Inf' if target.is_floating_point else 'wrap them around'}: build the raw model "
+            f"with dtype {sd}, or rescale the weights"
+        )
 
 
 def _check_expect(plan, op):

@@ -62,16 +62,30 @@ class ProxyModel:
         return [index[id(m)] for m in modules]
 
     # -- what the user says --------------------------------------------------
-    def set_layer_map(self, layers):
-        """Pair these submodules, in this order, with the other model's layer map."""
-        layers = list(layers)
+    def _modules_arg(self, what, layers) -> list:
+        """``layers`` as a list of this framework's modules; LayerMapError naming everything else."""
+        if self.adapter.is_module(layers) and what != "set_layer_map":
+            layers = [layers]
+        elif self.adapter.is_module(layers) or isinstance(layers, (str, bytes)) or not hasattr(layers, "__iter__"):
+            raise LayerMapError(
+                f"{what}() of {self.name} ({self.framework}) takes a list of {self.framework} modules, got "
+                f"{type(layers).__name__}; pass e.g. [model.encoder, model.head] (list(container) for its children)"
+            )
+        else:
+            layers = list(layers)
         bad = [layer for layer in layers if not self.adapter.is_module(layer)]
         if bad:
             raise LayerMapError(
-                f"set_layer_map() of {self.name} ({self.framework}) takes {self.framework} modules, got "
-                + ", ".join(type(b).__name__ for b in bad)
+                f"{what}() of {self.name} ({self.framework}) takes {self.framework} modules, got "
+                + ", ".join(f"{type(b).__module__}.{type(b).__name__}" for b in bad)
+                + "; pass submodules of this model"
             )
         self.path_of(layers)
+        return layers
+
+    def set_layer_map(self, layers):
+        """Pair these submodules, in this order, with the other model's layer map."""
+        layers = self._modules_arg("set_layer_map", layers)
         self.layer_map = layers
         return self
 
@@ -92,19 +106,18 @@ class ProxyModel:
         self.layer_map = picked
         return self
 
-    def _update(self, table, layers, mode):
+    def _update(self, what, table, layers, mode):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        layers = list(layers) if isinstance(layers, (list, tuple)) else [layers]
-        self.path_of(layers)
+        layers = self._modules_arg(what, layers)
         for layer in layers:
             table[id(layer)] = mode
         return self
 
     def update_black_list(self, layers, mode: str = "all"):
         """Leave these modules out: "self" their own tensors, "sublayers" their children, "all" both."""
-        return self._update(self.black_list, layers, mode)
+        return self._update("update_black_list", self.black_list, layers, mode)
 
     def update_white_list(self, layers, mode: str = "all"):
         """Take only these modules: "self" their own tensors, "sublayers" their children, "all" both."""
-        return self._update(self.white_list, layers, mode)
+        return self._update("update_white_list", self.white_list, layers, mode)

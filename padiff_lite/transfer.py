@@ -29,6 +29,9 @@ def assign_weight(base, raw, strict: bool = True, check_finite: bool = False) ->
     check_finite: refuse a base model holding NaN or Inf instead of copying them and flagging them.
     """
     t0 = time.perf_counter()
+    for name, value in (("strict", strict), ("check_finite", check_finite)):
+        if not isinstance(value, bool):
+            raise TypeError(f"assign_weight({name}=...) takes True or False, got {type(value).__name__} {value!r}")
     base, raw = create_model(base), create_model(raw)
     plan = build_plan(base, raw)
     problems = list(plan.problems)
@@ -71,17 +74,22 @@ def _unpaired_problem(plan: Plan) -> str:
 
 
 def _nonfinite_problems(plan: Plan) -> list[str]:
+    """check_finite=True: every base tensor that would be read (planned ops and special-init layers)."""
     import torch
 
-    out = []
     ba = plan.base.adapter
-    for op in plan.ops:
-        if op.src is None:
-            continue
-        v = ba.torch_view(op.src.tensor)
+    refs = {id(op.src.tensor): op.src for op in plan.ops if op.src is not None}
+    for pair in plan.imperative:
+        for ref in pair.base.subtree_tensors().values():
+            refs.setdefault(id(ref.tensor), ref)
+    out = []
+    for ref in refs.values():
+        if not ba.readable(ref.tensor):
+            continue  # already a "holds no data" problem
+        v = ba.torch_view(ref.tensor)
         if v.is_floating_point() and not bool(torch.isfinite(v).all()):
             n = int((~torch.isfinite(v)).sum())
-            out.append(f"base {op.src.path} holds {n} NaN/Inf values (check_finite=True); "
+            out.append(f"base {ref.path} holds {n} NaN/Inf value{'s' * (n != 1)} (check_finite=True); "
                        "fix the source weights or pass check_finite=False to copy them as they are")
     return out
 

@@ -73,7 +73,8 @@ class PaddleAdapter:
 
         if self.is_direct(t):
             return torch.from_dlpack(t.detach())
-        return torch.from_numpy(t.numpy())
+        # a contiguous CPU copy, through DLPack: numpy would turn bfloat16 into uint16 and lose its meaning
+        return torch.from_dlpack(t.detach().cpu().contiguous())
 
     def write(self, t, value):
         """Write a torch tensor ``value`` (same shape) into ``t`` in place, keeping dtype/device."""
@@ -85,7 +86,8 @@ class PaddleAdapter:
             return
         import paddle
 
-        t.set_value(paddle.to_tensor(value.cpu().numpy()).astype(t.dtype))
+        value = paddle.from_dlpack(value.detach().cpu().contiguous())  # bit-exact, bfloat16 included
+        t.set_value(value if value.dtype == t.dtype else value.astype(t.dtype))
 
     def to_numpy(self, t):
         return t.numpy()
