@@ -169,10 +169,10 @@ def test_override_replaces_and_is_used(pool_keys):
     with pytest.raises(RegistryError, match="torch.PReLU -> paddle.PReLU is already registered"):
         add_special_init("torch", "PReLU", "paddle", "PReLU", lambda m, l: second.append(1))
     add_special_init("torch", "PReLU", "paddle", "PReLU",
-                     lambda m, l: (second.append(1), l.weight.set_value(m.weight.detach().numpy())), override=True)
+                     lambda m, l: (second.append(1), l._weight.set_value(m.weight.detach().numpy())), override=True)
     a, b = torch.nn.PReLU(init=0.7), paddle.nn.PReLU(init=0.1)
     report = assign_weight(a, b)
-    assert (first, second) == ([], [1]) and float(b.weight) == pytest.approx(0.7)
+    assert (first, second) == ([], [1]) and float(b._weight) == pytest.approx(0.7)
     assert report.pairs[0].rule == "special init torch.PReLU -> paddle.PReLU"
 
 
