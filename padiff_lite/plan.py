@@ -111,7 +111,8 @@ def _plan_maps(plan: Plan, pair: LayerPair):
     try:
         maps = entry.maps(b.module, r.module)
     except Exception as exc:  # a rule that cannot describe this pair is a planning problem, not a crash
-        plan.problems.append(f"{_where(pair)}: rule {entry.key} ({entry.origin}) failed: {type(exc).__name__}: {exc}")
+        plan.problems.append(f"{_where(pair)}: rule {entry.key} ({entry.origin}) failed: {type(exc).__name__}: {exc}; "
+                             "fix the rule, or register another for this class pair with override=True")
         return
     used_b, used_r = set(), set()
     for m in maps:
