@@ -37,3 +37,8 @@ class LayerMapError(PadiffError, ValueError):
 
 class CheckpointError(PadiffError):
     """A checkpoint file is missing, corrupt, of an unknown kind or does not fit the model."""
+
+
+class InitError(PadiffError, ValueError):
+    """An initialisation scheme was misused (unknown scheme, bad std, strict=True with init_unmatched),
+    or a callable scheme raised or replaced a tensor; the model was left as it was."""

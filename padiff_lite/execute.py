@@ -1,6 +1,7 @@
 """The executor: the only code that writes into a model.
 
-It runs a validated plan. Imperative special inits run first, each with a snapshot of every
+Initialisation ops (padiff_lite.init) run first, as in ``from_pretrained``: initialise, then
+overwrite what the source has; they only target tensors nothing else writes. Then it runs a validated plan. Imperative special inits run first, each with a snapshot of every
 raw tensor it could touch; if one raises or changes a tensor's shape, everything written so
 far is restored and a TransferError carries the original message. Then the planned copies run:
 each writes straight into the destination's memory (a torch view of it, DLPack for paddle),
@@ -9,11 +10,12 @@ transposing with torch's blocked copy.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass, field
 
 import torch
 
-from .errors import TransferError
+from .errors import InitError, TransferError
 from .plan import Plan, _where
 
 
@@ -23,19 +25,34 @@ class Stats:
     elements: int = 0
     bytes: int = 0
     nonfinite: dict = field(default_factory=dict)  # raw path -> count of NaN/Inf copied
+    initialised: list = field(default_factory=list)  # "path: rule" of every tensor an init op wrote
 
 
-def _no_grad(proxy):
-    if proxy.framework == "paddle":
+def _no_grad_in(framework: str):
+    if framework == "paddle":
         import paddle
 
         return paddle.no_grad()
     return torch.no_grad()
 
 
-def execute(plan: Plan) -> Stats:
+def _no_grad(proxy):
+    return _no_grad_in(proxy.framework)
+
+
+def execute(plan: Plan, init_ops=()) -> Stats:
+    """Run ``init_ops`` (for tensors the plan leaves alone), the imperative inits, then the planned copies.
+
+    If an init op or an imperative init fails, every tensor written so far is restored.
+    """
     stats = Stats()
-    _run_imperative(plan, stats)
+    saved: list = []
+    try:
+        stats.initialised = run_init(plan.raw.adapter, init_ops, saved)
+        _run_imperative(plan, stats)
+    except BaseException:
+        _restore_init(plan.raw.adapter, saved)
+        raise
     ba, ra = plan.base.adapter, plan.raw.adapter
     with torch.no_grad():
         for op in plan.ops:
@@ -137,3 +154,110 @@ def _restore(plan: Plan, saved):
             with contextlib.suppress(Exception):
                 setattr(owner, name, tensor)
         ra.write(tensor, clone)
+
+
+# -- initialisation ops (planned by padiff_lite.init) ----------------------------
+def execute_init(adapter, ops) -> list[str]:
+    """Run init ops on one model; on any error every tensor written is restored. Returns "path: rule" lines."""
+    saved: list = []
+    try:
+        return run_init(adapter, ops, saved)
+    except BaseException:
+        _restore_init(adapter, saved)
+        raise
+
+
+def run_init(adapter, ops, saved) -> list[str]:
+    """Write each InitOp's values (drawn in torch's layout) and run each CallOp; ``saved`` gets undo records."""
+    from .init import CallOp
+
+    done: list[str] = []
+    for op in ops:
+        if isinstance(op, CallOp):
+            done += _run_call(adapter, op, saved)
+            continue
+        t = op.dst.tensor
+        with torch.no_grad():
+            direct = adapter.torch_view(t)
+            saved.append((None, None, t, direct.clone()))
+            region = direct.t() if op.transpose else direct
+            if op.fill == "constant":
+                region.fill_(op.value)
+            else:
+                region.copy_(_init_values(op, tuple(region.shape)))
+            if not adapter.is_direct(t):
+                adapter.write(t, direct)
+        done.append(f"{op.dst.path}: {op.rule}")
+    return done
+
+
+def _init_values(op, shape):
+    if op.fill == "values":
+        return op.values
+    v = torch.empty(shape, dtype=torch.float32)
+    if op.fill == "normal":
+        v.normal_(0.0, op.std)
+    elif op.fill == "xavier_uniform":
+        bound = math.sqrt(6.0 / (op.fans[0] + op.fans[1]))
+        v.uniform_(-bound, bound)
+    elif op.fill == "orthogonal":
+        rows = shape[0] // op.blocks
+        for i in range(op.blocks):
+            torch.nn.init.orthogonal_(v[i * rows:(i + 1) * rows])
+    else:
+        raise ValueError(f"unknown init fill {op.fill!r}")  # a bug in padiff_lite.init, not a user error
+    for r in op.zero_rows:
+        v[r] = 0
+    return v
+
+
+def _tensors_under(adapter, module):
+    """(owner module, dotted path below ``module``, name, tensor) for every tensor under it, each object once."""
+    seen, stack, out = set(), [("", module)], []
+    while stack:
+        prefix, mod = stack.pop()
+        for name, t, _, _ in adapter.own_tensors(mod):
+            if id(t) not in seen:
+                seen.add(id(t))
+                out.append((mod, prefix + name, name, t))
+        kids = [(f"{prefix}{n}.", c) for n, c in adapter.named_children(mod) if c is not None]
+        stack.extend(reversed(kids))
+    return out
+
+
+def _run_call(adapter, op, saved) -> list[str]:
+    from .init import scheme_name
+
+    under = _tensors_under(adapter, op.module)
+    before = [(owner, name, t, adapter.torch_view(t).clone()) for owner, _, name, t in under]
+    saved.extend(before)
+    where = f"{op.path or '<root>'} ({type(op.module).__name__})"
+    try:
+        with _no_grad_in(adapter.name):
+            op.fn(op.module)
+    except Exception as exc:
+        raise InitError(f"{where}: init function {scheme_name(op.fn)} raised {type(exc).__name__}: {exc}; "
+                        "the model was restored. Fix the function") from exc
+    replaced = [f"{op.path + '.' if op.path else ''}{rel}" for owner, rel, name, t in under
+                if adapter.get_tensor(owner, name) is not t]
+    if replaced:
+        raise InitError(f"{where}: init function {scheme_name(op.fn)} replaced tensors instead of writing into "
+                        f"them ({', '.join(replaced)}); the model was restored. Write in place "
+                        "(torch.nn.init.*_ / tensor.copy_, paddle set_value)")
+    targets = {id(r.tensor): r.path for r in op.targets}
+    done = []
+    for owner, name, t, clone in before:
+        if id(t) in targets:
+            if not torch.equal(adapter.torch_view(t), clone):
+                done.append(f"{targets[id(t)]}: {scheme_name(op.fn)}")
+        else:
+            adapter.write(t, clone)  # not a tensor to initialise: put it back
+    return done
+
+
+def _restore_init(adapter, saved):
+    for owner, name, t, clone in reversed(saved):
+        if owner is not None and adapter.get_tensor(owner, name) is not t:
+            with contextlib.suppress(Exception):
+                setattr(owner, name, t)
+        adapter.write(t, clone)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from .pairing import LayerPair, Unpaired, pair_models
 from .special_init import init_pool
-from .tree import TensorRef
+from .tree import ModelTree, TensorRef
 
 # torch-only counters with no counterpart anywhere: dropped when met in a default pair
 SOURCE_ONLY = {"num_batches_tracked"}
@@ -73,8 +73,16 @@ def build_plan(base, raw, pool=init_pool) -> Plan:
         else:
             plan.imperative.append(pair)
     _dedupe_targets(plan)
+    plan.missing = _in_model_order(raw, plan.missing)
+    plan.unexpected = _in_model_order(base, plan.unexpected)
     validate(plan)
     return plan
+
+
+def _in_model_order(proxy, paths: list[str]) -> list[str]:
+    """``paths`` once each, in state_dict order (a module's own tensors, then its children's)."""
+    order = {p: i for i, p in enumerate(ModelTree(proxy).build(proxy.model).subtree_tensors())}
+    return sorted(dict.fromkeys(paths), key=lambda p: order.get(p, len(order)))
 
 
 def _plan_default(plan: Plan, pair: LayerPair):

@@ -4,8 +4,9 @@ from __future__ import annotations
 import logging
 import time
 
-from .errors import TransferError
+from .errors import InitError, TransferError
 from .execute import execute
+from .init import check_scheme, plan_init, scheme_name
 from .plan import Plan, build_plan
 from .proxy import create_model
 from .report import PairRecord, TransferReport
@@ -18,7 +19,8 @@ def plan_transfer(base, raw) -> Plan:
     return build_plan(create_model(base), create_model(raw))
 
 
-def assign_weight(base, raw, strict: bool = True, check_finite: bool = False) -> TransferReport:
+def assign_weight(base, raw, strict: bool = True, check_finite: bool = False, init_unmatched=None,
+                  std: float = 0.02) -> TransferReport:
     """Copy the weights of ``base`` into ``raw`` (models or ProxyModels, torch or paddle, either way).
 
     Returns a :class:`TransferReport`. Raises :class:`TransferError` listing every problem when the
@@ -27,11 +29,25 @@ def assign_weight(base, raw, strict: bool = True, check_finite: bool = False) ->
     strict: when False, tensors without a partner are listed in ``report.missing`` (raw side) and
         ``report.unexpected`` (base side) instead of being an error.
     check_finite: refuse a base model holding NaN or Inf instead of copying them and flagging them.
+    init_unmatched: with strict=False, initialise exactly the tensors listed in ``report.missing``
+        (never a transferred one): "bert" (N(0, std) weights, zero biases, norms 1/0, padding rows 0),
+        "xavier", "orthogonal", "default" (the framework's own initialisation) or a callable
+        ``fn(module)``; see :mod:`padiff_lite.init` for the exact rules. ``report.initialised`` lists
+        "path: rule" for each tensor written; tensors no rule covers stay as built and are named in
+        ``report.notes``. None (default) leaves the missing tensors as built.
+    std: the standard deviation of "bert" (HF's initializer_range).
     """
     t0 = time.perf_counter()
     for name, value in (("strict", strict), ("check_finite", check_finite)):
         if not isinstance(value, bool):
             raise TypeError(f"assign_weight({name}=...) takes True or False, got {type(value).__name__} {value!r}")
+    if init_unmatched is not None:
+        if strict:
+            raise InitError(
+                f"init_unmatched={scheme_name(init_unmatched)!r} only applies with strict=False: with strict=True "
+                "every raw tensor must get a partner, so nothing is left to initialise. Pass strict=False"
+            )
+        check_scheme(init_unmatched, std)
     base, raw = create_model(base), create_model(raw)
     plan = build_plan(base, raw)
     problems = list(plan.problems)
@@ -45,8 +61,15 @@ def assign_weight(base, raw, strict: bool = True, check_finite: bool = False) ->
             f"nothing was written ({len(problems)} problem{'s' * (len(problems) != 1)}):",
             problems,
         )
-    stats = execute(plan)
+    init = plan_init(raw, init_unmatched, std, only=plan.missing) if init_unmatched is not None else None
+    stats = execute(plan, init.ops if init else ())
     report = _report(plan, stats, time.perf_counter() - t0)
+    if init is not None:
+        report.initialised = list(stats.initialised)
+        written = {line.split(": ", 1)[0] for line in report.initialised}
+        left = init.left + [f"{p}: init_unmatched={scheme_name(init_unmatched)!r} did not change it"
+                            for p in plan.missing if p not in written and not any(x.startswith(p + ": ") for x in init.left)]
+        report.notes += [f"left as built: {x}" for x in left]
     log.debug("transferred %d tensors (%d values) %s -> %s in %.3f s",
              report.tensors, report.elements, report.base, report.raw, report.seconds)
     for note in report.notes:
@@ -57,7 +80,7 @@ def assign_weight(base, raw, strict: bool = True, check_finite: bool = False) ->
 def _unpaired_problem(plan: Plan) -> str:
     lines = []
     for u in plan.unpaired:
-        lines.append(f"unpaired {u}")
+        lines.append(f"unpaired {u}: {', '.join(u.tensor_paths())}")
     listed = {p for u in plan.unpaired for p in u.tensor_paths()}
     rest_m = [p for p in plan.missing if p not in listed]
     rest_u = [p for p in plan.unexpected if p not in listed]

@@ -1,6 +1,8 @@
 """The paddle side of the uniform model view."""
 from __future__ import annotations
 
+import copy
+import math
 import sys
 
 
@@ -91,3 +93,80 @@ class PaddleAdapter:
 
     def to_numpy(self, t):
         return t.numpy()
+
+    # -- initialising (padiff_lite.init) ---------------------------------------
+    def stored_transposed(self, module, name: str) -> bool:
+        """Whether own tensor ``name`` of ``module`` is stored transposed to torch's layout.
+
+        Only Linear weights are: paddle keeps them [in, out], torch [out, in].
+        """
+        return name == "weight" and "Linear" in self.class_names(module)
+
+    def padding_idx(self, module):
+        """An Embedding's padding row as a non-negative index, or None (paddle keeps negative indices)."""
+        p = getattr(module, "_padding_idx", None)
+        if p is None:
+            return None
+        return p if p >= 0 else module.weight.shape[0] + p
+
+    _NORMS = {"LayerNorm", "GroupNorm", "_BatchNormBase", "BatchNorm", "_InstanceNormBase"}
+    _NORM_VALUES = {"weight": 1.0, "scale": 1.0, "bias": 0.0, "_mean": 0.0, "_variance": 1.0}
+
+    def fresh_defaults(self, module, names) -> dict:
+        """What paddle's constructor would give the named own tensors of ``module``, as torch tensors.
+
+        Paddle layers have no reset method, so each tensor is re-created with the initialiser the
+        constructor uses: the layer's ParamAttr initialiser when one was given, else the class default
+        (Linear/Embedding weight Xavier-uniform, biases 0, Conv weight Normal(0, sqrt(2 / fan_in)),
+        norm weight/scale 1, bias 0, mean 0, variance 1, RNN tensors Uniform(+-1/sqrt(hidden))); an
+        Embedding's padding row is 0. ``module`` itself is not touched. Other classes give nothing.
+        """
+        import paddle
+
+        init = paddle.nn.initializer
+        classes = set(self.class_names(module))
+        out = {}
+        for name in names:
+            t = module._parameters.get(name)
+            if t is None:
+                t = module._buffers.get(name)
+            if t is None:
+                continue
+            attr, default = None, None
+            is_bias = name.startswith("bias")
+            if classes & {"Linear", "Embedding"}:
+                attr = getattr(module, "_bias_attr" if is_bias else "_weight_attr", None)
+            elif "_ConvNd" in classes:
+                attr = getattr(module, "_bias_attr" if is_bias else "_param_attr", None)
+                if not is_bias and "Transpose" not in type(module).__name__:
+                    fan_in = math.prod(module._kernel_size) * module._in_channels
+                    default = init.Normal(0.0, (2.0 / fan_in) ** 0.5)
+            elif classes & self._NORMS and name in self._NORM_VALUES:
+                if name in ("weight", "scale", "bias"):
+                    attr = getattr(module, "_bias_attr" if is_bias else "_weight_attr", None)
+                default = init.Constant(self._NORM_VALUES[name])
+            elif classes & {"RNNBase", "RNNCellBase"}:
+                bound = 1.0 / math.sqrt(module.hidden_size)
+                default = init.Uniform(-bound, bound)
+            else:
+                continue
+            fresh = paddle.create_parameter(list(t.shape), t.dtype, attr=_unnamed(attr), is_bias=is_bias,
+                                            default_initializer=default)
+            value = self.torch_view(fresh).clone()
+            pad = self.padding_idx(module) if "Embedding" in classes else None
+            if pad is not None:
+                value[pad] = 0
+            out[name] = value
+        return out
+
+
+def _unnamed(attr):
+    """A ParamAttr like ``attr`` without its name, so re-creating a parameter cannot clash with it."""
+    import paddle
+
+    if attr is None or attr is False or isinstance(attr, str):
+        return None
+    attr = paddle.ParamAttr._to_attr(attr)
+    attr = copy.copy(attr)
+    attr.name = None
+    return attr

@@ -1,6 +1,7 @@
 """The torch side of the uniform model view."""
 from __future__ import annotations
 
+import copy
 import sys
 
 
@@ -81,3 +82,27 @@ class TorchAdapter:
 
     def to_numpy(self, t):
         return t.detach().cpu().numpy()
+
+    # -- initialising (padiff_lite.init) ---------------------------------------
+    def stored_transposed(self, module, name: str) -> bool:
+        """Whether own tensor ``name`` of ``module`` is stored transposed to torch's layout (never, here)."""
+        return False
+
+    def padding_idx(self, module):
+        """An Embedding's padding row as a non-negative index, or None."""
+        return getattr(module, "padding_idx", None)
+
+    def fresh_defaults(self, module, names) -> dict:
+        """What torch's own reset gives the named own tensors of ``module``, as torch tensors.
+
+        A deep copy of the module is reset with ``reset_parameters()`` (``_reset_parameters()`` for
+        MultiheadAttention); ``module`` itself is not touched. A class without either gives ``{}``.
+        """
+        reset = next((n for n in ("reset_parameters", "_reset_parameters") if callable(getattr(module, n, None))), None)
+        if reset is None:
+            return {}
+        clone = copy.deepcopy(module)
+        with _torch().no_grad():
+            getattr(clone, reset)()
+        own = {n: t for n, t, _, _ in self.own_tensors(clone)}
+        return {n: own[n].detach().clone() for n in names if n in own}
