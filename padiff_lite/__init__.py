@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import logging
 
-from .errors import (CheckpointError, LayerMapError, PadiffError, PluginImportError, RegistryError,
-                     TransferError)
+from .compare import DiffResult, auto_diff
+from .errors import (CheckpointError, DiffError, DiffInputError, LayerMapError, OutputStructureError, PadiffError,
+                     PluginImportError, RegistryError, TransferError)
 from .proxy import ProxyModel, create_model
 from .report import TransferReport
 from .special_init import add_special_init, init_pool
@@ -18,4 +19,5 @@ __all__ = [
     "create_model", "ProxyModel", "assign_weight", "plan_transfer", "add_special_init", "init_pool",
     "TransferReport", "PadiffError", "TransferError", "RegistryError", "PluginImportError",
     "LayerMapError", "CheckpointError",
+    "auto_diff", "DiffResult", "DiffError", "DiffInputError", "OutputStructureError",
 ]

@@ -37,3 +37,15 @@ class LayerMapError(PadiffError, ValueError):
 
 class CheckpointError(PadiffError):
     """A checkpoint file is missing, corrupt, of an unknown kind or does not fit the model."""
+
+
+class DiffError(PadiffError):
+    """Two models could not be compared by outputs (a forward or backward pass failed)."""
+
+
+class DiffInputError(DiffError, TypeError):
+    """``auto_diff`` inputs (or a ``check`` command argument) are not in an accepted form."""
+
+
+class OutputStructureError(DiffError):
+    """The two models returned outputs of different structure (nesting, keys, number or shape of tensors)."""
