@@ -76,7 +76,7 @@ def _parse_shape(text: str) -> tuple:
     from .errors import DiffInputError
 
     try:
-        shape = tuple(int(s) for s in text.replace("x", ",").split(",") if s.strip())
+        shape = tuple(int(s) for s in text.split(","))
     except ValueError:
         shape = ()
     if not shape or any(d <= 0 for d in shape):

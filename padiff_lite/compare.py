@@ -576,7 +576,7 @@ def _render(r: DiffResult) -> list[str]:
     for n in r.notes:
         out.append(f"note: {n}")
     if r.tree:
-        out.append("model tree (base -> raw; '>>' marks the first divergence):")
+        out.append("model tree (base -> raw" + ("; '>>' marks the first divergence):" if f else "):"))
         out.extend(_render_tree(r.tree, f))
     return out
 
