@@ -228,10 +228,8 @@ def _compare_captures(bcap, rcap, atol, rtol, strict: bool, what: str):
         if isinstance(bv, np.ndarray) and isinstance(rv, np.ndarray):
             ma, mr, n = compare_arrays(bv, rv, atol, rtol)
             size = max(bv.size, rv.size)
-        else:
-            same = bv == rv if not (isinstance(bv, float) and isinstance(rv, float)) else \
-                (bv == rv or (math.isnan(bv) and math.isnan(rv)))
-            ma, mr, n, size = 0.0, 0.0, int(not bool(same)), 1
+        else:  # plain values (None, numbers, strings) must be equal; NaN meets NaN
+            ma, mr, n, size = 0.0, 0.0, int(not _same_value(bv, rv)), 1
             bv = rv = np.zeros(())
         worst = (max(worst[0], ma), max(worst[1], mr))
         mismatched += n
@@ -241,6 +239,15 @@ def _compare_captures(bcap, rcap, atol, rtol, strict: bool, what: str):
     if shown is None:
         shown = ("out", (), (), 0)
     return shown[0], shown[1], shown[2], worst[0], worst[1], mismatched, total, note
+
+
+def _same_value(a, b) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    try:
+        return bool(a == b)
+    except Exception:  # objects without a truthful ==: not counted as a difference
+        return True
 
 
 # -- inputs --------------------------------------------------------------------

@@ -1,4 +1,6 @@
 """Issue 4: auto_diff proves a transfer by outputs and names the first layer that diverges."""
+import collections
+import dataclasses
 import math
 
 import numpy as np
@@ -178,6 +180,37 @@ def test_nested_outputs_are_compared_leaf_by_leaf(src, dst):
     result = auto_diff(_pairwise(src, True), _pairwise(dst, True), x)
     assert result.ok and result.total == 8
     assert result.output_structure == "tuple(Tensor[2, 2], dict(double=Tensor[2, 2]))"
+
+
+@dataclasses.dataclass
+class Out:  # a dataclass-like model output (HF/PaddleNLP ModelOutput is an OrderedDict dataclass)
+    logits: object
+    extra: object = None
+
+
+def _dataclass_model(framework, scale=2.0):
+    nn = models._nn(framework)
+
+    class WithOutput(models._base(framework)):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 2)
+
+        def forward(self, x):
+            y = self.fc(x)
+            return Out(y, collections.OrderedDict(scaled=y * scale, n=3))
+
+    return WithOutput().eval()
+
+
+@pytest.mark.parametrize("src,dst", DIRECTIONS, ids=DIRECTION_IDS)
+def test_dataclass_outputs_are_compared_field_by_field(src, dst):
+    x = inputs_for([(2, 3)])[0]
+    ok = auto_diff(_dataclass_model(src), _dataclass_model(dst), x)
+    assert ok.ok and ok.output_structure == "Out(logits=Tensor[2, 2], extra=OrderedDict(scaled=Tensor[2, 2], n=int))"
+    bad = auto_diff(_dataclass_model(src), _dataclass_model(dst, scale=3.0), x)
+    assert not bad.ok and bad.mismatched > 0 and bad.first_diff.base_path == ""  # made in the root's own forward
+    assert bad.first_diff.output == "out.extra['scaled']" and bad.first_diff.inputs_agree is True
 
 
 def test_padiff_input_form_and_numpy_forms():
