@@ -339,3 +339,18 @@ def test_black_list_is_honoured():
     assert result.layers[0].base_path == "layers.0.fc1" and result.layers[3].base_path == "layers.0"
     f = result.first_diff
     assert f.base_path == "layers.2.fc1" and f.inputs_agree is False  # the first compared layer after it
+
+
+@pytest.mark.parametrize("name", sorted(models.PAIRS))
+def test_keep_empty_pairing_leaves_the_tensor_pairs_unchanged(name):
+    from padiff_lite.pairing import pair_models
+    from padiff_lite.special_init import init_pool
+
+    build = models.PAIRS[name][0]
+    base, raw = create_model(build("torch")), create_model(build("paddle"))
+    plain, full = pair_models(base, raw, init_pool), pair_models(base, raw, init_pool, keep_empty=True)
+    paths = lambda pairs: [(p.base.path, p.raw.path, p.how) for p in pairs]  # noqa: E731
+    assert paths(full.pairs) == paths(plain.pairs) and not plain.unpaired and not full.unpaired
+    assert len(full.matched) >= len(plain.matched) >= len(plain.pairs)
+    if name in ("mlp", "conv_bn", "tiny"):  # these hold activations/pooling: paired only with keep_empty
+        assert len(full.matched) > len(plain.matched)
