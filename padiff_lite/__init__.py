@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import logging
 
-from .errors import (CheckpointError, InitError, LayerMapError, PadiffError, PluginImportError, RegistryError,
-                     TransferError)
+from .compare import DiffResult, auto_diff
+from .errors import (CheckpointError, DiffError, DiffInputError, InitError, LayerMapError, OutputStructureError,
+                     PadiffError, PluginImportError, RegistryError, TransferError)
 from .init import InitReport, init_weights
 from .proxy import ProxyModel, create_model
 from .report import TransferReport
@@ -19,4 +20,5 @@ __all__ = [
     "create_model", "ProxyModel", "assign_weight", "plan_transfer", "add_special_init", "init_pool",
     "TransferReport", "PadiffError", "TransferError", "RegistryError", "PluginImportError",
     "LayerMapError", "CheckpointError", "InitError", "init_weights", "InitReport",
+    "auto_diff", "DiffResult", "DiffError", "DiffInputError", "OutputStructureError",
 ]

@@ -40,6 +40,79 @@ def cmd_rules(args) -> int:
     return 0
 
 
+def _load_callable(spec: str, flag: str):
+    """The object ``MODULE:CALLABLE`` names; DiffInputError (one line, exit 2) when it cannot be found."""
+    import importlib
+
+    from .errors import DiffInputError
+
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise DiffInputError(f"{flag} {spec!r}: expected MODULE:CALLABLE, e.g. padiff_lite.models:mlp")
+    try:
+        obj = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise DiffInputError(f"{flag} {spec!r}: {type(exc).__name__}: {exc}; check the module is importable "
+                             "(PYTHONPATH) and defines that callable") from exc
+    if not callable(obj):
+        raise DiffInputError(f"{flag} {spec!r} is a {type(obj).__name__}, not a callable")
+    return obj
+
+
+def _build(spec: str, flag: str):
+    from .errors import DiffInputError
+
+    build = _load_callable(spec, flag)
+    try:
+        return build()
+    except Exception as exc:
+        raise DiffInputError(f"{flag} {spec}() raised {type(exc).__name__}: {exc}; the callable must build the "
+                             "model with no arguments") from exc
+
+
+def _parse_shape(text: str) -> tuple:
+    from .errors import DiffInputError
+
+    try:
+        shape = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        shape = ()
+    if not shape or any(d <= 0 for d in shape):
+        raise DiffInputError(f"--input-shape {text!r}: expected positive integers separated by commas, e.g. 2,3,224,224")
+    return shape
+
+
+def cmd_check(args) -> int:
+    """Build both models, transfer base -> raw, compare them layer by layer on a random input: 0 agree, 1 differ."""
+    import numpy as np
+
+    from .compare import auto_diff
+    from .errors import DiffInputError
+    from .proxy import create_model
+
+    try:
+        dtype = np.dtype(args.dtype)
+    except TypeError:
+        raise DiffInputError(f"--dtype {args.dtype!r} is not a numpy dtype name (float32, float64, int64, ...)") from None
+    shapes = [_parse_shape(s) for s in (args.input_shape or [])]
+    if not shapes:
+        raise DiffInputError("give at least one --input-shape, e.g. --input-shape 2,3,224,224")
+    base = create_model(_build(args.base, "--base"))
+    raw = create_model(_build(args.raw, "--raw"))
+    if args.weights:
+        base.adapter.load_weights(base.model, args.weights)
+    rng = np.random.default_rng(args.seed)
+    if dtype.kind == "f":
+        arrays = tuple(rng.standard_normal(s).astype(dtype) for s in shapes)
+    else:  # integer inputs (token ids, class indices): values 0 .. 7
+        arrays = tuple(rng.integers(0, 8, size=s).astype(dtype) for s in shapes)
+    result = auto_diff(base, raw, arrays, atol=args.atol, rtol=args.rtol, diff_phase=args.phase)
+    print(result)
+    return 0 if result.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="padiff-lite", description="Move weights between PyTorch and PaddlePaddle.")
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
@@ -57,6 +130,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("rules", help="list the registered special inits and default rules")
     r.set_defaults(func=cmd_rules)
+
+    c = sub.add_parser("check", help="transfer base -> raw and compare the two models layer by layer",
+                       description="Build both models (MODULE:CALLABLE, called with no arguments), transfer the "
+                       "weights base -> raw, run both on the same random input and compare every paired layer. "
+                       "Exit 0 when they agree, 1 when they differ, 2 on errors.")
+    c.add_argument("--base", required=True, metavar="MODULE:CALLABLE", help="builds the source model")
+    c.add_argument("--raw", required=True, metavar="MODULE:CALLABLE", help="builds the target model")
+    c.add_argument("--input-shape", action="append", metavar="D1,D2,...",
+                   help="shape of a random input; repeat for models taking several positional inputs")
+    c.add_argument("--dtype", default="float32", help="input dtype (floats: standard normal; integers: 0..7)")
+    c.add_argument("--weights", metavar="FILE", help="load this state dict into the base model first "
+                   "(.pt/.pth/.bin for a torch base, read with weights_only=True; .pdparams for a paddle base)")
+    c.add_argument("--atol", type=float, default=1e-5)
+    c.add_argument("--rtol", type=float, default=1e-5)
+    c.add_argument("--phase", choices=["forward", "both"], default="forward",
+                   help="'both' also compares parameter gradients of a backward pass")
+    c.add_argument("--seed", type=int, default=0, help="seed of the random input")
+    c.set_defaults(func=cmd_check)
     return p
 
 

@@ -42,3 +42,15 @@ class CheckpointError(PadiffError):
 class InitError(PadiffError, ValueError):
     """An initialisation scheme was misused (unknown scheme, bad std, strict=True with init_unmatched),
     or a callable scheme raised or replaced a tensor; the model was left as it was."""
+
+
+class DiffError(PadiffError):
+    """Two models could not be compared by outputs (a forward or backward pass failed)."""
+
+
+class DiffInputError(DiffError, TypeError):
+    """``auto_diff`` inputs (or a ``check`` command argument) are not in an accepted form."""
+
+
+class OutputStructureError(DiffError):
+    """The two models returned outputs of different structure (nesting, keys, number or shape of tensors)."""

@@ -175,3 +175,12 @@ def _flatten(out):
     if isinstance(out, dict):
         return [a for k in out for a in _flatten(out[k])]
     return [out.detach().cpu().numpy() if hasattr(out, "detach") else np.asarray(out)]
+
+
+# no-argument builders for `python -m padiff_lite check --base ... --raw ...` (the builders above default to torch)
+def paddle_mlp():
+    return mlp("paddle")
+
+
+def paddle_tiny_net():
+    return tiny_net("paddle")

@@ -39,9 +39,17 @@ class Unpaired:
 
 
 class Pairing:
-    def __init__(self, base, raw, pool):
+    """``pairs``: the pairs that carry tensors (what a transfer plans). ``matched``: every pair met,
+    parents before children, also those without tensors; with ``keep_empty`` it includes modules
+    that hold no tensors at all (activations, pooling), paired by name or else by position when
+    the leftovers on both sides are alike. Pairs of tensor-carrying modules never depend on it.
+    """
+
+    def __init__(self, base, raw, pool, keep_empty=False):
         self.base, self.raw, self.pool = base, raw, pool
+        self.keep_empty = keep_empty
         self.pairs: list[LayerPair] = []
+        self.matched: list[LayerPair] = []
         self.unpaired: list[Unpaired] = []
 
     def run(self):
@@ -54,8 +62,8 @@ class Pairing:
             )
         bpaths = base.path_of(base.layer_map)
         rpaths = raw.path_of(raw.layer_map)
-        btree = ModelTree(base, [id(m) for m in base.layer_map])
-        rtree = ModelTree(raw, [id(m) for m in raw.layer_map])
+        btree = ModelTree(base, [id(m) for m in base.layer_map], self.keep_empty)
+        rtree = ModelTree(raw, [id(m) for m in raw.layer_map], self.keep_empty)
         self._match(btree.build(base.model), rtree.build(raw.model), "root")
         btree.exclude = rtree.exclude = set()
         for bm, bp, rm, rp in zip(base.layer_map, bpaths, raw.layer_map, rpaths):
@@ -64,19 +72,30 @@ class Pairing:
 
     def _match(self, b: Node, r: Node, how: str):
         entry = self.pool.lookup(self.base.adapter, b.module, self.raw.adapter, r.module)
+        pair = LayerPair(b, r, entry, how)
+        self.matched.append(pair)
         if entry is not None or b.own or r.own:
-            self.pairs.append(LayerPair(b, r, entry, how))
+            self.pairs.append(pair)
         if entry is not None:
             return
         rk = dict(r.children)
         left_b = []
         for name, child in b.children:
-            other = rk.pop(name, None)
-            if other is None:
+            other = rk.get(name)
+            # a module without tensors never takes the name of one with tensors (keep_empty only)
+            if other is None or bool(other.count) != bool(child.count):
                 left_b.append(child)
             else:
+                del rk[name]
                 self._match(child, other, "name")
         left_r = list(rk.values())
+        empty_b = [n for n in left_b if not n.count]  # only with keep_empty: modules without tensors
+        empty_r = [n for n in left_r if not n.count]
+        if len(empty_b) == len(empty_r) and all(map(self._alike, empty_b, empty_r)):
+            for bc, rc in zip(empty_b, empty_r):
+                self._match(bc, rc, "order")
+        left_b = [n for n in left_b if n.count]
+        left_r = [n for n in left_r if n.count]
         if len(left_b) != len(left_r):  # tied-only subtrees carry nothing new: let them go unpaired
             left_b = [n for n in left_b if n.fresh]
             left_r = [n for n in left_r if n.fresh]
@@ -96,5 +115,5 @@ class Pairing:
         return self.pool.lookup(self.base.adapter, b.module, self.raw.adapter, r.module) is not None
 
 
-def pair_models(base, raw, pool) -> Pairing:
-    return Pairing(base, raw, pool).run()
+def pair_models(base, raw, pool, keep_empty: bool = False) -> Pairing:
+    return Pairing(base, raw, pool, keep_empty).run()

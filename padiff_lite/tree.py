@@ -25,6 +25,7 @@ class Node:
     children: list[tuple[str, "Node"]] = field(default_factory=list)
     count: int = 0  # tensors in the subtree, aliases included
     fresh: int = 0  # tensors in the subtree that are not aliases
+    on: bool = True  # the module itself is taken (black/white lists): its output is compared
 
     def local(self, ref: TensorRef) -> str:
         return ref.path[len(self.path) + 1:] if self.path else ref.path
@@ -45,15 +46,20 @@ def _join(path: str, name: str) -> str:
 
 
 class ModelTree:
-    """Builds Nodes for a ProxyModel, skipping ``exclude`` modules (explicitly paired elsewhere)."""
+    """Builds Nodes for a ProxyModel, skipping ``exclude`` modules (explicitly paired elsewhere).
 
-    def __init__(self, proxy, exclude_ids=()):
+    ``keep_empty`` keeps modules without tensors (activations, pooling, containers of them) that the
+    lists leave on; the output comparison hooks them, the transfer never sees them.
+    """
+
+    def __init__(self, proxy, exclude_ids=(), keep_empty=False):
         self.proxy = proxy
         self.adapter = proxy.adapter
         self.seen: dict[int, str] = {}  # id(tensor) -> path of its first occurrence
         self.exclude = set(exclude_ids)
         self.white = proxy.white_list
         self.black = proxy.black_list
+        self.keep_empty = keep_empty
 
     def build(self, module, path: str = "", on: bool | None = None) -> Node:
         if on is None:
@@ -72,7 +78,7 @@ class ModelTree:
                 own_on = False
             if mode in ("sublayers", "all"):
                 kids_on, blocked = False, True
-        node = Node(path, module)
+        node = Node(path, module, on=own_on)
         if own_on:
             for name, tensor, kind, persistent in self.adapter.own_tensors(module):
                 if not persistent:
@@ -89,7 +95,7 @@ class ModelTree:
             if not kids_on and not self.white:
                 continue
             sub = self._build(child, _join(path, name), kids_on, blocked)
-            if sub.count:
+            if sub.count or (self.keep_empty and (sub.on or sub.children)):
                 node.children.append((name, sub))
                 node.count += sub.count
                 node.fresh += sub.fresh

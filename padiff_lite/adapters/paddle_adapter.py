@@ -160,6 +160,95 @@ class PaddleAdapter:
         return out
 
 
+    # -- running (output comparison) -----------------------------------------
+    def is_tensor(self, obj) -> bool:
+        paddle = sys.modules.get("paddle")
+        return paddle is not None and isinstance(obj, paddle.Tensor)
+
+    def to_tensor(self, array):
+        """A paddle tensor holding a numpy array (same dtype)."""
+        import paddle
+
+        return paddle.to_tensor(array)
+
+    def snapshot(self, t):
+        """An independent numpy copy of ``t`` (bfloat16, which numpy shows as uint16, widened to float32)."""
+        t = t.detach()
+        if "bfloat16" in str(t.dtype):
+            t = t.astype("float32")
+        return t.numpy().copy()
+
+    def add_forward_hook(self, module, fn):
+        """Call ``fn(inputs, output)`` each time ``module`` finishes a forward; returns a removable handle."""
+
+        def hook(_layer, inputs, output):
+            fn(inputs, output)  # returns None: the output is left as it is
+
+        return module.register_forward_post_hook(hook)
+
+    def forward(self, model, args, kwargs, grad: bool):
+        import paddle
+
+        flipped = []
+        if grad:
+            # paddle's fused RNN kernel keeps nothing for backward when is_test (eval mode): backward then
+            # fails with "Tensor holds no memory". Without dropout its training mode computes the same
+            # outputs, so for a gradient pass those layers run in training mode (restored right after).
+            for layer in [model] + list(model.sublayers()):
+                if isinstance(layer, paddle.nn.layer.rnn.RNNBase) and not layer.training and not layer.dropout:
+                    layer.training = True
+                    flipped.append(layer)
+        try:
+            with paddle.set_grad_enabled(grad):
+                return model(*args, **kwargs)
+        finally:
+            for layer in flipped:
+                layer.training = False
+
+    def backward_sum(self, tensors) -> bool:
+        """Backward from the sum of every floating tensor that needs a gradient; False when there is none."""
+        import paddle
+
+        terms = [t.astype("float32").sum() for t in tensors if t.is_floating_point() and not t.stop_gradient]
+        if not terms:
+            return False
+        paddle.add_n(terms).backward()
+        return True
+
+    def grad(self, t):
+        g = getattr(t, "grad", None)
+        return None if g is None else self.snapshot(g)
+
+    def clear_grads(self, model):
+        model.clear_gradients(set_to_zero=False)
+
+    def load_weights(self, model, path: str):
+        """Load a paddle state dict file (.pdparams) into ``model``; every key must fit."""
+        import paddle
+
+        from ..errors import CheckpointError
+
+        if not str(path).endswith(".pdparams"):
+            raise CheckpointError(f"{path}: a paddle model loads .pdparams files; "
+                                  "give a file saved with paddle.save(model.state_dict(), ...)")
+        try:
+            state = paddle.load(path)
+        except Exception as exc:
+            raise CheckpointError(f"{path}: paddle.load failed ({type(exc).__name__}: {exc})") from exc
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a state dict")
+        own = model.state_dict()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        bad = [f"{k} {list(state[k].shape)} vs model {list(own[k].shape)}" for k in own
+               if k in state and list(state[k].shape) != list(own[k].shape)]
+        if missing or unexpected or bad:
+            raise CheckpointError(
+                f"{path} does not fit {type(model).__name__}: missing {missing or '-'}, "
+                f"unexpected {unexpected or '-'}, shape mismatch {bad or '-'}")
+        model.set_state_dict(state)
+
+
 def _unnamed(attr):
     """A ParamAttr like ``attr`` without its name, so re-creating a parameter cannot clash with it."""
     import paddle

@@ -106,3 +106,64 @@ class TorchAdapter:
             getattr(clone, reset)()
         own = {n: t for n, t, _, _ in self.own_tensors(clone)}
         return {n: own[n].detach().clone() for n in names if n in own}
+
+    # -- running (output comparison) -----------------------------------------
+    def is_tensor(self, obj) -> bool:
+        torch = sys.modules.get("torch")
+        return torch is not None and isinstance(obj, torch.Tensor)
+
+    def to_tensor(self, array):
+        """A torch tensor holding a numpy array (same dtype)."""
+        import numpy as np
+
+        return _torch().from_numpy(np.ascontiguousarray(array))
+
+    def snapshot(self, t):
+        """An independent numpy copy of ``t`` (bfloat16 widened to float32, which numpy lacks)."""
+        t = t.detach()
+        if t.dtype == _torch().bfloat16:
+            t = t.float()
+        return t.cpu().numpy().copy()
+
+    def add_forward_hook(self, module, fn):
+        """Call ``fn(inputs, output)`` each time ``module`` finishes a forward; returns a removable handle."""
+        return module.register_forward_hook(lambda _m, inputs, output: fn(inputs, output))
+
+    def forward(self, model, args, kwargs, grad: bool):
+        with _torch().set_grad_enabled(grad):
+            return model(*args, **kwargs)
+
+    def backward_sum(self, tensors) -> bool:
+        """Backward from the sum of every floating tensor that needs a gradient; False when there is none."""
+        terms = [t.float().sum() for t in tensors if t.is_floating_point() and t.requires_grad]
+        if not terms:
+            return False
+        _torch().stack(terms).sum().backward()
+        return True
+
+    def grad(self, t):
+        g = getattr(t, "grad", None)
+        return None if g is None else self.snapshot(g)
+
+    def clear_grads(self, model):
+        model.zero_grad(set_to_none=True)
+
+    def load_weights(self, model, path: str):
+        """Load a torch state dict file (.pt / .pth, read with weights_only=True) into ``model``, strictly."""
+        from ..errors import CheckpointError
+
+        if not str(path).endswith((".pt", ".pth", ".bin")):
+            raise CheckpointError(f"{path}: a torch model loads .pt/.pth/.bin state dict files; "
+                                  "give a file saved with torch.save(model.state_dict(), ...)")
+        try:
+            state = _torch().load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise CheckpointError(f"{path}: torch.load failed ({type(exc).__name__}: {exc}); "
+                                  "give a state dict saved with torch.save") from exc
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a state dict; "
+                                  "save model.state_dict(), not the model")
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{path} does not fit {type(model).__name__}: {exc}") from exc
