@@ -77,6 +77,9 @@ class Pairing:
             else:
                 self._match(child, other, "name")
         left_r = list(rk.values())
+        # modules without tensors (activations, dropout, ...) take no part in pairing by position
+        left_b = [n for n in left_b if not n.bare]
+        left_r = [n for n in left_r if not n.bare]
         if len(left_b) != len(left_r):  # tied-only subtrees carry nothing new: let them go unpaired
             left_b = [n for n in left_b if n.fresh]
             left_r = [n for n in left_r if n.fresh]
