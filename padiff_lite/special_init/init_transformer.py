@@ -20,7 +20,7 @@ def _prefixed(prefix_t, prefix_p, maps):
 
 
 def _act_name(act):
-    return getattr(act, "__name__", type(act).__name__).lower()
+    return getattr(act, "__name__", type(act).__name__).lower().lstrip("_")
 
 
 def _layer(module, layer, attn_pairs, norms):
