@@ -1,5 +1,5 @@
-"""Linear and Bilinear inside small models, both directions."""
-import pytest
+"""Linear (incl. a materialised LazyLinear) and Bilinear inside small models, both directions."""
+import numpy as np
 
 from layer_models import Case, between, bias_kw, cases_param, net, nn, run_case
 
@@ -17,7 +17,21 @@ def bilinear(bias):
                           post=lambda f: nn(f).Linear(5, 3))
 
 
-CASES = [Case(f"linear-bias{b}", between(linear(b), 6, 3, d_mid=8), [(4, 6)], ("Linear", "Linear")) for b in (True, False)]
+def lazy_or_linear(fw):
+    """torch: a LazyLinear materialised by one forward (it becomes a Linear); paddle: a Linear."""
+    if fw == "torch":
+        import torch
+
+        lazy = torch.nn.LazyLinear(8)
+        lazy(torch.zeros(1, 8))
+        assert type(lazy).__name__ == "Linear"
+        return lazy
+    return nn(fw).Linear(8, 8)
+
+
+CASES = [Case(f"linear-bias{b}", between(linear(b), 6, 3, d_mid=8), [(4, 6)], ("Linear", "Linear"))
+         for b in (True, False)]
+CASES.append(Case("lazylinear-materialised", between(lazy_or_linear, 6, 3, d_mid=8), [(4, 6)], ("Linear", "Linear")))
 CASES += [Case(f"bilinear-bias{b}", bilinear(b), [(4, 6)], ("Bilinear", "Bilinear")) for b in (True, False)]
 
 
@@ -27,8 +41,5 @@ def test_linear_family(case, src, dst):
 
 
 def test_square_linear_is_transposed_by_class_not_shape():
-    import numpy as np
-
-    case = CASES[0]
-    report, a, b = run_case(case, "torch", "paddle")
+    report, a, b = run_case(CASES[0], "torch", "paddle")
     np.testing.assert_array_equal(a[1].weight.detach().numpy().T, b[1].weight.numpy())
