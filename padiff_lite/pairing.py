@@ -43,6 +43,7 @@ class Pairing:
         self.base, self.raw, self.pool = base, raw, pool
         self.pairs: list[LayerPair] = []
         self.unpaired: list[Unpaired] = []
+        self._classes: dict = {}
 
     def run(self):
         base, raw = self.base, self.raw
@@ -77,9 +78,10 @@ class Pairing:
             else:
                 self._match(child, other, "name")
         left_r = list(rk.values())
-        # modules without tensors (activations, dropout, ...) take no part in pairing by position
-        left_b = [n for n in left_b if not n.bare]
-        left_r = [n for n in left_r if not n.bare]
+        # modules without tensors take no part in pairing by position (activations, dropout, ...), unless
+        # a rule may give them tensors (torch InstanceNorm(affine=False) <-> paddle's with scale/bias)
+        left_b = [n for n in left_b if not n.bare or self._ruled(self.base, "base", n)]
+        left_r = [n for n in left_r if not n.bare or self._ruled(self.raw, "raw", n)]
         if len(left_b) != len(left_r):  # tied-only subtrees carry nothing new: let them go unpaired
             left_b = [n for n in left_b if n.fresh]
             left_r = [n for n in left_r if n.fresh]
@@ -89,8 +91,17 @@ class Pairing:
         else:
             for side, nodes in (("base", left_b), ("raw", left_r)):
                 for n in nodes:
+                    if n.bare:
+                        continue  # nothing to transfer, nothing missing
                     self.unpaired.append(Unpaired(side, n.path, type(n.module).__name__, n.fresh, n))
 
+
+    def _ruled(self, proxy, side: str, n: Node) -> bool:
+        """Whether ``n``'s class takes part in a registered pair on this side."""
+        key = (side, proxy.framework)
+        if key not in self._classes:
+            self._classes[key] = self.pool.classes_on(side, proxy.framework)
+        return bool(set(proxy.adapter.class_names(n.module)) & self._classes[key])
 
     def _alike(self, b: Node, r: Node) -> bool:
         """Whether two modules may be paired by position: same class name (any case) or a registered pair."""
