@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from .errors import PadiffError
 from .pairing import LayerPair, Unpaired, pair_models
 from .special_init import init_pool
 from .tree import TensorRef
@@ -110,7 +111,10 @@ def _plan_maps(plan: Plan, pair: LayerPair):
     try:
         maps = entry.maps(b.module, r.module)
     except Exception as exc:  # a rule that cannot describe this pair is a planning problem, not a crash
-        plan.problems.append(f"{_where(pair)}: rule {entry.key} ({entry.origin}) failed: {type(exc).__name__}: {exc}")
+        if isinstance(exc, PadiffError):  # the rule refuses this pair and says why
+            plan.problems.append(f"{_where(pair)}: {exc} (rule {entry.key}, {entry.origin})")
+        else:
+            plan.problems.append(f"{_where(pair)}: rule {entry.key} ({entry.origin}) failed: {type(exc).__name__}: {exc}")
         return
     used_b, used_r = set(), set()
     for m in maps:

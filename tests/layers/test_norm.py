@@ -96,3 +96,24 @@ def test_group_norm_with_other_groups_is_refused():
     b = nn("paddle").Sequential(nn("paddle").GroupNorm(3, 6))
     with pytest.raises(TransferError, match="num_groups differs: torch 2, paddle 3"):
         assign_weight(a, b)
+
+
+@pytest.mark.parametrize("torch_is_base", [True, False])
+def test_epsilon_mismatch_is_refused(torch_is_base):
+    t = nn("torch").Sequential(nn("torch").LayerNorm(8, eps=1e-6))
+    p = nn("paddle").Sequential(nn("paddle").LayerNorm(8))
+    base, raw = (t, p) if torch_is_base else (p, t)
+    with pytest.raises(TransferError) as e:
+        assign_weight(base, raw)
+    msg = str(e.value)
+    assert "LayerNorm.eps vs LayerNorm._epsilon differs: torch 1e-06, paddle 1e-05" in msg
+    assert "build both with the same epsilon" in msg and "(rule " in msg
+
+
+def test_filled_parameters_are_listed_in_the_report():
+    from helpers import assert_transfer_equivalent
+
+    build = conv_between(instance_norm(2, False), 2, 6)
+    report, *_ = assert_transfer_equivalent(build, "torch", "paddle", [(2, 3, 6, 6)])
+    assert report.initialised == ["1.0 -> 1.scale", "0.0 -> 1.bias"]
+    assert "initialised:" in str(report)
