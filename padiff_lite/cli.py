@@ -26,6 +26,12 @@ def cmd_demo(args) -> int:
 def cmd_rules(args) -> int:
     from .special_init import init_pool
 
+    if args.markdown:
+        from .rules_table import render
+
+        print(render(), end="")
+        return 0
+
     rows = [("base", "raw", "kind", "what is transformed", "defined at")]
     for e in init_pool.entries():
         k = e.key
@@ -129,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     r = sub.add_parser("rules", help="list the registered special inits and default rules")
+    r.add_argument("--markdown", action="store_true", help="print the supported-layers table (docs/supported_layers.md)")
     r.set_defaults(func=cmd_rules)
 
     c = sub.add_parser("check", help="transfer base -> raw and compare the two models layer by layer",

@@ -54,6 +54,7 @@ def execute(plan: Plan, init_ops=()) -> Stats:
         _restore_init(plan.raw.adapter, saved)
         raise
     ba, ra = plan.base.adapter, plan.raw.adapter
+    written = set()  # a tensor written in row blocks (or copied, then a padding row filled) counts once
     with torch.no_grad():
         for op in plan.ops:
             dst = op.dst.tensor
@@ -74,8 +75,9 @@ def execute(plan: Plan, init_ops=()) -> Stats:
                 stats.bytes += src.numel() * src.element_size()
             if not ra.is_direct(dst):
                 ra.write(dst, direct)  # the view was a copy (non-contiguous or off-CPU): write it back
-            stats.tensors += 1
+            written.add(id(dst))
             stats.elements += region.numel()
+    stats.tensors += len(written)
     return stats
 
 

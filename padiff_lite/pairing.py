@@ -51,6 +51,7 @@ class Pairing:
         self.pairs: list[LayerPair] = []
         self.matched: list[LayerPair] = []
         self.unpaired: list[Unpaired] = []
+        self._classes: dict = {}
 
     def run(self):
         base, raw = self.base, self.raw
@@ -82,20 +83,25 @@ class Pairing:
         left_b = []
         for name, child in b.children:
             other = rk.get(name)
-            # a module without tensors never takes the name of one with tensors (keep_empty only)
-            if other is None or bool(other.count) != bool(child.count):
+            if other is None or not self._may_meet(child, other):
                 left_b.append(child)
             else:
                 del rk[name]
                 self._match(child, other, "name")
         left_r = list(rk.values())
-        empty_b = [n for n in left_b if not n.count]  # only with keep_empty: modules without tensors
-        empty_r = [n for n in left_r if not n.count]
-        if len(empty_b) == len(empty_r) and all(map(self._alike, empty_b, empty_r)):
-            for bc, rc in zip(empty_b, empty_r):
-                self._match(bc, rc, "order")
-        left_b = [n for n in left_b if n.count]
-        left_r = [n for n in left_r if n.count]
+        # Modules that carry no tensors (activations, pooling, dropout) pair among themselves, and only
+        # for comparisons (keep_empty). They take no part in pairing by position unless a rule may give
+        # them tensors (torch InstanceNorm(affine=False) <-> paddle's with scale/bias).
+        weighs_b = [self._weighs(self.base, "base", n) for n in left_b]
+        weighs_r = [self._weighs(self.raw, "raw", n) for n in left_r]
+        if self.keep_empty:
+            empty_b = [n for n, w in zip(left_b, weighs_b) if not w]
+            empty_r = [n for n, w in zip(left_r, weighs_r) if not w]
+            if len(empty_b) == len(empty_r) and all(map(self._alike, empty_b, empty_r)):
+                for bc, rc in zip(empty_b, empty_r):
+                    self._match(bc, rc, "order")
+        left_b = [n for n, w in zip(left_b, weighs_b) if w]
+        left_r = [n for n, w in zip(left_r, weighs_r) if w]
         if len(left_b) != len(left_r):  # tied-only subtrees carry nothing new: let them go unpaired
             left_b = [n for n in left_b if n.fresh]
             left_r = [n for n in left_r if n.fresh]
@@ -105,8 +111,25 @@ class Pairing:
         else:
             for side, nodes in (("base", left_b), ("raw", left_r)):
                 for n in nodes:
-                    self.unpaired.append(Unpaired(side, n.path, type(n.module).__name__, n.fresh, n))
+                    if n.count:  # a module with nothing to transfer is not missing anything
+                        self.unpaired.append(Unpaired(side, n.path, type(n.module).__name__, n.fresh, n))
 
+    def _may_meet(self, b: Node, r: Node) -> bool:
+        """Whether two namesakes pair: both carry tensors or neither does, or a rule joins their classes."""
+        if bool(b.count) == bool(r.count):
+            return True
+        return self.pool.lookup(self.base.adapter, b.module, self.raw.adapter, r.module) is not None
+
+    def _weighs(self, proxy, side: str, n: Node) -> bool:
+        """Whether ``n`` takes part in pairing by position: it carries tensors, or a rule may give it some."""
+        return bool(n.count) or (n.bare and self._ruled(proxy, side, n))
+
+    def _ruled(self, proxy, side: str, n: Node) -> bool:
+        """Whether ``n``'s class takes part in a registered pair on this side."""
+        key = (side, proxy.framework)
+        if key not in self._classes:
+            self._classes[key] = self.pool.classes_on(side, proxy.framework)
+        return bool(set(proxy.adapter.class_names(n.module)) & self._classes[key])
 
     def _alike(self, b: Node, r: Node) -> bool:
         """Whether two modules may be paired by position: same class name (any case) or a registered pair."""

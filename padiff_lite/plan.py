@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from .errors import PadiffError
 from .pairing import LayerPair, Unpaired, pair_models
 from .special_init import init_pool
 from .tree import ModelTree, TensorRef
@@ -119,8 +120,11 @@ def _plan_maps(plan: Plan, pair: LayerPair):
     try:
         maps = entry.maps(b.module, r.module)
     except Exception as exc:  # a rule that cannot describe this pair is a planning problem, not a crash
-        plan.problems.append(f"{_where(pair)}: rule {entry.key} ({entry.origin}) failed: {type(exc).__name__}: {exc}; "
-                             "fix the rule, or register another for this class pair with override=True")
+        if isinstance(exc, PadiffError):  # the rule refuses this pair and says why
+            plan.problems.append(f"{_where(pair)}: {exc} (rule {entry.key}, {entry.origin})")
+        else:
+            plan.problems.append(f"{_where(pair)}: rule {entry.key} ({entry.origin}) failed: {type(exc).__name__}: {exc}; "
+                                 "fix the rule, or register another for this class pair with override=True")
         return
     used_b, used_r = set(), set()
     for m in maps:
@@ -142,14 +146,19 @@ def _plan_maps(plan: Plan, pair: LayerPair):
         if src is not None and dst is not None:
             plan.ops.append(Op("copy", src, dst, pair, m.transform, m.src_rows, m.dst_rows))
         elif dst is not None and m.value is not None:
-            plan.ops.append(Op("fill", None, dst, pair, value=m.value))
+            plan.ops.append(Op("fill", None, dst, pair, dst_rows=m.dst_rows, value=m.value))
         elif src is not None and m.value is not None:
-            plan.checks.append(Op("expect", src, None, pair, value=m.value))
+            plan.checks.append(Op("expect", src, None, pair, src_rows=m.src_rows, value=m.value))
+    # a tensor is covered when a rule names it under any of its names (paddle RNN cells alias the
+    # top-level weights, and a rule may address either)
+    seen_b = {id(bt[n].tensor) for n in used_b if n in bt}
+    seen_r = {id(rt[n].tensor) for n in used_r if n in rt}
     for name, ref in bt.items():
-        if name not in used_b and ref.persistent and not ref.alias_of and name.split(".")[-1] not in SOURCE_ONLY:
+        if (id(ref.tensor) not in seen_b and ref.persistent and not ref.alias_of
+                and name.split(".")[-1] not in SOURCE_ONLY):
             plan.unexpected.append(ref.path)
     for name, ref in rt.items():
-        if name not in used_r and ref.persistent and not ref.alias_of:
+        if id(ref.tensor) not in seen_r and ref.persistent and not ref.alias_of:
             plan.missing.append(ref.path)
     if entry.caveat:
         note = f"{_where(pair)}: {entry.caveat}"
@@ -336,9 +345,13 @@ def _check_expect(plan, op):
     import torch
 
     view = plan.base.adapter.torch_view(op.src.tensor)
+    rows = ""
+    if op.src_rows is not None:
+        view = view[op.src_rows[0]:op.src_rows[1]]
+        rows = f" rows [{op.src_rows[0]}:{op.src_rows[1]}]"
     if not bool(torch.all(view == op.value)):
         plan.problems.append(
-            f"{_where(op.pair)}: base {op.src.path} has values other than {op.value}, and the raw layer has no "
+            f"{_where(op.pair)}: base {op.src.path}{rows} has values other than {op.value}, and the raw layer has no "
             f"tensor to hold them; give the raw layer that parameter (e.g. affine=True / weight_attr) or reset "
-            f"{op.src.path} to {op.value}"
+            f"{op.src.path}{rows} to {op.value}"
         )

@@ -26,7 +26,8 @@ class TransferReport:
     seconds: float = 0.0
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
-    initialised: list[str] = field(default_factory=list)
+    initialised: list[str] = field(default_factory=list)  # init_unmatched: raw tensors given fresh values
+    filled: list[str] = field(default_factory=list)  # rules: raw tensors set to a constant (no base tensor)
     casts: list[str] = field(default_factory=list)
     nonfinite: dict = field(default_factory=dict)
     tied: list[str] = field(default_factory=list)
@@ -60,6 +61,7 @@ class TransferReport:
         for title, items in (("missing (raw tensors that got nothing)", self.missing),
                              ("unexpected (base tensors not used)", self.unexpected),
                              ("initialised", self.initialised),
+                             ("set to a constant (the base layer has no such tensor)", self.filled),
                              ("narrowing casts", self.casts),
                              ("tied", self.tied),
                              ("non-finite values copied", [f"{k}: {v}" for k, v in self.nonfinite.items()]),

@@ -136,4 +136,5 @@ def _report(plan: Plan, stats, seconds) -> TransferReport:
         tensors=stats.tensors, elements=stats.elements, bytes=stats.bytes, seconds=seconds,
         missing=list(plan.missing), unexpected=list(plan.unexpected), casts=list(plan.casts),
         nonfinite=dict(stats.nonfinite), tied=list(plan.tied), notes=notes,
+        filled=[op.describe() for op in plan.ops if op.kind == "fill"],
     )

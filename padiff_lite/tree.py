@@ -26,6 +26,7 @@ class Node:
     count: int = 0  # tensors in the subtree, aliases included
     fresh: int = 0  # tensors in the subtree that are not aliases
     on: bool = True  # the module itself is taken (black/white lists): its output is compared
+    bare: bool = False  # the module and its children hold no tensors at all (not just none that the lists let in)
 
     def local(self, ref: TensorRef) -> str:
         return ref.path[len(self.path) + 1:] if self.path else ref.path
@@ -79,8 +80,10 @@ class ModelTree:
             if mode in ("sublayers", "all"):
                 kids_on, blocked = False, True
         node = Node(path, module, on=own_on)
+        own = self.adapter.own_tensors(module)
+        node.bare = not any(t[3] for t in own)
         if own_on:
-            for name, tensor, kind, persistent in self.adapter.own_tensors(module):
+            for name, tensor, kind, persistent in own:
                 if not persistent:
                     continue  # like state_dict(): derived caches are not part of the weights
                 p = _join(path, name)
@@ -93,9 +96,13 @@ class ModelTree:
             if child is None or id(child) in self.exclude:
                 continue
             if not kids_on and not self.white:
+                node.bare = False
                 continue
             sub = self._build(child, _join(path, name), kids_on, blocked)
-            if sub.count or (self.keep_empty and (sub.on or sub.children)):
+            node.bare = node.bare and sub.bare
+            # a bare child is kept: a rule may pair it with a counterpart that holds tensors (torch
+            # InstanceNorm(affine=False) <-> paddle InstanceNorm with scale/bias)
+            if sub.count or sub.bare or (self.keep_empty and (sub.on or sub.children)):
                 node.children.append((name, sub))
                 node.count += sub.count
                 node.fresh += sub.fresh

@@ -352,5 +352,5 @@ def test_keep_empty_pairing_leaves_the_tensor_pairs_unchanged(name):
     paths = lambda pairs: [(p.base.path, p.raw.path, p.how) for p in pairs]  # noqa: E731
     assert paths(full.pairs) == paths(plain.pairs) and not plain.unpaired and not full.unpaired
     assert len(full.matched) >= len(plain.matched) >= len(plain.pairs)
-    if name in ("mlp", "conv_bn", "tiny"):  # these hold activations/pooling: paired only with keep_empty
-        assert len(full.matched) > len(plain.matched)
+    if name in ("mlp", "conv_bn", "tiny"):  # these hold activations/pooling: they are compared too
+        assert any(type(p.base.module).__name__ in ("ReLU", "Tanh") for p in full.matched)

@@ -24,11 +24,17 @@ def Base(fw):
 
 @pytest.fixture
 def pool_keys():
-    """Registry keys a test adds, removed afterwards."""
-    keys = []
-    yield keys.append
-    for key in keys:
+    """Registry keys a test adds, removed afterwards (a built-in entry it replaced is put back)."""
+    saved = {}
+
+    def track(key):
+        saved.setdefault(tuple(key), init_pool[key] if key in init_pool else None)
+
+    yield track
+    for key, entry in saved.items():
         init_pool.remove(*key)
+        if entry is not None:
+            init_pool._add(entry, override=True)
 
 
 # -- special inits failing half-way --------------------------------------------------------------
@@ -162,18 +168,41 @@ def test_duplicate_mapping_rule_names_the_key_and_where_it_was_registered(pool_k
     assert init_pool["torch", "Linear", "paddle", "Linear"].origin.startswith("padiff_lite.special_init.init_linear")
 
 
+class GainT(torch.nn.Module):
+    def __init__(self, g):
+        super().__init__()
+        self.g = torch.nn.Parameter(torch.full([1], g))
+
+
+class GainP(paddle.nn.Layer):
+    def __init__(self, g):
+        super().__init__()
+        self.g = self.create_parameter([1], default_initializer=paddle.nn.initializer.Constant(g))
+
+
 def test_override_replaces_and_is_used(pool_keys):
-    pool_keys(("torch", "PReLU", "paddle", "PReLU"))
+    pool_keys(("torch", "GainT", "paddle", "GainP"))
     first, second = [], []
-    add_special_init("torch", "PReLU", "paddle", "PReLU", lambda m, l: first.append(1))
-    with pytest.raises(RegistryError, match="torch.PReLU -> paddle.PReLU is already registered"):
-        add_special_init("torch", "PReLU", "paddle", "PReLU", lambda m, l: second.append(1))
-    add_special_init("torch", "PReLU", "paddle", "PReLU",
-                     lambda m, l: (second.append(1), l._weight.set_value(m.weight.detach().numpy())), override=True)
-    a, b = torch.nn.PReLU(init=0.7), paddle.nn.PReLU(init=0.1)
+    add_special_init("torch", "GainT", "paddle", "GainP", lambda m, l: first.append(1))
+    with pytest.raises(RegistryError, match="torch.GainT -> paddle.GainP is already registered"):
+        add_special_init("torch", "GainT", "paddle", "GainP", lambda m, l: second.append(1))
+    add_special_init("torch", "GainT", "paddle", "GainP",
+                     lambda m, l: (second.append(1), l.g.set_value(m.g.detach().numpy())), override=True)
+    a, b = GainT(0.7), GainP(0.1)
     report = assign_weight(a, b)
-    assert (first, second) == ([], [1]) and b._weight.numpy().tolist() == pytest.approx([0.7])
-    assert report.pairs[0].rule == "special init torch.PReLU -> paddle.PReLU"
+    assert (first, second) == ([], [1]) and b.g.numpy().tolist() == pytest.approx([0.7])
+    assert report.pairs[0].rule == "special init torch.GainT -> paddle.GainP"
+
+
+def test_override_of_a_built_in_rule_is_used_and_can_be_put_back(pool_keys):
+    pool_keys(("torch", "PReLU", "paddle", "PReLU"))
+    with pytest.raises(RegistryError, match="torch.PReLU -> paddle.PReLU is already registered"):
+        add_special_init("torch", "PReLU", "paddle", "PReLU", lambda m, l: None)
+    add_special_init("torch", "PReLU", "paddle", "PReLU",
+                     lambda m, l: l._weight.set_value(m.weight.detach().numpy() * 2), override=True)
+    a, b = torch.nn.PReLU(init=0.7), paddle.nn.PReLU(init=0.1)
+    assign_weight(a, b)
+    assert b._weight.numpy().tolist() == pytest.approx([1.4])
 
 
 @pytest.mark.parametrize("bad,why", [

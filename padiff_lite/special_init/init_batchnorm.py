@@ -1,5 +1,11 @@
-"""BatchNorm: torch's running statistics are buffers, paddle's are the parameters _mean/_variance."""
+"""BatchNorm: torch's running statistics are buffers, paddle's are the parameters _mean/_variance.
+
+torch track_running_stats=False normalises with batch statistics in eval too; paddle does that
+only with use_global_stats=False. A pair whose two settings disagree would give different eval
+outputs whatever the weights, so the rule refuses it.
+"""
 from . import Map, init_pool
+from .maps import optional, require_same
 
 CAVEAT = (
     "BatchNorm momentum conventions differ (paddle momentum = 1 - torch momentum) and paddle updates the "
@@ -8,16 +14,37 @@ CAVEAT = (
 
 
 def batchnorm(module, layer):
-    maps = [Map("running_mean", "_mean"), Map("running_var", "_variance"), Map("num_batches_tracked", None)]
-    # torch affine=False has no weight/bias; paddle (weight_attr=False) still holds constant ones/zeros.
-    maps.append(Map("weight", "weight") if module.weight is not None else Map(None, "weight", value=1.0))
-    maps.append(Map("bias", "bias") if module.bias is not None else Map(None, "bias", value=0.0))
-    if module.running_mean is None:
-        maps = [m for m in maps if m.src not in ("running_mean", "running_var", "num_batches_tracked")]
+    t_name, p_name = type(module).__name__, type(layer).__name__
+    tracks = module.running_mean is not None
+    batch_stats = getattr(layer, "_use_global_stats", None) is False
+    if tracks == batch_stats:
+        raise_for_stats(t_name, p_name, tracks)
+    require_same(f"{t_name}.eps vs {p_name}._epsilon", module.eps, getattr(layer, "_epsilon", None),
+                 "build both with the same epsilon")
+    if tracks:
+        maps = [Map("running_mean", "_mean"), Map("running_var", "_variance"), Map("num_batches_tracked", None)]
+    else:  # neither side reads running statistics in eval: paddle's are left as they are
+        maps = [Map(None, "_mean"), Map(None, "_variance")]
+    # torch affine=False has no weight/bias; paddle (weight_attr=False) may still hold constant ones/zeros
+    maps += optional("weight", "weight", module.weight is not None, layer.weight is not None, 1.0)
+    maps += optional("bias", "bias", module.bias is not None, layer.bias is not None, 0.0)
     return maps
+
+
+def raise_for_stats(t_name, p_name, tracks):
+    from ..errors import TransferError
+
+    if tracks:
+        raise TransferError(f"paddle {p_name}(use_global_stats=False) normalises with batch statistics in eval, "
+                            f"torch {t_name}(track_running_stats=True) with its running statistics; build paddle "
+                            "with use_global_stats=None (the default)")
+    raise TransferError(f"torch {t_name}(track_running_stats=False) normalises with batch statistics in eval, paddle "
+                        f"{p_name} with its running statistics; build paddle with use_global_stats=False")
 
 
 for _t, _p in [("BatchNorm1d", "BatchNorm1D"), ("BatchNorm2d", "BatchNorm2D"), ("BatchNorm3d", "BatchNorm3D"),
                ("SyncBatchNorm", "SyncBatchNorm")]:
-    init_pool.register_maps("torch", _t, "paddle", _p, caveat=CAVEAT,
-                            note="running_mean/running_var <-> _mean/_variance; num_batches_tracked dropped")(batchnorm)
+    init_pool.register_maps(
+        "torch", _t, "paddle", _p, caveat=CAVEAT,
+        note="running_mean/running_var <-> _mean/_variance; num_batches_tracked dropped; affine=False <-> "
+             "weight 1/bias 0; track_running_stats=False <-> use_global_stats=False")(batchnorm)

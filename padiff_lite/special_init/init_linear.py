@@ -1,4 +1,4 @@
-"""Linear layers: torch keeps the weight as [out, in], paddle as [in, out]."""
+"""Linear layers: torch keeps the weight as [out, in], paddle as [in, out]; Bilinear agrees on the weight."""
 from . import Map, init_pool
 
 
@@ -7,4 +7,13 @@ def linear(module, layer):
     maps = [Map("weight", "weight", "transpose")]
     if module.bias is not None or layer.bias is not None:
         maps.append(Map("bias", "bias"))
+    return maps
+
+
+@init_pool.register_maps("torch", "Bilinear", "paddle", "Bilinear",
+                         note="weight [out, in1, in2] copied as it is; bias [out] <-> [1, out] (reshape)")
+def bilinear(module, layer):
+    maps = [Map("weight", "weight")]
+    if module.bias is not None or layer.bias is not None:
+        maps.append(Map("bias", "bias", "reshape"))
     return maps

@@ -1,0 +1,33 @@
+"""Small helpers shared by the plugin files (not a plugin itself: the name does not start with init_)."""
+from __future__ import annotations
+
+from ..errors import TransferError
+from .registry import Map
+
+
+def optional(src: str, dst: str, src_has: bool, dst_has: bool, value: float, transform: str = "copy") -> list[Map]:
+    """Maps for a tensor that either side may lack (affine=False, bias=False, ...).
+
+    Both have it: copy. Only the target has it: fill it with ``value`` (the constant the source
+    layer behaves as if it had). Only the source has it: it must equal ``value``. Neither: nothing.
+    """
+    if src_has and dst_has:
+        return [Map(src, dst, transform)]
+    if dst_has:
+        return [Map(None, dst, value=value)]
+    if src_has:
+        return [Map(src, None, value=value)]
+    return []
+
+
+def require_same(what: str, torch_value, paddle_value, fix: str):
+    """Raise TransferError when a setting that weights cannot carry differs between the two layers."""
+    if torch_value is None or paddle_value is None:
+        return
+    if isinstance(torch_value, float) or isinstance(paddle_value, float):
+        same = abs(float(torch_value) - float(paddle_value)) <= 1e-12
+    else:
+        same = torch_value == paddle_value
+    if not same:
+        raise TransferError(f"{what} differs: torch {torch_value!r}, paddle {paddle_value!r}; "
+                            f"the outputs would differ whatever the weights; {fix}")
