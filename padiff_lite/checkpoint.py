@@ -80,16 +80,38 @@ def load_factory(spec: str):
 def _build_contexts():
     import paddle
 
-    yield "without storage", lambda: _both(torch.device("meta"), paddle.LazyGuard())
+    yield "without storage", lambda: _all(torch.device("meta"), _no_torch_init(), paddle.LazyGuard())
     # some paddle layers (LSTM's flatten_parameters) cannot be built lazily: those get real storage
-    yield "torch on meta, paddle with storage", lambda: torch.device("meta")
+    yield "torch on meta, paddle with storage", lambda: _all(torch.device("meta"), _no_torch_init())
     yield "with storage", contextlib.nullcontext
 
 
 @contextlib.contextmanager
-def _both(a, b):
-    with a, b:
+def _all(*contexts):
+    with contextlib.ExitStack() as stack:
+        for c in contexts:
+            stack.enter_context(c)
         yield
+
+
+@contextlib.contextmanager
+def _no_torch_init():
+    """torch.nn.init's in-place initialisers as no-ops while a model is built on the meta device: there is
+    nothing to initialise, and on meta tensors they import torch._dynamo (seconds, ~100 MB) the first time."""
+    import torch.nn.init as init
+
+    saved = {n: f for n, f in vars(init).items() if n.endswith("_") and not n.startswith("_") and callable(f)}
+    try:
+        for n in saved:
+            setattr(init, n, _keep)
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(init, n, f)
+
+
+def _keep(tensor, *args, **kwargs):
+    return tensor
 
 
 def _name_of(spec) -> str:
@@ -185,6 +207,11 @@ def convert_checkpoint(src, dst, base_model, raw_model, strict: bool = True, pro
     report.missing += job.missing
     report.unexpected += job.unexpected
     report.notes += job.notes
+    if out_fmt == "safetensors":
+        dropped = [f"{e.key} (same tensor as {e.alias_of})" for u in job.units for e in u.entries if e.alias_of]
+        if dropped:
+            report.notes.append("tied names not stored (safetensors holds no aliases; the model's own tying "
+                                "restores them): " + ", ".join(dropped))
     log.info("converted %s -> %s: %d tensors, %.1f MB in %.2f s", ck.path, dst, report.tensors,
              report.bytes / 1e6, report.seconds)
     return report
@@ -199,6 +226,7 @@ class _Unit:
     dtype: torch.dtype | None = None
     entries: list = field(default_factory=list)  # output names, tied names after their tensor
     targets: list = field(default_factory=list)  # (canonical key, TensorRef) written by this unit
+    keys: list = field(default_factory=list)  # file keys it reads
 
 
 class _Job:
@@ -213,6 +241,7 @@ class _Job:
         self.unexpected: list[str] = []
         self.notes: list[str] = []
         self.total_bytes = 0
+        self.uses: dict[str, int] = {}  # file key -> units still to read it (then its memory can go)
 
     # -- checking everything before writing anything ---------------------------
     def prepare(self):
@@ -228,9 +257,11 @@ class _Job:
             self.key[id(ref.tensor)] = key
             fshape, mshape = ck.infos[key].shape, tuple(ba.shape(ref.tensor))
             if fshape != mshape:
+                fix = ("build the base model with the sizes the checkpoint was saved with" if len(fshape) != 2 or
+                       fshape[::-1] != mshape else f"the layout looks transposed: if {ck.path.name} was saved from "
+                       f"the other framework's model, swap the base and raw models (--base/--raw)")
                 problems.append(f"{ck.files[ck.infos[key].file]}: {key} is {list(fshape)} in the checkpoint but "
-                                f"{ref.path} is {list(mshape)} in the base model {self.base.name}; build the base "
-                                "model with the sizes the checkpoint was saved with")
+                                f"{ref.path} is {list(mshape)} in the base model {self.base.name}; {fix}")
         if legacy:
             self.notes.append("legacy key names recognised in the checkpoint: " + ", ".join(legacy))
         known = {n for names in self.bnames.values() for n in names}
@@ -333,6 +364,9 @@ class _Job:
                                  for a in self.rnames.get(id(ref.tensor), []) if a != key]
                 self.total_bytes += _nbytes(shape, dtype)
             kept.append(unit)
+            for k in set(keys):
+                self.uses[k] = self.uses.get(k, 0) + 1
+            unit.keys = sorted(set(keys))
         self.units = kept
 
     def groups(self) -> list[list[_Unit]]:
@@ -344,8 +378,14 @@ class _Job:
 
     # -- executing -------------------------------------------------------------
     def compute(self, unit: _Unit, stats: Stats) -> dict[str, torch.Tensor]:
-        if unit.pair is not None:
-            return self._imperative(unit, stats)
+        out = self._imperative(unit, stats) if unit.pair is not None else self._planned(unit, stats)
+        for k in unit.keys:
+            self.uses[k] -= 1
+            if not self.uses[k]:
+                self.ck.forget(k)
+        return out
+
+    def _planned(self, unit: _Unit, stats: Stats) -> dict[str, torch.Tensor]:
         entry = unit.entries[0]
         ops = unit.ops
         if len(ops) == 1 and ops[0].kind == "copy" and ops[0].transform == "copy" and ops[0].src_rows is None \

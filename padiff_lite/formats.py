@@ -3,9 +3,9 @@
 =================  ==========================================  ==========================================
 suffix             read                                        written
 =================  ==========================================  ==========================================
-.pt .pth .bin      ``torch.load(weights_only=True, mmap=True)``  ``torch.save`` of the shard's dict
+.pt .pth .bin      ``torch.load(weights_only=True)``           ``torch.save`` of the shard's dict
 .safetensors       ``safe_open``, one tensor at a time           streamed: header first, then tensor by tensor
-.pdparams          ``paddle.load(return_numpy=True)``            ``paddle.save`` of the shard's dict
+.pdparams          ``paddle.load(return_numpy=True)``            the shard's dict pickled as paddle.save does
 *.<suffix>.index.json + shards (HuggingFace layout): any of the above, shard by shard
 =================  ==========================================  ==========================================
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,10 +102,16 @@ class Checkpoint:
                     return h.get_tensor(key)
             except Exception as exc:
                 raise _corrupt(f, exc) from exc
-        if self._cache is None or self._cache[0] != info.file:
-            self._cache = None  # drop the previous file before reading the next
+        if self._cache is None:
             self._cache = (info.file, _load_whole(f, self.fmt))
+        if self._cache[0] != info.file:  # a tensor from another file (rare): read it without dropping ours
+            return _load_whole(f, self.fmt)[key]
         return self._cache[1][key]
+
+    def forget(self, key: str):
+        """The caller is done with ``key``: let its memory go (whole-file formats free it as they go)."""
+        if self._cache is not None:
+            self._cache[1].pop(key, None)
 
     def release(self):
         """Forget the file held in memory (torch/paddle formats are read a whole file at a time)."""
@@ -191,19 +198,25 @@ def _scan(f: Path, fmt: str, i: int) -> dict[str, TensorInfo]:
         except Exception as exc:
             raise _corrupt(f, exc) from exc
         return out
-    sd = _load_whole(f, fmt)
+    sd = _load_whole(f, fmt, mmap=True)
     return {k: TensorInfo(k, tuple(t.shape), t.dtype, i) for k, t in sd.items()}
 
 
-def _load_whole(f: Path, fmt: str) -> dict[str, torch.Tensor]:
+def _load_whole(f: Path, fmt: str, mmap: bool = False) -> dict[str, torch.Tensor]:
+    """Every tensor of one file. ``mmap=True`` (torch files) maps instead of reading: right for a look at
+    shapes, wrong for converting - a mapping keeps every page read in memory until the last tensor of the
+    file is gone, while tensors read plainly are freed one by one as the conversion is done with them."""
     if fmt == "torch":
         try:
-            try:
-                obj = torch.load(str(f), map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError as exc:
-                if "mmap can only be used" not in str(exc):
-                    raise
-                obj = torch.load(str(f), map_location="cpu", weights_only=True)  # legacy (non-zip) torch.save
+            if mmap:
+                try:
+                    obj = torch.load(str(f), map_location="cpu", weights_only=True, mmap=True)
+                except RuntimeError as exc:
+                    if "mmap can only be used" not in str(exc):
+                        raise
+                    mmap = False  # a legacy (non-zip) torch.save file cannot be mapped
+            if not mmap:
+                obj = torch.load(str(f), map_location="cpu", weights_only=True)
         except Exception as exc:
             if "weights_only" in str(exc) and "Unsupported" in str(exc):
                 raise CheckpointError(f"{f}: holds objects other than tensors, which are not loaded (weights_only=True) "
@@ -293,10 +306,14 @@ class DictWriter:
                 fh.flush()
                 os.fsync(fh.fileno())
         else:
-            import paddle
-
-            paddle.save(out, str(self.path))
-            _fsync(self.path)
+            # what paddle.save writes for a dict of arrays (paddle.load reads it back, uint16 as bf16), but with
+            # the pickler's memo off: with it, every array's byte copy stays alive until the end (2x the shard)
+            with open(self.path, "wb") as fh:
+                pickler = pickle.Pickler(fh, protocol=4)
+                pickler.fast = True
+                pickler.dump(out)
+                fh.flush()
+                os.fsync(fh.fileno())
         self.data = {}
 
 
@@ -345,11 +362,6 @@ class SafetensorsWriter:
 
     def abort(self):
         self.fh.close()
-
-
-def _fsync(path: Path):
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())
 
 
 def write_index(path: Path, weight_map: dict, total_size: int):
