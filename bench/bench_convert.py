@@ -117,7 +117,6 @@ def _largest(files) -> int:
 def _sample_check(src_index: Path, out_index: Path, transposed: bool):
     """A few tensors of the output against the source, bit for bit (Linear weights transposed)."""
     import torch
-    from safetensors import safe_open
 
     from padiff_lite.formats import open_checkpoint
 
@@ -129,8 +128,8 @@ def _sample_check(src_index: Path, out_index: Path, transposed: bool):
         if transposed and (k.endswith("proj.weight") or k == "lm_head.weight"):
             b = b.t()
         assert a.dtype == b.dtype == torch.bfloat16 and torch.equal(a, b), k
-        src.release(), out.release()
-    del safe_open
+        src.release()
+        out.release()
 
 
 def main():
