@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 
+from .checkpoint import CheckpointReport, convert_checkpoint
 from .compare import DiffResult, auto_diff
 from .errors import (CheckpointError, DiffError, DiffInputError, InitError, LayerMapError, OutputStructureError,
                      PadiffError, PluginImportError, RegistryError, TransferError)
@@ -21,4 +22,5 @@ __all__ = [
     "TransferReport", "PadiffError", "TransferError", "RegistryError", "PluginImportError",
     "LayerMapError", "CheckpointError", "InitError", "init_weights", "InitReport",
     "auto_diff", "DiffResult", "DiffError", "DiffInputError", "OutputStructureError",
+    "convert_checkpoint", "CheckpointReport",
 ]

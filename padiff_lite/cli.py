@@ -118,6 +118,31 @@ def cmd_check(args) -> int:
     print(result)
     return 0 if result.ok else 1
 
+def cmd_convert(args) -> int:
+    from .checkpoint import convert_checkpoint
+
+    report = convert_checkpoint(args.src, args.dst, args.base, args.raw, strict=args.strict,
+                                progress=False if args.quiet else None)
+    print(report)
+    return 0
+
+
+def _add_convert(sub):
+    c = sub.add_parser("convert", help="convert a checkpoint file torch <-> paddle (streaming, bounded memory)",
+                       description="Convert SRC (a checkpoint of --base) into DST (a checkpoint of --raw). "
+                                   "Formats by suffix: .pt/.pth/.bin, .safetensors, .pdparams; an HF index "
+                                   "'*.safetensors.index.json' / '*.bin.index.json' (or its folder) reads shards "
+                                   "and writes shards plus an index.")
+    c.add_argument("src", help="checkpoint to read (file, index file or folder holding one)")
+    c.add_argument("dst", help="checkpoint to write; its suffix picks the format")
+    c.add_argument("--base", required=True, metavar="MODULE:CALLABLE",
+                   help="zero-argument factory (or class) of the model SRC was saved from")
+    c.add_argument("--raw", required=True, metavar="MODULE:CALLABLE",
+                   help="zero-argument factory (or class) of the model DST is for")
+    c.add_argument("--strict", action=argparse.BooleanOptionalAction, default=True,
+                   help="refuse tensors without a partner (default); --no-strict lists them and goes on")
+    c.set_defaults(func=cmd_convert)
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="padiff-lite", description="Move weights between PyTorch and PaddlePaddle.")
@@ -155,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'both' also compares parameter gradients of a backward pass")
     c.add_argument("--seed", type=int, default=0, help="seed of the random input")
     c.set_defaults(func=cmd_check)
+
+    _add_convert(sub)
     return p
 
 

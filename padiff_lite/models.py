@@ -184,3 +184,140 @@ def paddle_mlp():
 
 def paddle_tiny_net():
     return tiny_net("paddle")
+
+
+# -- checkpoint conversion: a conv + batch-norm + LSTM + linear net and a Llama-like decoder --------------
+def conv_lstm(framework="torch"):
+    """Conv2d -> BatchNorm2d -> pooled over height -> 2-layer bidirectional LSTM over width -> Linear."""
+
+    class ConvLSTM(_base(framework)):
+        def __init__(self):
+            super().__init__()
+            nn = _nn(framework)
+            conv = nn.Conv2d if framework == "torch" else nn.Conv2D
+            bn = nn.BatchNorm2d if framework == "torch" else nn.BatchNorm2D
+            self.conv = conv(3, 8, 3, padding=1)
+            self.bn = bn(8)
+            self.rnn = _lstm(framework, 8, 12, 2, True)
+            self.head = nn.Linear(24, 5)
+
+        def forward(self, x):  # x: [batch, 3, height, width]
+            h = self.bn(self.conv(x)).mean(2)  # [batch, 8, width]
+            h = h.transpose(1, 2) if framework == "torch" else h.transpose([0, 2, 1])
+            out, _ = self.rnn(h)
+            return self.head(out)
+
+    return _eval(ConvLSTM())
+
+
+CONV_LSTM_INPUT = (2, 3, 6, 9)
+
+
+def conv_lstm_torch():
+    return conv_lstm("torch")
+
+
+def conv_lstm_paddle():
+    return conv_lstm("paddle")
+
+
+LLAMA_SMALL = dict(vocab=256, dim=64, layers=2, hidden=160, heads=4)
+
+
+def llama(framework="torch", vocab=256, dim=64, layers=2, hidden=160, heads=4, eps=1e-6):
+    """A Llama-like decoder: embedding, blocks of RMSNorm + q/k/v/o attention + RMSNorm + gate/up/down MLP,
+    a final RMSNorm and an untied lm_head. No rotary embedding: the weights, not the model, are the point."""
+    nn = _nn(framework)
+    Base = _base(framework)
+    pt = framework == "torch"
+
+    def linear(i, o):
+        return nn.Linear(i, o, bias=False) if pt else nn.Linear(i, o, bias_attr=False)
+
+    class RMSNorm(Base):
+        def __init__(self):
+            super().__init__()
+            if pt:
+                import torch
+
+                self.weight = nn.Parameter(torch.ones(dim))
+            else:
+                import paddle
+
+                self.weight = self.create_parameter([dim], default_initializer=nn.initializer.Constant(1.0))
+
+        def forward(self, x):
+            if pt:
+                import torch
+
+                return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * self.weight
+            import paddle
+
+            return x * paddle.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * self.weight
+
+    class Attention(Base):
+        def __init__(self):
+            super().__init__()
+            self.q_proj, self.k_proj, self.v_proj, self.o_proj = (linear(dim, dim) for _ in range(4))
+
+        def forward(self, x):
+            b, s, _ = x.shape
+            d = dim // heads
+
+            def split(t):
+                t = t.reshape([b, s, heads, d])
+                return t.transpose(1, 2) if pt else t.transpose([0, 2, 1, 3])
+
+            q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
+            if pt:
+                import torch
+
+                att = torch.softmax(q @ k.transpose(-1, -2) / d ** 0.5, -1) @ v
+                return self.o_proj(att.transpose(1, 2).reshape(b, s, dim))
+            import paddle
+
+            att = paddle.matmul(paddle.nn.functional.softmax(paddle.matmul(q, k, transpose_y=True) / d ** 0.5, -1), v)
+            return self.o_proj(att.transpose([0, 2, 1, 3]).reshape([b, s, dim]))
+
+    class MLP(Base):
+        def __init__(self):
+            super().__init__()
+            self.gate_proj, self.up_proj, self.down_proj = linear(dim, hidden), linear(dim, hidden), linear(hidden, dim)
+
+        def forward(self, x):
+            act = nn.functional.silu(self.gate_proj(x))
+            return self.down_proj(act * self.up_proj(x))
+
+    class Block(Base):
+        def __init__(self):
+            super().__init__()
+            self.input_layernorm, self.self_attn = RMSNorm(), Attention()
+            self.post_attention_layernorm, self.mlp = RMSNorm(), MLP()
+
+        def forward(self, x):
+            x = x + self.self_attn(self.input_layernorm(x))
+            return x + self.mlp(self.post_attention_layernorm(x))
+
+    class LlamaLike(Base):
+        def __init__(self):
+            super().__init__()
+            self.embed_tokens = nn.Embedding(vocab, dim)
+            self.layers = (nn.ModuleList if pt else nn.LayerList)([Block() for _ in range(layers)])
+            self.norm = RMSNorm()
+            self.lm_head = linear(dim, vocab)
+
+        def forward(self, ids):
+            x = self.embed_tokens(ids)
+            for block in self.layers:
+                x = block(x)
+            return self.lm_head(self.norm(x))
+
+    return _eval(LlamaLike())
+
+
+def llama_torch():
+    return llama("torch", **LLAMA_SMALL)
+
+
+def llama_paddle():
+    return llama("paddle", **LLAMA_SMALL)

@@ -61,7 +61,8 @@ def _where(pair: LayerPair) -> str:
 
 
 # -- building ------------------------------------------------------------------
-def build_plan(base, raw, pool=init_pool) -> Plan:
+def build_plan(base, raw, pool=init_pool, need_data: bool = True) -> Plan:
+    """Pair and plan ``base`` -> ``raw``, then validate. ``need_data=False``: see :func:`validate`."""
     pairing = pair_models(base, raw, pool)
     plan = Plan(base, raw, pairing.pairs, unpaired=pairing.unpaired)
     for u in pairing.unpaired:
@@ -76,7 +77,7 @@ def build_plan(base, raw, pool=init_pool) -> Plan:
     _dedupe_targets(plan)
     plan.missing = _in_model_order(raw, plan.missing)
     plan.unexpected = _in_model_order(base, plan.unexpected)
-    validate(plan)
+    validate(plan, need_data=need_data)
     return plan
 
 
@@ -114,6 +115,16 @@ def _hint_rename(plan, pair, ref, candidates):
         )
 
 
+def _canonical(tensors: dict, ref):
+    """A rule may name a tensor by an alias (paddle's RNN cells): use its first, state-dict name."""
+    if ref is None or not ref.alias_of:
+        return ref
+    for other in tensors.values():
+        if other.path == ref.alias_of:
+            return other
+    return ref
+
+
 def _plan_maps(plan: Plan, pair: LayerPair):
     b, r, entry = pair.base, pair.raw, pair.entry
     bt, rt = b.subtree_tensors(), r.subtree_tensors()
@@ -128,8 +139,8 @@ def _plan_maps(plan: Plan, pair: LayerPair):
         return
     used_b, used_r = set(), set()
     for m in maps:
-        src = bt.get(m.src) if m.src else None
-        dst = rt.get(m.dst) if m.dst else None
+        src = _canonical(bt, bt.get(m.src)) if m.src else None
+        dst = _canonical(rt, rt.get(m.dst)) if m.dst else None
         if m.src and src is None and m.dst and dst is not None:
             plan.missing.append(dst.path)
             used_r.add(m.dst)
@@ -203,13 +214,19 @@ def _region(shape, rows):
     return (rows[1] - rows[0],) + tuple(shape[1:])
 
 
-def validate(plan: Plan):
-    """Fill ``plan.problems`` with everything that would make the transfer wrong."""
+def validate(plan: Plan, need_data: bool = True):
+    """Fill ``plan.problems`` with everything that would make the transfer wrong.
+
+    ``need_data=False`` checks structure, shapes and dtypes only, for models built without storage
+    (torch's meta device, ``paddle.LazyGuard``): the base tensors need not hold data, and
+    ``plan.checks`` (a base tensor must equal a constant) are left for the caller, who reads the
+    values from elsewhere (``padiff_lite.checkpoint`` reads them from the file).
+    """
     ba, ra = plan.base.adapter, plan.raw.adapter
     unreadable: set[int] = set()
     for op in plan.ops:
         where = _where(op.pair)
-        if not ra.readable(op.dst.tensor):
+        if need_data and not ra.readable(op.dst.tensor):
             unreadable.add(id(op.dst.tensor))
             plan.problems.append(_no_data(where, "raw", ra, op.dst))
             continue
@@ -220,7 +237,7 @@ def validate(plan: Plan):
         if op.kind == "fill":
             continue
         sshape = ba.shape(op.src.tensor)
-        if not ba.readable(op.src.tensor):
+        if need_data and not ba.readable(op.src.tensor):
             unreadable.add(id(op.src.tensor))
             plan.problems.append(_no_data(where, "base", ba, op.src))
             continue
@@ -239,6 +256,8 @@ def validate(plan: Plan):
         if got != want:
             plan.problems.append(_shape_problem(where, op, sshape, dshape))
         _check_dtype(plan, where, op, ba.dtype_name(op.src.tensor), ra.dtype_name(op.dst.tensor))
+    if not need_data:  # shapes only (checkpoint conversion): values are checked against the file
+        return
     for pair in plan.imperative:  # a special init reads and writes whole layers: all of them must hold data
         for side, node, adapter in (("base", pair.base, ba), ("raw", pair.raw, ra)):
             for ref in node.subtree_tensors().values():
@@ -324,6 +343,8 @@ def _check_range(plan, where, op, sd, dd):
     if target is None:
         return
     info = torch.finfo(target) if target.is_floating_point else torch.iinfo(target)
+    if not plan.base.adapter.readable(op.src.tensor):
+        return  # no data to look at (the no-data problem is reported where data is needed)
     src = source_value(plan.base.adapter, op)
     if src.numel() == 0:
         return

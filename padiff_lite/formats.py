@@ -1,0 +1,372 @@
+"""Checkpoint files on disk: one reader and one writer per format, chosen by the file's suffix.
+
+=================  ==========================================  ==========================================
+suffix             read                                        written
+=================  ==========================================  ==========================================
+.pt .pth .bin      ``torch.load(weights_only=True)``           ``torch.save`` of the shard's dict
+.safetensors       ``safe_open``, one tensor at a time           streamed: header first, then tensor by tensor
+.pdparams          ``paddle.load(return_numpy=True)``            the shard's dict pickled as paddle.save does
+*.<suffix>.index.json + shards (HuggingFace layout): any of the above, shard by shard
+=================  ==========================================  ==========================================
+
+Every tensor crosses this module as a CPU ``torch.Tensor`` (bf16 included: numpy has no bf16, paddle
+files keep bf16 as uint16, which paddle reads back as bf16). Nothing here knows about models.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import CheckpointError
+
+log = logging.getLogger("padiff_lite.formats")
+
+FORMATS = {".pt": "torch", ".pth": "torch", ".bin": "torch", ".safetensors": "safetensors", ".pdparams": "paddle"}
+INDEX_SUFFIX = ".index.json"
+PADDLE_EXTRA_KEYS = {"StructuredToParameterName@@"}  # paddle.save's bookkeeping, not a tensor
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")  # {"state_dict": {...}} as training scripts save
+
+_ST_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
+}
+_ST_NAMES = {v: k for k, v in _ST_DTYPES.items()}
+
+
+def _suffix_fix() -> str:
+    return "use one of " + ", ".join(sorted(FORMATS)) + f", or an HF index '*.safetensors{INDEX_SUFFIX}'"
+
+
+def format_of(path: Path) -> str:
+    """'torch' | 'safetensors' | 'paddle' from the suffix; CheckpointError otherwise."""
+    name = path.name[: -len(INDEX_SUFFIX)] if path.name.endswith(INDEX_SUFFIX) else path.name
+    fmt = FORMATS.get(Path(name).suffix.lower())
+    if fmt is None:
+        raise CheckpointError(f"{path}: unknown checkpoint suffix '{Path(name).suffix or path.name}'; {_suffix_fix()}")
+    return fmt
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+@dataclass
+class TensorInfo:
+    key: str
+    shape: tuple
+    dtype: torch.dtype
+    file: int  # index into Checkpoint.files
+
+    @property
+    def nbytes(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n * self.dtype.itemsize
+
+
+# -- reading -----------------------------------------------------------------
+class Checkpoint:
+    """A checkpoint on disk: one file, or an index with its shards. Only metadata is held."""
+
+    def __init__(self, path, files, fmt, index=None):
+        self.path, self.files, self.fmt, self.index = path, files, fmt, index
+        self.infos: dict[str, TensorInfo] = {}
+        self._cache: tuple[int, dict] | None = None  # one whole file for the formats read whole
+
+    @property
+    def sharded(self) -> bool:
+        return self.index is not None
+
+    def __repr__(self):
+        return f"Checkpoint({self.path}, {self.fmt}, {len(self.files)} file(s), {len(self.infos)} tensors)"
+
+    # the tensors of one key, as a CPU torch tensor (it may share memory with a file mapping: do not write)
+    def get(self, key: str) -> torch.Tensor:
+        info = self.infos[key]
+        f = self.files[info.file]
+        if self.fmt == "safetensors":
+            from safetensors import safe_open
+
+            # opened per tensor: a handle kept open keeps every page read so far in memory (mmap)
+            try:
+                with safe_open(str(f), framework="pt") as h:
+                    return h.get_tensor(key)
+            except Exception as exc:
+                raise _corrupt(f, exc) from exc
+        if self._cache is None:
+            self._cache = (info.file, _load_whole(f, self.fmt))
+        if self._cache[0] != info.file:  # a tensor from another file (rare): read it without dropping ours
+            return _load_whole(f, self.fmt)[key]
+        return self._cache[1][key]
+
+    def forget(self, key: str):
+        """The caller is done with ``key``: let its memory go (whole-file formats free it as they go)."""
+        if self._cache is not None:
+            self._cache[1].pop(key, None)
+
+    def release(self):
+        """Forget the file held in memory (torch/paddle formats are read a whole file at a time)."""
+        self._cache = None
+
+
+def open_checkpoint(path) -> Checkpoint:
+    """Find the checkpoint at ``path`` (a file, an index file or a folder holding one) and read its metadata."""
+    p = Path(path)
+    if p.is_dir():
+        p = _find_in_folder(p)
+    elif not p.exists():
+        raise CheckpointError(f"{p}: no such file; check the path (a checkpoint file, an index "
+                              f"'*{INDEX_SUFFIX}' or a folder holding one)")
+    fmt = format_of(p)
+    if p.name.endswith(INDEX_SUFFIX):
+        weight_map = read_index(p)
+        names = list(dict.fromkeys(weight_map.values()))
+        files = [p.parent / n for n in names]
+        gone = [str(f) for f in files if not f.is_file()]
+        if gone:
+            raise CheckpointError(f"{p}: shard(s) listed in the index are missing: {', '.join(gone)}; "
+                                  "copy every shard next to the index (or re-download the checkpoint)")
+        ck = Checkpoint(p, files, fmt, index=p)
+        listed = {n: i for i, n in enumerate(names)}
+        for i, f in enumerate(files):
+            found = _scan(f, fmt, i)
+            for key, info in found.items():
+                if weight_map.get(key) == names[i]:
+                    ck.infos[key] = info
+            absent = [k for k, n in weight_map.items() if listed[n] == i and k not in found]
+            if absent:
+                raise CheckpointError(f"{f}: the index {p.name} lists {len(absent)} tensor(s) this shard does not "
+                                      f"hold ({', '.join(absent[:5])}{' ...' if len(absent) > 5 else ''}); "
+                                      "the shard or the index is from another checkpoint")
+        return ck
+    ck = Checkpoint(p, [p], fmt)
+    ck.infos = _scan(p, fmt, 0)
+    return ck
+
+
+def _find_in_folder(folder: Path) -> Path:
+    found = sorted(folder.glob("*" + INDEX_SUFFIX)) or sorted(f for f in folder.iterdir() if f.suffix in FORMATS)
+    if len(found) != 1:
+        what = "no checkpoint" if not found else "several checkpoints (" + ", ".join(f.name for f in found) + ")"
+        raise CheckpointError(f"{folder}: folder holds {what}; pass the checkpoint file or its index file itself")
+    return found[0]
+
+
+def read_index(p: Path) -> dict:
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+        weight_map = data["weight_map"]
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise TypeError("weight_map is not a {key: shard file} table")
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{p}: not a valid checkpoint index ({type(exc).__name__}: {exc}); an index is JSON "
+                              "with a 'weight_map' {tensor key: shard file name}; re-create or re-download it") from exc
+    return weight_map
+
+
+def _corrupt(f: Path, exc: BaseException) -> CheckpointError:
+    return CheckpointError(f"{f}: cannot read this file as {format_of(f)} ({type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); the file is truncated, corrupt or "
+                           "not what its suffix says: re-create or re-download it")
+
+
+def _scan(f: Path, fmt: str, i: int) -> dict[str, TensorInfo]:
+    """Keys, shapes and dtypes of one file (safetensors: header only; the others: a mapped/loaded pass)."""
+    if fmt == "safetensors":
+        from safetensors import safe_open
+
+        out = {}
+        try:
+            with safe_open(str(f), framework="pt") as h:
+                for key in h.keys():
+                    sl = h.get_slice(key)
+                    name = sl.get_dtype()
+                    if name not in _ST_NAMES:
+                        raise CheckpointError(f"{f}: tensor {key} has dtype {name}, which padiff_lite does not move")
+                    out[key] = TensorInfo(key, tuple(sl.get_shape()), _ST_NAMES[name], i)
+        except CheckpointError:
+            raise
+        except Exception as exc:
+            raise _corrupt(f, exc) from exc
+        return out
+    sd = _load_whole(f, fmt, mmap=True)
+    return {k: TensorInfo(k, tuple(t.shape), t.dtype, i) for k, t in sd.items()}
+
+
+def _load_whole(f: Path, fmt: str, mmap: bool = False) -> dict[str, torch.Tensor]:
+    """Every tensor of one file. ``mmap=True`` (torch files) maps instead of reading: right for a look at
+    shapes, wrong for converting - a mapping keeps every page read in memory until the last tensor of the
+    file is gone, while tensors read plainly are freed one by one as the conversion is done with them."""
+    if fmt == "torch":
+        try:
+            if mmap:
+                try:
+                    obj = torch.load(str(f), map_location="cpu", weights_only=True, mmap=True)
+                except RuntimeError as exc:
+                    if "mmap can only be used" not in str(exc):
+                        raise
+                    mmap = False  # a legacy (non-zip) torch.save file cannot be mapped
+            if not mmap:
+                obj = torch.load(str(f), map_location="cpu", weights_only=True)
+        except Exception as exc:
+            if "weights_only" in str(exc) and "Unsupported" in str(exc):
+                raise CheckpointError(f"{f}: holds objects other than tensors, which are not loaded (weights_only=True) "
+                                      "for safety; save the state dict alone: torch.save(model.state_dict(), path)") from exc
+            raise _corrupt(f, exc) from exc
+        return _tensors_only(f, obj, torch.Tensor, lambda t: t)
+    if fmt == "paddle":
+        import paddle
+
+        try:
+            obj = paddle.load(str(f), return_numpy=True)
+        except Exception as exc:
+            raise _corrupt(f, exc) from exc
+        return _tensors_only(f, obj, np.ndarray, numpy_to_torch)
+    raise AssertionError(fmt)
+
+
+def _tensors_only(f, obj, kind, convert) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict) and not any(isinstance(v, kind) for v in obj.values()):
+        for w in WRAPPER_KEYS:
+            if isinstance(obj.get(w), dict):
+                log.info("%s: using the state dict stored under '%s'", f, w)
+                obj = obj[w]
+                break
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{f}: holds a {type(obj).__name__}, not a state dict; save model.state_dict() "
+                              "(a dict of tensor name -> tensor)")
+    out, skipped = {}, []
+    for k, v in obj.items():
+        if isinstance(v, kind) and isinstance(k, str):
+            out[k] = convert(v)
+        elif k not in PADDLE_EXTRA_KEYS:
+            skipped.append(str(k))
+    if skipped:
+        log.warning("%s: ignoring %d entr%s that are not tensors: %s", f, len(skipped),
+                    "y" if len(skipped) == 1 else "ies", ", ".join(skipped[:10]))
+    return out
+
+
+def numpy_to_torch(a: np.ndarray) -> torch.Tensor:
+    """numpy -> torch without a copy; paddle stores bf16 as uint16, which comes back as bf16."""
+    if a.dtype == np.uint16:
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
+
+
+def torch_to_numpy(t: torch.Tensor) -> np.ndarray:
+    """torch -> numpy without a copy; bf16 becomes uint16, as paddle.save writes it."""
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(np.uint16)
+    return t.numpy()
+
+
+# -- writing -----------------------------------------------------------------
+@dataclass
+class Entry:
+    key: str
+    shape: tuple
+    dtype: torch.dtype
+    alias_of: str | None = None  # a tied name: written as the same tensor (not stored by safetensors)
+
+
+def writer_for(path: Path, fmt: str, entries: list[Entry], target_framework: str):
+    """A writer for one output file; call ``add(key, tensor)`` in ``entries`` order, then ``close()``."""
+    if fmt == "safetensors":
+        return SafetensorsWriter(path, entries, {"format": "pt" if target_framework == "torch" else "np"})
+    return DictWriter(path, fmt, entries)
+
+
+class DictWriter:
+    """torch.save / paddle.save of the file's whole dict (these formats cannot be written in pieces)."""
+
+    def __init__(self, path: Path, fmt: str, entries: list[Entry]):
+        self.path, self.fmt, self.entries = path, fmt, entries
+        self.data: dict = {}
+
+    def add(self, key, tensor: torch.Tensor):
+        self.data[key] = tensor if self.fmt == "torch" else torch_to_numpy(tensor)
+
+    def close(self):
+        out = {}
+        for e in self.entries:  # in the model's order, tied names as the very same object (stored once)
+            out[e.key] = self.data[e.alias_of or e.key]
+        if self.fmt == "torch":
+            with open(self.path, "wb") as fh:
+                torch.save(out, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+        else:
+            # what paddle.save writes for a dict of arrays (paddle.load reads it back, uint16 as bf16), but with
+            # the pickler's memo off: with it, every array's byte copy stays alive until the end (2x the shard)
+            with open(self.path, "wb") as fh:
+                pickler = pickle.Pickler(fh, protocol=4)
+                pickler.fast = True
+                pickler.dump(out)
+                fh.flush()
+                os.fsync(fh.fileno())
+        self.data = {}
+
+
+class SafetensorsWriter:
+    """Writes the safetensors layout tensor by tensor: the header is known up front from ``entries``.
+
+    Layout: 8-byte little-endian header length, the JSON header (space-padded to a multiple of 8),
+    then each tensor's bytes in order. Tied names are not stored (safetensors holds no aliases).
+    """
+
+    def __init__(self, path: Path, entries: list[Entry], metadata: dict):
+        self.path = path
+        self.order = [e for e in entries if e.alias_of is None]
+        header, offset = {"__metadata__": metadata}, 0
+        for e in self.order:
+            if e.dtype not in _ST_DTYPES:
+                raise CheckpointError(f"{path}: tensor {e.key} is {dtype_name(e.dtype)}, which safetensors cannot hold; "
+                                      "write this checkpoint as .pt or .pdparams")
+            n = TensorInfo(e.key, e.shape, e.dtype, 0).nbytes
+            header[e.key] = {"dtype": _ST_DTYPES[e.dtype], "shape": list(e.shape), "data_offsets": [offset, offset + n]}
+            offset += n
+        blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        blob += b" " * (-len(blob) % 8)
+        self.fh = open(path, "wb")
+        self.fh.write(len(blob).to_bytes(8, "little"))
+        self.fh.write(blob)
+        self.next = 0
+
+    def add(self, key, tensor: torch.Tensor):
+        e = self.order[self.next] if self.next < len(self.order) else None
+        if e is None or e.key != key:
+            raise AssertionError(f"{self.path}: tensor {key} written out of order (expected {e and e.key})")
+        if tuple(tensor.shape) != tuple(e.shape) or tensor.dtype != e.dtype:
+            raise AssertionError(f"{key}: writer expected {e.shape} {e.dtype}, got {tuple(tensor.shape)} {tensor.dtype}")
+        flat = tensor.contiguous().reshape(-1)
+        if flat.numel():
+            self.fh.write(memoryview(flat.view(torch.uint8).numpy()))
+        self.next += 1
+
+    def close(self):
+        if self.next != len(self.order):
+            raise AssertionError(f"{self.path}: {len(self.order) - self.next} tensors were not written")
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        self.fh.close()
+
+    def abort(self):
+        self.fh.close()
+
+
+def write_index(path: Path, weight_map: dict, total_size: int):
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump({"metadata": {"total_size": total_size}, "weight_map": weight_map}, fh, indent=2)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
