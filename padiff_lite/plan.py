@@ -171,8 +171,9 @@ def _plan_maps(plan: Plan, pair: LayerPair):
     for name, ref in rt.items():
         if id(ref.tensor) not in seen_r and ref.persistent and not ref.alias_of:
             plan.missing.append(ref.path)
-    if entry.caveat:
-        note = f"{_where(pair)}: {entry.caveat}"
+    caveat = entry.caveat_for(b.module, r.module)
+    if caveat:
+        note = f"{_where(pair)}: {caveat}"
         if note not in plan.notes:
             plan.notes.append(note)
 

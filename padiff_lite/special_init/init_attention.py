@@ -12,6 +12,7 @@ CAVEAT = ("paddle attention is batch-first; torch's default is batch_first=False
 
 @init_pool.register_maps(
     "torch", "MultiheadAttention", "paddle", "MultiHeadAttention", caveat=CAVEAT,
+    caveat_when=lambda module, layer: not module.batch_first,
     note="in_proj_weight rows q|k|v (or q/k/v_proj_weight) <-> q/k/v_proj.weight transposed; in_proj_bias split; "
          "out_proj as Linear",
 )

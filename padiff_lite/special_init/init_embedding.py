@@ -22,6 +22,8 @@ def _padding_row(layer):
          "in torch (paddle -> torch writes zeros there)",
     caveat="torch max_norm/scale_grad_by_freq/sparse are not weights; paddle outputs zeros at padding_idx "
            "whatever the table row holds",
+    caveat_when=lambda module, layer: (module.padding_idx is not None or _padding_row(layer) is not None
+                                       or module.max_norm is not None or module.scale_grad_by_freq or module.sparse),
 )
 def embedding(module, layer):
     maps = [Map("weight", "weight")]

@@ -39,6 +39,7 @@ def _layer(module, layer, attn_pairs, norms):
 
 
 @init_pool.register_maps("torch", "TransformerEncoderLayer", "paddle", "TransformerEncoderLayer", caveat=CAVEAT,
+                         caveat_when=lambda module, layer: not module.self_attn.batch_first,
                          note="self_attn as MultiheadAttention, linear1/linear2 as Linear, norm1/norm2 as LayerNorm; "
                               "norm_first <-> normalize_before and activation checked")
 def encoder_layer(module, layer):
@@ -46,6 +47,7 @@ def encoder_layer(module, layer):
 
 
 @init_pool.register_maps("torch", "TransformerDecoderLayer", "paddle", "TransformerDecoderLayer", caveat=CAVEAT,
+                         caveat_when=lambda module, layer: not module.self_attn.batch_first,
                          note="self_attn, multihead_attn <-> cross_attn as MultiheadAttention, linear1/linear2, "
                               "norm1-3; norm_first <-> normalize_before and activation checked")
 def decoder_layer(module, layer):

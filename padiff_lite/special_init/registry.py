@@ -72,6 +72,14 @@ class SpecialInit:
     note: str = ""  # what the rule transforms, for the rules table
     caveat: str = ""  # semantics that weights cannot fix, copied into reports
     inverted: bool = False  # a mapping rule used in its reverse direction
+    caveat_when: Callable | None = None  # fn(module, layer) in registration order: does the caveat apply here?
+
+    def caveat_for(self, base_module, raw_module) -> str:
+        """The caveat, if it applies to this pair of modules ("" otherwise)."""
+        if not self.caveat or self.caveat_when is None:
+            return self.caveat
+        args = (raw_module, base_module) if self.inverted else (base_module, raw_module)
+        return self.caveat if self.caveat_when(*args) else ""
 
     def maps(self, base_module, raw_module) -> list[Map]:
         if self.inverted:
@@ -144,7 +152,8 @@ class InitPool:
 
         return deco
 
-    def register_maps(self, bf, bc, rf, rc, both_directions=True, override=False, note="", caveat=""):
+    def register_maps(self, bf, bc, rf, rc, both_directions=True, override=False, note="", caveat="",
+                      caveat_when=None):
         """Decorator for a mapping rule ``fn(base_module, raw_module) -> list[Map]``.
 
         With ``both_directions`` the reverse key is registered too, using the inverted maps.
@@ -154,9 +163,10 @@ class InitPool:
         def deco(func):
             _check_signature(func, "mapping rule", key)
             origin = _origin(func)
-            self._add(SpecialInit(key, func, "mapping", origin, note, caveat), override)
+            self._add(SpecialInit(key, func, "mapping", origin, note, caveat, caveat_when=caveat_when), override)
             if both_directions and key.reversed() != key:
-                self._add(SpecialInit(key.reversed(), func, "mapping", origin, note, caveat, inverted=True), override)
+                self._add(SpecialInit(key.reversed(), func, "mapping", origin, note, caveat, inverted=True,
+                                      caveat_when=caveat_when), override)
             return func
 
         return deco

@@ -30,7 +30,7 @@ CASES.append(Case("kdim=vdim=10", mha(True, 10, 10), [(2, 5, 16), (2, 6, 10), (2
 @cases_param(CASES)
 def test_attention(case, src, dst):
     report, a, b = run_case(case, src, dst)
-    assert any("batch-first" in n for n in report.notes)
+    assert not any("batch-first" in n for n in report.notes)  # torch is built batch_first=True: nothing to say
 
 
 @pytest.mark.parametrize("option", ["add_bias_kv", "add_zero_attn"])
@@ -51,3 +51,18 @@ def test_head_count_mismatch_is_refused():
     p = nn("paddle").Sequential(nn("paddle").MultiHeadAttention(16, 2))
     with pytest.raises(TransferError, match="num_heads differs: torch 4, paddle 2"):
         assign_weight(t, p)
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("src,dst", [("torch", "paddle"), ("paddle", "torch")])
+def test_batch_first_caveat_only_where_it_applies(batch_first, src, dst):
+    import paddle
+    import torch
+
+    from padiff_lite import assign_weight
+
+    t = torch.nn.MultiheadAttention(8, 2, batch_first=batch_first)
+    p = paddle.nn.MultiHeadAttention(8, 2)
+    a, b = (t, p) if src == "torch" else (p, t)
+    report = assign_weight(a, b)
+    assert any("batch-first" in n for n in report.notes) == (not batch_first)

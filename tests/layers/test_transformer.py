@@ -52,7 +52,7 @@ CASES.append(Case("transformer-1+1", transformer, [(2, 5, 6), (2, 4, 16)], DEC, 
 @cases_param(CASES)
 def test_transformer_layers(case, src, dst):
     report, a, b = run_case(case, src, dst)
-    assert any("batch-first" in n for n in report.notes)
+    assert not any("batch-first" in n for n in report.notes)  # torch is built batch_first=True: nothing to say
 
 
 def test_cross_attention_is_named_not_positioned():
