@@ -152,11 +152,15 @@ def _nonfinite_count(t) -> int:
 
 
 class _FiniteScan:
-    """Counts NaN/Inf of many small tensors with one reduction per batch (per dtype)."""
+    """Counts NaN/Inf of many small tensors with one reduction per batch.
+
+    Tensors are batched by (dtype, shape[1:]) so that ``torch.cat`` joins them along dim 0 without
+    a per-tensor reshape; a batch is reduced once it holds about SCAN_BATCH_ELEMENTS values.
+    """
 
     def __init__(self, nonfinite: dict):
         self.nonfinite = nonfinite
-        self.batches: dict = {}  # dtype -> [tensors, paths, elements]
+        self.batches: dict = {}  # (dtype, shape[1:]) -> [tensors, paths, elements]
 
     def add(self, t, path):
         if not t.is_floating_point():
@@ -165,21 +169,24 @@ class _FiniteScan:
         if n >= SCAN_BATCH_ELEMENTS:
             self._record(path, _nonfinite_count(t))
             return
-        batch = self.batches.get(t.dtype)
+        if t.dim() == 0:
+            t = t.reshape(1)
+        key = (t.dtype, t.shape[1:])
+        batch = self.batches.get(key)
         if batch is None:
-            batch = self.batches[t.dtype] = [[], [], 0]
-        batch[0].append(t.reshape(-1))
+            batch = self.batches[key] = [[], [], 0]
+        batch[0].append(t)
         batch[1].append(path)
         batch[2] += n
         if batch[2] >= SCAN_BATCH_ELEMENTS:
-            self._flush(t.dtype)
+            self._flush(key)
 
     def flush(self):
-        for dtype in list(self.batches):
-            self._flush(dtype)
+        for key in list(self.batches):
+            self._flush(key)
 
-    def _flush(self, dtype):
-        tensors, paths, n = self.batches.pop(dtype)
+    def _flush(self, key):
+        tensors, paths, n = self.batches.pop(key)
         if n == 0 or _nonfinite_count(torch.cat(tensors)) == 0:
             return
         for t, path in zip(tensors, paths):  # rare: find which tensors hold them
