@@ -304,11 +304,15 @@ def worker_scaling(job: dict) -> dict:
     size = {"a": 2, "b": 2, "blocks": n // 3}
     src = build("tiny", job["src"], size, seed=1)
     dst = build("tiny", job["dst"], size, seed=2)
+    import gc
+
     pair_t, plan_t = [], []
     for _ in range(job["repeat"]):
+        gc.disable()  # as assign_weight and plan_transfer do
         t0 = time.perf_counter()
         pair_models(create_model(src), create_model(dst), init_pool)
         pair_t.append(time.perf_counter() - t0)
+        gc.enable()
         t0 = time.perf_counter()
         plan = plan_transfer(src, dst)
         plan_t.append(time.perf_counter() - t0)
