@@ -5,7 +5,8 @@ overwrite what the source has; they only target tensors nothing else writes. The
 raw tensor it could touch; if one raises or changes a tensor's shape, everything written so
 far is restored and a TransferError carries the original message. Then the planned copies run:
 each writes straight into the destination's memory (a torch view of it, DLPack for paddle),
-transposing with torch's blocked copy.
+transposing with torch's blocked copy; big copies run two (or torch.get_num_threads()) at a time
+and NaN/Inf are counted without a second pass over small tensors (see docs/performance.md).
 """
 from __future__ import annotations
 
@@ -53,42 +54,154 @@ def execute(plan: Plan, init_ops=()) -> Stats:
     except BaseException:
         _restore_init(plan.raw.adapter, saved)
         raise
-    ba, ra = plan.base.adapter, plan.raw.adapter
-    written = set()  # a tensor written in row blocks (or copied, then a padding row filled) counts once
-    with torch.no_grad():
-        for op in plan.ops:
-            dst = op.dst.tensor
-            direct = ra.torch_view(dst)
-            region = direct if op.dst_rows is None else direct[op.dst_rows[0]:op.dst_rows[1]]
-            if op.kind == "fill":
-                region.fill_(op.value)
-            else:
-                src = ba.torch_view(op.src.tensor)
-                if op.src_rows is not None:
-                    src = src[op.src_rows[0]:op.src_rows[1]]
-                if op.transform == "transpose":
-                    src = src.t()
-                elif op.transform == "reshape":
-                    src = src.reshape(region.shape)
-                region.copy_(src)
-                _count_nonfinite(src, op.dst.path, stats)
-                stats.bytes += src.numel() * src.element_size()
-            if not ra.is_direct(dst):
-                ra.write(dst, direct)  # the view was a copy (non-contiguous or off-CPU): write it back
-            written.add(id(dst))
-            stats.elements += region.numel()
-    stats.tensors += len(written)
+    _run_copies(plan, stats)
     return stats
 
 
-def _count_nonfinite(src, path, stats):
-    if not src.is_floating_point() or src.numel() == 0:
-        return
-    if torch.isfinite(src.sum()):  # one cheap pass; a finite sum means no NaN/Inf
-        return
-    bad = int((~torch.isfinite(src)).sum())
+# Copies of at least this many elements run on a small thread pool: torch's blocked transpose
+# (copy_ from a transposed 2-D view) is single-threaded, so two big tensors at once use two cores.
+PARALLEL_MIN_ELEMENTS = 1 << 20
+# Non-finite scans of smaller tensors are batched: one torch.cat + sum per ~1M values instead of
+# two torch calls per tensor.
+SCAN_BATCH_ELEMENTS = 1 << 20
+
+
+def _run_copies(plan: Plan, stats: Stats):
+    """Run the plan's copy and fill ops in order, each writing straight into the destination's memory.
+
+    Big direct copies go to a pool of ``torch.get_num_threads()`` threads (torch releases the GIL
+    while copying); an op that touches a tensor a pending big copy writes waits for it first, so the
+    result is the same as running the ops one by one. Every copy's source is scanned for NaN/Inf:
+    big ones in their own thread right after the copy, small ones in batches.
+    """
+    ba, ra = plan.base.adapter, plan.raw.adapter
+    src_view, dst_view, write_back = ba.torch_view, ra.writable_view, ra.write
+    scan = _FiniteScan(stats.nonfinite)
+    workers = max(1, min(torch.get_num_threads(), 8))
+    pool = futures = None
+    pending: set[int] = set()  # id() of tensors written by submitted, unfinished big copies
+    nbytes = elements = 0
+    try:
+        with torch.no_grad():
+            for op in plan.ops:
+                dst = op.dst.tensor
+                src = op.src.tensor if op.src is not None else None
+                if pending and (id(dst) in pending or id(src) in pending):
+                    _drain(futures, stats.nonfinite)
+                    futures, pending = [], set()
+                view, direct = dst_view(dst)
+                region = view if op.dst_rows is None else view[op.dst_rows[0]:op.dst_rows[1]]
+                n = region.numel()
+                elements += n
+                if op.kind == "fill":
+                    region.fill_(op.value)
+                else:
+                    stored = src_view(src)
+                    if op.src_rows is not None:
+                        stored = stored[op.src_rows[0]:op.src_rows[1]]
+                    value = stored
+                    if op.transform == "transpose":
+                        value = stored.t()
+                    elif op.transform == "reshape":
+                        value = stored.reshape(region.shape)
+                    nbytes += n * stored.element_size()
+                    if direct and workers > 1 and n >= PARALLEL_MIN_ELEMENTS:
+                        if pool is None:
+                            from concurrent.futures import ThreadPoolExecutor
+
+                            pool, futures = ThreadPoolExecutor(workers, thread_name_prefix="padiff_lite"), []
+                        futures.append(pool.submit(_copy_and_scan, region, value, stored, op.dst.path))
+                        pending.add(id(dst))
+                        continue
+                    region.copy_(value)
+                    scan.add(stored, op.dst.path)  # the source as stored: a contiguous read
+                if not direct:
+                    write_back(dst, view)  # the view was a copy (non-contiguous or off-CPU): write it back
+            if futures:
+                _drain(futures, stats.nonfinite)
+            scan.flush()
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
+    stats.tensors += len({id(op.dst.tensor) for op in plan.ops})  # row blocks of one tensor count once
+    stats.elements += elements
+    stats.bytes += nbytes
+
+
+def _copy_and_scan(region, value, stored, path):
+    with torch.no_grad():
+        region.copy_(value)
+    return path, _nonfinite_count(stored)
+
+
+def _drain(futures, nonfinite: dict):
+    for f in futures:
+        path, bad = f.result()
+        if bad:
+            nonfinite[path] = nonfinite.get(path, 0) + bad
+
+
+def _count_nonfinite(t, path, stats):
+    """Add ``t``'s NaN/Inf count (if any) to ``stats.nonfinite`` under ``path``."""
+    bad = _nonfinite_count(t)
     if bad:
         stats.nonfinite[path] = stats.nonfinite.get(path, 0) + bad
+
+
+def _nonfinite_count(t) -> int:
+    """How many NaN/Inf ``t`` holds; a float tensor is read once when it holds none."""
+    if not t.is_floating_point() or t.numel() == 0:
+        return 0
+    total = t.sum(dtype=torch.float32) if t.element_size() < 4 else t.sum()  # fp16 sums overflow
+    if math.isfinite(total.item()):  # a finite sum means no NaN/Inf
+        return 0
+    return int((~torch.isfinite(t)).sum())
+
+
+class _FiniteScan:
+    """Counts NaN/Inf of many small tensors with one reduction per batch.
+
+    Tensors are batched by (dtype, shape[1:]) so that ``torch.cat`` joins them along dim 0 without
+    a per-tensor reshape; a batch is reduced once it holds about SCAN_BATCH_ELEMENTS values.
+    """
+
+    def __init__(self, nonfinite: dict):
+        self.nonfinite = nonfinite
+        self.batches: dict = {}  # (dtype, shape[1:]) -> [tensors, paths, elements]
+
+    def add(self, t, path):
+        if not t.is_floating_point():
+            return
+        n = t.numel()
+        if n >= SCAN_BATCH_ELEMENTS:
+            self._record(path, _nonfinite_count(t))
+            return
+        if t.dim() == 0:
+            t = t.reshape(1)
+        key = (t.dtype, t.shape[1:])
+        batch = self.batches.get(key)
+        if batch is None:
+            batch = self.batches[key] = [[], [], 0]
+        batch[0].append(t)
+        batch[1].append(path)
+        batch[2] += n
+        if batch[2] >= SCAN_BATCH_ELEMENTS:
+            self._flush(key)
+
+    def flush(self):
+        for key in list(self.batches):
+            self._flush(key)
+
+    def _flush(self, key):
+        tensors, paths, n = self.batches.pop(key)
+        if n == 0 or _nonfinite_count(torch.cat(tensors)) == 0:
+            return
+        for t, path in zip(tensors, paths):  # rare: find which tensors hold them
+            self._record(path, _nonfinite_count(t))
+
+    def _record(self, path, bad):
+        if bad:
+            self.nonfinite[path] = self.nonfinite.get(path, 0) + bad
 
 
 def _run_imperative(plan: Plan, stats: Stats):

@@ -83,6 +83,8 @@ def build_plan(base, raw, pool=init_pool, need_data: bool = True) -> Plan:
 
 def _in_model_order(proxy, paths: list[str]) -> list[str]:
     """``paths`` once each, in state_dict order (a module's own tensors, then its children's)."""
+    if not paths:
+        return []  # the usual case: no need to walk the model again
     order = {p: i for i, p in enumerate(ModelTree(proxy).build(proxy.model).subtree_tensors())}
     return sorted(dict.fromkeys(paths), key=lambda p: order.get(p, len(order)))
 
@@ -226,37 +228,38 @@ def validate(plan: Plan, need_data: bool = True):
     ba, ra = plan.base.adapter, plan.raw.adapter
     unreadable: set[int] = set()
     for op in plan.ops:
-        where = _where(op.pair)
         if need_data and not ra.readable(op.dst.tensor):
             unreadable.add(id(op.dst.tensor))
-            plan.problems.append(_no_data(where, "raw", ra, op.dst))
+            plan.problems.append(_no_data(_where(op.pair), "raw", ra, op.dst))
             continue
         dshape = ra.shape(op.dst.tensor)
         if op.dst_rows and not (0 <= op.dst_rows[0] < op.dst_rows[1] <= (dshape[0] if dshape else 0)):
-            plan.problems.append(f"{where}: rows {op.dst_rows} do not fit raw {op.dst.path} of shape {list(dshape)}")
+            plan.problems.append(f"{_where(op.pair)}: rows {op.dst_rows} do not fit raw {op.dst.path} of shape {list(dshape)}")
             continue
         if op.kind == "fill":
             continue
         sshape = ba.shape(op.src.tensor)
         if need_data and not ba.readable(op.src.tensor):
             unreadable.add(id(op.src.tensor))
-            plan.problems.append(_no_data(where, "base", ba, op.src))
+            plan.problems.append(_no_data(_where(op.pair), "base", ba, op.src))
             continue
         if op.src_rows and not (0 <= op.src_rows[0] < op.src_rows[1] <= (sshape[0] if sshape else 0)):
-            plan.problems.append(f"{where}: rows {op.src_rows} do not fit base {op.src.path} of shape {list(sshape)}")
+            plan.problems.append(f"{_where(op.pair)}: rows {op.src_rows} do not fit base {op.src.path} of shape {list(sshape)}")
             continue
         got = _region(sshape, op.src_rows)
         want = _region(dshape, op.dst_rows)
         if op.transform == "transpose":
             if len(got) != 2:
-                plan.problems.append(f"{where}: base {op.src.path} is {len(got)}-D, a transpose needs 2-D")
+                plan.problems.append(f"{_where(op.pair)}: base {op.src.path} is {len(got)}-D, a transpose needs 2-D")
                 continue
             got = got[::-1]
         elif op.transform == "reshape" and math.prod(got) == math.prod(want):
             got = want
         if got != want:
-            plan.problems.append(_shape_problem(where, op, sshape, dshape))
-        _check_dtype(plan, where, op, ba.dtype_name(op.src.tensor), ra.dtype_name(op.dst.tensor))
+            plan.problems.append(_shape_problem(_where(op.pair), op, sshape, dshape))
+        sd, dd = ba.dtype_name(op.src.tensor), ra.dtype_name(op.dst.tensor)
+        if sd != dd:  # the place is formatted only when there is something to say
+            _check_dtype(plan, _where(op.pair), op, sd, dd)
     if not need_data:  # shapes only (checkpoint conversion): values are checked against the file
         return
     for pair in plan.imperative:  # a special init reads and writes whole layers: all of them must hold data

@@ -51,6 +51,8 @@ class ProxyModel:
 
     def path_of(self, modules) -> list[str]:
         """Dotted paths of ``modules``; LayerMapError naming every one that is not part of this model."""
+        if not modules:
+            return []  # no layer map: do not walk the model
         index = {id(m): p for p, m in self.named_modules()}
         missing = [m for m in modules if id(m) not in index]
         if missing:

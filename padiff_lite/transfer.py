@@ -1,6 +1,8 @@
 """assign_weight: the transfer pipeline, pair -> plan -> validate -> execute -> report."""
 from __future__ import annotations
 
+import functools
+import gc
 import logging
 import time
 
@@ -14,11 +16,35 @@ from .report import PairRecord, TransferReport
 log = logging.getLogger("padiff_lite")
 
 
+def _gc_paused(fn):
+    """Run ``fn`` with Python's cyclic garbage collector paused.
+
+    Pairing and planning allocate a few small objects per module and tensor; with a large model in
+    memory every automatic full collection walks all of its objects, which made planning a
+    6,000-module model about three times slower. Nothing here creates garbage cycles that need
+    collecting before the call returns; the collector is switched back on (if it was on) afterwards.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        was_on = gc.isenabled()
+        gc.disable()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if was_on:
+                gc.enable()
+
+    return wrapper
+
+
+@_gc_paused
 def plan_transfer(base, raw) -> Plan:
     """Pair, plan and validate without writing anything; the plan's ``problems`` say what is wrong."""
     return build_plan(create_model(base), create_model(raw))
 
 
+@_gc_paused
 def assign_weight(base, raw, strict: bool = True, check_finite: bool = False, init_unmatched=None,
                   std: float = 0.02) -> TransferReport:
     """Copy the weights of ``base`` into ``raw`` (models or ProxyModels, torch or paddle, either way).

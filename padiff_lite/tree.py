@@ -42,10 +42,6 @@ class Node:
         return out
 
 
-def _join(path: str, name: str) -> str:
-    return f"{path}.{name}" if path else name
-
-
 class ModelTree:
     """Builds Nodes for a ProxyModel, skipping ``exclude`` modules (explicitly paired elsewhere).
 
@@ -69,36 +65,43 @@ class ModelTree:
 
     def _build(self, module, path, on, blocked):
         own_on = kids_on = on
-        mode = self.white.get(id(module))
-        if mode and not blocked:
-            own_on = own_on or mode in ("self", "all")
-            kids_on = kids_on or mode in ("sublayers", "all")
-        mode = self.black.get(id(module))
-        if mode:
-            if mode in ("self", "all"):
-                own_on = False
-            if mode in ("sublayers", "all"):
-                kids_on, blocked = False, True
+        if self.white or self.black:
+            mode = self.white.get(id(module))
+            if mode and not blocked:
+                own_on = own_on or mode in ("self", "all")
+                kids_on = kids_on or mode in ("sublayers", "all")
+            mode = self.black.get(id(module))
+            if mode:
+                if mode in ("self", "all"):
+                    own_on = False
+                if mode in ("sublayers", "all"):
+                    kids_on, blocked = False, True
         node = Node(path, module, on=own_on)
-        own = self.adapter.own_tensors(module)
-        node.bare = not any(t[3] for t in own)
+        prefix = f"{path}." if path else ""
+        own_tensors = self.adapter.own_tensors(module)
+        node.bare = not any(t[3] for t in own_tensors)
         if own_on:
-            for name, tensor, kind, persistent in own:
+            seen, own = self.seen, node.own
+            for name, tensor, kind, persistent in own_tensors:
                 if not persistent:
                     continue  # like state_dict(): derived caches are not part of the weights
-                p = _join(path, name)
-                first = self.seen.setdefault(id(tensor), p)
-                ref = TensorRef(p, tensor, kind, persistent, None if first == p else first)
-                node.own.append(ref)
-                node.count += 1
-                node.fresh += ref.alias_of is None
+                p = prefix + name
+                first = seen.setdefault(id(tensor), p)
+                if first == p:
+                    own.append(TensorRef(p, tensor, kind, persistent))
+                else:
+                    own.append(TensorRef(p, tensor, kind, persistent, first))
+                    node.fresh -= 1
+            node.count = len(own)
+            node.fresh += node.count
+        exclude = self.exclude
         for name, child in self.adapter.named_children(module):
-            if child is None or id(child) in self.exclude:
+            if child is None or (exclude and id(child) in exclude):
                 continue
             if not kids_on and not self.white:
                 node.bare = False
                 continue
-            sub = self._build(child, _join(path, name), kids_on, blocked)
+            sub = self._build(child, prefix + name, kids_on, blocked)
             node.bare = node.bare and sub.bare
             # a bare child is kept: a rule may pair it with a counterpart that holds tensors (torch
             # InstanceNorm(affine=False) <-> paddle InstanceNorm with scale/bias)

@@ -72,6 +72,10 @@ class TorchAdapter:
         """A torch tensor sharing ``t``'s memory (no copy)."""
         return t.detach()
 
+    def writable_view(self, t):
+        """``(view, direct)``: a torch tensor always shares memory with ``t`` (any strides or device)."""
+        return t.detach(), True
+
     def write(self, t, value):
         """Write a torch tensor ``value`` (same shape) into ``t`` in place, keeping dtype/device."""
         with _torch().no_grad():
