@@ -16,6 +16,7 @@ import contextlib
 import copy
 import importlib
 import logging
+import math
 import os
 import secrets
 import sys
@@ -191,8 +192,9 @@ def convert_checkpoint(src, dst, base_model, raw_model, strict: bool = True, pro
             entries = [e for unit in group for e in unit.entries]
             writer = writer_for(out.tmp(path), out_fmt, entries, raw.framework)
             out.opened(writer)
+            reuse = out_fmt == "safetensors"  # the writer copies each tensor out before the next is made
             for unit in group:
-                for key, tensor in job.compute(unit, stats).items():
+                for key, tensor in job.compute(unit, stats, reuse).items():
                     writer.add(key, tensor)
                     bar.update(tensor.numel() * tensor.element_size())
             writer.close()
@@ -242,6 +244,7 @@ class _Job:
         self.notes: list[str] = []
         self.total_bytes = 0
         self.uses: dict[str, int] = {}  # file key -> units still to read it (then its memory can go)
+        self.bufs: dict[str, torch.Tensor] = {}  # reused byte buffers: "in" (a source), "out" (a target)
 
     # -- checking everything before writing anything ---------------------------
     def prepare(self):
@@ -377,32 +380,50 @@ class _Job:
         return [out[i] for i in sorted(out)] or [[]]
 
     # -- executing -------------------------------------------------------------
-    def compute(self, unit: _Unit, stats: Stats) -> dict[str, torch.Tensor]:
-        out = self._imperative(unit, stats) if unit.pair is not None else self._planned(unit, stats)
+    def compute(self, unit: _Unit, stats: Stats, reuse: bool = False) -> dict[str, torch.Tensor]:
+        """The unit's target tensors. ``reuse``: a planned target may live in a buffer that the next call
+        overwrites (right when the writer copies it out at once)."""
+        out = self._imperative(unit, stats) if unit.pair is not None else self._planned(unit, stats, reuse)
         for k in unit.keys:
             self.uses[k] -= 1
             if not self.uses[k]:
                 self.ck.forget(k)
         return out
 
-    def _planned(self, unit: _Unit, stats: Stats) -> dict[str, torch.Tensor]:
+    def _buf(self, name: str, nbytes: int) -> torch.Tensor:
+        """A reused uint8 buffer of at least ``nbytes`` (memory touched once, not once per tensor)."""
+        buf = self.bufs.get(name)
+        if buf is None or buf.numel() < nbytes:
+            self.bufs.pop(name, None)
+            buf = self.bufs[name] = torch.empty(nbytes, dtype=torch.uint8)
+        return buf
+
+    def _planned(self, unit: _Unit, stats: Stats, reuse: bool = False) -> dict[str, torch.Tensor]:
         entry = unit.entries[0]
         ops = unit.ops
+        nbytes = _nbytes(entry.shape, entry.dtype)
         if len(ops) == 1 and ops[0].kind == "copy" and ops[0].transform == "copy" and ops[0].src_rows is None \
                 and ops[0].dst_rows is None:
-            src = self.ck.get(self.key[id(ops[0].src.tensor)])
-            if src.dtype == entry.dtype and tuple(src.shape) == entry.shape and src.is_contiguous() \
-                    and src.untyped_storage().nbytes() == src.numel() * src.element_size():
-                _count_nonfinite(src, entry.key, stats)
-                self._count(stats, src)
-                return {entry.key: src}  # unchanged: written as read, no copy
-        out = torch.empty(entry.shape, dtype=entry.dtype)
+            key = self.key[id(ops[0].src.tensor)]
+            info = self.ck.infos[key]
+            if info.dtype == entry.dtype and tuple(info.shape) == entry.shape:
+                src = self.ck.get(key, into=self._buf("out", nbytes) if reuse else None)
+                if src.is_contiguous() and src.untyped_storage().nbytes() == src.numel() * src.element_size() \
+                        or reuse and src.is_contiguous():
+                    _scan_nonfinite(src, entry.key, stats)
+                    self._count(stats, src)
+                    return {entry.key: src}  # unchanged: written as read, no copy
+        if reuse:
+            out = self._buf("out", nbytes)[:nbytes].view(entry.dtype).reshape(entry.shape)
+        else:
+            out = torch.empty(entry.shape, dtype=entry.dtype)
         for op in ops:
             region = out if op.dst_rows is None else out[op.dst_rows[0]:op.dst_rows[1]]
             if op.kind == "fill":
                 region.fill_(op.value)
                 continue
-            src = self.ck.get(self.key[id(op.src.tensor)])
+            key = self.key[id(op.src.tensor)]
+            src = self.ck.get(key, into=self._buf("in", self.ck.infos[key].nbytes))  # used up within this op
             if op.src_rows is not None:
                 src = src[op.src_rows[0]:op.src_rows[1]]
             if op.transform == "transpose":
@@ -410,7 +431,8 @@ class _Job:
             elif op.transform == "reshape":
                 src = src.reshape(region.shape)
             region.copy_(src)
-            _count_nonfinite(src, entry.key, stats)
+            # scanned where it was written: contiguous, so faster than the (transposed) source view
+            _scan_nonfinite(region if region.dtype == src.dtype else src, entry.key, stats)
         self._count(stats, out)
         return {entry.key: out}
 
@@ -458,6 +480,15 @@ class _Job:
         if self.raw_built and ra.name == "torch":
             rmod.to("meta")
         return out
+
+
+def _scan_nonfinite(t: torch.Tensor, key: str, stats: Stats):
+    """``_count_nonfinite`` with a faster first look for bf16: a plain bf16 sum (accumulated in fp32 by torch)
+    runs ~7x faster than ``sum(dtype=float32)``; a finite result means no NaN/Inf, anything else (an overflow
+    included) falls back to the exact count."""
+    if t.dtype == torch.bfloat16 and t.numel() and math.isfinite(float(t.sum())):
+        return
+    _count_nonfinite(t, key, stats)
 
 
 def _scratch(module, built_here: bool):

@@ -225,11 +225,11 @@ def test_failure_while_writing_leaves_nothing(tmp_path, monkeypatch):
     calls = {"n": 0}
     real = checkpoint._Job.compute
 
-    def flaky(self, unit, stats):
+    def flaky(self, unit, stats, *args):
         calls["n"] += 1
         if calls["n"] == 12:
             raise KeyboardInterrupt  # an interruption, the hardest case
-        return real(self, unit, stats)
+        return real(self, unit, stats, *args)
 
     monkeypatch.setattr(checkpoint._Job, "compute", flaky)
     with pytest.raises(KeyboardInterrupt):
