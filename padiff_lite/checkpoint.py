@@ -197,6 +197,8 @@ def convert_checkpoint(src, dst, base_model, raw_model, strict: bool = True, pro
                 for key, tensor in job.compute(unit, stats, reuse).items():
                     writer.add(key, tensor)
                     bar.update(tensor.numel() * tensor.element_size())
+            if not reuse:
+                job.bufs.clear()  # a whole-dict writer's peak is while it serialises: no scratch held then
             writer.close()
             ck.release()
             weight_map.update({e.key: path.name for e in entries if not (out_fmt == "safetensors" and e.alias_of)})

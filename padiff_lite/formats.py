@@ -4,10 +4,13 @@
 suffix             read                                        written
 =================  ==========================================  ==========================================
 .pt .pth .bin      ``torch.load(weights_only=True)``           ``torch.save`` of the shard's dict
-.safetensors       ``safe_open``, one tensor at a time           streamed: header first, then tensor by tensor
+.safetensors       header checked by ``safe_open``; tensors       streamed: header first, then tensor by tensor
+                   read with pread into (reused) plain memory
 .pdparams          ``paddle.load(return_numpy=True)``            the shard's dict pickled as paddle.save does
 *.<suffix>.index.json + shards (HuggingFace layout): any of the above, shard by shard
 =================  ==========================================  ==========================================
+
+Every output file goes through :class:`OutputFile` (O_DIRECT where allowed, written by a background thread).
 
 Every tensor crosses this module as a CPU ``torch.Tensor`` (bf16 included: numpy has no bf16, paddle
 files keep bf16 as uint16, which paddle reads back as bf16). Nothing here knows about models.
@@ -85,6 +88,7 @@ class Checkpoint:
         self.path, self.files, self.fmt, self.index = path, files, fmt, index
         self.infos: dict[str, TensorInfo] = {}
         self._cache: tuple[int, dict] | None = None  # one whole file for the formats read whole
+        self._ahead = -1  # the file last announced to the kernel with _read_ahead
 
     @property
     def sharded(self) -> bool:
@@ -102,6 +106,9 @@ class Checkpoint:
         if self.fmt == "safetensors":
             # read with pread into plain memory, not through a mapping: a mapping's pages stay resident
             # and each 4 KiB page costs a fault on first touch (about half the time of a conversion)
+            if self._ahead != info.file:  # ask the kernel to read the shard ahead while we transpose
+                self._ahead = info.file
+                _read_ahead(f)
             n = info.nbytes
             buf = torch.empty(n, dtype=torch.uint8) if into is None or into.numel() < n else into[:n]
             _read_exact(f, info.offset, buf)
@@ -181,6 +188,20 @@ def _corrupt(f: Path, exc: BaseException) -> CheckpointError:
     return CheckpointError(f"{f}: cannot read this file as {format_of(f)} ({type(exc).__name__}: "
                            f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); the file is truncated, corrupt or "
                            "not what its suffix says: re-create or re-download it")
+
+
+def _read_ahead(f: Path):
+    """posix_fadvise(WILLNEED): the kernel reads the file into the page cache in the background (not RSS)."""
+    if not hasattr(os, "posix_fadvise"):
+        return
+    try:
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        finally:
+            os.close(fd)
+    except OSError as exc:  # only a hint
+        log.debug("%s: no read-ahead (%s)", f, exc)
 
 
 def _read_exact(f: Path, offset: int, buf: torch.Tensor):
