@@ -17,7 +17,7 @@ from .tree import ModelTree, TensorRef
 SOURCE_ONLY = {"num_batches_tracked"}
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)  # one per tensor
 class Op:
     kind: str  # "copy" | "fill" | "expect"
     src: TensorRef | None

@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import sys
 
+_DTYPE_NAMES: dict = {}
 
 def _torch():
     import torch
@@ -56,7 +57,11 @@ class TorchAdapter:
         return tuple(t.shape)
 
     def dtype_name(self, t) -> str:
-        return str(t.dtype).replace("torch.", "")
+        dt = t.dtype
+        name = _DTYPE_NAMES.get(dt)
+        if name is None:  # once per dtype: validation asks for every tensor
+            name = _DTYPE_NAMES[dt] = str(dt).replace("torch.", "")
+        return name
 
     def readable(self, t) -> bool:
         return not t.is_meta
