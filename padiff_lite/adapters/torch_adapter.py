@@ -31,8 +31,10 @@ class TorchAdapter:
     def own_tensors(self, module):
         """(name, tensor, kind, persistent) for the module's own parameters and buffers."""
         out = [(n, p, "param", True) for n, p in module._parameters.items() if p is not None]
-        skip = module._non_persistent_buffers_set
-        out += [(n, b, "buffer", n not in skip) for n, b in module._buffers.items() if b is not None]
+        buffers = module._buffers
+        if buffers:  # most modules have none
+            skip = module._non_persistent_buffers_set
+            out += [(n, b, "buffer", n not in skip) for n, b in buffers.items() if b is not None]
         return out
 
     def class_names(self, module):
