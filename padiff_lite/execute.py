@@ -70,55 +70,71 @@ def _run_copies(plan: Plan, stats: Stats):
     """Run the plan's copy and fill ops in order, each writing straight into the destination's memory.
 
     Big direct copies go to a pool of ``torch.get_num_threads()`` threads (torch releases the GIL
-    while copying); an op that touches a tensor a pending big copy writes waits for it first, so the
-    result is the same as running the ops one by one. Every copy's source is scanned for NaN/Inf:
-    big ones in their own thread right after the copy, small ones in batches.
+    while copying); small direct copies are collected and run together (:func:`copy_all`). An op
+    that touches a tensor a pending copy writes waits for it first, so the result is the same as
+    running the ops one by one. Every copy's source is scanned for NaN/Inf: big ones in their own
+    thread right after the copy, small ones in batches.
     """
     ba, ra = plan.base.adapter, plan.raw.adapter
     src_view, dst_view, write_back = ba.torch_view, ra.writable_view, ra.write
     scan = _FiniteScan(stats.nonfinite)
     workers = max(1, min(torch.get_num_threads(), 8))
-    pool = futures = None
-    pending: set[int] = set()  # id() of tensors written by submitted, unfinished big copies
+    pool = None
+    futures: list = []
+    batch_dst: list = []  # small direct copies not run yet: destination regions ...
+    batch_src: list = []  # ... and the values they get
+    busy: set[int] = set()  # id() of tensors written by copies not finished yet (pooled or batched)
     nbytes = elements = 0
     try:
         with torch.no_grad():
             for op in plan.ops:
                 dst = op.dst.tensor
                 src = op.src.tensor if op.src is not None else None
-                if pending and (id(dst) in pending or id(src) in pending):
+                if busy and (id(dst) in busy or id(src) in busy):
+                    copy_all(batch_dst, batch_src)
                     _drain(futures, stats.nonfinite)
-                    futures, pending = [], set()
+                    batch_dst, batch_src, futures, busy = [], [], [], set()
                 view, direct = dst_view(dst)
-                region = view if op.dst_rows is None else view[op.dst_rows[0]:op.dst_rows[1]]
+                rows = op.dst_rows
+                region = view if rows is None else view[rows[0]:rows[1]]
                 n = region.numel()
                 elements += n
                 if op.kind == "fill":
                     region.fill_(op.value)
                 else:
                     stored = src_view(src)
-                    if op.src_rows is not None:
-                        stored = stored[op.src_rows[0]:op.src_rows[1]]
+                    rows = op.src_rows
+                    if rows is not None:
+                        stored = stored[rows[0]:rows[1]]
                     value = stored
-                    if op.transform == "transpose":
+                    transform = op.transform
+                    if transform == "transpose":
                         value = stored.t()
-                    elif op.transform == "reshape":
+                    elif transform == "reshape" and stored.shape != region.shape:
                         value = stored.reshape(region.shape)
                     nbytes += n * stored.element_size()
-                    if direct and workers > 1 and n >= PARALLEL_MIN_ELEMENTS:
+                    if direct and n >= PARALLEL_MIN_ELEMENTS and workers > 1:
                         if pool is None:
                             from concurrent.futures import ThreadPoolExecutor
 
-                            pool, futures = ThreadPoolExecutor(workers, thread_name_prefix="padiff_lite"), []
+                            pool = ThreadPoolExecutor(workers, thread_name_prefix="padiff_lite")
                         futures.append(pool.submit(_copy_and_scan, region, value, stored, op.dst.path))
-                        pending.add(id(dst))
+                        busy.add(id(dst))
+                        continue
+                    scan.add(stored, op.dst.path, n)  # the source as stored: a contiguous read
+                    if direct:
+                        batch_dst.append(region)
+                        batch_src.append(value)
+                        busy.add(id(dst))
+                        if len(batch_dst) >= COPY_BATCH:
+                            copy_all(batch_dst, batch_src)
+                            batch_dst, batch_src = [], []
                         continue
                     region.copy_(value)
-                    scan.add(stored, op.dst.path)  # the source as stored: a contiguous read
                 if not direct:
                     write_back(dst, view)  # the view was a copy (non-contiguous or off-CPU): write it back
-            if futures:
-                _drain(futures, stats.nonfinite)
+            copy_all(batch_dst, batch_src)
+            _drain(futures, stats.nonfinite)
             scan.flush()
     finally:
         if pool is not None:
@@ -126,6 +142,33 @@ def _run_copies(plan: Plan, stats: Stats):
     stats.tensors += len({id(op.dst.tensor) for op in plan.ops})  # row blocks of one tensor count once
     stats.elements += elements
     stats.bytes += nbytes
+
+
+# Small direct copies are run this many at a time.
+COPY_BATCH = 512
+
+
+def copy_all(dsts: list, srcs: list):
+    """``dsts[i].copy_(srcs[i])`` for every i (no two ``dsts`` overlap, no ``srcs`` overlaps a ``dsts``).
+
+    ``torch._foreach_copy_`` does them in one call, which saves torch's per-call overhead for small
+    tensors (about a quarter of the copy time of a 16 x 32 transpose here). It is a private API: when
+    it is missing or refuses the batch, the copies run one by one (copying again is harmless, since no
+    source is a destination of the same batch).
+    """
+    if not dsts:
+        return
+    if _foreach_copy is not None:
+        try:
+            _foreach_copy(dsts, srcs)
+            return
+        except (RuntimeError, TypeError, ValueError, NotImplementedError):
+            pass
+    for d, s in zip(dsts, srcs):
+        d.copy_(s)
+
+
+_foreach_copy = getattr(torch, "_foreach_copy_", None)
 
 
 def _copy_and_scan(region, value, stored, path):
@@ -169,10 +212,10 @@ class _FiniteScan:
         self.nonfinite = nonfinite
         self.batches: dict = {}  # (dtype, shape[1:]) -> [tensors, paths, elements]
 
-    def add(self, t, path):
+    def add(self, t, path, n):
+        """Scan ``t`` (``n`` values) now if it is big, else with the next batch of its kind."""
         if not t.is_floating_point():
             return
-        n = t.numel()
         if n >= SCAN_BATCH_ELEMENTS:
             self._record(path, _nonfinite_count(t))
             return

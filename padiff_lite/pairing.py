@@ -14,7 +14,7 @@ from .errors import LayerMapError
 from .tree import ModelTree, Node
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class LayerPair:
     base: Node
     raw: Node
@@ -77,7 +77,7 @@ class Pairing:
         self.matched.append(pair)
         if entry is not None or b.own or r.own:
             self.pairs.append(pair)
-        if entry is not None:
+        if entry is not None or not (b.children or r.children):
             return
         rk = dict(r.children)
         left_b = []

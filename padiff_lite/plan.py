@@ -17,7 +17,7 @@ from .tree import ModelTree, TensorRef
 SOURCE_ONLY = {"num_batches_tracked"}
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)  # one per tensor
 class Op:
     kind: str  # "copy" | "fill" | "expect"
     src: TensorRef | None
@@ -141,8 +141,12 @@ def _plan_maps(plan: Plan, pair: LayerPair):
         return
     used_b, used_r = set(), set()
     for m in maps:
-        src = _canonical(bt, bt.get(m.src)) if m.src else None
-        dst = _canonical(rt, rt.get(m.dst)) if m.dst else None
+        src = bt.get(m.src) if m.src else None
+        dst = rt.get(m.dst) if m.dst else None
+        if src is not None and src.alias_of:
+            src = _canonical(bt, src)
+        if dst is not None and dst.alias_of:
+            dst = _canonical(rt, dst)
         if m.src and src is None and m.dst and dst is not None:
             plan.missing.append(dst.path)
             used_r.add(m.dst)
@@ -246,8 +250,8 @@ def validate(plan: Plan, need_data: bool = True):
         if op.src_rows and not (0 <= op.src_rows[0] < op.src_rows[1] <= (sshape[0] if sshape else 0)):
             plan.problems.append(f"{_where(op.pair)}: rows {op.src_rows} do not fit base {op.src.path} of shape {list(sshape)}")
             continue
-        got = _region(sshape, op.src_rows)
-        want = _region(dshape, op.dst_rows)
+        got = sshape if op.src_rows is None else _region(sshape, op.src_rows)
+        want = dshape if op.dst_rows is None else _region(dshape, op.dst_rows)
         if op.transform == "transpose":
             if len(got) != 2:
                 plan.problems.append(f"{_where(op.pair)}: base {op.src.path} is {len(got)}-D, a transpose needs 2-D")

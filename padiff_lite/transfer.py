@@ -150,10 +150,13 @@ def _report(plan: Plan, stats, seconds) -> TransferReport:
         counts[id(op.pair)] = counts.get(id(op.pair), 0) + 1
     for pair in plan.imperative:
         counts[id(pair)] = len(pair.raw.subtree_tensors())
+    rules = {id(None): "default"}  # rule text per entry: formatted once, not once per pair
     records = []
     for pair in plan.pairs:
         e = pair.entry
-        rule = "default" if e is None else f"{'mapping' if e.kind == 'mapping' else 'special init'} {e.key}"
+        rule = rules.get(id(e))
+        if rule is None:
+            rule = rules[id(e)] = f"{'mapping' if e.kind == 'mapping' else 'special init'} {e.key}"
         records.append(PairRecord(pair.base.path, pair.raw.path, type(pair.base.module).__name__,
                                   type(pair.raw.module).__name__, rule, pair.how, counts.get(id(pair), 0)))
     notes = [n for n in plan.notes if "no namesake" not in n]

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)  # one per tensor: slots make them cheaper to build and read
 class TensorRef:
     path: str  # dotted path in the whole model, e.g. "encoder.0.weight"
     tensor: object
@@ -17,7 +17,7 @@ class TensorRef:
     alias_of: str | None = None  # path of the first occurrence when the tensor is tied
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Node:
     path: str
     module: object
@@ -33,6 +33,11 @@ class Node:
 
     def subtree_tensors(self) -> dict[str, TensorRef]:
         """Every tensor under this node by its dotted name relative to this node."""
+        if not self.children:  # a leaf (most modules): no walk
+            if not self.path:
+                return {ref.path: ref for ref in self.own}
+            cut = len(self.path) + 1
+            return {ref.path[cut:]: ref for ref in self.own}
         out, stack = {}, [self]
         while stack:
             node = stack.pop()
@@ -78,22 +83,24 @@ class ModelTree:
                     kids_on, blocked = False, True
         node = Node(path, module, on=own_on)
         prefix = f"{path}." if path else ""
-        own_tensors = self.adapter.own_tensors(module)
-        node.bare = not any(t[3] for t in own_tensors)
-        if own_on:
-            seen, own = self.seen, node.own
-            for name, tensor, kind, persistent in own_tensors:
-                if not persistent:
-                    continue  # like state_dict(): derived caches are not part of the weights
-                p = prefix + name
-                first = seen.setdefault(id(tensor), p)
-                if first == p:
-                    own.append(TensorRef(p, tensor, kind, persistent))
-                else:
-                    own.append(TensorRef(p, tensor, kind, persistent, first))
-                    node.fresh -= 1
-            node.count = len(own)
-            node.fresh += node.count
+        bare = True
+        seen, own = self.seen, node.own
+        for name, tensor, kind, persistent in self.adapter.own_tensors(module):
+            if not persistent:
+                continue  # like state_dict(): derived caches are not part of the weights
+            bare = False
+            if not own_on:
+                continue
+            p = prefix + name
+            first = seen.setdefault(id(tensor), p)
+            if first == p:
+                own.append(TensorRef(p, tensor, kind, persistent))
+            else:
+                own.append(TensorRef(p, tensor, kind, persistent, first))
+                node.fresh -= 1
+        node.bare = bare
+        node.count = len(own)
+        node.fresh += node.count
         exclude = self.exclude
         for name, child in self.adapter.named_children(module):
             if child is None or (exclude and id(child) in exclude):

@@ -151,3 +151,41 @@ def test_garbage_collector_state_is_restored(enabled):
         assert gc.isenabled() is enabled
     finally:
         gc.enable() if was else gc.disable()
+
+
+def _refuse(dsts, srcs):
+    raise RuntimeError("foreach refused")
+
+
+@pytest.mark.parametrize("foreach", ["torch", "missing", "refuses"])
+def test_batched_small_copies_same_numbers(monkeypatch, foreach):
+    """copy_all (torch._foreach_copy_ or its fallback) writes what copy_ one by one writes:
+    transposed sources, casts, a non-contiguous destination."""
+    from padiff_lite import execute as ex
+
+    if foreach == "missing":
+        monkeypatch.setattr(ex, "_foreach_copy", None)
+    elif foreach == "refuses":
+        monkeypatch.setattr(ex, "_foreach_copy", _refuse)
+    g = torch.Generator().manual_seed(3)
+    srcs = [torch.randn(5, 3, generator=g).t(), torch.randn(7, generator=g), torch.randn(4, 4, generator=g),
+            torch.randn(6, generator=g, dtype=torch.float64), torch.arange(5, dtype=torch.int32)]
+    dsts = [torch.empty(3, 5), torch.empty(7, dtype=torch.float16), torch.empty(4, 8)[:, ::2],
+            torch.empty(6), torch.empty(5, dtype=torch.int64)]
+    want = [torch.empty_like(d).copy_(s) for d, s in zip(dsts, srcs)]
+    ex.copy_all(dsts, srcs)
+    for d, w in zip(dsts, want):
+        assert d.dtype == w.dtype
+        assert torch.equal(d, w)
+
+
+@pytest.mark.parametrize("src,dst", DIRECTIONS + [("torch", "torch"), ("paddle", "paddle")],
+                         ids=DIRECTION_IDS + ["torch->torch", "paddle->paddle"])
+def test_transfer_without_foreach_same_numbers(monkeypatch, src, dst):
+    """A whole transfer of small layers gives the same numbers with the one-by-one fallback."""
+    from padiff_lite import execute as ex
+
+    monkeypatch.setattr(ex, "_foreach_copy", _refuse)
+    a, b = linear_stack(src, [3, 5, 4, 6]), linear_stack(dst, [3, 5, 4, 6])
+    assign_weight(a, b)
+    assert_linears_equal(a, b, src, dst)

@@ -42,8 +42,10 @@ class PaddleAdapter:
         "param" here; the rule tables map them to torch's buffers by name.
         """
         out = [(n, p, "param", True) for n, p in module._parameters.items() if p is not None]
-        skip = getattr(module, "_non_persistable_buffer_names_set", set())
-        out += [(n, b, "buffer", n not in skip) for n, b in module._buffers.items() if b is not None]
+        buffers = module._buffers
+        if buffers:  # most layers have none
+            skip = getattr(module, "_non_persistable_buffer_names_set", ())
+            out += [(n, b, "buffer", n not in skip) for n, b in buffers.items() if b is not None]
         return out
 
     def class_names(self, module):

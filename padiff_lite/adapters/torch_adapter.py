@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import sys
 
+_DTYPE_NAMES: dict = {}
 
 def _torch():
     import torch
@@ -30,8 +31,10 @@ class TorchAdapter:
     def own_tensors(self, module):
         """(name, tensor, kind, persistent) for the module's own parameters and buffers."""
         out = [(n, p, "param", True) for n, p in module._parameters.items() if p is not None]
-        skip = module._non_persistent_buffers_set
-        out += [(n, b, "buffer", n not in skip) for n, b in module._buffers.items() if b is not None]
+        buffers = module._buffers
+        if buffers:  # most modules have none
+            skip = module._non_persistent_buffers_set
+            out += [(n, b, "buffer", n not in skip) for n, b in buffers.items() if b is not None]
         return out
 
     def class_names(self, module):
@@ -56,7 +59,11 @@ class TorchAdapter:
         return tuple(t.shape)
 
     def dtype_name(self, t) -> str:
-        return str(t.dtype).replace("torch.", "")
+        dt = t.dtype
+        name = _DTYPE_NAMES.get(dt)
+        if name is None:  # once per dtype: validation asks for every tensor
+            name = _DTYPE_NAMES[dt] = str(dt).replace("torch.", "")
+        return name
 
     def readable(self, t) -> bool:
         return not t.is_meta

@@ -2,12 +2,16 @@
 from . import Map, init_pool
 
 
+# Maps are immutable: every Linear of a model shares these two
+_WEIGHT_T = Map("weight", "weight", "transpose")
+_BIAS = Map("bias", "bias")
+
+
 @init_pool.register_maps("torch", "Linear", "paddle", "Linear", note="weight transposed [out, in] <-> [in, out]; bias copied")
 def linear(module, layer):
-    maps = [Map("weight", "weight", "transpose")]
     if module.bias is not None or layer.bias is not None:
-        maps.append(Map("bias", "bias"))
-    return maps
+        return [_WEIGHT_T, _BIAS]
+    return [_WEIGHT_T]
 
 
 @init_pool.register_maps("torch", "Bilinear", "paddle", "Bilinear",

@@ -1,6 +1,8 @@
 """Small helpers shared by the plugin files (not a plugin itself: the name does not start with init_)."""
 from __future__ import annotations
 
+import functools
+
 from ..errors import TransferError
 from .registry import Map
 
@@ -11,13 +13,24 @@ def optional(src: str, dst: str, src_has: bool, dst_has: bool, value: float, tra
     Both have it: copy. Only the target has it: fill it with ``value`` (the constant the source
     layer behaves as if it had). Only the source has it: it must equal ``value``. Neither: nothing.
     """
+    try:
+        # type(value) is part of the key: 1 and 1.0 are equal but print differently in reports
+        return list(_optional(src, dst, bool(src_has), bool(dst_has), value, transform, type(value)))
+    except TypeError:  # an unhashable argument: build the maps afresh
+        return list(_optional.__wrapped__(src, dst, src_has, dst_has, value, transform, None))
+
+
+@functools.lru_cache(maxsize=1024)
+def _optional(src, dst, src_has, dst_has, value, transform, _value_type) -> tuple[Map, ...]:
+    # Maps are immutable, so every layer of a model can share them: building one costs a few
+    # microseconds, and norm layers ask for two per layer
     if src_has and dst_has:
-        return [Map(src, dst, transform)]
+        return (Map(src, dst, transform),)
     if dst_has:
-        return [Map(None, dst, value=value)]
+        return (Map(None, dst, value=value),)
     if src_has:
-        return [Map(src, None, value=value)]
-    return []
+        return (Map(src, None, value=value),)
+    return ()
 
 
 def require_same(what: str, torch_value, paddle_value, fix: str):

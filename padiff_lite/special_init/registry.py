@@ -11,6 +11,7 @@ Two kinds of entries share one key space, (base framework, base class, raw frame
 """
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass, field, replace
 from typing import Callable, NamedTuple
@@ -83,8 +84,21 @@ class SpecialInit:
 
     def maps(self, base_module, raw_module) -> list[Map]:
         if self.inverted:
-            return [m.inverse() for m in self.func(raw_module, base_module)]
+            return [_inverse(m) for m in self.func(raw_module, base_module)]
         return list(self.func(base_module, raw_module))
+
+
+@functools.lru_cache(maxsize=1024)
+def _cached_inverse(m: Map) -> Map:
+    return m.inverse()
+
+
+def _inverse(m: Map) -> Map:
+    """``m.inverse()``, remembered: a rule gives the same few maps for every layer of a model."""
+    try:
+        return _cached_inverse(m)
+    except TypeError:  # rows given as lists: not hashable, so not cached
+        return m.inverse()
 
 
 def _origin(func) -> str:
