@@ -1,6 +1,7 @@
 # make demo  - set up .venv and transfer the built-in model pair torch -> paddle, then verify it
 # make test  - set up .venv and run the test suite
-# make bench - set up .venv and run the benchmarks (results go to docs/performance.md by hand)
+# make bench - set up .venv and run the transfer benchmark (results: docs/performance.md)
+# make bench-convert - the checkpoint conversion benchmark (writes ~5 GB of temporary files; results: docs/checkpoints.md)
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -12,7 +13,7 @@ $(BIN)/.installed: requirements-dev.txt setup.py
 	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 
-.PHONY: setup demo test bench
+.PHONY: setup demo test bench bench-convert
 setup: $(BIN)/.installed
 
 demo: setup
@@ -23,3 +24,6 @@ test: setup
 
 bench: setup
 	$(BIN)/python bench/bench_transfer.py
+
+bench-convert: setup
+	$(BIN)/python bench/bench_convert.py

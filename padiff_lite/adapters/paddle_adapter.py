@@ -5,7 +5,8 @@ import copy
 import math
 import sys
 
-_DTYPE_NAMES: dict = {}
+from .base import Adapter
+
 _DLPACK: list = []
 
 
@@ -19,8 +20,9 @@ def _dlpack():
     return _DLPACK
 
 
-class PaddleAdapter:
+class PaddleAdapter(Adapter):
     name = "paddle"
+    _dtype_prefix = "paddle."
 
     # -- recognising objects -------------------------------------------------
     def owns(self, obj) -> bool:
@@ -48,36 +50,10 @@ class PaddleAdapter:
             out += [(n, b, "buffer", n not in skip) for n, b in buffers.items() if b is not None]
         return out
 
-    def class_names(self, module):
-        return [c.__name__ for c in type(module).__mro__]
-
-    def get_tensor(self, module, dotted: str):
-        import paddle
-
-        obj = module
-        for part in dotted.split("."):
-            obj = getattr(obj, part, None)
-            if obj is None:
-                return None
-        return obj if isinstance(obj, paddle.Tensor) else None
-
     def set_training(self, module, training: bool):
         module.train() if training else module.eval()
 
-    def is_training(self, module) -> bool:
-        return module.training
-
     # -- tensors -------------------------------------------------------------
-    def shape(self, t) -> tuple:
-        return tuple(t.shape)
-
-    def dtype_name(self, t) -> str:
-        dt = t.dtype
-        name = _DTYPE_NAMES.get(dt)
-        if name is None:  # str() of a paddle dtype costs a few microseconds: once per dtype
-            name = _DTYPE_NAMES[dt] = str(dt).replace("paddle.", "")
-        return name
-
     def readable(self, t) -> bool:
         return bool(t._is_initialized())
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import copy
 import sys
 
-_DTYPE_NAMES: dict = {}
+from .base import Adapter
+
 
 def _torch():
     import torch
@@ -12,8 +13,9 @@ def _torch():
     return torch
 
 
-class TorchAdapter:
+class TorchAdapter(Adapter):
     name = "torch"
+    _dtype_prefix = "torch."
 
     # -- recognising objects -------------------------------------------------
     def owns(self, obj) -> bool:
@@ -37,34 +39,10 @@ class TorchAdapter:
             out += [(n, b, "buffer", n not in skip) for n, b in buffers.items() if b is not None]
         return out
 
-    def class_names(self, module):
-        return [c.__name__ for c in type(module).__mro__]
-
-    def get_tensor(self, module, dotted: str):
-        obj = module
-        for part in dotted.split("."):
-            obj = getattr(obj, part, None)
-            if obj is None:
-                return None
-        return obj if isinstance(obj, _torch().Tensor) else None
-
     def set_training(self, module, training: bool):
         module.train(training)
 
-    def is_training(self, module) -> bool:
-        return module.training
-
     # -- tensors -------------------------------------------------------------
-    def shape(self, t) -> tuple:
-        return tuple(t.shape)
-
-    def dtype_name(self, t) -> str:
-        dt = t.dtype
-        name = _DTYPE_NAMES.get(dt)
-        if name is None:  # once per dtype: validation asks for every tensor
-            name = _DTYPE_NAMES[dt] = str(dt).replace("torch.", "")
-        return name
-
     def readable(self, t) -> bool:
         return not t.is_meta
 
@@ -87,9 +65,6 @@ class TorchAdapter:
         """Write a torch tensor ``value`` (same shape) into ``t`` in place, keeping dtype/device."""
         with _torch().no_grad():
             t.copy_(value)
-
-    def from_torch(self, value, like=None):
-        return value
 
     def to_numpy(self, t):
         return t.detach().cpu().numpy()
