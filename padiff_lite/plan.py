@@ -49,6 +49,8 @@ class Plan:
     unexpected: list[str] = field(default_factory=list)  # base tensors nothing will read
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    hints: list[str] = field(default_factory=list)  # how to fix unpaired tensors (for the strict error)
+    caveats: dict = field(default_factory=dict)  # semantics weights cannot fix -> the pairs it applies to
     casts: list[str] = field(default_factory=list)
     tied: list[str] = field(default_factory=list)
     tie_conflicts: list[tuple] = field(default_factory=list)  # (kept op, dropped op) writing one tied target
@@ -75,6 +77,7 @@ def build_plan(base, raw, pool=init_pool, need_data: bool = True) -> Plan:
         else:
             plan.imperative.append(pair)
     _dedupe_targets(plan)
+    plan.notes += [_caveat_note(caveat, pairs) for caveat, pairs in plan.caveats.items()]
     plan.missing = _in_model_order(raw, plan.missing)
     plan.unexpected = _in_model_order(base, plan.unexpected)
     validate(plan, need_data=need_data)
@@ -110,7 +113,7 @@ def _plan_default(plan: Plan, pair: LayerPair):
 def _hint_rename(plan, pair, ref, candidates):
     if candidates:
         names = ", ".join(sorted(pair.raw.local(c) for c in candidates.values()))
-        plan.notes.append(
+        plan.hints.append(
             f"{_where(pair)}: base tensor '{pair.base.local(ref)}' has no namesake on the raw side "
             f"(raw has {names}); register a rule for this class pair with init_pool.register_maps or "
             "add_special_init"
@@ -179,9 +182,15 @@ def _plan_maps(plan: Plan, pair: LayerPair):
             plan.missing.append(ref.path)
     caveat = entry.caveat_for(b.module, r.module)
     if caveat:
-        note = f"{_where(pair)}: {caveat}"
-        if note not in plan.notes:
-            plan.notes.append(note)
+        plan.caveats.setdefault(caveat, []).append(pair)
+
+
+def _caveat_note(caveat: str, pairs: list) -> str:
+    """One note per caveat, naming the layer pairs it applies to (the first few when there are many)."""
+    if len(pairs) == 1:
+        return f"{_where(pairs[0])}: {caveat}"
+    shown = "; ".join(_where(p) for p in pairs[:3]) + ("; ..." if len(pairs) > 3 else "")
+    return f"{caveat} ({len(pairs)} layer pairs: {shown})"
 
 
 def _dedupe_targets(plan: Plan):

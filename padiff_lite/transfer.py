@@ -7,7 +7,7 @@ import logging
 import time
 
 from .errors import InitError, TransferError
-from .execute import execute
+from .execute import _nonfinite_count, execute
 from .init import check_scheme, plan_init, scheme_name
 from .plan import Plan, build_plan
 from .proxy import create_model
@@ -114,9 +114,8 @@ def _unpaired_problem(plan: Plan) -> str:
         lines.append("raw tensors with no base partner: " + ", ".join(rest_m))
     if rest_u:
         lines.append("base tensors with no raw partner: " + ", ".join(rest_u))
-    hint = [n for n in plan.notes if "no namesake" in n]
     return (
-        "\n    ".join(["structure differs:"] + lines + hint)
+        "\n    ".join(["structure differs:"] + lines + plan.hints)
         + "\n    fix: pair the layers explicitly with set_layer_map, leave them out with update_black_list, "
         "or pass strict=False to transfer what matches and list the rest"
     )
@@ -124,8 +123,6 @@ def _unpaired_problem(plan: Plan) -> str:
 
 def _nonfinite_problems(plan: Plan) -> list[str]:
     """check_finite=True: every base tensor that would be read (planned ops and special-init layers)."""
-    import torch
-
     ba = plan.base.adapter
     refs = {id(op.src.tensor): op.src for op in plan.ops if op.src is not None}
     for pair in plan.imperative:
@@ -135,9 +132,8 @@ def _nonfinite_problems(plan: Plan) -> list[str]:
     for ref in refs.values():
         if not ba.readable(ref.tensor):
             continue  # already a "holds no data" problem
-        v = ba.torch_view(ref.tensor)
-        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
-            n = int((~torch.isfinite(v)).sum())
+        n = _nonfinite_count(ba.torch_view(ref.tensor))  # one sum per tensor; counts only when it is not finite
+        if n:
             out.append(f"base {ref.path} holds {n} NaN/Inf value{'s' * (n != 1)} (check_finite=True); "
                        "fix the source weights or pass check_finite=False to copy them as they are")
     return out
@@ -159,11 +155,10 @@ def _report(plan: Plan, stats, seconds) -> TransferReport:
             rule = rules[id(e)] = f"{'mapping' if e.kind == 'mapping' else 'special init'} {e.key}"
         records.append(PairRecord(pair.base.path, pair.raw.path, type(pair.base.module).__name__,
                                   type(pair.raw.module).__name__, rule, pair.how, counts.get(id(pair), 0)))
-    notes = [n for n in plan.notes if "no namesake" not in n]
     return TransferReport(
         base=f"{base.framework}:{base.name}", raw=f"{raw.framework}:{raw.name}", pairs=records,
         tensors=stats.tensors, elements=stats.elements, bytes=stats.bytes, seconds=seconds,
         missing=list(plan.missing), unexpected=list(plan.unexpected), casts=list(plan.casts),
-        nonfinite=dict(stats.nonfinite), tied=list(plan.tied), notes=notes,
+        nonfinite=dict(stats.nonfinite), tied=list(plan.tied), notes=list(plan.notes),
         filled=[op.describe() for op in plan.ops if op.kind == "fill"],
     )

@@ -39,3 +39,15 @@ def test_report_is_readable():
     assert "rnn" in text and "mapping torch.LSTM -> paddle.LSTM" in text
     # every parameterised layer of TinyNet (Conv1d, BatchNorm1d, LSTM, MHA, LayerNorm, Linear) has a rule
     assert "default" not in report.rules_used and report.rules_used["mapping torch.Conv1d -> paddle.Conv1D"] == 1
+
+
+@pytest.mark.parametrize("src,dst", DIRECTIONS, ids=DIRECTION_IDS)
+def test_a_caveat_is_one_note_naming_its_layer_pairs(src, dst):
+    def stack(fw):
+        nn = models._nn(fw)
+        bn = nn.BatchNorm1d if fw == "torch" else nn.BatchNorm1D
+        return models._eval(nn.Sequential(*[bn(4) for _ in range(5)]))
+
+    report, *_ = assert_transfer_equivalent(stack, src, dst, [(3, 4)], warm=True)
+    notes = [n for n in report.notes if "momentum" in n]
+    assert len(notes) == 1 and "(5 layer pairs: 0 (" in notes[0] and "; ..." in notes[0]
