@@ -90,6 +90,18 @@ def _parse_shape(text: str) -> tuple:
     return shape
 
 
+def _seed_frameworks(seed: int):
+    """Seed torch's and paddle's global generators (whichever is installed) before the models are built."""
+    import importlib
+
+    for name, fn in (("torch", "manual_seed"), ("paddle", "seed")):
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        getattr(mod, fn)(seed)
+
+
 def cmd_check(args) -> int:
     """Build both models, transfer base -> raw, compare them layer by layer on a random input: 0 agree, 1 differ."""
     import numpy as np
@@ -105,6 +117,7 @@ def cmd_check(args) -> int:
     shapes = [_parse_shape(s) for s in (args.input_shape or [])]
     if not shapes:
         raise DiffInputError("give at least one --input-shape, e.g. --input-shape 2,3,224,224")
+    _seed_frameworks(args.seed)  # the models' random initialisation too: a run is reproducible
     base = create_model(_build(args.base, "--base"))
     raw = create_model(_build(args.raw, "--raw"))
     if args.weights:
@@ -178,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--rtol", type=float, default=1e-5)
     c.add_argument("--phase", choices=["forward", "both"], default="forward",
                    help="'both' also compares parameter gradients of a backward pass")
-    c.add_argument("--seed", type=int, default=0, help="seed of the random input")
+    c.add_argument("--seed", type=int, default=0, help="seed of the random input and of torch/paddle before the models are built "
+                   "(a run is reproducible)")
     c.set_defaults(func=cmd_check)
 
     _add_convert(sub)

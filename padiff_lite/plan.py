@@ -120,6 +120,23 @@ def _hint_rename(plan, pair, ref, candidates):
         )
 
 
+_WEIGHT_NORM = ("weight_g", "weight_v", "original0", "original1")
+
+
+def _hint_uncovered(plan, pair, left_b, left_r):
+    """A rule's maps do not name some tensors of its pair: say so (the tensor names alone can look identical)."""
+    entry = pair.entry
+    sides = [f"{side} {', '.join(names)}" for side, names in (("base", left_b), ("raw", left_r)) if names]
+    hint = (f"{_where(pair)}: rule {entry.key} ({entry.origin}) has no map for {' and '.join(sides)}, so they have "
+            "no namesake to go to; ")
+    if any(n.split(".")[-1] in _WEIGHT_NORM for n in left_b + left_r):
+        hint += ("these are weight-norm tensors, which the built-in rules do not carry: remove the weight norm on both "
+                 "sides before the transfer (torch.nn.utils.remove_weight_norm or "
+                 "torch.nn.utils.parametrize.remove_parametrizations; paddle.nn.utils.remove_weight_norm) and apply it "
+                 "again afterwards, or ")
+    plan.notes.append(hint + "register a rule for this class pair with init_pool.register_maps(..., override=True)")
+
+
 def _canonical(tensors: dict, ref):
     """A rule may name a tensor by an alias (paddle's RNN cells): use its first, state-dict name."""
     if ref is None or not ref.alias_of:
@@ -173,13 +190,18 @@ def _plan_maps(plan: Plan, pair: LayerPair):
     # top-level weights, and a rule may address either)
     seen_b = {id(bt[n].tensor) for n in used_b if n in bt}
     seen_r = {id(rt[n].tensor) for n in used_r if n in rt}
+    left_b, left_r = [], []
     for name, ref in bt.items():
         if (id(ref.tensor) not in seen_b and ref.persistent and not ref.alias_of
                 and name.split(".")[-1] not in SOURCE_ONLY):
             plan.unexpected.append(ref.path)
+            left_b.append(name)
     for name, ref in rt.items():
         if id(ref.tensor) not in seen_r and ref.persistent and not ref.alias_of:
             plan.missing.append(ref.path)
+            left_r.append(name)
+    if left_b or left_r:
+        _hint_uncovered(plan, pair, left_b, left_r)
     caveat = entry.caveat_for(b.module, r.module)
     if caveat:
         plan.caveats.setdefault(caveat, []).append(pair)
