@@ -134,7 +134,7 @@ def _hint_uncovered(plan, pair, left_b, left_r):
                  "sides before the transfer (torch.nn.utils.remove_weight_norm or "
                  "torch.nn.utils.parametrize.remove_parametrizations; paddle.nn.utils.remove_weight_norm) and apply it "
                  "again afterwards, or ")
-    plan.notes.append(hint + "register a rule for this class pair with init_pool.register_maps(..., override=True)")
+    plan.hints.append(hint + "register a rule for this class pair with init_pool.register_maps(..., override=True)")
 
 
 def _canonical(tensors: dict, ref):
