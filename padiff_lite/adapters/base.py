@@ -26,6 +26,11 @@ class Adapter:
                 return None
         return obj if self.is_tensor(obj) else None
 
+    def grad(self, t):
+        """A numpy copy of ``t``'s gradient, or None (``snapshot`` is each framework's own)."""
+        g = getattr(t, "grad", None)
+        return None if g is None else self.snapshot(g)
+
     def is_training(self, module) -> bool:
         return module.training
 

@@ -227,10 +227,6 @@ class PaddleAdapter(Adapter):
         paddle.add_n(terms).backward()
         return True
 
-    def grad(self, t):
-        g = getattr(t, "grad", None)
-        return None if g is None else self.snapshot(g)
-
     def clear_grads(self, model):
         model.clear_gradients(set_to_zero=False)
 

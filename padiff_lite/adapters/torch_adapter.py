@@ -127,10 +127,6 @@ class TorchAdapter(Adapter):
         _torch().stack(terms).sum().backward()
         return True
 
-    def grad(self, t):
-        g = getattr(t, "grad", None)
-        return None if g is None else self.snapshot(g)
-
     def clear_grads(self, model):
         model.zero_grad(set_to_none=True)
 
