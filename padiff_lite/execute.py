@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .adapters.torch_adapter import copy_all
 from .errors import InitError, TransferError
 from .plan import Plan, _where
 
@@ -67,7 +68,93 @@ SCAN_BATCH_ELEMENTS = 1 << 20
 
 
 def _run_copies(plan: Plan, stats: Stats):
-    """Run the plan's copy and fill ops in order, each writing straight into the destination's memory.
+    """Run the plan's copy and fill ops: small plain copies in groups (:func:`_run_group`), the rest
+    one by one (:func:`_run_ops`)."""
+    groups, rest = _bulk_groups(plan.ops)
+    _run_ops(plan, rest, stats)
+    fallback: list = []
+    with torch.no_grad():
+        for key, ops in groups.items():
+            _run_group(plan, key, ops, stats, fallback)
+    _run_ops(plan, fallback, stats)
+    stats.tensors += len({id(op.dst.tensor) for op in plan.ops})  # row blocks of one tensor count once
+
+
+# Copies of fewer values than this are grouped with others of the same shapes, dtypes and transform
+# and moved together: one gather of all their sources and one scatter into all their destinations
+# (see adapters' gather/scatter), instead of two views and a copy per tensor.
+BULK_MAX_ELEMENTS = 1 << 16
+# A group smaller than this is not worth it.
+BULK_MIN_GROUP = 8
+# A group is moved in chunks of at most this many values: the gathered sources are a temporary copy.
+BULK_CHUNK_ELEMENTS = 1 << 22
+
+
+def _bulk_groups(ops: list):
+    """``(groups, rest)``: small whole-tensor copies grouped by (transform, shapes, dtypes), and the
+    other ops in their order. Grouping changes the order of the writes, so it is only done when that
+    cannot matter: every destination tensor is written by one op and read by none."""
+    dsts = {id(op.dst.tensor) for op in ops}
+    if len(dsts) != len(ops) or any(op.src is not None and id(op.src.tensor) in dsts for op in ops):
+        return {}, ops
+    groups: dict = {}
+    rest = []
+    for op in ops:
+        info = op.info
+        if (op.kind != "copy" or info is None or op.src_rows is not None or op.dst_rows is not None
+                or not 0 < math.prod(info[1]) < BULK_MAX_ELEMENTS):
+            rest.append(op)
+            continue
+        key = (op.transform,) + info
+        group = groups.get(key)
+        if group is None:
+            groups[key] = [op]
+        else:
+            group.append(op)
+    for key in [k for k, g in groups.items() if len(g) < BULK_MIN_GROUP]:
+        rest += groups.pop(key)
+    return groups, rest
+
+
+def _run_group(plan: Plan, key, ops: list, stats: Stats, fallback: list):
+    """Copy a group of alike ops: gather the sources into one torch tensor, apply the transform to all
+    at once, scatter into the destinations. A chunk the adapters cannot move this way (another device,
+    a non-contiguous or overlapping destination) is left in ``fallback`` untouched."""
+    transform, sshape, dshape, _, dtype = key
+    target = getattr(torch, dtype, None)
+    if not isinstance(target, torch.dtype):
+        fallback += ops
+        return
+    ba, ra = plan.base.adapter, plan.raw.adapter
+    numel = math.prod(dshape)
+    step = max(1, BULK_CHUNK_ELEMENTS // numel)
+    for i in range(0, len(ops), step):
+        chunk = ops[i:i + step]
+        stored = ba.gather([op.src.tensor for op in chunk], sshape, key[3])
+        if stored is None:
+            fallback += chunk
+            continue
+        value = stored
+        if transform == "transpose":
+            value = stored.transpose(1, 2)
+        elif transform == "reshape":
+            value = stored.reshape(len(chunk), *dshape)
+        if value.dtype != target:
+            value = value.to(target)
+        if not ra.scatter([op.dst.tensor for op in chunk], value):
+            fallback += chunk
+            continue
+        stats.elements += numel * len(chunk)
+        stats.bytes += stored.numel() * stored.element_size()
+        if _nonfinite_count(stored):  # rare: count per tensor
+            bad = (~torch.isfinite(stored)).reshape(len(chunk), -1).sum(1).tolist()
+            for op, n in zip(chunk, bad):
+                if n:
+                    stats.nonfinite[op.dst.path] = stats.nonfinite.get(op.dst.path, 0) + n
+
+
+def _run_ops(plan: Plan, ops: list, stats: Stats):
+    """Run ``ops`` (copy and fill) in order, each writing straight into the destination's memory.
 
     Big direct copies go to a pool of ``torch.get_num_threads()`` threads (torch releases the GIL
     while copying); small direct copies are collected and run together (:func:`copy_all`). An op
@@ -87,7 +174,7 @@ def _run_copies(plan: Plan, stats: Stats):
     nbytes = elements = 0
     try:
         with torch.no_grad():
-            for op in plan.ops:
+            for op in ops:
                 dst = op.dst.tensor
                 src = op.src.tensor if op.src is not None else None
                 if busy and (id(dst) in busy or id(src) in busy):
@@ -139,36 +226,12 @@ def _run_copies(plan: Plan, stats: Stats):
     finally:
         if pool is not None:
             pool.shutdown(wait=True)
-    stats.tensors += len({id(op.dst.tensor) for op in plan.ops})  # row blocks of one tensor count once
     stats.elements += elements
     stats.bytes += nbytes
 
 
 # Small direct copies are run this many at a time.
 COPY_BATCH = 512
-
-
-def copy_all(dsts: list, srcs: list):
-    """``dsts[i].copy_(srcs[i])`` for every i (no two ``dsts`` overlap, no ``srcs`` overlaps a ``dsts``).
-
-    ``torch._foreach_copy_`` does them in one call, which saves torch's per-call overhead for small
-    tensors (about a quarter of the copy time of a 16 x 32 transpose here). It is a private API: when
-    it is missing or refuses the batch, the copies run one by one (copying again is harmless, since no
-    source is a destination of the same batch).
-    """
-    if not dsts:
-        return
-    if _foreach_copy is not None:
-        try:
-            _foreach_copy(dsts, srcs)
-            return
-        except (RuntimeError, TypeError, ValueError, NotImplementedError):
-            pass
-    for d, s in zip(dsts, srcs):
-        d.copy_(s)
-
-
-_foreach_copy = getattr(torch, "_foreach_copy_", None)
 
 
 def _copy_and_scan(region, value, stored, path):

@@ -27,6 +27,7 @@ class Op:
     src_rows: tuple[int, int] | None = None
     dst_rows: tuple[int, int] | None = None
     value: float | None = None
+    info: tuple | None = None  # (src shape, dst shape, src dtype, dst dtype) of a copy, set by validate
 
     def describe(self) -> str:
         s = self.src.path if self.src else f"{self.value}"
@@ -293,6 +294,7 @@ def validate(plan: Plan, need_data: bool = True):
         if got != want:
             plan.problems.append(_shape_problem(_where(op.pair), op, sshape, dshape))
         sd, dd = ba.dtype_name(op.src.tensor), ra.dtype_name(op.dst.tensor)
+        op.info = (sshape, dshape, sd, dd)  # the executor groups small copies by it
         if sd != dd:  # the place is formatted only when there is something to say
             _check_dtype(plan, _where(op.pair), op, sd, dd)
     if not need_data:  # shapes only (checkpoint conversion): values are checked against the file

@@ -5,9 +5,30 @@ import copy
 import math
 import sys
 
+from . import memory
 from .base import Adapter
 
 _DLPACK: list = []
+_CPU_ONLY: list = []
+
+
+def _cpu_only() -> bool:
+    """Whether this paddle was built without any device but the CPU (then every tensor lives on the CPU)."""
+    if not _CPU_ONLY:
+        import paddle
+
+        devices = (paddle.is_compiled_with_cuda() or paddle.is_compiled_with_rocm() or paddle.is_compiled_with_xpu()
+                   or bool(paddle.device.get_all_custom_device_type()))
+        _CPU_ONLY.append(not devices)
+    return _CPU_ONLY[0]
+
+
+def _torch_dtype(name: str):
+    """The torch dtype of a paddle dtype name ("float32", "bfloat16", ...; the names agree), or None."""
+    import torch
+
+    dt = getattr(torch, name, None)
+    return dt if isinstance(dt, torch.dtype) else None
 
 
 def _dlpack():
@@ -88,6 +109,38 @@ class PaddleAdapter(Adapter):
 
         # a contiguous CPU copy, through DLPack: numpy would turn bfloat16 into uint16 and lose its meaning
         return torch.from_dlpack(t.detach().cpu().contiguous()), False
+
+    def gather(self, tensors, shape, dtype: str):
+        """A new torch tensor (K, *shape) holding the K paddle ``tensors`` (each of ``shape`` and ``dtype``),
+        read by address in one call (:mod:`.memory`), or None when that does not apply (then nothing was read)."""
+        ptrs = self._pointers(tensors)
+        td = _torch_dtype(dtype)
+        if ptrs is None or td is None:
+            return None
+        out = memory.gather(ptrs, math.prod(shape), td)
+        return None if out is None else out.view(len(tensors), *shape)
+
+    def scatter(self, tensors, values) -> bool:
+        """Write ``values[i]`` into paddle tensor ``tensors[i]`` (a torch tensor (K, ...) of their dtype and
+        size), by address in one call; False when that does not apply (then nothing was written)."""
+        if values.device.type != "cpu":
+            return False
+        ptrs = self._pointers(tensors)
+        if ptrs is None:
+            return False
+        return memory.scatter(ptrs, values.reshape(len(tensors), -1))
+
+    def _pointers(self, tensors):
+        """The data pointers of ``tensors`` if every one is a dense, contiguous, initialised CPU tensor, else None.
+
+        A paddle built for CPU only has no other place, so the per-tensor place check (about 1 us) is
+        skipped there.
+        """
+        if not all(t.is_dense() and t.is_contiguous() and t._is_initialized() for t in tensors):
+            return None
+        if not _cpu_only() and not all(t.place.is_cpu_place() for t in tensors):
+            return None
+        return [t.data_ptr() for t in tensors]
 
     def write(self, t, value):
         """Write a torch tensor ``value`` (same shape) into ``t`` in place, keeping dtype/device."""

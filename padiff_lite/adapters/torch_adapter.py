@@ -13,6 +13,29 @@ def _torch():
     return torch
 
 
+def copy_all(dsts: list, srcs: list):
+    """``dsts[i].copy_(srcs[i])`` for every i (no two ``dsts`` overlap, no ``srcs`` overlaps a ``dsts``).
+
+    ``torch._foreach_copy_`` does them in one call, which saves torch's per-call overhead for small
+    tensors (about a quarter of the copy time of a 16 x 32 transpose here). It is a private API: when
+    it is missing or refuses the batch, the copies run one by one (copying again is harmless, since no
+    source is a destination of the same batch).
+    """
+    if not dsts:
+        return
+    if _foreach_copy is not None:
+        try:
+            _foreach_copy(dsts, srcs)
+            return
+        except (RuntimeError, TypeError, ValueError, NotImplementedError):
+            pass
+    for d, s in zip(dsts, srcs):
+        d.copy_(s)
+
+
+_foreach_copy = getattr(_torch(), "_foreach_copy_", None)
+
+
 class TorchAdapter(Adapter):
     name = "torch"
     _dtype_prefix = "torch."
@@ -60,6 +83,22 @@ class TorchAdapter(Adapter):
     def writable_view(self, t):
         """``(view, direct)``: a torch tensor always shares memory with ``t`` (any strides or device)."""
         return t.detach(), True
+
+    def gather(self, tensors, shape, dtype: str):
+        """A new torch tensor (K, *shape) holding ``tensors`` (``torch.stack``), or None when they cannot be
+        stacked (different devices)."""
+        torch = _torch()
+        try:
+            with torch.no_grad():
+                return torch.stack(tensors)
+        except RuntimeError:
+            return None
+
+    def scatter(self, tensors, values) -> bool:
+        """Write ``values[i]`` into ``tensors[i]`` with one batched copy (copy_ casts dtype and device)."""
+        with _torch().no_grad():
+            copy_all(tensors, list(values.unbind(0)))
+        return True
 
     def write(self, t, value):
         """Write a torch tensor ``value`` (same shape) into ``t`` in place, keeping dtype/device."""
