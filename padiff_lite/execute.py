@@ -70,14 +70,15 @@ SCAN_BATCH_ELEMENTS = 1 << 20
 def _run_copies(plan: Plan, stats: Stats):
     """Run the plan's copy and fill ops: small plain copies in groups (:func:`_run_group`), the rest
     one by one (:func:`_run_ops`)."""
-    groups, rest = _bulk_groups(plan.ops)
+    dsts = {id(op.dst.tensor) for op in plan.ops}
+    groups, rest = _bulk_groups(plan.ops, dsts)
     _run_ops(plan, rest, stats)
     fallback: list = []
     with torch.no_grad():
         for key, ops in groups.items():
             _run_group(plan, key, ops, stats, fallback)
     _run_ops(plan, fallback, stats)
-    stats.tensors += len({id(op.dst.tensor) for op in plan.ops})  # row blocks of one tensor count once
+    stats.tensors += len(dsts)  # row blocks of one tensor count once
 
 
 # Copies of fewer values than this are grouped with others of the same shapes, dtypes and transform
@@ -90,29 +91,27 @@ BULK_MIN_GROUP = 8
 BULK_CHUNK_ELEMENTS = 1 << 22
 
 
-def _bulk_groups(ops: list):
+def _bulk_groups(ops: list, dsts: set):
     """``(groups, rest)``: small whole-tensor copies grouped by (transform, shapes, dtypes), and the
     other ops in their order. Grouping changes the order of the writes, so it is only done when that
-    cannot matter: every destination tensor is written by one op and read by none."""
-    dsts = {id(op.dst.tensor) for op in ops}
+    cannot matter: every destination tensor (``dsts``: their ids) is written by one op and read by none."""
     if len(dsts) != len(ops) or any(op.src is not None and id(op.src.tensor) in dsts for op in ops):
         return {}, ops
     groups: dict = {}
     rest = []
     for op in ops:
-        info = op.info
-        if (op.kind != "copy" or info is None or op.src_rows is not None or op.dst_rows is not None
-                or not 0 < math.prod(info[1]) < BULK_MAX_ELEMENTS):
+        if op.kind != "copy" or op.info is None or op.src_rows is not None or op.dst_rows is not None:
             rest.append(op)
             continue
-        key = (op.transform,) + info
+        key = (op.transform, op.info)
         group = groups.get(key)
         if group is None:
             groups[key] = [op]
         else:
             group.append(op)
-    for key in [k for k, g in groups.items() if len(g) < BULK_MIN_GROUP]:
-        rest += groups.pop(key)
+    for key in list(groups):
+        if len(groups[key]) < BULK_MIN_GROUP or not 0 < math.prod(key[1][1]) < BULK_MAX_ELEMENTS:
+            rest += groups.pop(key)
     return groups, rest
 
 
@@ -120,7 +119,7 @@ def _run_group(plan: Plan, key, ops: list, stats: Stats, fallback: list):
     """Copy a group of alike ops: gather the sources into one torch tensor, apply the transform to all
     at once, scatter into the destinations. A chunk the adapters cannot move this way (another device,
     a non-contiguous or overlapping destination) is left in ``fallback`` untouched."""
-    transform, sshape, dshape, _, dtype = key
+    transform, (sshape, dshape, sdtype, dtype) = key
     target = getattr(torch, dtype, None)
     if not isinstance(target, torch.dtype):
         fallback += ops
@@ -130,13 +129,13 @@ def _run_group(plan: Plan, key, ops: list, stats: Stats, fallback: list):
     step = max(1, BULK_CHUNK_ELEMENTS // numel)
     for i in range(0, len(ops), step):
         chunk = ops[i:i + step]
-        stored = ba.gather([op.src.tensor for op in chunk], sshape, key[3])
+        stored = ba.gather([op.src.tensor for op in chunk], sshape, sdtype)
         if stored is None:
             fallback += chunk
             continue
         value = stored
-        if transform == "transpose":
-            value = stored.transpose(1, 2)
+        if transform == "transpose":  # one batched transpose: the writes below then read contiguous memory
+            value = stored.transpose(1, 2).contiguous()
         elif transform == "reshape":
             value = stored.reshape(len(chunk), *dshape)
         if value.dtype != target:
