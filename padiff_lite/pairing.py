@@ -52,6 +52,10 @@ class Pairing:
         self.matched: list[LayerPair] = []
         self.unpaired: list[Unpaired] = []
         self._classes: dict = {}
+        # (base class, raw class) -> the pool's entry or None. The pool is asked once per class pair:
+        # a model repeats a few classes thousands of times. Kept for this pairing only, so a rule
+        # registered or removed later is always seen by the next transfer.
+        self._rules: dict = {}
 
     def run(self):
         base, raw = self.base, self.raw
@@ -71,8 +75,16 @@ class Pairing:
             self._match(btree.build(bm, bp), rtree.build(rm, rp), "layer_map")
         return self
 
+    def _rule(self, b: Node, r: Node):
+        """The registered entry for this pair's classes, or None."""
+        key = (type(b.module), type(r.module))
+        if key not in self._rules:
+            self._rules[key] = self.pool.lookup(self.base.adapter, b.module, self.raw.adapter, r.module)
+        return self._rules[key]
+
     def _match(self, b: Node, r: Node, how: str):
-        entry = self.pool.lookup(self.base.adapter, b.module, self.raw.adapter, r.module)
+        rules, key = self._rules, (type(b.module), type(r.module))
+        entry = rules[key] if key in rules else self._rule(b, r)  # (_rule inlined: this runs once per pair)
         pair = LayerPair(b, r, entry, how)
         self.matched.append(pair)
         if entry is not None or b.own or r.own:
@@ -83,7 +95,8 @@ class Pairing:
         left_b = []
         for name, child in b.children:
             other = rk.get(name)
-            if other is None or not self._may_meet(child, other):
+            # (the usual case, both or neither carrying tensors, is tested here: no call per child)
+            if other is None or (bool(child.count) != bool(other.count) and not self._may_meet(child, other)):
                 left_b.append(child)
             else:
                 del rk[name]
@@ -118,7 +131,7 @@ class Pairing:
         """Whether two namesakes pair: both carry tensors or neither does, or a rule joins their classes."""
         if bool(b.count) == bool(r.count):
             return True
-        return self.pool.lookup(self.base.adapter, b.module, self.raw.adapter, r.module) is not None
+        return self._rule(b, r) is not None
 
     def _weighs(self, proxy, side: str, n: Node) -> bool:
         """Whether ``n`` takes part in pairing by position: it carries tensors, or a rule may give it some."""
@@ -135,7 +148,7 @@ class Pairing:
         """Whether two modules may be paired by position: same class name (any case) or a registered pair."""
         if type(b.module).__name__.lower() == type(r.module).__name__.lower():
             return True
-        return self.pool.lookup(self.base.adapter, b.module, self.raw.adapter, r.module) is not None
+        return self._rule(b, r) is not None
 
 
 def pair_models(base, raw, pool, keep_empty: bool = False) -> Pairing:

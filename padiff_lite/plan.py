@@ -94,9 +94,13 @@ def _in_model_order(proxy, paths: list[str]) -> list[str]:
 
 def _plan_default(plan: Plan, pair: LayerPair):
     b, r = pair.base, pair.raw
-    rk = {r.local(ref): ref for ref in r.own}
+    # names local to each module (Node.local, inlined: this runs for every tensor of a default pair)
+    b_cut, r_cut = len(b.path) + 1 if b.path else 0, len(r.path) + 1 if r.path else 0
+    rk = {}
+    for ref in r.own:
+        rk[ref.path[r_cut:]] = ref
     for ref in b.own:
-        name = b.local(ref)
+        name = ref.path[b_cut:]
         other = rk.pop(name, None)
         if other is not None:
             plan.ops.append(Op("copy", ref, other, pair))
@@ -159,6 +163,9 @@ def _plan_maps(plan: Plan, pair: LayerPair):
             plan.problems.append(f"{_where(pair)}: rule {entry.key} ({entry.origin}) failed: {type(exc).__name__}: {exc}; "
                                  "fix the rule, or register another for this class pair with override=True")
         return
+    # runs once per layer pair of a rule (most pairs of a model): the common case, a tensor on each
+    # side, goes first; the other branches are the rule's fills, checks and absent tensors
+    ops = plan.ops
     used_b, used_r = set(), set()
     for m in maps:
         src = bt.get(m.src) if m.src else None
@@ -167,6 +174,11 @@ def _plan_maps(plan: Plan, pair: LayerPair):
             src = _canonical(bt, src)
         if dst is not None and dst.alias_of:
             dst = _canonical(rt, dst)
+        if src is not None and dst is not None:
+            used_b.add(m.src)
+            used_r.add(m.dst)
+            ops.append(Op("copy", src, dst, pair, m.transform, m.src_rows, m.dst_rows))
+            continue
         if m.src and src is None and m.dst and dst is not None:
             plan.missing.append(dst.path)
             used_r.add(m.dst)
@@ -180,29 +192,30 @@ def _plan_maps(plan: Plan, pair: LayerPair):
             continue  # the rule names tensors that neither side has (e.g. bias=False on both)
         used_b.add(m.src)
         used_r.add(m.dst)
-        if src is not None and dst is not None:
-            plan.ops.append(Op("copy", src, dst, pair, m.transform, m.src_rows, m.dst_rows))
-        elif dst is not None and m.value is not None:
+        if dst is not None and m.value is not None:
             plan.ops.append(Op("fill", None, dst, pair, dst_rows=m.dst_rows, value=m.value))
         elif src is not None and m.value is not None:
             plan.checks.append(Op("expect", src, None, pair, src_rows=m.src_rows, value=m.value))
     # a tensor is covered when a rule names it under any of its names (paddle RNN cells alias the
-    # top-level weights, and a rule may address either)
-    seen_b = {id(bt[n].tensor) for n in used_b if n in bt}
-    seen_r = {id(rt[n].tensor) for n in used_r if n in rt}
+    # top-level weights, and a rule may address either); when the maps name every tensor of a side
+    # by its own name (the usual case) nothing there is left over
     left_b, left_r = [], []
-    for name, ref in bt.items():
-        if (id(ref.tensor) not in seen_b and ref.persistent and not ref.alias_of
-                and name.split(".")[-1] not in SOURCE_ONLY):
-            plan.unexpected.append(ref.path)
-            left_b.append(name)
-    for name, ref in rt.items():
-        if id(ref.tensor) not in seen_r and ref.persistent and not ref.alias_of:
-            plan.missing.append(ref.path)
-            left_r.append(name)
+    if not bt.keys() <= used_b:
+        seen_b = {id(bt[n].tensor) for n in used_b if n in bt}
+        for name, ref in bt.items():
+            if (id(ref.tensor) not in seen_b and ref.persistent and not ref.alias_of
+                    and name.split(".")[-1] not in SOURCE_ONLY):
+                plan.unexpected.append(ref.path)
+                left_b.append(name)
+    if not rt.keys() <= used_r:
+        seen_r = {id(rt[n].tensor) for n in used_r if n in rt}
+        for name, ref in rt.items():
+            if id(ref.tensor) not in seen_r and ref.persistent and not ref.alias_of:
+                plan.missing.append(ref.path)
+                left_r.append(name)
     if left_b or left_r:
         _hint_uncovered(plan, pair, left_b, left_r)
-    caveat = entry.caveat_for(b.module, r.module)
+    caveat = entry.caveat_for(b.module, r.module) if entry.caveat else ""
     if caveat:
         plan.caveats.setdefault(caveat, []).append(pair)
 
@@ -217,10 +230,13 @@ def _caveat_note(caveat: str, pairs: list) -> str:
 
 def _dedupe_targets(plan: Plan):
     """A tied target is written once; a second writer is noted, not run."""
-    first: dict[int, Op] = {}
+    # the key of a whole-tensor target is the tensor's id alone (never equal to a (id, rows) tuple)
+    keys = [id(op.dst.tensor) if op.dst_rows is None else (id(op.dst.tensor), op.dst_rows) for op in plan.ops]
+    if len(set(keys)) == len(keys):
+        return  # every target written once (the usual case): nothing to drop
+    first: dict = {}
     kept = []
-    for op in plan.ops:
-        key = (id(op.dst.tensor), op.dst_rows)
+    for key, op in zip(keys, plan.ops):
         prev = first.get(key)
         if prev is None:
             first[key] = op

@@ -33,11 +33,11 @@ class Node:
 
     def subtree_tensors(self) -> dict[str, TensorRef]:
         """Every tensor under this node by its dotted name relative to this node."""
-        if not self.children:  # a leaf (most modules): no walk
-            if not self.path:
-                return {ref.path: ref for ref in self.own}
-            cut = len(self.path) + 1
-            return {ref.path[cut:]: ref for ref in self.own}
+        if not self.children:  # a leaf (most modules): no walk (and a plain loop: cheaper than a comprehension)
+            out, cut = {}, len(self.path) + 1 if self.path else 0
+            for ref in self.own:
+                out[ref.path[cut:]] = ref
+            return out
         out, stack = {}, [self]
         while stack:
             node = stack.pop()
@@ -62,58 +62,77 @@ class ModelTree:
         self.white = proxy.white_list
         self.black = proxy.black_list
         self.keep_empty = keep_empty
+        self.parts = self.adapter.tree_parts
 
     def build(self, module, path: str = "", on: bool | None = None) -> Node:
         if on is None:
             on = not self.white
+        self.lists = bool(self.white or self.black)  # (asked once per walk, not once per module)
         return self._build(module, path, on, blocked=False)
 
     def _build(self, module, path, on, blocked):
+        # called once per module: locals and one adapter call per module keep the walk lean
         own_on = kids_on = on
-        if self.white or self.black:
-            mode = self.white.get(id(module))
+        if self.lists:
+            white, black = self.white, self.black
+            mode = white.get(id(module))
             if mode and not blocked:
                 own_on = own_on or mode in ("self", "all")
                 kids_on = kids_on or mode in ("sublayers", "all")
-            mode = self.black.get(id(module))
+            mode = black.get(id(module))
             if mode:
                 if mode in ("self", "all"):
                     own_on = False
                 if mode in ("sublayers", "all"):
                     kids_on, blocked = False, True
-        node = Node(path, module, on=own_on)
+        params, buffers, transient, children = self.parts(module)
         prefix = f"{path}." if path else ""
-        bare = True
-        seen, own = self.seen, node.own
-        for name, tensor, kind, persistent in self.adapter.own_tensors(module):
-            if not persistent:
-                continue  # like state_dict(): derived caches are not part of the weights
+        own = []
+        bare = True  # no persistent tensor here nor below
+        fresh = 0  # minus the aliases among own tensors
+        seen = self.seen
+        for name, tensor in params.items():
+            if tensor is None:
+                continue
             bare = False
-            if not own_on:
-                continue
-            p = prefix + name
-            first = seen.setdefault(id(tensor), p)
-            if first == p:
-                own.append(TensorRef(p, tensor, kind, persistent))
-            else:
-                own.append(TensorRef(p, tensor, kind, persistent, first))
-                node.fresh -= 1
-        node.bare = bare
-        node.count = len(own)
-        node.fresh += node.count
-        exclude = self.exclude
-        for name, child in self.adapter.named_children(module):
-            if child is None or (exclude and id(child) in exclude):
-                continue
-            if not kids_on and not self.white:
-                node.bare = False
-                continue
-            sub = self._build(child, prefix + name, kids_on, blocked)
-            node.bare = node.bare and sub.bare
-            # a bare child is kept: a rule may pair it with a counterpart that holds tensors (torch
-            # InstanceNorm(affine=False) <-> paddle InstanceNorm with scale/bias)
-            if sub.count or sub.bare or (self.keep_empty and (sub.on or sub.children)):
-                node.children.append((name, sub))
-                node.count += sub.count
-                node.fresh += sub.fresh
-        return node
+            if own_on:
+                p = prefix + name
+                first = seen.setdefault(id(tensor), p)
+                if first == p:
+                    own.append(TensorRef(p, tensor, "param", True, None))
+                else:
+                    own.append(TensorRef(p, tensor, "param", True, first))
+                    fresh -= 1
+        if buffers:  # most modules have none
+            for name, tensor in buffers.items():
+                if tensor is None or name in transient:
+                    continue  # like state_dict(): non-persistent buffers (derived caches) are not part of the weights
+                bare = False
+                if own_on:
+                    p = prefix + name
+                    first = seen.setdefault(id(tensor), p)
+                    if first == p:
+                        own.append(TensorRef(p, tensor, "buffer", True, None))
+                    else:
+                        own.append(TensorRef(p, tensor, "buffer", True, first))
+                        fresh -= 1
+        count = len(own)
+        fresh += count
+        kids = []
+        if children:
+            exclude, keep_empty, white = self.exclude, self.keep_empty, self.white
+            for name, child in children.items():
+                if child is None or (exclude and id(child) in exclude):
+                    continue
+                if not kids_on and not white:
+                    bare = False
+                    continue
+                sub = self._build(child, prefix + name, kids_on, blocked)
+                bare = bare and sub.bare
+                # a bare child is kept: a rule may pair it with a counterpart that holds tensors (torch
+                # InstanceNorm(affine=False) <-> paddle InstanceNorm with scale/bias)
+                if sub.count or sub.bare or (keep_empty and (sub.on or sub.children)):
+                    kids.append((name, sub))
+                    count += sub.count
+                    fresh += sub.fresh
+        return Node(path, module, own, kids, count, fresh, own_on, bare)

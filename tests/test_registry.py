@@ -142,6 +142,30 @@ def test_unregistered_transposed_layout_is_refused_not_guessed(clean_pool):
     np.testing.assert_allclose(run(a2, "torch", x)[0], run(b, "paddle", x)[0], atol=1e-6)
 
 
+def test_a_rule_changed_between_two_transfers_is_used_by_the_next(clean_pool):
+    """Pairing remembers the rule of each class pair for one transfer only: a rule registered, replaced
+    or removed afterwards is what the next transfer uses (every layer of the class, not only the first)."""
+    a = torch.nn.Sequential(*[Scaled() for _ in range(3)])
+    b = paddle.nn.Sequential(*[ScaledP() for _ in range(3)])
+    clean_pool("torch", "Scaled", "paddle", "ScaledP")
+    clean_pool("paddle", "ScaledP", "torch", "Scaled")
+    init_pool.register_maps("torch", "Scaled", "paddle", "ScaledP")(lambda m, l: [Map("w", "w", "transpose")])
+    report = assign_weight(a, b)
+    assert [p.rule for p in report.pairs] == ["mapping torch.Scaled -> paddle.ScaledP"] * 3
+
+    def refuse(module, layer):
+        raise TransferError("the new rule refuses this pair")
+
+    init_pool.register_maps("torch", "Scaled", "paddle", "ScaledP", override=True)(refuse)
+    with pytest.raises(TransferError) as e:
+        assign_weight(a, b)
+    assert str(e.value).count("the new rule refuses this pair") == 3
+    init_pool.remove("torch", "Scaled", "paddle", "ScaledP")
+    with pytest.raises(TransferError) as e:
+        assign_weight(a, b)
+    assert "never guesses a transpose" in str(e.value) and "refuses" not in str(e.value)
+
+
 def test_special_init_that_raises_half_way_restores_everything(clean_pool):
     clean_pool("torch", "Linear", "paddle", "LMHead")
 

@@ -39,6 +39,11 @@ class TorchAdapter(Adapter):
             out += [(n, b, "buffer", n not in skip) for n, b in buffers.items() if b is not None]
         return out
 
+    def tree_parts(self, module):
+        """(parameters, buffers, names of non-persistent buffers, children): the module's own dicts by name
+        (values may be None), for ModelTree, which walks every module once and asks only this."""
+        return module._parameters, module._buffers, module._non_persistent_buffers_set, module._modules
+
     def set_training(self, module, training: bool):
         module.train(training)
 

@@ -5,7 +5,7 @@ only with use_global_stats=False. A pair whose two settings disagree would give 
 outputs whatever the weights, so the rule refuses it.
 """
 from . import Map, init_pool
-from .maps import optional, require_same
+from .maps import has, optional, require_same
 
 CAVEAT = (
     "BatchNorm momentum conventions differ (paddle momentum = 1 - torch momentum) and paddle updates the "
@@ -26,8 +26,8 @@ def batchnorm(module, layer):
     else:  # neither side reads running statistics in eval: paddle's are left as they are
         maps = [Map(None, "_mean"), Map(None, "_variance")]
     # torch affine=False has no weight/bias; paddle (weight_attr=False) may still hold constant ones/zeros
-    maps += optional("weight", "weight", module.weight is not None, layer.weight is not None, 1.0)
-    maps += optional("bias", "bias", module.bias is not None, layer.bias is not None, 0.0)
+    maps += optional("weight", "weight", has(module, "weight"), has(layer, "weight"), 1.0)
+    maps += optional("bias", "bias", has(module, "bias"), has(layer, "bias"), 0.0)
     return maps
 
 

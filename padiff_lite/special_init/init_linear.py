@@ -1,6 +1,6 @@
 """Linear layers: torch keeps the weight as [out, in], paddle as [in, out]; Bilinear agrees on the weight."""
 from . import Map, init_pool
-
+from .maps import has
 
 # Maps are immutable: every Linear of a model shares these two
 _WEIGHT_T = Map("weight", "weight", "transpose")
@@ -9,7 +9,7 @@ _BIAS = Map("bias", "bias")
 
 @init_pool.register_maps("torch", "Linear", "paddle", "Linear", note="weight transposed [out, in] <-> [in, out]; bias copied")
 def linear(module, layer):
-    if module.bias is not None or layer.bias is not None:
+    if has(module, "bias") or has(layer, "bias"):
         return [_WEIGHT_T, _BIAS]
     return [_WEIGHT_T]
 

@@ -9,7 +9,7 @@
 """
 from . import init_pool
 from ..errors import TransferError
-from .maps import optional, require_same
+from .maps import has, optional, require_same
 
 
 def _eps(module, layer):
@@ -22,8 +22,8 @@ def _eps(module, layer):
                               "elementwise_affine=False <-> weight_attr/bias_attr=False")
 def layer_norm(module, layer):
     _eps(module, layer)
-    return (optional("weight", "weight", module.weight is not None, layer.weight is not None, 1.0, "reshape")
-            + optional("bias", "bias", module.bias is not None, layer.bias is not None, 0.0, "reshape"))
+    return (optional("weight", "weight", has(module, "weight"), has(layer, "weight"), 1.0, "reshape")
+            + optional("bias", "bias", has(module, "bias"), has(layer, "bias"), 0.0, "reshape"))
 
 
 @init_pool.register_maps("torch", "GroupNorm", "paddle", "GroupNorm",
@@ -32,8 +32,8 @@ def group_norm(module, layer):
     _eps(module, layer)
     require_same("GroupNorm num_groups", module.num_groups, getattr(layer, "_num_groups", None),
                  "build both with the same number of groups")
-    return (optional("weight", "weight", module.weight is not None, layer.weight is not None, 1.0)
-            + optional("bias", "bias", module.bias is not None, layer.bias is not None, 0.0))
+    return (optional("weight", "weight", has(module, "weight"), has(layer, "weight"), 1.0)
+            + optional("bias", "bias", has(module, "bias"), has(layer, "bias"), 0.0))
 
 
 def instance_norm(module, layer):
@@ -43,8 +43,8 @@ def instance_norm(module, layer):
             f"paddle {type(layer).__name__} always uses each instance's own statistics, so no paddle layer computes "
             "the same; build torch with track_running_stats=False (the default)")
     _eps(module, layer)
-    return (optional("weight", "scale", module.weight is not None, layer.scale is not None, 1.0)
-            + optional("bias", "bias", module.bias is not None, layer.bias is not None, 0.0))
+    return (optional("weight", "scale", has(module, "weight"), has(layer, "scale"), 1.0)
+            + optional("bias", "bias", has(module, "bias"), has(layer, "bias"), 0.0))
 
 
 for _d in (1, 2, 3):

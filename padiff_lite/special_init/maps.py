@@ -33,6 +33,17 @@ def _optional(src, dst, src_has, dst_has, value, transform, _value_type) -> tupl
     return ()
 
 
+def has(module, name: str) -> bool:
+    """``getattr(module, name) is not None``, looking in the module's parameter table first.
+
+    Rules run once per layer pair, and torch and paddle both find a parameter through a Python-level
+    ``__getattr__`` (about 1 us a read); their table (``_parameters`` in both) holds the same object,
+    and a name held there is never also a plain attribute. Anything else (None, a buffer, a plain
+    attribute, no such attribute at all) is read with ``getattr``, as before.
+    """
+    return module._parameters.get(name) is not None or getattr(module, name) is not None
+
+
 def require_same(what: str, torch_value, paddle_value, fix: str):
     """Raise TransferError when a setting that weights cannot carry differs between the two layers."""
     if torch_value is None or paddle_value is None:

@@ -63,6 +63,12 @@ class Map:
     def inverse(self) -> "Map":
         return replace(self, src=self.dst, dst=self.src, src_rows=self.dst_rows, dst_rows=self.src_rows)
 
+    @functools.cached_property
+    def _inverted(self) -> "Map":
+        """``inverse()``, made once per Map: a rule gives the same few Maps for every layer of a model, and
+        a rule used in reverse inverts them for each (kept in the instance: no hashing of the fields)."""
+        return self.inverse()
+
 
 @dataclass
 class SpecialInit:
@@ -84,21 +90,8 @@ class SpecialInit:
 
     def maps(self, base_module, raw_module) -> list[Map]:
         if self.inverted:
-            return [_inverse(m) for m in self.func(raw_module, base_module)]
+            return [m._inverted if isinstance(m, Map) else m.inverse() for m in self.func(raw_module, base_module)]
         return list(self.func(base_module, raw_module))
-
-
-@functools.lru_cache(maxsize=1024)
-def _cached_inverse(m: Map) -> Map:
-    return m.inverse()
-
-
-def _inverse(m: Map) -> Map:
-    """``m.inverse()``, remembered: a rule gives the same few maps for every layer of a model."""
-    try:
-        return _cached_inverse(m)
-    except TypeError:  # rows given as lists: not hashable, so not cached
-        return m.inverse()
 
 
 def _origin(func) -> str:
