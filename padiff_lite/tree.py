@@ -62,12 +62,12 @@ class ModelTree:
         self.white = proxy.white_list
         self.black = proxy.black_list
         self.keep_empty = keep_empty
-        self.lists = bool(self.white or self.black)
         self.parts = self.adapter.tree_parts
 
     def build(self, module, path: str = "", on: bool | None = None) -> Node:
         if on is None:
             on = not self.white
+        self.lists = bool(self.white or self.black)  # (asked once per walk, not once per module)
         return self._build(module, path, on, blocked=False)
 
     def _build(self, module, path, on, blocked):
