@@ -25,9 +25,10 @@ from pathlib import Path
 
 import torch
 
+from . import fastcopy
 from .adapters import adapter_for
 from .errors import CheckpointError, TransferError
-from .execute import Stats, _count_nonfinite, _no_grad
+from .execute import PARALLEL_MIN_ELEMENTS, Stats, _count_nonfinite, _no_grad
 from .formats import (INDEX_SUFFIX, Checkpoint, Entry, dtype_name, format_of, open_checkpoint, write_index,
                       writer_for)
 from .plan import Op, _family, _where, build_plan
@@ -185,7 +186,8 @@ def convert_checkpoint(src, dst, base_model, raw_model, strict: bool = True, pro
     groups = job.groups()
     files, index = _layout(dst, out_fmt, ck, len(groups))
     stats = Stats()
-    with _AtomicOutput(files + ([index] if index else []), ck) as out, _bar(job.total_bytes, progress) as bar:
+    with _AtomicOutput(files + ([index] if index else []), ck) as out, _bar(job.total_bytes, progress) as bar, \
+            contextlib.closing(job):
         weight_map = {}
         for path, group in zip(files, groups):
             entries = [e for unit in group for e in unit.entries]
@@ -246,6 +248,8 @@ class _Job:
         self.total_bytes = 0
         self.uses: dict[str, int] = {}  # file key -> units still to read it (then its memory can go)
         self.bufs: dict[str, torch.Tensor] = {}  # reused byte buffers: "in" (a source), "out" (a target)
+        self.workers = max(1, min(torch.get_num_threads(), 8))
+        self.pool = None  # see _pool
 
     # -- checking everything before writing anything ---------------------------
     def prepare(self):
@@ -391,6 +395,19 @@ class _Job:
                 self.ck.forget(k)
         return out
 
+    def _pool(self):
+        """Threads for the pieces of big copies (:mod:`.fastcopy`), made when first needed."""
+        if self.pool is None and self.workers > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="padiff_lite")
+        return self.pool
+
+    def close(self):
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+            self.pool = None
+
     def _buf(self, name: str, nbytes: int) -> torch.Tensor:
         """A reused uint8 buffer of at least ``nbytes`` (memory touched once, not once per tensor)."""
         buf = self.bufs.get(name)
@@ -427,6 +444,12 @@ class _Job:
             src = self.ck.get(key, into=self._buf("in", self.ck.infos[key].nbytes))  # used up within this op
             if op.src_rows is not None:
                 src = src[op.src_rows[0]:op.src_rows[1]]
+            if region.numel() >= PARALLEL_MIN_ELEMENTS:  # big: one pass, copy and count, on every core
+                bad = fastcopy.copy_counting(region, src, op.transform == "transpose", self._pool(), self.workers)
+                if bad is not None:
+                    if bad:
+                        stats.nonfinite[entry.key] = stats.nonfinite.get(entry.key, 0) + bad
+                    continue
             if op.transform == "transpose":
                 src = src.t()
             elif op.transform == "reshape":

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import fastcopy
 from .adapters.torch_adapter import copy_all
 from .errors import InitError, TransferError
 from .plan import Plan, _where
@@ -199,14 +200,22 @@ def _run_ops(plan: Plan, ops: list, stats: Stats):
                     elif transform == "reshape" and stored.shape != region.shape:
                         value = stored.reshape(region.shape)
                     nbytes += n * stored.element_size()
-                    if direct and n >= PARALLEL_MIN_ELEMENTS and workers > 1:
-                        if pool is None:
-                            from concurrent.futures import ThreadPoolExecutor
+                    if direct and n >= PARALLEL_MIN_ELEMENTS:
+                        # one pass (copy or transpose + NaN/Inf count) cut into one piece per thread, or
+                        # else torch's copy and a sum, a whole tensor per thread
+                        work = fastcopy.pieces(region, stored, transform == "transpose", workers)
+                        if work is not None or workers > 1:
+                            if pool is None:
+                                from concurrent.futures import ThreadPoolExecutor
 
-                            pool = ThreadPoolExecutor(workers, thread_name_prefix="padiff_lite")
-                        futures.append(pool.submit(_copy_and_scan, region, value, stored, op.dst.path))
-                        busy.add(id(dst))
-                        continue
+                                pool = ThreadPoolExecutor(workers, thread_name_prefix="padiff_lite")
+                            if work is None:
+                                futures.append(pool.submit(_copy_and_scan, region, value, stored, op.dst.path))
+                            else:
+                                futures += [pool.submit(_run_piece, piece, op.dst.path) for piece in work]
+                                fastcopy.mark_written(region)
+                            busy.add(id(dst))
+                            continue
                     scan.add(stored, op.dst.path, n)  # the source as stored: a contiguous read
                     if direct:
                         batch_dst.append(region)
@@ -231,6 +240,10 @@ def _run_ops(plan: Plan, ops: list, stats: Stats):
 
 # Small direct copies are run this many at a time.
 COPY_BATCH = 512
+
+
+def _run_piece(piece, path):
+    return path, piece()
 
 
 def _copy_and_scan(region, value, stored, path):
