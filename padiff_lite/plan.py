@@ -279,37 +279,45 @@ def validate(plan: Plan, need_data: bool = True):
     """
     ba, ra = plan.base.adapter, plan.raw.adapter
     unreadable: set[int] = set()
+    # this loop runs once per tensor: the adapters' methods are looked up once, not once per call
+    b_shape, r_shape, b_dtype, r_dtype = ba.shape, ra.shape, ba.dtype_name, ra.dtype_name
+    b_readable, r_readable = ba.readable, ra.readable
     for op in plan.ops:
-        if need_data and not ra.readable(op.dst.tensor):
-            unreadable.add(id(op.dst.tensor))
+        dst = op.dst.tensor
+        if need_data and not r_readable(dst):
+            unreadable.add(id(dst))
             plan.problems.append(_no_data(_where(op.pair), "raw", ra, op.dst))
             continue
-        dshape = ra.shape(op.dst.tensor)
-        if op.dst_rows and not (0 <= op.dst_rows[0] < op.dst_rows[1] <= (dshape[0] if dshape else 0)):
-            plan.problems.append(f"{_where(op.pair)}: rows {op.dst_rows} do not fit raw {op.dst.path} of shape {list(dshape)}")
+        dshape = r_shape(dst)
+        dst_rows = op.dst_rows
+        if dst_rows and not (0 <= dst_rows[0] < dst_rows[1] <= (dshape[0] if dshape else 0)):
+            plan.problems.append(f"{_where(op.pair)}: rows {dst_rows} do not fit raw {op.dst.path} of shape {list(dshape)}")
             continue
         if op.kind == "fill":
             continue
-        sshape = ba.shape(op.src.tensor)
-        if need_data and not ba.readable(op.src.tensor):
-            unreadable.add(id(op.src.tensor))
+        src = op.src.tensor
+        sshape = b_shape(src)
+        if need_data and not b_readable(src):
+            unreadable.add(id(src))
             plan.problems.append(_no_data(_where(op.pair), "base", ba, op.src))
             continue
-        if op.src_rows and not (0 <= op.src_rows[0] < op.src_rows[1] <= (sshape[0] if sshape else 0)):
-            plan.problems.append(f"{_where(op.pair)}: rows {op.src_rows} do not fit base {op.src.path} of shape {list(sshape)}")
+        src_rows = op.src_rows
+        if src_rows and not (0 <= src_rows[0] < src_rows[1] <= (sshape[0] if sshape else 0)):
+            plan.problems.append(f"{_where(op.pair)}: rows {src_rows} do not fit base {op.src.path} of shape {list(sshape)}")
             continue
-        got = sshape if op.src_rows is None else _region(sshape, op.src_rows)
-        want = dshape if op.dst_rows is None else _region(dshape, op.dst_rows)
-        if op.transform == "transpose":
+        got = sshape if src_rows is None else _region(sshape, src_rows)
+        want = dshape if dst_rows is None else _region(dshape, dst_rows)
+        transform = op.transform
+        if transform == "transpose":
             if len(got) != 2:
                 plan.problems.append(f"{_where(op.pair)}: base {op.src.path} is {len(got)}-D, a transpose needs 2-D")
                 continue
             got = got[::-1]
-        elif op.transform == "reshape" and math.prod(got) == math.prod(want):
+        elif transform == "reshape" and math.prod(got) == math.prod(want):
             got = want
         if got != want:
             plan.problems.append(_shape_problem(_where(op.pair), op, sshape, dshape))
-        sd, dd = ba.dtype_name(op.src.tensor), ra.dtype_name(op.dst.tensor)
+        sd, dd = b_dtype(src), r_dtype(dst)
         op.info = (sshape, dshape, sd, dd)  # the executor groups small copies by it
         if sd != dd:  # the place is formatted only when there is something to say
             _check_dtype(plan, _where(op.pair), op, sd, dd)

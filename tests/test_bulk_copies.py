@@ -166,3 +166,31 @@ def test_paddle_scatter_writes_bfloat16_bit_exact():
         assert torch.equal(got.view(torch.int16), v.view(torch.int16))
     back = ADAPTERS["paddle"].gather(ps, (4, 5), "bfloat16")
     assert torch.equal(back.view(torch.int16), values.view(torch.int16))
+
+
+@pytest.mark.parametrize("src", ["torch", "paddle"])
+def test_torch_destinations_written_by_address_are_marked_for_autograd(scatters, src):
+    # the grouped path writes torch tensors by address; like copy_, it must bump their version counters so
+    # that a graph which saved the old weights refuses to backpropagate instead of using the new values
+    a, b = blocks(src, seed=1), blocks("torch", seed=2)
+    y = b(torch.randn(2, 6, requires_grad=True)).sum()
+    versions = [p._version for p in b.parameters()]
+    assign_weight(a, b)
+    assert scatters["torch"] == 72
+    assert all(p._version > v for p, v in zip(b.parameters(), versions))
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.backward()
+
+
+@pytest.mark.parametrize("src", ["torch", "paddle"])
+def test_non_contiguous_torch_destinations_in_a_group_are_written_in_place(src):
+    a, b = blocks(src, seed=1), blocks("torch", seed=2)
+    for layer in b:
+        if isinstance(layer, torch.nn.Linear):  # same values and shape, column-major storage
+            layer.weight = torch.nn.Parameter(layer.weight.detach().t().contiguous().t())
+    objects = [id(p) for p in b.parameters()]
+    xs = inputs_for([(3, 6)])
+    assign_weight(a, b)
+    assert [id(p) for p in b.parameters()] == objects
+    assert not b[0].weight.is_contiguous()  # layout kept
+    assert max_abs_diff(run(a, src, xs), run(b, "torch", xs)) <= 1e-5

@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import sys
 
+from . import memory
 from .base import Adapter
 
 
@@ -100,8 +101,16 @@ class TorchAdapter(Adapter):
             return None
 
     def scatter(self, tensors, values) -> bool:
-        """Write ``values[i]`` into ``tensors[i]`` with one batched copy (copy_ casts dtype and device)."""
-        with _torch().no_grad():
+        """Write ``values[i]`` into ``tensors[i]``: by address in one call (:mod:`.memory`) when all are
+        contiguous CPU tensors of ``values``' dtype, else with one batched copy (copy_ casts dtype and device)."""
+        torch = _torch()
+        dt = values.dtype
+        if values.is_cpu and all(t.is_cpu and t.dtype is dt and t.is_contiguous() for t in tensors):
+            if memory.scatter([t.data_ptr() for t in tensors], values.reshape(len(tensors), -1)):
+                # written behind autograd's back: bump their version counters as copy_ would
+                torch.autograd.graph.increment_version(tensors)
+                return True
+        with torch.no_grad():
             copy_all(tensors, list(values.unbind(0)))
         return True
 
