@@ -166,38 +166,86 @@ def main():
         ("paddle->torch", d / "paddle_pd" / "model_state.pdparams.index.json", d / "torch_bin" / "pytorch_model.bin"),
     ]
     rows, ok = [], True
+    cold = _can_drop_caches()
+    if not cold:
+        print("cold-cache rows skipped: /proc/sys/vm/drop_caches is not writable (needs root)", file=sys.stderr)
     for direction, s, o in runs:
         from padiff_lite.formats import open_checkpoint
 
         in_files = open_checkpoint(s).files
-        r = _run_child("convert", s, o, direction, args.layers)
-        largest = _largest(in_files)
-        out_files = [Path(p) for p in r["outputs"] if not p.endswith(".json")]
-        largest = max(largest, _largest(out_files))
-        extra = r["peak"] - r["baseline"]
-        limit = 1.5 * largest
-        passed = extra < limit
-        ok &= passed
-        rows.append(f"| {direction} | {Path(s).name.split('.')[1] if 'index' in Path(s).name else Path(s).suffix} "
-                    f"-> {o.suffix[1:]} | {r['bytes'] / 1e9:.2f} GB, {len(in_files)} -> {len(out_files)} shards | "
-                    f"{r['seconds']:.1f} s | {r['bytes'] / r['seconds'] / 1e9:.2f} GB/s | {r['baseline'] / 1e6:.0f} MB | "
-                    f"{r['peak'] / 1e6:.0f} MB | {extra / 1e6:.0f} MB | {largest / 1e6:.0f} MB | "
-                    f"{extra / largest:.2f} x {'ok' if passed else 'OVER 1.5 x'} |")
-        print(rows[-1], file=sys.stderr)
+        for cache in (["cold", "warm"] if cold else ["warm"]):
+            # cold: the kernel's page cache emptied first (the source comes from disk); warm: the source read
+            # once before (it comes from memory): the difference is the disk
+            shutil.rmtree(o.parent, ignore_errors=True)
+            if cache == "cold":
+                _drop_caches()
+            else:
+                for f in in_files:
+                    with open(f, "rb") as fh:
+                        while fh.read(1 << 24):
+                            pass
+            r = _run_child("convert", s, o, direction, args.layers)
+            ok &= _row(rows, direction, s, o, r, in_files, cache)
     _sample_check(src, d / "paddle_st" / "model.safetensors.index.json", transposed=True)
     _sample_check(src, d / "torch_bin" / "pytorch_model.bin.index.json", transposed=False)
     print(f"\nmachine: {platform.platform()}, {os.cpu_count()} cores, "
           f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM, python {platform.python_version()}")
+    print(disk_speeds(d))
     print(f"model: Llama-like, {args.layers} layers, dim {CONFIG['dim']}, MLP {CONFIG['hidden']}, vocab {CONFIG['vocab']}, "
           f"bf16, {total / 1e9:.2f} GB in {len(shards)} shards\n")
-    print("| direction | formats | size | time | rate | baseline RSS | peak RSS | peak - baseline | largest shard | "
-          "(peak - baseline) / shard |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| direction | formats | source cache | size | time | rate | baseline RSS | peak RSS | peak - baseline | "
+          "largest shard | (peak - baseline) / shard |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     print("\nsampled tensors bit-exact after torch->paddle and after the paddle->torch round trip: yes")
     if not args.keep:
         shutil.rmtree(d, ignore_errors=True)
     sys.exit(0 if ok else 1)
+
+
+def _can_drop_caches() -> bool:
+    return os.access("/proc/sys/vm/drop_caches", os.W_OK)
+
+
+def _drop_caches():
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as fh:
+        fh.write("3\n")
+
+
+def _row(rows, direction, s, o, r, in_files, cache) -> bool:
+    largest = _largest(in_files)
+    out_files = [Path(p) for p in r["outputs"] if not p.endswith(".json")]
+    largest = max(largest, _largest(out_files))
+    extra = r["peak"] - r["baseline"]
+    passed = extra < 1.5 * largest
+    rows.append(f"| {direction} | {Path(s).name.split('.')[1] if 'index' in Path(s).name else Path(s).suffix} "
+                f"-> {o.suffix[1:]} | {cache} | {r['bytes'] / 1e9:.2f} GB, {len(in_files)} -> {len(out_files)} shards | "
+                f"{r['seconds']:.1f} s | {r['bytes'] / r['seconds'] / 1e9:.2f} GB/s | {r['baseline'] / 1e6:.0f} MB | "
+                f"{r['peak'] / 1e6:.0f} MB | {extra / 1e6:.0f} MB | {largest / 1e6:.0f} MB | "
+                f"{extra / largest:.2f} x {'ok' if passed else 'OVER 1.5 x'} |")
+    print(rows[-1], file=sys.stderr)
+    return passed
+
+
+def disk_speeds(folder: Path) -> str:
+    """Sequential write (O_DIRECT) and read (cold where the page cache can be dropped) of 1 GiB in ``folder``,
+    with dd: what any conversion's I/O is bound by."""
+    f = folder / "dd-probe"
+    out = []
+    try:
+        for what, cmd in (("write", ["dd", "if=/dev/zero", f"of={f}", "bs=16M", "count=64", "oflag=direct"]),
+                          ("read", ["dd", f"if={f}", "of=/dev/null", "bs=16M"])):
+            if what == "read" and _can_drop_caches():
+                _drop_caches()
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            out.append(f"{what} {r.stderr.strip().splitlines()[-1].split(',')[-1].strip()}")
+    except (OSError, IndexError):
+        return "disk: not measured (dd failed)"
+    finally:
+        f.unlink(missing_ok=True)
+    cold = "cold " if _can_drop_caches() else ""
+    return f"disk (dd, 1 GiB, sequential): {out[0]} (O_DIRECT), {cold}{out[1]}"
 
 
 if __name__ == "__main__":

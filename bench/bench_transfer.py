@@ -5,6 +5,9 @@
     python bench/bench_transfer.py --quick        # small models, about a minute
     python bench/bench_transfer.py --skip-padiff  # padiff_lite only
 
+Tools: padiff_lite; padiff_lite-torch (the same with its C kernel switched off, PADIFF_LITE_FASTCOPY=0);
+PaDiff where installed; floor-* reference rows (bare torch copy_ calls, no bookkeeping).
+
 Models (built the same way in torch and paddle, flat Sequential so both sides name children 0, 1, ...):
   big      Embedding(32000, 1024) + 24 x [Linear(1024, 4096), Linear(4096, 1024), LayerNorm(1024)]
            + Linear(1024, 32000): 267 M parameters, 1.07 GB fp32 per framework
@@ -367,9 +370,14 @@ def machine() -> str:
 
 
 def versions(python) -> str:
-    code = "import torch, paddle; print(torch.__version__, paddle.__version__, torch.get_num_threads())"
-    out = subprocess.run([python, "-c", code], capture_output=True, text=True).stdout.split()
-    return f"torch {out[0]}, paddle {out[1]}, torch threads {out[2]}" if len(out) == 3 else "?"
+    code = ("import torch, paddle; from padiff_lite import fastcopy; "
+            "print(torch.__version__, paddle.__version__, torch.get_num_threads(), fastcopy.available())")
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), PYTHONWARNINGS="ignore")
+    out = subprocess.run([python, "-c", code], capture_output=True, text=True, env=env).stdout.split()
+    if len(out) != 4:
+        return "?"
+    return (f"torch {out[0]}, paddle {out[1]}, torch threads {out[2]}, "
+            f"padiff_lite C kernel {'built' if out[3] == 'True' else 'NOT built (torch copies only)'}")
 
 
 def padiff_status(python) -> tuple[bool, str]:
@@ -415,9 +423,13 @@ def main(argv=None):
             for tool in tools:
                 if tool == "padiff" and (not have_padiff or (src, dst) != ("torch", "paddle")):
                     continue
-                job = {"tool": tool, "model": model, "size": size, "src": src, "dst": dst, "repeat": repeat}
+                # "padiff_lite-torch": padiff_lite with the C kernel switched off (torch copies), side by side
+                name = "padiff_lite" if tool == "padiff_lite-torch" else tool
+                job = {"tool": name, "model": model, "size": size, "src": src, "dst": dst, "repeat": repeat}
                 if tool == "padiff":
                     res = run_child(job, args.padiff_python, {"PADIFF_API_CHECK": "OFF"})
+                elif tool == "padiff_lite-torch":
+                    res = run_child(job, py, {"PADIFF_LITE_FASTCOPY": "0"})
                 else:
                     res = run_child(job, py)
                 raw[f"{model}/{size}/{tool}/{src}->{dst}"] = res
@@ -426,7 +438,7 @@ def main(argv=None):
 
     if "big" in parts:
         size = "big-quick" if args.quick else "big"
-        tools = ["padiff_lite", "padiff", "floor-copy", "floor-transpose"]
+        tools = ["padiff_lite", "padiff_lite-torch", "padiff", "floor-copy", "floor-transpose"]
         rows = []
         for (src, dst, tool), r in measure("big", size, tools):
             if "error" in r:
