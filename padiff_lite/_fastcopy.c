@@ -15,10 +15,87 @@
 #include <stdint.h>
 #include <string.h>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #define TILE 32
 
-/* dst (cols x rows, contiguous) = transpose of src (rows x cols, contiguous), for src rows [r0, r1). */
-#define DEFINE_TRANSPOSE(NAME, T)                                                                      \
+/* The scalar transpose of the block src rows [i0, i1) x cols [j0, j1): dst[j][i] = src[i][j]. */
+#define DEFINE_BLOCK(NAME, T)                                                                          \
+    static inline void NAME(const T *src, T *dst, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t i0,    \
+                            Py_ssize_t i1, Py_ssize_t j0, Py_ssize_t j1) {                             \
+        for (Py_ssize_t j = j0; j < j1; j++) {                                                         \
+            T *d = dst + j * rows;                                                                     \
+            for (Py_ssize_t i = i0; i < i1; i++)                                                       \
+                d[i] = src[i * cols + j];                                                              \
+        }                                                                                              \
+    }
+
+DEFINE_BLOCK(block8, uint8_t)
+DEFINE_BLOCK(block16, uint16_t)
+DEFINE_BLOCK(block32, uint32_t)
+DEFINE_BLOCK(block64, uint64_t)
+
+#if defined(__SSE2__)
+/* SSE2 (every x86-64 CPU) micro-kernels: a W x W block transposed in registers with unpack
+ * instructions, which move bits and never interpret them (NaN payloads are kept). */
+#define LOAD(p) _mm_loadu_si128((const __m128i *)(p))
+#define STORE(p, v) _mm_storeu_si128((__m128i *)(p), (v))
+
+static inline void micro16(const uint16_t *s, Py_ssize_t ss, uint16_t *d, Py_ssize_t ds) { /* 8 x 8 */
+    __m128i a0 = _mm_unpacklo_epi16(LOAD(s), LOAD(s + ss)), a1 = _mm_unpackhi_epi16(LOAD(s), LOAD(s + ss));
+    __m128i a2 = _mm_unpacklo_epi16(LOAD(s + 2 * ss), LOAD(s + 3 * ss));
+    __m128i a3 = _mm_unpackhi_epi16(LOAD(s + 2 * ss), LOAD(s + 3 * ss));
+    __m128i a4 = _mm_unpacklo_epi16(LOAD(s + 4 * ss), LOAD(s + 5 * ss));
+    __m128i a5 = _mm_unpackhi_epi16(LOAD(s + 4 * ss), LOAD(s + 5 * ss));
+    __m128i a6 = _mm_unpacklo_epi16(LOAD(s + 6 * ss), LOAD(s + 7 * ss));
+    __m128i a7 = _mm_unpackhi_epi16(LOAD(s + 6 * ss), LOAD(s + 7 * ss));
+    __m128i b0 = _mm_unpacklo_epi32(a0, a2), b1 = _mm_unpackhi_epi32(a0, a2);
+    __m128i b2 = _mm_unpacklo_epi32(a1, a3), b3 = _mm_unpackhi_epi32(a1, a3);
+    __m128i b4 = _mm_unpacklo_epi32(a4, a6), b5 = _mm_unpackhi_epi32(a4, a6);
+    __m128i b6 = _mm_unpacklo_epi32(a5, a7), b7 = _mm_unpackhi_epi32(a5, a7);
+    STORE(d, _mm_unpacklo_epi64(b0, b4));
+    STORE(d + ds, _mm_unpackhi_epi64(b0, b4));
+    STORE(d + 2 * ds, _mm_unpacklo_epi64(b1, b5));
+    STORE(d + 3 * ds, _mm_unpackhi_epi64(b1, b5));
+    STORE(d + 4 * ds, _mm_unpacklo_epi64(b2, b6));
+    STORE(d + 5 * ds, _mm_unpackhi_epi64(b2, b6));
+    STORE(d + 6 * ds, _mm_unpacklo_epi64(b3, b7));
+    STORE(d + 7 * ds, _mm_unpackhi_epi64(b3, b7));
+}
+
+static inline void micro32(const uint32_t *s, Py_ssize_t ss, uint32_t *d, Py_ssize_t ds) { /* 4 x 4 */
+    __m128i r0 = LOAD(s), r1 = LOAD(s + ss), r2 = LOAD(s + 2 * ss), r3 = LOAD(s + 3 * ss);
+    __m128i t0 = _mm_unpacklo_epi32(r0, r1), t1 = _mm_unpacklo_epi32(r2, r3);
+    __m128i t2 = _mm_unpackhi_epi32(r0, r1), t3 = _mm_unpackhi_epi32(r2, r3);
+    STORE(d, _mm_unpacklo_epi64(t0, t1));
+    STORE(d + ds, _mm_unpackhi_epi64(t0, t1));
+    STORE(d + 2 * ds, _mm_unpacklo_epi64(t2, t3));
+    STORE(d + 3 * ds, _mm_unpackhi_epi64(t2, t3));
+}
+
+static inline void micro64(const uint64_t *s, Py_ssize_t ss, uint64_t *d, Py_ssize_t ds) { /* 2 x 2 */
+    __m128i r0 = LOAD(s), r1 = LOAD(s + ss);
+    STORE(d, _mm_unpacklo_epi64(r0, r1));
+    STORE(d + ds, _mm_unpackhi_epi64(r0, r1));
+}
+#define HAVE_MICRO 1
+#else /* other CPUs: element by element (the compiler may still vectorise the edges) */
+#define HAVE_MICRO 0
+#define micro16(s, ss, d, ds) ((void)0)
+#define micro32(s, ss, d, ds) ((void)0)
+#define micro64(s, ss, d, ds) ((void)0)
+#endif
+
+static inline void micro8(const uint8_t *s, Py_ssize_t ss, uint8_t *d, Py_ssize_t ds) { /* bytes: no micro-kernel */
+    (void)s, (void)ss, (void)d, (void)ds;
+}
+
+/* dst (cols x rows, contiguous) = transpose of src (rows x cols, contiguous), for src rows [r0, r1),
+ * tile by tile; inside a tile, W x W micro-blocks in registers where the CPU has them (W = 0: none),
+ * the edges element by element. The NaN/Inf count reads each tile's source rows once, contiguously. */
+#define DEFINE_TRANSPOSE(NAME, T, BLOCK, MICRO, W)                                                     \
     static long long NAME(const T *src, T *dst, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t r0,      \
                           Py_ssize_t r1, T mask) {                                                     \
         long long bad = 0;                                                                             \
@@ -33,20 +110,26 @@
                             bad += (s[jj] & mask) == mask;                                             \
                     }                                                                                  \
                 }                                                                                      \
-                for (Py_ssize_t jj = j; jj < je; jj++) {                                               \
-                    T *d = dst + jj * rows;                                                            \
-                    for (Py_ssize_t ii = i; ii < ie; ii++)                                             \
-                        d[ii] = src[ii * cols + jj];                                                   \
+                Py_ssize_t im = i, jm = j;                                                             \
+                const Py_ssize_t w = (W) > 1 ? (W) : 1;                                                \
+                if (HAVE_MICRO && w > 1) {                                                             \
+                    im = i + ((ie - i) / w) * w;                                                       \
+                    jm = j + ((je - j) / w) * w;                                                       \
+                    for (Py_ssize_t jj = j; jj < jm; jj += w)                                          \
+                        for (Py_ssize_t ii = i; ii < im; ii += w)                                      \
+                            MICRO(src + ii * cols + jj, cols, dst + jj * rows + ii, rows);             \
+                    BLOCK(src, dst, rows, cols, im, ie, j, jm); /* rows below the micro-blocks */     \
                 }                                                                                      \
+                BLOCK(src, dst, rows, cols, i, ie, jm, je); /* columns right of them (or all) */      \
             }                                                                                          \
         }                                                                                              \
         return bad;                                                                                    \
     }
 
-DEFINE_TRANSPOSE(transpose8, uint8_t)
-DEFINE_TRANSPOSE(transpose16, uint16_t)
-DEFINE_TRANSPOSE(transpose32, uint32_t)
-DEFINE_TRANSPOSE(transpose64, uint64_t)
+DEFINE_TRANSPOSE(transpose8, uint8_t, block8, micro8, 0)
+DEFINE_TRANSPOSE(transpose16, uint16_t, block16, micro16, 8)
+DEFINE_TRANSPOSE(transpose32, uint32_t, block32, micro32, 4)
+DEFINE_TRANSPOSE(transpose64, uint64_t, block64, micro64, 2)
 
 /* dst[0:n] = src[0:n], counting non-finite values, in blocks small enough to stay in L1 between the
  * copy and the count. */
