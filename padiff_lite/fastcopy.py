@@ -12,20 +12,25 @@ copies with torch, as before. ``PADIFF_LITE_FASTCOPY=0`` in the environment swit
 """
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
 
+log = logging.getLogger("padiff_lite")
+
 try:
     from . import _fastcopy
-except ImportError:  # not compiled (it is optional): torch does the work
+except ImportError as exc:  # not compiled (it is optional): torch does the work
     _fastcopy = None
+    log.debug("padiff_lite._fastcopy is not built (%s): big copies use torch; reinstall with a C compiler "
+              "and the Python headers for the faster path", exc)
 
 # which values count as NaN/Inf, by dtype (the C side tests the exponent bits); other dtypes hold none
 _KINDS = {torch.float16: 1, torch.bfloat16: 2, torch.float32: 3, torch.float64: 4}
 # dtypes moved as raw bytes: every value is its bits (float8 and complex are left to torch)
-_PLAIN = {torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.bool, torch.uint16,
-          torch.uint32, torch.uint64}
+_PLAIN = {getattr(torch, name) for name in ("uint8", "int8", "int16", "int32", "int64", "bool", "uint16", "uint32",
+                                             "uint64") if hasattr(torch, name)}  # (uint16-64: torch >= 2.3)
 # a transpose is cut at multiples of this many source rows (whole cache lines of the destination)
 ROW_ALIGN = 64
 
