@@ -19,7 +19,10 @@
 #include <emmintrin.h>
 #endif
 
-#define TILE 32
+/* Tiles of TILE_I source rows x TILE_J source columns: on 1 GB of fp32 Linear weights (DRAM-bound),
+ * 64 x 32 moved 6.2 GB/s on two threads here, 32 x 32 5.5, 64 x 64 4.4, 128 x 16 5.4; bf16 3.8 / 3.1. */
+#define TILE_I 64
+#define TILE_J 32
 
 /* The scalar transpose of the block src rows [i0, i1) x cols [j0, j1): dst[j][i] = src[i][j]. */
 #define DEFINE_BLOCK(NAME, T)                                                                          \
@@ -88,10 +91,10 @@ static inline void micro64(const uint64_t *s, Py_ssize_t ss, uint64_t *d, Py_ssi
     static long long NAME(const T *src, T *dst, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t r0,      \
                           Py_ssize_t r1, T mask) {                                                     \
         long long bad = 0;                                                                             \
-        for (Py_ssize_t i = r0; i < r1; i += TILE) {                                                   \
-            Py_ssize_t ie = i + TILE < r1 ? i + TILE : r1;                                             \
-            for (Py_ssize_t j = 0; j < cols; j += TILE) {                                              \
-                Py_ssize_t je = j + TILE < cols ? j + TILE : cols;                                     \
+        for (Py_ssize_t i = r0; i < r1; i += TILE_I) {                                                 \
+            Py_ssize_t ie = i + TILE_I < r1 ? i + TILE_I : r1;                                         \
+            for (Py_ssize_t j = 0; j < cols; j += TILE_J) {                                            \
+                Py_ssize_t je = j + TILE_J < cols ? j + TILE_J : cols;                                 \
                 if (mask) {                                                                            \
                     for (Py_ssize_t ii = i; ii < ie; ii++) {                                           \
                         const T *s = src + ii * cols;                                                  \
