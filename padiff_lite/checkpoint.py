@@ -31,7 +31,7 @@ from .errors import CheckpointError, TransferError
 from .execute import PARALLEL_MIN_ELEMENTS, Stats, _count_nonfinite, _no_grad
 from .formats import (INDEX_SUFFIX, Checkpoint, Entry, dtype_name, format_of, open_checkpoint, write_index,
                       writer_for)
-from .plan import Op, _family, _where, build_plan
+from .plan import _family, _where, build_plan
 from .proxy import ProxyModel, create_model
 from .report import TransferReport
 from .transfer import _report, _unpaired_problem
@@ -253,7 +253,7 @@ class _Job:
 
     # -- checking everything before writing anything ---------------------------
     def prepare(self):
-        plan, ck, ba, ra = self.plan, self.ck, self.base.adapter, self.raw.adapter
+        plan, ck, ba = self.plan, self.ck, self.base.adapter
         problems = list(plan.problems)
         legacy = []
         absent: dict[str, str] = {}  # base path -> what needs it

@@ -242,8 +242,6 @@ def llama(framework="torch", vocab=256, dim=64, layers=2, hidden=160, heads=4, e
 
                 self.weight = nn.Parameter(torch.ones(dim))
             else:
-                import paddle
-
                 self.weight = self.create_parameter([dim], default_initializer=nn.initializer.Constant(1.0))
 
         def forward(self, x):

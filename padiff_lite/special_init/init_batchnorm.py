@@ -5,7 +5,7 @@ only with use_global_stats=False. A pair whose two settings disagree would give 
 outputs whatever the weights, so the rule refuses it.
 """
 from . import Map, init_pool
-from .maps import has, optional, require_same
+from .maps import has, optional, require_same_eps
 
 CAVEAT = (
     "BatchNorm momentum conventions differ (paddle momentum = 1 - torch momentum) and paddle updates the "
@@ -19,8 +19,7 @@ def batchnorm(module, layer):
     batch_stats = getattr(layer, "_use_global_stats", None) is False
     if tracks == batch_stats:
         raise_for_stats(t_name, p_name, tracks)
-    require_same(f"{t_name}.eps vs {p_name}._epsilon", module.eps, getattr(layer, "_epsilon", None),
-                 "build both with the same epsilon")
+    require_same_eps(module, layer)
     if tracks:
         maps = [Map("running_mean", "_mean"), Map("running_var", "_variance"), Map("num_batches_tracked", None)]
     else:  # neither side reads running statistics in eval: paddle's are left as they are

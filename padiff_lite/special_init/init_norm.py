@@ -9,19 +9,14 @@
 """
 from . import init_pool
 from ..errors import TransferError
-from .maps import has, optional, require_same
-
-
-def _eps(module, layer):
-    require_same(f"{type(module).__name__}.eps vs {type(layer).__name__}._epsilon", module.eps,
-                 getattr(layer, "_epsilon", None), "build both with the same epsilon")
+from .maps import has, optional, require_same, require_same_eps
 
 
 @init_pool.register_maps("torch", "LayerNorm", "paddle", "LayerNorm",
                          note="weight/bias [*normalized_shape] <-> [prod(normalized_shape)] (reshape); "
                               "elementwise_affine=False <-> weight_attr/bias_attr=False")
 def layer_norm(module, layer):
-    _eps(module, layer)
+    require_same_eps(module, layer)
     return (optional("weight", "weight", has(module, "weight"), has(layer, "weight"), 1.0, "reshape")
             + optional("bias", "bias", has(module, "bias"), has(layer, "bias"), 0.0, "reshape"))
 
@@ -29,7 +24,7 @@ def layer_norm(module, layer):
 @init_pool.register_maps("torch", "GroupNorm", "paddle", "GroupNorm",
                          note="weight/bias [C] copied; affine=False <-> weight_attr/bias_attr=False")
 def group_norm(module, layer):
-    _eps(module, layer)
+    require_same_eps(module, layer)
     require_same("GroupNorm num_groups", module.num_groups, getattr(layer, "_num_groups", None),
                  "build both with the same number of groups")
     return (optional("weight", "weight", has(module, "weight"), has(layer, "weight"), 1.0)
@@ -42,7 +37,7 @@ def instance_norm(module, layer):
             f"torch {type(module).__name__}(track_running_stats=True) normalises with running statistics in eval; "
             f"paddle {type(layer).__name__} always uses each instance's own statistics, so no paddle layer computes "
             "the same; build torch with track_running_stats=False (the default)")
-    _eps(module, layer)
+    require_same_eps(module, layer)
     return (optional("weight", "scale", has(module, "weight"), has(layer, "scale"), 1.0)
             + optional("bias", "bias", has(module, "bias"), has(layer, "bias"), 0.0))
 

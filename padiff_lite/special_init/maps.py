@@ -55,3 +55,15 @@ def require_same(what: str, torch_value, paddle_value, fix: str):
     if not same:
         raise TransferError(f"{what} differs: torch {torch_value!r}, paddle {paddle_value!r}; "
                             f"the outputs would differ whatever the weights; {fix}")
+
+
+def require_same_eps(module, layer):
+    """A torch norm layer's ``eps`` and its paddle counterpart's ``_epsilon`` must agree (``module`` is torch's).
+
+    Checked for every norm layer of a model: equal values return at once, and the message (two class
+    names) is only built for a mismatch.
+    """
+    eps, epsilon = module.eps, getattr(layer, "_epsilon", None)
+    if eps != epsilon:
+        require_same(f"{type(module).__name__}.eps vs {type(layer).__name__}._epsilon", eps, epsilon,
+                     "build both with the same epsilon")
