@@ -182,17 +182,8 @@ def wide_mlp(fw):
     return nn.Sequential(nn.Linear(side, side), nn.Tanh(), nn.Linear(side, 24), nn.Tanh(), nn.Linear(24, side))
 
 
-def weights(model, fw):
-    return [p.detach().numpy() if fw == "torch" else p.numpy() for p in model.parameters()]
-
-
-@pytest.mark.parametrize("src,dst", DIRECTIONS + [("torch", "torch"), ("paddle", "paddle")],
-                         ids=DIRECTION_IDS + ["torch->torch", "paddle->paddle"])
-def test_big_layers_transfer_the_same_with_and_without_the_kernel(src, dst, monkeypatch):
-    torch.manual_seed(0)
-    paddle.seed(0)
-    a = wide_mlp(src)
-    xs = inputs_for([(3, a[0].weight.shape[0 if src == "paddle" else 1])])
+def spy_on_kernel(monkeypatch) -> list:
+    """Record the name of every call into the C kernel (which still does the work)."""
     calls = []
     real = fastcopy._fastcopy
 
@@ -206,10 +197,24 @@ def test_big_layers_transfer_the_same_with_and_without_the_kernel(src, dst, monk
             return real.copy(*args)
 
     monkeypatch.setattr(fastcopy, "_fastcopy", Counting())
+    return calls
+
+
+def weights(model, fw):
+    return [p.detach().numpy() if fw == "torch" else p.numpy() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("src,dst", DIRECTIONS + [("torch", "torch"), ("paddle", "paddle")],
+                         ids=DIRECTION_IDS + ["torch->torch", "paddle->paddle"])
+def test_big_layers_transfer_the_same_with_and_without_the_kernel(src, dst, monkeypatch):
+    torch.manual_seed(0)
+    paddle.seed(0)
+    a = wide_mlp(src)
+    xs = inputs_for([(3, a[0].weight.shape[0 if src == "paddle" else 1])])
+    calls = spy_on_kernel(monkeypatch)
     fast = wide_mlp(dst)
     assert max_abs_diff(run(a, src, xs), run(fast, dst, xs)) > 1e-3
     assign_weight(a, fast)
-    monkeypatch.setattr(fastcopy, "_fastcopy", real)
     assert calls.count("transpose" if src != dst else "copy") >= 2, f"the kernel was not used: {calls}"
     monkeypatch.setenv("PADIFF_LITE_FASTCOPY", "0")
     slow = wide_mlp(dst)
@@ -234,3 +239,43 @@ def test_nonfinite_values_in_big_tensors_are_reported_through_the_kernel(src, ds
     assert report.nonfinite == {"0.weight": 3}
     got = weights(b, dst)[0]
     assert np.array_equal(np.isnan(got), np.isnan(bad.T)) and np.array_equal(np.nan_to_num(got), np.nan_to_num(bad.T))
+
+
+@pytest.mark.parametrize("out_suffix", [".safetensors", ".pdparams"])
+@pytest.mark.parametrize("src,dst", DIRECTIONS, ids=DIRECTION_IDS)
+def test_checkpoint_conversion_with_big_tensors_is_the_same_with_and_without_the_kernel(tmp_path, monkeypatch,
+                                                                                       src, dst, out_suffix):
+    from ckpt_helpers import load, load_into, save, state_as_torch
+
+    from padiff_lite import convert_checkpoint
+
+    torch.manual_seed(1)
+    paddle.seed(1)
+    a = wide_mlp(src)
+    state = state_as_torch(a, src)
+    state["0.weight"][3, 4] = float("nan")  # counted in a big tensor, and carried as it is
+    save(state, tmp_path / "src.safetensors")
+    outs = {}
+    calls = spy_on_kernel(monkeypatch)
+    for flag in ("1", "0"):
+        monkeypatch.setenv("PADIFF_LITE_FASTCOPY", flag)
+        out = tmp_path / f"out{flag}{out_suffix}"
+        report = convert_checkpoint(tmp_path / "src.safetensors", out, wide_mlp(src), wide_mlp(dst))
+        assert report.nonfinite == {"0.weight": 1}
+        outs[flag] = load(out)
+        if flag == "1":
+            assert calls.count("transpose") >= 2, f"the kernel was not used: {calls}"
+            calls.clear()
+    assert not calls  # switched off: torch did every copy
+    assert outs["1"].keys() == outs["0"].keys() == state.keys()
+    for k in state:
+        assert torch.equal(bits(outs["1"][k]), bits(outs["0"][k])), k
+    want = state["0.weight"].t() if src != dst else state["0.weight"]
+    assert torch.equal(bits(outs["1"]["0.weight"].contiguous()), bits(want.contiguous()))
+    state["0.weight"][3, 4] = 0.0  # compare outputs on finite weights
+    fixed = dict(outs["1"])
+    fixed["0.weight"] = fixed["0.weight"].nan_to_num()
+    b = load_into(wide_mlp(dst), dst, fixed)
+    load_into(a, src, state)
+    xs = inputs_for([(3, a[0].weight.shape[0 if src == "paddle" else 1])])
+    assert max_abs_diff(run(a, src, xs), run(b, dst, xs)) <= 1e-5
