@@ -1,12 +1,14 @@
 """The executor: the only code that writes into a model.
 
 Initialisation ops (padiff_lite.init) run first, as in ``from_pretrained``: initialise, then
-overwrite what the source has; they only target tensors nothing else writes. Then it runs a validated plan. Imperative special inits run first, each with a snapshot of every
-raw tensor it could touch; if one raises or changes a tensor's shape, everything written so
-far is restored and a TransferError carries the original message. Then the planned copies run:
-each writes straight into the destination's memory (a torch view of it, DLPack for paddle),
-transposing with torch's blocked copy; big copies run two (or torch.get_num_threads()) at a time
-and NaN/Inf are counted without a second pass over small tensors (see docs/performance.md).
+overwrite what the source has; they only target tensors nothing else writes. Then it runs a
+validated plan. Imperative special inits run first, each with a snapshot of every raw tensor it
+could touch; if one raises or changes a tensor's shape, everything written so far is restored and
+a TransferError carries the original message. Then the planned copies run, each writing straight
+into the destination's memory (a torch view of it, DLPack for paddle): big ones (1 M values and
+more) through :mod:`.fastcopy`, copy or transpose and NaN/Inf count in one pass, cut into one piece
+per thread (else torch's copy, a whole tensor per thread); small ones in groups by address; NaN/Inf
+of small tensors counted in batches (see docs/performance.md).
 """
 from __future__ import annotations
 
@@ -60,8 +62,8 @@ def execute(plan: Plan, init_ops=()) -> Stats:
     return stats
 
 
-# Copies of at least this many elements run on a small thread pool: torch's blocked transpose
-# (copy_ from a transposed 2-D view) is single-threaded, so two big tensors at once use two cores.
+# Copies of at least this many elements run on a small thread pool, cut into one piece per thread
+# where fastcopy applies (torch's own transposing copy is single-threaded and whole-matrix only).
 PARALLEL_MIN_ELEMENTS = 1 << 20
 # Non-finite scans of smaller tensors are batched: one torch.cat + sum per ~1M values instead of
 # two torch calls per tensor.
