@@ -83,7 +83,7 @@ def pieces(dst, src, transposed: bool, parts: int) -> list | None:
         return [_Piece(_fastcopy.transpose, (s0, d0, rows, cols, item, kind, a, b), keep)
                 for a, b in zip(cuts, cuts[1:])]
     step = -(-n // parts)
-    step = -(-step // 4096) * 4096  # whole pages
+    step = -(-step // 4096) * 4096  # cut at multiples of 4096 values (whole pages for any dtype)
     return [_Piece(_fastcopy.copy, (s0 + a * item, d0 + a * item, min(step, n - a), item, kind), keep)
             for a in range(0, n, step)]
 
