@@ -447,8 +447,7 @@ class _Job:
             if region.numel() >= PARALLEL_MIN_ELEMENTS:  # big: one pass, copy and count, on every core
                 bad = fastcopy.copy_counting(region, src, op.transform == "transpose", self._pool(), self.workers)
                 if bad is not None:
-                    if bad:
-                        stats.nonfinite[entry.key] = stats.nonfinite.get(entry.key, 0) + bad
+                    stats.add_nonfinite(entry.key, bad)
                     continue
             if op.transform == "transpose":
                 src = src.t()

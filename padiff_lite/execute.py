@@ -32,6 +32,11 @@ class Stats:
     nonfinite: dict = field(default_factory=dict)  # raw path -> count of NaN/Inf copied
     initialised: list = field(default_factory=list)  # "path: rule" of every tensor an init op wrote
 
+    def add_nonfinite(self, path: str, count: int):
+        """Record ``count`` NaN/Inf values copied into ``path`` (nothing when it is 0)."""
+        if count:
+            self.nonfinite[path] = self.nonfinite.get(path, 0) + count
+
 
 def _no_grad_in(framework: str):
     if framework == "paddle":
@@ -151,8 +156,7 @@ def _run_group(plan: Plan, key, ops: list, stats: Stats, fallback: list):
         if _nonfinite_count(stored):  # rare: count per tensor
             bad = (~torch.isfinite(stored)).reshape(len(chunk), -1).sum(1).tolist()
             for op, n in zip(chunk, bad):
-                if n:
-                    stats.nonfinite[op.dst.path] = stats.nonfinite.get(op.dst.path, 0) + n
+                stats.add_nonfinite(op.dst.path, n)
 
 
 def _run_ops(plan: Plan, ops: list, stats: Stats):
@@ -166,7 +170,7 @@ def _run_ops(plan: Plan, ops: list, stats: Stats):
     """
     ba, ra = plan.base.adapter, plan.raw.adapter
     src_view, dst_view, write_back = ba.torch_view, ra.writable_view, ra.write
-    scan = _FiniteScan(stats.nonfinite)
+    scan = _FiniteScan(stats)
     workers = max(1, min(torch.get_num_threads(), 8))
     pool = None
     futures: list = []
@@ -181,7 +185,7 @@ def _run_ops(plan: Plan, ops: list, stats: Stats):
                 src = op.src.tensor if op.src is not None else None
                 if busy and (id(dst) in busy or id(src) in busy):
                     copy_all(batch_dst, batch_src)
-                    _drain(futures, stats.nonfinite)
+                    _drain(futures, stats)
                     batch_dst, batch_src, futures, busy = [], [], [], set()
                 view, direct = dst_view(dst)
                 rows = op.dst_rows
@@ -231,7 +235,7 @@ def _run_ops(plan: Plan, ops: list, stats: Stats):
                 if not direct:
                     write_back(dst, view)  # the view was a copy (non-contiguous or off-CPU): write it back
             copy_all(batch_dst, batch_src)
-            _drain(futures, stats.nonfinite)
+            _drain(futures, stats)
             scan.flush()
     finally:
         if pool is not None:
@@ -254,18 +258,14 @@ def _copy_and_scan(region, value, stored, path):
     return path, _nonfinite_count(stored)
 
 
-def _drain(futures, nonfinite: dict):
+def _drain(futures, stats: Stats):
     for f in futures:
-        path, bad = f.result()
-        if bad:
-            nonfinite[path] = nonfinite.get(path, 0) + bad
+        stats.add_nonfinite(*f.result())
 
 
 def _count_nonfinite(t, path, stats):
     """Add ``t``'s NaN/Inf count (if any) to ``stats.nonfinite`` under ``path``."""
-    bad = _nonfinite_count(t)
-    if bad:
-        stats.nonfinite[path] = stats.nonfinite.get(path, 0) + bad
+    stats.add_nonfinite(path, _nonfinite_count(t))
 
 
 def _nonfinite_count(t) -> int:
@@ -286,8 +286,8 @@ class _FiniteScan:
     a per-tensor reshape; a batch is reduced once it holds about SCAN_BATCH_ELEMENTS values.
     """
 
-    def __init__(self, nonfinite: dict):
-        self.nonfinite = nonfinite
+    def __init__(self, stats: Stats):
+        self.stats = stats
         self.batches: dict = {}  # (dtype, shape[1:]) -> [tensors, paths, elements]
 
     def add(self, t, path, n):
@@ -295,7 +295,7 @@ class _FiniteScan:
         if not t.is_floating_point():
             return
         if n >= SCAN_BATCH_ELEMENTS:
-            self._record(path, _nonfinite_count(t))
+            self.stats.add_nonfinite(path, _nonfinite_count(t))
             return
         if t.dim() == 0:
             t = t.reshape(1)
@@ -318,11 +318,7 @@ class _FiniteScan:
         if n == 0 or _nonfinite_count(torch.cat(tensors)) == 0:
             return
         for t, path in zip(tensors, paths):  # rare: find which tensors hold them
-            self._record(path, _nonfinite_count(t))
-
-    def _record(self, path, bad):
-        if bad:
-            self.nonfinite[path] = self.nonfinite.get(path, 0) + bad
+            self.stats.add_nonfinite(path, _nonfinite_count(t))
 
 
 def _run_imperative(plan: Plan, stats: Stats):
