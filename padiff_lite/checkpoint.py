@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from . import fastcopy
+from . import fastcopy, layout
 from .adapters import adapter_for
 from .errors import CheckpointError, TransferError
 from .execute import PARALLEL_MIN_ELEMENTS, Stats, _count_nonfinite, _no_grad
@@ -295,7 +295,7 @@ class _Job:
         self._build_units(problems)
         for op in plan.checks:
             key = self.key.get(id(op.src.tensor))
-            if key is not None and not bool(torch.all(ck.get(key) == op.value)):
+            if key is not None and not bool(torch.all(layout.take(ck.get(key), op.src_part) == op.value)):
                 problems.append(f"{_where(op.pair)}: {ck.path}: {key} has values other than {op.value}, and the raw "
                                 f"layer has no tensor to hold them; give the raw layer that parameter (e.g. "
                                 f"affine=True / weight_attr) or convert with another raw model")
@@ -420,8 +420,8 @@ class _Job:
         entry = unit.entries[0]
         ops = unit.ops
         nbytes = _nbytes(entry.shape, entry.dtype)
-        if len(ops) == 1 and ops[0].kind == "copy" and ops[0].transform == "copy" and ops[0].src_rows is None \
-                and ops[0].dst_rows is None:
+        if len(ops) == 1 and ops[0].kind == "copy" and ops[0].transform == "copy" and ops[0].src_part is None \
+                and ops[0].dst_part is None:
             key = self.key[id(ops[0].src.tensor)]
             info = self.ck.infos[key]
             if info.dtype == entry.dtype and tuple(info.shape) == entry.shape:
@@ -436,26 +436,23 @@ class _Job:
         else:
             out = torch.empty(entry.shape, dtype=entry.dtype)
         for op in ops:
-            region = out if op.dst_rows is None else out[op.dst_rows[0]:op.dst_rows[1]]
+            regions = layout.cut(out, op.dst_part)
             if op.kind == "fill":
-                region.fill_(op.value)
+                for region in regions:
+                    region.fill_(op.value)
                 continue
             key = self.key[id(op.src.tensor)]
             src = self.ck.get(key, into=self._buf("in", self.ck.infos[key].nbytes))  # used up within this op
-            if op.src_rows is not None:
-                src = src[op.src_rows[0]:op.src_rows[1]]
-            if region.numel() >= PARALLEL_MIN_ELEMENTS:  # big: one pass, copy and count, on every core
-                bad = fastcopy.copy_counting(region, src, op.transform == "transpose", self._pool(), self.workers)
+            if len(regions) == 1 and regions[0].numel() >= PARALLEL_MIN_ELEMENTS:  # big: one pass, copy and count
+                bad = fastcopy.copy_counting(regions[0], layout.take(src, op.src_part), op.transform == "transpose",
+                                             self._pool(), self.workers)
                 if bad is not None:
                     stats.add_nonfinite(entry.key, bad)
                     continue
-            if op.transform == "transpose":
-                src = src.t()
-            elif op.transform == "reshape":
-                src = src.reshape(region.shape)
-            region.copy_(src)
-            # scanned where it was written: contiguous, so faster than the (transposed) source view
-            _count_nonfinite(region if region.dtype == src.dtype else src, entry.key, stats)
+            for region, value in layout.pieces(src, op.src_part, op.transform, out, op.dst_part):
+                region.copy_(value)
+                # scanned where it was written: contiguous, so faster than the (transposed) source view
+                _count_nonfinite(region if region.dtype == value.dtype else value, entry.key, stats)
         self._count(stats, out)
         return {entry.key: out}
 

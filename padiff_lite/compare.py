@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import layout
 from .errors import DiffError, DiffInputError, OutputStructureError
 from .pairing import pair_models
 from .proxy import create_model
@@ -449,9 +450,9 @@ def _inputs_agree(bcap, rcap, atol, rtol):
 def _to_raw_layout(g, op):
     """Apply a plan operation's mapping to a base gradient; (array, note)."""
     notes = []
-    if op.src_rows is not None:
-        g = g[op.src_rows[0]:op.src_rows[1]]
-        notes.append(f"base rows {op.src_rows[0]}:{op.src_rows[1]}")
+    if op.src_part is not None:
+        g = layout.apply_numpy(g, op.src_part)
+        notes.append(f"base part {op.src_part}")
     if op.transform == "transpose":
         g = g.T
         notes.append("transposed")
@@ -480,9 +481,9 @@ def _compare_grads(result: DiffResult, base, raw, bcalls, pairs, atol, rtol):
         mapped = None
         if gb is not None:
             mapped, note = _to_raw_layout(gb, op)
-        if gr is not None and op.dst_rows is not None:
-            gr = gr[op.dst_rows[0]:op.dst_rows[1]]
-            note.append(f"raw rows {op.dst_rows[0]}:{op.dst_rows[1]}")
+        if gr is not None and op.dst_part is not None:
+            gr = layout.apply_numpy(gr, op.dst_part)
+            note.append(f"raw part {op.dst_part}")
         if gb is None:
             mapped = np.zeros_like(gr)
             note.append("no gradient on the base side")

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import fastcopy
+from . import fastcopy, layout
 from .adapters.torch_adapter import copy_all
 from .errors import InitError, TransferError
 from .plan import Plan, _where
@@ -108,7 +108,7 @@ def _bulk_groups(ops: list, dsts: set):
     groups: dict = {}
     rest = []
     for op in ops:
-        if op.kind != "copy" or op.info is None or op.src_rows is not None or op.dst_rows is not None:
+        if op.kind != "copy" or op.info is None or op.src_part is not None or op.dst_part is not None:
             rest.append(op)
             continue
         key = (op.transform, op.info)
@@ -188,23 +188,25 @@ def _run_ops(plan: Plan, ops: list, stats: Stats):
                     _drain(futures, stats)
                     batch_dst, batch_src, futures, busy = [], [], [], set()
                 view, direct = dst_view(dst)
-                rows = op.dst_rows
-                region = view if rows is None else view[rows[0]:rows[1]]
-                n = region.numel()
-                elements += n
+                regions = layout.cut(view, op.dst_part)
                 if op.kind == "fill":
-                    region.fill_(op.value)
+                    for region in regions:
+                        region.fill_(op.value)
+                        elements += region.numel()
+                elif len(regions) > 1:  # a value spread over several blocks of its target (fused layouts)
+                    stored = layout.take(src_view(src), op.src_part)
+                    for region, value in layout.pieces(src_view(src), op.src_part, op.transform, view, op.dst_part):
+                        region.copy_(value)
+                        elements += region.numel()
+                    nbytes += stored.numel() * stored.element_size()
+                    scan.add(stored, op.dst.path, stored.numel())
                 else:
-                    stored = src_view(src)
-                    rows = op.src_rows
-                    if rows is not None:
-                        stored = stored[rows[0]:rows[1]]
-                    value = stored
+                    region = regions[0]
+                    n = region.numel()
+                    elements += n
+                    stored = layout.take(src_view(src), op.src_part)
                     transform = op.transform
-                    if transform == "transpose":
-                        value = stored.t()
-                    elif transform == "reshape" and stored.shape != region.shape:
-                        value = stored.reshape(region.shape)
+                    value = layout.transformed(stored, transform, region.shape)
                     nbytes += n * stored.element_size()
                     if direct and n >= PARALLEL_MIN_ELEMENTS:
                         # one pass (copy or transpose + NaN/Inf count) cut into one piece per thread, or

@@ -8,7 +8,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from . import layout
 from .errors import PadiffError
+from .layout import Part
 from .pairing import LayerPair, Unpaired, pair_models
 from .special_init import init_pool
 from .tree import ModelTree, TensorRef
@@ -24,17 +26,16 @@ class Op:
     dst: TensorRef | None
     pair: LayerPair
     transform: str = "copy"
-    src_rows: tuple[int, int] | None = None
-    dst_rows: tuple[int, int] | None = None
+    src_part: Part | None = None  # the piece read / written (layout.Part, axis resolved); None: whole
+    dst_part: Part | None = None
     value: float | None = None
     info: tuple | None = None  # (src shape, dst shape, src dtype, dst dtype) of a copy, set by validate
 
     def describe(self) -> str:
         s = self.src.path if self.src else f"{self.value}"
         d = self.dst.path if self.dst else f"== {self.value}"
-        rows = lambda r: f"[{r[0]}:{r[1]}]" if r else ""  # noqa: E731
         t = "" if self.transform == "copy" else f" ({self.transform})"
-        return f"{s}{rows(self.src_rows)} -> {d}{rows(self.dst_rows)}{t}"
+        return f"{s}{self.src_part or ''} -> {d}{self.dst_part or ''}{t}"
 
 
 @dataclass
@@ -78,6 +79,7 @@ def build_plan(base, raw, pool=init_pool, need_data: bool = True) -> Plan:
         else:
             plan.imperative.append(pair)
     _dedupe_targets(plan)
+    _check_parts(plan)
     plan.notes += [_caveat_note(caveat, pairs) for caveat, pairs in plan.caveats.items()]
     plan.missing = _in_model_order(raw, plan.missing)
     plan.unexpected = _in_model_order(base, plan.unexpected)
@@ -175,10 +177,20 @@ def _plan_maps(plan: Plan, pair: LayerPair):
             src = _canonical(bt, src)
         if dst is not None and dst.alias_of:
             dst = _canonical(rt, dst)
+        src_part = dst_part = None
+        if m.src_part is not None or m.dst_part is not None:
+            try:
+                src_part = _resolved(plan.base.adapter, b.module, m.src, src, m.src_part)
+                dst_part = _resolved(plan.raw.adapter, r.module, m.dst, dst, m.dst_part)
+            except ValueError as exc:
+                plan.problems.append(f"{_where(pair)}: rule {entry.key} ({entry.origin}): {exc}; fix the rule's Part")
+                used_b.add(m.src)
+                used_r.add(m.dst)
+                continue
         if src is not None and dst is not None:
             used_b.add(m.src)
             used_r.add(m.dst)
-            ops.append(Op("copy", src, dst, pair, m.transform, m.src_rows, m.dst_rows))
+            ops.append(Op("copy", src, dst, pair, m.transform, src_part, dst_part))
             continue
         if m.src and src is None and m.dst and dst is not None:
             plan.missing.append(dst.path)
@@ -194,9 +206,9 @@ def _plan_maps(plan: Plan, pair: LayerPair):
         used_b.add(m.src)
         used_r.add(m.dst)
         if dst is not None and m.value is not None:
-            plan.ops.append(Op("fill", None, dst, pair, dst_rows=m.dst_rows, value=m.value))
+            plan.ops.append(Op("fill", None, dst, pair, dst_part=dst_part, value=m.value))
         elif src is not None and m.value is not None:
-            plan.checks.append(Op("expect", src, None, pair, src_rows=m.src_rows, value=m.value))
+            plan.checks.append(Op("expect", src, None, pair, src_part=src_part, value=m.value))
     # a tensor is covered when a rule names it under any of its names (paddle RNN cells alias the
     # top-level weights, and a rule may address either); when the maps name every tensor of a side
     # by its own name (the usual case) nothing there is left over
@@ -221,6 +233,19 @@ def _plan_maps(plan: Plan, pair: LayerPair):
         plan.caveats.setdefault(caveat, []).append(pair)
 
 
+def _resolved(adapter, module, local: str | None, ref, part):
+    """``part`` of the tensor ``local`` (a name below ``module``) with its axis made a dimension."""
+    if part is None or ref is None:
+        return part
+    owner, _, leaf = local.rpartition(".")
+    for name in owner.split(".") if owner else ():
+        module = getattr(module, name)
+    try:
+        return layout.resolve(part, len(adapter.shape(ref.tensor)), adapter.stored_transposed(module, leaf))
+    except ValueError as exc:
+        raise ValueError(f"{ref.path} {list(adapter.shape(ref.tensor))}: {exc}") from None
+
+
 def _caveat_note(caveat: str, pairs: list) -> str:
     """One note per caveat, naming the layer pairs it applies to (the first few when there are many)."""
     if len(pairs) == 1:
@@ -231,8 +256,8 @@ def _caveat_note(caveat: str, pairs: list) -> str:
 
 def _dedupe_targets(plan: Plan):
     """A tied target is written once; a second writer is noted, not run."""
-    # the key of a whole-tensor target is the tensor's id alone (never equal to a (id, rows) tuple)
-    keys = [id(op.dst.tensor) if op.dst_rows is None else (id(op.dst.tensor), op.dst_rows) for op in plan.ops]
+    # the key of a whole-tensor target is the tensor's id alone (never equal to an (id, part) tuple)
+    keys = [id(op.dst.tensor) if op.dst_part is None else (id(op.dst.tensor), op.dst_part) for op in plan.ops]
     if len(set(keys)) == len(keys):
         return  # every target written once (the usual case): nothing to drop
     first: dict = {}
@@ -248,6 +273,35 @@ def _dedupe_targets(plan: Plan):
     plan.ops = kept
 
 
+def _check_parts(plan: Plan):
+    """Targets written in parts: the parts must not overlap, and together they must cover the tensor
+    (what no part writes would keep its old values: it is listed as missing)."""
+    by_dst: dict = {}
+    for op in plan.ops:
+        if op.dst_part is not None:
+            by_dst.setdefault(id(op.dst.tensor), []).append(op)
+    for ops in by_dst.values():
+        whole = [op for op in plan.ops if op.dst_part is None and op.dst.tensor is ops[0].dst.tensor]
+        ops = whole + ops
+        ref = ops[0].dst
+        shape = tuple(plan.raw.adapter.shape(ref.tensor))
+        clash = next(((a, b) for i, a in enumerate(ops) for b in ops[i + 1:] if layout.overlaps(a.dst_part, b.dst_part)),
+                     None)
+        if clash:
+            a, b = clash
+            plan.problems.append(
+                f"{_where(b.pair)}: raw {ref.path}{a.dst_part or ''} and {ref.path}{b.dst_part or ''} overlap: two maps "
+                f"({a.describe()}; {b.describe()}) write the same values; fix the rule's Parts")
+            continue
+        total = math.prod(shape)
+        done = layout.covered(shape, [op.dst_part for op in ops])
+        if done < total and ref.persistent and not ref.alias_of:
+            plan.missing.append(ref.path)
+            plan.hints.append(f"{_where(ops[0].pair)}: raw {ref.path} {list(shape)} is written in parts that cover "
+                              f"{done} of its {total} values; the rest would keep its old values: add maps for the "
+                              "rest, or fix the rule's Parts")
+
+
 # -- validating ----------------------------------------------------------------
 _FLOATS = {"float16", "bfloat16", "float32", "float64"}
 _WIDTH = {"float16": 16, "bfloat16": 16, "float32": 32, "float64": 64}
@@ -261,12 +315,6 @@ def _family(dtype: str) -> str:
     if dtype == "bool":
         return "bool"
     return "int"
-
-
-def _region(shape, rows):
-    if rows is None:
-        return tuple(shape)
-    return (rows[1] - rows[0],) + tuple(shape[1:])
 
 
 def validate(plan: Plan, need_data: bool = True):
@@ -289,9 +337,10 @@ def validate(plan: Plan, need_data: bool = True):
             plan.problems.append(_no_data(_where(op.pair), "raw", ra, op.dst))
             continue
         dshape = r_shape(dst)
-        dst_rows = op.dst_rows
-        if dst_rows and not (0 <= dst_rows[0] < dst_rows[1] <= (dshape[0] if dshape else 0)):
-            plan.problems.append(f"{_where(op.pair)}: rows {dst_rows} do not fit raw {op.dst.path} of shape {list(dshape)}")
+        want = dshape if op.dst_part is None else layout.region_shape(dshape, op.dst_part)
+        if want is None:
+            plan.problems.append(f"{_where(op.pair)}: part {op.dst_part} does not fit raw {op.dst.path} of shape "
+                                 f"{list(dshape)}; fix the rule's Part")
             continue
         if op.kind == "fill":
             continue
@@ -301,12 +350,11 @@ def validate(plan: Plan, need_data: bool = True):
             unreadable.add(id(src))
             plan.problems.append(_no_data(_where(op.pair), "base", ba, op.src))
             continue
-        src_rows = op.src_rows
-        if src_rows and not (0 <= src_rows[0] < src_rows[1] <= (sshape[0] if sshape else 0)):
-            plan.problems.append(f"{_where(op.pair)}: rows {src_rows} do not fit base {op.src.path} of shape {list(sshape)}")
+        got = sshape if op.src_part is None else layout.region_shape(sshape, op.src_part)
+        if got is None:
+            plan.problems.append(f"{_where(op.pair)}: part {op.src_part} does not fit base {op.src.path} of shape "
+                                 f"{list(sshape)}; fix the rule's Part")
             continue
-        got = sshape if src_rows is None else _region(sshape, src_rows)
-        want = dshape if dst_rows is None else _region(dshape, dst_rows)
         transform = op.transform
         if transform == "transpose":
             if len(got) != 2:
@@ -349,14 +397,8 @@ def _no_data(where, side, adapter, ref) -> str:
 
 def source_value(adapter, op):
     """The torch tensor an op writes: the source view with its row block and transform applied."""
-    src = adapter.torch_view(op.src.tensor)
-    if op.src_rows is not None:
-        src = src[op.src_rows[0]:op.src_rows[1]]
-    if op.transform == "transpose":
-        src = src.t()
-    elif op.transform == "reshape":
-        src = src.reshape(-1)
-    return src
+    src = layout.take(adapter.torch_view(op.src.tensor), op.src_part)
+    return layout.transformed(src, op.transform, (-1,))
 
 
 def _check_tie(plan, kept, dropped):
@@ -430,11 +472,8 @@ def _check_range(plan, where, op, sd, dd):
 def _check_expect(plan, op):
     import torch
 
-    view = plan.base.adapter.torch_view(op.src.tensor)
-    rows = ""
-    if op.src_rows is not None:
-        view = view[op.src_rows[0]:op.src_rows[1]]
-        rows = f" rows [{op.src_rows[0]}:{op.src_rows[1]}]"
+    view = layout.take(plan.base.adapter.torch_view(op.src.tensor), op.src_part)
+    rows = f" {op.src_part}" if op.src_part is not None else ""
     if not bool(torch.all(view == op.value)):
         plan.problems.append(
             f"{_where(op.pair)}: base {op.src.path}{rows} has values other than {op.value}, and the raw layer has no "

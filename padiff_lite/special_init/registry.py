@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Callable, NamedTuple
 
 from ..errors import RegistryError
+from ..layout import Part
 
 FRAMEWORKS = ("torch", "paddle")
 TRANSFORMS = ("copy", "transpose", "reshape")
@@ -41,6 +42,12 @@ class Map:
 
     - ``Map("weight", "weight", "transpose")``: copy with a transpose.
     - ``Map("in_proj_weight", "q_proj.weight", "transpose", src_rows=(0, 8))``: a row block.
+    - ``Map("q_proj.weight", "qkv_proj.weight", "transpose", dst_part=features((0, 16), (32, 48)))``: the
+      transposed q weight goes to output features 0..16 and 32..48 of a fused weight (see
+      :mod:`padiff_lite.layout`: parts in features are right for torch's ``[out, in]`` and paddle's
+      ``[in, out]`` alike).
+    - ``Map("experts.3.up_gate_proj.weight", "experts.gate_up_proj", src_part=None, dst_part=Part(index=3))``:
+      one expert module into entry 3 of a packed ``[E, ...]`` tensor.
     - ``Map(None, "scale", value=1.0)``: fill the target with a constant.
     - ``Map("scale", None, value=1.0)``: the source has no counterpart; it must equal the constant.
     - ``Map("num_batches_tracked", None)``: the source has no counterpart and is ignored.
@@ -50,18 +57,29 @@ class Map:
     src: str | None
     dst: str | None
     transform: str = "copy"
-    src_rows: tuple[int, int] | None = None
+    src_rows: tuple[int, int] | None = None  # shorthand for src_part=Part(((start, stop),)): rows of dim 0
     dst_rows: tuple[int, int] | None = None
     value: float | None = None
+    src_part: Part | None = None  # the piece of the source read (padiff_lite.layout.Part)
+    dst_part: Part | None = None  # the piece of the target written
 
     def __post_init__(self):
         if self.transform not in TRANSFORMS:
             raise RegistryError(f"Map transform {self.transform!r} is not one of {TRANSFORMS}")
         if self.src is None and self.dst is None:
             raise RegistryError("a Map needs a source, a target, or both")
+        for rows_name, part_name in (("src_rows", "src_part"), ("dst_rows", "dst_part")):
+            rows, part = getattr(self, rows_name), getattr(self, part_name)
+            if part is not None and not isinstance(part, Part):
+                raise RegistryError(f"Map {part_name} takes a padiff_lite.layout.Part, got {type(part).__name__}")
+            if rows is not None:
+                if part is not None:
+                    raise RegistryError(f"a Map takes {rows_name} or {part_name}, not both")
+                object.__setattr__(self, part_name, Part((tuple(rows),)))
+                object.__setattr__(self, rows_name, None)
 
     def inverse(self) -> "Map":
-        return replace(self, src=self.dst, dst=self.src, src_rows=self.dst_rows, dst_rows=self.src_rows)
+        return replace(self, src=self.dst, dst=self.src, src_part=self.dst_part, dst_part=self.src_part)
 
     @functools.cached_property
     def _inverted(self) -> "Map":
