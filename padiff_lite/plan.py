@@ -267,6 +267,10 @@ def _dedupe_targets(plan: Plan):
         if prev is None:
             first[key] = op
             kept.append(op)
+        elif prev.dst.path == op.dst.path and (prev.src is None or op.src is None or prev.src.tensor is not op.src.tensor):
+            plan.problems.append(
+                f"{_where(op.pair)}: raw {op.dst.path}{op.dst_part or ''} and {prev.dst.path}{prev.dst_part or ''} overlap: "
+                f"two maps ({prev.describe()}; {op.describe()}) write the same values; fix the rule's maps")
         elif prev.src is not None and op.src is not None and prev.src.tensor is not op.src.tensor:
             plan.tied.append(f"{op.dst.path} is tied to {prev.dst.path}: it gets {prev.src.path}, not {op.src.path}")
             plan.tie_conflicts.append((prev, op))

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from ..errors import PluginImportError
+from ..layout import Part, features
 from .registry import InitKey, InitPool, Map, SpecialInit
 
 init_pool = InitPool()
@@ -47,4 +48,4 @@ def load_plugins(folder=None):
 
 load_plugins()
 
-__all__ = ["init_pool", "add_special_init", "Map", "InitKey", "InitPool", "SpecialInit", "load_plugins"]
+__all__ = ["init_pool", "add_special_init", "Map", "Part", "features", "InitKey", "InitPool", "SpecialInit", "load_plugins"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 
 from ..errors import TransferError
+from ..layout import Part, features
 from .registry import Map
 
 
@@ -67,3 +68,34 @@ def require_same_eps(module, layer):
     if eps != epsilon:
         require_same(f"{type(module).__name__}.eps vs {type(layer).__name__}._epsilon", eps, epsilon,
                      "build both with the same epsilon")
+
+
+def grouped_qkv(num_heads: int, num_kv_heads: int, head_dim: int) -> tuple[Part, Part, Part]:
+    """Parts of a fused qkv projection grouped per key/value head: for each KV head, the query heads of its
+    group, then its key head, then its value head (PaddleFormers' ``qkv_proj``). Output features, so the same
+    parts address torch's ``[out, in]`` and paddle's ``[in, out]`` weights and the ``[out]`` bias."""
+    if num_heads % num_kv_heads:
+        raise TransferError(f"{num_heads} attention heads cannot be grouped over {num_kv_heads} key/value heads; "
+                            "build the model with num_attention_heads a multiple of num_key_value_heads")
+    r, d = num_heads // num_kv_heads, head_dim
+    step = (r + 2) * d
+    q = features(*[(g * step, g * step + r * d) for g in range(num_kv_heads)])
+    k = features(*[(g * step + r * d, g * step + (r + 1) * d) for g in range(num_kv_heads)])
+    v = features(*[(g * step + (r + 1) * d, (g + 1) * step) for g in range(num_kv_heads)])
+    return q, k, v
+
+
+def stacked(*sizes: int, axis="out") -> list[Part]:
+    """Parts of a concatenation along ``axis``: ``stacked(i, i)`` is ``[gate | up]`` of a fused gate/up projection."""
+    parts, start = [], 0
+    for n in sizes:
+        parts.append(Part(((start, start + n),), axis))
+        start += n
+    return parts
+
+
+def prefixed(src_prefix: str, dst_prefix: str, maps) -> list[Map]:
+    """``maps`` of a child pair, named from a parent pair: ``prefixed("mlp.", "mlp.", linear(m.mlp, l.mlp))``."""
+    from dataclasses import replace
+
+    return [replace(m, src=m.src and src_prefix + m.src, dst=m.dst and dst_prefix + m.dst) for m in maps]
