@@ -59,6 +59,8 @@ class Pairing:
 
     def run(self):
         base, raw = self.base, self.raw
+        if base.layer_map_auto or raw.layer_map_auto:
+            return self._run_auto()
         if len(base.layer_map) != len(raw.layer_map):
             raise LayerMapError(
                 f"layer maps differ in length: {base.name} ({base.framework}) has {len(base.layer_map)}, "
@@ -73,6 +75,22 @@ class Pairing:
         btree.exclude = rtree.exclude = set()
         for bm, bp, rm, rp in zip(base.layer_map, bpaths, raw.layer_map, rpaths):
             self._match(btree.build(bm, bp), rtree.build(rm, rp), "layer_map")
+        return self
+
+    def _run_auto(self):
+        """``auto_layer_map`` marks units, it does not pair them: the trees are paired as without a layer map
+        (names first, then order among alike leftovers), and a marked module meets its counterpart wherever
+        that pairing finds it; a pair with a registered rule is a unit either way."""
+        base, raw = self.base, self.raw
+        for proxy, other in ((base, raw), (raw, base)):
+            if proxy.layer_map and not proxy.layer_map_auto:
+                raise LayerMapError(
+                    f"{proxy.name} ({proxy.framework}) has a layer map from set_layer_map but {other.name} "
+                    f"({other.framework}) one from auto_layer_map; use set_layer_map on both models (pairs in the "
+                    "order given) or auto_layer_map on both (pairs found by name)")
+        btree = ModelTree(base, (), self.keep_empty)
+        rtree = ModelTree(raw, (), self.keep_empty)
+        self._match(btree.build(base.model), rtree.build(raw.model), "root")
         return self
 
     def _rule(self, b: Node, r: Node):
@@ -129,9 +147,18 @@ class Pairing:
 
     def _may_meet(self, b: Node, r: Node) -> bool:
         """Whether two namesakes pair: both carry tensors or neither does, or a rule joins their classes."""
-        if bool(b.count) == bool(r.count):
+        if bool(b.count) == bool(r.count) or self._rule(b, r) is not None:
             return True
-        return self._rule(b, r) is not None
+        # the side without tensors may hold, at any depth, a module that a rule gives tensors to (torch
+        # BatchNorm1d(affine=False, track_running_stats=False) in a ModuleList <-> paddle's, which has _mean/_variance)
+        proxy, side, empty = (self.base, "base", b) if not b.count else (self.raw, "raw", r)
+        stack = [empty] if empty.bare else []
+        while stack:
+            node = stack.pop()
+            if self._ruled(proxy, side, node):
+                return True
+            stack.extend(child for _, child in node.children)
+        return False
 
     def _weighs(self, proxy, side: str, n: Node) -> bool:
         """Whether ``n`` takes part in pairing by position: it carries tensors, or a rule may give it some."""

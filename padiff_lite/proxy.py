@@ -27,6 +27,7 @@ class ProxyModel:
         self.framework = adapter.name
         self.name = name or type(model).__name__
         self.layer_map: list = []
+        self.layer_map_auto = False  # the layer map came from auto_layer_map: units marked, not an order
         self.black_list: dict[int, str] = {}
         self.white_list: dict[int, str] = {}
 
@@ -89,15 +90,22 @@ class ProxyModel:
         """Pair these submodules, in this order, with the other model's layer map."""
         layers = self._modules_arg("set_layer_map", layers)
         self.layer_map = layers
+        self.layer_map_auto = False
         return self
 
-    def auto_layer_map(self, side: str):
-        """Layer-map every outermost submodule whose class takes part in a registered special init."""
+    def auto_layer_map(self, side: str, pool=None):
+        """Mark every outermost submodule whose class takes part in a registered rule or special init.
+
+        The marked modules are transferred and compared as units; they are paired with the other model's
+        modules by name (then by order among alike leftovers within a parent), never zipped by position:
+        two same-shaped layers defined in a different order on the two sides still meet their namesakes.
+        """
         if side not in ("base", "raw"):
             raise ValueError(f"auto_layer_map() takes 'base' or 'raw', got {side!r}")
-        from .special_init import init_pool
+        if pool is None:
+            from .special_init import init_pool as pool
 
-        classes = init_pool.classes_on(side, self.framework)
+        classes = pool.classes_on(side, self.framework)
         picked, inside = [], []
         for path, mod in self.named_modules():
             if path == "" or any(path.startswith(p + ".") for p in inside):
@@ -106,6 +114,7 @@ class ProxyModel:
                 picked.append(mod)
                 inside.append(path)
         self.layer_map = picked
+        self.layer_map_auto = True
         return self
 
     def _update(self, what, table, layers, mode):

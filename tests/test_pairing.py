@@ -213,3 +213,40 @@ def test_shape_mismatch_names_both_paths_and_shapes_and_writes_nothing(src, dst)
     assert "1.weight" in msg and "[6, 5]" in msg or "[5, 6]" in msg
     assert "[5, 7]" in msg or "[7, 5]" in msg
     assert_unchanged(b, snap)
+
+
+# -- a layer with no tensors on one side, alone inside a list ----------------------------------------------
+def _listed(fw, kind):
+    import paddle
+    import torch
+
+    if fw == "torch":
+        norm = (torch.nn.BatchNorm1d(4, affine=False, track_running_stats=False) if kind == "batchnorm"
+                else torch.nn.InstanceNorm1d(4))
+        lin, blocks, base = torch.nn.Linear(4, 4), torch.nn.ModuleList([norm]), torch.nn.Module
+    else:
+        norm = (paddle.nn.BatchNorm1D(4, weight_attr=False, bias_attr=False, use_global_stats=False)
+                if kind == "batchnorm" else paddle.nn.InstanceNorm1D(4))
+        lin, blocks, base = paddle.nn.Linear(4, 4), paddle.nn.LayerList([norm]), paddle.nn.Layer
+
+    class Listed(base):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.blocks = lin, blocks
+
+        def forward(self, x):
+            x = self.lin(x)
+            for block in self.blocks:
+                x = block(x)
+            return x
+
+    return Listed()
+
+
+@pytest.mark.parametrize("kind", ["batchnorm", "instancenorm"])
+@pytest.mark.parametrize("src,dst", [("torch", "paddle"), ("paddle", "torch")])
+def test_a_tensorless_layer_alone_in_a_list_pairs_like_anywhere_else(kind, src, dst):
+    from helpers import assert_transfer_equivalent
+
+    shape = (3, 4, 4) if kind == "instancenorm" else (5, 4)
+    assert_transfer_equivalent(lambda fw: _listed(fw, kind), src, dst, [shape])

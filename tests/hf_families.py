@@ -1,0 +1,425 @@
+"""Tiny random-weight HuggingFace transformers (torch) / PaddleFormers (paddle) model pairs.
+
+A registry (`FAMILIES`, `BY_NAME`) of every model family that transformers 5.3.0 and
+paddleformers 1.2.0 both ship and that builds on a CPU. Each `Family` builds the SAME
+configuration (same sizes) on both sides, in eval mode with dropout 0, with weights
+drawn from the seed (the two sides' weights are NOT equal: each framework initialises
+its own way; a transfer has to make them equal).
+
+Sizes: hidden 64, 2 layers, vocab 128, 4 query heads / 2 key-value heads (GQA) where the
+family supports it, head_dim 16. Inputs are short (batch 2, sequence 9 by default).
+
+Inputs: `inputs(batch=2, seq=9)` returns a dict of numpy arrays keyed by the forward
+argument names: `{"input_ids": int64 [batch, seq]}` (ids in 1..VOCAB-1, no pad id) for the
+text families; `{"hidden_states": float32 [32, 96], "grid_thw": int64 [[1, 4, 8]]}` for the
+vision towers (flattened 3 x 2 x 4 x 4 pixel patches of one 4 x 8-patch image; batch/seq
+ignored). `forward_torch` / `forward_paddle` return float32 numpy: logits [B, S, VOCAB]
+for *ForCausalLM, last hidden state [B, S, HIDDEN] for the text models, merged patch
+features [8, HIDDEN] for the vision towers.
+
+Verified here (torch weights copied into paddle, outputs equal to <= 3e-6):
+- paddle.nn.Linear weights are [in, out] (transpose); paddle `lm_head` is `LMHead`
+  [vocab, hidden] (no transpose); Embedding, norms, Conv3D/Conv2D copy unchanged.
+- fused `self_attn.qkv_proj` (ERNIE-4.5, Gemma3, Qwen2.5-VL text, Qwen3-VL text): output
+  columns per KV group g = [q heads of g | k head g | v head g]; bias the same way.
+- fused `mlp.up_gate_proj` (same families, ERNIE-MoE experts / shared experts): [gate | up].
+- Phi3 `qkv_proj` ([q | k | v]) and `gate_up_proj`, GLM-OCR `gate_up_proj` and vision
+  `attn.qkv`: same name and layout on both sides, transposing copy suffices.
+- GPT-OSS experts/router are raw parameters with the same [E, ...] layout on both sides.
+
+Import order matters: transformers must be imported before paddleformers (PaddleFormers
+switches transformers' torch detection off when it comes first). Both are hard
+requirements of this module (no importorskip).
+"""
+
+import dataclasses
+from typing import Callable
+
+import numpy as np
+
+import transformers  # noqa: F401  (must come before paddleformers)
+import torch
+
+import paddleformers  # noqa: F401,E402
+import paddle  # noqa: E402
+
+# ---------------------------------------------------------------- shared sizes
+VOCAB = 128
+HIDDEN = 64
+INTER = 96
+LAYERS = 2
+HEADS = 4
+KV_HEADS = 2
+HEAD_DIM = HIDDEN // HEADS  # 16
+MAX_POS = 64
+
+
+@dataclasses.dataclass
+class Family:
+    name: str
+    torch_model: Callable  # seed -> torch.nn.Module (eval)
+    paddle_model: Callable  # seed -> paddle.nn.Layer (eval)
+    inputs: Callable  # (batch=2, seq=9) -> dict of numpy arrays
+    forward_torch: Callable  # (model, inputs) -> numpy array
+    forward_paddle: Callable  # (model, inputs) -> numpy array
+    runs_on_cpu: bool = True
+    notes: str = ""
+
+
+# ---------------------------------------------------------------- helpers
+def _torch_build(cls, config, seed):
+    config._attn_implementation = "eager"
+    torch.manual_seed(seed)
+    model = cls(config)
+    return model.eval()
+
+
+def _paddle_prepare(config):
+    # TRAPS.md: no CPU build of the fused kernels.
+    config.fuse_rms_norm = False
+    for flag in ("use_fused_rope", "use_flash_attention", "apply_rope_fusion", "fuse_swiglu",
+                 "fuse_attention_qkv", "fuse_attention_ffn", "fuse_linear", "use_fused_head_and_loss_fn",
+                 "use_fused_linear_cross_entropy", "fuse_gate_detach_matmul", "use_fused_linear"):
+        if hasattr(config, flag):
+            setattr(config, flag, False)
+    return config
+
+
+def _paddle_build(cls, config, seed):
+    _paddle_prepare(config)
+    paddle.seed(seed)
+    model = cls(config)
+    return model.eval()
+
+
+def _ids(batch=2, seq=9, vocab=VOCAB, seed=1234):
+    # Token 0 is avoided (pad id of several configs: paddle's Embedding zeros it).
+    rng = np.random.default_rng(seed)
+    return {"input_ids": rng.integers(1, vocab, size=(batch, seq), dtype=np.int64)}
+
+
+def _np(x):
+    if isinstance(x, torch.Tensor):
+        return x.detach().float().cpu().numpy()
+    return np.asarray(x.astype("float32").numpy())
+
+
+def _first(out, *names):
+    """The named field of a model output (dataclass, dict or tuple: first element)."""
+    for n in names:
+        v = getattr(out, n, None)
+        if v is None and isinstance(out, dict):
+            v = out.get(n)
+        if v is not None:
+            return v
+    if isinstance(out, (tuple, list)):
+        return out[0]
+    return out
+
+
+def _fwd_torch(field):
+    def f(model, inputs):
+        with torch.no_grad():
+            out = model(**{k: torch.from_numpy(v) for k, v in inputs.items()})
+        return _np(_first(out, field))
+    return f
+
+
+def _fwd_paddle(field):
+    def f(model, inputs):
+        with paddle.no_grad():
+            out = model(**{k: paddle.to_tensor(v) for k, v in inputs.items()})
+        return _np(_first(out, field))
+    return f
+
+
+_LM = dict(inputs=_ids, forward_torch=_fwd_torch("logits"), forward_paddle=_fwd_paddle("logits"))
+_HS = dict(inputs=_ids, forward_torch=_fwd_torch("last_hidden_state"),
+           forward_paddle=_fwd_paddle("last_hidden_state"))
+
+_COMMON = dict(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=INTER, num_hidden_layers=LAYERS,
+               num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, max_position_embeddings=MAX_POS,
+               rms_norm_eps=1e-6)
+
+
+def _rope(theta=10000.0):
+    return {"rope_type": "default", "rope_theta": theta}
+
+
+# ---------------------------------------------------------------- Llama
+def _llama(tied):
+    def cfg_t():
+        return transformers.LlamaConfig(**_COMMON, tie_word_embeddings=tied, rope_parameters=_rope())
+
+    def cfg_p():
+        from paddleformers.transformers import LlamaConfig
+        return LlamaConfig(**_COMMON, tie_word_embeddings=tied, rope_theta=10000.0)
+
+    def tm(seed=0):
+        return _torch_build(transformers.LlamaForCausalLM, cfg_t(), seed)
+
+    def pm(seed=0):
+        from paddleformers.transformers import LlamaForCausalLM
+        return _paddle_build(LlamaForCausalLM, cfg_p(), seed)
+
+    return Family(name="llama_tied" if tied else "llama", torch_model=tm, paddle_model=pm, **_LM,
+                  notes=("tie_word_embeddings=%s; names and shapes equal apart from Linear [out,in]/[in,out]; "
+                         "lm_head is paddle LMHead [vocab, hidden] (not transposed)" % tied))
+
+
+# ---------------------------------------------------------------- Phi3
+def _phi3():
+    kw = dict(_COMMON, pad_token_id=0, tie_word_embeddings=False, resid_pdrop=0.0, embd_pdrop=0.0,
+              attention_dropout=0.0, original_max_position_embeddings=MAX_POS)
+
+    def tm(seed=0):
+        return _torch_build(transformers.Phi3ForCausalLM, transformers.Phi3Config(**kw, rope_parameters=_rope()), seed)
+
+    def pm(seed=0):
+        from paddleformers.transformers import Phi3Config, Phi3ForCausalLM
+        return _paddle_build(Phi3ForCausalLM, Phi3Config(**kw, rope_theta=10000.0), seed)
+
+    return Family(name="phi3", torch_model=tm, paddle_model=pm, **_LM, notes="pad_token_id must be set (paddle); qkv_proj [all q | all k | all v] and gate_up_proj "
+                        "[gate | up] on both sides: name-by-name copy works")
+
+
+# ---------------------------------------------------------------- ERNIE-4.5 (dense)
+def _ernie45():
+    kw = dict(_COMMON, head_dim=HEAD_DIM, use_bias=False, tie_word_embeddings=True)
+
+    def tm(seed=0):
+        return _torch_build(transformers.Ernie4_5ForCausalLM,
+                            transformers.Ernie4_5Config(**kw, rope_parameters=_rope()), seed)
+
+    def pm(seed=0):
+        from paddleformers.transformers import Ernie4_5Config, Ernie4_5ForCausalLM
+        return _paddle_build(Ernie4_5ForCausalLM, Ernie4_5Config(**kw, rope_theta=10000.0), seed)
+
+    return Family(name="ernie4_5", torch_model=tm, paddle_model=pm, **_LM,
+                  notes="paddle fuses self_attn.qkv_proj (per KV group [q heads | k | v]) and mlp.up_gate_proj "
+                        "([gate | up]); tied embeddings")
+
+
+# ---------------------------------------------------------------- ERNIE-4.5-MoE
+MOE_EXPERTS = 4
+MOE_K = 2
+MOE_INTER = 24
+
+
+def _ernie45_moe():
+    kw = dict(_COMMON, head_dim=HEAD_DIM, use_bias=False, tie_word_embeddings=True,
+              moe_num_experts=MOE_EXPERTS, moe_k=MOE_K, moe_intermediate_size=MOE_INTER,
+              moe_num_shared_experts=2, moe_layer_start_index=1, moe_layer_end_index=1, moe_layer_interval=1)
+
+    def tm(seed=0):
+        return _torch_build(transformers.Ernie4_5_MoeForCausalLM,
+                            transformers.Ernie4_5_MoeConfig(**kw, rope_parameters=_rope()), seed)
+
+    def pm(seed=0):
+        from paddleformers.transformers import Ernie4_5_MoeConfig, Ernie4_5_MoeForCausalLM
+        return _paddle_build(Ernie4_5_MoeForCausalLM,
+                             Ernie4_5_MoeConfig(**kw, rope_theta=10000.0, num_nextn_predict_layers=0,
+                                                moe_use_aux_free=True), seed)
+
+    return Family(name="ernie4_5_moe", torch_model=tm, paddle_model=pm, **_LM, runs_on_cpu=False,
+                  notes="layer 0 dense, layer 1 MoE (4 experts, top-2, 2 shared experts); paddle built with "
+                        "num_nextn_predict_layers=0 (no MTP layers). Paddle forward on CPU raises RuntimeError "
+                        "'(NotFound) The kernel `expand_modality_expert_id` is not registered.'")
+
+
+# ---------------------------------------------------------------- Gemma3 (text)
+def _gemma3():
+    kw = dict(_COMMON, head_dim=HEAD_DIM, query_pre_attn_scalar=HEAD_DIM, sliding_window=4,
+              layer_types=["sliding_attention", "full_attention"], tie_word_embeddings=True,
+              attention_dropout=0.0)
+
+    def tm(seed=0):
+        c = transformers.Gemma3TextConfig(**kw, rope_parameters={"full_attention": _rope(10000.0),
+                                                                 "sliding_attention": _rope(10000.0)})
+        return _torch_build(transformers.Gemma3ForCausalLM, c, seed)
+
+    def pm(seed=0):
+        from paddleformers.transformers import Gemma3ForCausalLM, Gemma3TextConfig
+        return _paddle_build(Gemma3ForCausalLM,
+                             Gemma3TextConfig(**kw, rope_theta=10000.0, rope_local_base_freq=10000.0), seed)
+
+    return Family(name="gemma3_text", torch_model=tm, paddle_model=pm, **_LM,
+                  notes="sliding window 4 on layer 0 (shorter than the inputs); qkv/up_gate fused on paddle "
+                        "as for ERNIE-4.5; tied embeddings")
+
+
+# ---------------------------------------------------------------- GPT-OSS
+def _gpt_oss():
+    kw = dict(_COMMON, head_dim=HEAD_DIM, num_local_experts=MOE_EXPERTS, num_experts_per_tok=MOE_K,
+              intermediate_size=MOE_INTER, sliding_window=4, layer_types=["sliding_attention", "full_attention"],
+              tie_word_embeddings=False, attention_dropout=0.0)
+
+    def tm(seed=0):
+        return _torch_build(transformers.GptOssForCausalLM,
+                            transformers.GptOssConfig(**kw, rope_parameters=_rope(150000.0)), seed)
+
+    def pm(seed=0):
+        from paddleformers.transformers import GptOssConfig, GptOssForCausalLM
+        return _paddle_build(GptOssForCausalLM,
+                             GptOssConfig(**kw, rope_theta=150000.0, rope_scaling=None), seed)
+
+    return Family(name="gpt_oss", torch_model=tm, paddle_model=pm, inputs=_ids, forward_torch=_fwd_torch("logits"),
+                  forward_paddle=_fwd_paddle_gpt_oss,
+                  notes="default rope (theta 150000; the yarn defaults differ between the packages); "
+                        "forward_paddle runs GptOssExperts in training mode (dropout is 0), because paddle's "
+                        "eval path weights experts with routing_weights.transpose([0, 1]) (identity) and is wrong")
+
+
+def _fwd_paddle_gpt_oss(model, inputs):
+    experts = [layer for layer in model.sublayers() if type(layer).__name__ == "GptOssExperts"]
+    saved = [e.training for e in experts]
+    for e in experts:
+        e.training = True
+    try:
+        return _fwd_paddle("logits")(model, inputs)
+    finally:
+        for e, t in zip(experts, saved):
+            e.training = t
+
+
+# ---------------------------------------------------------------- Qwen2.5-VL
+MROPE = [2, 3, 3]  # sums to HEAD_DIM // 2
+
+
+def _qwen25vl_text():
+    kw = dict(_COMMON, tie_word_embeddings=False, attention_dropout=0.0, use_sliding_window=False)
+
+    def tm(seed=0):
+        from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLTextConfig
+        from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLTextModel
+        c = Qwen2_5_VLTextConfig(**kw, rope_parameters=dict(_rope(), mrope_section=MROPE))
+        return _torch_build(Qwen2_5_VLTextModel, c, seed)
+
+    def pm(seed=0):
+        from paddleformers.transformers.qwen2_5_vl.configuration import Qwen2_5_VLTextConfig
+        from paddleformers.transformers.qwen2_5_vl.modeling import Qwen2_5_VLTextModel
+        c = Qwen2_5_VLTextConfig(**kw, rope_theta=10000.0,
+                                 rope_scaling={"type": "mrope", "rope_type": "mrope", "mrope_section": MROPE})
+        return _paddle_build(Qwen2_5_VLTextModel, c, seed)
+
+    return Family(name="qwen2_5_vl_text", torch_model=tm, paddle_model=pm, **_HS,
+                  notes="text decoder only (Qwen2_5_VLTextModel), output = last hidden state; 1-D positions")
+
+
+# vision tower sizes: 2x2 spatial merge, patch 4, temporal patch 2, 3 channels -> 96 features per patch
+V_HIDDEN = 32
+V_HEADS = 4
+V_PATCH = 4
+V_TPATCH = 2
+V_MERGE = 2
+V_GRID = [[1, 4, 8]]  # one image of 4 x 8 patches -> 32 patches -> 8 merged tokens
+
+
+def _vision_inputs(batch=2, seq=9, seed=1234):
+    """Vision towers: `hidden_states` float32 [num_patches, 3*V_TPATCH*V_PATCH*V_PATCH] (flattened
+    pixel patches, as the image processor emits them) and `grid_thw` int64 [num_images, 3].
+    batch/seq are ignored: the image grid is fixed (V_GRID)."""
+    grid = np.array(V_GRID, dtype=np.int64)
+    n = int(np.prod(grid, axis=1).sum())
+    rng = np.random.default_rng(seed)
+    px = rng.standard_normal((n, 3 * V_TPATCH * V_PATCH * V_PATCH)).astype(np.float32)
+    return {"hidden_states": px, "grid_thw": grid}
+
+
+def _qwen25vl_vision():
+    kw = dict(depth=2, hidden_size=V_HIDDEN, intermediate_size=48, num_heads=V_HEADS, in_channels=3,
+              patch_size=V_PATCH, spatial_merge_size=V_MERGE, temporal_patch_size=V_TPATCH,
+              window_size=2 * V_PATCH * V_MERGE, out_hidden_size=HIDDEN, fullatt_block_indexes=[1],
+              hidden_act="silu")
+
+    def tm(seed=0):
+        from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVisionConfig
+        from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
+        return _torch_build(Qwen2_5_VisionTransformerPretrainedModel, Qwen2_5_VLVisionConfig(**kw), seed)
+
+    def pm(seed=0):
+        from paddleformers.transformers.qwen2_5_vl.configuration import Qwen2_5_VLVisionConfig
+        from paddleformers.transformers.qwen2_5_vl.modeling import Qwen2_5_VisionTransformerPretrainedModel
+        return _paddle_build(Qwen2_5_VisionTransformerPretrainedModel, Qwen2_5_VLVisionConfig(**kw), seed)
+
+    return Family(name="qwen2_5_vl_vision", torch_model=tm, paddle_model=pm, inputs=_vision_inputs,
+                  forward_torch=_fwd_torch("pooler_output"), forward_paddle=_fwd_paddle("pooler_output"),
+                  notes="vision tower; output = merged patch features [num_patches/4, out_hidden]")
+
+
+# ---------------------------------------------------------------- Qwen3-VL text
+def _qwen3vl_text():
+    kw = dict(_COMMON, head_dim=HEAD_DIM, tie_word_embeddings=False, attention_dropout=0.0)
+    rp = dict(_rope(), mrope_section=MROPE, mrope_interleaved=True)
+
+    def tm(seed=0):
+        from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLTextConfig
+        from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLTextModel
+        return _torch_build(Qwen3VLTextModel, Qwen3VLTextConfig(**kw, rope_parameters=dict(rp)), seed)
+
+    def pm(seed=0):
+        from paddleformers.transformers.qwen3_vl.configuration import Qwen3VLTextConfig
+        from paddleformers.transformers.qwen3_vl.modeling import Qwen3VLTextModel
+        return _paddle_build(Qwen3VLTextModel, Qwen3VLTextConfig(**kw, rope_theta=10000.0,
+                                                                 rope_parameters=dict(rp)), seed)
+
+    return Family(name="qwen3_vl_text", torch_model=tm, paddle_model=pm, **_HS,
+                  notes="text model only (Qwen3VLTextModel), output = last hidden state")
+
+
+# ---------------------------------------------------------------- GLM-OCR
+def _glm_ocr_text():
+    kw = dict(_COMMON, attention_dropout=0.0, pad_token_id=0)
+
+    def tm(seed=0):
+        from transformers.models.glm_ocr.configuration_glm_ocr import GlmOcrTextConfig
+        from transformers.models.glm_ocr.modeling_glm_ocr import GlmOcrTextModel
+        return _torch_build(GlmOcrTextModel, GlmOcrTextConfig(**kw, rope_parameters=dict(_rope(), mrope_section=MROPE)),
+                            seed)
+
+    def pm(seed=0):
+        from paddleformers.transformers.glm_ocr.configuration import GlmOcrTextConfig
+        from paddleformers.transformers.glm_ocr.modeling import GlmOcrTextModel
+        return _paddle_build(GlmOcrTextModel, GlmOcrTextConfig(**kw, rope_theta=10000.0, mrope_section=MROPE,
+                                                               rope_parameters=dict(_rope(), mrope_section=MROPE)), seed)
+
+    return Family(name="glm_ocr_text", torch_model=tm, paddle_model=pm, **_HS,
+                  notes="text decoder only (GlmOcrTextModel), output = last hidden state; 1-D positions")
+
+
+def _glm_ocr_vision():
+    kw = dict(depth=2, hidden_size=V_HIDDEN, intermediate_size=48, num_heads=V_HEADS, in_channels=3,
+              patch_size=V_PATCH, spatial_merge_size=V_MERGE, temporal_patch_size=V_TPATCH, image_size=8 * V_PATCH,
+              out_hidden_size=HIDDEN, attention_bias=True, hidden_act="silu")
+
+    def tm(seed=0):
+        from transformers.models.glm_ocr.configuration_glm_ocr import GlmOcrVisionConfig
+        from transformers.models.glm_ocr.modeling_glm_ocr import GlmOcrVisionModel
+        return _torch_build(GlmOcrVisionModel, GlmOcrVisionConfig(**kw), seed)
+
+    def pm(seed=0):
+        from paddleformers.transformers.glm_ocr.configuration import GlmOcrVisionConfig
+        from paddleformers.transformers.glm_ocr.modeling import GlmOcrVisionModel
+        return _paddle_build(GlmOcrVisionModel, GlmOcrVisionConfig(**kw), seed)
+
+    return Family(name="glm_ocr_vision", torch_model=tm, paddle_model=pm, inputs=_vision_inputs,
+                  forward_torch=_fwd_torch("pooler_output"), forward_paddle=_fwd_paddle("pooler_output"),
+                  notes="vision tower; output = merged patch features")
+
+
+# ---------------------------------------------------------------- registry
+FAMILIES = [
+    _llama(tied=False),
+    _llama(tied=True),
+    _phi3(),
+    _ernie45(),
+    _ernie45_moe(),
+    _gemma3(),
+    _gpt_oss(),
+    _qwen25vl_text(),
+    _qwen25vl_vision(),
+    _qwen3vl_text(),
+    _glm_ocr_text(),
+    _glm_ocr_vision(),
+]
+BY_NAME = {f.name: f for f in FAMILIES}
