@@ -17,21 +17,24 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import layout
+from . import align, layout
 from .errors import DiffError, DiffInputError, OutputStructureError
 from .pairing import pair_models
 from .proxy import create_model
 from .special_init import init_pool
+from .stream import BaseFailed, Stash
 
 PHASES = ("forward", "both")
 INPUT_FORMS = (
     "accepted input forms: ({'x': base_tensor}, {'x': raw_tensor}) - keyword inputs for each model, base "
-    "first (PaDiff's form); a numpy array; or a tuple/list of numpy arrays fed positionally to both models"
+    "first (PaDiff's form); a numpy array; a tuple/list of numpy arrays fed positionally to both models; or a "
+    "dict of numpy arrays fed by keyword to both (e.g. {'input_ids': ids})"
 )
 
 
@@ -54,7 +57,8 @@ class LayerDiff:
     mismatched: int  # values outside atol + rtol * |base|
     total: int
     inputs_agree: bool | None = None  # only for the first divergence; None when the inputs hold no tensors
-    note: str = ""
+    note: str = ""  # how the outputs were aligned (broadcast, merged dimensions, fields left out)
+    raw_output: str = ""  # the raw output the shapes refer to, when it is not at the same place as the base one
 
     @property
     def ok(self) -> bool:
@@ -64,6 +68,25 @@ class LayerDiff:
         return (f"base {_p(self.base_path)} ({self.base_class}) {list(self.base_shape)} vs raw {_p(self.raw_path)} "
                 f"({self.raw_class}) {list(self.raw_shape)}: max abs diff {self.max_abs_diff:.3g}, max rel diff "
                 f"{self.max_rel_diff:.3g}, {self.mismatched} of {self.total} values outside tolerance")
+
+
+@dataclass
+class NotComparable:
+    """A call whose outputs cannot be aligned between the two sides: listed, never counted as a difference."""
+
+    base_path: str
+    raw_path: str
+    base_class: str
+    raw_class: str
+    call: int
+    order: int
+    reason: str
+    base_structure: str
+    raw_structure: str
+
+    def __str__(self):
+        return (f"base {_p(self.base_path)} ({self.base_class}) returns {self.base_structure}, raw "
+                f"{_p(self.raw_path)} ({self.raw_class}) returns {self.raw_structure}: {self.reason}")
 
 
 @dataclass
@@ -116,7 +139,7 @@ class DiffResult:
     max_rel_diff: float
     mismatched: int  # final output values outside tolerance
     total: int
-    output_structure: str
+    output_structure: str  # the base model's output, e.g. "CausalLMOutputWithPast(logits=Tensor[2, 9, 128], ...)"
     first_diff: LayerDiff | None = None
     first_grad_diff: GradDiff | None = None
     layers: list[LayerDiff] = field(default_factory=list)  # every compared call, in base call order
@@ -124,6 +147,16 @@ class DiffResult:
     notes: list[str] = field(default_factory=list)
     transfer: object = None  # the TransferReport when auto_init ran
     tree: list[_TreeLine] = field(default_factory=list)
+    not_comparable: list[NotComparable] = field(default_factory=list)  # calls whose outputs cannot be aligned
+    raw_output_structure: str = ""
+    peak_held_bytes: int = 0  # the most bytes of base outputs held at once, waiting for raw's matching call
+    interleaved: bool = False  # base ran a layer ahead of raw in a second thread
+
+    def to_html(self, path) -> str:
+        """Write one self-contained HTML page (model tree, per-layer chart) to ``path``; returns the path."""
+        from .html_report import write_html
+
+        return write_html(self, path)
 
     @property
     def ok(self) -> bool:
@@ -141,19 +174,36 @@ def _p(path: str) -> str:
 
 
 # -- comparing arrays ----------------------------------------------------------
+_CHUNK = 1 << 20  # values compared at once: the float64 temporaries stay a few MB whatever the activation
+
+
 def compare_arrays(base, raw, atol: float, rtol: float) -> tuple[float, float, int]:
     """(max abs diff, max rel diff, values outside tolerance) of two numpy arrays.
 
     A value is outside tolerance when ``|raw - base| > atol + rtol * |base|``. NaN and Inf are
     compared by position: NaN equals NaN, Inf equals Inf of the same sign; any other pairing with a
     non-finite value is a mismatch, and makes both maxima infinite. The relative difference is
-    ``|raw - base| / max(|base|, |raw|)`` (0 where both are 0). Different shapes: every value mismatches.
+    ``|raw - base| / max(|base|, |raw|)`` (0 where both are 0). Different shapes: every value mismatches
+    (``align.fitted`` makes broadcast-equal or merged shapes one shape first). Big arrays are compared
+    in blocks along their first axis.
     """
     base, raw = np.asarray(base), np.asarray(raw)
     if base.shape != raw.shape:
         return math.inf, math.inf, max(base.size, raw.size, 1)
     if base.size == 0:
         return 0.0, 0.0, 0
+    if base.ndim == 0 or base.size <= _CHUNK:
+        return _compare_block(base, raw, atol, rtol)
+    step = max(1, _CHUNK // max(1, base.size // base.shape[0]))
+    worst_abs = worst_rel = 0.0
+    n = 0
+    for i in range(0, base.shape[0], step):
+        ma, mr, k = _compare_block(base[i:i + step], raw[i:i + step], atol, rtol)
+        worst_abs, worst_rel, n = max(worst_abs, ma), max(worst_rel, mr), n + k
+    return worst_abs, worst_rel, n
+
+
+def _compare_block(base, raw, atol, rtol):
     kind = np.complex128 if np.iscomplexobj(base) or np.iscomplexobj(raw) else np.float64
     a, b = base.astype(kind), raw.astype(kind)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
@@ -170,76 +220,44 @@ def compare_arrays(base, raw, atol: float, rtol: float) -> tuple[float, float, i
     return float(d.max()), float(rel.max()), n
 
 
-# -- capturing outputs ---------------------------------------------------------
-def _capture(obj, adapter, where="out"):
-    """(leaves, structure): leaves are (where, numpy copy or plain value); structure names the nesting and shapes."""
-    leaves: list[tuple[str, object]] = []
-
-    def walk(o, w):
-        if adapter.is_tensor(o):
-            v = adapter.snapshot(o)
-            leaves.append((w, v))
-            return f"Tensor{list(v.shape)}"
-        if isinstance(o, Mapping):
-            return f"{type(o).__name__}(" + ", ".join(f"{k}={walk(o[k], f'{w}[{k!r}]')}" for k in o) + ")"
-        if isinstance(o, (tuple, list)):
-            return f"{type(o).__name__}(" + ", ".join(walk(x, f"{w}[{i}]") for i, x in enumerate(o)) + ")"
-        if dataclasses.is_dataclass(o) and not isinstance(o, type):
-            fs = [f.name for f in dataclasses.fields(o)]
-            return f"{type(o).__name__}(" + ", ".join(f"{n}={walk(getattr(o, n), f'{w}.{n}')}" for n in fs) + ")"
-        leaves.append((w, o))
-        return type(o).__name__
-
-    structure = walk(obj, where)
-    return leaves, structure
-
-
 @dataclass
-class _Call:
-    pair: int
-    call: int
-    out: tuple  # (leaves, structure)
-    inputs: tuple
+class _Compared:
+    output: str
+    raw_output: str
+    base_shape: tuple
+    raw_shape: tuple
+    max_abs: float
+    max_rel: float
+    mismatched: int
+    total: int
+    note: str
 
 
-def _tensors(leaves):
-    return [(w, v) for w, v in leaves if isinstance(v, np.ndarray)]
-
-
-def _compare_captures(bcap, rcap, atol, rtol, strict: bool, what: str):
-    """Compare two captures; returns (output, base_shape, raw_shape, max_abs, max_rel, mismatched, total, note)."""
-    (bl, bs), (rl, rs) = bcap, rcap
-    note = ""
-    if bs != rs:
-        if strict:
-            raise OutputStructureError(
-                f"{what}: the models return outputs of different structure: base returns {bs}, raw returns {rs}; "
-                "make both return the same nesting of tensors (for example wrap one model so it returns the "
-                "same tuple or dict), or compare a submodule whose outputs agree in form"
-            )
-        bt, rt = _tensors(bl), _tensors(rl)
-        if not bt or not rt:
-            return None
-        bl, rl = bt[:1], rt[:1]
-        note = f"outputs differ in structure (base {bs}, raw {rs}): the first tensors were compared"
-    worst = (0.0, 0.0)
+def _compare_aligned(al: align.Alignment, atol, rtol) -> _Compared | None:
+    """Compare every aligned pair; None when no tensor could be paired."""
+    if not any(p.how != "value" for p in al.pairs):
+        return None
+    worst_abs = worst_rel = 0.0
     mismatched = total = 0
     shown = None
-    for (w, bv), (_, rv) in zip(bl, rl):
-        if isinstance(bv, np.ndarray) and isinstance(rv, np.ndarray):
-            ma, mr, n = compare_arrays(bv, rv, atol, rtol)
-            size = max(bv.size, rv.size)
-        else:  # plain values (None, numbers, strings) must be equal; NaN meets NaN
-            ma, mr, n, size = 0.0, 0.0, int(not _same_value(bv, rv)), 1
-            bv = rv = np.zeros(())
-        worst = (max(worst[0], ma), max(worst[1], mr))
+    for p in al.pairs:
+        if p.how == "value":  # plain values (None, numbers, strings) must be equal; NaN meets NaN
+            ma, mr, n, size = 0.0, 0.0, int(not _same_value(p.base, p.raw)), 1
+            bshape = rshape = ()
+        else:
+            b, r = align.fitted(p.base, p.raw, p.how)
+            ma, mr, n = compare_arrays(b, r, atol, rtol)
+            size, bshape, rshape = b.size, tuple(p.base.shape), tuple(p.raw.shape)
+        worst_abs, worst_rel = max(worst_abs, ma), max(worst_rel, mr)
         mismatched += n
         total += size
-        if shown is None or (n and not shown[3]):
-            shown = (w, tuple(np.shape(bv)), tuple(np.shape(rv)), n)
-    if shown is None:
-        shown = ("out", (), (), 0)
-    return shown[0], shown[1], shown[2], worst[0], worst[1], mismatched, total, note
+        if shown is None or (n and not shown[4]):
+            shown = (p.base_where, p.raw_where, bshape, rshape, n)
+    notes = list(al.notes)
+    if al.only_base or al.only_raw or al.unaligned:
+        notes.append("not compared: " + al.reason())
+    return _Compared(shown[0], shown[1], shown[2], shown[3], worst_abs, worst_rel, mismatched, total,
+                     "; ".join(notes))
 
 
 def _same_value(a, b) -> bool:
@@ -278,6 +296,9 @@ def _split_inputs(inputs, base, raw):
                 out[k] = v
             sides.append(((), out))
         return sides[0], sides[1]
+    if isinstance(inputs, Mapping) and inputs and all(isinstance(v, np.ndarray) for v in inputs.values()):
+        return (((), {k: base.adapter.to_tensor(v) for k, v in inputs.items()}),
+                ((), {k: raw.adapter.to_tensor(v) for k, v in inputs.items()}))
     if isinstance(inputs, (tuple, list)) and inputs and all(isinstance(x, np.ndarray) for x in inputs):
         return ((tuple(base.adapter.to_tensor(a) for a in inputs), {}),
                 (tuple(raw.adapter.to_tensor(a) for a in inputs), {}))
@@ -285,19 +306,20 @@ def _split_inputs(inputs, base, raw):
 
 
 # -- running -------------------------------------------------------------------
-def _run(proxy, hooked, args, kwargs, grad: bool):
-    """Forward ``proxy`` in eval mode with ``hooked`` [(pair index, module)]; hooks removed and modes restored always."""
+def _run(proxy, hooked, args, kwargs, grad: bool, on_call):
+    """Forward ``proxy`` in eval mode calling ``on_call(pair index, call number, args, kwargs, output)``
+    after each call of a ``hooked`` [(pair index, module)]; returns the model's output. Hooks are removed
+    and training modes restored always."""
     adapter = proxy.adapter
-    calls: list[_Call] = []
     counts: dict[int, int] = {}
 
     def make(idx):
-        def on_call(inputs, output):
+        def hook(a, kw, output):
             k = counts.get(idx, 0)
             counts[idx] = k + 1
-            calls.append(_Call(idx, k, _capture(output, adapter), _capture(inputs, adapter, "in")))
+            on_call(idx, k, a, kw, output)
 
-        return on_call
+        return hook
 
     modes = [(m, adapter.is_training(m)) for _, m in proxy.named_modules()]
     handles = []
@@ -307,12 +329,13 @@ def _run(proxy, hooked, args, kwargs, grad: bool):
         adapter.set_training(proxy.model, False)
         try:
             out = adapter.forward(proxy.model, args, kwargs, grad)
+        except BaseFailed:
+            raise
         except Exception as exc:
             raise DiffError(
                 f"the {proxy.framework} model {proxy.name} failed on the given inputs: {type(exc).__name__}: {exc}; "
                 "check the inputs' shapes, dtypes and names"
             ) from exc
-        final = _capture(out, adapter)
         if grad:
             leaves = []
             _collect_tensors(out, adapter, leaves)
@@ -324,7 +347,7 @@ def _run(proxy, hooked, args, kwargs, grad: bool):
             if not ran:
                 raise DiffError(f"the {proxy.framework} model {proxy.name} returned no floating tensor that needs a "
                                 "gradient; diff_phase='both' needs trainable parameters, use diff_phase='forward'")
-        return calls, final
+        return out
     finally:
         for h in handles:
             h.remove()
@@ -346,21 +369,123 @@ def _collect_tensors(obj, adapter, out):
             _collect_tensors(getattr(obj, f.name), adapter, out)
 
 
+class _Session:
+    """One comparison: the base side stashes each hooked call's outputs, the raw side compares and drops them."""
+
+    def __init__(self, base, raw, pairs, atol, rtol, interleave: bool):
+        self.base, self.raw, self.pairs = base, raw, pairs
+        self.atol, self.rtol = atol, rtol
+        self.stash = Stash(budget=0 if interleave else None)
+        self.interleave = interleave
+        self.order = 0
+        self.layers: list[LayerDiff] = []
+        self.not_comparable: list[NotComparable] = []
+        self.only: dict[int, str] = {}
+        self.first: LayerDiff | None = None
+        self.first_raw_inputs = None
+
+    def on_base(self, idx, k, _args, _kwargs, output):
+        node = align.capture(output, self.base.adapter)
+        self.stash.put((idx, k), (self.order, node), node.nbytes)
+        self.order += 1
+
+    def on_raw(self, idx, k, args, kwargs, output):
+        got = self.stash.take((idx, k))
+        if got is None:
+            self.only.setdefault(idx, "raw")
+            return
+        order, bnode = got
+        rnode = align.capture(output, self.raw.adapter)
+        pair = self.pairs[idx]
+        classes = (type(pair.base.module).__name__, type(pair.raw.module).__name__)
+        al = align.align(bnode, rnode)
+        c = _compare_aligned(al, self.atol, self.rtol)
+        if c is None:
+            self.not_comparable.append(NotComparable(pair.base.path, pair.raw.path, *classes, k, order, al.reason(),
+                                                     str(bnode), str(rnode)))
+            return
+        ld = LayerDiff(pair.base.path, pair.raw.path, *classes, k, order, c.output, c.base_shape, c.raw_shape,
+                       c.max_abs, c.max_rel, c.mismatched, c.total, note=c.note, raw_output=c.raw_output)
+        self.layers.append(ld)
+        if not ld.ok and (self.first is None or order < self.first.order):
+            self.first = ld  # raw runs in its own call order: keep the earliest in the base's order
+            self.first_raw_inputs = align.capture_inputs(args, kwargs, self.raw.adapter)
+
+    def run(self, bargs, bkw, rargs, rkw, grad: bool):
+        """(base output, raw output) of the two forwards, every hooked call compared on the way."""
+        hb, hr = self.hooked
+        if not self.interleave:
+            bout = _run(self.base, hb, bargs, bkw, grad, self.on_base)
+            self.stash.base_finished()
+            rout = _run(self.raw, hr, rargs, rkw, grad, self.on_raw)
+        else:
+            box = {}
+
+            def base_thread():
+                try:
+                    box["out"] = _run(self.base, hb, bargs, bkw, grad, self.on_base)
+                except BaseException as exc:  # handed to the caller's thread below
+                    box["error"] = exc
+                finally:
+                    self.stash.base_finished(box.get("error"))
+
+            t = threading.Thread(target=base_thread, name="padiff-lite-base", daemon=True)
+            t.start()
+            rout, raw_error = None, None
+            try:
+                rout = _run(self.raw, hr, rargs, rkw, grad, self.on_raw)
+            except BaseFailed:
+                pass
+            except BaseException as exc:
+                raw_error = exc
+            finally:
+                self.stash.raw_finished()
+                t.join()
+            if "error" in box:  # the base model's failure first, as in a sequential run
+                raise box["error"]
+            if raw_error is not None:
+                raise raw_error
+            bout = box["out"]
+        for idx, _ in self.stash.leftovers():
+            self.only.setdefault(idx, "base")
+        return bout, rout
+
+
+def _inputs_at(proxy, module, call, args, kwargs):
+    """The inputs of the ``call``-th call of ``module``, from one more forward of ``proxy`` (no gradients)."""
+    found = {}
+
+    def on_call(_idx, k, a, kw, _out):
+        if k == call:
+            found["in"] = align.capture_inputs(a, kw, proxy.adapter)
+
+    _run(proxy, [(0, module)], args, kwargs, False, on_call)
+    return found.get("in")
+
+
 # -- the entry point -------------------------------------------------------------
 def auto_diff(base, raw, inputs, atol: float = 1e-5, rtol: float = 1e-5, auto_init: bool = True,
-              diff_phase: str = "forward") -> DiffResult:
+              diff_phase: str = "forward", interleave: bool = True) -> DiffResult:
     """Run ``base`` and ``raw`` on the same inputs and compare every paired layer's outputs.
 
     base, raw: torch/paddle models or ProxyModels (their layer maps and black/white lists are used).
-    inputs: ``({"x": base_tensor}, {"x": raw_tensor})`` (PaDiff's form, base first), a numpy array, or
-        a tuple of numpy arrays fed positionally to both models (converted per framework, dtype kept).
+    inputs: ``({"x": base_tensor}, {"x": raw_tensor})`` (PaDiff's form, base first), a numpy array, a
+        tuple of numpy arrays fed positionally to both models, or a dict of numpy arrays fed by keyword
+        (``{"input_ids": ids}``); arrays are converted per framework, dtype kept.
     auto_init: transfer base -> raw with ``assign_weight`` first.
     diff_phase: "forward", or "both" to also compare parameter gradients of a backward pass on the
         sum of the outputs (the models' gradients are cleared before and after).
+    interleave: run base in a second thread, a layer ahead of raw, so that only about one layer's
+        outputs are held at a time (False: base runs to the end first and every paired layer's outputs
+        are held until raw reaches them). The results are the same.
+
+    Outputs of different form are aligned (``padiff_lite.align``): by field name, else by the position
+    of their tensors; broadcast-equal tensors are equal. A layer whose outputs cannot be aligned is
+    listed in ``not_comparable``, never counted as a difference.
 
     Returns a :class:`DiffResult` (true when everything agrees). Raises :class:`DiffInputError` for
-    inputs in an unknown form, :class:`OutputStructureError` when the final outputs differ in
-    structure, :class:`DiffError` when a model fails to run.
+    inputs in an unknown form, :class:`OutputStructureError` when no tensor of the final outputs can
+    be paired, :class:`DiffError` when a model fails to run.
     """
     if diff_phase not in PHASES:
         raise ValueError(f"diff_phase must be one of {PHASES}, got {diff_phase!r}")
@@ -385,19 +510,41 @@ def auto_diff(base, raw, inputs, atol: float = 1e-5, rtol: float = 1e-5, auto_in
         hooked_r.append((i, pair.raw.module))
 
     grad = diff_phase == "both"
+    session = _Session(base, raw, pairs, atol, rtol, interleave and not grad)
+    session.hooked = (hooked_b, hooked_r)
     try:
         if grad:
             base.adapter.clear_grads(base.model)
             raw.adapter.clear_grads(raw.model)
-        bcalls, bfinal = _run(base, hooked_b, bargs, bkw, grad)
-        rcalls, rfinal = _run(raw, hooked_r, rargs, rkw, grad)
-        what = f"{base.framework}:{base.name} vs {raw.framework}:{raw.name}"
-        _, _, _, fabs, frel, fbad, ftotal, _ = _compare_captures(bfinal, rfinal, atol, rtol, True, what)
+        bout, rout = session.run(bargs, bkw, rargs, rkw, grad)
+        bfinal, rfinal = align.capture(bout, base.adapter), align.capture(rout, raw.adapter)
+        del bout, rout
+        fabs, frel, fbad, ftotal, fnotes = _compare_final(bfinal, rfinal, base, raw, atol, rtol)
         result = DiffResult(f"{base.framework}:{base.name}", f"{raw.framework}:{raw.name}", diff_phase, atol, rtol,
-                            fabs, frel, fbad, ftotal, bfinal[1], transfer=report)
-        _compare_layers(result, pairs, bcalls, rcalls, atol, rtol)
+                            fabs, frel, fbad, ftotal, str(bfinal), transfer=report, raw_output_structure=str(rfinal))
+        result.notes.extend(fnotes)
+        result.layers = sorted(session.layers, key=lambda ld: ld.order)
+        result.not_comparable = sorted(session.not_comparable, key=lambda nc: nc.order)
+        result.peak_held_bytes = session.stash.peak
+        result.interleaved = session.interleave
+        if session.first is not None:
+            f = result.first_diff = session.first
+            module = pairs[next(i for i, m in hooked_b if pairs[i].base.path == f.base_path
+                                and pairs[i].raw.path == f.raw_path)].base.module
+            binputs = _inputs_at(base, module, f.call, bargs, bkw)
+            f.inputs_agree = _inputs_agree(binputs, session.first_raw_inputs, atol, rtol)
+        for idx, side in session.only.items():
+            pair = pairs[idx]
+            result.notes.append(
+                f"{_p(pair.base.path)} -> {_p(pair.raw.path)}: called more often on the {side} side; the extra calls "
+                "were not compared (a fused fast path or a module reused differently)")
+        if result.not_comparable:
+            names = sorted({_p(nc.base_path) for nc in result.not_comparable})
+            shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+            result.notes.append(f"{len(result.not_comparable)} calls not comparable (outputs of a different form "
+                                f"that cannot be aligned; see result.not_comparable): {shown}")
         if grad:
-            _compare_grads(result, base, raw, bcalls, pairs, atol, rtol)
+            _compare_grads(result, base, raw, pairs, atol, rtol)
     finally:
         if grad:
             base.adapter.clear_grads(base.model)
@@ -406,44 +553,45 @@ def auto_diff(base, raw, inputs, atol: float = 1e-5, rtol: float = 1e-5, auto_in
     return result
 
 
-def _compare_layers(result: DiffResult, pairs, bcalls, rcalls, atol, rtol):
-    raw_by = {(c.pair, c.call): c for c in rcalls}
-    base_keys = {(c.pair, c.call) for c in bcalls}
-    only = {}
-    for order, c in enumerate(bcalls):
-        rc = raw_by.get((c.pair, c.call))
-        pair = pairs[c.pair]
-        if rc is None:
-            only.setdefault(c.pair, "base")
-            continue
-        got = _compare_captures(c.out, rc.out, atol, rtol, False, "")
-        if got is None:
-            continue
-        output, bshape, rshape, ma, mr, bad, total, note = got
-        ld = LayerDiff(pair.base.path, pair.raw.path, type(pair.base.module).__name__,
-                       type(pair.raw.module).__name__, c.call, order, output, bshape, rshape, ma, mr, bad, total,
-                       note=note)
-        result.layers.append(ld)
-        if not ld.ok and result.first_diff is None:
-            result.first_diff = ld
-            ld.inputs_agree = _inputs_agree(c.inputs, rc.inputs, atol, rtol)
-    for c in rcalls:
-        if (c.pair, c.call) not in base_keys:
-            only.setdefault(c.pair, "raw")
-    for idx, side in only.items():
-        pair = pairs[idx]
-        result.notes.append(
-            f"{_p(pair.base.path)} -> {_p(pair.raw.path)}: called more often on the {side} side; the extra calls "
-            "were not compared (a fused fast path or a module reused differently)")
+def _compare_final(bfinal, rfinal, base, raw, atol, rtol):
+    """(max abs, max rel, mismatched, total, notes) of the models' own outputs."""
+    al = align.align(bfinal, rfinal)
+    notes = []
+    c = _compare_aligned(al, atol, rtol)
+    if c is None:
+        bt, rt = align.tensors(bfinal, "out"), align.tensors(rfinal, "out")
+        if bt and rt and align.fit(bt[0][1].shape, rt[0][1].shape):
+            al = align.Alignment()
+            align._tensor_pair(bt[0][0], rt[0][0], bt[0][1], rt[0][1], al)
+            c = _compare_aligned(al, atol, rtol)
+            notes.append(f"the final outputs differ in structure (base {bfinal}, raw {rfinal}): the first tensors "
+                         f"were compared ({bt[0][0]} with {rt[0][0]})")
+        else:
+            raise OutputStructureError(
+                f"{base.framework}:{base.name} vs {raw.framework}:{raw.name}: no tensor of the final outputs can be "
+                f"paired: base returns {bfinal}, raw returns {rfinal} ({al.reason()}); make one model return the "
+                "other's tensors (wrap it, or pick the output with a small module), or compare a submodule")
+    elif str(bfinal) != str(rfinal):
+        extra = [n for n in al.notes if not n.startswith("base returns")]
+        if bfinal.type != rfinal.type and bfinal.type.lower() == rfinal.type.lower():
+            extra.insert(0, "the class names differ only in case")
+        if al.only_base or al.only_raw or al.unaligned:
+            extra.append("not compared: " + al.reason())
+        notes.append(f"final outputs of a different form (base {bfinal}, raw {rfinal}): compared "
+                     + ", ".join(p.base_where if p.base_where == p.raw_where else f"{p.base_where} with {p.raw_where}"
+                                 for p in al.pairs if p.how != "value")
+                     + "".join(f"; {n}" for n in extra))
+    return c.max_abs, c.max_rel, c.mismatched, c.total, notes
 
 
-def _inputs_agree(bcap, rcap, atol, rtol):
-    bt, rt = _tensors(bcap[0]), _tensors(rcap[0])
-    if not bt or not rt:
+def _inputs_agree(bnode, rnode, atol, rtol):
+    if bnode is None or rnode is None:
         return None
-    if len(bt) != len(rt):
-        return False
-    return all(compare_arrays(b, r, atol, rtol)[2] == 0 for (_, b), (_, r) in zip(bt, rt))
+    al = align.align(bnode, rnode, "in", "in")
+    pairs = [p for p in al.pairs if p.how != "value"]
+    if not pairs:
+        return None
+    return all(compare_arrays(*align.fitted(p.base, p.raw, p.how), atol, rtol)[2] == 0 for p in pairs)
 
 
 # -- gradients -------------------------------------------------------------------
@@ -461,14 +609,13 @@ def _to_raw_layout(g, op):
     return g, notes
 
 
-def _compare_grads(result: DiffResult, base, raw, bcalls, pairs, atol, rtol):
+def _compare_grads(result: DiffResult, base, raw, pairs, atol, rtol):
     from .plan import build_plan
 
     plan = build_plan(base, raw)
     first_call = {}
-    for order, c in enumerate(bcalls):
-        p = pairs[c.pair]
-        first_call.setdefault((p.base.path, p.raw.path), order)
+    for c in sorted(result.layers + result.not_comparable, key=lambda c: c.order):
+        first_call.setdefault((c.base_path, c.raw_path), c.order)
     ba, ra = base.adapter, raw.adapter
     found = []
     for op in plan.ops:
@@ -526,6 +673,7 @@ def _tree(pairing, pairs, result: DiffResult, hooked: set[int]) -> list[_TreeLin
         if not ld.ok and (key not in worst or ld.max_abs_diff > worst[key].max_abs_diff):
             worst[key] = ld
         status.setdefault(key, "ok")
+    unaligned = {(nc.base_path, nc.raw_path) for nc in result.not_comparable}
     lines = []
     ordered = sorted(range(len(pairs)), key=lambda i: preorder.get(id(pairs[i].base), 1 << 30))
     for i in ordered:
@@ -535,6 +683,8 @@ def _tree(pairing, pairs, result: DiffResult, hooked: set[int]) -> list[_TreeLin
             s = f"DIFF max abs {worst[key].max_abs_diff:.3g}"
         elif key in status:
             s = "ok"
+        elif key in unaligned:
+            s = "not comparable"
         elif i in hooked:
             s = "not called"
         else:
@@ -556,13 +706,14 @@ def _render(r: DiffResult) -> list[str]:
     out.append(f"final outputs {r.output_structure}: max abs diff {r.max_abs_diff:.3g}, max rel diff "
                f"{r.max_rel_diff:.3g}, {r.mismatched} of {r.total} values outside tolerance")
     bad = sum(not ld.ok for ld in r.layers)
-    out.append(f"layers compared: {len(r.layers)} calls, {bad} outside tolerance")
+    out.append(f"layers compared: {len(r.layers)} calls, {bad} outside tolerance"
+               + (f"; {len(r.not_comparable)} calls not comparable" if r.not_comparable else ""))
     f = r.first_diff
     if f is not None:
         out.append(f"first divergence: call {f.order + 1} in the base model's call order"
                    f"{f' (call {f.call + 1} of this module)' if f.call else ''}:")
         out.append(f"  base {_p(f.base_path)} ({f.base_class})  {f.output} {list(f.base_shape)}")
-        out.append(f"  raw  {_p(f.raw_path)} ({f.raw_class})  {f.output} {list(f.raw_shape)}")
+        out.append(f"  raw  {_p(f.raw_path)} ({f.raw_class})  {f.raw_output or f.output} {list(f.raw_shape)}")
         out.append(f"  max abs diff {f.max_abs_diff:.3g}, max rel diff {f.max_rel_diff:.3g}, "
                    f"{f.mismatched} of {f.total} values outside tolerance")
         if f.note:

@@ -165,13 +165,36 @@ def _pairwise(framework, as_tuple):
     return Two().eval()
 
 
-def test_mismatched_output_structures_are_a_clear_error():
+def test_outputs_of_another_form_are_aligned_and_the_rest_listed():
+    x = inputs_for([(2, 3)])[0]
+    result = auto_diff(_pairwise("torch", True), _pairwise("paddle", False), x)
+    assert result.ok and result.total == 4  # out[0] met the raw tensor; the dict only base returns is listed
+    note = next(n for n in result.notes if "final outputs" in n)
+    assert "base tuple(Tensor[2, 2], dict(double=Tensor[2, 2]))" in note and "raw Tensor[2, 2]" in note
+    assert "out[0] with out" in note and "only the base side returns out[1]['double']" in note
+
+
+def _reduced(framework):
+    nn = models._nn(framework)
+
+    class Reduced(models._base(framework)):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.fc(x).sum(1)
+
+    return Reduced().eval()
+
+
+def test_outputs_that_cannot_be_paired_are_a_clear_error():
     x = inputs_for([(2, 3)])[0]
     with pytest.raises(OutputStructureError) as err:
-        auto_diff(_pairwise("torch", True), _pairwise("paddle", False), x)
+        auto_diff(_pairwise("torch", False), _reduced("paddle"), x)
     msg = str(err.value)
-    assert "base returns tuple(Tensor[2, 2], dict(double=Tensor[2, 2]))" in msg
-    assert "raw returns Tensor[2, 2]" in msg
+    assert "no tensor of the final outputs can be paired: base returns Tensor[2, 2], raw returns Tensor[2]" in msg
+    assert "out [2, 2] vs out [2]: the shapes are neither equal" in msg and "compare a submodule" in msg
 
 
 @pytest.mark.parametrize("src,dst", DIRECTIONS, ids=DIRECTION_IDS)

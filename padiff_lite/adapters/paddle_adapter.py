@@ -267,12 +267,12 @@ class PaddleAdapter(Adapter):
         return t.numpy().copy()
 
     def add_forward_hook(self, module, fn):
-        """Call ``fn(inputs, output)`` each time ``module`` finishes a forward; returns a removable handle."""
+        """Call ``fn(args, kwargs, output)`` each time ``module`` finishes a forward; returns a removable handle."""
 
-        def hook(_layer, inputs, output):
-            fn(inputs, output)  # returns None: the output is left as it is
+        def hook(_layer, args, kwargs, output):
+            fn(args, kwargs, output)  # returns None: the output is left as it is
 
-        return module.register_forward_post_hook(hook)
+        return module.register_forward_post_hook(hook, with_kwargs=True)
 
     def forward(self, model, args, kwargs, grad: bool):
         import paddle

@@ -165,8 +165,9 @@ class TorchAdapter(Adapter):
         return t.cpu().numpy().copy()
 
     def add_forward_hook(self, module, fn):
-        """Call ``fn(inputs, output)`` each time ``module`` finishes a forward; returns a removable handle."""
-        return module.register_forward_hook(lambda _m, inputs, output: fn(inputs, output))
+        """Call ``fn(args, kwargs, output)`` each time ``module`` finishes a forward; returns a removable handle."""
+        return module.register_forward_hook(lambda _m, args, kwargs, output: fn(args, kwargs, output),
+                                            with_kwargs=True)
 
     def forward(self, model, args, kwargs, grad: bool):
         with _torch().set_grad_enabled(grad):
