@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from .errors import PadiffError
@@ -52,19 +53,44 @@ def _load_callable(spec: str, flag: str):
 
     from .errors import DiffInputError
 
-    module_name, sep, attr = spec.partition(":")
+    module_name, sep, attr = spec.rpartition(":")
     if not sep or not module_name or not attr:
-        raise DiffInputError(f"{flag} {spec!r}: expected MODULE:CALLABLE, e.g. padiff_lite.models:mlp")
+        raise DiffInputError(f"{flag} {spec!r}: expected MODULE:CALLABLE or path/to/file.py:CALLABLE, "
+                             "e.g. padiff_lite.models:mlp")
     try:
-        obj = importlib.import_module(module_name)
+        if module_name.endswith(".py") or os.sep in module_name:
+            obj = _import_file(module_name)
+        else:
+            if "" not in sys.path and os.getcwd() not in sys.path:  # the console script does not add it
+                sys.path.append(os.getcwd())
+            obj = importlib.import_module(module_name)
         for part in attr.split("."):
             obj = getattr(obj, part)
-    except (ImportError, AttributeError) as exc:
+    except (ImportError, AttributeError, OSError) as exc:
         raise DiffInputError(f"{flag} {spec!r}: {type(exc).__name__}: {exc}; check the module is importable "
-                             "(PYTHONPATH) and defines that callable") from exc
+                             "(PYTHONPATH, or give a path/to/file.py) and defines that callable") from exc
+    except Exception as exc:  # the module itself raised while being imported
+        raise DiffInputError(f"{flag} {spec!r}: importing {module_name} raised {type(exc).__name__}: {exc}") from exc
     if not callable(obj):
         raise DiffInputError(f"{flag} {spec!r} is a {type(obj).__name__}, not a callable")
     return obj
+
+
+def _import_file(path: str):
+    """Import a Python file by path (its folder goes on sys.path, so its own imports work)."""
+    import importlib.util
+
+    path = os.path.abspath(path)
+    if not os.path.isfile(path):
+        raise ImportError(f"no file {path}")
+    folder, name = os.path.split(path)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    spec = importlib.util.spec_from_file_location(os.path.splitext(name)[0], path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def _build(spec: str, flag: str):
@@ -72,10 +98,29 @@ def _build(spec: str, flag: str):
 
     build = _load_callable(spec, flag)
     try:
-        return build()
+        model = build()
     except Exception as exc:
         raise DiffInputError(f"{flag} {spec}() raised {type(exc).__name__}: {exc}; the callable must build the "
                              "model with no arguments") from exc
+    from .adapters import adapter_for
+
+    adapter = adapter_for(model)
+    if adapter is None or not adapter.is_module(model):
+        raise DiffInputError(f"{flag} {spec}() returned {type(model).__module__}.{type(model).__qualname__}, not a "
+                             "torch.nn.Module or paddle.nn.Layer; the callable must return the model itself")
+    return model
+
+
+def _parse_range(text: str) -> tuple:
+    from .errors import DiffInputError
+
+    try:
+        low, high = (int(s) for s in text.split(","))
+    except ValueError:
+        low = high = 0
+    if high <= low:
+        raise DiffInputError(f"--int-range {text!r}: expected LOW,HIGH with LOW < HIGH (HIGH excluded), e.g. 1,32000")
+    return low, high
 
 
 def _parse_shape(text: str) -> tuple:
@@ -103,7 +148,22 @@ def _seed_frameworks(seed: int):
 
 
 def cmd_check(args) -> int:
-    """Build both models, transfer base -> raw, compare them layer by layer on a random input: 0 agree, 1 differ."""
+    """Build both models, transfer base -> raw, compare them layer by layer on a random input.
+
+    Exit 0 when they agree, 1 when they differ, 2 on any error: errors of the package keep their class;
+    anything else raised on the way (a model's own code, say) becomes a one-line DiffError.
+    """
+    try:
+        return _check(args)
+    except PadiffError:
+        raise
+    except Exception as exc:
+        from .errors import DiffError
+
+        raise DiffError(f"check failed: {type(exc).__name__}: {exc} (run with --debug for the traceback)") from exc
+
+
+def _check(args) -> int:
     import numpy as np
 
     from .compare import auto_diff
@@ -122,13 +182,21 @@ def cmd_check(args) -> int:
     raw = create_model(_build(args.raw, "--raw"))
     if args.weights:
         base.adapter.load_weights(base.model, args.weights)
+    names = args.input_name or []
+    if names and len(names) != len(shapes):
+        raise DiffInputError(f"{len(names)} --input-name for {len(shapes)} --input-shape; give one name per shape "
+                             "(or none, to feed the inputs by position)")
+    low, high = _parse_range(args.int_range)
     rng = np.random.default_rng(args.seed)
     if dtype.kind == "f":
         arrays = tuple(rng.standard_normal(s).astype(dtype) for s in shapes)
-    else:  # integer inputs (token ids, class indices): values 0 .. 7
-        arrays = tuple(rng.integers(0, 8, size=s).astype(dtype) for s in shapes)
-    result = auto_diff(base, raw, arrays, atol=args.atol, rtol=args.rtol, diff_phase=args.phase)
+    else:  # integer inputs (token ids, class indices): LOW .. HIGH-1
+        arrays = tuple(rng.integers(low, high, size=s).astype(dtype) for s in shapes)
+    inputs = dict(zip(names, arrays)) if names else arrays
+    result = auto_diff(base, raw, inputs, atol=args.atol, rtol=args.rtol, diff_phase=args.phase)
     print(result)
+    if args.html:
+        print(f"HTML report: {result.to_html(args.html)}")
     return 0 if result.ok else 1
 
 def cmd_convert(args) -> int:
@@ -180,11 +248,20 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Build both models (MODULE:CALLABLE, called with no arguments), transfer the "
                        "weights base -> raw, run both on the same random input and compare every paired layer. "
                        "Exit 0 when they agree, 1 when they differ, 2 on errors.")
-    c.add_argument("--base", required=True, metavar="MODULE:CALLABLE", help="builds the source model")
+    c.add_argument("--base", required=True, metavar="MODULE:CALLABLE",
+                   help="builds the source model (any importable module, or path/to/file.py:CALLABLE)")
     c.add_argument("--raw", required=True, metavar="MODULE:CALLABLE", help="builds the target model")
     c.add_argument("--input-shape", action="append", metavar="D1,D2,...",
                    help="shape of a random input; repeat for models taking several positional inputs")
-    c.add_argument("--dtype", default="float32", help="input dtype (floats: standard normal; integers: 0..7)")
+    c.add_argument("--input-name", action="append", metavar="NAME",
+                   help="feed the input of the matching --input-shape by keyword (e.g. input_ids); repeat per input")
+    c.add_argument("--dtype", default="float32",
+                   help="input dtype (floats: standard normal; integers such as int64 token ids: see --int-range)")
+    c.add_argument("--int-range", default="0,8", metavar="LOW,HIGH",
+                   help="integer inputs are drawn from LOW..HIGH-1 (default 0,8); e.g. 1,32000 for token ids "
+                        "that avoid a pad id 0")
+    c.add_argument("--html", metavar="PATH", help="also write a self-contained HTML report (model tree, "
+                   "per-layer chart, the first divergence marked)")
     c.add_argument("--weights", metavar="FILE", help="load this state dict into the base model first "
                    "(.pt/.pth/.bin for a torch base, read with weights_only=True; .pdparams for a paddle base)")
     c.add_argument("--atol", type=float, default=1e-5)
