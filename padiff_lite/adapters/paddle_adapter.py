@@ -264,7 +264,8 @@ class PaddleAdapter(Adapter):
         t = t.detach()
         if "bfloat16" in str(t.dtype):
             t = t.astype("float32")
-        return t.numpy().copy()
+        a = t.numpy()  # paddle copies a tensor into a fresh array here; copy again only if it did not
+        return a.copy() if a.size and a.ctypes.data == t.data_ptr() else a
 
     def add_forward_hook(self, module, fn):
         """Call ``fn(args, kwargs, output)`` each time ``module`` finishes a forward; returns a removable handle."""
