@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import align, layout
+from . import layout, output_align
 from .errors import DiffError, DiffInputError, OutputStructureError
 from .pairing import pair_models
 from .proxy import create_model
@@ -184,7 +184,7 @@ def compare_arrays(base, raw, atol: float, rtol: float) -> tuple[float, float, i
     compared by position: NaN equals NaN, Inf equals Inf of the same sign; any other pairing with a
     non-finite value is a mismatch, and makes both maxima infinite. The relative difference is
     ``|raw - base| / max(|base|, |raw|)`` (0 where both are 0). Different shapes: every value mismatches
-    (``align.fitted`` makes broadcast-equal or merged shapes one shape first). Big arrays are compared
+    (``output_align.fitted`` makes broadcast-equal or merged shapes one shape first). Big arrays are compared
     in blocks along their first axis.
     """
     base, raw = np.asarray(base), np.asarray(raw)
@@ -233,7 +233,7 @@ class _Compared:
     note: str
 
 
-def _compare_aligned(al: align.Alignment, atol, rtol) -> _Compared | None:
+def _compare_aligned(al: output_align.Alignment, atol, rtol) -> _Compared | None:
     """Compare every aligned pair; None when no tensor could be paired."""
     if not any(p.how != "value" for p in al.pairs):
         return None
@@ -245,7 +245,7 @@ def _compare_aligned(al: align.Alignment, atol, rtol) -> _Compared | None:
             ma, mr, n, size = 0.0, 0.0, int(not _same_value(p.base, p.raw)), 1
             bshape = rshape = ()
         else:
-            b, r = align.fitted(p.base, p.raw, p.how)
+            b, r = output_align.fitted(p.base, p.raw, p.how)
             ma, mr, n = compare_arrays(b, r, atol, rtol)
             size, bshape, rshape = b.size, tuple(p.base.shape), tuple(p.raw.shape)
         worst_abs, worst_rel = max(worst_abs, ma), max(worst_rel, mr)
@@ -385,7 +385,7 @@ class _Session:
         self.first_raw_inputs = None
 
     def on_base(self, idx, k, _args, _kwargs, output):
-        node = align.capture(output, self.base.adapter)
+        node = output_align.capture(output, self.base.adapter)
         self.stash.put((idx, k), (self.order, node), node.nbytes)
         self.order += 1
 
@@ -395,10 +395,10 @@ class _Session:
             self.only.setdefault(idx, "raw")
             return
         order, bnode = got
-        rnode = align.capture(output, self.raw.adapter)
+        rnode = output_align.capture(output, self.raw.adapter)
         pair = self.pairs[idx]
         classes = (type(pair.base.module).__name__, type(pair.raw.module).__name__)
-        al = align.align(bnode, rnode)
+        al = output_align.align(bnode, rnode)
         c = _compare_aligned(al, self.atol, self.rtol)
         if c is None:
             self.not_comparable.append(NotComparable(pair.base.path, pair.raw.path, *classes, k, order, al.reason(),
@@ -409,7 +409,7 @@ class _Session:
         self.layers.append(ld)
         if not ld.ok and (self.first is None or order < self.first.order):
             self.first = ld  # raw runs in its own call order: keep the earliest in the base's order
-            self.first_raw_inputs = align.capture_inputs(args, kwargs, self.raw.adapter)
+            self.first_raw_inputs = output_align.capture_inputs(args, kwargs, self.raw.adapter)
 
     def run(self, bargs, bkw, rargs, rkw, grad: bool):
         """(base output, raw output) of the two forwards, every hooked call compared on the way."""
@@ -457,7 +457,7 @@ def _inputs_at(proxy, module, call, args, kwargs):
 
     def on_call(_idx, k, a, kw, _out):
         if k == call:
-            found["in"] = align.capture_inputs(a, kw, proxy.adapter)
+            found["in"] = output_align.capture_inputs(a, kw, proxy.adapter)
 
     _run(proxy, [(0, module)], args, kwargs, False, on_call)
     return found.get("in")
@@ -479,7 +479,7 @@ def auto_diff(base, raw, inputs, atol: float = 1e-5, rtol: float = 1e-5, auto_in
         outputs are held at a time (False: base runs to the end first and every paired layer's outputs
         are held until raw reaches them). The results are the same.
 
-    Outputs of different form are aligned (``padiff_lite.align``): by field name, else by the position
+    Outputs of different form are aligned (``padiff_lite.output_align``): by field name, else by the position
     of their tensors; broadcast-equal tensors are equal. A layer whose outputs cannot be aligned is
     listed in ``not_comparable``, never counted as a difference.
 
@@ -517,7 +517,7 @@ def auto_diff(base, raw, inputs, atol: float = 1e-5, rtol: float = 1e-5, auto_in
             base.adapter.clear_grads(base.model)
             raw.adapter.clear_grads(raw.model)
         bout, rout = session.run(bargs, bkw, rargs, rkw, grad)
-        bfinal, rfinal = align.capture(bout, base.adapter), align.capture(rout, raw.adapter)
+        bfinal, rfinal = output_align.capture(bout, base.adapter), output_align.capture(rout, raw.adapter)
         del bout, rout
         fabs, frel, fbad, ftotal, fnotes = _compare_final(bfinal, rfinal, base, raw, atol, rtol)
         result = DiffResult(f"{base.framework}:{base.name}", f"{raw.framework}:{raw.name}", diff_phase, atol, rtol,
@@ -555,14 +555,14 @@ def auto_diff(base, raw, inputs, atol: float = 1e-5, rtol: float = 1e-5, auto_in
 
 def _compare_final(bfinal, rfinal, base, raw, atol, rtol):
     """(max abs, max rel, mismatched, total, notes) of the models' own outputs."""
-    al = align.align(bfinal, rfinal)
+    al = output_align.align(bfinal, rfinal)
     notes = []
     c = _compare_aligned(al, atol, rtol)
     if c is None:
-        bt, rt = align.tensors(bfinal, "out"), align.tensors(rfinal, "out")
-        if bt and rt and align.fit(bt[0][1].shape, rt[0][1].shape):
-            al = align.Alignment()
-            align._tensor_pair(bt[0][0], rt[0][0], bt[0][1], rt[0][1], al)
+        bt, rt = output_align.tensors(bfinal, "out"), output_align.tensors(rfinal, "out")
+        if bt and rt and output_align.fit(bt[0][1].shape, rt[0][1].shape):
+            al = output_align.Alignment()
+            output_align._tensor_pair(bt[0][0], rt[0][0], bt[0][1], rt[0][1], al)
             c = _compare_aligned(al, atol, rtol)
             notes.append(f"the final outputs differ in structure (base {bfinal}, raw {rfinal}): the first tensors "
                          f"were compared ({bt[0][0]} with {rt[0][0]})")
@@ -587,11 +587,11 @@ def _compare_final(bfinal, rfinal, base, raw, atol, rtol):
 def _inputs_agree(bnode, rnode, atol, rtol):
     if bnode is None or rnode is None:
         return None
-    al = align.align(bnode, rnode, "in", "in")
+    al = output_align.align(bnode, rnode, "in", "in")
     pairs = [p for p in al.pairs if p.how != "value"]
     if not pairs:
         return None
-    return all(compare_arrays(*align.fitted(p.base, p.raw, p.how), atol, rtol)[2] == 0 for p in pairs)
+    return all(compare_arrays(*output_align.fitted(p.base, p.raw, p.how), atol, rtol)[2] == 0 for p in pairs)
 
 
 # -- gradients -------------------------------------------------------------------
