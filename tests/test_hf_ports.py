@@ -100,3 +100,11 @@ def test_convert_a_transformers_checkpoint_and_back_bit_exact(family, tmp_path):
     aliases = {n for n, v in t.state_dict(keep_vars=True).items() if first_name[id(v)] != n}
     assert set(orig) - set(back) <= aliases and set(back) <= set(orig)
     _assert_same_tensors({k: orig[k] for k in back}, back)
+
+
+def test_supported_models_doc_lists_every_family():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "supported_models.md").read_text()
+    missing = [f.name for f in hf.FAMILIES if f"| {f.name} |" not in doc]
+    assert not missing, f"regenerate docs/supported_models.md (python tests/supported_models.py): {missing}"
