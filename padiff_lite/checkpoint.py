@@ -341,7 +341,10 @@ class _Job:
             self.units.append(_Unit([], pair=pair, targets=[
                 (r.path, r) for r in pair.raw.subtree_tensors().values() if r.persistent and not r.alias_of]))
         kept = []
+        partly = set(plan.missing)  # written in parts that leave a gap (non-strict): left out, never half-filled
         for unit in self.units:
+            if unit.pair is None and unit.targets[0][0] in partly:
+                continue
             srcs = [op.src for op in unit.ops if op.src is not None]
             if unit.pair is not None:
                 srcs = list(unit.pair.base.subtree_tensors().values())
