@@ -132,6 +132,15 @@ def packed_experts_moe(module, layer) -> list[Map]:
 
 
 def register_pairs(pool, rule, pairs, note: str):
-    """Register ``rule`` for each (torch class, paddle class) of ``pairs`` (both directions each)."""
+    """Register ``rule`` for each (torch class, paddle class) of ``pairs`` (both directions each).
+
+    The entries' origin is the calling plugin (``init_hf_<family>.py:line``), not this file: the rules table and
+    error messages point at the family that registered the pair."""
+    import sys
+
+    caller = sys._getframe(1)
+    origin = f"{caller.f_globals.get('__name__', '?')}:{caller.f_lineno}"
     for torch_class, paddle_class in pairs:
         pool.register_maps("torch", torch_class, "paddle", paddle_class, note=note)(rule)
+        for key in (("torch", torch_class, "paddle", paddle_class), ("paddle", paddle_class, "torch", torch_class)):
+            pool[key].origin = origin
