@@ -159,7 +159,7 @@ def open_checkpoint(path) -> Checkpoint:
     if p.name.endswith(INDEX_SUFFIX):
         weight_map = read_index(p)
         names = list(dict.fromkeys(weight_map.values()))
-        files = [_shard_path(p, n, fmt) for n in names]
+        files = [shard_path(p, n, fmt) for n in names]
         gone = [str(f) for f in files if not f.is_file()]
         if gone:
             raise CheckpointError(f"{p}: shard(s) listed in the index are missing: {', '.join(gone)}; "
@@ -185,13 +185,11 @@ def open_checkpoint(path) -> Checkpoint:
 TEMP_PREFIX = ".padiff-tmp-"  # files and folders of conversions in progress (never read as a source)
 
 
-def _shard_path(index: Path, name: str, fmt: str) -> Path:
+def shard_path(index: Path, name: str, fmt: str) -> Path:
     """The shard ``name`` of ``index``: a plain file name in the index's folder, of the index's format."""
     bad = None
     if not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name or os.path.isabs(name):
         bad = "is not a plain file name in the index's folder (shards must lie beside the index)"
-    elif name.startswith(TEMP_PREFIX):
-        bad = "is a temporary file of an unfinished conversion"
     else:
         shard_fmt = FORMATS.get(Path(name).suffix.lower())
         if shard_fmt != fmt:
@@ -652,3 +650,24 @@ def write_index(path: Path, weight_map: dict, total_size: int):
         fh.write("\n")
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def read_for_model(path, framework: str, own: dict, model_name: str) -> dict[str, torch.Tensor]:
+    """The state dict at ``path`` for a ``framework`` model whose tensors are ``own`` (key -> (shape, torch dtype)),
+    read with the safe readers; CheckpointError when the file is of the other framework or does not fit."""
+    p = Path(path)
+    fmt = format_of(_find_in_folder(p) if p.is_dir() else p)
+    if fmt not in ("safetensors", framework):
+        wanted = ".pt/.pth/.bin" if framework == "torch" else ".pdparams"
+        raise CheckpointError(f"{path}: a {framework} model loads {wanted} or .safetensors files, and this is a {fmt} "
+                              f"checkpoint; give the {framework} model's own checkpoint (or convert this one with "
+                              "padiff-lite convert)")
+    state = read_state(path, {k: d for k, (_, d) in own.items()})
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    bad = [f"{k} {list(state[k].shape)} vs model {list(own[k][0])}" for k in own
+           if k in state and tuple(state[k].shape) != tuple(own[k][0])]
+    if missing or unexpected or bad:
+        raise CheckpointError(f"{path} does not fit {model_name}: missing {missing or '-'}, unexpected "
+                              f"{unexpected or '-'}, shape mismatch {bad or '-'}; pass the checkpoint of this model")
+    return state
