@@ -146,7 +146,7 @@ def _signals_held():
 @contextlib.contextmanager
 def terminate_like_interrupt():
     """SIGTERM and SIGHUP raise :class:`Interrupted` (a KeyboardInterrupt) while the block runs, so a killed
-    conversion cleans up as Ctrl-C does. Only where the signal has its default action and in the main thread."""
+    conversion cleans up as Ctrl-C does. Only in the main thread, and not over a handler set from Python."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -157,13 +157,14 @@ def terminate_like_interrupt():
 
     for name in ("SIGTERM", "SIGHUP"):
         sig = getattr(signal, name, None)
-        if sig is not None and signal.getsignal(sig) == signal.SIG_DFL:
+        # None: a handler set outside Python (paddle's crash reporter, which dies without cleaning up)
+        if sig is not None and signal.getsignal(sig) in (signal.SIG_DFL, None):
             saved[sig] = signal.signal(sig, handler)
     try:
         yield
     finally:
         for sig, old in saved.items():
-            signal.signal(sig, old)
+            signal.signal(sig, signal.SIG_DFL if old is None else old)
 
 
 def clean_folder(folder: Path, sources: set):

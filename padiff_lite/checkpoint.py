@@ -27,7 +27,7 @@ import torch
 
 from . import fastcopy
 from .adapters import adapter_for
-from .atomic import AtomicOutput, output_error, terminate_like_interrupt
+from .atomic import NAME_MAX, AtomicOutput, output_error, terminate_like_interrupt
 from .errors import CheckpointError, TransferError
 from .execute import PARALLEL_MIN_ELEMENTS, Stats, _no_grad
 from .execute import _count_nonfinite as _count_nonfinite_any
@@ -190,13 +190,11 @@ def convert_checkpoint(src, dst, base_model, raw_model, strict: bool = True, pro
     not fit the models); no output is left behind then, and the source is never written.
     """
     t0 = time.perf_counter()
-    with terminate_like_interrupt():  # SIGTERM/SIGHUP clean up like Ctrl-C
-        return _convert(src, dst, base_model, raw_model, strict, progress, t0)
-
-
-def _convert(src, dst, base_model, raw_model, strict, progress, t0) -> CheckpointReport:
     ck = open_checkpoint(src)
     dst = Path(dst)
+    if len(dst.name.encode("utf-8")) > NAME_MAX:
+        raise CheckpointError(f"{dst}: the file name is {len(dst.name.encode('utf-8'))} bytes, more than filesystems "
+                              f"allow ({NAME_MAX}); choose a shorter output name")
     if dst.is_dir():
         raise CheckpointError(f"{dst} is a folder; name the output file so its format is known, "
                               f"e.g. {dst / 'model.safetensors'}")
@@ -212,7 +210,9 @@ def _convert(src, dst, base_model, raw_model, strict, progress, t0) -> Checkpoin
     stats = Stats()
     finals = files + ([index] if index else [])
     try:
-        with AtomicOutput(finals, ck.files + ([ck.index] if ck.index else []), index, job.total_bytes) as out, \
+        # SIGTERM/SIGHUP clean up like Ctrl-C (set here, after the models are built: paddle sets its own handlers)
+        with terminate_like_interrupt(), \
+                AtomicOutput(finals, ck.files + ([ck.index] if ck.index else []), index, job.total_bytes) as out, \
                 _progress(job.total_bytes, progress) as bar, contextlib.closing(job):
             weight_map = {}
             for path, group in zip(files, groups):

@@ -265,8 +265,8 @@ def main(argv=None) -> int:
         if args.debug:
             raise
         signum = getattr(exc, "signum", signal.SIGINT)
-        print(f"padiff-lite: error: interrupted by {signal.Signals(signum).name}; no partial output was left "
-              "(an earlier output is unchanged)", file=sys.stderr)
+        print(f"padiff-lite: error: interrupted by {signal.Signals(signum).name}; an output is complete or absent, "
+              "never partial (an earlier output stays as it was until the new one is complete)", file=sys.stderr)
         return 128 + signum
     except PadiffError as exc:
         if args.debug:
