@@ -31,7 +31,7 @@ from .atomic import NAME_MAX, AtomicOutput, output_error, terminate_like_interru
 from .errors import CheckpointError, TransferError
 from .execute import PARALLEL_MIN_ELEMENTS, Stats, _no_grad
 from .execute import _count_nonfinite as _count_nonfinite_any
-from .formats import (FORMATS, INDEX_SUFFIX, Checkpoint, Entry, dtype_name, format_of, open_checkpoint, write_index,
+from .formats import (INDEX_SUFFIX, Checkpoint, Entry, dtype_name, format_of, open_checkpoint, write_index,
                       writer_for)
 from .plan import _family, _where, build_plan
 from .proxy import ProxyModel, create_model

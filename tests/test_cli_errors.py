@@ -9,7 +9,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
 import torch
 from ckpt_helpers import load, save, state_as_torch, trained_conv_lstm
 

@@ -10,11 +10,9 @@ import os
 import pickle
 
 import numpy as np
-import paddle
 import pytest
 import torch
-from ckpt_helpers import load_into, save, save_sharded, state_as_torch, trained_conv_lstm
-from helpers import inputs_for
+from ckpt_helpers import save, state_as_torch, trained_conv_lstm
 
 from padiff_lite import CheckpointError, convert_checkpoint, create_model, models
 from padiff_lite.cli import main
