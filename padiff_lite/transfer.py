@@ -48,6 +48,24 @@ def plan_transfer(base, raw) -> Plan:
 
 
 @_gc_paused
+def pair_layers(base, raw, example_inputs=None, mapping=None, strict: bool = True):
+    """Pair ``base`` and ``raw`` as ``assign_weight`` would (names first, then by the order layers run on
+    ``example_inputs``, or by ``mapping``), plan and validate, write nothing; return the
+    :class:`padiff_lite.mapping.Mapping` (``.save(path)`` writes it). Raises TransferError as
+    ``assign_weight`` would (with ``strict``, layers left unpaired are an error too)."""
+    base, raw = create_model(base), create_model(raw)
+    found = find_mapping(base, raw, example_inputs, mapping)
+    plan = build_plan(base, raw, mapping=found)
+    problems = list(plan.problems) + (check_tensors(found, plan) if mapping is not None else [])
+    if strict and (plan.missing or plan.unexpected):
+        problems = [_unpaired_problem(plan, found, can_run=example_inputs is None and mapping is None)] + problems
+    if problems:
+        raise TransferError(f"cannot pair {base.framework}:{base.name} -> {raw.framework}:{raw.name} "
+                            f"({len(problems)} problem{'s' * (len(problems) != 1)}):", problems)
+    return from_plan(plan, list(found.notes) if found is not None else [])
+
+
+@_gc_paused
 def assign_weight(base, raw, strict: bool = True, check_finite: bool = False, init_unmatched=None,
                   std: float = 0.02, example_inputs=None, mapping=None) -> TransferReport:
     """Copy the weights of ``base`` into ``raw`` (models or ProxyModels, torch or paddle, either way).
