@@ -335,3 +335,29 @@ def test_a_mapping_whose_tensors_differ_from_the_plan_is_refused():
         assign_weight(branches("torch", shared=False), b, mapping=data)
     assert "the mapping says stem.weight -> stem.weight but the plan does not" in str(err.value)
     assert_unchanged(b, snap)
+
+
+def test_a_failing_example_input_is_a_pairing_error():
+    from padiff_lite import PairingError
+
+    b = cnn("paddle")
+    snap = snapshot(b)
+    with pytest.raises(PairingError) as err:
+        assign_weight(cnn("torch"), b, example_inputs=inputs_for([(2, 5, 8, 8)])[0])  # 5 channels, not 3
+    assert "cannot pair by execution: the torch model TorchCNN failed on the example input" in str(err.value)
+    assert_unchanged(b, snap)
+
+
+def test_malformed_mapping_files_are_refused_with_the_fix(tmp_path):
+    a, b = cnn("torch"), cnn("paddle")
+    with pytest.raises(MappingError, match="does not exist; write one with `padiff-lite pair`"):
+        assign_weight(a, b, mapping=tmp_path / "none.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(MappingError, match="is not readable JSON"):
+        assign_weight(a, b, mapping=str(tmp_path / "bad.json"))
+    with pytest.raises(MappingError, match=r"format 'other 2' is not 'padiff-lite mapping 1'"):
+        assign_weight(a, b, mapping={"format": "other 2", "layers": []})
+    with pytest.raises(MappingError, match=r"layers\[0\] = \{'base': 'fc'\}: expected the keys base, raw"):
+        assign_weight(a, b, mapping={"layers": [{"base": "fc"}]})
+    with pytest.raises(TypeError, match="takes mapping= or example_inputs=, not both"):
+        assign_weight(a, b, mapping={}, example_inputs=inputs_for([CNN_INPUT])[0])
