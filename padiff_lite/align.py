@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from .errors import AmbiguousPairingError
 from .mapping import LayerEntry, Mapping
-from .pairing import LayerPair, Node, own_only, pair_models, walk
+from .pairing import LayerPair, Node, alike, own_only, pair_models, rule_for, walk
 from .proxy import create_model
 from .trace import record_calls
 
@@ -100,7 +100,7 @@ def atoms(pairing, side: str, regions: list[Node], other_regions: list[Node]) ->
         t = type(n.module)
         if t not in units:
             units[t] = bool(set(proxy.adapter.class_names(n.module)) & registered) and any(
-                pairing._rule(*((n, m) if side == "base" else (m, n))) is not None for m in others.values())
+                rule_for(pairing, *((n, m) if side == "base" else (m, n))) is not None for m in others.values())
         return units[t]
 
     out = []
@@ -160,9 +160,9 @@ def execution_mapping(base, raw, inputs, pool=None) -> Mapping | None:
 
     def fits(i, j):
         b, r = bseq[i], rseq[j]
-        if not pairing._alike(b.node, r.node):
+        if not alike(pairing, b.node, r.node):
             return False
-        entry = pairing._rule(b.node, r.node)
+        entry = rule_for(pairing, b.node, r.node)
         if entry is None and ((b.unit and b.node.children) or (r.unit and r.node.children)):
             return False  # a unit's children would be left behind by the default rule
         key = (type(b.node.module), type(r.node.module), signature(b, base.adapter), signature(r, raw.adapter))
@@ -200,7 +200,7 @@ def execution_mapping(base, raw, inputs, pool=None) -> Mapping | None:
     mapping = Mapping(base.framework, base.name, raw.framework, raw.name, notes=notes, how="execution")
     for i, j in result.pairs:
         b, r = bseq[i].node, rseq[j].node
-        entry = pairing._rule(b, r)
+        entry = rule_for(pairing, b, r)
         rule = "default" if entry is None else f"{'mapping' if entry.kind == 'mapping' else 'special init'} {entry.key}"
         mapping.layers.append(LayerEntry(b.path, r.path, type(b.module).__name__, type(r.module).__name__,
                                          "execution", rule))

@@ -178,6 +178,16 @@ class Pairing:
         return self._rule(b, r) is not None
 
 
+def rule_for(pairing: Pairing, b: Node, r: Node):
+    """The registered entry joining the classes of base ``b`` and raw ``r`` (None: the default rule)."""
+    return pairing._rule(b, r)
+
+
+def alike(pairing: Pairing, b: Node, r: Node) -> bool:
+    """Whether two modules may pair: same class name (any case) or a registered pair."""
+    return pairing._alike(b, r)
+
+
 def pair_models(base, raw, pool, keep_empty: bool = False, mapping=None) -> Pairing:
     """Pair ``base`` and ``raw`` (ProxyModels): layer maps, names, order; then ``mapping`` (a
     :class:`padiff_lite.mapping.Mapping`, already oriented base -> raw) pairs what those left unpaired."""
@@ -243,7 +253,7 @@ def apply_mapping(pairing: Pairing, mapping):
                                 f"{e.raw if side == 'base' else e.base}); a layer pairs with one layer")
         used["base"].setdefault(e.base, e.raw)
         used["raw"].setdefault(e.raw, e.base)
-        entry = pairing._rule(b, r)
+        entry = rule_for(pairing, b, r)
         if entry is None:
             b, r = own_only(b), own_only(r)
         added.append(LayerPair(b, r, entry, mapping.how))

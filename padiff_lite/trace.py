@@ -15,7 +15,6 @@ from .errors import PairingError
 class CallTrace:
     order: list[int] = field(default_factory=list)  # indices into the modules asked for, by first call
     counts: dict[int, int] = field(default_factory=dict)  # index -> number of calls
-    out_shapes: dict[int, tuple] = field(default_factory=dict)  # index -> shape of the first call's first output tensor
 
     def never_ran(self, n: int) -> list[int]:
         return [i for i in range(n) if i not in self.counts]
@@ -31,7 +30,6 @@ def record_calls(proxy, modules, args, kwargs) -> CallTrace:
             if i not in trace.counts:
                 trace.order.append(i)
                 trace.counts[i] = 0
-                trace.out_shapes[i] = _first_shape(adapter, output)
             trace.counts[i] += 1
 
         return on_call
@@ -56,10 +54,3 @@ def record_calls(proxy, modules, args, kwargs) -> CallTrace:
             adapter.set_training(module, training)
     return trace
 
-
-def _first_shape(adapter, obj, depth=0):
-    if adapter.is_tensor(obj):
-        return tuple(adapter.shape(obj))
-    if isinstance(obj, (tuple, list)) and obj and depth < 3:
-        return _first_shape(adapter, obj[0], depth + 1)
-    return None

@@ -40,8 +40,7 @@ def test_align_pairs_what_fits_one_candidate_whatever_its_order():
 
 def test_align_refuses_two_candidates_that_fit_equally():
     got = align(1, 2, _fits("a", "aa"))
-    assert got.pairs == [] and got.ambiguous == [("raw", 0, [0]), ("raw", 1, [0])] or \
-        got.ambiguous == [("base", 0, [0, 1])]
+    assert got.pairs == [] and got.ambiguous == [("base", 0, [0, 1])]
 
 
 def test_align_refuses_crossing_orders_it_cannot_decide():
@@ -139,8 +138,8 @@ def test_renamed_cnn_ports_by_execution(src, dst):
     report, a, b = assert_transfer_equivalent(cnn, src, dst, [CNN_INPUT], warm=True, example_inputs=x[0])
     assert not report.missing and not report.unexpected
     pairs = report.mapping.layer_paths
-    torch_to_paddle = {"layer1.0.conv1": "stages.0.blocks.0.conv_a", "layer2.0.downsample.1": "stages.1.blocks.0.shortcut.1",
-                       "conv1": "stem.0", "fc": "head", "layer1.1.bn2": "stages.1.blocks.0.norm_b"[:0] + "stages.0.blocks.1.norm_b"}
+    torch_to_paddle = {"conv1": "stem.0", "fc": "head", "layer1.0.conv1": "stages.0.blocks.0.conv_a",
+                       "layer1.1.bn2": "stages.0.blocks.1.norm_b", "layer2.0.downsample.1": "stages.1.blocks.0.shortcut.1"}
     for t, p in torch_to_paddle.items():
         assert (pairs[t] == p) if src == "torch" else (pairs[p] == t)
     assert {e.how for e in report.mapping.layers} == {"execution"}
