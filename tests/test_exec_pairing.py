@@ -9,18 +9,14 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import paddle
 import paddle.nn as pnn
 import pytest
-import torch
 from torch import nn
 
 from helpers import DIRECTION_IDS, DIRECTIONS, assert_transfer_equivalent, assert_unchanged, inputs_for, snapshot
-from padiff_lite import (AmbiguousPairingError, MappingError, TransferError, assign_weight, auto_diff, create_model,
-                         pair_layers)
+from padiff_lite import AmbiguousPairingError, MappingError, TransferError, assign_weight, auto_diff, pair_layers
 from padiff_lite.align import align
 from padiff_lite.mapping import load
-from padiff_lite.models import run
 
 
 # -- the pure alignment step -----------------------------------------------------------
