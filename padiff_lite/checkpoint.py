@@ -33,6 +33,8 @@ from .execute import PARALLEL_MIN_ELEMENTS, Stats, _no_grad
 from .execute import _count_nonfinite as _count_nonfinite_any
 from .formats import (INDEX_SUFFIX, Checkpoint, Entry, dtype_name, format_of, open_checkpoint, write_index,
                       writer_for)
+from .mapping import check_tensors
+from .mapping import prepare as prepare_mapping
 from .plan import _family, _where, build_plan
 from .proxy import ProxyModel, create_model
 from .report import TransferReport
@@ -173,7 +175,8 @@ def build_model(spec, role: str) -> tuple[ProxyModel, bool]:
 
 
 # -- the conversion ----------------------------------------------------------
-def convert_checkpoint(src, dst, base_model, raw_model, strict: bool = True, progress=None) -> CheckpointReport:
+def convert_checkpoint(src, dst, base_model, raw_model, strict: bool = True, progress=None,
+                       mapping=None) -> CheckpointReport:
     """Convert the checkpoint ``src`` of ``base_model`` into ``dst`` for ``raw_model``.
 
     src: a .pt/.pth/.bin, .safetensors or .pdparams file, an HF index ``*.<suffix>.index.json`` or a
@@ -185,6 +188,9 @@ def convert_checkpoint(src, dst, base_model, raw_model, strict: bool = True, pro
     strict: when False, tensors without a partner (in the models or in the file) are listed in the
         report's ``missing``/``unexpected`` instead of being an error.
     progress: a bar on stderr: None = when stderr is a terminal, True/False to force.
+    mapping: a mapping file (JSON), dict or Mapping pairing the layers names leave open (found once on small
+        random-weight models of the same architecture: ``padiff-lite pair`` or ``report.mapping.save``); its
+        paths must exist in both models and its tensors must match what the plan does.
 
     Raises CheckpointError (file missing, corrupt, unknown suffix) or TransferError (the checkpoint does
     not fit the models); no output is left behind then, and the source is never written.
@@ -202,7 +208,10 @@ def convert_checkpoint(src, dst, base_model, raw_model, strict: bool = True, pro
     base, base_built = build_model(base_model, "base")
     raw, raw_built = build_model(raw_model, "raw")
     _check_frameworks(ck, base, dst, out_fmt, raw)
-    plan = build_plan(base, raw, need_data=False)
+    found = prepare_mapping(mapping, base, raw) if mapping is not None else None
+    plan = build_plan(base, raw, need_data=False, mapping=found)
+    if found is not None:
+        plan.problems += check_tensors(found, plan)
     job = _Job(ck, plan, base, raw, strict, base_built, raw_built)
     job.prepare()
     groups = job.groups()

@@ -147,7 +147,7 @@ def cmd_convert(args) -> int:
 
     try:
         report = convert_checkpoint(args.src, args.dst, args.base, args.raw, strict=args.strict,
-                                    progress=False if args.quiet else None)
+                                    progress=False if args.quiet else None, mapping=args.map)
     except PadiffError as exc:
         exc.args = (_cli_words(str(exc)),)  # the flags of this command, not the Python API's arguments
         raise
@@ -188,6 +188,8 @@ def _add_convert(sub):
                    help="zero-argument factory (or class) of the model DST is for")
     c.add_argument("--strict", action=argparse.BooleanOptionalAction, default=True,
                    help="refuse tensors without a partner (default); --no-strict lists them and goes on")
+    c.add_argument("--map", metavar="FILE", help="a mapping (JSON, from `padiff-lite pair`) pairing the layers "
+                   "whose names differ; made once on small random-weight models of the same architecture")
     c.set_defaults(func=cmd_convert)
 
 
@@ -197,6 +199,57 @@ def _common(parser, top: bool):
     parser.add_argument("--debug", action="store_true", default=default, help="show tracebacks and debug logging")
     parser.add_argument("--quiet", action="store_true", default=default,
                         help="no progress, no report: warnings and errors only")
+
+
+def cmd_pair(args) -> int:
+    """Build both models, pair their layers (names first, then the order they run on a random input), write the mapping."""
+    import numpy as np
+
+    from .errors import DiffInputError
+    from .transfer import pair_layers
+
+    try:
+        dtype = np.dtype(args.dtype)
+    except TypeError:
+        raise DiffInputError(f"--dtype {args.dtype!r} is not a numpy dtype name (float32, float64, int64, ...)") from None
+    shapes = [_parse_shape(s) for s in (args.input_shape or [])]
+    if not shapes:
+        raise DiffInputError("give at least one --input-shape, e.g. --input-shape 2,16 (the models run on it once)")
+    _seed_frameworks(args.seed)
+    base, raw = _build(args.base, "--base"), _build(args.raw, "--raw")
+    rng = np.random.default_rng(args.seed)
+    if dtype.kind == "f":
+        arrays = tuple(rng.standard_normal(s).astype(dtype) for s in shapes)
+    else:  # integer inputs (token ids, class indices): values 0 .. 7
+        arrays = tuple(rng.integers(0, 8, size=s).astype(dtype) for s in shapes)
+    mapping = pair_layers(base, raw, example_inputs=arrays, strict=args.strict)
+    if args.output:
+        mapping.save(args.output)
+        logging.getLogger("padiff_lite").info("wrote %s: %d layer pairs, %d tensors", args.output,
+                                              len(mapping.layers), len(mapping.tensors))
+        print(mapping)
+    else:
+        import json
+
+        print(json.dumps(mapping.to_dict(), indent=1))
+    return 0
+
+
+def _add_pair(sub):
+    c = sub.add_parser("pair", help="pair two models' layers (names, then the order they run) and write the mapping",
+                       description="Build both models (MODULE:CALLABLE, called with no arguments), pair their layers by "
+                                   "name and, for what names leave open, by the order they run on a random input; write "
+                                   "the mapping as JSON (for assign_weight(mapping=...) and `convert --map`).")
+    c.add_argument("--base", required=True, metavar="MODULE:CALLABLE", help="builds the source model")
+    c.add_argument("--raw", required=True, metavar="MODULE:CALLABLE", help="builds the target model")
+    c.add_argument("--input-shape", action="append", metavar="D1,D2,...",
+                   help="shape of a random input; repeat for models taking several positional inputs")
+    c.add_argument("--dtype", default="float32", help="input dtype (floats: standard normal; integers: 0..7)")
+    c.add_argument("--seed", type=int, default=0, help="seed of the input and of torch/paddle before the models are built")
+    c.add_argument("-o", "--output", metavar="FILE", help="write the mapping here (JSON); default: print it")
+    c.add_argument("--strict", action=argparse.BooleanOptionalAction, default=True,
+                   help="refuse layers left unpaired (default); --no-strict writes the pairs found")
+    c.set_defaults(func=cmd_pair)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -237,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_check)
 
     _add_convert(sub)
+    _add_pair(sub)
     for parser in sub.choices.values():
         _common(parser, top=False)
     return p

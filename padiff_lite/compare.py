@@ -366,12 +366,15 @@ def auto_diff(base, raw, inputs, atol: float = 1e-5, rtol: float = 1e-5, auto_in
         raise ValueError(f"diff_phase must be one of {PHASES}, got {diff_phase!r}")
     base, raw = create_model(base), create_model(raw)
     (bargs, bkw), (rargs, rkw) = _split_inputs(inputs, base, raw)
+    from .align import execution_mapping
+
+    mapping = execution_mapping(base, raw, inputs)  # layers names leave open, paired by the order they run
     report = None
     if auto_init:
         from .transfer import assign_weight
 
-        report = assign_weight(base, raw)
-    pairing = pair_models(base, raw, init_pool, keep_empty=True)
+        report = assign_weight(base, raw, mapping=mapping)
+    pairing = pair_models(base, raw, init_pool, keep_empty=True, mapping=mapping)
     pairs = pairing.matched
     hooked_b, hooked_r, seen = [], [], set()
     for i, pair in enumerate(pairs):
@@ -397,7 +400,7 @@ def auto_diff(base, raw, inputs, atol: float = 1e-5, rtol: float = 1e-5, auto_in
                             fabs, frel, fbad, ftotal, bfinal[1], transfer=report)
         _compare_layers(result, pairs, bcalls, rcalls, atol, rtol)
         if grad:
-            _compare_grads(result, base, raw, bcalls, pairs, atol, rtol)
+            _compare_grads(result, base, raw, bcalls, pairs, atol, rtol, mapping)
     finally:
         if grad:
             base.adapter.clear_grads(base.model)
@@ -461,10 +464,10 @@ def _to_raw_layout(g, op):
     return g, notes
 
 
-def _compare_grads(result: DiffResult, base, raw, bcalls, pairs, atol, rtol):
+def _compare_grads(result: DiffResult, base, raw, bcalls, pairs, atol, rtol, mapping=None):
     from .plan import build_plan
 
-    plan = build_plan(base, raw)
+    plan = build_plan(base, raw, mapping=mapping)
     first_call = {}
     for order, c in enumerate(bcalls):
         p = pairs[c.pair]
