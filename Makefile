@@ -10,6 +10,7 @@ $(BIN)/.installed: requirements-dev.txt setup.py padiff_lite/_fastcopy.c
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements-dev.txt
+	$(BIN)/pip uninstall -q -y paddlecodec
 	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 

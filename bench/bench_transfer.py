@@ -5,7 +5,8 @@
     python bench/bench_transfer.py --quick        # small models, about a minute
     python bench/bench_transfer.py --skip-padiff  # padiff_lite only
 
-Tools: padiff_lite; padiff_lite-torch (the same with its C kernel switched off, PADIFF_LITE_FASTCOPY=0);
+Tools: padiff_lite (its C kernel only where it measured faster than torch on this CPU); padiff_lite-torch (the
+kernel switched off, PADIFF_LITE_FASTCOPY=0); padiff_lite-kernel (the kernel wherever it applies, =1);
 PaDiff where installed; floor-* reference rows (bare torch copy_ calls, no bookkeeping).
 
 Models (built the same way in torch and paddle, flat Sequential so both sides name children 0, 1, ...):
@@ -275,6 +276,10 @@ def worker(job: dict) -> dict:
             times.append(time.perf_counter() - t0)
         growth.append(peak.growth)
     result = {"times": times, "rss_growth_mb": max(growth), "rss_method": peak.method}
+    if job["tool"] == "padiff_lite":
+        from padiff_lite import fastcopy
+
+        result["copy_paths"] = fastcopy.choices()  # what the calibration chose in this process
     if tool == "padiff" and out is False:
         result["error"] = "PaDiff's assign_weight returned False"
     if tool == "padiff_lite":
@@ -417,30 +422,47 @@ def main(argv=None):
     raw = {}
     directions = [("torch", "paddle"), ("paddle", "torch"), ("torch", "torch"), ("paddle", "paddle")]
 
-    def measure(model, size, tools):
+    # padiff_lite variants side by side: the default (the C kernel only where it measured faster than torch on
+    # this CPU), "-torch" (kernel switched off: torch copies) and "-kernel" (kernel wherever it applies)
+    variants = {"padiff_lite-torch": {"PADIFF_LITE_FASTCOPY": "0"}, "padiff_lite-kernel": {"PADIFF_LITE_FASTCOPY": "1"},
+                "padiff_lite": {"PADIFF_LITE_FASTCOPY": "auto"}}
+
+    def measure(model, size, tools, interleave=False):
+        """Every tool in every direction. ``interleave``: one run per child process, the tools taking turns,
+        ``repeat`` rounds (so a slow moment of the machine hits every tool alike); else ``repeat`` runs per child."""
         rows = []
         for src, dst in directions:
-            for tool in tools:
-                if tool == "padiff" and (not have_padiff or (src, dst) != ("torch", "paddle")):
-                    continue
-                # "padiff_lite-torch": padiff_lite with the C kernel switched off (torch copies), side by side
-                name = "padiff_lite" if tool == "padiff_lite-torch" else tool
-                job = {"tool": name, "model": model, "size": size, "src": src, "dst": dst, "repeat": repeat}
-                if tool == "padiff":
-                    res = run_child(job, args.padiff_python, {"PADIFF_API_CHECK": "OFF"})
-                elif tool == "padiff_lite-torch":
-                    res = run_child(job, py, {"PADIFF_LITE_FASTCOPY": "0"})
-                else:
-                    res = run_child(job, py)
+            results: dict = {}
+            for _ in range(repeat if interleave else 1):
+                for tool in tools:
+                    if tool == "padiff" and (not have_padiff or (src, dst) != ("torch", "paddle")):
+                        continue
+                    name = "padiff_lite" if tool in variants else tool
+                    job = {"tool": name, "model": model, "size": size, "src": src, "dst": dst,
+                           "repeat": 1 if interleave else repeat}
+                    if tool == "padiff":
+                        res = run_child(job, args.padiff_python, {"PADIFF_API_CHECK": "OFF"})
+                    else:
+                        res = run_child(job, py, variants.get(tool))
+                    got = results.setdefault(tool, res)
+                    if got is not res and "error" not in got:
+                        if "error" in res:
+                            results[tool] = res
+                        else:
+                            got["times"] += res["times"]
+                            got["rss_growth_mb"] = max(got["rss_growth_mb"], res["rss_growth_mb"])
+            for tool, res in results.items():
                 raw[f"{model}/{size}/{tool}/{src}->{dst}"] = res
                 rows.append(((src, dst, tool), res))
         return rows
 
     if "big" in parts:
         size = "big-quick" if args.quick else "big"
-        tools = ["padiff_lite", "padiff_lite-torch", "padiff", "floor-copy", "floor-transpose"]
+        tools = ["padiff_lite", "padiff_lite-torch", "padiff_lite-kernel", "padiff", "floor-copy", "floor-transpose"]
         rows = []
-        for (src, dst, tool), r in measure("big", size, tools):
+        paths = {}
+        for (src, dst, tool), r in measure("big", size, tools, interleave=True):
+            paths.update(r.get("copy_paths", {}))
             if "error" in r:
                 rows.append([f"{src} -> {dst}", tool, "error: " + r["error"], "", "", "", ""])
                 continue
@@ -448,8 +470,10 @@ def main(argv=None):
             rows.append([f"{src} -> {dst}", tool, f"{best:.3f}", f"{statistics.median(r['times']):.3f}",
                          f"{r['bytes'] / best / 1e9:.2f}", f"{r['rss_growth_mb']:.0f}",
                          r.get("mismatched_tensors", "-")])
-        print_table(f"big model ({size}: {SIZES[size]}), {repeat} runs each",
+        print_table(f"big model ({size}: {SIZES[size]}), {repeat} interleaved runs each",
                     ["direction", "tool", "min s", "median s", "GB/s", "peak RSS growth MB", "wrong tensors"], rows)
+        print("copy path chosen by padiff_lite's calibration on this CPU: "
+              + (", ".join(f"{k}: {v}" for k, v in sorted(paths.items())) or "-"))
     if "tiny" in parts:
         rows = []
         for (src, dst, tool), r in measure("tiny", "tiny", ["padiff_lite", "padiff", "floor-views"]):

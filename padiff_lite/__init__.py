@@ -5,13 +5,15 @@ import logging
 
 from .checkpoint import CheckpointReport, convert_checkpoint
 from .compare import DiffResult, auto_diff
-from .errors import (CheckpointError, DiffError, DiffInputError, InitError, LayerMapError, OutputStructureError,
-                     PadiffError, PluginImportError, RegistryError, TransferError)
+from .errors import (AmbiguousPairingError, CheckpointError, DiffError, DiffInputError, InitError, LayerMapError,
+                     MappingError, OutputStructureError, PadiffError, PairingError, PluginImportError, RegistryError,
+                     TransferError)
+from .mapping import Mapping
 from .init import InitReport, init_weights
 from .proxy import ProxyModel, create_model
 from .report import TransferReport
 from .special_init import add_special_init, init_pool
-from .transfer import assign_weight, plan_transfer
+from .transfer import assign_weight, pair_layers, plan_transfer
 
 logging.getLogger("padiff_lite").addHandler(logging.NullHandler())
 
@@ -23,4 +25,5 @@ __all__ = [
     "LayerMapError", "CheckpointError", "InitError", "init_weights", "InitReport",
     "auto_diff", "DiffResult", "DiffError", "DiffInputError", "OutputStructureError",
     "convert_checkpoint", "CheckpointReport",
+    "pair_layers", "Mapping", "MappingError", "PairingError", "AmbiguousPairingError",
 ]

@@ -7,8 +7,9 @@ classes or factories are passed); source tensors are read by key from the file, 
 and each target tensor is written to the output as soon as it is complete, so memory holds about
 one shard (safetensors: about one tensor), never the model.
 
-Output goes to temporary files in the destination folder, renamed into place only when every
-file is complete; a failure or an interruption removes them. The source is only read.
+Output goes to temporary files in the destination folder and is committed only when every file is
+complete (:mod:`.atomic`); a failure or an interruption (Ctrl-C, SIGTERM, SIGHUP) removes them. The
+source is only read, and only with the safe readers of :mod:`.formats`: no file runs code.
 """
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ import copy
 import importlib
 import logging
 import os
-import secrets
 import sys
 import time
 from dataclasses import dataclass, field, fields
@@ -27,10 +27,14 @@ import torch
 
 from . import fastcopy, layout
 from .adapters import adapter_for
+from .atomic import NAME_MAX, AtomicOutput, output_error, terminate_like_interrupt
 from .errors import CheckpointError, TransferError
-from .execute import PARALLEL_MIN_ELEMENTS, Stats, _count_nonfinite, _no_grad
+from .execute import PARALLEL_MIN_ELEMENTS, Stats, _no_grad
+from .execute import _count_nonfinite as _count_nonfinite_any
 from .formats import (INDEX_SUFFIX, Checkpoint, Entry, dtype_name, format_of, open_checkpoint, write_index,
                       writer_for)
+from .mapping import check_tensors
+from .mapping import prepare as prepare_mapping
 from .plan import _family, _where, build_plan
 from .proxy import ProxyModel, create_model
 from .report import TransferReport
@@ -48,9 +52,24 @@ class CheckpointReport(TransferReport):
     source: str = ""
     outputs: list[str] = field(default_factory=list)
 
+    @property
+    def summary(self) -> str:
+        """One line that cannot be missed when not every tensor was converted ('' when every one was)."""
+        if not self.missing and not self.unexpected:
+            return ""
+        parts = [f"wrote {self.tensors} of {self.tensors + len(self.missing)} raw tensors"]
+        if self.missing:
+            parts.append(f"{len(self.missing)} missing")
+        if self.unexpected:
+            parts.append(f"{len(self.unexpected)} checkpoint tensor{'s' * (len(self.unexpected) != 1)} not used")
+        return "; ".join(parts)
+
     def __str__(self):
         outs = self.outputs if len(self.outputs) <= 3 else self.outputs[:2] + [f"... {len(self.outputs) - 2} more"]
-        return f"checkpoint {self.source} -> {', '.join(outs)}\n" + super().__str__()
+        head = f"checkpoint {self.source} -> {', '.join(outs)}\n"
+        if self.summary:
+            head += f"WARNING: {self.summary}\n"
+        return head + super().__str__()
 
 
 # -- models from classes, factories or "module:callable" -------------------------
@@ -60,7 +79,8 @@ def load_factory(spec: str):
     if not sep or not mod or not attr:
         raise CheckpointError(f"'{spec}' is not MODULE:CALLABLE; write it like mypackage.models:build_model")
     if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
+        # last, not first: a module planted in the working folder (six.py, ...) must not shadow installed ones
+        sys.path.append(os.getcwd())
     try:
         module = importlib.import_module(mod)
     except Exception as exc:
@@ -155,7 +175,8 @@ def build_model(spec, role: str) -> tuple[ProxyModel, bool]:
 
 
 # -- the conversion ----------------------------------------------------------
-def convert_checkpoint(src, dst, base_model, raw_model, strict: bool = True, progress=None) -> CheckpointReport:
+def convert_checkpoint(src, dst, base_model, raw_model, strict: bool = True, progress=None,
+                       mapping=None) -> CheckpointReport:
     """Convert the checkpoint ``src`` of ``base_model`` into ``dst`` for ``raw_model``.
 
     src: a .pt/.pth/.bin, .safetensors or .pdparams file, an HF index ``*.<suffix>.index.json`` or a
@@ -167,6 +188,9 @@ def convert_checkpoint(src, dst, base_model, raw_model, strict: bool = True, pro
     strict: when False, tensors without a partner (in the models or in the file) are listed in the
         report's ``missing``/``unexpected`` instead of being an error.
     progress: a bar on stderr: None = when stderr is a terminal, True/False to force.
+    mapping: a mapping file (JSON), dict or Mapping pairing the layers names leave open (found once on small
+        random-weight models of the same architecture: ``padiff-lite pair`` or ``report.mapping.save``); its
+        paths must exist in both models and its tensors must match what the plan does.
 
     Raises CheckpointError (file missing, corrupt, unknown suffix) or TransferError (the checkpoint does
     not fit the models); no output is left behind then, and the source is never written.
@@ -174,41 +198,57 @@ def convert_checkpoint(src, dst, base_model, raw_model, strict: bool = True, pro
     t0 = time.perf_counter()
     ck = open_checkpoint(src)
     dst = Path(dst)
+    if len(dst.name.encode("utf-8")) > NAME_MAX:
+        raise CheckpointError(f"{dst}: the file name is {len(dst.name.encode('utf-8'))} bytes, more than filesystems "
+                              f"allow ({NAME_MAX}); choose a shorter output name")
     if dst.is_dir():
         raise CheckpointError(f"{dst} is a folder; name the output file so its format is known, "
                               f"e.g. {dst / 'model.safetensors'}")
     out_fmt = format_of(dst)
     base, base_built = build_model(base_model, "base")
     raw, raw_built = build_model(raw_model, "raw")
-    plan = build_plan(base, raw, need_data=False)
+    _check_frameworks(ck, base, dst, out_fmt, raw)
+    found = prepare_mapping(mapping, base, raw) if mapping is not None else None
+    plan = build_plan(base, raw, need_data=False, mapping=found)
+    if found is not None:
+        plan.problems += check_tensors(found, plan)
     job = _Job(ck, plan, base, raw, strict, base_built, raw_built)
     job.prepare()
     groups = job.groups()
     files, index = _layout(dst, out_fmt, ck, len(groups))
     stats = Stats()
-    with _AtomicOutput(files + ([index] if index else []), ck) as out, _bar(job.total_bytes, progress) as bar, \
-            contextlib.closing(job):
-        weight_map = {}
-        for path, group in zip(files, groups):
-            entries = [e for unit in group for e in unit.entries]
-            writer = writer_for(out.tmp(path), out_fmt, entries, raw.framework)
-            out.opened(writer)
-            reuse = out_fmt == "safetensors"  # the writer copies each tensor out before the next is made
-            for unit in group:
-                for key, tensor in job.compute(unit, stats, reuse).items():
-                    writer.add(key, tensor)
-                    bar.update(tensor.numel() * tensor.element_size())
-            if not reuse:
-                job.bufs.clear()  # a whole-dict writer's peak is while it serialises: no scratch held then
-            writer.close()
-            ck.release()
-            weight_map.update({e.key: path.name for e in entries if not (out_fmt == "safetensors" and e.alias_of)})
-        if index:
-            write_index(out.tmp(index), weight_map, stats.bytes)
-        out.commit()
+    finals = files + ([index] if index else [])
+    try:
+        # SIGTERM/SIGHUP clean up like Ctrl-C (set here, after the models are built: paddle sets its own handlers)
+        with terminate_like_interrupt(), \
+                AtomicOutput(finals, ck.files + ([ck.index] if ck.index else []), index, job.total_bytes) as out, \
+                _progress(job.total_bytes, progress) as bar, contextlib.closing(job):
+            weight_map = {}
+            for path, group in zip(files, groups):
+                entries = [e for unit in group for e in unit.entries]
+                writer = writer_for(out.tmp(path), out_fmt, entries, raw.framework)
+                out.opened(writer)
+                reuse = out_fmt == "safetensors"  # the writer copies each tensor out before the next is made
+                for unit in group:
+                    for key, tensor in job.compute(unit, stats, reuse).items():
+                        writer.add(key, tensor)
+                        bar.update(tensor.numel() * tensor.element_size())
+                if not reuse:
+                    job.bufs.clear()  # a whole-dict writer's peak is while it serialises: no scratch held then
+                writer.close()
+                ck.release()
+                weight_map.update({e.key: path.name for e in entries if not (out_fmt == "safetensors" and e.alias_of)})
+            if index:
+                write_index(out.tmp(index), weight_map, stats.bytes)
+            out.commit()
+    except (OSError, RuntimeError, BufferError) as exc:
+        err = output_error(exc, dst)
+        if err is None:
+            raise
+        raise err from exc
     report = _report(plan, stats, time.perf_counter() - t0)
     report = CheckpointReport(**{f.name: getattr(report, f.name) for f in fields(TransferReport)},
-                              source=str(ck.path), outputs=[str(p) for p in files + ([index] if index else [])])
+                              source=str(ck.path), outputs=[str(p) for p in finals])
     report.missing += job.missing
     report.unexpected += job.unexpected
     report.notes += job.notes
@@ -217,9 +257,39 @@ def convert_checkpoint(src, dst, base_model, raw_model, strict: bool = True, pro
         if dropped:
             report.notes.append("tied names not stored (safetensors holds no aliases; the model's own tying "
                                 "restores them): " + ", ".join(dropped))
+    if report.summary:
+        log.warning("%s -> %s: %s", ck.path, dst, report.summary)
     log.info("converted %s -> %s: %d tensors, %.1f MB in %.2f s", ck.path, dst, report.tensors,
              report.bytes / 1e6, report.seconds)
     return report
+
+
+def _check_frameworks(ck: Checkpoint, base, dst: Path, out_fmt: str, raw):
+    """The suffix says which framework a file belongs to: .pdparams is paddle's, .pt/.pth/.bin torch's."""
+    suffixes = {"torch": ".pt/.pth/.bin", "paddle": ".pdparams"}
+    if ck.fmt in suffixes and ck.fmt != base.framework:
+        raise CheckpointError(f"{ck.path} is a {ck.fmt} checkpoint ({suffixes[ck.fmt]}) but the base model "
+                              f"{base.name} is a {base.framework} model; the base model is the one the checkpoint was "
+                              f"saved from: pass the {ck.fmt} model as the base (--base) and the "
+                              f"{raw.framework if raw.framework != ck.fmt else base.framework} model as the raw one "
+                              "(--raw)")
+    if out_fmt in suffixes and out_fmt != raw.framework:
+        raise CheckpointError(f"{dst} is a {out_fmt} checkpoint name ({suffixes[out_fmt]}) but the raw model "
+                              f"{raw.name} is a {raw.framework} model; name the output for the raw model's framework "
+                              f"({suffixes[raw.framework]} or .safetensors), or swap --base and --raw")
+
+
+_FLOAT8_NAN = {"float8_e4m3fn": 0x7F, "float8_e5m2": 0x7C, "float8_e4m3fnuz": 0xFF, "float8_e5m2fnuz": 0xFF}
+
+
+def _count_nonfinite(t, path, stats):
+    """NaN/Inf count into ``stats``; float8 by its bit patterns (torch cannot sum float8)."""
+    mask = _FLOAT8_NAN.get(dtype_name(t.dtype))
+    if mask is None:
+        return _count_nonfinite_any(t, path, stats)
+    bits = t.contiguous().view(torch.uint8)
+    bad = int((bits == 0x80).sum()) if mask == 0xFF else int(((bits & mask) == mask).sum())
+    stats.add_nonfinite(path, bad)
 
 
 @dataclass(eq=False)
@@ -263,6 +333,7 @@ class _Job:
                 absent[ref.path] = ref.path
                 continue
             self.key[id(ref.tensor)] = key
+            ck.settle(key, getattr(torch, ba.dtype_name(ref.tensor)))  # .pdparams uint16: bf16 or uint16
             fshape, mshape = ck.infos[key].shape, tuple(ba.shape(ref.tensor))
             if fshape != mshape:
                 fix = ("build the base model with the sizes the checkpoint was saved with" if len(fshape) != 2 or
@@ -341,7 +412,10 @@ class _Job:
             self.units.append(_Unit([], pair=pair, targets=[
                 (r.path, r) for r in pair.raw.subtree_tensors().values() if r.persistent and not r.alias_of]))
         kept = []
+        partly = set(plan.missing)  # written in parts that leave a gap (non-strict): left out, never half-filled
         for unit in self.units:
+            if unit.pair is None and unit.targets[0][0] in partly:
+                continue
             srcs = [op.src for op in unit.ops if op.src is not None]
             if unit.pair is not None:
                 srcs = list(unit.pair.base.subtree_tensors().values())
@@ -560,57 +634,36 @@ def _layout(dst: Path, fmt: str, ck: Checkpoint, n: int) -> tuple[list[Path], Pa
     return [dst.parent / f"{stem}-{i + 1:05d}-of-{n:05d}{suffix}" for i in range(n)], index
 
 
-class _AtomicOutput:
-    """Temporary files beside the final ones; all renamed into place by commit(), all removed on failure."""
-
-    def __init__(self, finals: list[Path], ck: Checkpoint):
-        sources = {p.resolve() for p in ck.files + ([ck.index] if ck.index else [])}
-        clash = [str(p) for p in finals if p.resolve() in sources]
-        if clash:
-            raise CheckpointError(f"the output would overwrite the source ({', '.join(clash)}); "
-                                  "choose another output name or folder")
-        self.finals = finals
-        token = f"{os.getpid()}-{secrets.token_hex(4)}"
-        self.tmps = {p: p.parent / f".padiff-tmp-{token}-{p.name}" for p in finals}
-        self.writers = []
-        self.made_dir = None
-
-    def __enter__(self):
-        folder = self.finals[0].parent
-        if not folder.exists():
-            self.made_dir = folder
-            folder.mkdir(parents=True)
-        return self
-
-    def tmp(self, final: Path) -> Path:
-        return self.tmps[final]
-
-    def opened(self, writer):
-        self.writers.append(writer)
-
-    def commit(self):
-        for final in self.finals:  # the index is last: a reader sees it only when every shard is there
-            os.replace(self.tmps[final], final)
-        self.tmps = {}
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            return False
-        for w in self.writers:
-            with contextlib.suppress(Exception):
-                getattr(w, "abort", lambda: None)()
-        for p in self.tmps.values():
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
-        if self.made_dir is not None:
-            with contextlib.suppress(OSError):
-                self.made_dir.rmdir()
-        return False
+PROGRESS_EVERY = 5.0  # seconds between progress log lines when stderr is not a terminal
 
 
-def _bar(total: int, progress):
+def _progress(total: int, progress):
+    """A tqdm bar on a terminal; elsewhere (a log file, CI) an INFO line every PROGRESS_EVERY seconds.
+    ``progress``: None = choose by stderr, True = the bar, False = nothing."""
+    if progress is None and not sys.stderr.isatty():
+        return _LogProgress(total)
     from tqdm import tqdm
 
-    enabled = sys.stderr.isatty() if progress is None else bool(progress)
     return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="convert", file=sys.stderr,
-                disable=not enabled, delay=0.5, leave=False)
+                disable=not progress and not (progress is None and sys.stderr.isatty()), delay=0.5, leave=False)
+
+
+class _LogProgress:
+    def __init__(self, total: int):
+        self.total, self.done = total, 0
+        self.start = self.last = time.perf_counter()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, n: int):
+        self.done += n
+        now = time.perf_counter()
+        if now - self.last >= PROGRESS_EVERY:
+            self.last = now
+            rate = self.done / max(now - self.start, 1e-9)
+            log.info("convert: %.1f of %.1f MB (%.0f%%), %.0f MB/s", self.done / 1e6, self.total / 1e6,
+                     100 * self.done / max(self.total, 1), rate / 1e6)

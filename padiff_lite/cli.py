@@ -1,14 +1,18 @@
 """The ``padiff-lite`` / ``python -m padiff_lite`` command line.
 
 Each subcommand is a function ``cmd_<name>(args) -> exit code`` added in ``build_parser``.
-Errors of the package print one line with the fix and exit 2 (no traceback unless --debug).
+Every error prints one line ``padiff-lite: error: ...`` with the cause and the fix and exits 2 (no
+traceback unless --debug); ``check`` exits 1 only when the models differ. An interruption (Ctrl-C,
+SIGTERM, SIGHUP) prints one line and exits 128 + the signal number, leaving no partial output.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import signal
 import sys
+import warnings
 
 from .errors import PadiffError
 
@@ -106,7 +110,7 @@ def _build(spec: str, flag: str):
 
     adapter = adapter_for(model)
     if adapter is None or not adapter.is_module(model):
-        raise DiffInputError(f"{flag} {spec}() returned {type(model).__module__}.{type(model).__qualname__}, not a "
+        raise DiffInputError(f"{flag} {spec}() returned {type(model).__module__}.{type(model).__name__}, not a "
                              "torch.nn.Module or paddle.nn.Layer; the callable must return the model itself")
     return model
 
@@ -202,10 +206,33 @@ def _check(args) -> int:
 def cmd_convert(args) -> int:
     from .checkpoint import convert_checkpoint
 
-    report = convert_checkpoint(args.src, args.dst, args.base, args.raw, strict=args.strict,
-                                progress=False if args.quiet else None)
-    print(report)
+    try:
+        report = convert_checkpoint(args.src, args.dst, args.base, args.raw, strict=args.strict,
+                                    progress=False if args.quiet else None, mapping=args.map)
+    except PadiffError as exc:
+        exc.args = (_cli_words(str(exc)),)  # the flags of this command, not the Python API's arguments
+        raise
+    if not args.quiet:
+        print(report)
     return 0
+
+
+# Python-API advice in messages -> the command line's own options
+_CLI_WORDS = [
+    ("fix: pair the layers explicitly with set_layer_map, leave them out with update_black_list, or pass "
+     "strict=False to transfer what matches and list the rest",
+     "fix: pass --no-strict to convert what matches and list the rest"),
+    ("; build both models with the same sizes, or pair these layers differently with set_layer_map",
+     "; build both models with the same sizes"),
+    ("pass strict=False (--no-strict)", "pass --no-strict"),
+    ("strict=False", "--no-strict"),
+]
+
+
+def _cli_words(message: str) -> str:
+    for python, cli in _CLI_WORDS:
+        message = message.replace(python, cli)
+    return message
 
 
 def _add_convert(sub):
@@ -222,13 +249,73 @@ def _add_convert(sub):
                    help="zero-argument factory (or class) of the model DST is for")
     c.add_argument("--strict", action=argparse.BooleanOptionalAction, default=True,
                    help="refuse tensors without a partner (default); --no-strict lists them and goes on")
+    c.add_argument("--map", metavar="FILE", help="a mapping (JSON, from `padiff-lite pair`) pairing the layers "
+                   "whose names differ; made once on small random-weight models of the same architecture")
     c.set_defaults(func=cmd_convert)
+
+
+def _common(parser, top: bool):
+    """--debug and --quiet, accepted before and after the subcommand."""
+    default = False if top else argparse.SUPPRESS  # a subcommand's copy only overrides when given
+    parser.add_argument("--debug", action="store_true", default=default, help="show tracebacks and debug logging")
+    parser.add_argument("--quiet", action="store_true", default=default,
+                        help="no progress, no report: warnings and errors only")
+
+
+def cmd_pair(args) -> int:
+    """Build both models, pair their layers (names first, then the order they run on a random input), write the mapping."""
+    import numpy as np
+
+    from .errors import DiffInputError
+    from .transfer import pair_layers
+
+    try:
+        dtype = np.dtype(args.dtype)
+    except TypeError:
+        raise DiffInputError(f"--dtype {args.dtype!r} is not a numpy dtype name (float32, float64, int64, ...)") from None
+    shapes = [_parse_shape(s) for s in (args.input_shape or [])]
+    if not shapes:
+        raise DiffInputError("give at least one --input-shape, e.g. --input-shape 2,16 (the models run on it once)")
+    _seed_frameworks(args.seed)
+    base, raw = _build(args.base, "--base"), _build(args.raw, "--raw")
+    rng = np.random.default_rng(args.seed)
+    if dtype.kind == "f":
+        arrays = tuple(rng.standard_normal(s).astype(dtype) for s in shapes)
+    else:  # integer inputs (token ids, class indices): values 0 .. 7
+        arrays = tuple(rng.integers(0, 8, size=s).astype(dtype) for s in shapes)
+    mapping = pair_layers(base, raw, example_inputs=arrays, strict=args.strict)
+    if args.output:
+        mapping.save(args.output)
+        logging.getLogger("padiff_lite").info("wrote %s: %d layer pairs, %d tensors", args.output,
+                                              len(mapping.layers), len(mapping.tensors))
+        print(mapping)
+    else:
+        import json
+
+        print(json.dumps(mapping.to_dict(), indent=1))
+    return 0
+
+
+def _add_pair(sub):
+    c = sub.add_parser("pair", help="pair two models' layers (names, then the order they run) and write the mapping",
+                       description="Build both models (MODULE:CALLABLE, called with no arguments), pair their layers by "
+                                   "name and, for what names leave open, by the order they run on a random input; write "
+                                   "the mapping as JSON (for assign_weight(mapping=...) and `convert --map`).")
+    c.add_argument("--base", required=True, metavar="MODULE:CALLABLE", help="builds the source model")
+    c.add_argument("--raw", required=True, metavar="MODULE:CALLABLE", help="builds the target model")
+    c.add_argument("--input-shape", action="append", metavar="D1,D2,...",
+                   help="shape of a random input; repeat for models taking several positional inputs")
+    c.add_argument("--dtype", default="float32", help="input dtype (floats: standard normal; integers: 0..7)")
+    c.add_argument("--seed", type=int, default=0, help="seed of the input and of torch/paddle before the models are built")
+    c.add_argument("-o", "--output", metavar="FILE", help="write the mapping here (JSON); default: print it")
+    c.add_argument("--strict", action=argparse.BooleanOptionalAction, default=True,
+                   help="refuse layers left unpaired (default); --no-strict writes the pairs found")
+    c.set_defaults(func=cmd_pair)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="padiff-lite", description="Move weights between PyTorch and PaddlePaddle.")
-    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
-    p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+    _common(p, top=True)
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="transfer a built-in model pair and verify it by outputs")
@@ -273,17 +360,53 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_check)
 
     _add_convert(sub)
+    _add_pair(sub)
+    for parser in sub.choices.values():
+        _common(parser, top=False)
     return p
+
+
+def _setup_logging(args):
+    """Our log lines in our format on stderr, whatever handlers paddle puts on the root logger at import."""
+    warnings.filterwarnings("ignore", message="No ccache found")  # paddle's, on every import; not about this run
+    logger = logging.getLogger("padiff_lite")
+    for h in [h for h in logger.handlers if getattr(h, "_padiff_cli", False)]:
+        logger.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr)
+    handler._padiff_cli = True
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO)
+    logger.propagate = False
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    _setup_logging(args)
     try:
         return args.func(args)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP during a conversion (atomic.Interrupted)
+        if args.debug:
+            raise
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print(f"padiff-lite: error: interrupted by {signal.Signals(signum).name}; an output is complete or absent, "
+              "never partial (an earlier output stays as it was until the new one is complete)", file=sys.stderr)
+        return 128 + signum
     except PadiffError as exc:
         if args.debug:
             raise
         print(f"padiff-lite: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        if args.debug:
+            raise
+        print("padiff-lite: error: out of memory; close other programs or convert on a machine with more memory",
+              file=sys.stderr)
+        return 2
+    except Exception as exc:  # not foreseen: still one line, and how to see more
+        if args.debug:
+            raise
+        first = str(exc).splitlines()[0][:300] if str(exc) else ""
+        print(f"padiff-lite: error: {type(exc).__name__}: {first}; this was not foreseen by padiff-lite: run again "
+              "with --debug for the traceback and report it", file=sys.stderr)
         return 2

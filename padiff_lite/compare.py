@@ -325,7 +325,7 @@ def _run(proxy, hooked, args, kwargs, grad: bool, on_call):
     handles = []
     try:
         for idx, module in hooked:
-            handles.append(adapter.add_forward_hook(module, make(idx)))
+            handles.append(adapter.add_call_hook(module, make(idx)))
         adapter.set_training(proxy.model, False)
         try:
             out = adapter.forward(proxy.model, args, kwargs, grad)
@@ -491,12 +491,15 @@ def auto_diff(base, raw, inputs, atol: float = 1e-5, rtol: float = 1e-5, auto_in
         raise ValueError(f"diff_phase must be one of {PHASES}, got {diff_phase!r}")
     base, raw = create_model(base), create_model(raw)
     (bargs, bkw), (rargs, rkw) = _split_inputs(inputs, base, raw)
+    from .align import execution_mapping
+
+    mapping = execution_mapping(base, raw, inputs)  # layers names leave open, paired by the order they run
     report = None
     if auto_init:
         from .transfer import assign_weight
 
-        report = assign_weight(base, raw)
-    pairing = pair_models(base, raw, init_pool, keep_empty=True)
+        report = assign_weight(base, raw, mapping=mapping)
+    pairing = pair_models(base, raw, init_pool, keep_empty=True, mapping=mapping)
     pairs = pairing.matched
     hooked_b, hooked_r, seen = [], [], set()
     for i, pair in enumerate(pairs):
@@ -544,7 +547,7 @@ def auto_diff(base, raw, inputs, atol: float = 1e-5, rtol: float = 1e-5, auto_in
             result.notes.append(f"{len(result.not_comparable)} calls not comparable (outputs of a different form "
                                 f"that cannot be aligned; see result.not_comparable): {shown}")
         if grad:
-            _compare_grads(result, base, raw, pairs, atol, rtol)
+            _compare_grads(result, base, raw, pairs, atol, rtol, mapping)
     finally:
         if grad:
             base.adapter.clear_grads(base.model)
@@ -609,10 +612,10 @@ def _to_raw_layout(g, op):
     return g, notes
 
 
-def _compare_grads(result: DiffResult, base, raw, pairs, atol, rtol):
+def _compare_grads(result: DiffResult, base, raw, pairs, atol, rtol, mapping=None):
     from .plan import build_plan
 
-    plan = build_plan(base, raw)
+    plan = build_plan(base, raw, mapping=mapping)
     first_call = {}
     for c in sorted(result.layers + result.not_comparable, key=lambda c: c.order):
         first_call.setdefault((c.base_path, c.raw_path), c.order)

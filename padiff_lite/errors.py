@@ -54,3 +54,23 @@ class DiffInputError(DiffError, TypeError):
 
 class OutputStructureError(DiffError):
     """The two models returned outputs of different structure (nesting, keys, number or shape of tensors)."""
+
+
+class PairingError(TransferError):
+    """Pairing by execution could not be done: a model failed on the example input, or the call orders of the
+    two models do not decide which layer is which. Nothing was written."""
+
+
+class AmbiguousPairingError(PairingError):
+    """Two candidates fit one layer equally by class, shapes and call order: padiff_lite refuses to guess.
+
+    ``candidates`` holds ``(side, path, [candidate paths on the other side])`` for every ambiguous layer.
+    """
+
+    def __init__(self, message: str, problems: list[str] | None = None, candidates: list | None = None):
+        super().__init__(message, problems)
+        self.candidates = list(candidates or [])
+
+
+class MappingError(PadiffError, ValueError):
+    """A mapping (file or dict) is malformed, names paths a model lacks, or contradicts pairing by name."""

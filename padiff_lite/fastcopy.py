@@ -8,7 +8,9 @@ threads at once (docs/performance.md has the figures).
 
 :func:`pieces` says whether that applies to a copy and returns the pieces as plain callables; when it
 returns None (no extension, another device, a dtype change, a layout it does not handle) the caller
-copies with torch, as before. ``PADIFF_LITE_FASTCOPY=0`` in the environment switches it off.
+copies with torch, as before. The kernel is used only for the kinds of copy where it measured faster than
+torch on this CPU (:func:`faster`: its fp32 transpose beats torch on some CPUs and loses on others);
+``PADIFF_LITE_FASTCOPY=0`` in the environment switches it off, ``=1`` uses it wherever it applies.
 """
 from __future__ import annotations
 
@@ -37,7 +39,71 @@ ROW_ALIGN = 64
 
 def available() -> bool:
     """Whether the C extension is importable and not switched off (``PADIFF_LITE_FASTCOPY=0``)."""
-    return _fastcopy is not None and os.environ.get("PADIFF_LITE_FASTCOPY", "1") != "0"
+    return _fastcopy is not None and os.environ.get("PADIFF_LITE_FASTCOPY", "auto") != "0"
+
+
+# Whether the kernel beat torch on this machine, per (dtype, transposed): measured once per process (see
+# :func:`faster`). ``PADIFF_LITE_FASTCOPY=1`` uses the kernel wherever it applies, ``0`` never, ``auto``
+# (the default) where it measured faster.
+_FASTER: dict = {}
+# the calibration sample: a matrix of this many values (the size class the executor gives the kernel)
+SAMPLE_ROWS, SAMPLE_COLS = 1024, 1024
+SAMPLE_RUNS = 3
+
+
+def faster(dtype, transposed: bool) -> bool:
+    """Whether the kernel's copy (``transposed``: transpose) of ``dtype`` beats torch's copy plus NaN/Inf count
+    on this CPU. Both are timed on the same 1024 x 1024 sample, interleaved, best of 3 (about 10-40 ms, once per
+    process and kind); the kernel is kept only where it is faster, so it never makes a transfer slower than
+    ``PADIFF_LITE_FASTCOPY=0`` (docs/performance.md has the figures per CPU)."""
+    mode = os.environ.get("PADIFF_LITE_FASTCOPY", "auto")
+    if mode == "1":
+        return True
+    key = (dtype, bool(transposed))
+    won = _FASTER.get(key)
+    if won is None:
+        won = _FASTER[key] = _calibrate(dtype, bool(transposed))
+        log.debug("copy kernel vs torch for %s %s: %s", dtype, "transpose" if transposed else "copy",
+                  "kernel" if won else "torch")
+    return won
+
+
+def _calibrate(dtype, transposed: bool) -> bool:
+    import time
+
+    kind = _kind(dtype)
+    if kind is None:
+        return False
+    src = torch.zeros(SAMPLE_ROWS, SAMPLE_COLS, dtype=dtype)
+    dst = torch.empty((SAMPLE_COLS, SAMPLE_ROWS) if transposed else (SAMPLE_ROWS, SAMPLE_COLS), dtype=dtype)
+    item, n = src.element_size(), src.numel()
+    if transposed:
+        args = (src.data_ptr(), dst.data_ptr(), SAMPLE_ROWS, SAMPLE_COLS, item, kind, 0, SAMPLE_ROWS)
+        kernel = lambda: _fastcopy.transpose(*args)  # noqa: E731
+        plain = lambda: (dst.copy_(src.t()), _finite_sum(src))  # noqa: E731
+    else:
+        args = (src.data_ptr(), dst.data_ptr(), n, item, kind)
+        kernel = lambda: _fastcopy.copy(*args)  # noqa: E731
+        plain = lambda: (dst.copy_(src), _finite_sum(src))  # noqa: E731
+    best = {kernel: float("inf"), plain: float("inf")}
+    with torch.no_grad():
+        for _ in range(SAMPLE_RUNS):
+            for fn in (kernel, plain):
+                t0 = time.perf_counter()
+                fn()
+                best[fn] = min(best[fn], time.perf_counter() - t0)
+    return best[kernel] < best[plain]
+
+
+def _finite_sum(t):
+    """What torch's path reads for the NaN/Inf count: one sum over the source (see execute's scan)."""
+    return t.sum(dtype=torch.float32) if t.dtype == torch.float16 else (t.sum() if t.is_floating_point() else None)
+
+
+def choices() -> dict:
+    """``{"float32 transpose": "kernel" | "torch", ...}``: what the calibration chose so far in this process."""
+    return {f"{str(d).replace('torch.', '')} {'transpose' if t else 'copy'}": "kernel" if won else "torch"
+            for (d, t), won in sorted(_FASTER.items(), key=str)}
 
 
 def _kind(dtype) -> int | None:
@@ -65,7 +131,7 @@ def pieces(dst, src, transposed: bool, parts: int) -> list | None:
         return None
     kind = _kind(dst.dtype)
     n = dst.numel()
-    if kind is None or n == 0 or src.numel() != n:
+    if kind is None or n == 0 or src.numel() != n or not faster(dst.dtype, transposed):
         return None
     item = dst.element_size()
     d0, s0 = dst.data_ptr(), src.data_ptr()

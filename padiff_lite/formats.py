@@ -6,7 +6,9 @@ suffix             read                                        written
 .pt .pth .bin      ``torch.load(weights_only=True)``           ``torch.save`` of the shard's dict
 .safetensors       header checked by ``safe_open``; tensors       streamed: header first, then tensor by tensor
                    read with pread into (reused) plain memory
-.pdparams          ``paddle.load(return_numpy=True)``            the shard's dict pickled as paddle.save does
+.pdparams          our own pickle reader (:mod:`.pdparams`: only     the shard's dict pickled as paddle.save does
+                   arrays and plain values; nothing is run), then
+                   array bytes read into (reused) plain memory
 *.<suffix>.index.json + shards (HuggingFace layout): any of the above, shard by shard
 =================  ==========================================  ==========================================
 
@@ -14,6 +16,10 @@ Every output file goes through :class:`OutputFile` (O_DIRECT where allowed, writ
 
 Every tensor crosses this module as a CPU ``torch.Tensor`` (bf16 included: numpy has no bf16, paddle
 files keep bf16 as uint16, which paddle reads back as bf16). Nothing here knows about models.
+
+Files are untrusted: no reader runs code from a file (torch files with ``weights_only=True``, .pdparams with
+our own pickle reader, never ``paddle.load``/``pickle.load``), and an index may only name shards of its own
+format inside its own folder.
 """
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ import logging
 import mmap
 import os
 import pickle
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import pdparams
 from .errors import CheckpointError
 
 log = logging.getLogger("padiff_lite.formats")
@@ -71,6 +79,8 @@ class TensorInfo:
     dtype: torch.dtype
     file: int  # index into Checkpoint.files
     offset: int = -1  # safetensors: where the tensor's bytes start in the file
+    array: object = None  # .pdparams: the pdparams.ArrayRef (where the bytes lie, dtype, order)
+    uint16: bool = False  # .pdparams: stored as uint16, which paddle uses for bf16 too (see Checkpoint.settle)
 
     @property
     def nbytes(self) -> int:
@@ -103,7 +113,7 @@ class Checkpoint:
         done with the result before the next read into it); other formats ignore it."""
         info = self.infos[key]
         f = self.files[info.file]
-        if self.fmt == "safetensors":
+        if self.fmt in ("safetensors", "paddle"):
             # read with pread into plain memory, not through a mapping: a mapping's pages stay resident
             # and each 4 KiB page costs a fault on first touch (about half the time of a conversion)
             if self._ahead != info.file:  # ask the kernel to read the shard ahead while we transpose
@@ -111,13 +121,21 @@ class Checkpoint:
                 _read_ahead(f)
             n = info.nbytes
             buf = torch.empty(n, dtype=torch.uint8) if into is None or into.numel() < n else into[:n]
-            _read_exact(f, info.offset, buf)
-            return buf.view(info.dtype).reshape(info.shape)
+            if self.fmt == "safetensors":
+                _read_exact(f, info.offset, buf)
+                return buf.view(info.dtype).reshape(info.shape)
+            return _paddle_tensor(f, info, buf)
         if self._cache is None:
             self._cache = (info.file, _load_whole(f, self.fmt))
         if self._cache[0] != info.file:  # a tensor from another file (rare): read it without dropping ours
             return _load_whole(f, self.fmt)[key]
         return self._cache[1][key]
+
+    def settle(self, key: str, model_dtype: torch.dtype):
+        """A .pdparams uint16 array is bf16 bits unless the model's tensor is an integer: decide by the model."""
+        info = self.infos[key]
+        if info.uint16:
+            info.dtype = torch.bfloat16 if model_dtype.is_floating_point else torch.uint16
 
     def forget(self, key: str):
         """The caller is done with ``key``: let its memory go (whole-file formats free it as they go)."""
@@ -141,7 +159,7 @@ def open_checkpoint(path) -> Checkpoint:
     if p.name.endswith(INDEX_SUFFIX):
         weight_map = read_index(p)
         names = list(dict.fromkeys(weight_map.values()))
-        files = [p.parent / n for n in names]
+        files = [shard_path(p, n, fmt) for n in names]
         gone = [str(f) for f in files if not f.is_file()]
         if gone:
             raise CheckpointError(f"{p}: shard(s) listed in the index are missing: {', '.join(gone)}; "
@@ -164,8 +182,33 @@ def open_checkpoint(path) -> Checkpoint:
     return ck
 
 
+TEMP_PREFIX = ".padiff-tmp-"  # files and folders of conversions in progress (never read as a source)
+
+
+def shard_path(index: Path, name: str, fmt: str) -> Path:
+    """The shard ``name`` of ``index``: a plain file name in the index's folder, of the index's format."""
+    bad = None
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name or os.path.isabs(name):
+        bad = "is not a plain file name in the index's folder (shards must lie beside the index)"
+    else:
+        shard_fmt = FORMATS.get(Path(name).suffix.lower())
+        if shard_fmt != fmt:
+            bad = (f"is {'not a checkpoint file' if shard_fmt is None else 'a ' + shard_fmt + ' file'}, but the index "
+                   f"is a {fmt} index (each shard is read by the index's format)")
+    if bad:
+        raise CheckpointError(f"{index}: shard {name!r} {bad}; nothing was read from it. Fix the index's weight_map "
+                              "or re-download the checkpoint")
+    path = index.parent / name
+    if path.is_symlink() and path.resolve().parent != index.parent.resolve():
+        raise CheckpointError(f"{index}: shard {name!r} is a symbolic link out of the index's folder "
+                              f"(to {path.resolve()}); copy the shard itself next to the index")
+    return path
+
+
 def _find_in_folder(folder: Path) -> Path:
-    found = sorted(folder.glob("*" + INDEX_SUFFIX)) or sorted(f for f in folder.iterdir() if f.suffix in FORMATS)
+    visible = [f for f in folder.iterdir() if not f.name.startswith(TEMP_PREFIX)]
+    found = sorted(f for f in visible if f.name.endswith(INDEX_SUFFIX)) or \
+        sorted(f for f in visible if f.suffix in FORMATS)
     if len(found) != 1:
         what = "no checkpoint" if not found else "several checkpoints (" + ", ".join(f.name for f in found) + ")"
         raise CheckpointError(f"{folder}: folder holds {what}; pass the checkpoint file or its index file itself")
@@ -178,14 +221,16 @@ def read_index(p: Path) -> dict:
         weight_map = data["weight_map"]
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
             raise TypeError("weight_map is not a {key: shard file} table")
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{p}: not a valid checkpoint index ({type(exc).__name__}: {exc}); an index is JSON "
-                              "with a 'weight_map' {tensor key: shard file name}; re-create or re-download it") from exc
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError) as exc:
+        raise CheckpointError(f"{p}: not a valid checkpoint index ({type(exc).__name__}: {str(exc)[:200]}); an index "
+                              "is JSON with a 'weight_map' {tensor key: shard file name}; re-create or re-download it"
+                              ) from None
     return weight_map
 
 
-def _corrupt(f: Path, exc: BaseException) -> CheckpointError:
-    return CheckpointError(f"{f}: cannot read this file as {format_of(f)} ({type(exc).__name__}: "
+def _corrupt(f: Path, exc: BaseException, fmt: str | None = None) -> CheckpointError:
+    fmt = fmt or FORMATS.get(f.suffix.lower(), "checkpoint")
+    return CheckpointError(f"{f}: cannot read this file as {fmt} ({type(exc).__name__}: "
                            f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); the file is truncated, corrupt or "
                            "not what its suffix says: re-create or re-download it")
 
@@ -218,7 +263,7 @@ def _read_exact(f: Path, offset: int, buf: torch.Tensor):
                                           f"{offset} does; the file is truncated: re-create or re-download it")
                 done += n
     except OSError as exc:
-        raise _corrupt(f, exc) from exc
+        raise _corrupt(f, exc, "safetensors") from exc
 
 
 def _st_offsets(f: Path) -> dict[str, tuple[int, int]]:
@@ -232,7 +277,8 @@ def _st_offsets(f: Path) -> dict[str, tuple[int, int]]:
 
 
 def _scan(f: Path, fmt: str, i: int) -> dict[str, TensorInfo]:
-    """Keys, shapes and dtypes of one file (safetensors: header only; the others: a mapped/loaded pass)."""
+    """Keys, shapes and dtypes of one file (safetensors: header only; .pdparams: the pickle without the array
+    bytes; torch: a mapped pass)."""
     if fmt == "safetensors":
         from safetensors import safe_open
 
@@ -243,7 +289,8 @@ def _scan(f: Path, fmt: str, i: int) -> dict[str, TensorInfo]:
                     sl = h.get_slice(key)
                     name = sl.get_dtype()
                     if name not in _ST_NAMES:
-                        raise CheckpointError(f"{f}: tensor {key} has dtype {name}, which padiff_lite does not move")
+                        raise CheckpointError(f"{f}: tensor {key} has dtype {name}, which padiff_lite does not move; "
+                                              "convert that tensor to a supported dtype first")
                     out[key] = TensorInfo(key, tuple(sl.get_shape()), _ST_NAMES[name], i)
             for key, (start, end) in _st_offsets(f).items():  # safe_open has validated the header
                 if key in out:
@@ -254,63 +301,132 @@ def _scan(f: Path, fmt: str, i: int) -> dict[str, TensorInfo]:
         except CheckpointError:
             raise
         except Exception as exc:
-            raise _corrupt(f, exc) from exc
+            raise _corrupt(f, exc, fmt) from exc
         return out
+    if fmt == "paddle":
+        return _scan_paddle(f, i)
     sd = _load_whole(f, fmt, mmap=True)
     return {k: TensorInfo(k, tuple(t.shape), t.dtype, i) for k, t in sd.items()}
 
 
+_NP_TORCH = {np.dtype(n): getattr(torch, n) for n in (
+    "bool", "int8", "uint8", "int16", "int32", "int64", "float16", "float32", "float64", "uint32", "uint64")}
+
+
+def _scan_paddle(f: Path, i: int) -> dict[str, TensorInfo]:
+    obj = pdparams.parse(f)
+    arrays = _tensors_only(f, obj, pdparams.ArrayRef, lambda a: a)
+    out = {}
+    for key, ref in arrays.items():
+        native = ref.dtype.newbyteorder("=")
+        if native == np.dtype("uint16"):
+            dtype = torch.bfloat16  # until the model says otherwise (Checkpoint.settle)
+        elif native in _NP_TORCH:
+            dtype = _NP_TORCH[native]
+        else:
+            raise CheckpointError(f"{f}: array {key} has dtype {ref.dtype}, which padiff_lite does not move; "
+                                  "convert that array to a supported dtype first")
+        out[key] = TensorInfo(key, ref.shape, dtype, i, array=ref, uint16=native == np.dtype("uint16"))
+    return out
+
+
+def _paddle_tensor(f: Path, info: TensorInfo, buf: torch.Tensor) -> torch.Tensor:
+    """The .pdparams array of ``info`` read into the uint8 tensor ``buf`` (its byte order and memory order fixed)."""
+    ref = info.array
+    try:
+        pdparams.read_array(f, ref, memoryview(buf.numpy()) if buf.numel() else memoryview(bytearray(0)))
+    except OSError as exc:
+        raise _corrupt(f, exc, "paddle") from exc
+    if ref.dtype.byteorder == ">" and ref.dtype.itemsize > 1:  # big-endian (a file from another machine)
+        buf.numpy().view(ref.dtype).byteswap(inplace=True)
+    t = buf.view(info.dtype)
+    if ref.fortran and len(info.shape) > 1:
+        return t.reshape(info.shape[::-1]).permute(*reversed(range(len(info.shape))))
+    return t.reshape(info.shape)
+
+
+_BLOCKED = re.compile(r"(?:unsupported GLOBAL|Unsupported global: GLOBAL) ([\w.]+)")
+
+
 def _load_whole(f: Path, fmt: str, mmap: bool = False) -> dict[str, torch.Tensor]:
-    """Every tensor of one file. ``mmap=True`` (torch files) maps instead of reading: right for a look at
-    shapes, wrong for converting - a mapping keeps every page read in memory until the last tensor of the
-    file is gone, while tensors read plainly are freed one by one as the conversion is done with them."""
-    if fmt == "torch":
-        try:
-            if mmap:
-                try:
-                    obj = torch.load(str(f), map_location="cpu", weights_only=True, mmap=True)
-                except RuntimeError as exc:
-                    if "mmap can only be used" not in str(exc):
-                        raise
-                    mmap = False  # a legacy (non-zip) torch.save file cannot be mapped
-            if not mmap:
-                obj = torch.load(str(f), map_location="cpu", weights_only=True)
-        except Exception as exc:
-            if "weights_only" in str(exc) and "Unsupported" in str(exc):
-                raise CheckpointError(f"{f}: holds objects other than tensors, which are not loaded (weights_only=True) "
-                                      "for safety; save the state dict alone: torch.save(model.state_dict(), path)") from exc
-            raise _corrupt(f, exc) from exc
-        return _tensors_only(f, obj, torch.Tensor, lambda t: t)
-    if fmt == "paddle":
-        import paddle
+    """Every tensor of one torch file. ``mmap=True`` maps instead of reading: right for a look at shapes, wrong
+    for converting - a mapping keeps every page read in memory until the last tensor of the file is gone,
+    while tensors read plainly are freed one by one as the conversion is done with them."""
+    if fmt != "torch":
+        raise AssertionError(fmt)
+    try:
+        if mmap:
+            try:
+                obj = torch.load(str(f), map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as exc:
+                if "mmap can only be used" not in str(exc):
+                    raise
+                mmap = False  # a legacy (non-zip) torch.save file cannot be mapped
+        if not mmap:
+            obj = torch.load(str(f), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        blocked = _BLOCKED.search(str(exc))
+        if blocked:
+            raise CheckpointError(
+                f"{f}: refused to load: the file asks to import {blocked.group(1)}, which a state dict never needs "
+                "(torch.load ran with weights_only=True, so nothing was run). A file like this can run code when "
+                "loaded with weights_only=False: do not do that unless you trust its source; save the state dict "
+                "alone: torch.save(model.state_dict(), path)") from None
+        raise _corrupt(f, exc, fmt) from None
+    sd = _tensors_only(f, obj, torch.Tensor, lambda t: t)
+    for key, t in sd.items():
+        what = ("a sparse tensor (layout " + str(t.layout).replace("torch.", "") + ")" if t.layout != torch.strided
+                else "a tensor without data (saved from the meta device)" if t.is_meta
+                else "a quantized tensor" if t.is_quantized else None)
+        if what:
+            fix = ("save it dense: t.to_dense()" if t.layout != torch.strided else
+                   "save the real weights (the model after loading or training, not one built on the meta device)"
+                   if t.is_meta else "save it dequantized: t.dequantize()")
+            raise CheckpointError(f"{f}: {key} is {what}, which padiff_lite does not convert; {fix}")
+    return sd
 
-        try:
-            obj = paddle.load(str(f), return_numpy=True)
-        except Exception as exc:
-            raise _corrupt(f, exc) from exc
-        return _tensors_only(f, obj, np.ndarray, numpy_to_torch)
-    raise AssertionError(fmt)
 
-
-def _tensors_only(f, obj, kind, convert) -> dict[str, torch.Tensor]:
+def _tensors_only(f, obj, kind, convert) -> dict:
     if isinstance(obj, dict) and not any(isinstance(v, kind) for v in obj.values()):
         for w in WRAPPER_KEYS:
             if isinstance(obj.get(w), dict):
                 log.info("%s: using the state dict stored under '%s'", f, w)
                 obj = obj[w]
                 break
+    if isinstance(obj, dict) and kind is pdparams.ArrayRef:
+        try:
+            obj = pdparams.unwrap_big_params(obj)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise _corrupt(f, exc, "paddle") from None
+        obj = {k: (v[1] if isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], str) and isinstance(v[1], kind)
+                   else v) for k, v in obj.items()}  # paddle's reducer for a Tensor: (name, array)
     if not isinstance(obj, dict):
         raise CheckpointError(f"{f}: holds a {type(obj).__name__}, not a state dict; save model.state_dict() "
                               "(a dict of tensor name -> tensor)")
     out, skipped = {}, []
     for k, v in obj.items():
-        if isinstance(v, kind) and isinstance(k, str):
+        if isinstance(v, kind) and isinstance(k, str) and not (kind is pdparams.ArrayRef and pdparams.unsupported(v)):
             out[k] = convert(v)
         elif k not in PADDLE_EXTRA_KEYS:
-            skipped.append(str(k))
+            note = pdparams.unsupported(v) if isinstance(v, pdparams.ArrayRef) else None
+            skipped.append(f"{k} (an array of {note})" if note else str(k))
     if skipped:
         log.warning("%s: ignoring %d entr%s that are not tensors: %s", f, len(skipped),
                     "y" if len(skipped) == 1 else "ies", ", ".join(skipped[:10]))
+    return out
+
+
+def read_state(path, dtypes: dict | None = None) -> dict[str, torch.Tensor]:
+    """Every tensor of the checkpoint at ``path`` (any format, sharded or not), read with the same safe readers as
+    a conversion. ``dtypes`` (key -> the model's torch dtype) settles .pdparams uint16 arrays (bf16 or uint16)."""
+    ck = open_checkpoint(path)
+    out = {}
+    for key in ck.infos:
+        if dtypes and key in dtypes:
+            ck.settle(key, dtypes[key])
+        out[key] = ck.get(key)
+        ck.forget(key)
+    ck.release()
     return out
 
 
@@ -534,3 +650,24 @@ def write_index(path: Path, weight_map: dict, total_size: int):
         fh.write("\n")
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def read_for_model(path, framework: str, own: dict, model_name: str) -> dict[str, torch.Tensor]:
+    """The state dict at ``path`` for a ``framework`` model whose tensors are ``own`` (key -> (shape, torch dtype)),
+    read with the safe readers; CheckpointError when the file is of the other framework or does not fit."""
+    p = Path(path)
+    fmt = format_of(_find_in_folder(p) if p.is_dir() else p)
+    if fmt not in ("safetensors", framework):
+        wanted = ".pt/.pth/.bin" if framework == "torch" else ".pdparams"
+        raise CheckpointError(f"{path}: a {framework} model loads {wanted} or .safetensors files, and this is a {fmt} "
+                              f"checkpoint; give the {framework} model's own checkpoint (or convert this one with "
+                              "padiff-lite convert)")
+    state = read_state(path, {k: d for k, (_, d) in own.items()})
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    bad = [f"{k} {list(state[k].shape)} vs model {list(own[k][0])}" for k in own
+           if k in state and tuple(state[k].shape) != tuple(own[k][0])]
+    if missing or unexpected or bad:
+        raise CheckpointError(f"{path} does not fit {model_name}: missing {missing or '-'}, unexpected "
+                              f"{unexpected or '-'}, shape mismatch {bad or '-'}; pass the checkpoint of this model")
+    return state

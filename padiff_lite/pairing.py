@@ -178,5 +178,111 @@ class Pairing:
         return self._rule(b, r) is not None
 
 
-def pair_models(base, raw, pool, keep_empty: bool = False) -> Pairing:
-    return Pairing(base, raw, pool, keep_empty).run()
+def rule_for(pairing: Pairing, b: Node, r: Node):
+    """The registered entry joining the classes of base ``b`` and raw ``r`` (None: the default rule)."""
+    return pairing._rule(b, r)
+
+
+def alike(pairing: Pairing, b: Node, r: Node) -> bool:
+    """Whether two modules may pair: same class name (any case) or a registered pair."""
+    return pairing._alike(b, r)
+
+
+def pair_models(base, raw, pool, keep_empty: bool = False, mapping=None) -> Pairing:
+    """Pair ``base`` and ``raw`` (ProxyModels): layer maps, names, order; then ``mapping`` (a
+    :class:`padiff_lite.mapping.Mapping`, already oriented base -> raw) pairs what those left unpaired."""
+    pairing = Pairing(base, raw, pool, keep_empty).run()
+    if mapping is not None and mapping.layers:
+        apply_mapping(pairing, mapping)
+    return pairing
+
+
+# -- the stage after names: pairs named by a mapping (found by execution, or given by the user) -----------
+def own_only(node: Node) -> Node:
+    """``node`` without its children: a layer pair of the default rule moves only the module's own tensors."""
+    fresh = sum(1 for r in node.own if not r.alias_of)
+    return Node(node.path, node.module, node.own, [], len(node.own), fresh, node.on, node.bare)
+
+
+def walk(node: Node):
+    """``node`` and every node below it, parents first."""
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        yield n
+        stack.extend(child for _, child in reversed(n.children))
+
+
+def apply_mapping(pairing: Pairing, mapping):
+    """Pair the layers ``mapping`` names inside the regions that pairing by name left unpaired.
+
+    Names go first: an entry whose two layers are already paired with each other is skipped, one that
+    contradicts a pair found by name is refused. A pair whose classes have a registered rule is a unit (its
+    whole subtree); any other pair moves the two modules' own tensors, and their children need entries of
+    their own. What the mapping does not reach stays unpaired, listed module by module.
+    """
+    from .errors import MappingError
+
+    regions = {"base": [u for u in pairing.unpaired if u.side == "base"],
+               "raw": [u for u in pairing.unpaired if u.side == "raw"]}
+    index = {side: {n.path: n for u in us for n in walk(u.node)} for side, us in regions.items()}
+    by_name = {"base": {p.base.path: p for p in pairing.matched}, "raw": {p.raw.path: p for p in pairing.matched}}
+    used = {"base": {}, "raw": {}}
+    problems, added = [], []
+    for e in mapping.layers:
+        b, r = index["base"].get(e.base), index["raw"].get(e.raw)
+        if b is None or r is None:
+            pb, pr = by_name["base"].get(e.base), by_name["raw"].get(e.raw)
+            if pb is not None and pb is pr:
+                continue  # names (or order) already paired these two
+            for side, path, node, named in (("base", e.base, b, pb), ("raw", e.raw, r, pr)):
+                if node is not None:
+                    continue
+                if named is not None:
+                    other = named.raw.path if side == "base" else named.base.path
+                    problems.append(f"{side} {path or '<root>'} is already paired by {named.how} with "
+                                    f"{'raw' if side == 'base' else 'base'} {other or '<root>'} (names go first); "
+                                    "remove this entry, or rename the layers so that their names differ")
+                else:
+                    problems.append(f"{side} {path or '<root>'} is not a layer that pairing left open (left out by a "
+                                    "black/white list, or inside a layer transferred as a unit); remove this entry")
+            continue
+        for side, path in (("base", e.base), ("raw", e.raw)):
+            if path in used[side]:
+                problems.append(f"{side} {path or '<root>'} is named twice (with {used[side][path]} and "
+                                f"{e.raw if side == 'base' else e.base}); a layer pairs with one layer")
+        used["base"].setdefault(e.base, e.raw)
+        used["raw"].setdefault(e.raw, e.base)
+        entry = rule_for(pairing, b, r)
+        if entry is None:
+            b, r = own_only(b), own_only(r)
+        added.append(LayerPair(b, r, entry, mapping.how))
+    if problems:
+        raise MappingError(f"the mapping does not fit {pairing.base.framework}:{pairing.base.name} -> "
+                           f"{pairing.raw.framework}:{pairing.raw.name} ({len(problems)} problem"
+                           f"{'s' * (len(problems) != 1)}):\n" + "\n".join("  - " + p for p in problems))
+    if not added:
+        return
+    whole = {"base": {p.base.path for p in added if p.entry is not None},
+             "raw": {p.raw.path for p in added if p.entry is not None}}
+    for pair in added:
+        pairing.matched.append(pair)
+        if pair.entry is not None or pair.base.own or pair.raw.own:
+            pairing.pairs.append(pair)
+    left = []
+    for u in pairing.unpaired:
+        side = u.side
+        if not any(p in used[side] for p in (n.path for n in walk(u.node))):
+            left.append(u)  # untouched by the mapping: listed as before
+            continue
+        stack = [u.node]
+        while stack:
+            n = stack.pop()
+            if n.path in whole[side]:
+                continue
+            if n.path not in used[side]:
+                node = own_only(n)
+                if node.fresh:
+                    left.append(Unpaired(side, n.path, type(n.module).__name__, node.fresh, node))
+            stack.extend(child for _, child in reversed(n.children))
+    pairing.unpaired = left

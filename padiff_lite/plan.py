@@ -65,9 +65,10 @@ def _where(pair: LayerPair) -> str:
 
 
 # -- building ------------------------------------------------------------------
-def build_plan(base, raw, pool=init_pool, need_data: bool = True) -> Plan:
-    """Pair and plan ``base`` -> ``raw``, then validate. ``need_data=False``: see :func:`validate`."""
-    pairing = pair_models(base, raw, pool)
+def build_plan(base, raw, pool=init_pool, need_data: bool = True, mapping=None) -> Plan:
+    """Pair and plan ``base`` -> ``raw``, then validate. ``need_data=False``: see :func:`validate`.
+    ``mapping``: a :class:`padiff_lite.mapping.Mapping` (oriented base -> raw) pairing what names leave open."""
+    pairing = pair_models(base, raw, pool, mapping=mapping)
     plan = Plan(base, raw, pairing.pairs, unpaired=pairing.unpaired)
     for u in pairing.unpaired:
         (plan.unexpected if u.side == "base" else plan.missing).extend(u.tensor_paths())
@@ -85,6 +86,22 @@ def build_plan(base, raw, pool=init_pool, need_data: bool = True) -> Plan:
     plan.unexpected = _in_model_order(base, plan.unexpected)
     validate(plan, need_data=need_data)
     return plan
+
+
+def pair_problems(base, raw, pair: LayerPair) -> list[str]:
+    """What would be wrong with transferring this one layer pair (shapes after the rule's transforms, tensors
+    left without a partner on either side, a rule that refuses it); [] when it fits. Reads no values.
+    An imperative special init cannot be checked without running it: it fits."""
+    plan = Plan(base, raw, [pair])
+    if pair.entry is None:
+        _plan_default(plan, pair)
+    elif pair.entry.kind == "mapping":
+        _plan_maps(plan, pair)
+    else:
+        return []
+    validate(plan, need_data=False)
+    return plan.problems + [f"{_where(pair)}: base {p} has no partner" for p in plan.unexpected] + \
+        [f"{_where(pair)}: raw {p} has no partner" for p in plan.missing]
 
 
 def _in_model_order(proxy, paths: list[str]) -> list[str]:

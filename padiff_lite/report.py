@@ -32,6 +32,15 @@ class TransferReport:
     nonfinite: dict = field(default_factory=dict)
     tied: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    _mapping: object = field(default=None, repr=False)  # a Mapping, or a function making it on first use
+
+    @property
+    def mapping(self):
+        """A :class:`padiff_lite.mapping.Mapping`: every layer pair (base path -> raw path, how it was found, the
+        rule) and every tensor copy of this transfer; ``report.mapping.save("map.json")`` writes it."""
+        if callable(self._mapping):
+            self._mapping = self._mapping()
+        return self._mapping
 
     def __bool__(self):
         return True

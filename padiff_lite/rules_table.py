@@ -46,6 +46,8 @@ def _family(entry) -> str:
 
 def _test_file(entry) -> str:
     fam = _family(entry)
+    if fam.startswith("init_hf_"):  # transformers <-> PaddleFormers families: tested on the real models
+        return "tests/test_hf_ports.py"
     return f"tests/layers/test_{fam[len('init_'):]}.py" if fam.startswith("init_") else "-"
 
 

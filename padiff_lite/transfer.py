@@ -9,6 +9,9 @@ import time
 from .errors import InitError, TransferError
 from .execute import _nonfinite_count, execute
 from .init import check_scheme, plan_init, scheme_name
+from .align import execution_mapping
+from .mapping import check_tensors, from_plan
+from .mapping import prepare as prepare_mapping
 from .plan import Plan, build_plan
 from .proxy import create_model
 from .report import PairRecord, TransferReport
@@ -45,8 +48,26 @@ def plan_transfer(base, raw) -> Plan:
 
 
 @_gc_paused
+def pair_layers(base, raw, example_inputs=None, mapping=None, strict: bool = True):
+    """Pair ``base`` and ``raw`` as ``assign_weight`` would (names first, then by the order layers run on
+    ``example_inputs``, or by ``mapping``), plan and validate, write nothing; return the
+    :class:`padiff_lite.mapping.Mapping` (``.save(path)`` writes it). Raises TransferError as
+    ``assign_weight`` would (with ``strict``, layers left unpaired are an error too)."""
+    base, raw = create_model(base), create_model(raw)
+    found = find_mapping(base, raw, example_inputs, mapping)
+    plan = build_plan(base, raw, mapping=found)
+    problems = list(plan.problems) + (check_tensors(found, plan) if mapping is not None else [])
+    if strict and (plan.missing or plan.unexpected):
+        problems = [_unpaired_problem(plan, found, can_run=example_inputs is None and mapping is None)] + problems
+    if problems:
+        raise TransferError(f"cannot pair {base.framework}:{base.name} -> {raw.framework}:{raw.name} "
+                            f"({len(problems)} problem{'s' * (len(problems) != 1)}):", problems)
+    return from_plan(plan, list(found.notes) if found is not None else [])
+
+
+@_gc_paused
 def assign_weight(base, raw, strict: bool = True, check_finite: bool = False, init_unmatched=None,
-                  std: float = 0.02) -> TransferReport:
+                  std: float = 0.02, example_inputs=None, mapping=None) -> TransferReport:
     """Copy the weights of ``base`` into ``raw`` (models or ProxyModels, torch or paddle, either way).
 
     Returns a :class:`TransferReport`. Raises :class:`TransferError` listing every problem when the
@@ -62,6 +83,14 @@ def assign_weight(base, raw, strict: bool = True, check_finite: bool = False, in
         "path: rule" for each tensor written; tensors no rule covers stay as built and are named in
         ``report.notes``. None (default) leaves the missing tensors as built.
     std: the standard deviation of "bert" (HF's initializer_range).
+    example_inputs: an input both models accept, in the forms ``auto_diff`` takes (a numpy array, a tuple of
+        them, or ``({"x": base_tensor}, {"x": raw_tensor})``). When names and structure leave layers unpaired,
+        both models run once on it and the layers they left are paired by the order they run
+        (:mod:`padiff_lite.align`); names always go first. Ambiguity raises AmbiguousPairingError.
+    mapping: a mapping file (JSON), dict or Mapping (``report.mapping`` of an earlier transfer, or written by
+        ``padiff-lite pair``) pairing the layers names leave open, instead of running the models.
+
+    ``report.mapping`` lists every layer pair and tensor copy with how it was found.
     """
     t0 = time.perf_counter()
     for name, value in (("strict", strict), ("check_finite", check_finite)):
@@ -75,10 +104,13 @@ def assign_weight(base, raw, strict: bool = True, check_finite: bool = False, in
             )
         check_scheme(init_unmatched, std)
     base, raw = create_model(base), create_model(raw)
-    plan = build_plan(base, raw)
+    found = find_mapping(base, raw, example_inputs, mapping)
+    plan = build_plan(base, raw, mapping=found)
     problems = list(plan.problems)
+    if mapping is not None:
+        problems += check_tensors(found, plan)
     if strict and (plan.missing or plan.unexpected):
-        problems = [_unpaired_problem(plan)] + problems
+        problems = [_unpaired_problem(plan, found, can_run=example_inputs is None and mapping is None)] + problems
     if check_finite:
         problems += _nonfinite_problems(plan)
     if problems:
@@ -90,6 +122,9 @@ def assign_weight(base, raw, strict: bool = True, check_finite: bool = False, in
     init = plan_init(raw, init_unmatched, std, only=plan.missing) if init_unmatched is not None else None
     stats = execute(plan, init.ops if init else ())
     report = _report(plan, stats, time.perf_counter() - t0)
+    notes = list(found.notes) if found is not None else []
+    report.notes += notes
+    report._mapping = lambda: from_plan(plan, notes)
     if init is not None:
         report.initialised = list(stats.initialised)
         written = {line.split(": ", 1)[0] for line in report.initialised}
@@ -103,7 +138,20 @@ def assign_weight(base, raw, strict: bool = True, check_finite: bool = False, in
     return report
 
 
-def _unpaired_problem(plan: Plan) -> str:
+def find_mapping(base, raw, example_inputs=None, mapping=None):
+    """The Mapping pairing what names leave open: ``mapping`` read and checked, or found by running both models
+    on ``example_inputs``; None with neither (or when names pair everything)."""
+    if mapping is not None and example_inputs is not None:
+        raise TypeError("assign_weight() takes mapping= or example_inputs=, not both: a mapping says the pairs, "
+                        "example inputs find them")
+    if mapping is not None:
+        return prepare_mapping(mapping, base, raw)
+    if example_inputs is not None:
+        return execution_mapping(base, raw, example_inputs)
+    return None
+
+
+def _unpaired_problem(plan: Plan, found=None, can_run: bool = False) -> str:
     lines = []
     for u in plan.unpaired:
         lines.append(f"unpaired {u}: {', '.join(u.tensor_paths())}")
@@ -114,11 +162,14 @@ def _unpaired_problem(plan: Plan) -> str:
         lines.append("raw tensors with no base partner: " + ", ".join(rest_m))
     if rest_u:
         lines.append("base tensors with no raw partner: " + ", ".join(rest_u))
-    return (
-        "\n    ".join(["structure differs:"] + lines + plan.hints)
-        + "\n    fix: pair the layers explicitly with set_layer_map, leave them out with update_black_list, "
-        "or pass strict=False to transfer what matches and list the rest"
-    )
+    if found is not None:
+        lines += found.notes
+    fix = ("pair the layers explicitly with set_layer_map, leave them out with update_black_list, "
+           "or pass strict=False to transfer what matches and list the rest")
+    if can_run and {u.side for u in plan.unpaired} == {"base", "raw"}:
+        fix = ("pass example_inputs=<an input both models accept> to pair the layers names leave open by the "
+               "order they run (or mapping=<file> to reuse pairs found before); or " + fix)
+    return "\n    ".join(["structure differs:"] + lines + plan.hints) + "\n    fix: " + fix
 
 
 def _nonfinite_problems(plan: Plan) -> list[str]:

@@ -22,6 +22,12 @@ DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int
 SHAPES = [(1, 1), (3, 5), (70, 33), (129, 1000), (64, 64)]
 
 
+@pytest.fixture(autouse=True)
+def _kernel_wherever_it_applies(monkeypatch):
+    """These tests check the kernel's numbers: use it wherever it applies (tests that switch it off set 0)."""
+    monkeypatch.setenv("PADIFF_LITE_FASTCOPY", "1")
+
+
 def values(shape, dtype, seed=0):
     g = torch.Generator().manual_seed(seed)
     if dtype == torch.bool:
@@ -241,7 +247,7 @@ def test_nonfinite_values_in_big_tensors_are_reported_through_the_kernel(src, ds
     assert np.array_equal(np.isnan(got), np.isnan(bad.T)) and np.array_equal(np.nan_to_num(got), np.nan_to_num(bad.T))
 
 
-@pytest.mark.parametrize("out_suffix", [".safetensors", ".pdparams"])
+@pytest.mark.parametrize("out_suffix", [".safetensors", "native"])  # native: the suffix of dst's framework
 @pytest.mark.parametrize("src,dst", DIRECTIONS, ids=DIRECTION_IDS)
 def test_checkpoint_conversion_with_big_tensors_is_the_same_with_and_without_the_kernel(tmp_path, monkeypatch,
                                                                                        src, dst, out_suffix):
@@ -256,6 +262,8 @@ def test_checkpoint_conversion_with_big_tensors_is_the_same_with_and_without_the
     state["0.weight"][3, 4] = float("nan")  # counted in a big tensor, and carried as it is
     save(state, tmp_path / "src.safetensors")
     outs = {}
+    if out_suffix == "native":
+        out_suffix = {"paddle": ".pdparams", "torch": ".pt"}[dst]
     calls = spy_on_kernel(monkeypatch)
     for flag in ("1", "0"):
         monkeypatch.setenv("PADIFF_LITE_FASTCOPY", flag)
@@ -279,3 +287,51 @@ def test_checkpoint_conversion_with_big_tensors_is_the_same_with_and_without_the
     load_into(a, src, state)
     xs = inputs_for([(3, a[0].weight.shape[0 if src == "paddle" else 1])])
     assert max_abs_diff(run(a, src, xs), run(b, dst, xs)) <= 1e-5
+
+
+# -- choosing the path by measurement ------------------------------------------------------------------
+class _Slow:
+    """The real kernel module with one function made slow (or left as it is)."""
+
+    def __init__(self, real, slow):
+        self.real, self.slow = real, slow
+
+    def __getattr__(self, name):
+        fn = getattr(self.real, name)
+        if name != self.slow:
+            return fn
+
+        def slowed(*args):
+            import time
+
+            time.sleep(0.2)
+            return fn(*args)
+
+        return slowed
+
+
+@pytest.mark.parametrize("slow", ["transpose", "copy"])
+def test_by_default_the_kernel_runs_only_where_it_measured_faster_than_torch(monkeypatch, slow):
+    monkeypatch.setenv("PADIFF_LITE_FASTCOPY", "auto")
+    monkeypatch.setattr(fastcopy, "_FASTER", {})
+    monkeypatch.setattr(fastcopy, "_fastcopy", _Slow(fastcopy._fastcopy, slow))
+    transposed = slow == "transpose"
+    src = values((2048, 1024), torch.float32)
+    dst = torch.empty((1024, 2048) if transposed else (2048, 1024))
+    assert fastcopy.pieces(dst, src, transposed, 2) is None  # slower here: torch does it
+    assert fastcopy.choices() == {f"float32 {slow}": "torch"}
+    monkeypatch.setenv("PADIFF_LITE_FASTCOPY", "1")  # forced: the kernel wherever it applies
+    assert fastcopy.pieces(dst, src, transposed, 2) is not None
+
+
+def test_the_choice_is_measured_once_per_kind(monkeypatch):
+    monkeypatch.setenv("PADIFF_LITE_FASTCOPY", "auto")
+    monkeypatch.setattr(fastcopy, "_FASTER", {})
+    calls = []
+    real = fastcopy._calibrate
+    monkeypatch.setattr(fastcopy, "_calibrate", lambda d, t: calls.append((d, t)) or real(d, t))
+    for _ in range(3):
+        fastcopy.faster(torch.bfloat16, True)
+        fastcopy.faster(torch.float32, False)
+    assert calls == [(torch.bfloat16, True), (torch.float32, False)]
+    assert set(fastcopy.choices()) == {"bfloat16 transpose", "float32 copy"}

@@ -229,3 +229,30 @@ def test_packed_experts_port_both_ways(direction, tmp_path):
     finally:
         init_pool.remove("torch", "PackedExperts", "paddle", "ExpertList")
         init_pool.remove("paddle", "ExpertList", "torch", "PackedExperts")
+
+
+def test_a_partly_covered_target_is_left_out_of_a_non_strict_conversion(fused_pool, tmp_path):
+    init_pool.register_maps("torch", "SplitBlock", "paddle", "FusedBlock", override=True)(
+        lambda m, l: [x for x in fused_rule(m, l) if not x.src.startswith("v_proj")])
+    save(state_as_torch(SplitBlock(), "torch"), tmp_path / "split.safetensors")
+    with pytest.raises(TransferError, match="cover 384 of its 512 values"):
+        convert_checkpoint(tmp_path / "split.safetensors", tmp_path / "fused.pdparams", SplitBlock, FusedBlock)
+    report = convert_checkpoint(tmp_path / "split.safetensors", tmp_path / "fused.pdparams", SplitBlock, FusedBlock,
+                                strict=False)
+    written = load(tmp_path / "fused.pdparams")
+    assert "qkv_proj.weight" not in written and "qkv_proj.weight" in report.missing
+    assert set(written) == {"up_gate_proj.weight", "down_proj.weight"}
+
+
+@pytest.mark.parametrize("direction", ["torch->paddle", "paddle->torch"])
+def test_auto_diff_maps_gradients_through_parts(fused_pool, direction):
+    """auto_diff's gradient comparison goes through the same parts: a fused weight's gradient blocks meet the
+    split weights' gradients."""
+    from padiff_lite import auto_diff
+
+    t, p = SplitBlock(), FusedBlock()
+    base, raw = (t, p) if direction == "torch->paddle" else (p, t)
+    result = auto_diff(base, raw, X, diff_phase="both", atol=1e-4, rtol=1e-4)
+    assert result.ok, str(result)
+    assert len(result.grads) == 9 and all(g.ok for g in result.grads)  # one per map: q, k, v (+bias), gate, up, down
+    assert any("part" in g.note for g in result.grads)

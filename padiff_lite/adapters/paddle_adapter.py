@@ -268,7 +268,15 @@ class PaddleAdapter(Adapter):
         return a.copy() if a.size and a.ctypes.data == t.data_ptr() else a
 
     def add_forward_hook(self, module, fn):
-        """Call ``fn(args, kwargs, output)`` each time ``module`` finishes a forward; returns a removable handle."""
+        """Call ``fn(inputs, output)`` each time ``module`` finishes a forward; returns a removable handle."""
+
+        def hook(_layer, inputs, output):
+            fn(inputs, output)  # returns None: the output is left as it is
+
+        return module.register_forward_post_hook(hook)
+
+    def add_call_hook(self, module, fn):
+        """Call ``fn(args, kwargs, output)`` each time ``module`` finishes a forward (keyword inputs too)."""
 
         def hook(_layer, args, kwargs, output):
             fn(args, kwargs, output)  # returns None: the output is left as it is
@@ -308,30 +316,17 @@ class PaddleAdapter(Adapter):
         model.clear_gradients(set_to_zero=False)
 
     def load_weights(self, model, path: str):
-        """Load a paddle state dict file (.pdparams) into ``model``; every key must fit."""
+        """Load a state dict file (.pdparams, .safetensors, an index) into ``model``; every key must fit. Read with
+        the package's own .pdparams reader: never paddle.load, which runs the file's pickle."""
         import paddle
+        import torch
 
-        from ..errors import CheckpointError
+        from ..formats import read_for_model
 
-        if not str(path).endswith(".pdparams"):
-            raise CheckpointError(f"{path}: a paddle model loads .pdparams files; "
-                                  "give a file saved with paddle.save(model.state_dict(), ...)")
-        try:
-            state = paddle.load(path)
-        except Exception as exc:
-            raise CheckpointError(f"{path}: paddle.load failed ({type(exc).__name__}: {exc})") from exc
-        if not isinstance(state, dict):
-            raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a state dict")
         own = model.state_dict()
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        bad = [f"{k} {list(state[k].shape)} vs model {list(own[k].shape)}" for k in own
-               if k in state and list(state[k].shape) != list(own[k].shape)]
-        if missing or unexpected or bad:
-            raise CheckpointError(
-                f"{path} does not fit {type(model).__name__}: missing {missing or '-'}, "
-                f"unexpected {unexpected or '-'}, shape mismatch {bad or '-'}")
-        model.set_state_dict(state)
+        dtypes = {k: (tuple(v.shape), getattr(torch, str(v.dtype).split(".")[-1], torch.float32)) for k, v in own.items()}
+        for k, t in read_for_model(path, "paddle", dtypes, type(model).__name__).items():
+            own[k].set_value(paddle.from_dlpack(t.to(dtypes[k][1]).contiguous()))
 
 
 def _unnamed(attr):

@@ -165,7 +165,11 @@ class TorchAdapter(Adapter):
         return t.cpu().numpy().copy()
 
     def add_forward_hook(self, module, fn):
-        """Call ``fn(args, kwargs, output)`` each time ``module`` finishes a forward; returns a removable handle."""
+        """Call ``fn(inputs, output)`` each time ``module`` finishes a forward; returns a removable handle."""
+        return module.register_forward_hook(lambda _m, inputs, output: fn(inputs, output))
+
+    def add_call_hook(self, module, fn):
+        """Call ``fn(args, kwargs, output)`` each time ``module`` finishes a forward (keyword inputs too)."""
         return module.register_forward_hook(lambda _m, args, kwargs, output: fn(args, kwargs, output),
                                             with_kwargs=True)
 
@@ -185,21 +189,9 @@ class TorchAdapter(Adapter):
         model.zero_grad(set_to_none=True)
 
     def load_weights(self, model, path: str):
-        """Load a torch state dict file (.pt / .pth, read with weights_only=True) into ``model``, strictly."""
-        from ..errors import CheckpointError
+        """Load a state dict file (.pt/.pth/.bin, .safetensors, an index) into ``model``, strictly, with the package's
+        safe readers (torch files with weights_only=True)."""
+        from ..formats import read_for_model
 
-        if not str(path).endswith((".pt", ".pth", ".bin")):
-            raise CheckpointError(f"{path}: a torch model loads .pt/.pth/.bin state dict files; "
-                                  "give a file saved with torch.save(model.state_dict(), ...)")
-        try:
-            state = _torch().load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise CheckpointError(f"{path}: torch.load failed ({type(exc).__name__}: {exc}); "
-                                  "give a state dict saved with torch.save") from exc
-        if not isinstance(state, dict):
-            raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a state dict; "
-                                  "save model.state_dict(), not the model")
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise CheckpointError(f"{path} does not fit {type(model).__name__}: {exc}") from exc
+        own = {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
+        model.load_state_dict(read_for_model(path, "torch", own, type(model).__name__), strict=True)

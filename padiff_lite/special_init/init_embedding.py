@@ -42,7 +42,7 @@ def _caveat_applies(module, layer) -> bool:
     "torch", "Embedding", "paddle", "Embedding",
     note="weight [num, dim] copied as it is (never transposed), the padding row included",
     caveat="paddle outputs zeros at its padding_idx whatever the table row holds, torch outputs the row: the row is "
-           "not zero, so the outputs differ for that token (zero the row on both sides to make them agree; with an "
+           "not zero (or, in a checkpoint conversion, its values were not at hand to check), so the outputs differ for that token (zero the row on both sides to make them agree; with an "
            "attention mask, outputs at real tokens do not depend on it); torch max_norm/scale_grad_by_freq/sparse "
            "are not weights",
     caveat_when=_caveat_applies,

@@ -74,3 +74,18 @@ def test_a_zero_padding_row_gives_equal_outputs_and_no_note(src, dst):
     assert not any("padding_idx" in n for n in report.notes), report.notes
     x = [np.array([[2, 3, 2, 7]], "int64")]
     np.testing.assert_allclose(run(a, src, x)[0], run(b, dst, x)[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("src,dst", [("torch", "paddle"), ("paddle", "torch")])
+def test_convert_copies_the_padding_row_like_assign_weight(src, dst, tmp_path):
+    """A table with padding_idx whose pad row was never zeroed converts in both directions (it was refused)."""
+    from ckpt_helpers import load, save, state_as_torch
+    from padiff_lite import convert_checkpoint
+
+    a = model(10, 6, padding_idx=2)(src)
+    _set_row(a, src, 2, 0.5)
+    first = tmp_path / ("a.pt" if src == "torch" else "a.pdparams")
+    out = tmp_path / ("b.pdparams" if dst == "paddle" else "b.safetensors")
+    save(state_as_torch(a, src), first)
+    convert_checkpoint(first, out, model(10, 6, padding_idx=2)(src), model(10, 6, padding_idx=2)(dst))
+    np.testing.assert_array_equal(load(out)["emb.weight"].numpy(), _table(a, src))  # no refusal, the row as it was

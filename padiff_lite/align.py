@@ -1,0 +1,207 @@
+"""Pairing by execution: run both models once and align the two call sequences.
+
+The stage after pairing by name (names always go first: this only decides what they left open):
+
+1. *Atoms.* Inside the regions names left unpaired, each side is cut into atoms: a module whose class
+   takes part in a registered rule with some class of the other side's open region is one atom (a unit,
+   its whole subtree); any other module that owns tensors is an atom for its own tensors, and its children
+   are looked at in turn. So a registered unit facing plain parts (paddle ``TransformerEncoderLayer`` against
+   HF's ``BertLayer``) is dissolved into its parts, down to the ``Linear``/``LayerNorm`` that meet.
+2. *Trace* (:mod:`padiff_lite.trace`). Both models run once on the example input with a hook on every
+   atom; each side becomes the sequence of its atoms in the order of their first call.
+3. *Fit.* A base atom fits a raw atom when their classes are alike (same name, or a registered pair) and the
+   pair plans without a problem: every tensor has a partner and the shapes agree after the rule's transforms.
+4. *Align* (:func:`align`, pure). Atoms that fit exactly one atom of the other side, which fits only them,
+   are paired whatever their order. The rest are aligned in call order (the longest order-keeping sequence
+   of fitting pairs); when two alignments of that length pair differently, the layers involved are
+   ambiguous and the whole pairing is refused with the candidates named. Nothing is guessed.
+
+The result is a :class:`padiff_lite.mapping.Mapping` (``how="execution"``) that pairing applies after names.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import AmbiguousPairingError
+from .mapping import LayerEntry, Mapping
+from .pairing import LayerPair, Node, alike, own_only, pair_models, rule_for, walk
+from .proxy import create_model
+from .trace import record_calls
+
+
+# -- the pure step ---------------------------------------------------------------
+@dataclass
+class Alignment:
+    pairs: list[tuple[int, int]]  # (base position, raw position), in base call order
+    ambiguous: list[tuple[str, int, list[int]]]  # ("base", i, [raw candidates]) / ("raw", j, [base candidates])
+
+
+def align(n_base: int, n_raw: int, fits) -> Alignment:
+    """Align two call sequences of lengths ``n_base`` and ``n_raw``; ``fits(i, j)`` says whether base
+    position i may pair with raw position j. See the module docstring for the rules."""
+    ok = [[bool(fits(i, j)) for j in range(n_raw)] for i in range(n_base)]
+    col_hits = [sum(ok[i][j] for i in range(n_base)) for j in range(n_raw)]
+    anchors = {}
+    for i, row in enumerate(ok):
+        if sum(row) == 1:
+            j = row.index(True)
+            if col_hits[j] == 1:
+                anchors[i] = j
+    bs = [i for i in range(n_base) if i not in anchors]
+    taken = set(anchors.values())
+    rs = [j for j in range(n_raw) if j not in taken]
+    n, m = len(bs), len(rs)
+    # fw[a][b]: longest order-keeping pairing of bs[:a] with rs[:b]; bw[a][b]: of bs[a:] with rs[b:]
+    fw = [[0] * (m + 1) for _ in range(n + 1)]
+    for a in range(n):
+        row, nxt, oka = fw[a], fw[a + 1], ok[bs[a]]
+        for b in range(m):
+            nxt[b + 1] = max(row[b + 1], nxt[b], row[b] + 1 if oka[rs[b]] else 0)
+    bw = [[0] * (m + 1) for _ in range(n + 1)]
+    for a in range(n - 1, -1, -1):
+        row, nxt, oka = bw[a], bw[a + 1], ok[bs[a]]
+        for b in range(m - 1, -1, -1):
+            row[b] = max(nxt[b], row[b + 1], nxt[b + 1] + 1 if oka[rs[b]] else 0)
+    total = fw[n][m]
+    cand = [(a, b) for a in range(n) for b in range(m)
+            if ok[bs[a]][rs[b]] and fw[a][b] + 1 + bw[a + 1][b + 1] == total]
+    pairs = sorted(list(anchors.items()) + [(bs[a], rs[b]) for a, b in cand])
+    if len(cand) == total:
+        return Alignment(pairs, [])
+    by_b, by_r = {}, {}
+    for a, b in cand:
+        by_b.setdefault(bs[a], []).append(rs[b])
+        by_r.setdefault(rs[b], []).append(bs[a])
+    ambiguous = [("base", i, js) for i, js in by_b.items() if len(js) > 1]
+    ambiguous += [("raw", j, is_) for j, is_ in by_r.items() if len(is_) > 1]
+    if not ambiguous:  # one candidate each, but their call orders cross: which pairs hold is not decided
+        ambiguous = [("base", bs[a], [rs[b]]) for a, b in cand]
+    return Alignment([], ambiguous)
+
+
+# -- atoms ---------------------------------------------------------------------------
+@dataclass(eq=False)
+class Atom:
+    node: Node  # the whole subtree for a unit, the module's own tensors otherwise
+    unit: bool
+
+
+def atoms(pairing, side: str, regions: list[Node], other_regions: list[Node]) -> list[Atom]:
+    """The atoms of one side's open regions (module docstring, step 1), parents before children."""
+    proxy = pairing.base if side == "base" else pairing.raw
+    registered = pairing.pool.classes_on(side, proxy.framework)
+    others = {}
+    for region in other_regions:
+        for n in walk(region):
+            others.setdefault(type(n.module), n)
+    units: dict[type, bool] = {}
+
+    def is_unit(n: Node) -> bool:
+        t = type(n.module)
+        if t not in units:
+            units[t] = bool(set(proxy.adapter.class_names(n.module)) & registered) and any(
+                rule_for(pairing, *((n, m) if side == "base" else (m, n))) is not None for m in others.values())
+        return units[t]
+
+    out = []
+    for region in regions:
+        stack = [region]
+        while stack:
+            n = stack.pop()
+            if not n.count:
+                continue
+            if is_unit(n):
+                out.append(Atom(n, True))
+                continue
+            if any(not r.alias_of for r in n.own):
+                out.append(Atom(own_only(n), False))
+            stack.extend(child for _, child in reversed(n.children))
+    return out
+
+
+def _describe(atom: Atom, adapter) -> str:
+    shapes = ", ".join(f"{atom.node.local(r)} {list(adapter.shape(r.tensor))}"
+                       for r in atom.node.subtree_tensors().values() if not r.alias_of)
+    return f"{atom.node.path or '<root>'} ({type(atom.node.module).__name__}: {shapes})"
+
+
+# -- the stage -----------------------------------------------------------------------
+def execution_mapping(base, raw, inputs, pool=None) -> Mapping | None:
+    """Pair by execution what names leave open; a Mapping (``how="execution"``), or None when names pair
+    everything or only one side has anything left (then running the models cannot help).
+
+    ``inputs``: the forms ``auto_diff`` takes (a numpy array, a tuple of them, or ``({"x": base_tensor},
+    {"x": raw_tensor})``). Raises AmbiguousPairingError naming the candidates when call order, classes
+    and shapes do not decide, PairingError when a model fails on the input.
+    """
+    from .compare import _split_inputs  # the input forms auto_diff takes, read the same way
+
+    if pool is None:
+        from .special_init import init_pool as pool
+    base, raw = create_model(base), create_model(raw)
+    pairing = pair_models(base, raw, pool)
+    b_regions = [u.node for u in pairing.unpaired if u.side == "base"]
+    r_regions = [u.node for u in pairing.unpaired if u.side == "raw"]
+    if not b_regions or not r_regions:
+        return None
+    b_atoms = atoms(pairing, "base", b_regions, r_regions)
+    r_atoms = atoms(pairing, "raw", r_regions, b_regions)
+    (bargs, bkw), (rargs, rkw) = _split_inputs(inputs, base, raw)
+    bt = record_calls(base, [a.node.module for a in b_atoms], bargs, bkw)
+    rt = record_calls(raw, [a.node.module for a in r_atoms], rargs, rkw)
+    bseq, rseq = [b_atoms[i] for i in bt.order], [r_atoms[j] for j in rt.order]
+    from .plan import pair_problems
+
+    fit_cache: dict = {}
+
+    def signature(atom, adapter):
+        return tuple((atom.node.local(r), tuple(adapter.shape(r.tensor)), adapter.dtype_name(r.tensor))
+                     for r in atom.node.subtree_tensors().values())
+
+    def fits(i, j):
+        b, r = bseq[i], rseq[j]
+        if not alike(pairing, b.node, r.node):
+            return False
+        entry = rule_for(pairing, b.node, r.node)
+        if entry is None and ((b.unit and b.node.children) or (r.unit and r.node.children)):
+            return False  # a unit's children would be left behind by the default rule
+        key = (type(b.node.module), type(r.node.module), signature(b, base.adapter), signature(r, raw.adapter))
+        if key not in fit_cache:
+            fit_cache[key] = not pair_problems(base, raw, LayerPair(b.node, r.node, entry, "execution"))
+        return fit_cache[key]
+
+    result = align(len(bseq), len(rseq), fits)
+    if result.ambiguous:
+        lines, cands = [], []
+        for side, k, others in result.ambiguous:
+            mine, theirs = (bseq, rseq) if side == "base" else (rseq, bseq)
+            adapter, other_adapter = (base.adapter, raw.adapter) if side == "base" else (raw.adapter, base.adapter)
+            other_side = "raw" if side == "base" else "base"
+            names = [theirs[o].node.path or "<root>" for o in others]
+            cands.append((side, mine[k].node.path, names))
+            lines.append(f"{side} {_describe(mine[k], adapter)} fits {other_side} "
+                         + " and ".join(f"{other_side} {_describe(theirs[o], other_adapter)}" for o in others)
+                         + (" equally: classes, shapes and call order do not tell them apart" if len(others) > 1
+                            else ", but call orders cross"))
+        raise AmbiguousPairingError(
+            f"cannot pair {base.framework}:{base.name} -> {raw.framework}:{raw.name} by execution: "
+            f"{len(lines)} layer{'s' * (len(lines) != 1)} fit more than one candidate; nothing was written. Fix: pair "
+            "them with mapping={'base.path': 'raw.path', ...} (or set_layer_map), or rename them so that names pair them:",
+            lines, cands)
+    notes = []
+    for side, seq_atoms, trace, proxy in (("base", b_atoms, bt, base), ("raw", r_atoms, rt, raw)):
+        never = [seq_atoms[i].node.path for i in trace.never_ran(len(seq_atoms))]
+        if never:
+            notes.append(f"{side} layers that never ran on the example input (not paired by execution): "
+                         + ", ".join(never))
+        shared = [f"{seq_atoms[i].node.path} ({c} calls)" for i, c in trace.counts.items() if c > 1]
+        if shared:
+            notes.append(f"{side} layers that ran more than once (paired by their first call): " + ", ".join(shared))
+    mapping = Mapping(base.framework, base.name, raw.framework, raw.name, notes=notes, how="execution")
+    for i, j in result.pairs:
+        b, r = bseq[i].node, rseq[j].node
+        entry = rule_for(pairing, b, r)
+        rule = "default" if entry is None else f"{'mapping' if entry.kind == 'mapping' else 'special init'} {entry.key}"
+        mapping.layers.append(LayerEntry(b.path, r.path, type(b.module).__name__, type(r.module).__name__,
+                                         "execution", rule))
+    return mapping

@@ -1,0 +1,506 @@
+"""Reading ``.pdparams`` files without running them.
+
+A ``.pdparams`` file is a pickle (``paddle.save`` pickles a dict of numpy arrays), and ``paddle.load`` is
+plain ``pickle.load``: a file can run any code when it is loaded. This module never calls pickle. It
+interprets the pickle opcodes itself and allows only what ``paddle.save`` writes for a state dict:
+
+- plain values: dicts (``collections.OrderedDict`` too), lists, tuples, sets, str, bytes, int, float, bool, None;
+- numpy arrays (``numpy.core.multiarray._reconstruct`` + ``numpy.ndarray``, or ``_frombuffer`` of protocol 5)
+  of bool, integer and float dtypes, and numpy scalars of those dtypes;
+- what paddle's own reducers use: ``tuple((name, array))`` for a Tensor, ``eval('data', {'data': array})``
+  for a DenseTensor (recognised by its exact shape; nothing is evaluated), ``_codecs.encode(str, 'latin1')``
+  (how protocol 2 stores bytes).
+
+Any other import is refused before anything is built, naming the module and the object the file asks
+for. Array bytes are not read while parsing: an array becomes an :class:`ArrayRef` (dtype, shape, where
+its bytes lie in the file), and :func:`read_array` reads them later straight into the caller's buffer,
+so a file is never held in memory as a whole and its bytes are copied once.
+"""
+from __future__ import annotations
+
+import io
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CheckpointError
+
+__all__ = ["ArrayRef", "parse", "read_array", "unwrap_big_params"]
+
+_KEEP_IN_MEMORY = 1 << 16  # bytes payloads up to this size are read while parsing (they may be dict keys etc.)
+
+
+@dataclass(eq=False)
+class Blob:
+    """A bytes payload of the file: where it lies, and its bytes when small (or when not stored as-is)."""
+    offset: int
+    length: int
+    data: bytes | None = None
+
+
+@dataclass(eq=False)
+class ArrayRef:
+    """A numpy array of the file, not yet read: its bytes are ``parts`` one after the other."""
+    dtype: np.dtype
+    shape: tuple
+    fortran: bool = False
+    parts: list = field(default_factory=list)  # Blobs
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+
+class _Refused(Exception):
+    """The file asks for something a state dict never holds (the message says what)."""
+
+
+# markers for the few callables a state dict may name; nothing here is ever called with file data
+class _Global:
+    def __init__(self, name):
+        self.name = name
+
+    def __repr__(self):
+        return self.name
+
+
+_RECONSTRUCT, _NDARRAY, _DTYPE, _FROMBUFFER, _ENCODE, _SCALAR, _EVAL = (
+    _Global(n) for n in ("numpy _reconstruct", "numpy.ndarray", "numpy.dtype", "numpy _frombuffer",
+                         "_codecs.encode", "numpy scalar", "builtins.eval"))
+_ALLOWED = {
+    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT, ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy", "ndarray"): _NDARRAY, ("numpy", "dtype"): _DTYPE,
+    ("numpy.core.numeric", "_frombuffer"): _FROMBUFFER, ("numpy._core.numeric", "_frombuffer"): _FROMBUFFER,
+    ("numpy.core.multiarray", "scalar"): _SCALAR, ("numpy._core.multiarray", "scalar"): _SCALAR,
+    ("_codecs", "encode"): _ENCODE,
+    ("collections", "OrderedDict"): dict, ("builtins", "dict"): dict, ("builtins", "list"): list,
+    ("builtins", "tuple"): tuple, ("builtins", "set"): set, ("builtins", "frozenset"): frozenset,
+    ("builtins", "bytes"): bytes, ("builtins", "bytearray"): bytes, ("builtins", "eval"): _EVAL,
+}
+_ALLOWED.update({("__builtin__", n): v for (m, n), v in list(_ALLOWED.items()) if m == "builtins"})  # protocol 2
+NUMERIC_KINDS = "biuf"
+_CODE_OPCODES = {b"i", b"o", b"P", b"Q", b"\x82", b"\x83", b"\x84", b"\x97"}  # INST OBJ PERSID BINPERSID EXT* NEXT_BUFFER  # bool, signed, unsigned, float
+
+
+class _DTypeStub:
+    def __init__(self, name):
+        self.name, self.order, self.structured = name, "=", False
+
+
+class _ArrayStub:
+    """An ndarray between ``_reconstruct`` and its BUILD."""
+    ref: ArrayRef | None = None
+
+
+def parse(path: Path):
+    """The object pickled in ``path``, with every numpy array as an :class:`ArrayRef`; CheckpointError when the
+    file is not a pickle of plain data and arrays (nothing in it is executed or imported)."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as fh:
+            return _Machine(fh, size).run()
+    except _Refused as exc:
+        raise CheckpointError(f"{path}: refused to load: {exc}. Nothing from the file was run. A .pdparams file is a "
+                              "pickle, and paddle.load/pickle.load would have run it: do not load this file with them; "
+                              "get the checkpoint from a trusted source or re-save it with "
+                              "paddle.save(model.state_dict(), path)") from None
+    except CheckpointError:
+        raise
+    except (EOFError, ValueError, TypeError, KeyError, IndexError, struct.error, UnicodeDecodeError,
+            OverflowError, MemoryError) as exc:
+        raise CheckpointError(f"{path}: cannot read this file as paddle (not a pickle that paddle.save writes: "
+                              f"{type(exc).__name__}: {str(exc)[:200]}); the file is truncated, corrupt or not what its "
+                              "suffix says: re-create or re-download it") from None
+
+
+class _Machine:
+    """The pickle opcodes protocols 2-5 use for plain data, interpreted without importing or calling anything."""
+
+    def __init__(self, fh, size: int):
+        self.fh, self.size = fh, size
+        self.stack: list = []
+        self.marks: list[list] = []
+        self.memo: dict = {}
+
+    # -- reading the stream ----------------------------------------------------
+    def _read(self, n: int) -> bytes:
+        data = self.fh.read(n)
+        if len(data) != n:
+            raise EOFError(f"the file ends inside a pickle opcode at byte {self.fh.tell()}")
+        return data
+
+    def _length(self, n: int, fmt: str) -> int:
+        length = struct.unpack(fmt, self._read(n))[0]
+        if length < 0 or length > self.size - self.fh.tell():
+            raise ValueError(f"a payload of {length} bytes at byte {self.fh.tell()} does not fit in the file")
+        return length
+
+    def _blob(self, length: int) -> Blob:
+        offset = self.fh.tell()
+        if length <= _KEEP_IN_MEMORY:
+            return Blob(offset, length, self._read(length))
+        self.fh.seek(length, io.SEEK_CUR)
+        return Blob(offset, length)
+
+    def _text(self, length: int) -> str:
+        return self._read(length).decode("utf-8")
+
+    def _pop_mark(self) -> list:
+        items = self.stack
+        self.stack = self.marks.pop()
+        return items
+
+    # -- the machine -----------------------------------------------------------
+    def run(self):
+        read, stack = self._read, None
+        head = self.fh.read(4)
+        if head[:2] == b"PK":
+            raise ValueError("this is a zip archive (torch.save writes those): name a torch file .pt/.pth/.bin")
+        if head[:1] != b"\x80":
+            raise ValueError("the file does not start like a pickle of protocol 2 or later")
+        self.fh.seek(0)
+        while True:
+            stack = self.stack
+            op = read(1)
+            if op == b"\x80":  # PROTO
+                proto = read(1)[0]
+                if not 2 <= proto <= 5:
+                    raise ValueError(f"pickle protocol {proto} (paddle.save writes 2-4)")
+            elif op == b"\x95":  # FRAME: a hint for buffering, the opcodes follow inline
+                read(8)
+            elif op == b".":  # STOP
+                if len(stack) != 1 or self.marks:
+                    raise ValueError("the pickle stops with an unbalanced stack")
+                return _finish(stack[0])
+            elif op == b"(":
+                self.marks.append(stack)
+                self.stack = []
+            elif op == b"0":
+                stack.pop()
+            elif op == b"1":
+                self._pop_mark()
+            elif op == b"2":
+                stack.append(stack[-1])
+            elif op == b"N":
+                stack.append(None)
+            elif op == b"\x88":
+                stack.append(True)
+            elif op == b"\x89":
+                stack.append(False)
+            elif op == b"J":
+                stack.append(struct.unpack("<i", read(4))[0])
+            elif op == b"K":
+                stack.append(read(1)[0])
+            elif op == b"M":
+                stack.append(struct.unpack("<H", read(2))[0])
+            elif op == b"\x8a":  # LONG1
+                stack.append(int.from_bytes(read(read(1)[0]), "little", signed=True))
+            elif op == b"\x8b":  # LONG4
+                stack.append(int.from_bytes(read(self._length(4, "<i")), "little", signed=True))
+            elif op == b"G":
+                stack.append(struct.unpack(">d", read(8))[0])
+            elif op == b"X":
+                stack.append(self._text(self._length(4, "<I")))
+            elif op == b"\x8c":
+                stack.append(self._text(read(1)[0]))
+            elif op == b"\x8d":
+                stack.append(self._text(self._length(8, "<Q")))
+            elif op == b"B":
+                stack.append(self._blob(self._length(4, "<I")))
+            elif op == b"C":
+                stack.append(self._blob(read(1)[0]))
+            elif op in (b"\x8e", b"\x96"):  # BINBYTES8, BYTEARRAY8
+                stack.append(self._blob(self._length(8, "<Q")))
+            elif op == b"}":
+                stack.append({})
+            elif op == b"]":
+                stack.append([])
+            elif op == b")":
+                stack.append(())
+            elif op == b"\x8f":
+                stack.append(set())
+            elif op == b"t":
+                stack = self._pop_mark()
+                self.stack.append(tuple(stack))
+            elif op in (b"\x85", b"\x86", b"\x87"):
+                n = op[0] - 0x84
+                items = tuple(stack[-n:])
+                del stack[-n:]
+                stack.append(items)
+            elif op == b"l":
+                items = self._pop_mark()
+                self.stack.append(items)
+            elif op == b"d":
+                items = self._pop_mark()
+                self.stack.append(dict(zip(items[::2], items[1::2])))
+            elif op == b"\x91":  # FROZENSET
+                self.stack.append(frozenset(self._pop_mark()))
+            elif op == b"a":
+                value = stack.pop()
+                _container(stack[-1], list).append(value)
+            elif op == b"e":
+                items = self._pop_mark()
+                _container(self.stack[-1], list).extend(items)
+            elif op == b"s":
+                value, key = stack.pop(), stack.pop()
+                _container(stack[-1], dict)[_key(key)] = value
+            elif op == b"u":
+                items = self._pop_mark()
+                target = _container(self.stack[-1], dict)
+                for k, v in zip(items[::2], items[1::2]):
+                    target[_key(k)] = v
+            elif op == b"\x90":  # ADDITEMS
+                items = self._pop_mark()
+                _container(self.stack[-1], set).update(_key(k) for k in items)
+            elif op == b"q":
+                self.memo[read(1)[0]] = stack[-1]
+            elif op == b"r":
+                self.memo[struct.unpack("<I", read(4))[0]] = stack[-1]
+            elif op == b"\x94":
+                self.memo[len(self.memo)] = stack[-1]
+            elif op == b"h":
+                stack.append(self.memo[read(1)[0]])
+            elif op == b"j":
+                stack.append(self.memo[struct.unpack("<I", read(4))[0]])
+            elif op == b"c":  # GLOBAL "module\nname\n"
+                module = self.fh.readline(256).decode("utf-8").rstrip("\n")
+                name = self.fh.readline(256).decode("utf-8").rstrip("\n")
+                stack.append(_global(module, name))
+            elif op == b"\x93":  # STACK_GLOBAL
+                name, module = stack.pop(), stack.pop()
+                if not isinstance(name, str) or not isinstance(module, str):
+                    raise ValueError("STACK_GLOBAL with names that are not strings")
+                stack.append(_global(module, name))
+            elif op == b"R":
+                args = stack.pop()
+                stack.append(_reduce(stack.pop(), args))
+            elif op == b"b":
+                state = stack.pop()
+                _build(stack[-1], state)
+            elif op == b"\x81" or op == b"\x92":  # NEWOBJ / NEWOBJ_EX
+                if op == b"\x92":
+                    stack.pop()
+                args = stack.pop()
+                cls = stack.pop()
+                if cls not in (dict, list, tuple, set, frozenset):
+                    raise _Refused(f"it asks to create an object of {cls!r} (pickle NEWOBJ), which a paddle state "
+                                   "dict never holds")
+                stack.append(cls(*args))
+            elif op in _CODE_OPCODES:
+                raise _Refused(f"it uses pickle opcode {op!r} at byte {self.fh.tell() - 1}, which paddle.save never "
+                               "writes for a state dict (it builds objects or calls code)")
+            else:
+                raise ValueError(f"byte {op!r} at {self.fh.tell() - 1} is not a pickle opcode paddle.save writes")
+
+
+def _global(module: str, name: str):
+    found = _ALLOWED.get((module, name))
+    if found is None:
+        raise _Refused(f"it asks to import {module}.{name}, which a paddle state dict never holds (only numpy "
+                       "arrays and plain values are allowed)")
+    return found
+
+
+def _key(k):
+    if isinstance(k, (str, int, float, bool, type(None), tuple)):
+        return k
+    if isinstance(k, Blob) and k.data is not None:
+        return k.data
+    raise ValueError(f"a dict key of type {type(k).__name__}")
+
+
+def _container(obj, kind):
+    if not isinstance(obj, kind):
+        raise ValueError(f"adding items to a {type(obj).__name__}")
+    return obj
+
+
+def _bytes(b) -> Blob:
+    if isinstance(b, Blob):
+        return b
+    if isinstance(b, (bytes, bytearray)):
+        return Blob(-1, len(b), bytes(b))
+    raise ValueError(f"expected bytes, got {type(b).__name__}")
+
+
+def _reduce(func, args):
+    if not isinstance(args, tuple):
+        raise ValueError("REDUCE arguments are not a tuple")
+    if func is _RECONSTRUCT:
+        if not args or args[0] is not _NDARRAY:
+            raise _Refused("it asks numpy to reconstruct something other than an ndarray")
+        return _ArrayStub()
+    if func is _DTYPE:
+        if not args or not isinstance(args[0], str):
+            raise ValueError("numpy.dtype without a type name")
+        return _DTypeStub(args[0])
+    if func is _FROMBUFFER:  # protocol 5: (buffer, dtype, shape, order)
+        buf, dtype, shape, order = args
+        stub = _ArrayStub()
+        stub.ref = _array_ref(_dtype(dtype), shape, order == "F", _bytes(buf))
+        return stub
+    if func is _ENCODE:  # protocol 2 stores bytes as _codecs.encode(latin-1 text, 'latin1')
+        if len(args) != 2 or args[1] != "latin1" or not isinstance(args[0], str):
+            raise _Refused("it calls _codecs.encode with something other than (text, 'latin1')")
+        data = args[0].encode("latin1")
+        return Blob(-1, len(data), data)
+    if func is _SCALAR:  # a numpy scalar: (dtype, its bytes)
+        dtype = _dtype(args[0])
+        data = _bytes(args[1]).data
+        if data is None or len(data) != dtype.itemsize:
+            raise ValueError("a numpy scalar of the wrong size")
+        return np.frombuffer(data, dtype=dtype)[0].item()
+    if func is _EVAL:  # paddle's DenseTensor reducer: eval('data', {'data': array}); never evaluated
+        if len(args) == 2 and args[0] == "data" and isinstance(args[1], dict) and list(args[1]) == ["data"]:
+            return args[1]["data"]
+        raise _Refused("it asks to call builtins.eval, which a paddle state dict only uses as eval('data', "
+                       "{'data': array})")
+    if func is bytes:  # protocol 2's empty bytes: bytes()
+        if args:
+            raise _Refused("it calls bytes() with arguments")
+        return Blob(-1, 0, b"")
+    if func in (dict, list, tuple, set, frozenset):
+        return func(*args)
+    raise _Refused(f"it asks to call {func!r}")
+
+
+def _dtype(d) -> np.dtype:
+    if isinstance(d, _DTypeStub):
+        if d.structured:
+            raise ValueError(f"a structured numpy dtype ({d.name})")
+        try:
+            dtype = np.dtype(d.name)
+        except TypeError as exc:
+            raise ValueError(f"unknown numpy dtype {d.name!r}") from exc
+        return dtype.newbyteorder(">") if d.order == ">" else dtype.newbyteorder("<") if d.order == "<" else dtype
+    raise ValueError(f"expected a numpy dtype, got {type(d).__name__}")
+
+
+def _array_ref(dtype: np.dtype, shape, fortran: bool, data) -> ArrayRef:
+    if not isinstance(shape, tuple) or not all(isinstance(s, int) and s >= 0 for s in shape):
+        raise ValueError(f"an array shape that is not a tuple of sizes: {shape!r}")
+    if dtype.kind not in NUMERIC_KINDS:
+        return ArrayRef(dtype, shape, bool(fortran), [("unsupported", _kind_name(dtype))])
+    ref = ArrayRef(dtype, shape, bool(fortran), [_bytes(data)])
+    if ref.parts[0].length != ref.nbytes:
+        raise ValueError(f"an array of shape {list(shape)} {dtype} holds {ref.parts[0].length} bytes, not {ref.nbytes}")
+    return ref
+
+
+def _build(obj, state):
+    if isinstance(obj, _DTypeStub):
+        if not isinstance(state, tuple) or len(state) < 2:
+            raise ValueError("a numpy dtype state that is not a tuple")
+        obj.order = state[1]
+        obj.structured = len(state) > 3 and (state[3] is not None or state[4] is not None)
+        return
+    if isinstance(obj, _ArrayStub):
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise ValueError("a numpy array state that is not a tuple")
+        shape, dtype, fortran, data = state[-4:]
+        dtype = _dtype(dtype)
+        if dtype.kind not in NUMERIC_KINDS or isinstance(data, list):  # object arrays pickle a list of objects
+            obj.ref = ArrayRef(dtype, tuple(shape), bool(fortran), [("unsupported", _kind_name(dtype))])
+        else:
+            obj.ref = _array_ref(dtype, tuple(shape), fortran, data)
+        return
+    if isinstance(obj, dict) and isinstance(state, dict):
+        obj.update(state)
+        return
+    raise _Refused(f"it sets the state of a {type(obj).__name__} (pickle BUILD), which a paddle state dict never does")
+
+
+def _kind_name(dtype: np.dtype) -> str:
+    return {"O": "Python objects", "U": "strings", "S": "bytes strings", "V": "raw records",
+            "c": "complex numbers", "M": "dates", "m": "time deltas"}.get(dtype.kind, str(dtype))
+
+
+def _finish(obj):
+    """Replace the array stubs by their ArrayRefs, iteratively (no recursion on nested data)."""
+    def resolve(v):
+        if isinstance(v, _ArrayStub):
+            if v.ref is None:
+                raise ValueError("a numpy array without its data")
+            return v.ref
+        if isinstance(v, Blob):
+            return v.data if v.data is not None else v
+        return v
+
+    root = [obj]
+    todo = [root]
+    seen = set()
+    while todo:
+        c = todo.pop()
+        if id(c) in seen:
+            continue
+        seen.add(id(c))
+        if isinstance(c, list):
+            for i, v in enumerate(c):
+                c[i] = resolve(v)
+                if isinstance(c[i], (list, dict)):
+                    todo.append(c[i])
+                elif isinstance(c[i], tuple):
+                    c[i] = tuple(resolve(x) for x in c[i])
+        elif isinstance(c, dict):
+            for k, v in list(c.items()):
+                c[k] = resolve(v)
+                if isinstance(c[k], (list, dict)):
+                    todo.append(c[k])
+                elif isinstance(c[k], tuple):
+                    c[k] = tuple(resolve(x) for x in c[k])
+    return root[0]
+
+
+def unwrap_big_params(obj: dict) -> dict:
+    """paddle.save with protocol 2/3 cuts arrays over 1 GB into slices (``UnpackBigParamInfor@@``): join them back
+    (as one ArrayRef whose parts are the slices)."""
+    info = obj.get("UnpackBigParamInfor@@")
+    if not isinstance(info, dict):
+        return obj
+    out = dict(obj)
+    for key, v in info.items():
+        slices = [out.pop(s, None) for s in v.get("slices", [])]
+        if not slices or not all(isinstance(s, ArrayRef) for s in slices):
+            raise ValueError(f"{key}: the slices of a big array are missing")
+        shape = tuple(v["OriginShape"])
+        out[key] = ArrayRef(slices[0].dtype, shape, False, [p for s in slices for p in s.parts])
+        if out[key].nbytes != sum(s.nbytes for s in slices):
+            raise ValueError(f"{key}: slices do not add up to shape {list(shape)}")
+    out.pop("UnpackBigParamInfor@@")
+    return out
+
+
+def unsupported(ref: ArrayRef) -> str | None:
+    """What the array holds when it is not numbers (Python objects, strings ...), else None."""
+    if ref.parts and isinstance(ref.parts[0], tuple):
+        return ref.parts[0][1]
+    return None
+
+
+def read_array(path: Path, ref: ArrayRef, into: memoryview, fh=None) -> None:
+    """Read the array's bytes into ``into`` (exactly ``ref.nbytes`` long), part by part, with ``readinto``."""
+    own = fh is None
+    if own:
+        fh = open(path, "rb", buffering=0)
+    try:
+        pos = 0
+        for part in ref.parts:
+            dst = into[pos:pos + part.length]
+            if part.offset < 0:
+                dst[:] = part.data
+            else:
+                fh.seek(part.offset)
+                done = 0
+                while done < part.length:
+                    n = fh.readinto(dst[done:])
+                    if not n:
+                        raise CheckpointError(f"{path}: the file ends {part.length - done} bytes before the array at "
+                                              f"byte {part.offset} does; the file is truncated: re-create or "
+                                              "re-download it")
+                    done += n
+            pos += part.length
+    finally:
+        if own:
+            fh.close()
