@@ -154,20 +154,8 @@ def _seed_frameworks(seed: int):
 def cmd_check(args) -> int:
     """Build both models, transfer base -> raw, compare them layer by layer on a random input.
 
-    Exit 0 when they agree, 1 when they differ, 2 on any error: errors of the package keep their class;
-    anything else raised on the way (a model's own code, say) becomes a one-line DiffError.
+    Exit 0 when they agree, 1 when they differ, 2 on any error (``main`` prints each as one line).
     """
-    try:
-        return _check(args)
-    except PadiffError:
-        raise
-    except Exception as exc:
-        from .errors import DiffError
-
-        raise DiffError(f"check failed: {type(exc).__name__}: {exc} (run with --debug for the traceback)") from exc
-
-
-def _check(args) -> int:
     import numpy as np
 
     from .compare import auto_diff
@@ -202,6 +190,7 @@ def _check(args) -> int:
     if args.html:
         print(f"HTML report: {result.to_html(args.html)}")
     return 0 if result.ok else 1
+
 
 def cmd_convert(args) -> int:
     from .checkpoint import convert_checkpoint
