@@ -32,6 +32,7 @@ class Stash:
         self._wanted = None  # the key raw waits for
         self._base_done = False
         self._raw_done = False
+        self._late: list = []  # keys base made after raw had ended (kept as keys only)
         self.base_error: BaseException | None = None
         self.bytes = 0
         self.peak = 0  # the most bytes held at once
@@ -40,6 +41,7 @@ class Stash:
     def put(self, key, value, nbytes: int):
         with self._cond:
             if self._raw_done:  # nothing will ask for it any more
+                self._late.append(key)
                 return
             self._items[key] = (value, nbytes)
             self.bytes += nbytes
@@ -76,16 +78,16 @@ class Stash:
             return item[0]
 
     def raw_finished(self):
-        """Let the base side run to its end without waiting; returns the keys raw never took."""
+        """Let the base side run to its end without waiting (what it makes from now on is not kept)."""
         with self._cond:
             self._raw_done = True
             self._cond.notify_all()
-            left = list(self._items)
-            return left
 
-    def leftovers(self):
+    def leftovers(self) -> list:
+        """The keys base made that raw never took (after both runs ended); their values are dropped."""
         with self._cond:
-            keys = list(self._items)
+            keys = list(self._items) + self._late
             self._items.clear()
+            self._late.clear()
             self.bytes = 0
             return keys

@@ -192,3 +192,30 @@ def test_a_raw_failure_while_base_waits_is_reported_not_hung(src, dst):
     with pytest.raises(DiffError, match=f"the {dst} model Sequential failed on the given inputs: RuntimeError: raw "
                                         "broke here"):
         auto_diff(a, b, x, auto_init=False)
+
+
+def twice(framework, calls):
+    """``fc`` called ``calls`` times: extra calls on one side are noted, the shared ones compared."""
+    nn = models._nn(framework)
+
+    class Twice(models._base(framework)):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(16, 16)
+
+        def forward(self, x):
+            for _ in range(calls):
+                x = self.fc(x)
+            return x[:, :4] * 0.0  # the same final output whatever the number of calls
+
+    return Twice().eval()
+
+
+@pytest.mark.parametrize("interleave", [True, False], ids=["interleaved", "sequential"])
+@pytest.mark.parametrize("src,dst", DIRECTIONS, ids=DIRECTION_IDS)
+def test_calls_only_one_side_makes_are_noted_not_compared(src, dst, interleave):
+    x = inputs_for([(4, 16)])[0]
+    for base_calls, raw_calls, side in ((3, 1, "base"), (1, 3, "raw")):
+        result = auto_diff(twice(src, base_calls), twice(dst, raw_calls), x, interleave=interleave)
+        assert [(ld.base_path, ld.call) for ld in result.layers] == [("fc", 0), ("", 0)]
+        assert result.ok and any(f"fc -> fc: called more often on the {side} side" in n for n in result.notes)
