@@ -699,6 +699,7 @@ def _tree(pairing, pairs, result: DiffResult, hooked: set[int]) -> list[_TreeLin
 
 
 _MAX_TREE = 40
+_MAX_NOT_COMPARABLE = 5
 
 
 def _render(r: DiffResult) -> list[str]:
@@ -737,6 +738,10 @@ def _render(r: DiffResult) -> list[str]:
         out.append(f"gradients compared: {len(r.grads)} parameters, all within tolerance")
     for n in r.notes:
         out.append(f"note: {n}")
+    for nc in r.not_comparable[:_MAX_NOT_COMPARABLE]:
+        out.append(f"not comparable: {nc}")
+    if len(r.not_comparable) > _MAX_NOT_COMPARABLE:
+        out.append(f"not comparable: ... {len(r.not_comparable) - _MAX_NOT_COMPARABLE} more in result.not_comparable")
     if r.tree:
         out.append("model tree (base -> raw" + ("; '>>' marks the first divergence):" if f else "):"))
         out.extend(_render_tree(r.tree, f))

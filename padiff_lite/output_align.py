@@ -264,5 +264,5 @@ def _by_position(b: Node, r: Node, bw, rw, acc: Alignment, top: bool):
         if acc.pairs:
             acc.notes.append(f"base returns {b}, raw {r}: tensors aligned by position and shape")
         return
-    acc.unaligned.append(f"base returns {len(bt)} tensors ({b}), raw {len(rt)} ({r}); with no field names on "
-                         "either side there is no telling which tensor matches which")
+    acc.unaligned.append(f"{len(bt)} tensors on the base side, {len(rt)} on the raw side, and with no field names "
+                         "on either side there is no telling which tensor matches which")
