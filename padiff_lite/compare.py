@@ -204,6 +204,27 @@ def compare_arrays(base, raw, atol: float, rtol: float) -> tuple[float, float, i
 
 
 def _compare_block(base, raw, atol, rtol):
+    complex_ = np.iscomplexobj(base) or np.iscomplexobj(raw)
+    if not complex_ and np.isfinite(base).all() and np.isfinite(raw).all():
+        return _compare_finite(base, raw, atol, rtol)
+    return _compare_general(base, raw, atol, rtol)
+
+
+def _compare_finite(base, raw, atol, rtol):
+    """``_compare_general`` for real arrays without NaN/Inf, in fewer passes over memory (same results)."""
+    a, b = base.astype(np.float64), raw.astype(np.float64)
+    d = np.subtract(a, b)
+    np.abs(d, out=d)
+    np.abs(a, out=a)
+    np.abs(b, out=b)
+    n = int(np.count_nonzero(d > a * rtol + atol))
+    scale = np.maximum(a, b, out=a)
+    rel = np.zeros_like(d)
+    np.divide(d, scale, out=rel, where=scale > 0)
+    return float(d.max()), float(rel.max()), n
+
+
+def _compare_general(base, raw, atol, rtol):
     kind = np.complex128 if np.iscomplexobj(base) or np.iscomplexobj(raw) else np.float64
     a, b = base.astype(kind), raw.astype(kind)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):

@@ -159,6 +159,17 @@ def test_compare_arrays_in_blocks_equals_one_pass(monkeypatch):
     assert compare_arrays(a[:40], b[:40], 1e-5, 1e-5) == finite and finite[2] > 0 and np.isfinite(finite[0])
 
 
+def test_the_finite_fast_path_gives_the_general_results():
+    rng = np.random.default_rng(1)
+    for dtype in ("float32", "float64", "int64", "float16"):
+        a = (rng.standard_normal((50, 7)) * 3).astype(dtype)
+        b = (a + rng.standard_normal(a.shape) * 1e-3).astype(dtype)
+        b[3] = a[3]
+        a[4, :] = b[4, :] = 0  # zeros on both sides: relative difference 0
+        for atol, rtol in ((1e-5, 1e-5), (1e-2, 0.0), (0.0, 1e-1)):
+            assert compare._compare_finite(a, b, atol, rtol) == compare._compare_general(a, b, atol, rtol)
+
+
 def tall(framework, blocks=12, fail_at=None):
     nn = models._nn(framework)
 
