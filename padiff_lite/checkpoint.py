@@ -31,8 +31,8 @@ from .atomic import NAME_MAX, AtomicOutput, output_error, terminate_like_interru
 from .errors import CheckpointError, TransferError
 from .execute import PARALLEL_MIN_ELEMENTS, Stats, _no_grad
 from .execute import _count_nonfinite as _count_nonfinite_any
-from .formats import (INDEX_SUFFIX, Checkpoint, Entry, dtype_name, format_of, open_checkpoint, write_index,
-                      writer_for)
+from .formats import (INDEX_SUFFIX, Checkpoint, Entry, dtype_name, format_of, open_checkpoint, streams,
+                      write_index, writer_for)
 from .mapping import check_tensors
 from .mapping import prepare as prepare_mapping
 from .plan import _family, _where, build_plan
@@ -228,7 +228,7 @@ def convert_checkpoint(src, dst, base_model, raw_model, strict: bool = True, pro
                 entries = [e for unit in group for e in unit.entries]
                 writer = writer_for(out.tmp(path), out_fmt, entries, raw.framework)
                 out.opened(writer)
-                reuse = out_fmt == "safetensors"  # the writer copies each tensor out before the next is made
+                reuse = streams(out_fmt)  # the writer copies each tensor out before the next is made
                 for unit in group:
                     for key, tensor in job.compute(unit, stats, reuse).items():
                         writer.add(key, tensor)
