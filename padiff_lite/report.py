@@ -33,9 +33,6 @@ class TransferReport:
     tied: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
-    def __bool__(self):
-        return True
-
     @property
     def rules_used(self) -> dict[str, int]:
         out: dict[str, int] = {}
