@@ -7,11 +7,11 @@ import logging
 import time
 
 from .errors import InitError, TransferError
-from .execute import _nonfinite_count, execute
+from .execute import nonfinite_count, execute
 from .init import check_scheme, plan_init, scheme_name
 from .plan import Plan, build_plan
 from .proxy import create_model
-from .report import PairRecord, TransferReport
+from .report import TransferReport, build_report
 
 log = logging.getLogger("padiff_lite")
 
@@ -78,7 +78,7 @@ def assign_weight(base, raw, strict: bool = True, check_finite: bool = False, in
     plan = build_plan(base, raw)
     problems = list(plan.problems)
     if strict and (plan.missing or plan.unexpected):
-        problems = [_unpaired_problem(plan)] + problems
+        problems = [unpaired_problem(plan)] + problems
     if check_finite:
         problems += _nonfinite_problems(plan)
     if problems:
@@ -89,7 +89,7 @@ def assign_weight(base, raw, strict: bool = True, check_finite: bool = False, in
         )
     init = plan_init(raw, init_unmatched, std, only=plan.missing) if init_unmatched is not None else None
     stats = execute(plan, init.ops if init else ())
-    report = _report(plan, stats, time.perf_counter() - t0)
+    report = build_report(plan, stats, time.perf_counter() - t0)
     if init is not None:
         report.initialised = list(stats.initialised)
         written = {line.split(": ", 1)[0] for line in report.initialised}
@@ -103,7 +103,7 @@ def assign_weight(base, raw, strict: bool = True, check_finite: bool = False, in
     return report
 
 
-def _unpaired_problem(plan: Plan) -> str:
+def unpaired_problem(plan: Plan) -> str:
     lines = []
     for u in plan.unpaired:
         lines.append(f"unpaired {u}: {', '.join(u.tensor_paths())}")
@@ -132,33 +132,8 @@ def _nonfinite_problems(plan: Plan) -> list[str]:
     for ref in refs.values():
         if not ba.readable(ref.tensor):
             continue  # already a "holds no data" problem
-        n = _nonfinite_count(ba.torch_view(ref.tensor))  # one sum per tensor; counts only when it is not finite
+        n = nonfinite_count(ba.torch_view(ref.tensor))  # one sum per tensor; counts only when it is not finite
         if n:
             out.append(f"base {ref.path} holds {n} NaN/Inf value{'s' * (n != 1)} (check_finite=True); "
                        "fix the source weights or pass check_finite=False to copy them as they are")
     return out
-
-
-def _report(plan: Plan, stats, seconds) -> TransferReport:
-    base, raw = plan.base, plan.raw
-    counts: dict[int, int] = {}
-    for op in plan.ops:
-        counts[id(op.pair)] = counts.get(id(op.pair), 0) + 1
-    for pair in plan.imperative:
-        counts[id(pair)] = len(pair.raw.subtree_tensors())
-    rules = {id(None): "default"}  # rule text per entry: formatted once, not once per pair
-    records = []
-    for pair in plan.pairs:
-        e = pair.entry
-        rule = rules.get(id(e))
-        if rule is None:
-            rule = rules[id(e)] = f"{'mapping' if e.kind == 'mapping' else 'special init'} {e.key}"
-        records.append(PairRecord(pair.base.path, pair.raw.path, type(pair.base.module).__name__,
-                                  type(pair.raw.module).__name__, rule, pair.how, counts.get(id(pair), 0)))
-    return TransferReport(
-        base=f"{base.framework}:{base.name}", raw=f"{raw.framework}:{raw.name}", pairs=records,
-        tensors=stats.tensors, elements=stats.elements, bytes=stats.bytes, seconds=seconds,
-        missing=list(plan.missing), unexpected=list(plan.unexpected), casts=list(plan.casts),
-        nonfinite=dict(stats.nonfinite), tied=list(plan.tied), notes=list(plan.notes),
-        filled=[op.describe() for op in plan.ops if op.kind == "fill"],
-    )
