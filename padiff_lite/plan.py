@@ -65,9 +65,10 @@ def pair_label(pair: LayerPair) -> str:
 
 
 # -- building ------------------------------------------------------------------
-def build_plan(base, raw, pool=init_pool, need_data: bool = True) -> Plan:
-    """Pair and plan ``base`` -> ``raw``, then validate. ``need_data=False``: see :func:`validate`."""
-    pairing = pair_models(base, raw, pool)
+def build_plan(base, raw, pool=None, need_data: bool = True) -> Plan:
+    """Pair and plan ``base`` -> ``raw`` with the rules of ``pool`` (default: the global ``init_pool``), then
+    validate. ``need_data=False``: see :func:`validate`."""
+    pairing = pair_models(base, raw, init_pool if pool is None else pool)
     plan = Plan(base, raw, pairing.pairs, unpaired=pairing.unpaired)
     for u in pairing.unpaired:
         (plan.unexpected if u.side == "base" else plan.missing).extend(u.tensor_paths())
