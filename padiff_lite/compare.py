@@ -348,7 +348,7 @@ def _collect_tensors(obj, adapter, out):
 
 # -- the entry point -------------------------------------------------------------
 def auto_diff(base, raw, inputs, atol: float = 1e-5, rtol: float = 1e-5, auto_init: bool = True,
-              diff_phase: str = "forward") -> DiffResult:
+              diff_phase: str = "forward", pool=None) -> DiffResult:
     """Run ``base`` and ``raw`` on the same inputs and compare every paired layer's outputs.
 
     base, raw: torch/paddle models or ProxyModels (their layer maps and black/white lists are used).
@@ -357,6 +357,7 @@ def auto_diff(base, raw, inputs, atol: float = 1e-5, rtol: float = 1e-5, auto_in
     auto_init: transfer base -> raw with ``assign_weight`` first.
     diff_phase: "forward", or "both" to also compare parameter gradients of a backward pass on the
         sum of the outputs (the models' gradients are cleared before and after).
+    pool: the registry of rules to pair, transfer and map gradients with (default: the global ``init_pool``).
 
     Returns a :class:`DiffResult` (true when everything agrees). Raises :class:`DiffInputError` for
     inputs in an unknown form, :class:`OutputStructureError` when the final outputs differ in
@@ -373,8 +374,8 @@ def auto_diff(base, raw, inputs, atol: float = 1e-5, rtol: float = 1e-5, auto_in
     if auto_init:
         from .transfer import assign_weight
 
-        report = assign_weight(base, raw, mapping=mapping)
-    pairing = pair_models(base, raw, init_pool, keep_empty=True, mapping=mapping)
+        report = assign_weight(base, raw, mapping=mapping, pool=pool)
+    pairing = pair_models(base, raw, init_pool if pool is None else pool, keep_empty=True, mapping=mapping)
     pairs = pairing.matched
     hooked_b, hooked_r, seen = [], [], set()
     for i, pair in enumerate(pairs):
@@ -400,7 +401,7 @@ def auto_diff(base, raw, inputs, atol: float = 1e-5, rtol: float = 1e-5, auto_in
                             fabs, frel, fbad, ftotal, bfinal[1], transfer=report)
         _compare_layers(result, pairs, bcalls, rcalls, atol, rtol)
         if grad:
-            _compare_grads(result, base, raw, bcalls, pairs, atol, rtol, mapping)
+            _compare_grads(result, base, raw, bcalls, pairs, atol, rtol, mapping, pool)
     finally:
         if grad:
             base.adapter.clear_grads(base.model)
@@ -464,10 +465,10 @@ def _to_raw_layout(g, op):
     return g, notes
 
 
-def _compare_grads(result: DiffResult, base, raw, bcalls, pairs, atol, rtol, mapping=None):
+def _compare_grads(result: DiffResult, base, raw, bcalls, pairs, atol, rtol, mapping=None, pool=None):
     from .plan import build_plan
 
-    plan = build_plan(base, raw, mapping=mapping)
+    plan = build_plan(base, raw, pool, mapping=mapping)
     first_call = {}
     for order, c in enumerate(bcalls):
         p = pairs[c.pair]
