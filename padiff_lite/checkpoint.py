@@ -501,7 +501,7 @@ class _Job:
                 src = self.ck.get(key, into=self._buf("out", nbytes) if reuse else None)
                 if src.is_contiguous() and src.untyped_storage().nbytes() == src.numel() * src.element_size() \
                         or reuse and src.is_contiguous():
-                    count_nonfinite(src, entry.key, stats)
+                    _count_nonfinite(src, entry.key, stats)
                     self._count(stats, src)
                     return {entry.key: src}  # unchanged: written as read, no copy
         if reuse:
@@ -525,7 +525,7 @@ class _Job:
             for region, value in layout.pieces(src, op.src_part, op.transform, out, op.dst_part):
                 region.copy_(value)
                 # scanned where it was written: contiguous, so faster than the (transposed) source view
-                count_nonfinite(region if region.dtype == value.dtype else value, entry.key, stats)
+                _count_nonfinite(region if region.dtype == value.dtype else value, entry.key, stats)
         self._count(stats, out)
         return {entry.key: out}
 
@@ -565,7 +565,7 @@ class _Job:
                                     f"{list(entry.shape)}; a special init must write values into the existing tensors "
                                     "(copy_/set_value), not replace them")
             value = ra.torch_view(t).to(entry.dtype, copy=True).contiguous()
-            count_nonfinite(value, entry.key, stats)
+            _count_nonfinite(value, entry.key, stats)
             self._count(stats, value)
             out[entry.key] = value
         if self.base_built and ba.name == "torch":
