@@ -29,16 +29,15 @@ from . import fastcopy, layout
 from .adapters import adapter_for
 from .atomic import NAME_MAX, AtomicOutput, output_error, terminate_like_interrupt
 from .errors import CheckpointError, TransferError
-from .execute import PARALLEL_MIN_ELEMENTS, Stats, _no_grad
-from .execute import _count_nonfinite as _count_nonfinite_any
-from .formats import (INDEX_SUFFIX, Checkpoint, Entry, dtype_name, format_of, open_checkpoint, write_index,
-                      writer_for)
+from .execute import PARALLEL_MIN_ELEMENTS, Stats, count_nonfinite, no_grad
+from .formats import (INDEX_SUFFIX, Checkpoint, Entry, dtype_name, format_of, open_checkpoint, streams,
+                      write_index, writer_for)
 from .mapping import check_tensors
 from .mapping import prepare as prepare_mapping
-from .plan import _family, _where, build_plan
+from .plan import build_plan, dtype_family, pair_label
 from .proxy import ProxyModel, create_model
-from .report import TransferReport
-from .transfer import _report, _unpaired_problem
+from .report import TransferReport, build_report
+from .transfer import unpaired_problem
 from .tree import ModelTree
 
 log = logging.getLogger("padiff_lite.checkpoint")
@@ -228,7 +227,7 @@ def convert_checkpoint(src, dst, base_model, raw_model, strict: bool = True, pro
                 entries = [e for unit in group for e in unit.entries]
                 writer = writer_for(out.tmp(path), out_fmt, entries, raw.framework)
                 out.opened(writer)
-                reuse = out_fmt == "safetensors"  # the writer copies each tensor out before the next is made
+                reuse = streams(out_fmt)  # the writer copies each tensor out before the next is made
                 for unit in group:
                     for key, tensor in job.compute(unit, stats, reuse).items():
                         writer.add(key, tensor)
@@ -246,7 +245,7 @@ def convert_checkpoint(src, dst, base_model, raw_model, strict: bool = True, pro
         if err is None:
             raise
         raise err from exc
-    report = _report(plan, stats, time.perf_counter() - t0)
+    report = build_report(plan, stats, time.perf_counter() - t0)
     report = CheckpointReport(**{f.name: getattr(report, f.name) for f in fields(TransferReport)},
                               source=str(ck.path), outputs=[str(p) for p in finals])
     report.missing += job.missing
@@ -286,7 +285,7 @@ def _count_nonfinite(t, path, stats):
     """NaN/Inf count into ``stats``; float8 by its bit patterns (torch cannot sum float8)."""
     mask = _FLOAT8_NAN.get(dtype_name(t.dtype))
     if mask is None:
-        return _count_nonfinite_any(t, path, stats)
+        return count_nonfinite(t, path, stats)
     bits = t.contiguous().view(torch.uint8)
     bad = int((bits == 0x80).sum()) if mask == 0xFF else int(((bits & mask) == mask).sum())
     stats.add_nonfinite(path, bad)
@@ -348,7 +347,7 @@ class _Job:
         extra = [k for k in ck.infos if k not in known]
         if self.strict:
             if plan.missing or plan.unexpected:
-                problems.insert(0, _unpaired_problem(plan))
+                problems.insert(0, unpaired_problem(plan))
             if absent:
                 problems.append(f"{ck.path}: {len(absent)} tensor(s) the base model {self.base.name} needs are not in "
                                 f"the checkpoint: {', '.join(list(absent)[:20])}{' ...' if len(absent) > 20 else ''}; "
@@ -367,7 +366,7 @@ class _Job:
         for op in plan.checks:
             key = self.key.get(id(op.src.tensor))
             if key is not None and not bool(torch.all(layout.take(ck.get(key), op.src_part) == op.value)):
-                problems.append(f"{_where(op.pair)}: {ck.path}: {key} has values other than {op.value}, and the raw "
+                problems.append(f"{pair_label(op.pair)}: {ck.path}: {key} has values other than {op.value}, and the raw "
                                 f"layer has no tensor to hold them; give the raw layer that parameter (e.g. "
                                 f"affine=True / weight_attr) or convert with another raw model")
         ck.release()
@@ -434,8 +433,8 @@ class _Job:
                 dtype = unit.dtype if unit.dtype is not None and (unit.pair is None or raw_dtype.is_floating_point) \
                     else raw_dtype
                 for op in unit.ops:
-                    if op.src is not None and _family(dtype_name(ck.infos[self.key[id(op.src.tensor)]].dtype)) \
-                            != _family(dtype_name(raw_dtype)):
+                    if op.src is not None and dtype_family(dtype_name(ck.infos[self.key[id(op.src.tensor)]].dtype)) \
+                            != dtype_family(dtype_name(raw_dtype)):
                         problems.append(f"{ck.path}: {self.key[id(op.src.tensor)]} is "
                                         f"{dtype_name(ck.infos[self.key[id(op.src.tensor)]].dtype)} but raw "
                                         f"{op.dst.path} is {dtype_name(raw_dtype)}; a conversion does not change "
@@ -548,10 +547,10 @@ class _Job:
             if ra.name == "paddle" and not t._is_initialized():
                 t.initialize()
         try:
-            with _no_grad(self.raw), _no_grad(self.base):
+            with no_grad(self.raw), no_grad(self.base):
                 pair.entry.func(bmod, rmod)
         except Exception as exc:
-            raise TransferError(f"{_where(pair)}: special init {pair.entry.key} ({pair.entry.origin}) raised "
+            raise TransferError(f"{pair_label(pair)}: special init {pair.entry.key} ({pair.entry.origin}) raised "
                                 f"{type(exc).__name__}: {exc}; no output was written. Fix the special init, or "
                                 "register another with add_special_init(..., override=True)") from exc
         out = {}
@@ -561,7 +560,7 @@ class _Job:
             local = pair.raw.local(next(r for k, r in unit.targets if k == entry.key))
             t = ra.get_tensor(rmod, local)
             if t is None or tuple(ra.shape(t)) != entry.shape:
-                raise TransferError(f"{_where(pair)}: special init {pair.entry.key} ({pair.entry.origin}) left "
+                raise TransferError(f"{pair_label(pair)}: special init {pair.entry.key} ({pair.entry.origin}) left "
                                     f"{entry.key} as {None if t is None else list(ra.shape(t))}, expected "
                                     f"{list(entry.shape)}; a special init must write values into the existing tensors "
                                     "(copy_/set_value), not replace them")

@@ -486,7 +486,7 @@ def _inputs_at(proxy, module, call, args, kwargs):
 
 # -- the entry point -------------------------------------------------------------
 def auto_diff(base, raw, inputs, atol: float = 1e-5, rtol: float = 1e-5, auto_init: bool = True,
-              diff_phase: str = "forward", interleave: bool = True) -> DiffResult:
+              diff_phase: str = "forward", pool=None, interleave: bool = True) -> DiffResult:
     """Run ``base`` and ``raw`` on the same inputs and compare every paired layer's outputs.
 
     base, raw: torch/paddle models or ProxyModels (their layer maps and black/white lists are used).
@@ -496,6 +496,7 @@ def auto_diff(base, raw, inputs, atol: float = 1e-5, rtol: float = 1e-5, auto_in
     auto_init: transfer base -> raw with ``assign_weight`` first.
     diff_phase: "forward", or "both" to also compare parameter gradients of a backward pass on the
         sum of the outputs (the models' gradients are cleared before and after).
+    pool: the registry of rules to pair, transfer and map gradients with (default: the global ``init_pool``).
     interleave: run base in a second thread, a layer ahead of raw, so that only about one layer's
         outputs are held at a time (False: base runs to the end first and every paired layer's outputs
         are held until raw reaches them). The results are the same.
@@ -519,8 +520,8 @@ def auto_diff(base, raw, inputs, atol: float = 1e-5, rtol: float = 1e-5, auto_in
     if auto_init:
         from .transfer import assign_weight
 
-        report = assign_weight(base, raw, mapping=mapping)
-    pairing = pair_models(base, raw, init_pool, keep_empty=True, mapping=mapping)
+        report = assign_weight(base, raw, mapping=mapping, pool=pool)
+    pairing = pair_models(base, raw, init_pool if pool is None else pool, keep_empty=True, mapping=mapping)
     pairs = pairing.matched
     hooked_b, hooked_r, seen = [], [], set()
     for i, pair in enumerate(pairs):
@@ -568,7 +569,7 @@ def auto_diff(base, raw, inputs, atol: float = 1e-5, rtol: float = 1e-5, auto_in
             result.notes.append(f"{len(result.not_comparable)} calls not comparable (outputs of a different form "
                                 f"that cannot be aligned; see result.not_comparable): {shown}")
         if grad:
-            _compare_grads(result, base, raw, pairs, atol, rtol, mapping)
+            _compare_grads(result, base, raw, pairs, atol, rtol, mapping, pool)
     finally:
         if grad:
             base.adapter.clear_grads(base.model)
@@ -586,7 +587,7 @@ def _compare_final(bfinal, rfinal, base, raw, atol, rtol):
         bt, rt = output_align.tensors(bfinal, "out"), output_align.tensors(rfinal, "out")
         if bt and rt and output_align.fit(bt[0][1].shape, rt[0][1].shape):
             al = output_align.Alignment()
-            output_align._tensor_pair(bt[0][0], rt[0][0], bt[0][1], rt[0][1], al)
+            output_align.pair_tensors(bt[0][0], rt[0][0], bt[0][1], rt[0][1], al)
             c = _compare_aligned(al, atol, rtol)
             notes.append(f"the final outputs differ in structure (base {bfinal}, raw {rfinal}): the first tensors "
                          f"were compared ({bt[0][0]} with {rt[0][0]})")
@@ -633,10 +634,10 @@ def _to_raw_layout(g, op):
     return g, notes
 
 
-def _compare_grads(result: DiffResult, base, raw, pairs, atol, rtol, mapping=None):
+def _compare_grads(result: DiffResult, base, raw, pairs, atol, rtol, mapping=None, pool=None):
     from .plan import build_plan
 
-    plan = build_plan(base, raw, mapping=mapping)
+    plan = build_plan(base, raw, pool, mapping=mapping)
     first_call = {}
     for c in sorted(result.layers + result.not_comparable, key=lambda c: c.order):
         first_call.setdefault((c.base_path, c.raw_path), c.order)

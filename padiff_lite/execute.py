@@ -21,7 +21,7 @@ import torch
 from . import fastcopy, layout
 from .adapters.torch_adapter import copy_all
 from .errors import InitError, TransferError
-from .plan import Plan, _where
+from .plan import Plan, pair_label
 
 
 @dataclass
@@ -46,7 +46,7 @@ def _no_grad_in(framework: str):
     return torch.no_grad()
 
 
-def _no_grad(proxy):
+def no_grad(proxy):
     return _no_grad_in(proxy.framework)
 
 
@@ -153,7 +153,7 @@ def _run_group(plan: Plan, key, ops: list, stats: Stats, fallback: list):
             continue
         stats.elements += numel * len(chunk)
         stats.bytes += stored.numel() * stored.element_size()
-        if _nonfinite_count(stored):  # rare: count per tensor
+        if nonfinite_count(stored):  # rare: count per tensor
             bad = (~torch.isfinite(stored)).reshape(len(chunk), -1).sum(1).tolist()
             for op, n in zip(chunk, bad):
                 stats.add_nonfinite(op.dst.path, n)
@@ -257,7 +257,7 @@ def _run_piece(piece, path):
 def _copy_and_scan(region, value, stored, path):
     with torch.no_grad():
         region.copy_(value)
-    return path, _nonfinite_count(stored)
+    return path, nonfinite_count(stored)
 
 
 def _drain(futures, stats: Stats):
@@ -265,12 +265,12 @@ def _drain(futures, stats: Stats):
         stats.add_nonfinite(*f.result())
 
 
-def _count_nonfinite(t, path, stats):
+def count_nonfinite(t, path, stats):
     """Add ``t``'s NaN/Inf count (if any) to ``stats.nonfinite`` under ``path``."""
-    stats.add_nonfinite(path, _nonfinite_count(t))
+    stats.add_nonfinite(path, nonfinite_count(t))
 
 
-def _nonfinite_count(t) -> int:
+def nonfinite_count(t) -> int:
     """How many NaN/Inf ``t`` holds; a float tensor is read once when it holds none."""
     if not t.is_floating_point() or t.numel() == 0:
         return 0
@@ -297,7 +297,7 @@ class _FiniteScan:
         if not t.is_floating_point():
             return
         if n >= SCAN_BATCH_ELEMENTS:
-            self.stats.add_nonfinite(path, _nonfinite_count(t))
+            self.stats.add_nonfinite(path, nonfinite_count(t))
             return
         if t.dim() == 0:
             t = t.reshape(1)
@@ -317,10 +317,10 @@ class _FiniteScan:
 
     def _flush(self, key):
         tensors, paths, n = self.batches.pop(key)
-        if n == 0 or _nonfinite_count(torch.cat(tensors)) == 0:
+        if n == 0 or nonfinite_count(torch.cat(tensors)) == 0:
             return
         for t, path in zip(tensors, paths):  # rare: find which tensors hold them
-            self.stats.add_nonfinite(path, _nonfinite_count(t))
+            self.stats.add_nonfinite(path, nonfinite_count(t))
 
 
 def _run_imperative(plan: Plan, stats: Stats):
@@ -336,11 +336,11 @@ def _run_imperative(plan: Plan, stats: Stats):
                 saved.append(item)
                 before.append(item)
             try:
-                with _no_grad(plan.raw), _no_grad(plan.base):
+                with no_grad(plan.raw), no_grad(plan.base):
                     pair.entry.func(pair.base.module, pair.raw.module)
             except Exception as exc:
                 raise TransferError(
-                    f"{_where(pair)}: special init {pair.entry.key} ({pair.entry.origin}) raised "
+                    f"{pair_label(pair)}: special init {pair.entry.key} ({pair.entry.origin}) raised "
                     f"{type(exc).__name__}: {exc}; the raw model was restored. Fix the special init, or "
                     "register another with add_special_init(..., override=True)"
                 ) from exc
@@ -348,7 +348,7 @@ def _run_imperative(plan: Plan, stats: Stats):
             changed = [f"{ref.path} {list(old)} -> {list(new)}" for ref, old, new in now if old != new]
             if changed:
                 raise TransferError(
-                    f"{_where(pair)}: special init {pair.entry.key} ({pair.entry.origin}) changed tensor shapes; "
+                    f"{pair_label(pair)}: special init {pair.entry.key} ({pair.entry.origin}) changed tensor shapes; "
                     "the raw model was restored. A special init must write values into the existing tensors "
                     "(copy_/set_value), not replace them",
                     changed,
@@ -356,7 +356,7 @@ def _run_imperative(plan: Plan, stats: Stats):
             for ref, *_ in before:
                 stats.tensors += 1
                 stats.elements += math.prod(ra.shape(ref.tensor))
-                _count_nonfinite(ra.torch_view(ref.tensor), ref.path, stats)  # what the init wrote, never hidden
+                count_nonfinite(ra.torch_view(ref.tensor), ref.path, stats)  # what the init wrote, never hidden
     except BaseException:
         _restore(plan, saved)
         raise

@@ -457,7 +457,14 @@ def writer_for(path: Path, fmt: str, entries: list[Entry], target_framework: str
     """A writer for one output file; call ``add(key, tensor)`` in ``entries`` order, then ``close()``."""
     if fmt == "safetensors":
         return SafetensorsWriter(path, entries, {"format": "pt" if target_framework == "torch" else "np"})
+    if fmt == "paddle":
+        return PdparamsWriter(path, entries)
     return DictWriter(path, fmt, entries)
+
+
+def streams(fmt: str) -> bool:
+    """Whether the writer of ``fmt`` copies each tensor out as it is added (so the caller may reuse its memory)."""
+    return fmt in ("safetensors", "paddle")
 
 
 class DictWriter:
@@ -485,6 +492,47 @@ class DictWriter:
                 pickler.dump(out)
             fh.commit()
         self.data = {}
+
+
+class PdparamsWriter:
+    """Writes a ``.pdparams`` file tensor by tensor (:class:`padiff_lite.pdparams.StreamWriter`): each tensor's
+    bytes go from its memory to the file as it is added, so nothing shard-sized is held; tied names are written
+    as the same array (stored once), bf16 as uint16 (what ``paddle.save`` writes)."""
+
+    def __init__(self, path: Path, entries: list[Entry]):
+        self.path = path
+        self.order = [e for e in entries if e.alias_of is None]
+        self.aliases: dict[str, list[str]] = {}
+        for e in entries:
+            if e.alias_of is not None:
+                self.aliases.setdefault(e.alias_of, []).append(e.key)
+        self.fh = OutputFile(path)
+        self.stream = pdparams.StreamWriter(self.fh)
+        self.stream.start()
+        self.next = 0
+
+    def add(self, key, tensor: torch.Tensor):
+        e = self.order[self.next] if self.next < len(self.order) else None
+        if e is None or e.key != key:
+            raise AssertionError(f"{self.path}: tensor {key} written out of order (expected {e and e.key})")
+        if tuple(tensor.shape) != tuple(e.shape) or tensor.dtype != e.dtype:
+            raise AssertionError(f"{key}: writer expected {e.shape} {e.dtype}, got {tuple(tensor.shape)} {tensor.dtype}")
+        array = torch_to_numpy(tensor.contiguous())
+        flat = array.reshape(-1).view(np.uint8) if array.size else array.reshape(-1)
+        self.stream.add(key, flat.data, array.shape, array.dtype, memoize=key in self.aliases)
+        for alias in self.aliases.get(key, ()):
+            self.stream.alias(alias, key)
+        self.next += 1
+
+    def close(self):
+        if self.next != len(self.order):
+            raise AssertionError(f"{self.path}: {len(self.order) - self.next} tensors were not written")
+        self.stream.finish()
+        self.fh.commit()
+        self.fh.close()
+
+    def abort(self):
+        self.fh.close()
 
 
 class SafetensorsWriter:

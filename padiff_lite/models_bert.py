@@ -7,14 +7,15 @@
 - ``bert_classifier(fw)``: the same encoder without pooler or MLM head, with a new
   ``segment_embeddings`` table and a new ``classifier`` head (dense, LayerNorm, out).
 
-Importing this module registers the mapping rule for the two MLM heads (torch BertLMHead <-> paddle
-BertLMHead): the decoder weight is [vocab, hidden] in both, so it is copied without a transpose.
+``register_rules(pool)`` registers the mapping rule for the two MLM heads (torch BertLMHead <-> paddle
+BertLMHead): the decoder weight is [vocab, hidden] in both, so it is copied without a transpose. Importing
+this module registers nothing; a transfer between two pretraining models needs the rule registered first.
 """
 from __future__ import annotations
 
 import math
 
-from .special_init import Map, init_pool
+from .special_init import Map
 
 VOCAB, HIDDEN, HEADS, FFN, MAX_POS, PAD = 100, 64, 4, 128, 32, 1
 SEGMENTS, HEAD_DIM, LABELS = 32, 256, 4
@@ -200,9 +201,23 @@ def token_ids(batch=2, length=12, seed=0):
     return ids
 
 
-@init_pool.register_maps("torch", "BertLMHead", "paddle", "BertLMHead",
-                         note="transform Linear transposed; decoder [vocab, hidden] copied as is (tied to embeddings)")
+def register_rules(pool=None):
+    """Register the BertLMHead rule (both directions) in ``pool`` (default: the global ``init_pool``).
+
+    Calling it again is harmless; a different rule already registered for these classes is a RegistryError.
+    """
+    if pool is None:
+        from .special_init import init_pool as pool
+    key = ("torch", "BertLMHead", "paddle", "BertLMHead")
+    if key in pool and pool[key].func is bert_lm_head:
+        return pool
+    pool.register_maps(*key, note="transform Linear transposed; decoder [vocab, hidden] copied as is (tied to "
+                       "embeddings)")(bert_lm_head)
+    return pool
+
+
 def bert_lm_head(module, layer):
+    """The mapping rule for the two MLM heads (see :func:`register_rules`)."""
     return [
         Map("transform.weight", "transform.weight", "transpose"),
         Map("transform.bias", "transform.bias"),

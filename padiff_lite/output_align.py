@@ -164,7 +164,7 @@ def align(b: Node, r: Node, bw: str = "out", rw: str = "out") -> Alignment:
     return acc
 
 
-def _tensor_pair(bw, rw, bv, rv, acc: Alignment):
+def pair_tensors(bw, rw, bv, rv, acc: Alignment):
     how = fit(bv.shape, rv.shape)
     if how is None:
         acc.unaligned.append(f"{bw} {list(bv.shape)} vs {rw} {list(rv.shape)}: the shapes are neither equal, "
@@ -183,7 +183,7 @@ def _has_tensor(n: Node) -> bool:
 
 def _align(b: Node, r: Node, bw, rw, acc: Alignment, top=False):
     if b.kind == "tensor" and r.kind == "tensor":
-        _tensor_pair(bw, rw, b.value, r.value, acc)
+        pair_tensors(bw, rw, b.value, r.value, acc)
         return
     if b.kind == "value" and r.kind == "value":
         acc.pairs.append(Pair(bw, rw, b.value, r.value, "value"))
@@ -219,9 +219,9 @@ def _align(b: Node, r: Node, bw, rw, acc: Alignment, top=False):
         if head is not None and head.kind == "tensor" and fit(head.value.shape, bare.value.shape):
             sw = _sub(bw if seq_is_base else rw, seq, 0)
             if seq_is_base:
-                _tensor_pair(sw, rw, head.value, bare.value, acc)
+                pair_tensors(sw, rw, head.value, bare.value, acc)
             else:
-                _tensor_pair(bw, sw, bare.value, head.value, acc)
+                pair_tensors(bw, sw, bare.value, head.value, acc)
             rest = [w for w, _ in tensors(seq, bw if seq_is_base else rw)][1:]
             (acc.only_base if seq_is_base else acc.only_raw).extend(rest)
             return
@@ -241,7 +241,7 @@ def _by_position(b: Node, r: Node, bw, rw, acc: Alignment, top: bool):
         if top:
             acc.notes.append(f"base returns {b}, raw {r}: aligned by the position of their tensors")
         for (w1, v1), (w2, v2) in zip(bt, rt):
-            _tensor_pair(w1, w2, v1, v2, acc)
+            pair_tensors(w1, w2, v1, v2, acc)
         return
     if (b.kind == "named") != (r.kind == "named"):
         # one side names its fields: each tensor of the shorter side meets the first unused one that fits
@@ -256,9 +256,9 @@ def _by_position(b: Node, r: Node, bw, rw, acc: Alignment, top: bool):
             used.add(hit)
             mw, mv = many[hit]
             if few_is_base:
-                _tensor_pair(w, mw, v, mv, acc)
+                pair_tensors(w, mw, v, mv, acc)
             else:
-                _tensor_pair(mw, w, mv, v, acc)
+                pair_tensors(mw, w, mv, v, acc)
         rest = [w for j, (w, _) in enumerate(many) if j not in used]
         (acc.only_raw if few_is_base else acc.only_base).extend(rest)
         if acc.pairs:

@@ -504,3 +504,76 @@ def read_array(path: Path, ref: ArrayRef, into: memoryview, fh=None) -> None:
     finally:
         if own:
             fh.close()
+
+
+# -- writing ---------------------------------------------------------------------------------------------------
+# A .pdparams file is written as a stream, tensor by tensor, with each array's bytes going straight from the
+# tensor's memory to the file: the same pickle ``paddle.save`` would write for a dict of numpy arrays (numpy's
+# own reduce of each array: ``_reconstruct`` + a state tuple whose last item is the raw bytes), so ``paddle.load``
+# and this module's reader both read it. Only the raw bytes are written by hand; the opcodes around them come
+# from pickling a stand-in with the same dtype and shape (protocol 3: no frames to keep consistent).
+_MARK = b"\x00padiff-lite-array-bytes\x00"
+
+
+class _Stand:
+    """Pickles like a numpy array of ``shape`` and ``dtype`` whose bytes are ``_MARK``."""
+
+    def __init__(self, shape, dtype):
+        self.shape, self.dtype = shape, dtype
+
+    def __reduce__(self):
+        return (np.core.multiarray._reconstruct, (np.ndarray, (0,), b"b"),
+                (1, tuple(self.shape), self.dtype, False, _MARK))
+
+
+def _opcodes(obj) -> bytes:
+    """``obj`` as pickle opcodes (protocol 3, no memo), without the PROTO header and the STOP."""
+    import pickle
+
+    buf = io.BytesIO()
+    pickler = pickle.Pickler(buf, protocol=3)
+    pickler.fast = True
+    pickler.dump(obj)
+    return buf.getvalue()[2:-1]
+
+
+def array_opcodes(shape, dtype: np.dtype) -> tuple[bytes, bytes]:
+    """The opcodes before and after an array's raw bytes (which go in a BINBYTES/BINBYTES8 of their own)."""
+    ops = _opcodes(_Stand(shape, np.dtype(dtype)))
+    mark = b"C" + bytes([len(_MARK)]) + _MARK  # SHORT_BINBYTES
+    cut = ops.index(mark)
+    return ops[:cut], ops[cut + len(mark):]
+
+
+class StreamWriter:
+    """Writes ``{key: array}`` as a pickle stream: ``start()``, ``add(key, array_bytes, shape, dtype)`` per tensor
+    (``array_bytes``: a buffer of the tensor's bytes, C order), ``alias(key, of)`` for a tied name (the same array
+    object, stored once), ``finish()``. ``out`` is a file-like object with ``write``."""
+
+    def __init__(self, out):
+        self.out = out
+        self.memo: dict[str, int] = {}  # key -> memo slot of its array (only for tensors that have aliases)
+
+    def start(self):
+        self.out.write(b"\x80\x04}")  # PROTO 4, EMPTY_DICT
+
+    def add(self, key: str, data, shape, dtype, memoize: bool = False):
+        before, after = array_opcodes(shape, dtype)
+        n = memoryview(data).nbytes
+        head = b"B" + struct.pack("<I", n) if n < 1 << 32 else b"\x8e" + struct.pack("<Q", n)
+        self.out.write(_opcodes(key) + before + head)
+        if n:
+            self.out.write(data)
+        self.out.write(after)
+        if memoize:
+            self.out.write(b"\x94")  # MEMOIZE: the array, for aliases written later
+            self.memo[key] = len(self.memo)
+        self.out.write(b"s")  # SETITEM
+
+    def alias(self, key: str, of: str):
+        slot = self.memo[of]
+        get = b"h" + bytes([slot]) if slot < 256 else b"j" + struct.pack("<I", slot)
+        self.out.write(_opcodes(key) + get + b"s")
+
+    def finish(self):
+        self.out.write(b".")

@@ -58,17 +58,18 @@ class Plan:
     tie_conflicts: list[tuple] = field(default_factory=list)  # (kept op, dropped op) writing one tied target
 
 
-def _where(pair: LayerPair) -> str:
+def pair_label(pair: LayerPair) -> str:
     b, r = pair.base, pair.raw
     return (f"{b.path or '<root>'} ({type(b.module).__name__}) -> "
             f"{r.path or '<root>'} ({type(r.module).__name__})")
 
 
 # -- building ------------------------------------------------------------------
-def build_plan(base, raw, pool=init_pool, need_data: bool = True, mapping=None) -> Plan:
-    """Pair and plan ``base`` -> ``raw``, then validate. ``need_data=False``: see :func:`validate`.
-    ``mapping``: a :class:`padiff_lite.mapping.Mapping` (oriented base -> raw) pairing what names leave open."""
-    pairing = pair_models(base, raw, pool, mapping=mapping)
+def build_plan(base, raw, pool=None, need_data: bool = True, mapping=None) -> Plan:
+    """Pair and plan ``base`` -> ``raw`` with the rules of ``pool`` (default: the global ``init_pool``), then
+    validate. ``need_data=False``: see :func:`validate`. ``mapping``: a :class:`padiff_lite.mapping.Mapping`
+    (oriented base -> raw) pairing what names leave open."""
+    pairing = pair_models(base, raw, init_pool if pool is None else pool, mapping=mapping)
     plan = Plan(base, raw, pairing.pairs, unpaired=pairing.unpaired)
     for u in pairing.unpaired:
         (plan.unexpected if u.side == "base" else plan.missing).extend(u.tensor_paths())
@@ -100,8 +101,8 @@ def pair_problems(base, raw, pair: LayerPair) -> list[str]:
     else:
         return []
     validate(plan, need_data=False)
-    return plan.problems + [f"{_where(pair)}: base {p} has no partner" for p in plan.unexpected] + \
-        [f"{_where(pair)}: raw {p} has no partner" for p in plan.missing]
+    return plan.problems + [f"{pair_label(pair)}: base {p} has no partner" for p in plan.unexpected] + \
+        [f"{pair_label(pair)}: raw {p} has no partner" for p in plan.missing]
 
 
 def _in_model_order(proxy, paths: list[str]) -> list[str]:
@@ -138,7 +139,7 @@ def _hint_rename(plan, pair, ref, candidates):
     if candidates:
         names = ", ".join(sorted(pair.raw.local(c) for c in candidates.values()))
         plan.hints.append(
-            f"{_where(pair)}: base tensor '{pair.base.local(ref)}' has no namesake on the raw side "
+            f"{pair_label(pair)}: base tensor '{pair.base.local(ref)}' has no namesake on the raw side "
             f"(raw has {names}); register a rule for this class pair with init_pool.register_maps or "
             "add_special_init"
         )
@@ -151,7 +152,7 @@ def _hint_uncovered(plan, pair, left_b, left_r):
     """A rule's maps do not name some tensors of its pair: say so (the tensor names alone can look identical)."""
     entry = pair.entry
     sides = [f"{side} {', '.join(names)}" for side, names in (("base", left_b), ("raw", left_r)) if names]
-    hint = (f"{_where(pair)}: rule {entry.key} ({entry.origin}) has no map for {' and '.join(sides)}, so they have "
+    hint = (f"{pair_label(pair)}: rule {entry.key} ({entry.origin}) has no map for {' and '.join(sides)}, so they have "
             "no namesake to go to; ")
     if any(n.split(".")[-1] in _WEIGHT_NORM for n in left_b + left_r):
         hint += ("these are weight-norm tensors, which the built-in rules do not carry: remove the weight norm on both "
@@ -178,9 +179,9 @@ def _plan_maps(plan: Plan, pair: LayerPair):
         maps = entry.maps(b.module, r.module)
     except Exception as exc:  # a rule that cannot describe this pair is a planning problem, not a crash
         if isinstance(exc, PadiffError):  # the rule refuses this pair and says why
-            plan.problems.append(f"{_where(pair)}: {exc} (rule {entry.key}, {entry.origin})")
+            plan.problems.append(f"{pair_label(pair)}: {exc} (rule {entry.key}, {entry.origin})")
         else:
-            plan.problems.append(f"{_where(pair)}: rule {entry.key} ({entry.origin}) failed: {type(exc).__name__}: {exc}; "
+            plan.problems.append(f"{pair_label(pair)}: rule {entry.key} ({entry.origin}) failed: {type(exc).__name__}: {exc}; "
                                  "fix the rule, or register another for this class pair with override=True")
         return
     # runs once per layer pair of a rule (most pairs of a model): the common case, a tensor on each
@@ -200,7 +201,7 @@ def _plan_maps(plan: Plan, pair: LayerPair):
                 src_part = _resolved(plan.base.adapter, b.module, m.src, src, m.src_part)
                 dst_part = _resolved(plan.raw.adapter, r.module, m.dst, dst, m.dst_part)
             except ValueError as exc:
-                plan.problems.append(f"{_where(pair)}: rule {entry.key} ({entry.origin}): {exc}; fix the rule's Part")
+                plan.problems.append(f"{pair_label(pair)}: rule {entry.key} ({entry.origin}): {exc}; fix the rule's Part")
                 used_b.add(m.src)
                 used_r.add(m.dst)
                 continue
@@ -266,8 +267,8 @@ def _resolved(adapter, module, local: str | None, ref, part):
 def _caveat_note(caveat: str, pairs: list) -> str:
     """One note per caveat, naming the layer pairs it applies to (the first few when there are many)."""
     if len(pairs) == 1:
-        return f"{_where(pairs[0])}: {caveat}"
-    shown = "; ".join(_where(p) for p in pairs[:3]) + ("; ..." if len(pairs) > 3 else "")
+        return f"{pair_label(pairs[0])}: {caveat}"
+    shown = "; ".join(pair_label(p) for p in pairs[:3]) + ("; ..." if len(pairs) > 3 else "")
     return f"{caveat} ({len(pairs)} layer pairs: {shown})"
 
 
@@ -286,7 +287,7 @@ def _dedupe_targets(plan: Plan):
             kept.append(op)
         elif prev.dst.path == op.dst.path and (prev.src is None or op.src is None or prev.src.tensor is not op.src.tensor):
             plan.problems.append(
-                f"{_where(op.pair)}: raw {op.dst.path}{op.dst_part or ''} and {prev.dst.path}{prev.dst_part or ''} overlap: "
+                f"{pair_label(op.pair)}: raw {op.dst.path}{op.dst_part or ''} and {prev.dst.path}{prev.dst_part or ''} overlap: "
                 f"two maps ({prev.describe()}; {op.describe()}) write the same values; fix the rule's maps")
         elif prev.src is not None and op.src is not None and prev.src.tensor is not op.src.tensor:
             plan.tied.append(f"{op.dst.path} is tied to {prev.dst.path}: it gets {prev.src.path}, not {op.src.path}")
@@ -311,14 +312,14 @@ def _check_parts(plan: Plan):
         if clash:
             a, b = clash
             plan.problems.append(
-                f"{_where(b.pair)}: raw {ref.path}{a.dst_part or ''} and {ref.path}{b.dst_part or ''} overlap: two maps "
+                f"{pair_label(b.pair)}: raw {ref.path}{a.dst_part or ''} and {ref.path}{b.dst_part or ''} overlap: two maps "
                 f"({a.describe()}; {b.describe()}) write the same values; fix the rule's Parts")
             continue
         total = math.prod(shape)
         done = layout.covered(shape, [op.dst_part for op in ops])
         if done < total and ref.persistent and not ref.alias_of:
             plan.missing.append(ref.path)
-            plan.hints.append(f"{_where(ops[0].pair)}: raw {ref.path} {list(shape)} is written in parts that cover "
+            plan.hints.append(f"{pair_label(ops[0].pair)}: raw {ref.path} {list(shape)} is written in parts that cover "
                               f"{done} of its {total} values; the rest would keep its old values: add maps for the "
                               "rest, or fix the rule's Parts")
 
@@ -328,7 +329,7 @@ _FLOATS = {"float16", "bfloat16", "float32", "float64"}
 _WIDTH = {"float16": 16, "bfloat16": 16, "float32": 32, "float64": 64}
 
 
-def _family(dtype: str) -> str:
+def dtype_family(dtype: str) -> str:
     if dtype in _FLOATS or dtype.startswith("float8"):
         return "float"
     if dtype.startswith("complex"):
@@ -355,12 +356,12 @@ def validate(plan: Plan, need_data: bool = True):
         dst = op.dst.tensor
         if need_data and not r_readable(dst):
             unreadable.add(id(dst))
-            plan.problems.append(_no_data(_where(op.pair), "raw", ra, op.dst))
+            plan.problems.append(_no_data(pair_label(op.pair), "raw", ra, op.dst))
             continue
         dshape = r_shape(dst)
         want = dshape if op.dst_part is None else layout.region_shape(dshape, op.dst_part)
         if want is None:
-            plan.problems.append(f"{_where(op.pair)}: part {op.dst_part} does not fit raw {op.dst.path} of shape "
+            plan.problems.append(f"{pair_label(op.pair)}: part {op.dst_part} does not fit raw {op.dst.path} of shape "
                                  f"{list(dshape)}; fix the rule's Part")
             continue
         if op.kind == "fill":
@@ -369,27 +370,27 @@ def validate(plan: Plan, need_data: bool = True):
         sshape = b_shape(src)
         if need_data and not b_readable(src):
             unreadable.add(id(src))
-            plan.problems.append(_no_data(_where(op.pair), "base", ba, op.src))
+            plan.problems.append(_no_data(pair_label(op.pair), "base", ba, op.src))
             continue
         got = sshape if op.src_part is None else layout.region_shape(sshape, op.src_part)
         if got is None:
-            plan.problems.append(f"{_where(op.pair)}: part {op.src_part} does not fit base {op.src.path} of shape "
+            plan.problems.append(f"{pair_label(op.pair)}: part {op.src_part} does not fit base {op.src.path} of shape "
                                  f"{list(sshape)}; fix the rule's Part")
             continue
         transform = op.transform
         if transform == "transpose":
             if len(got) != 2:
-                plan.problems.append(f"{_where(op.pair)}: base {op.src.path} is {len(got)}-D, a transpose needs 2-D")
+                plan.problems.append(f"{pair_label(op.pair)}: base {op.src.path} is {len(got)}-D, a transpose needs 2-D")
                 continue
             got = got[::-1]
         elif transform == "reshape" and math.prod(got) == math.prod(want):
             got = want
         if got != want:
-            plan.problems.append(_shape_problem(_where(op.pair), op, sshape, dshape))
+            plan.problems.append(_shape_problem(pair_label(op.pair), op, sshape, dshape))
         sd, dd = b_dtype(src), r_dtype(dst)
         op.info = (sshape, dshape, sd, dd)  # the executor groups small copies by it
         if sd != dd:  # the place is formatted only when there is something to say
-            _check_dtype(plan, _where(op.pair), op, sd, dd)
+            _check_dtype(plan, pair_label(op.pair), op, sd, dd)
     if not need_data:  # shapes only (checkpoint conversion): values are checked against the file
         return
     for pair in plan.imperative:  # a special init reads and writes whole layers: all of them must hold data
@@ -397,10 +398,10 @@ def validate(plan: Plan, need_data: bool = True):
             for ref in node.subtree_tensors().values():
                 if not adapter.readable(ref.tensor):
                     unreadable.add(id(ref.tensor))
-                    plan.problems.append(_no_data(_where(pair), side, adapter, ref))
+                    plan.problems.append(_no_data(pair_label(pair), side, adapter, ref))
     for op in plan.checks:
         if not ba.readable(op.src.tensor):
-            plan.problems.append(_no_data(_where(op.pair), "base", ba, op.src))
+            plan.problems.append(_no_data(pair_label(op.pair), "base", ba, op.src))
         else:
             _check_expect(plan, op)
     for kept, dropped in plan.tie_conflicts:
@@ -433,7 +434,7 @@ def _check_tie(plan, kept, dropped):
     if a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b):
         return
     plan.problems.append(
-        f"{_where(dropped.pair)}: raw {dropped.dst.path} is tied to {kept.dst.path} (one tensor), but base "
+        f"{pair_label(dropped.pair)}: raw {dropped.dst.path} is tied to {kept.dst.path} (one tensor), but base "
         f"{kept.src.path} and {dropped.src.path} hold different values, so one of them would be lost; untie "
         f"{dropped.dst.path} in the raw model, tie the base model the same way, or black-list one of the two"
     )
@@ -449,7 +450,7 @@ def _shape_problem(where, op, sshape, dshape) -> str:
 
 
 def _check_dtype(plan, where, op, sd, dd):
-    fs, fd = _family(sd), _family(dd)
+    fs, fd = dtype_family(sd), dtype_family(dd)
     if fs != fd:
         plan.problems.append(f"{where}: base {op.src.path} is {sd} but raw {op.dst.path} is {dd}; "
                              "a transfer does not change the kind of a tensor: build the raw model with a matching dtype")
@@ -497,7 +498,7 @@ def _check_expect(plan, op):
     rows = f" {op.src_part}" if op.src_part is not None else ""
     if not bool(torch.all(view == op.value)):
         plan.problems.append(
-            f"{_where(op.pair)}: base {op.src.path}{rows} has values other than {op.value}, and the raw layer has no "
+            f"{pair_label(op.pair)}: base {op.src.path}{rows} has values other than {op.value}, and the raw layer has no "
             f"tensor to hold them; give the raw layer that parameter (e.g. affine=True / weight_attr) or reset "
             f"{op.src.path}{rows} to {op.value}"
         )

@@ -7,16 +7,19 @@ from .errors import LayerMapError
 MODES = ("self", "sublayers", "all")
 
 
-def create_model(model, name: str | None = None) -> "ProxyModel":
-    """Wrap a ``torch.nn.Module`` or ``paddle.nn.Layer`` (a ProxyModel is returned as it is)."""
+def create_model(model, name: str | None = None, adapter=None) -> "ProxyModel":
+    """Wrap a ``torch.nn.Module`` or ``paddle.nn.Layer`` (a ProxyModel is returned as it is).
+
+    ``adapter``: the model's adapter (``adapters.base.ModelAdapter``); by default the one of its framework.
+    """
     if isinstance(model, ProxyModel):
         return model
-    return ProxyModel(model, name)
+    return ProxyModel(model, name, adapter)
 
 
 class ProxyModel:
-    def __init__(self, model, name: str | None = None):
-        adapter = adapter_for(model)
+    def __init__(self, model, name: str | None = None, adapter=None):
+        adapter = adapter or adapter_for(model)
         if adapter is None or not adapter.is_module(model):
             raise TypeError(
                 f"create_model() takes a torch.nn.Module or a paddle.nn.Layer, got {type(model).__module__}."

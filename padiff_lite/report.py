@@ -42,9 +42,6 @@ class TransferReport:
             self._mapping = self._mapping()
         return self._mapping
 
-    def __bool__(self):
-        return True
-
     @property
     def rules_used(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -81,3 +78,29 @@ class TransferReport:
                 if len(items) > 50:
                     lines.append(f"  ... and {len(items) - 50} more")
         return "\n".join(lines)
+
+
+def build_report(plan, stats, seconds: float) -> TransferReport:
+    """The report of an executed plan (``stats``: the executor's Stats); assign_weight and convert_checkpoint use it."""
+    base, raw = plan.base, plan.raw
+    counts: dict[int, int] = {}
+    for op in plan.ops:
+        counts[id(op.pair)] = counts.get(id(op.pair), 0) + 1
+    for pair in plan.imperative:
+        counts[id(pair)] = len(pair.raw.subtree_tensors())
+    rules = {id(None): "default"}  # rule text per entry: formatted once, not once per pair
+    records = []
+    for pair in plan.pairs:
+        e = pair.entry
+        rule = rules.get(id(e))
+        if rule is None:
+            rule = rules[id(e)] = f"{'mapping' if e.kind == 'mapping' else 'special init'} {e.key}"
+        records.append(PairRecord(pair.base.path, pair.raw.path, type(pair.base.module).__name__,
+                                  type(pair.raw.module).__name__, rule, pair.how, counts.get(id(pair), 0)))
+    return TransferReport(
+        base=f"{base.framework}:{base.name}", raw=f"{raw.framework}:{raw.name}", pairs=records,
+        tensors=stats.tensors, elements=stats.elements, bytes=stats.bytes, seconds=seconds,
+        missing=list(plan.missing), unexpected=list(plan.unexpected), casts=list(plan.casts),
+        nonfinite=dict(stats.nonfinite), tied=list(plan.tied), notes=list(plan.notes),
+        filled=[op.describe() for op in plan.ops if op.kind == "fill"],
+    )

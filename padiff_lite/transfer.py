@@ -7,25 +7,23 @@ import logging
 import time
 
 from .errors import InitError, TransferError
-from .execute import _nonfinite_count, execute
+from .execute import nonfinite_count, execute
 from .init import check_scheme, plan_init, scheme_name
 from .align import execution_mapping
 from .mapping import check_tensors, from_plan
 from .mapping import prepare as prepare_mapping
 from .plan import Plan, build_plan
 from .proxy import create_model
-from .report import PairRecord, TransferReport
+from .report import TransferReport, build_report
 
 log = logging.getLogger("padiff_lite")
 
 
 def _gc_paused(fn):
-    """Run ``fn`` with Python's cyclic garbage collector paused.
+    """Run ``fn`` with the cyclic garbage collector paused (process-wide, for this call only; switched back on after).
 
-    Pairing and planning allocate a few small objects per module and tensor; with a large model in
-    memory every automatic full collection walks all of its objects, which made planning a
-    6,000-module model about three times slower. Nothing here creates garbage cycles that need
-    collecting before the call returns; the collector is switched back on (if it was on) afterwards.
+    Kept because it pays: planning 10k / 100k modules took 0.75 / 5.6 s paused against 1.00 / 8.6 s with the
+    collector on (bench/bench_transfer.py's scaling case, min of 5, 2 busy cores; no gain at 1k).
     """
 
     @functools.wraps(fn)
@@ -42,23 +40,23 @@ def _gc_paused(fn):
 
 
 @_gc_paused
-def plan_transfer(base, raw) -> Plan:
+def plan_transfer(base, raw, pool=None) -> Plan:
     """Pair, plan and validate without writing anything; the plan's ``problems`` say what is wrong."""
-    return build_plan(create_model(base), create_model(raw))
+    return build_plan(create_model(base), create_model(raw), pool)
 
 
 @_gc_paused
-def pair_layers(base, raw, example_inputs=None, mapping=None, strict: bool = True):
+def pair_layers(base, raw, example_inputs=None, mapping=None, strict: bool = True, pool=None):
     """Pair ``base`` and ``raw`` as ``assign_weight`` would (names first, then by the order layers run on
     ``example_inputs``, or by ``mapping``), plan and validate, write nothing; return the
     :class:`padiff_lite.mapping.Mapping` (``.save(path)`` writes it). Raises TransferError as
     ``assign_weight`` would (with ``strict``, layers left unpaired are an error too)."""
     base, raw = create_model(base), create_model(raw)
     found = find_mapping(base, raw, example_inputs, mapping)
-    plan = build_plan(base, raw, mapping=found)
+    plan = build_plan(base, raw, pool, mapping=found)
     problems = list(plan.problems) + (check_tensors(found, plan) if mapping is not None else [])
     if strict and (plan.missing or plan.unexpected):
-        problems = [_unpaired_problem(plan, found, can_run=example_inputs is None and mapping is None)] + problems
+        problems = [unpaired_problem(plan, found, can_run=example_inputs is None and mapping is None)] + problems
     if problems:
         raise TransferError(f"cannot pair {base.framework}:{base.name} -> {raw.framework}:{raw.name} "
                             f"({len(problems)} problem{'s' * (len(problems) != 1)}):", problems)
@@ -67,7 +65,7 @@ def pair_layers(base, raw, example_inputs=None, mapping=None, strict: bool = Tru
 
 @_gc_paused
 def assign_weight(base, raw, strict: bool = True, check_finite: bool = False, init_unmatched=None,
-                  std: float = 0.02, example_inputs=None, mapping=None) -> TransferReport:
+                  std: float = 0.02, example_inputs=None, mapping=None, pool=None) -> TransferReport:
     """Copy the weights of ``base`` into ``raw`` (models or ProxyModels, torch or paddle, either way).
 
     Returns a :class:`TransferReport`. Raises :class:`TransferError` listing every problem when the
@@ -91,6 +89,7 @@ def assign_weight(base, raw, strict: bool = True, check_finite: bool = False, in
         ``padiff-lite pair``) pairing the layers names leave open, instead of running the models.
 
     ``report.mapping`` lists every layer pair and tensor copy with how it was found.
+    pool: the registry of rules (default: the global ``init_pool``; an ``InitPool()`` of one's own works too).
     """
     t0 = time.perf_counter()
     for name, value in (("strict", strict), ("check_finite", check_finite)):
@@ -105,12 +104,12 @@ def assign_weight(base, raw, strict: bool = True, check_finite: bool = False, in
         check_scheme(init_unmatched, std)
     base, raw = create_model(base), create_model(raw)
     found = find_mapping(base, raw, example_inputs, mapping)
-    plan = build_plan(base, raw, mapping=found)
+    plan = build_plan(base, raw, pool, mapping=found)
     problems = list(plan.problems)
     if mapping is not None:
         problems += check_tensors(found, plan)
     if strict and (plan.missing or plan.unexpected):
-        problems = [_unpaired_problem(plan, found, can_run=example_inputs is None and mapping is None)] + problems
+        problems = [unpaired_problem(plan, found, can_run=example_inputs is None and mapping is None)] + problems
     if check_finite:
         problems += _nonfinite_problems(plan)
     if problems:
@@ -121,7 +120,7 @@ def assign_weight(base, raw, strict: bool = True, check_finite: bool = False, in
         )
     init = plan_init(raw, init_unmatched, std, only=plan.missing) if init_unmatched is not None else None
     stats = execute(plan, init.ops if init else ())
-    report = _report(plan, stats, time.perf_counter() - t0)
+    report = build_report(plan, stats, time.perf_counter() - t0)
     notes = list(found.notes) if found is not None else []
     report.notes += notes
     report._mapping = lambda: from_plan(plan, notes)
@@ -151,7 +150,7 @@ def find_mapping(base, raw, example_inputs=None, mapping=None):
     return None
 
 
-def _unpaired_problem(plan: Plan, found=None, can_run: bool = False) -> str:
+def unpaired_problem(plan: Plan, found=None, can_run: bool = False) -> str:
     lines = []
     for u in plan.unpaired:
         lines.append(f"unpaired {u}: {', '.join(u.tensor_paths())}")
@@ -183,33 +182,8 @@ def _nonfinite_problems(plan: Plan) -> list[str]:
     for ref in refs.values():
         if not ba.readable(ref.tensor):
             continue  # already a "holds no data" problem
-        n = _nonfinite_count(ba.torch_view(ref.tensor))  # one sum per tensor; counts only when it is not finite
+        n = nonfinite_count(ba.torch_view(ref.tensor))  # one sum per tensor; counts only when it is not finite
         if n:
             out.append(f"base {ref.path} holds {n} NaN/Inf value{'s' * (n != 1)} (check_finite=True); "
                        "fix the source weights or pass check_finite=False to copy them as they are")
     return out
-
-
-def _report(plan: Plan, stats, seconds) -> TransferReport:
-    base, raw = plan.base, plan.raw
-    counts: dict[int, int] = {}
-    for op in plan.ops:
-        counts[id(op.pair)] = counts.get(id(op.pair), 0) + 1
-    for pair in plan.imperative:
-        counts[id(pair)] = len(pair.raw.subtree_tensors())
-    rules = {id(None): "default"}  # rule text per entry: formatted once, not once per pair
-    records = []
-    for pair in plan.pairs:
-        e = pair.entry
-        rule = rules.get(id(e))
-        if rule is None:
-            rule = rules[id(e)] = f"{'mapping' if e.kind == 'mapping' else 'special init'} {e.key}"
-        records.append(PairRecord(pair.base.path, pair.raw.path, type(pair.base.module).__name__,
-                                  type(pair.raw.module).__name__, rule, pair.how, counts.get(id(pair), 0)))
-    return TransferReport(
-        base=f"{base.framework}:{base.name}", raw=f"{raw.framework}:{raw.name}", pairs=records,
-        tensors=stats.tensors, elements=stats.elements, bytes=stats.bytes, seconds=seconds,
-        missing=list(plan.missing), unexpected=list(plan.unexpected), casts=list(plan.casts),
-        nonfinite=dict(stats.nonfinite), tied=list(plan.tied), notes=list(plan.notes),
-        filled=[op.describe() for op in plan.ops if op.kind == "fill"],
-    )

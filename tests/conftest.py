@@ -10,9 +10,22 @@ import torch  # noqa: E402
 
 import pytest  # noqa: E402
 
+from padiff_lite import init_pool  # noqa: E402
+
+# Nothing-was-written checks: helpers.snapshot / helpers.assert_unchanged (one helper, imported by the tests).
+
 
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
     paddle.seed(0)
     yield
+
+
+@pytest.fixture
+def scoped_pool():
+    """The global registry (``init_pool``), put back exactly as it was after the test: whatever the test
+    registers, replaces (override=True) or removes is undone."""
+    saved = init_pool.saved()
+    yield init_pool
+    init_pool.restore(saved)

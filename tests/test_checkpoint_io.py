@@ -10,7 +10,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from padiff_lite import CheckpointError, convert_checkpoint
-from padiff_lite.execute import _count_nonfinite
+from padiff_lite.execute import count_nonfinite
 from padiff_lite.execute import Stats
 from padiff_lite.formats import OutputFile, open_checkpoint
 from padiff_lite.models import llama
@@ -71,11 +71,11 @@ def test_truncated_safetensors_is_a_checkpoint_error(tmp_path):
 def test_bf16_nan_scan_counts_exactly_and_survives_overflowing_sums():
     big = torch.full((1000,), 3e38).to(torch.bfloat16)  # finite values whose sum overflows
     stats = Stats()
-    _count_nonfinite(big, "big", stats)
+    count_nonfinite(big, "big", stats)
     assert stats.nonfinite == {}
     bad = torch.zeros(100, dtype=torch.bfloat16)
     bad[3], bad[50], bad[70] = float("nan"), float("inf"), float("-inf")
-    _count_nonfinite(bad, "bad", stats)
+    count_nonfinite(bad, "bad", stats)
     assert stats.nonfinite == {"bad": 3}
 
 

@@ -4,7 +4,6 @@ Correct ports are OK however the two packages shape their outputs; one spoiled w
 first divergence on both sides; GPT-OSS's eval-path bug in PaddleFormers is located in layers.0.mlp.
 """
 import numpy as np
-import paddle
 import pytest
 import torch
 

@@ -7,7 +7,8 @@ import torch
 from helpers import DIRECTION_IDS, DIRECTIONS, assert_unchanged, snapshot
 from padiff_lite import InitError, TransferError, assign_weight
 from padiff_lite.models import run
-from padiff_lite.models_bert import HEAD_DIM, HIDDEN, SEGMENTS, bert_classifier, bert_pretraining, token_ids
+from padiff_lite.models_bert import (HEAD_DIM, HIDDEN, SEGMENTS, bert_classifier, bert_pretraining, register_rules,
+                                     token_ids)
 
 NEW = ["bert.embeddings.segment_embeddings.weight", "classifier.dense.weight", "classifier.dense.bias",
        "classifier.LayerNorm.weight", "classifier.LayerNorm.bias", "classifier.out.weight", "classifier.out.bias"]
@@ -215,8 +216,22 @@ def test_a_callable_that_raises_or_replaces_a_tensor_leaves_raw_unchanged(dst):
 
 
 # -- tied weights across frameworks ---------------------------------------------------------------------
+@pytest.fixture
+def bert_rules(scoped_pool):
+    """The MLM head rule, registered for the test only (importing models_bert registers nothing)."""
+    return register_rules(scoped_pool)
+
+
+def test_importing_models_bert_registers_nothing_and_register_rules_is_idempotent(scoped_pool):
+    key = ("torch", "BertLMHead", "paddle", "BertLMHead")
+    assert key not in scoped_pool
+    register_rules(scoped_pool)
+    register_rules(scoped_pool)
+    assert key in scoped_pool and ("paddle", "BertLMHead", "torch", "BertLMHead") in scoped_pool
+
+
 @pytest.mark.parametrize("src,dst", DIRECTIONS, ids=DIRECTION_IDS)
-def test_tied_decoder_stays_tied_and_counts_once(src, dst):
+def test_tied_decoder_stays_tied_and_counts_once(src, dst, bert_rules):
     a, b = bert_pretraining(src), bert_pretraining(dst)
     report = assign_weight(a, b)
     emb = b.bert.embeddings.word_embeddings.weight
@@ -230,7 +245,7 @@ def test_tied_decoder_stays_tied_and_counts_once(src, dst):
 
 
 @pytest.mark.parametrize("src,dst", DIRECTIONS, ids=DIRECTION_IDS)
-def test_tied_base_into_untied_raw_gives_both_the_same_values(src, dst):
+def test_tied_base_into_untied_raw_gives_both_the_same_values(src, dst, bert_rules):
     a, b = bert_pretraining(src, tie=True), bert_pretraining(dst, tie=False)
     report = assign_weight(a, b)
     emb = np_of(b.bert.embeddings.word_embeddings.weight)
@@ -241,3 +256,19 @@ def test_tied_base_into_untied_raw_gives_both_the_same_values(src, dst):
     assert report.tensors == 44
     ids = token_ids()
     np.testing.assert_allclose(run(b, dst, [ids])[0], run(a, src, [ids])[0], atol=5e-5)
+
+
+def test_a_registry_of_ones_own_is_honoured_by_assign_weight_and_auto_diff():
+    from padiff_lite import auto_diff
+    from padiff_lite.special_init import InitPool, init_pool
+
+    pool = InitPool()
+    pool.restore(init_pool.saved())  # the built-in rules, plus the MLM head's in this pool only
+    register_rules(pool)
+    assert ("torch", "BertLMHead", "paddle", "BertLMHead") not in init_pool
+    a, b = bert_pretraining("torch"), bert_pretraining("paddle")
+    with pytest.raises(TransferError, match="cls"):
+        assign_weight(a, b)  # the global registry has no rule for the heads
+    assert assign_weight(a, b, pool=pool).tensors == 43
+    result = auto_diff(a, b, token_ids(), pool=pool, atol=5e-5, rtol=1e-4)  # transfers with the pool first
+    assert result.ok, str(result)

@@ -82,11 +82,9 @@ def fused_rule(module, layer):
 
 
 @pytest.fixture
-def fused_pool():
-    init_pool.register_maps("torch", "SplitBlock", "paddle", "FusedBlock")(fused_rule)
-    yield
-    init_pool.remove("torch", "SplitBlock", "paddle", "FusedBlock")
-    init_pool.remove("paddle", "FusedBlock", "torch", "SplitBlock")
+def fused_pool(scoped_pool):
+    scoped_pool.register_maps("torch", "SplitBlock", "paddle", "FusedBlock")(fused_rule)
+    yield scoped_pool
 
 
 def _out(model, x):
@@ -156,16 +154,12 @@ def test_parts_that_overlap_or_leave_a_gap_are_refused_before_writing(fused_pool
     assert "qkv_proj.weight" in report.missing and "qkv_proj.bias" in report.missing
 
 
-def test_a_part_on_an_axis_the_tensor_lacks_is_named():
-    init_pool.register_maps("torch", "SplitBlock", "paddle", "FusedBlock")(
+def test_a_part_on_an_axis_the_tensor_lacks_is_named(scoped_pool):
+    scoped_pool.register_maps("torch", "SplitBlock", "paddle", "FusedBlock")(
         lambda m, l: [Map("q_proj.bias", "qkv_proj.bias", dst_part=Part(((0, 4),), "in"))])
-    try:
-        with pytest.raises(TransferError) as e:
-            assign_weight(SplitBlock(), FusedBlock())
-        assert "qkv_proj.bias [32]: a tensor of 1 dims has no 'in' features axis" in str(e.value)
-    finally:
-        init_pool.remove("torch", "SplitBlock", "paddle", "FusedBlock")
-        init_pool.remove("paddle", "FusedBlock", "torch", "SplitBlock")
+    with pytest.raises(TransferError) as e:
+        assign_weight(SplitBlock(), FusedBlock())
+    assert "qkv_proj.bias [32]: a tensor of 1 dims has no 'in' features axis" in str(e.value)
 
 
 # -- packed experts: one [E, in, out] tensor vs one module per expert ------------------------------------
@@ -207,28 +201,24 @@ def packed_rule(module, layer):
 
 
 @pytest.mark.parametrize("direction", ["torch->paddle", "paddle->torch"])
-def test_packed_experts_port_both_ways(direction, tmp_path):
-    init_pool.register_maps("torch", "PackedExperts", "paddle", "ExpertList")(packed_rule)
-    try:
-        t, p = PackedExperts(), ExpertList()
-        src, dst = (t, p) if direction == "torch->paddle" else (p, t)
-        assert np.abs(_out(src, X) - _out(dst, X)).max() > 1e-3
-        assign_weight(src, dst)
-        np.testing.assert_allclose(_out(dst, X), _out(src, X), atol=1e-5)
-        # and through a file, back to the first framework, bit-exact
-        a, b = (PackedExperts, ExpertList) if direction == "torch->paddle" else (ExpertList, PackedExperts)
-        first = tmp_path / ("a.safetensors" if direction == "torch->paddle" else "a.pdparams")
-        save(state_as_torch(src, direction.split("->")[0]), first)
-        mid = tmp_path / ("b.pdparams" if direction == "torch->paddle" else "b.safetensors")
-        convert_checkpoint(first, mid, a, b)
-        convert_checkpoint(mid, tmp_path / ("c" + first.suffix), b, a)
-        again, orig = load(tmp_path / ("c" + first.suffix)), load(first)
-        assert again.keys() == orig.keys()
-        for k in orig:
-            assert torch.equal(again[k], orig[k]), k
-    finally:
-        init_pool.remove("torch", "PackedExperts", "paddle", "ExpertList")
-        init_pool.remove("paddle", "ExpertList", "torch", "PackedExperts")
+def test_packed_experts_port_both_ways(direction, tmp_path, scoped_pool):
+    scoped_pool.register_maps("torch", "PackedExperts", "paddle", "ExpertList")(packed_rule)
+    t, p = PackedExperts(), ExpertList()
+    src, dst = (t, p) if direction == "torch->paddle" else (p, t)
+    assert np.abs(_out(src, X) - _out(dst, X)).max() > 1e-3
+    assign_weight(src, dst)
+    np.testing.assert_allclose(_out(dst, X), _out(src, X), atol=1e-5)
+    # and through a file, back to the first framework, bit-exact
+    a, b = (PackedExperts, ExpertList) if direction == "torch->paddle" else (ExpertList, PackedExperts)
+    first = tmp_path / ("a.safetensors" if direction == "torch->paddle" else "a.pdparams")
+    save(state_as_torch(src, direction.split("->")[0]), first)
+    mid = tmp_path / ("b.pdparams" if direction == "torch->paddle" else "b.safetensors")
+    convert_checkpoint(first, mid, a, b)
+    convert_checkpoint(mid, tmp_path / ("c" + first.suffix), b, a)
+    again, orig = load(tmp_path / ("c" + first.suffix)), load(first)
+    assert again.keys() == orig.keys()
+    for k in orig:
+        assert torch.equal(again[k], orig[k]), k
 
 
 def test_a_partly_covered_target_is_left_out_of_a_non_strict_conversion(fused_pool, tmp_path):

@@ -234,11 +234,9 @@ def gpt2_attention_maps(module, layer):
 
 
 @pytest.fixture
-def gpt2_rule():
-    init_pool.register_maps("torch", "TorchGPT2Attention", "paddle", "PaddleGPT2Attention")(gpt2_attention_maps)
+def gpt2_rule(scoped_pool):
+    scoped_pool.register_maps("torch", "TorchGPT2Attention", "paddle", "PaddleGPT2Attention")(gpt2_attention_maps)
     yield
-    init_pool.remove("torch", "TorchGPT2Attention", "paddle", "PaddleGPT2Attention")
-    init_pool.remove("paddle", "PaddleGPT2Attention", "torch", "TorchGPT2Attention")
 
 
 def test_gpt2_fused_qkv_without_a_rule_names_every_unpaired_linear():

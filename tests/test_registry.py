@@ -28,19 +28,6 @@ def lm(fw):
     return paddle.nn.Sequential(paddle.nn.Linear(6, 6), paddle.nn.Tanh(), LMHead(6, 9))
 
 
-@pytest.fixture
-def clean_pool():
-    added = []
-
-    def track(*key):
-        added.append(key)
-        return key
-
-    yield track
-    for key in added:
-        init_pool.remove(*key)
-
-
 def _copy_head_t2p(module, layer):
     layer.weight.set_value(module.weight.detach().numpy())  # no transpose: same [vocab, hidden] layout
 
@@ -50,9 +37,7 @@ def _copy_head_p2t(layer, module):
 
 
 @pytest.mark.parametrize("direction", ["torch->paddle", "paddle->torch"])
-def test_add_special_init_at_run_time_for_a_custom_head(direction, clean_pool):
-    clean_pool("torch", "Linear", "paddle", "LMHead")
-    clean_pool("paddle", "LMHead", "torch", "Linear")
+def test_add_special_init_at_run_time_for_a_custom_head(direction, scoped_pool):
     add_special_init("torch", "Linear", "paddle", "LMHead", _copy_head_t2p)
     add_special_init("paddle", "LMHead", "torch", "Linear", _copy_head_p2t)
     src, dst = direction.split("->")
@@ -64,8 +49,7 @@ def test_add_special_init_at_run_time_for_a_custom_head(direction, clean_pool):
     assert any(p.rule.startswith("special init") for p in report.pairs)
 
 
-def test_decorator_registration_and_duplicate_key(clean_pool):
-    clean_pool("torch", "Tanh", "paddle", "Tanh")
+def test_decorator_registration_and_duplicate_key(scoped_pool):
 
     @init_pool.register("torch", "Tanh", "paddle", "Tanh")
     def first(module, layer):
@@ -96,8 +80,7 @@ def test_a_plugin_that_fails_to_import_is_named(tmp_path):
     assert str(bad) in str(e.value) and "this_module_does_not_exist" in str(e.value)
 
 
-def test_plugins_in_a_folder_register_their_inits(tmp_path, clean_pool):
-    clean_pool("torch", "Softsign", "paddle", "Softsign")
+def test_plugins_in_a_folder_register_their_inits(tmp_path, scoped_pool):
     (tmp_path / "init_soft.py").write_text(
         "from padiff_lite.special_init import init_pool\n"
         "@init_pool.register('torch', 'Softsign', 'paddle', 'Softsign')\n"
@@ -124,15 +107,13 @@ class ScaledP(paddle.nn.Layer):
         return x @ self.w
 
 
-def test_unregistered_transposed_layout_is_refused_not_guessed(clean_pool):
+def test_unregistered_transposed_layout_is_refused_not_guessed(scoped_pool):
     a, b = Scaled(), ScaledP()
     snap = snapshot(b)
     with pytest.raises(TransferError) as e:
         assign_weight(a, b)
     assert "w [4, 3] vs raw w [3, 4]" in str(e.value) and "never guesses a transpose" in str(e.value)
     assert_unchanged(b, snap)
-    clean_pool("torch", "Scaled", "paddle", "ScaledP")
-    clean_pool("paddle", "ScaledP", "torch", "Scaled")
     init_pool.register_maps("torch", "Scaled", "paddle", "ScaledP")(lambda m, l: [Map("w", "w", "transpose")])
     x = inputs_for([(2, 3)])
     assign_weight(a, b)
@@ -142,13 +123,11 @@ def test_unregistered_transposed_layout_is_refused_not_guessed(clean_pool):
     np.testing.assert_allclose(run(a2, "torch", x)[0], run(b, "paddle", x)[0], atol=1e-6)
 
 
-def test_a_rule_changed_between_two_transfers_is_used_by_the_next(clean_pool):
+def test_a_rule_changed_between_two_transfers_is_used_by_the_next(scoped_pool):
     """Pairing remembers the rule of each class pair for one transfer only: a rule registered, replaced
     or removed afterwards is what the next transfer uses (every layer of the class, not only the first)."""
     a = torch.nn.Sequential(*[Scaled() for _ in range(3)])
     b = paddle.nn.Sequential(*[ScaledP() for _ in range(3)])
-    clean_pool("torch", "Scaled", "paddle", "ScaledP")
-    clean_pool("paddle", "ScaledP", "torch", "Scaled")
     init_pool.register_maps("torch", "Scaled", "paddle", "ScaledP")(lambda m, l: [Map("w", "w", "transpose")])
     report = assign_weight(a, b)
     assert [p.rule for p in report.pairs] == ["mapping torch.Scaled -> paddle.ScaledP"] * 3
@@ -166,8 +145,7 @@ def test_a_rule_changed_between_two_transfers_is_used_by_the_next(clean_pool):
     assert "never guesses a transpose" in str(e.value) and "refuses" not in str(e.value)
 
 
-def test_special_init_that_raises_half_way_restores_everything(clean_pool):
-    clean_pool("torch", "Linear", "paddle", "LMHead")
+def test_special_init_that_raises_half_way_restores_everything(scoped_pool):
 
     def half(module, layer):
         layer.weight.set_value(np.zeros([9, 6], "float32"))
@@ -183,8 +161,7 @@ def test_special_init_that_raises_half_way_restores_everything(clean_pool):
     assert_unchanged(b, snap)
 
 
-def test_special_init_that_replaces_a_tensor_with_another_shape_is_undone(clean_pool):
-    clean_pool("paddle", "LMHead", "torch", "Linear")
+def test_special_init_that_replaces_a_tensor_with_another_shape_is_undone(scoped_pool):
 
     def swap(layer, module):
         module.weight = torch.nn.Parameter(torch.zeros(5, 5))

@@ -1,5 +1,121 @@
-"""What the two framework adapters share. Everything that differs lives in torch_adapter.py / paddle_adapter.py."""
+"""The adapter contract (:class:`ModelAdapter`) and what the two framework adapters share.
+
+Everything that differs lives in torch_adapter.py / paddle_adapter.py. The rest of the package talks to a
+model only through the methods of :class:`ModelAdapter`; tests/test_adapter_contract.py checks that both
+adapters have each of them with a compatible signature, and tests/unit/ runs tree, pairing and planning
+over a fake adapter of plain objects.
+"""
 from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Protocol, runtime_checkable
+
+
+class StructureAdapter(Protocol):
+    """What a model is made of: modules, their children and own tensors, class names, layouts."""
+
+    name: str  # "torch" | "paddle": the framework, as registry keys spell it
+
+    def owns(self, obj) -> bool:
+        """Whether ``obj`` (a module or a tensor) belongs to this framework."""
+
+    def is_module(self, obj) -> bool: ...
+
+    def is_tensor(self, obj) -> bool: ...
+
+    def named_children(self, module) -> Iterable[tuple[str, Any]]:
+        """(name, child) in definition order; a child may be None."""
+
+    def own_tensors(self, module) -> list[tuple[str, Any, str, bool]]:
+        """(name, tensor, "param" | "buffer", persistent) of the module's own tensors."""
+
+    def tree_parts(self, module) -> tuple:
+        """(parameters by name, buffers by name, names of non-persistent buffers, children by name)."""
+
+    def class_names(self, module) -> list[str]:
+        """The class name and its bases' (rules registered for a base apply to subclasses)."""
+
+    def get_tensor(self, module, dotted: str) -> Any:
+        """The tensor at ``dotted`` below ``module``, or None."""
+
+    def stored_transposed(self, module, name: str) -> bool:
+        """Whether own tensor ``name`` is stored transposed to torch's layout (paddle's Linear weight)."""
+
+
+class MemoryAdapter(Protocol):
+    """Tensor metadata and memory: what validation reads and what the executor writes through."""
+
+    def shape(self, t) -> tuple: ...
+
+    def dtype_name(self, t) -> str:
+        """"float32", "bfloat16", ..."""
+
+    def readable(self, t) -> bool:
+        """Whether ``t`` holds data (not torch's meta device, not an uninitialised paddle tensor)."""
+
+    def device(self, t) -> str: ...
+
+    def is_direct(self, t) -> bool:
+        """Whether ``torch_view(t)`` shares ``t``'s memory."""
+
+    def torch_view(self, t) -> Any:
+        """A torch tensor with ``t``'s values, sharing its memory where possible."""
+
+    def writable_view(self, t) -> tuple[Any, bool]:
+        """(torch tensor, shares memory): when it does not, write the result back with :meth:`write`."""
+
+    def gather(self, tensors: list, shape, dtype: str) -> Any:
+        """A torch tensor (K, *shape) holding ``tensors``, or None when this cannot be done at once."""
+
+    def scatter(self, tensors: list, values) -> bool:
+        """Write ``values[i]`` into ``tensors[i]``; False when nothing was written (then copy one by one)."""
+
+    def write(self, t, value) -> None:
+        """Write the torch tensor ``value`` (same shape) into ``t`` in place."""
+
+
+class RunningAdapter(Protocol):
+    """Running a model, for auto_diff and the command line."""
+
+    def to_tensor(self, array) -> Any: ...
+
+    def snapshot(self, t) -> Any:
+        """An independent numpy copy of ``t``."""
+
+    def grad(self, t) -> Any:
+        """A numpy copy of ``t``'s gradient, or None."""
+
+    def is_training(self, module) -> bool: ...
+
+    def set_training(self, module, training: bool) -> None: ...
+
+    def add_forward_hook(self, module, fn: Callable) -> Any:
+        """Call ``fn(inputs, output)`` after each forward of ``module``; returns a handle with ``remove()``."""
+
+    def forward(self, model, args, kwargs, grad: bool) -> Any: ...
+
+    def backward_sum(self, tensors) -> bool: ...
+
+    def clear_grads(self, model) -> None: ...
+
+    def load_weights(self, model, path: str) -> None: ...
+
+
+class InitAdapter(Protocol):
+    """What initialisation (padiff_lite.init) needs to know of a layer."""
+
+    def padding_idx(self, module) -> int | None: ...
+
+    def fresh_defaults(self, module, names) -> dict:
+        """The framework's own initial values of the named own tensors, as torch tensors."""
+
+
+@runtime_checkable
+class ModelAdapter(StructureAdapter, MemoryAdapter, RunningAdapter, InitAdapter, Protocol):
+    """Everything the package asks of an adapter. Tree, pairing and planning need only the structure and
+    memory methods (shape, dtype_name, readable, device) of it."""
+
+
+CONCERNS = {"structure": StructureAdapter, "memory": MemoryAdapter, "running": RunningAdapter, "init": InitAdapter}
 
 
 class Adapter:

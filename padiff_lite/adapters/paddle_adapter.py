@@ -179,9 +179,6 @@ class PaddleAdapter(Adapter):
         value = paddle.from_dlpack(value.detach().cpu().contiguous())  # bit-exact, bfloat16 included
         t.set_value(value if value.dtype == t.dtype else value.astype(t.dtype))
 
-    def to_numpy(self, t):
-        return t.numpy()
-
     # -- initialising (padiff_lite.init) ---------------------------------------
     def stored_transposed(self, module, name: str) -> bool:
         """Whether own tensor ``name`` of ``module`` is stored transposed to torch's layout.

@@ -119,9 +119,6 @@ class TorchAdapter(Adapter):
         with _torch().no_grad():
             t.copy_(value)
 
-    def to_numpy(self, t):
-        return t.detach().cpu().numpy()
-
     # -- initialising (padiff_lite.init) ---------------------------------------
     def stored_transposed(self, module, name: str) -> bool:
         """Whether own tensor ``name`` of ``module`` is stored transposed to torch's layout (never, here)."""

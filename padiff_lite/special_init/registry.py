@@ -200,6 +200,16 @@ class InitPool:
         self._entries.pop(InitKey(bf, bc, rf, rc), None)
         self._cache.clear()
 
+    def saved(self) -> dict:
+        """Every registration as it is now, for :meth:`restore` (a test puts the registry back this way)."""
+        return dict(self._entries)
+
+    def restore(self, saved: dict):
+        """Make the registrations exactly ``saved`` (from :meth:`saved`): later additions, replacements and
+        removals are undone."""
+        self._entries = dict(saved)
+        self._cache.clear()
+
     # -- looking up ----------------------------------------------------------
     def __contains__(self, key) -> bool:
         return InitKey(*key) in self._entries

@@ -2,9 +2,8 @@
 import numpy as np
 import pytest
 
-from helpers import inputs_for
 from layer_models import Case, cases_param, ints, net, nn, run_case
-from padiff_lite import TransferError, assign_weight
+from padiff_lite import assign_weight
 from padiff_lite.models import run
 
 
