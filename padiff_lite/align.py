@@ -134,7 +134,7 @@ def execution_mapping(base, raw, inputs, pool=None) -> Mapping | None:
     {"x": raw_tensor})``). Raises AmbiguousPairingError naming the candidates when call order, classes
     and shapes do not decide, PairingError when a model fails on the input.
     """
-    from .compare import _split_inputs  # the input forms auto_diff takes, read the same way
+    from .compare import split_inputs  # the input forms auto_diff takes, read the same way
 
     if pool is None:
         from .special_init import init_pool as pool
@@ -146,7 +146,7 @@ def execution_mapping(base, raw, inputs, pool=None) -> Mapping | None:
         return None
     b_atoms = atoms(pairing, "base", b_regions, r_regions)
     r_atoms = atoms(pairing, "raw", r_regions, b_regions)
-    (bargs, bkw), (rargs, rkw) = _split_inputs(inputs, base, raw)
+    (bargs, bkw), (rargs, rkw) = split_inputs(inputs, base, raw)
     bt = record_calls(base, [a.node.module for a in b_atoms], bargs, bkw)
     rt = record_calls(raw, [a.node.module for a in r_atoms], rargs, rkw)
     bseq, rseq = [b_atoms[i] for i in bt.order], [r_atoms[j] for j in rt.order]

@@ -297,7 +297,7 @@ def _describe(obj) -> str:
     return f"{type(obj).__module__}.{type(obj).__qualname__}"
 
 
-def _split_inputs(inputs, base, raw):
+def split_inputs(inputs, base, raw):
     """((args, kwargs) for base, (args, kwargs) for raw)."""
     if isinstance(inputs, np.ndarray):
         inputs = (inputs,)
@@ -512,7 +512,7 @@ def auto_diff(base, raw, inputs, atol: float = 1e-5, rtol: float = 1e-5, auto_in
     if diff_phase not in PHASES:
         raise ValueError(f"diff_phase must be one of {PHASES}, got {diff_phase!r}")
     base, raw = create_model(base), create_model(raw)
-    (bargs, bkw), (rargs, rkw) = _split_inputs(inputs, base, raw)
+    (bargs, bkw), (rargs, rkw) = split_inputs(inputs, base, raw)
     from .align import execution_mapping
 
     mapping = execution_mapping(base, raw, inputs)  # layers names leave open, paired by the order they run
