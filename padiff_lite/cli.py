@@ -61,8 +61,12 @@ def _load_callable(spec: str, flag: str):
     if not sep or not module_name or not attr:
         raise DiffInputError(f"{flag} {spec!r}: expected MODULE:CALLABLE or path/to/file.py:CALLABLE, "
                              "e.g. padiff_lite.models:mlp")
+    is_file = module_name.endswith(".py") or os.sep in module_name
+    if is_file and not os.path.isfile(module_name):
+        raise DiffInputError(f"{flag} {spec!r}: no file {os.path.abspath(module_name)}; give an existing "
+                             "path/to/file.py:CALLABLE or an importable MODULE:CALLABLE")
     try:
-        if module_name.endswith(".py") or os.sep in module_name:
+        if is_file:
             obj = _import_file(module_name)
         else:
             if "" not in sys.path and os.getcwd() not in sys.path:  # the console script does not add it
@@ -85,8 +89,6 @@ def _import_file(path: str):
     import importlib.util
 
     path = os.path.abspath(path)
-    if not os.path.isfile(path):
-        raise ImportError(f"no file {path}")
     folder, name = os.path.split(path)
     if folder not in sys.path:
         sys.path.insert(0, folder)

@@ -77,7 +77,7 @@ def test_errors_exit_2_with_one_line(factories, capsys, tmp_path):
         (["--base", f"{factories}:not_a_model", "--raw", f"{factories}:paddle_llama", *IDS],
          "--base " + f"{factories}:not_a_model() returned builtins.int, not a torch.nn.Module or paddle.nn.Layer"),
         (["--base", f"{tmp_path}/missing.py:f", "--raw", f"{factories}:paddle_llama", *IDS],
-         "ImportError: no file"),
+         f"DiffInputError: --base '{tmp_path}/missing.py:f': no file {tmp_path}/missing.py"),
         (["--base", f"{factories}:torch_llama", "--raw", f"{factories}:paddle_llama", *IDS, "--int-range", "5,5"],
          "--int-range '5,5': expected LOW,HIGH with LOW < HIGH"),
         (["--base", f"{factories}:torch_llama", "--raw", f"{factories}:paddle_llama", *IDS,

@@ -91,6 +91,10 @@ class RunningAdapter(Protocol):
     def add_forward_hook(self, module, fn: Callable) -> Any:
         """Call ``fn(inputs, output)`` after each forward of ``module``; returns a handle with ``remove()``."""
 
+    def add_call_hook(self, module, fn: Callable) -> Any:
+        """Call ``fn(args, kwargs, output)`` after each forward of ``module`` (keyword inputs too, as
+        ``auto_diff`` needs them to tell whether a layer's inputs agree); a handle with ``remove()``."""
+
     def forward(self, model, args, kwargs, grad: bool) -> Any: ...
 
     def backward_sum(self, tensors) -> bool: ...
