@@ -114,24 +114,21 @@ def _all(*contexts):
         yield
 
 
-@contextlib.contextmanager
-def _no_torch_init():
+class _NoTorchInit(torch.overrides.TorchFunctionMode):
     """torch.nn.init's in-place initialisers as no-ops while a model is built on the meta device: there is
-    nothing to initialise, and on meta tensors they import torch._dynamo (seconds, ~100 MB) the first time."""
-    import torch.nn.init as init
+    nothing to initialise, and on meta tensors they import torch._dynamo (seconds, ~100 MB) the first time.
 
-    saved = {n: f for n, f in vars(init).items() if n.endswith("_") and not n.startswith("_") and callable(f)}
-    try:
-        for n in saved:
-            setattr(init, n, _keep)
-        yield
-    finally:
-        for n, f in saved.items():
-            setattr(init, n, f)
+    A torch function mode: it applies to this thread's calls inside the ``with`` only (torch.nn.init's
+    functions dispatch to an active mode before doing anything), so nothing global is rebound."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__module__", None) == "torch.nn.init" and getattr(func, "__name__", "").endswith("_"):
+            return args[0] if args else next(iter((kwargs or {}).values()), None)
+        return func(*args, **(kwargs or {}))
 
 
-def _keep(tensor, *args, **kwargs):
-    return tensor
+def _no_torch_init():
+    return _NoTorchInit()
 
 
 def _name_of(spec) -> str:
