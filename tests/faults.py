@@ -60,16 +60,20 @@ class Injector:
         return self._local
 
 
+def _same(a, b) -> bool:
+    return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
+
+
 def state(model) -> dict:
-    """Every tensor of a torch or paddle model as numpy (bit patterns compared by np.array_equal with NaN)."""
+    """Every tensor of a torch or paddle model as numpy, by name."""
     return {k: np.array(v.detach().cpu().numpy() if hasattr(v, "cpu") else v.numpy(), copy=True)
             for k, v in model.state_dict().items()}
 
 
 def classify(now: dict, before: dict, after: dict) -> str:
-    """"before", "after" or "mixed: k of n tensors transferred" for a model state."""
-    same_b = [k for k in now if np.array_equal(now[k], before[k], equal_nan=True)]
-    same_a = [k for k in now if np.array_equal(now[k], after[k], equal_nan=True)]
+    """"before", "after" or "mixed: ..." for a model state (tensors compared bit for bit)."""
+    same_b = [k for k in now if _same(now[k], before[k])]
+    same_a = [k for k in now if _same(now[k], after[k])]
     if len(same_b) == len(now):
         return "before"
     if len(same_a) == len(now):
