@@ -163,9 +163,9 @@ def _run_copies_to_the_end(plan: Plan, stats: Stats) -> tuple[list, str]:
     "undone". "partial": the copies kept failing (never seen: the plan was validated).
     """
     ra = plan.raw.adapter
-    dsts = list({id(op.dst.tensor): op.dst.tensor for op in plan.ops}.values())
-    ids = {id(t) for t in dsts}
-    rerun = not any(op.src is not None and id(op.src.tensor) in ids for op in plan.ops)
+    by_id = {id(op.dst.tensor): op.dst.tensor for op in plan.ops}
+    rerun = by_id.keys().isdisjoint([id(op.src.tensor) for op in plan.ops if op.src is not None])
+    dsts = list(by_id.values())
     undo = None if rerun else [Saved(None, "", "", t, ra.torch_view(t).clone(), ra.version(t)) for t in dsts]
     faults: list = []
     for _ in range(COPY_ATTEMPTS if rerun else 1):
