@@ -19,19 +19,19 @@ PACKAGE = os.path.dirname(padiff_lite.__file__)
 
 
 class Injector:
-    """Wraps ``execute._run_copies`` (the write phase) so that its first call is traced.
+    """Wraps ``module.name`` (by default ``execute._run_copies``, the copy phase) so that its first call is traced.
 
     ``at=None`` only counts the lines (``self.lines``); ``at=k`` calls ``action()`` at line k (an
     action that raises interrupts the write phase right there, one that sends a signal lets the
     signal arrive there). Later calls (a re-run after the fault) are not traced.
     """
 
-    def __init__(self, monkeypatch, at=None, action=None):
+    def __init__(self, monkeypatch, at=None, action=None, module=execute, name="_run_copies"):
         self.at, self.action = at, action
         self.lines = 0
         self.fired = False
         self.calls = 0
-        real = execute._run_copies
+        real = getattr(module, name)
 
         def traced(plan, stats):
             self.calls += 1
@@ -43,7 +43,7 @@ class Injector:
             finally:
                 sys.settrace(None)
 
-        monkeypatch.setattr(execute, "_run_copies", traced)
+        monkeypatch.setattr(module, name, traced)
 
     def _global(self, frame, event, arg):
         if frame.f_code.co_filename.startswith(PACKAGE):
