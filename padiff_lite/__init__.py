@@ -7,7 +7,7 @@ from .checkpoint import CheckpointReport, convert_checkpoint
 from .compare import DiffResult, auto_diff
 from .errors import (AmbiguousPairingError, CheckpointError, DiffError, DiffInputError, InitError, LayerMapError,
                      MappingError, OutputStructureError, PadiffError, PairingError, PluginImportError, RegistryError,
-                     TransferError)
+                     TransferError, TransferInterrupted)
 from .mapping import Mapping
 from .init import InitReport, init_weights
 from .proxy import ProxyModel, create_model
@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "create_model", "ProxyModel", "assign_weight", "plan_transfer", "add_special_init", "init_pool",
-    "TransferReport", "PadiffError", "TransferError", "RegistryError", "PluginImportError",
+    "TransferReport", "PadiffError", "TransferError", "TransferInterrupted", "RegistryError", "PluginImportError",
     "LayerMapError", "CheckpointError", "InitError", "init_weights", "InitReport",
     "auto_diff", "DiffResult", "DiffError", "DiffInputError", "OutputStructureError",
     "convert_checkpoint", "CheckpointReport",

@@ -23,6 +23,20 @@ class TransferError(PadiffError):
         super().__init__(message)
 
 
+class TransferInterrupted(KeyboardInterrupt):
+    """A KeyboardInterrupt (Ctrl-C, a handler or a time limit raising it) that arrived while a model was
+    being written, raised again once the model is whole: ``completed`` is True when the raw model holds the
+    complete transfer (the copies were run to the end first), False when it was restored exactly as it was.
+
+    It is a KeyboardInterrupt, not an ``Exception``: ``except KeyboardInterrupt`` catches it and
+    ``except Exception`` does not, as for the interrupt it stands for (the original is its ``__cause__``).
+    """
+
+    def __init__(self, message: str, completed: bool):
+        super().__init__(message)
+        self.completed = completed
+
+
 class RegistryError(PadiffError):
     """A special init could not be registered (duplicate key, wrong signature)."""
 

@@ -3,16 +3,23 @@
 Initialisation ops (padiff_lite.init) run first, as in ``from_pretrained``: initialise, then
 overwrite what the source has; they only target tensors nothing else writes. Then it runs a
 validated plan. Imperative special inits run first, each with a snapshot of every raw tensor it
-could touch; if one raises or changes a tensor's shape, everything written so far is restored and
-a TransferError carries the original message. Then the planned copies run, each writing straight
-into the destination's memory (a torch view of it, DLPack for paddle): big ones (1 M values and
-more) through :mod:`.fastcopy`, copy or transpose and NaN/Inf count in one pass, cut into one piece
-per thread (else torch's copy, a whole tensor per thread); small ones in groups by address; NaN/Inf
-of small tensors counted in batches (see docs/performance.md).
+could touch and of the base layer it reads; if one raises, replaces a tensor object or changes the
+base, everything written so far is restored and a TransferError carries the original message. Then the
+planned copies run, each writing straight into the destination's memory (a torch view of it, DLPack
+for paddle): big ones (1 M values and more) through :mod:`.fastcopy`, copy or transpose and NaN/Inf
+count in one pass, cut into one piece per thread (else torch's copy, a whole tensor per thread); small
+ones in groups by address; NaN/Inf of small tensors counted in batches (see docs/performance.md).
+
+Faults never leave a model half-written: before the copies an exception (an interrupt included)
+restores the raw model; during them SIGINT/SIGTERM are held until the last write
+(:mod:`.interrupts`), and any other exception makes the executor run the copies again to the end
+(the sources are never written, so a second run gives the complete result), then re-raise it
+(:class:`TransferInterrupted` for a KeyboardInterrupt, saying which state the model is in).
 """
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from dataclasses import dataclass, field
 
@@ -20,8 +27,11 @@ import torch
 
 from . import fastcopy, layout
 from .adapters.torch_adapter import copy_all
-from .errors import InitError, TransferError
+from .errors import InitError, TransferError, TransferInterrupted
+from .interrupts import held_signals
 from .plan import Plan, pair_label
+
+log = logging.getLogger("padiff_lite")
 
 
 @dataclass
@@ -31,11 +41,33 @@ class Stats:
     bytes: int = 0
     nonfinite: dict = field(default_factory=dict)  # raw path -> count of NaN/Inf copied
     initialised: list = field(default_factory=list)  # "path: rule" of every tensor an init op wrote
+    written: dict = field(default_factory=dict)  # id(pair) -> tensors its imperative special init wrote
+    notes: list = field(default_factory=list)  # for report.notes (raw tensors a special init left as built)
 
     def add_nonfinite(self, path: str, count: int):
         """Record ``count`` NaN/Inf values copied into ``path`` (nothing when it is 0)."""
         if count:
             self.nonfinite[path] = self.nonfinite.get(path, 0) + count
+
+    def add_copies(self, other: "Stats"):
+        """Add the counts of a run of the planned copies."""
+        self.tensors += other.tensors
+        self.elements += other.elements
+        self.bytes += other.bytes
+        for path, count in other.nonfinite.items():
+            self.add_nonfinite(path, count)
+
+
+@dataclass(eq=False, slots=True)
+class Saved:
+    """What undoing writes into one tensor takes: where it hangs, the object, its values and version before."""
+
+    owner: object  # the module holding it as attribute ``name`` (None: only its values are put back)
+    name: str
+    path: str  # dotted, below the module that was snapshotted
+    tensor: object
+    clone: object  # a torch copy of its values
+    version: int
 
 
 def _no_grad_in(framework: str):
@@ -53,18 +85,107 @@ def no_grad(proxy):
 def execute(plan: Plan, init_ops=()) -> Stats:
     """Run ``init_ops`` (for tensors the plan leaves alone), the imperative inits, then the planned copies.
 
-    If an init op or an imperative init fails, every tensor written so far is restored.
+    All or nothing: if an init op or an imperative init fails or is interrupted, every tensor written so
+    far is restored (and the base layers the special inits were given); an exception during the copies
+    is re-raised once they have all run (see :func:`_run_copies_to_the_end`).
     """
     stats = Stats()
-    saved: list = []
+    saved: list[Saved] = []  # raw tensors the init ops and special inits could write, as they were
+    base_saved: list[Saved] = []  # base tensors the special inits could reach, as they were
+    inits_done = False
     try:
         stats.initialised = run_init(plan.raw.adapter, init_ops, saved)
-        _run_imperative(plan, stats)
-    except BaseException:
-        _restore_init(plan.raw.adapter, saved)
-        raise
-    _run_copies(plan, stats)
+        _run_imperative(plan, stats, saved, base_saved)
+        inits_done = True
+        faults, outcome = _run_copies_to_the_end(plan, stats)
+    except BaseException as exc:
+        if not inits_done:
+            with held_signals():
+                _restore(plan.raw.adapter, saved)
+                _restore(plan.base.adapter, base_saved)
+            if isinstance(exc, KeyboardInterrupt):
+                raise TransferInterrupted(_interrupted(plan, exc, False), False) from exc
+            raise
+        faults, outcome = _run_copies_to_the_end(plan, stats)  # it arrived between the inits and the copies
+        faults.insert(0, exc)
+    if outcome == "undone":
+        with held_signals():
+            _restore(plan.raw.adapter, saved)
+    if outcome == "partial":
+        first = faults[0]
+        raise TransferError(
+            f"{_transfer(plan)}: the copies failed {len(faults)} times ({type(first).__name__}: {first}); the raw "
+            "model is partly written (some tensors hold the base's values, others their own). The plan was valid, "
+            "so this is a failing device or a bug in padiff_lite (please report it); rebuild or reload the raw "
+            "model before using it"
+        ) from first
+    if faults:
+        exc = faults[0]
+        if isinstance(exc, KeyboardInterrupt):
+            done = outcome == "done"
+            raise TransferInterrupted(_interrupted(plan, exc, done), done) from exc
+        state = _state(outcome == "done")
+        log.warning("%s: %s arrived while copying; %s", _transfer(plan), type(exc).__name__, state)
+        if hasattr(exc, "add_note"):  # Python 3.11+
+            exc.add_note(f"padiff_lite: {_transfer(plan)}: {state}")
+        raise exc
     return stats
+
+
+def _transfer(plan: Plan) -> str:
+    return f"transfer {plan.base.framework}:{plan.base.name} -> {plan.raw.framework}:{plan.raw.name}"
+
+
+def _state(completed: bool) -> str:
+    if completed:
+        return "the copies were run to the end first: the raw model holds the complete transfer"
+    return "the raw model was restored: it is exactly as it was before the transfer"
+
+
+def _interrupted(plan: Plan, exc, completed: bool) -> str:
+    return f"{_transfer(plan)} was interrupted ({type(exc).__name__}: {exc}); {_state(completed)}"
+
+
+# An interrupted or failed run of the planned copies is run again from the first copy at most this many times.
+COPY_ATTEMPTS = 3
+
+
+def _run_copies_to_the_end(plan: Plan, stats: Stats) -> tuple[list, str]:
+    """Run the planned copies so that no fault leaves them half done; returns (exceptions met, outcome).
+
+    SIGINT and SIGTERM are held until the last write (:func:`.interrupts.held_signals`). Any other
+    exception half-way (a handler of another signal, an exception sent from another thread, a failed
+    copy) leaves some destinations written and others not; as no copy reads a tensor a copy writes (the
+    sources are the base model's), running every copy again gives the complete result, without keeping a
+    copy of the raw model (a snapshot of 1 GB of weights would cost as much time as the copies, and 1 GB).
+    Outcome "done": every copy ran. When a source is also a destination (a model copied onto one
+    that shares tensors with it) the destinations are snapshotted first and, after a fault, put back:
+    "undone". "partial": the copies kept failing (never seen: the plan was validated).
+    """
+    ra = plan.raw.adapter
+    by_id = {id(op.dst.tensor): op.dst.tensor for op in plan.ops}
+    rerun = by_id.keys().isdisjoint([id(op.src.tensor) for op in plan.ops if op.src is not None])
+    dsts = list(by_id.values())
+    undo = None if rerun else [Saved(None, "", "", t, ra.torch_view(t).clone(), ra.version(t)) for t in dsts]
+    faults: list = []
+    for _ in range(COPY_ATTEMPTS if rerun else 1):
+        run = Stats()
+        done = False
+        try:
+            with held_signals():
+                _run_copies(plan, run)
+                ra.wrote(dsts)
+                done = True
+        except BaseException as exc:  # noqa: B036 - an interrupt is exactly what this is for
+            faults.append(exc)
+        if done:  # (a held signal raises on leaving the block, after the last write)
+            stats.add_copies(run)
+            return faults, "done"
+    if undo is None:
+        return faults, "partial"
+    with held_signals():
+        _restore(ra, undo)
+    return faults, "undone"
 
 
 # Copies of at least this many elements run on a small thread pool, cut into one piece per thread
@@ -323,74 +444,117 @@ class _FiniteScan:
             self.stats.add_nonfinite(path, nonfinite_count(t))
 
 
-def _run_imperative(plan: Plan, stats: Stats):
-    ra = plan.raw.adapter
-    saved: list[tuple] = []  # (ref, tensor object, shape, clone) of every raw tensor an init could touch
-    try:
-        for pair in plan.imperative:
-            refs = list(pair.raw.subtree_tensors().values())
-            before = []
-            for ref in refs:
-                shape = ra.shape(ref.tensor)
-                item = (ref, ref.tensor, shape, ra.torch_view(ref.tensor).clone())
-                saved.append(item)
-                before.append(item)
-            try:
-                with no_grad(plan.raw), no_grad(plan.base):
-                    pair.entry.func(pair.base.module, pair.raw.module)
-            except Exception as exc:
-                raise TransferError(
-                    f"{pair_label(pair)}: special init {pair.entry.key} ({pair.entry.origin}) raised "
-                    f"{type(exc).__name__}: {exc}; the raw model was restored. Fix the special init, or "
-                    "register another with add_special_init(..., override=True)"
-                ) from exc
-            now = [(ref, shape, ra.shape(_current(ra, pair, ref))) for ref, _, shape, _ in before]
-            changed = [f"{ref.path} {list(old)} -> {list(new)}" for ref, old, new in now if old != new]
-            if changed:
-                raise TransferError(
-                    f"{pair_label(pair)}: special init {pair.entry.key} ({pair.entry.origin}) changed tensor shapes; "
-                    "the raw model was restored. A special init must write values into the existing tensors "
-                    "(copy_/set_value), not replace them",
-                    changed,
-                )
-            for ref, *_ in before:
-                stats.tensors += 1
-                stats.elements += math.prod(ra.shape(ref.tensor))
-                count_nonfinite(ra.torch_view(ref.tensor), ref.path, stats)  # what the init wrote, never hidden
-    except BaseException:
-        _restore(plan, saved)
-        raise
+def _run_imperative(plan: Plan, stats: Stats, saved: list, base_saved: list):
+    """Run each imperative special init on its pair; ``saved``/``base_saved`` get the undo records of every
+    tensor under its raw and base layers (the caller restores them when anything fails).
+
+    An init must read its base layer and write values into the existing tensors of its raw layer: one
+    that raises, changes a base tensor or replaces a raw tensor object is refused with a TransferError.
+    Raw tensors it did not write (values and version unchanged) are not counted as transferred; they are
+    listed in ``stats.notes`` as left as built by that init.
+    """
+    ra, ba = plan.raw.adapter, plan.base.adapter
+    for pair in plan.imperative:
+        raw_before = _snapshot(ra, pair.raw.module)
+        saved.extend(raw_before)
+        base_before = _snapshot(ba, pair.base.module)
+        base_saved.extend(base_before)
+        init = f"special init {pair.entry.key} ({pair.entry.origin})"
+        try:
+            with no_grad(plan.raw), no_grad(plan.base):
+                pair.entry.func(pair.base.module, pair.raw.module)
+        except Exception as exc:
+            changed = _changes(ba, base_before, pair.base.path, "base")
+            also = f"; it had also changed {', '.join(changed)}, which was restored" if changed else ""
+            raise TransferError(
+                f"{pair_label(pair)}: {init} raised {type(exc).__name__}: {exc}; the raw model was restored{also}. "
+                "Fix the special init, or register another with add_special_init(..., override=True)"
+            ) from exc
+        changed = _changes(ba, base_before, pair.base.path, "base")
+        if changed:
+            raise TransferError(
+                f"{pair_label(pair)}: {init} changed the base model it reads from; both models were restored. A "
+                "special init must only read its base module (e.g. module.weight.detach().numpy()) and write "
+                "into its raw layer",
+                changed,
+            )
+        replaced = [c for c in _changes(ra, raw_before, pair.raw.path, "raw") if " -> " in c]
+        if replaced:
+            what = "replaced tensor objects" if all("same shape" in c for c in replaced) else "changed tensor shapes"
+            raise TransferError(
+                f"{pair_label(pair)}: {init} {what}: it replaced tensors instead of writing into them; the raw model was "
+                "restored. Optimisers and tied layers hold the original objects: a special init must write "
+                "values into the existing tensors (copy_/set_value), not replace them",
+                replaced,
+            )
+        before = {id(s.tensor): s for s in raw_before}
+        written = []
+        for ref in pair.raw.subtree_tensors().values():
+            s = before.get(id(ref.tensor))
+            if s is not None and ra.version(ref.tensor) == s.version and _same_bits(ra.torch_view(ref.tensor), s.clone):
+                stats.notes.append(f"{ref.path}: left as built by {init}: the init did not write it")
+                continue
+            written.append(ref)
+            stats.tensors += 1
+            stats.elements += math.prod(ra.shape(ref.tensor))
+            count_nonfinite(ra.torch_view(ref.tensor), ref.path, stats)  # what the init wrote, never hidden
+        ra.wrote([ref.tensor for ref in written])
+        stats.written[id(pair)] = len(written)
 
 
-def _current(adapter, pair, ref):
-    """The tensor now at ref's place (a special init may have replaced the object)."""
-    t = adapter.get_tensor(pair.raw.module, pair.raw.local(ref))
-    return ref.tensor if t is None else t
+def _snapshot(adapter, module) -> list[Saved]:
+    """Undo records of every tensor under ``module`` (each object once)."""
+    return [Saved(owner, name, path, t, adapter.torch_view(t).clone(), adapter.version(t))
+            for owner, path, name, t in _tensors_under(adapter, module)]
 
 
-def _restore(plan: Plan, saved):
-    ra = plan.raw.adapter
-    for ref, tensor, shape, clone in reversed(saved):
-        owner_path, _, name = ref.path.rpartition(".")
-        current = ra.get_tensor(plan.raw.model, ref.path)
-        if current is not None and current is not tensor:
-            # the init replaced the tensor object: put the original back on its module
-            owner = plan.raw.model
-            for part in owner_path.split(".") if owner_path else []:
-                owner = getattr(owner, part)
+def _changes(adapter, saved: list[Saved], prefix: str, side: str) -> list[str]:
+    """``"<side> path [shape] -> [shape]"`` for each tensor object replaced on its module, ``"<side> path:
+    values changed"`` for each whose values differ from its record."""
+    out = []
+    for s in saved:
+        path = f"{side} {prefix + '.' if prefix else ''}{s.path}"
+        now = adapter.get_tensor(s.owner, s.name) if s.owner is not None else s.tensor
+        if now is not None and now is not s.tensor:
+            old, new = list(adapter.shape(s.tensor)), list(adapter.shape(now))
+            out.append(f"{path} {old} -> {new}" + (" (a new tensor object of the same shape)" if old == new else ""))
+        elif not _same_bits(adapter.torch_view(s.tensor), s.clone):
+            out.append(f"{path}: values changed")
+    return out
+
+
+def _same_bits(a, b) -> bool:
+    """Whether two torch tensors hold the same bits (NaN equal to the same NaN, -0.0 not equal to 0.0)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.numel() == 0:
+        return True
+    return torch.equal(a.contiguous().reshape(-1).view(torch.uint8), b.contiguous().reshape(-1).view(torch.uint8))
+
+
+def _restore(adapter, saved: list[Saved]):
+    """Undo, newest record first: put replaced tensor objects back on their modules and write back the values
+    of the tensors that changed (only those: an untouched tensor keeps its version)."""
+    written = []
+    for s in reversed(saved):
+        if s.owner is not None and adapter.get_tensor(s.owner, s.name) is not s.tensor:
             with contextlib.suppress(Exception):
-                setattr(owner, name, tensor)
-        ra.write(tensor, clone)
+                setattr(s.owner, s.name, s.tensor)
+        if not _same_bits(adapter.torch_view(s.tensor), s.clone):
+            adapter.write(s.tensor, s.clone)
+            written.append(s.tensor)
+    adapter.wrote(written)
 
 
 # -- initialisation ops (planned by padiff_lite.init) ----------------------------
 def execute_init(adapter, ops) -> list[str]:
     """Run init ops on one model; on any error every tensor written is restored. Returns "path: rule" lines."""
-    saved: list = []
+    saved: list[Saved] = []
     try:
         return run_init(adapter, ops, saved)
     except BaseException:
-        _restore_init(adapter, saved)
+        with held_signals():
+            _restore(adapter, saved)
         raise
 
 
@@ -406,7 +570,7 @@ def run_init(adapter, ops, saved) -> list[str]:
         t = op.dst.tensor
         with torch.no_grad():
             direct = adapter.torch_view(t)
-            saved.append((None, None, t, direct.clone()))
+            saved.append(Saved(None, "", op.dst.path, t, direct.clone(), adapter.version(t)))
             region = direct.t() if op.transpose else direct
             if op.fill == "constant":
                 region.fill_(op.value)
@@ -414,6 +578,7 @@ def run_init(adapter, ops, saved) -> list[str]:
                 region.copy_(_init_values(op, tuple(region.shape)))
             if not adapter.is_direct(t):
                 adapter.write(t, direct)
+        adapter.wrote([t])
         done.append(f"{op.dst.path}: {op.rule}")
     return done
 
@@ -455,8 +620,7 @@ def _tensors_under(adapter, module):
 def _run_call(adapter, op, saved) -> list[str]:
     from .init import scheme_name
 
-    under = _tensors_under(adapter, op.module)
-    before = [(owner, name, t, adapter.torch_view(t).clone()) for owner, _, name, t in under]
+    before = _snapshot(adapter, op.module)
     saved.extend(before)
     where = f"{op.path or '<root>'} ({type(op.module).__name__})"
     try:
@@ -465,26 +629,21 @@ def _run_call(adapter, op, saved) -> list[str]:
     except Exception as exc:
         raise InitError(f"{where}: init function {scheme_name(op.fn)} raised {type(exc).__name__}: {exc}; "
                         "the model was restored. Fix the function") from exc
-    replaced = [f"{op.path + '.' if op.path else ''}{rel}" for owner, rel, name, t in under
-                if adapter.get_tensor(owner, name) is not t]
+    replaced = [f"{op.path + '.' if op.path else ''}{s.path}" for s in before
+                if adapter.get_tensor(s.owner, s.name) is not s.tensor]
     if replaced:
         raise InitError(f"{where}: init function {scheme_name(op.fn)} replaced tensors instead of writing into "
                         f"them ({', '.join(replaced)}); the model was restored. Write in place "
                         "(torch.nn.init.*_ / tensor.copy_, paddle set_value)")
     targets = {id(r.tensor): r.path for r in op.targets}
-    done = []
-    for owner, name, t, clone in before:
-        if id(t) in targets:
-            if not torch.equal(adapter.torch_view(t), clone):
-                done.append(f"{targets[id(t)]}: {scheme_name(op.fn)}")
+    done, changed = [], []
+    for s in before:
+        if _same_bits(adapter.torch_view(s.tensor), s.clone):
+            continue
+        if id(s.tensor) in targets:
+            done.append(f"{targets[id(s.tensor)]}: {scheme_name(op.fn)}")
         else:
-            adapter.write(t, clone)  # not a tensor to initialise: put it back
+            adapter.write(s.tensor, s.clone)  # not a tensor to initialise: put it back
+        changed.append(s.tensor)
+    adapter.wrote(changed)
     return done
-
-
-def _restore_init(adapter, saved):
-    for owner, name, t, clone in reversed(saved):
-        if owner is not None and adapter.get_tensor(owner, name) is not t:
-            with contextlib.suppress(Exception):
-                setattr(owner, name, t)
-        adapter.write(t, clone)

@@ -88,6 +88,7 @@ def build_report(plan, stats, seconds: float) -> TransferReport:
         counts[id(op.pair)] = counts.get(id(op.pair), 0) + 1
     for pair in plan.imperative:
         counts[id(pair)] = len(pair.raw.subtree_tensors())
+    counts.update(stats.written)  # imperative special inits run in memory: the tensors each really wrote
     rules = {id(None): "default"}  # rule text per entry: formatted once, not once per pair
     records = []
     for pair in plan.pairs:
@@ -101,6 +102,6 @@ def build_report(plan, stats, seconds: float) -> TransferReport:
         base=f"{base.framework}:{base.name}", raw=f"{raw.framework}:{raw.name}", pairs=records,
         tensors=stats.tensors, elements=stats.elements, bytes=stats.bytes, seconds=seconds,
         missing=list(plan.missing), unexpected=list(plan.unexpected), casts=list(plan.casts),
-        nonfinite=dict(stats.nonfinite), tied=list(plan.tied), notes=list(plan.notes),
+        nonfinite=dict(stats.nonfinite), tied=list(plan.tied), notes=list(plan.notes) + list(stats.notes),
         filled=[op.describe() for op in plan.ops if op.kind == "fill"],
     )

@@ -86,7 +86,8 @@ class PaddleAdapter(Adapter):
 
     # -- tensors -------------------------------------------------------------
     def readable(self, t) -> bool:
-        return bool(t._is_initialized())
+        """Whether ``t`` holds data: initialised, or of zero size (paddle never allocates those: nothing to read)."""
+        return bool(t._is_initialized()) or 0 in t.shape
 
     def dtype_name(self, t) -> str:
         """"float32", "bfloat16", ...: by the dtype object's identity first. Hashing a paddle dtype costs
@@ -178,6 +179,17 @@ class PaddleAdapter(Adapter):
 
         value = paddle.from_dlpack(value.detach().cpu().contiguous())  # bit-exact, bfloat16 included
         t.set_value(value if value.dtype == t.dtype else value.astype(t.dtype))
+
+    def version(self, t) -> int:
+        """``t``'s inplace version: paddle's in-place ops raise it, ``set_value`` and writes through views do not."""
+        return t.inplace_version
+
+    def wrote(self, tensors):
+        """Raise the inplace version of paddle ``tensors`` the executor wrote (through DLPack views, by address,
+        or with ``set_value``, none of which does it), as paddle's own in-place ops do: a graph that saved one of
+        them then refuses to backpropagate through the old values, as torch's does."""
+        for t in tensors:
+            t._bump_inplace_version()
 
     # -- initialising (padiff_lite.init) ---------------------------------------
     def stored_transposed(self, module, name: str) -> bool:

@@ -119,6 +119,15 @@ class TorchAdapter(Adapter):
         with _torch().no_grad():
             t.copy_(value)
 
+    def version(self, t) -> int:
+        """``t``'s in-place version counter (autograd's): every in-place write raises it."""
+        return t._version
+
+    def wrote(self, tensors):
+        """Nothing to do: the executor's writes into torch tensors already raised their version counters
+        (``copy_`` through ``detach()`` views, which share the counter; ``increment_version`` after a write by
+        address), so a graph that saved one of them refuses to backpropagate through the old values."""
+
     # -- initialising (padiff_lite.init) ---------------------------------------
     def stored_transposed(self, module, name: str) -> bool:
         """Whether own tensor ``name`` of ``module`` is stored transposed to torch's layout (never, here)."""
