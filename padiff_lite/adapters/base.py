@@ -72,6 +72,12 @@ class MemoryAdapter(Protocol):
     def write(self, t, value) -> None:
         """Write the torch tensor ``value`` (same shape) into ``t`` in place."""
 
+    def version(self, t) -> int:
+        """``t``'s in-place version counter (the executor tells which tensors a special init wrote)."""
+
+    def wrote(self, tensors) -> None:
+        """Announce writes made behind the framework's back (raise the tensors' in-place versions)."""
+
 
 class RunningAdapter(Protocol):
     """Running a model, for auto_diff and the command line."""
