@@ -89,6 +89,17 @@ def execute(plan: Plan, init_ops=()) -> Stats:
     far is restored (and the base layers the special inits were given); an exception during the copies
     is re-raised once they have all run (see :func:`_run_copies_to_the_end`).
     """
+    adapters = {plan.base.adapter.name: plan.base.adapter, plan.raw.adapter.name: plan.raw.adapter}
+    modes = {name: a.grad_mode() for name, a in adapters.items()}
+    try:
+        return _execute(plan, init_ops)
+    finally:  # an interrupt inside a framework's no_grad() exit must not leave the caller's grad mode off
+        for name, a in adapters.items():
+            if a.grad_mode() != modes[name]:
+                a.set_grad_mode(modes[name])
+
+
+def _execute(plan: Plan, init_ops=()) -> Stats:
     stats = Stats()
     saved: list[Saved] = []  # raw tensors the init ops and special inits could write, as they were
     base_saved: list[Saved] = []  # base tensors the special inits could reach, as they were

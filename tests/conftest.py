@@ -29,3 +29,13 @@ def scoped_pool():
     saved = init_pool.saved()
     yield init_pool
     init_pool.restore(saved)
+
+
+@pytest.fixture(autouse=True)
+def _grad_mode_is_left_as_found(request):
+    """A test (or the code under test) must not leave torch's or paddle's grad mode switched off."""
+    yield
+    leaked = [fw for fw, on in (("torch", torch.is_grad_enabled()), ("paddle", paddle.is_grad_enabled())) if not on]
+    torch.set_grad_enabled(True)
+    paddle.set_grad_enabled(True)
+    assert not leaked, f"{request.node.nodeid} left grad mode off in {leaked}"

@@ -94,6 +94,11 @@ class RunningAdapter(Protocol):
 
     def set_training(self, module, training: bool) -> None: ...
 
+    def grad_mode(self) -> bool:
+        """Whether the framework records operations for autograd (this thread)."""
+
+    def set_grad_mode(self, enabled: bool) -> None: ...
+
     def add_forward_hook(self, module, fn: Callable) -> Any:
         """Call ``fn(inputs, output)`` after each forward of ``module``; returns a handle with ``remove()``."""
 

@@ -85,6 +85,16 @@ class PaddleAdapter(Adapter):
         module.train() if training else module.eval()
 
     # -- tensors -------------------------------------------------------------
+
+    def grad_mode(self) -> bool:
+        import paddle
+
+        return paddle.is_grad_enabled()
+
+    def set_grad_mode(self, enabled: bool):
+        import paddle
+
+        paddle.set_grad_enabled(enabled)
     def readable(self, t) -> bool:
         """Whether ``t`` holds data: initialised, or of zero size (paddle never allocates those: nothing to read)."""
         return bool(t._is_initialized()) or 0 in t.shape

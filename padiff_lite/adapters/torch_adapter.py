@@ -72,6 +72,12 @@ class TorchAdapter(Adapter):
         module.train(training)
 
     # -- tensors -------------------------------------------------------------
+
+    def grad_mode(self) -> bool:
+        return _torch().is_grad_enabled()
+
+    def set_grad_mode(self, enabled: bool):
+        _torch().set_grad_enabled(enabled)
     def readable(self, t) -> bool:
         return not t.is_meta
 
