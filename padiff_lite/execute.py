@@ -43,6 +43,7 @@ class Stats:
     initialised: list = field(default_factory=list)  # "path: rule" of every tensor an init op wrote
     written: dict = field(default_factory=dict)  # id(pair) -> tensors its imperative special init wrote
     notes: list = field(default_factory=list)  # for report.notes (raw tensors a special init left as built)
+    big_copies: dict = field(default_factory=dict)  # "kernel" | "torch" -> big copies (>= 1 M values) each path ran
 
     def add_nonfinite(self, path: str, count: int):
         """Record ``count`` NaN/Inf values copied into ``path`` (nothing when it is 0)."""
@@ -56,6 +57,8 @@ class Stats:
         self.bytes += other.bytes
         for path, count in other.nonfinite.items():
             self.add_nonfinite(path, count)
+        for path, count in other.big_copies.items():
+            self.big_copies[path] = self.big_copies.get(path, 0) + count
 
 
 @dataclass(eq=False, slots=True)
@@ -344,6 +347,8 @@ def _run_ops(plan: Plan, ops: list, stats: Stats):
                         # one pass (copy or transpose + NaN/Inf count) cut into one piece per thread, or
                         # else torch's copy and a sum, a whole tensor per thread
                         work = fastcopy.pieces(region, stored, transform == "transpose", workers)
+                        way = "torch" if work is None else "kernel"
+                        stats.big_copies[way] = stats.big_copies.get(way, 0) + 1
                         if work is not None or workers > 1:
                             if pool is None:
                                 from concurrent.futures import ThreadPoolExecutor

@@ -32,6 +32,8 @@ class TransferReport:
     nonfinite: dict = field(default_factory=dict)
     tied: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    big_copies: dict = field(default_factory=dict)  # big copies (>= 1 M values) by path: "kernel" (padiff_lite's C
+    # copy kernel) / "torch" (torch's copy), as chosen per dtype and copy kind by padiff_lite.fastcopy.faster
     _mapping: object = field(default=None, repr=False)  # a Mapping, or a function making it on first use
 
     @property
@@ -56,6 +58,8 @@ class TransferReport:
             f"{self.tensors} tensors, {self.elements:,} values, {self.bytes / 1e6:.1f} MB in {self.seconds:.3f} s"
             + (f" ({gbs:.2f} GB/s)" if self.bytes > 1e7 else ""),
         ]
+        if self.big_copies:
+            lines.append("  big copies by: " + ", ".join(f"{k} {v}" for k, v in sorted(self.big_copies.items())))
         shown = self.pairs if len(self.pairs) <= 40 else self.pairs[:20] + [None] + self.pairs[-10:]
         w = max([len(p.base_path or "<root>") for p in self.pairs if p] + [4])
         for p in shown:
@@ -103,5 +107,6 @@ def build_report(plan, stats, seconds: float) -> TransferReport:
         tensors=stats.tensors, elements=stats.elements, bytes=stats.bytes, seconds=seconds,
         missing=list(plan.missing), unexpected=list(plan.unexpected), casts=list(plan.casts),
         nonfinite=dict(stats.nonfinite), tied=list(plan.tied), notes=list(plan.notes) + list(stats.notes),
+        big_copies=dict(stats.big_copies),
         filled=[op.describe() for op in plan.ops if op.kind == "fill"],
     )

@@ -335,3 +335,12 @@ def test_the_choice_is_measured_once_per_kind(monkeypatch):
         fastcopy.faster(torch.float32, False)
     assert calls == [(torch.bfloat16, True), (torch.float32, False)]
     assert set(fastcopy.choices()) == {"bfloat16 transpose", "float32 copy"}
+
+
+@pytest.mark.parametrize("flag,way", [("1", "kernel"), ("0", "torch")])
+def test_the_report_says_which_path_ran_the_big_copies(monkeypatch, flag, way):
+    monkeypatch.setenv("PADIFF_LITE_FASTCOPY", flag)
+    a, b = wide_mlp("torch"), wide_mlp("paddle")
+    report = assign_weight(a, b)
+    assert report.big_copies == {way: 1} and f"big copies by: {way} 1" in str(report)  # the one weight over 1 M values
+    np.testing.assert_array_equal(b[0].weight.numpy(), a[0].weight.detach().numpy().T)
