@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import importlib
 import logging
 import os
 import sys
@@ -29,6 +28,7 @@ from . import fastcopy, layout
 from .adapters import adapter_for
 from .atomic import NAME_MAX, AtomicOutput, output_error, terminate_like_interrupt
 from .errors import CheckpointError, TransferError
+from .factories import load_callable
 from .execute import PARALLEL_MIN_ELEMENTS, Stats, count_nonfinite, no_grad
 from .formats import (INDEX_SUFFIX, Checkpoint, Entry, dtype_name, format_of, open_checkpoint, streams,
                       write_index, writer_for)
@@ -72,29 +72,9 @@ class CheckpointReport(TransferReport):
 
 
 # -- models from classes, factories or "module:callable" -------------------------
-def load_factory(spec: str):
-    """The callable named by ``"package.module:callable"`` (the current folder is importable)."""
-    mod, sep, attr = spec.partition(":")
-    if not sep or not mod or not attr:
-        raise CheckpointError(f"'{spec}' is not MODULE:CALLABLE; write it like mypackage.models:build_model")
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        # last, not first: a module planted in the working folder (six.py, ...) must not shadow installed ones
-        sys.path.append(os.getcwd())
-    try:
-        module = importlib.import_module(mod)
-    except Exception as exc:
-        raise CheckpointError(f"cannot import module '{mod}' named in '{spec}' ({type(exc).__name__}: {exc}); "
-                              "run from the folder that holds it or add that folder to PYTHONPATH") from exc
-    obj = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise CheckpointError(f"module '{mod}' ({getattr(module, '__file__', '?')}) has no '{attr}'; "
-                                  "check the name after the colon")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise CheckpointError(f"'{spec}' is a {type(obj).__name__}, not a class or function; "
-                              "name a zero-argument callable that returns the model")
-    return obj
+def load_factory(spec: str, what: str = "model"):
+    """The callable named by ``"package.module:callable"`` or ``"path/to/file.py:callable"`` (see factories.py)."""
+    return load_callable(spec, what, CheckpointError)
 
 
 def _build_contexts():

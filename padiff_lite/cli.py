@@ -52,51 +52,11 @@ def cmd_rules(args) -> int:
 
 
 def _load_callable(spec: str, flag: str):
-    """The object ``MODULE:CALLABLE`` names; DiffInputError (one line, exit 2) when it cannot be found."""
-    import importlib
-
+    """The object ``MODULE:CALLABLE`` (or ``path/to/file.py:CALLABLE``) names; DiffInputError (one line, exit 2)."""
     from .errors import DiffInputError
+    from .factories import load_callable
 
-    module_name, sep, attr = spec.rpartition(":")
-    if not sep or not module_name or not attr:
-        raise DiffInputError(f"{flag} {spec!r}: expected MODULE:CALLABLE or path/to/file.py:CALLABLE, "
-                             "e.g. padiff_lite.models:mlp")
-    is_file = module_name.endswith(".py") or os.sep in module_name
-    if is_file and not os.path.isfile(module_name):
-        raise DiffInputError(f"{flag} {spec!r}: no file {os.path.abspath(module_name)}; give an existing "
-                             "path/to/file.py:CALLABLE or an importable MODULE:CALLABLE")
-    try:
-        if is_file:
-            obj = _import_file(module_name)
-        else:
-            if "" not in sys.path and os.getcwd() not in sys.path:  # the console script does not add it
-                sys.path.append(os.getcwd())
-            obj = importlib.import_module(module_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError, OSError) as exc:
-        raise DiffInputError(f"{flag} {spec!r}: {type(exc).__name__}: {exc}; check the module is importable "
-                             "(PYTHONPATH, or give a path/to/file.py) and defines that callable") from exc
-    except Exception as exc:  # the module itself raised while being imported
-        raise DiffInputError(f"{flag} {spec!r}: importing {module_name} raised {type(exc).__name__}: {exc}") from exc
-    if not callable(obj):
-        raise DiffInputError(f"{flag} {spec!r} is a {type(obj).__name__}, not a callable")
-    return obj
-
-
-def _import_file(path: str):
-    """Import a Python file by path (its folder goes on sys.path, so its own imports work)."""
-    import importlib.util
-
-    path = os.path.abspath(path)
-    folder, name = os.path.split(path)
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
-    spec = importlib.util.spec_from_file_location(os.path.splitext(name)[0], path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_callable(spec, flag, DiffInputError)
 
 
 def _build(spec: str, flag: str):

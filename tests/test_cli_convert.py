@@ -76,7 +76,7 @@ def test_convert_in_process_sharded_and_no_strict(tmp_path, capsys):
 @pytest.mark.parametrize("base,expect", [
     ("padiff_lite.models", "is not MODULE:CALLABLE; write it like mypackage.models:build_model"),
     ("no_such_pkg.models:build", "cannot import module 'no_such_pkg.models'"),
-    ("padiff_lite.models:no_such_fn", "has no 'no_such_fn'; check the name after the colon"),
+    ("padiff_lite.models:no_such_fn", "has no 'no_such_fn' (AttributeError); check the name after the colon"),
     ("padiff_lite.models:PAIRS", "is a dict, not a class or function"),
 ])
 def test_convert_bad_factory(tmp_path, capsys, base, expect):

@@ -1,0 +1,61 @@
+"""``MODULE:CALLABLE`` and ``path/to/file.py:CALLABLE``: the one way the command line and ``convert_checkpoint``
+find the user's model factories.
+
+A module is imported normally; the working folder is importable but comes last on ``sys.path`` (a file
+planted there, ``six.py`` say, must not shadow an installed module). A file is imported by path, its folder
+first on ``sys.path`` so that its own imports work. Every failure is the caller's exception class with the
+spec, the cause and the fix.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+
+
+def load_callable(spec: str, what: str, error: type[Exception]):
+    """The callable ``spec`` names; ``error(message)`` (naming ``what``, e.g. "--base") when it cannot be found."""
+    module_name, sep, attr = spec.rpartition(":")
+    if not sep or not module_name or not attr:
+        raise error(f"{what} '{spec}' is not MODULE:CALLABLE; write it like mypackage.models:build_model (expected "
+                    "MODULE:CALLABLE or path/to/file.py:CALLABLE)")
+    is_file = module_name.endswith(".py") or os.sep in module_name
+    if is_file and not os.path.isfile(module_name):
+        raise error(f"{what} '{spec}': no file {os.path.abspath(module_name)}; give an existing "
+                    "path/to/file.py:CALLABLE or an importable MODULE:CALLABLE")
+    try:
+        module = _import_file(module_name) if is_file else _import_module(module_name)
+    except Exception as exc:  # ImportError, or the module itself raised while being imported
+        raise error(f"cannot import module '{module_name}' named in {what} '{spec}' ({type(exc).__name__}: {exc}); "
+                    "run from the folder that holds it, add that folder to PYTHONPATH, or give "
+                    "path/to/file.py:CALLABLE") from exc
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise error(f"{what} '{spec}': module '{module_name}' ({getattr(module, '__file__', '?')}) has no "
+                        f"'{attr}' (AttributeError); check the name after the colon")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise error(f"{what} '{spec}' is a {type(obj).__name__}, not a class or function; name a zero-argument "
+                    "callable that returns the model")
+    return obj
+
+
+def _import_module(name: str):
+    if "" not in sys.path and os.getcwd() not in sys.path:  # the console script does not add it
+        sys.path.append(os.getcwd())  # last, not first
+    return importlib.import_module(name)
+
+
+def _import_file(path: str):
+    path = os.path.abspath(path)
+    folder, name = os.path.split(path)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    mod_name = os.path.splitext(name)[0]
+    spec = importlib.util.spec_from_file_location(mod_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = module
+    spec.loader.exec_module(module)
+    return module
