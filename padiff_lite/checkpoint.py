@@ -27,7 +27,7 @@ import torch
 from . import fastcopy, layout
 from .adapters import adapter_for
 from .atomic import NAME_MAX, AtomicOutput, output_error, terminate_like_interrupt
-from .errors import CheckpointError, TransferError
+from .errors import CheckpointError, FactoryError, TransferError
 from .factories import load_callable
 from .execute import PARALLEL_MIN_ELEMENTS, Stats, count_nonfinite, no_grad
 from .formats import (INDEX_SUFFIX, Checkpoint, Entry, dtype_name, format_of, open_checkpoint, streams,
@@ -74,7 +74,10 @@ class CheckpointReport(TransferReport):
 # -- models from classes, factories or "module:callable" -------------------------
 def load_factory(spec: str, what: str = "model"):
     """The callable named by ``"package.module:callable"`` or ``"path/to/file.py:callable"`` (see factories.py)."""
-    return load_callable(spec, what, CheckpointError)
+    try:
+        return load_callable(spec, what)
+    except FactoryError as exc:
+        raise CheckpointError(str(exc)) from exc
 
 
 def _build_contexts():

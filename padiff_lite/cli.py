@@ -53,10 +53,13 @@ def cmd_rules(args) -> int:
 
 def _load_callable(spec: str, flag: str):
     """The object ``MODULE:CALLABLE`` (or ``path/to/file.py:CALLABLE``) names; DiffInputError (one line, exit 2)."""
-    from .errors import DiffInputError
+    from .errors import DiffInputError, FactoryError
     from .factories import load_callable
 
-    return load_callable(spec, flag, DiffInputError)
+    try:
+        return load_callable(spec, flag)
+    except FactoryError as exc:
+        raise DiffInputError(str(exc)) from exc
 
 
 def _build(spec: str, flag: str):

@@ -88,3 +88,8 @@ class AmbiguousPairingError(PairingError):
 
 class MappingError(PadiffError, ValueError):
     """A mapping (file or dict) is malformed, names paths a model lacks, or contradicts pairing by name."""
+
+
+class FactoryError(PadiffError, ValueError):
+    """A ``MODULE:CALLABLE`` / ``file.py:CALLABLE`` spec names nothing callable (padiff_lite.factories); the command
+    line and convert_checkpoint re-raise it as DiffInputError / CheckpointError with the same message."""

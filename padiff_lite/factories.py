@@ -13,31 +13,34 @@ import importlib.util
 import os
 import sys
 
+from .errors import FactoryError
 
-def load_callable(spec: str, what: str, error: type[Exception]):
-    """The callable ``spec`` names; ``error(message)`` (naming ``what``, e.g. "--base") when it cannot be found."""
+
+def load_callable(spec: str, what: str):
+    """The callable ``spec`` names; FactoryError (naming ``what``, e.g. "--base") when it cannot be found. The
+    callers re-raise it as their own error (CheckpointError for conversions, DiffInputError for ``check``)."""
     module_name, sep, attr = spec.rpartition(":")
     if not sep or not module_name or not attr:
-        raise error(f"{what} '{spec}' is not MODULE:CALLABLE; write it like mypackage.models:build_model (expected "
+        raise FactoryError(f"{what} '{spec}' is not MODULE:CALLABLE; write it like mypackage.models:build_model (expected "
                     "MODULE:CALLABLE or path/to/file.py:CALLABLE)")
     is_file = module_name.endswith(".py") or os.sep in module_name
     if is_file and not os.path.isfile(module_name):
-        raise error(f"{what} '{spec}': no file {os.path.abspath(module_name)}; give an existing "
+        raise FactoryError(f"{what} '{spec}': no file {os.path.abspath(module_name)}; give an existing "
                     "path/to/file.py:CALLABLE or an importable MODULE:CALLABLE")
     try:
         module = _import_file(module_name) if is_file else _import_module(module_name)
     except Exception as exc:  # ImportError, or the module itself raised while being imported
-        raise error(f"cannot import module '{module_name}' named in {what} '{spec}' ({type(exc).__name__}: {exc}); "
+        raise FactoryError(f"cannot import module '{module_name}' named in {what} '{spec}' ({type(exc).__name__}: {exc}); "
                     "run from the folder that holds it, add that folder to PYTHONPATH, or give "
                     "path/to/file.py:CALLABLE") from exc
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise error(f"{what} '{spec}': module '{module_name}' ({getattr(module, '__file__', '?')}) has no "
+            raise FactoryError(f"{what} '{spec}': module '{module_name}' ({getattr(module, '__file__', '?')}) has no "
                         f"'{attr}' (AttributeError); check the name after the colon")
         obj = getattr(obj, part)
     if not callable(obj):
-        raise error(f"{what} '{spec}' is a {type(obj).__name__}, not a class or function; name a zero-argument "
+        raise FactoryError(f"{what} '{spec}' is a {type(obj).__name__}, not a class or function; name a zero-argument "
                     "callable that returns the model")
     return obj
 
