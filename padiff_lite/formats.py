@@ -591,7 +591,7 @@ class OutputFile:
     ``commit()`` writes the rest and fsyncs; ``close()`` alone (after an error) just closes.
     """
 
-    CHUNK = 16 << 20  # bytes per write; two chunks are in memory
+    CHUNK = 8 << 20  # bytes per write; two chunks are in memory (16 MiB: no faster on these disks, +16 MB of peak)
     ALIGN = 4096
 
     def __init__(self, path: Path, direct: bool = True):
