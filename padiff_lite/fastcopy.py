@@ -53,20 +53,79 @@ MARGIN = 0.9  # the kernel must take under 90 % of torch's time to be chosen
 
 
 def faster(dtype, transposed: bool) -> bool:
-    """Whether the kernel's copy (``transposed``: transpose) of ``dtype`` beats torch's copy plus NaN/Inf count
-    on this CPU. Both are timed on the same 1024 x 1024 sample, interleaved, best of 5 after one untimed run (about
-    10-50 ms, once per process and kind), and the kernel must be 10 % faster; the kernel is kept only where it is faster, so it never makes a transfer slower than
-    ``PADIFF_LITE_FASTCOPY=0`` (docs/performance.md has the figures per CPU)."""
+    """Whether to use the kernel for a big copy (``transposed``: transpose) of ``dtype`` on this CPU.
+
+    Plain copies: always (the kernel reads the source once, copying and counting NaN/Inf together, where torch
+    reads it twice: it moves strictly less memory). Transposes: the kernel's tiled transpose beats torch's on some
+    CPUs and loses on others (fp32 on AMD EPYC), so both are timed on the same 1024 x 1024 sample, interleaved,
+    best of 5 after one untimed run, and the kernel is kept only when it takes under 90 % of torch's time
+    (about 30-60 ms once per dtype; the answer is kept per process and in a per-machine cache file, see
+    :func:`_cache_path`). ``PADIFF_LITE_FASTCOPY=1`` uses the kernel wherever it applies, ``0`` never."""
     mode = os.environ.get("PADIFF_LITE_FASTCOPY", "auto")
-    if mode == "1":
+    if mode == "1" or not transposed:
         return True
-    key = (dtype, bool(transposed))
+    key = (dtype, True)
     won = _FASTER.get(key)
     if won is None:
-        won = _FASTER[key] = _calibrate(dtype, bool(transposed))
-        log.debug("copy kernel vs torch for %s %s: %s", dtype, "transpose" if transposed else "copy",
-                  "kernel" if won else "torch")
+        name = str(dtype).replace("torch.", "")
+        cached = _read_cache()
+        won = cached.get(name)
+        if won is None:
+            won = _calibrate(dtype, True)
+            cached[name] = won
+            _write_cache(cached)
+        _FASTER[key] = won
+        log.debug("copy kernel vs torch for %s transposes: %s", dtype, "kernel" if won else "torch")
     return won
+
+
+def _cache_path():
+    """``$XDG_CACHE_HOME/padiff_lite`` (or ``~/.cache/padiff_lite``) ``/fastcopy-<cpu and kernel>.json``: the
+    calibration's answers for this CPU model and this build of the kernel; None where there is no home."""
+    import hashlib
+    import platform
+
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    if not root or root.startswith("~"):
+        return None
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    so = getattr(_fastcopy, "__file__", "") or ""
+    stamp = f"{cpu}|{so}|{os.path.getsize(so) if so and os.path.exists(so) else 0}|{torch.__version__}"
+    return os.path.join(root, "padiff_lite", f"fastcopy-{hashlib.sha1(stamp.encode()).hexdigest()[:16]}.json")
+
+
+def _read_cache() -> dict:
+    import json
+
+    path = _cache_path()
+    try:
+        with open(path) as fh:
+            data = json.load(fh)
+        return {k: v for k, v in data.items() if isinstance(v, bool)} if isinstance(data, dict) else {}
+    except (OSError, TypeError, ValueError):
+        return {}
+
+
+def _write_cache(data: dict):
+    """Best effort (a read-only home just means calibrating again next time); written whole, then renamed."""
+    import json
+
+    path = _cache_path()
+    if path is None:
+        return
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as fh:
+            json.dump(data, fh)
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.debug("could not keep the copy-kernel calibration in %s: %s", path, exc)
 
 
 def _calibrate(dtype, transposed: bool) -> bool:

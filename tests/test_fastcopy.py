@@ -23,9 +23,11 @@ SHAPES = [(1, 1), (3, 5), (70, 33), (129, 1000), (64, 64)]
 
 
 @pytest.fixture(autouse=True)
-def _kernel_wherever_it_applies(monkeypatch):
-    """These tests check the kernel's numbers: use it wherever it applies (tests that switch it off set 0)."""
+def _kernel_wherever_it_applies(monkeypatch, tmp_path):
+    """These tests check the kernel's numbers: use it wherever it applies (tests that switch it off set 0); the
+    calibration cache goes to a folder of the test's own."""
     monkeypatch.setenv("PADIFF_LITE_FASTCOPY", "1")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
 
 
 def values(shape, dtype, seed=0):
@@ -310,21 +312,27 @@ class _Slow:
         return slowed
 
 
-@pytest.mark.parametrize("slow", ["transpose", "copy"])
-def test_by_default_the_kernel_runs_only_where_it_measured_faster_than_torch(monkeypatch, slow):
+def test_by_default_a_transpose_uses_the_kernel_only_where_it_measured_faster(monkeypatch):
     monkeypatch.setenv("PADIFF_LITE_FASTCOPY", "auto")
     monkeypatch.setattr(fastcopy, "_FASTER", {})
-    monkeypatch.setattr(fastcopy, "_fastcopy", _Slow(fastcopy._fastcopy, slow))
-    transposed = slow == "transpose"
+    monkeypatch.setattr(fastcopy, "_fastcopy", _Slow(fastcopy._fastcopy, "transpose"))
     src = values((2048, 1024), torch.float32)
-    dst = torch.empty((1024, 2048) if transposed else (2048, 1024))
-    assert fastcopy.pieces(dst, src, transposed, 2) is None  # slower here: torch does it
-    assert fastcopy.choices() == {f"float32 {slow}": "torch"}
+    dst = torch.empty((1024, 2048))
+    assert fastcopy.pieces(dst, src, True, 2) is None  # slower here: torch does it
+    assert fastcopy.choices() == {"float32 transpose": "torch"}
     monkeypatch.setenv("PADIFF_LITE_FASTCOPY", "1")  # forced: the kernel wherever it applies
-    assert fastcopy.pieces(dst, src, transposed, 2) is not None
+    assert fastcopy.pieces(dst, src, True, 2) is not None
 
 
-def test_the_choice_is_measured_once_per_kind(monkeypatch):
+def test_plain_copies_always_use_the_kernel(monkeypatch):
+    """A plain copy with the kernel reads its source once (copy and NaN/Inf count together), torch's twice."""
+    monkeypatch.setenv("PADIFF_LITE_FASTCOPY", "auto")
+    monkeypatch.setattr(fastcopy, "_FASTER", {})
+    monkeypatch.setattr(fastcopy, "_calibrate", lambda d, t: pytest.fail("plain copies are not calibrated"))
+    assert fastcopy.pieces(torch.empty(2048, 1024), values((2048, 1024), torch.float32), False, 2) is not None
+
+
+def test_the_choice_is_measured_once_per_dtype_and_kept_per_machine(monkeypatch, tmp_path):
     monkeypatch.setenv("PADIFF_LITE_FASTCOPY", "auto")
     monkeypatch.setattr(fastcopy, "_FASTER", {})
     calls = []
@@ -332,9 +340,14 @@ def test_the_choice_is_measured_once_per_kind(monkeypatch):
     monkeypatch.setattr(fastcopy, "_calibrate", lambda d, t: calls.append((d, t)) or real(d, t))
     for _ in range(3):
         fastcopy.faster(torch.bfloat16, True)
-        fastcopy.faster(torch.float32, False)
-    assert calls == [(torch.bfloat16, True), (torch.float32, False)]
-    assert set(fastcopy.choices()) == {"bfloat16 transpose", "float32 copy"}
+        fastcopy.faster(torch.float32, True)
+    assert calls == [(torch.bfloat16, True), (torch.float32, True)]
+    assert set(fastcopy.choices()) == {"bfloat16 transpose", "float32 transpose"}
+    kept = fastcopy._read_cache()
+    assert set(kept) == {"bfloat16", "float32"} and str(tmp_path / "cache") in fastcopy._cache_path()
+    monkeypatch.setattr(fastcopy, "_FASTER", {})  # a new process on the same machine: read, not measured
+    fastcopy.faster(torch.float32, True)
+    assert len(calls) == 2
 
 
 @pytest.mark.parametrize("flag,way", [("1", "kernel"), ("0", "torch")])
