@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 import warnings
@@ -92,6 +91,22 @@ def _parse_range(text: str) -> tuple:
     return low, high
 
 
+def _dtype_and_shapes(args, example: str):
+    """``--dtype`` and the ``--input-shape`` list of ``check`` / ``pair``; DiffInputError (exit 2) when unusable."""
+    import numpy as np
+
+    from .errors import DiffInputError
+
+    try:
+        dtype = np.dtype(args.dtype)
+    except TypeError:
+        raise DiffInputError(f"--dtype {args.dtype!r} is not a numpy dtype name (float32, float64, int64, ...)") from None
+    shapes = [_parse_shape(s) for s in (args.input_shape or [])]
+    if not shapes:
+        raise DiffInputError(f"give at least one --input-shape, {example}")
+    return dtype, shapes
+
+
 def _parse_shape(text: str) -> tuple:
     from .errors import DiffInputError
 
@@ -127,13 +142,7 @@ def cmd_check(args) -> int:
     from .errors import DiffInputError
     from .proxy import create_model
 
-    try:
-        dtype = np.dtype(args.dtype)
-    except TypeError:
-        raise DiffInputError(f"--dtype {args.dtype!r} is not a numpy dtype name (float32, float64, int64, ...)") from None
-    shapes = [_parse_shape(s) for s in (args.input_shape or [])]
-    if not shapes:
-        raise DiffInputError("give at least one --input-shape, e.g. --input-shape 2,3,224,224")
+    dtype, shapes = _dtype_and_shapes(args, "e.g. --input-shape 2,3,224,224")
     _seed_frameworks(args.seed)  # the models' random initialisation too: a run is reproducible
     base = create_model(_build(args.base, "--base"))
     raw = create_model(_build(args.raw, "--raw"))
@@ -220,16 +229,9 @@ def cmd_pair(args) -> int:
     """Build both models, pair their layers (names first, then the order they run on a random input), write the mapping."""
     import numpy as np
 
-    from .errors import DiffInputError
     from .transfer import pair_layers
 
-    try:
-        dtype = np.dtype(args.dtype)
-    except TypeError:
-        raise DiffInputError(f"--dtype {args.dtype!r} is not a numpy dtype name (float32, float64, int64, ...)") from None
-    shapes = [_parse_shape(s) for s in (args.input_shape or [])]
-    if not shapes:
-        raise DiffInputError("give at least one --input-shape, e.g. --input-shape 2,16 (the models run on it once)")
+    dtype, shapes = _dtype_and_shapes(args, "e.g. --input-shape 2,16 (the models run on it once)")
     _seed_frameworks(args.seed)
     base, raw = _build(args.base, "--base"), _build(args.raw, "--raw")
     rng = np.random.default_rng(args.seed)

@@ -494,6 +494,20 @@ class DictWriter:
         self.data = {}
 
 
+def _expect_next(writer, key, tensor: torch.Tensor):
+    """A streaming writer's tensors come in the order of its entries, as announced (a bug in the caller otherwise)."""
+    e = writer.order[writer.next] if writer.next < len(writer.order) else None
+    if e is None or e.key != key:
+        raise AssertionError(f"{writer.path}: tensor {key} written out of order (expected {e and e.key})")
+    if tuple(tensor.shape) != tuple(e.shape) or tensor.dtype != e.dtype:
+        raise AssertionError(f"{key}: writer expected {e.shape} {e.dtype}, got {tuple(tensor.shape)} {tensor.dtype}")
+
+
+def _expect_all_written(writer):
+    if writer.next != len(writer.order):
+        raise AssertionError(f"{writer.path}: {len(writer.order) - writer.next} tensors were not written")
+
+
 class PdparamsWriter:
     """Writes a ``.pdparams`` file tensor by tensor (:class:`padiff_lite.pdparams.StreamWriter`): each tensor's
     bytes go from its memory to the file as it is added, so nothing shard-sized is held; tied names are written
@@ -512,11 +526,7 @@ class PdparamsWriter:
         self.next = 0
 
     def add(self, key, tensor: torch.Tensor):
-        e = self.order[self.next] if self.next < len(self.order) else None
-        if e is None or e.key != key:
-            raise AssertionError(f"{self.path}: tensor {key} written out of order (expected {e and e.key})")
-        if tuple(tensor.shape) != tuple(e.shape) or tensor.dtype != e.dtype:
-            raise AssertionError(f"{key}: writer expected {e.shape} {e.dtype}, got {tuple(tensor.shape)} {tensor.dtype}")
+        _expect_next(self, key, tensor)
         array = torch_to_numpy(tensor.contiguous())
         flat = array.reshape(-1).view(np.uint8) if array.size else array.reshape(-1)
         self.stream.add(key, flat.data, array.shape, array.dtype, memoize=key in self.aliases)
@@ -525,8 +535,7 @@ class PdparamsWriter:
         self.next += 1
 
     def close(self):
-        if self.next != len(self.order):
-            raise AssertionError(f"{self.path}: {len(self.order) - self.next} tensors were not written")
+        _expect_all_written(self)
         self.stream.finish()
         self.fh.commit()
         self.fh.close()
@@ -561,19 +570,14 @@ class SafetensorsWriter:
         self.next = 0
 
     def add(self, key, tensor: torch.Tensor):
-        e = self.order[self.next] if self.next < len(self.order) else None
-        if e is None or e.key != key:
-            raise AssertionError(f"{self.path}: tensor {key} written out of order (expected {e and e.key})")
-        if tuple(tensor.shape) != tuple(e.shape) or tensor.dtype != e.dtype:
-            raise AssertionError(f"{key}: writer expected {e.shape} {e.dtype}, got {tuple(tensor.shape)} {tensor.dtype}")
+        _expect_next(self, key, tensor)
         flat = tensor.contiguous().reshape(-1)
         if flat.numel():
             self.fh.write(flat.view(torch.uint8).numpy())
         self.next += 1
 
     def close(self):
-        if self.next != len(self.order):
-            raise AssertionError(f"{self.path}: {len(self.order) - self.next} tensors were not written")
+        _expect_all_written(self)
         self.fh.commit()
         self.fh.close()
 
