@@ -302,9 +302,14 @@ def _check_parts(plan: Plan):
     for op in plan.ops:
         if op.dst_part is not None:
             by_dst.setdefault(id(op.dst.tensor), []).append(op)
-    for ops in by_dst.values():
-        whole = [op for op in plan.ops if op.dst_part is None and op.dst.tensor is ops[0].dst.tensor]
-        ops = whole + ops
+    if not by_dst:
+        return  # the usual case: no target is written in parts
+    whole: dict = {}  # the whole-tensor writers of those targets (one pass over the ops, not one per target)
+    for op in plan.ops:
+        if op.dst_part is None and id(op.dst.tensor) in by_dst:
+            whole.setdefault(id(op.dst.tensor), []).append(op)
+    for key, ops in by_dst.items():
+        ops = whole.get(key, []) + ops
         ref = ops[0].dst
         shape = tuple(plan.raw.adapter.shape(ref.tensor))
         clash = next(((a, b) for i, a in enumerate(ops) for b in ops[i + 1:] if layout.overlaps(a.dst_part, b.dst_part)),

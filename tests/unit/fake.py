@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import math
 
+from padiff_lite.adapters.base import Adapter
+
 _CLASSES: dict = {}
 
 
@@ -64,13 +66,15 @@ def tensor(*shape, dtype="float32", data=True) -> FakeTensor:
     return FakeTensor(*shape, dtype=dtype, data=data)
 
 
-class FakeAdapter:
-    """The structure and memory metadata parts of padiff_lite's adapter contract, over FakeModule/FakeTensor.
+class FakeAdapter(Adapter):
+    """The structure and memory metadata parts of padiff_lite's adapter contract, over FakeModule/FakeTensor
+    (class names and dotted tensor lookup come from the adapters' shared base, as for torch and paddle).
 
     ``transposed``: {class name: tensor names} stored [in, out] (as paddle stores a Linear weight).
     """
 
     def __init__(self, name: str, transposed=None):
+        super().__init__()
         self.name = name
         self.transposed = transposed or {}
 
@@ -93,17 +97,6 @@ class FakeAdapter:
 
     def tree_parts(self, module):
         return module.params, module.buffers, module.transient, module.children
-
-    def class_names(self, module) -> list[str]:
-        return [c.__name__ for c in type(module).__mro__]
-
-    def get_tensor(self, module, dotted: str):
-        obj = module
-        for part in dotted.split("."):
-            obj = getattr(obj, part, None)
-            if obj is None:
-                return None
-        return obj if isinstance(obj, FakeTensor) else None
 
     def stored_transposed(self, module, name: str) -> bool:
         return any(name in self.transposed.get(c, ()) for c in self.class_names(module))
