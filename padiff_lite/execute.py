@@ -29,6 +29,7 @@ from . import fastcopy, layout
 from .adapters.torch_adapter import copy_all
 from .errors import InitError, TransferError, TransferInterrupted
 from .interrupts import held_signals
+from .ops import CallOp, Fill, Kind, Transform, UndoRecord
 from .plan import Plan, pair_label
 
 log = logging.getLogger("padiff_lite")
@@ -59,18 +60,6 @@ class Stats:
             self.add_nonfinite(path, count)
         for path, count in other.big_copies.items():
             self.big_copies[path] = self.big_copies.get(path, 0) + count
-
-
-@dataclass(eq=False, slots=True)
-class Saved:
-    """What undoing writes into one tensor takes: where it hangs, the object, its values and version before."""
-
-    owner: object  # the module holding it as attribute ``name`` (None: only its values are put back)
-    name: str
-    path: str  # dotted, below the module that was snapshotted
-    tensor: object
-    clone: object  # a torch copy of its values
-    version: int
 
 
 def _no_grad_in(framework: str):
@@ -104,8 +93,8 @@ def execute(plan: Plan, init_ops=()) -> Stats:
 
 def _execute(plan: Plan, init_ops=()) -> Stats:
     stats = Stats()
-    saved: list[Saved] = []  # raw tensors the init ops and special inits could write, as they were
-    base_saved: list[Saved] = []  # base tensors the special inits could reach, as they were
+    saved: list[UndoRecord] = []  # raw tensors the init ops and special inits could write, as they were
+    base_saved: list[UndoRecord] = []  # base tensors the special inits could reach, as they were
     inits_done = False
     try:
         stats.initialised = run_init(plan.raw.adapter, init_ops, saved)
@@ -180,7 +169,7 @@ def _run_copies_to_the_end(plan: Plan, stats: Stats) -> tuple[list, str]:
     by_id = {id(op.dst.tensor): op.dst.tensor for op in plan.ops}
     rerun = by_id.keys().isdisjoint([id(op.src.tensor) for op in plan.ops if op.src is not None])
     dsts = list(by_id.values())
-    undo = None if rerun else [Saved(None, "", "", t, ra.torch_view(t).clone(), ra.version(t)) for t in dsts]
+    undo = None if rerun else [UndoRecord(None, "", "", t, ra.torch_view(t).clone(), ra.version(t)) for t in dsts]
     faults: list = []
     for _ in range(COPY_ATTEMPTS if rerun else 1):
         run = Stats()
@@ -214,7 +203,7 @@ def _run_copies(plan: Plan, stats: Stats):
     """Run the plan's copy and fill ops: small plain copies in groups (:func:`_run_group`), the rest
     one by one (:func:`_run_ops`)."""
     dsts = {id(op.dst.tensor) for op in plan.ops}
-    groups, rest = _bulk_groups(plan.ops, dsts)
+    groups, rest = _bulk_groups(plan.ops, dsts, plan.facts)
     _run_ops(plan, rest, stats)
     fallback: list = []
     with torch.no_grad():
@@ -234,7 +223,7 @@ BULK_MIN_GROUP = 8
 BULK_CHUNK_ELEMENTS = 1 << 22
 
 
-def _bulk_groups(ops: list, dsts: set):
+def _bulk_groups(ops: list, dsts: set, facts: dict):
     """``(groups, rest)``: small whole-tensor copies grouped by (transform, shapes, dtypes), and the
     other ops in their order. Grouping changes the order of the writes, so it is only done when that
     cannot matter: every destination tensor (``dsts``: their ids) is written by one op and read by none."""
@@ -243,10 +232,11 @@ def _bulk_groups(ops: list, dsts: set):
     groups: dict = {}
     rest = []
     for op in ops:
-        if op.kind != "copy" or op.info is None or op.src_part is not None or op.dst_part is not None:
+        info = facts.get(id(op))
+        if info is None or not op.whole:
             rest.append(op)
             continue
-        key = (op.transform, op.info)
+        key = (op.transform, info)
         group = groups.get(key)
         if group is None:
             groups[key] = [op]
@@ -277,9 +267,9 @@ def _run_group(plan: Plan, key, ops: list, stats: Stats, fallback: list):
             fallback += chunk
             continue
         value = stored
-        if transform == "transpose":  # one batched transpose: the writes below then read contiguous memory
+        if transform is Transform.TRANSPOSE:  # one batched transpose: the writes below then read contiguous memory
             value = stored.transpose(1, 2).contiguous()
-        elif transform == "reshape":
+        elif transform is Transform.RESHAPE:
             value = stored.reshape(len(chunk), *dshape)
         if value.dtype != target:
             value = value.to(target)
@@ -324,7 +314,7 @@ def _run_ops(plan: Plan, ops: list, stats: Stats):
                     batch_dst, batch_src, futures, busy = [], [], [], set()
                 view, direct = dst_view(dst)
                 regions = layout.cut(view, op.dst_part)
-                if op.kind == "fill":
+                if op.kind is Kind.FILL:
                     for region in regions:
                         region.fill_(op.value)
                         elements += region.numel()
@@ -346,7 +336,7 @@ def _run_ops(plan: Plan, ops: list, stats: Stats):
                     if direct and n >= PARALLEL_MIN_ELEMENTS:
                         # one pass (copy or transpose + NaN/Inf count) cut into one piece per thread, or
                         # else torch's copy and a sum, a whole tensor per thread
-                        work = fastcopy.pieces(region, stored, transform == "transpose", workers)
+                        work = fastcopy.pieces(region, stored, transform is Transform.TRANSPOSE, workers)
                         way = "torch" if work is None else "kernel"
                         stats.big_copies[way] = stats.big_copies.get(way, 0) + 1
                         if work is not None or workers > 1:
@@ -518,13 +508,13 @@ def _run_imperative(plan: Plan, stats: Stats, saved: list, base_saved: list):
         stats.written[id(pair)] = len(written)
 
 
-def _snapshot(adapter, module) -> list[Saved]:
+def _snapshot(adapter, module) -> list[UndoRecord]:
     """Undo records of every tensor under ``module`` (each object once)."""
-    return [Saved(owner, name, path, t, adapter.torch_view(t).clone(), adapter.version(t))
+    return [UndoRecord(owner, name, path, t, adapter.torch_view(t).clone(), adapter.version(t))
             for owner, path, name, t in _tensors_under(adapter, module)]
 
 
-def _changes(adapter, saved: list[Saved], prefix: str, side: str) -> list[str]:
+def _changes(adapter, saved: list[UndoRecord], prefix: str, side: str) -> list[str]:
     """``"<side> path [shape] -> [shape]"`` for each tensor object replaced on its module, ``"<side> path:
     values changed"`` for each whose values differ from its record."""
     out = []
@@ -548,7 +538,7 @@ def _same_bits(a, b) -> bool:
     return torch.equal(a.contiguous().reshape(-1).view(torch.uint8), b.contiguous().reshape(-1).view(torch.uint8))
 
 
-def _restore(adapter, saved: list[Saved]):
+def _restore(adapter, saved: list[UndoRecord]):
     """Undo, newest record first: put replaced tensor objects back on their modules and write back the values
     of the tensors that changed (only those: an untouched tensor keeps its version)."""
     written = []
@@ -565,7 +555,7 @@ def _restore(adapter, saved: list[Saved]):
 # -- initialisation ops (planned by padiff_lite.init) ----------------------------
 def execute_init(adapter, ops) -> list[str]:
     """Run init ops on one model; on any error every tensor written is restored. Returns "path: rule" lines."""
-    saved: list[Saved] = []
+    saved: list[UndoRecord] = []
     try:
         return run_init(adapter, ops, saved)
     except BaseException:
@@ -576,8 +566,6 @@ def execute_init(adapter, ops) -> list[str]:
 
 def run_init(adapter, ops, saved) -> list[str]:
     """Write each InitOp's values (drawn in torch's layout) and run each CallOp; ``saved`` gets undo records."""
-    from .init import CallOp
-
     done: list[str] = []
     for op in ops:
         if isinstance(op, CallOp):
@@ -586,9 +574,9 @@ def run_init(adapter, ops, saved) -> list[str]:
         t = op.dst.tensor
         with torch.no_grad():
             direct = adapter.torch_view(t)
-            saved.append(Saved(None, "", op.dst.path, t, direct.clone(), adapter.version(t)))
+            saved.append(UndoRecord(None, "", op.dst.path, t, direct.clone(), adapter.version(t)))
             region = direct.t() if op.transpose else direct
-            if op.fill == "constant":
+            if op.fill is Fill.CONSTANT:
                 region.fill_(op.value)
             else:
                 region.copy_(_init_values(op, tuple(region.shape)))
@@ -600,15 +588,15 @@ def run_init(adapter, ops, saved) -> list[str]:
 
 
 def _init_values(op, shape):
-    if op.fill == "values":
+    if op.fill is Fill.VALUES:
         return op.values
     v = torch.empty(shape, dtype=torch.float32)
-    if op.fill == "normal":
+    if op.fill is Fill.NORMAL:
         v.normal_(0.0, op.std)
-    elif op.fill == "xavier_uniform":
+    elif op.fill is Fill.XAVIER_UNIFORM:
         bound = math.sqrt(6.0 / (op.fans[0] + op.fans[1]))
         v.uniform_(-bound, bound)
-    elif op.fill == "orthogonal":
+    elif op.fill is Fill.ORTHOGONAL:
         rows = shape[0] // op.blocks
         for i in range(op.blocks):
             torch.nn.init.orthogonal_(v[i * rows:(i + 1) * rows])
@@ -633,9 +621,7 @@ def _tensors_under(adapter, module):
     return out
 
 
-def _run_call(adapter, op, saved) -> list[str]:
-    from .init import scheme_name
-
+def _run_call(adapter, op: CallOp, saved) -> list[str]:
     before = _snapshot(adapter, op.module)
     saved.extend(before)
     where = f"{op.path or '<root>'} ({type(op.module).__name__})"
@@ -643,12 +629,12 @@ def _run_call(adapter, op, saved) -> list[str]:
         with _no_grad_in(adapter.name):
             op.fn(op.module)
     except Exception as exc:
-        raise InitError(f"{where}: init function {scheme_name(op.fn)} raised {type(exc).__name__}: {exc}; "
+        raise InitError(f"{where}: init function {op.name} raised {type(exc).__name__}: {exc}; "
                         "the model was restored. Fix the function") from exc
     replaced = [f"{op.path + '.' if op.path else ''}{s.path}" for s in before
                 if adapter.get_tensor(s.owner, s.name) is not s.tensor]
     if replaced:
-        raise InitError(f"{where}: init function {scheme_name(op.fn)} replaced tensors instead of writing into "
+        raise InitError(f"{where}: init function {op.name} replaced tensors instead of writing into "
                         f"them ({', '.join(replaced)}); the model was restored. Write in place "
                         "(torch.nn.init.*_ / tensor.copy_, paddle set_value)")
     targets = {id(r.tensor): r.path for r in op.targets}
@@ -657,7 +643,7 @@ def _run_call(adapter, op, saved) -> list[str]:
         if _same_bits(adapter.torch_view(s.tensor), s.clone):
             continue
         if id(s.tensor) in targets:
-            done.append(f"{targets[id(s.tensor)]}: {scheme_name(op.fn)}")
+            done.append(f"{targets[id(s.tensor)]}: {op.name}")
         else:
             adapter.write(s.tensor, s.clone)  # not a tensor to initialise: put it back
         changed.append(s.tensor)

@@ -22,18 +22,19 @@ so with the same ``torch.manual_seed`` a torch model and its paddle twin get the
 Layer kinds are decided by class (its class hierarchy), never by tensor shape. A tensor of a class no
 rule knows (a custom ``nn.Parameter``, say) is left as built and listed in ``InitReport.left``.
 
-Nothing here writes into a model: this module plans :class:`InitOp`/:class:`CallOp` lists and
+Nothing here writes into a model: this module plans :class:`.ops.InitOp`/:class:`.ops.CallOp` lists and
 ``padiff_lite.execute.execute_init`` runs them.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable
 
 from .errors import InitError
+from .execute import execute_init
+from .ops import CallOp, Fill, InitOp
 from .proxy import create_model
-from .tree import ModelTree, Node, TensorRef
+from .tree import ModelTree, Node
 
 SCHEMES = ("bert", "xavier", "orthogonal", "default")
 
@@ -49,32 +50,6 @@ _KINDS = (
 )
 _ONES = {"weight", "scale", "running_var", "_variance"}
 _ZEROS = {"bias", "running_mean", "_mean", "num_batches_tracked"}
-
-
-@dataclass(eq=False)
-class InitOp:
-    """Write one tensor: a constant, or values drawn in torch's layout (``transpose``: raw stores it transposed)."""
-
-    dst: TensorRef
-    rule: str  # for reports, e.g. "normal(0, 0.02)"
-    fill: str  # "constant" | "normal" | "xavier_uniform" | "orthogonal" | "values"
-    value: float = 0.0  # constant
-    std: float = 0.0  # normal
-    fans: tuple[int, int] = (1, 1)  # xavier_uniform (per block)
-    blocks: int = 1  # xavier_uniform / orthogonal: row blocks treated as separate matrices
-    transpose: bool = False
-    zero_rows: tuple[int, ...] = ()
-    values: object = None  # "values": a torch tensor in the raw layout
-
-
-@dataclass(eq=False)
-class CallOp:
-    """Call ``fn(module)``; only ``targets`` may keep what it writes, every other tensor under module is put back."""
-
-    path: str
-    module: object
-    fn: Callable
-    targets: list[TensorRef]
 
 
 @dataclass
@@ -140,9 +115,9 @@ def _gates(module) -> int:
 
 def _matrix_op(ref, scheme, std, shape, transpose, blocks=1) -> InitOp:
     if scheme == "bert":
-        return InitOp(ref, f"normal(0, {std:g})", "normal", std=std, transpose=transpose)
+        return InitOp(ref, f"normal(0, {std:g})", Fill.NORMAL, std=std, transpose=transpose)
     fans = _fans(shape, blocks)
-    return InitOp(ref, f"xavier_uniform(fan_in={fans[0]}, fan_out={fans[1]})", "xavier_uniform", fans=fans,
+    return InitOp(ref, f"xavier_uniform(fan_in={fans[0]}, fan_out={fans[1]})", Fill.XAVIER_UNIFORM, fans=fans,
                   blocks=blocks, transpose=transpose)
 
 
@@ -155,15 +130,15 @@ def _rule_op(adapter, module, name, ref, scheme, std) -> InitOp | str:
     if kind == "norm":
         if name in _ONES or name in _ZEROS:
             value = 1.0 if name in _ONES else 0.0
-            return InitOp(ref, f"constant({value:g})", "constant", value=value)
+            return InitOp(ref, f"constant({value:g})", Fill.CONSTANT, value=value)
     elif name.startswith("bias") or name.endswith("_bias"):
-        return InitOp(ref, "constant(0)", "constant", value=0.0)
+        return InitOp(ref, "constant(0)", Fill.CONSTANT, value=0.0)
     elif name.startswith("weight") or (kind == "attention" and name.endswith("proj_weight")):
         shape = _torch_shape(adapter, module, name, ref)
         transpose = adapter.stored_transposed(module, name)
         if kind == "recurrent" and name.startswith("weight_hh") and scheme == "orthogonal":
             gates = _gates(module)
-            return InitOp(ref, f"orthogonal({gates} gate block{'s' * (gates > 1)})", "orthogonal", blocks=gates)
+            return InitOp(ref, f"orthogonal({gates} gate block{'s' * (gates > 1)})", Fill.ORTHOGONAL, blocks=gates)
         blocks = 3 if name == "in_proj_weight" else 1
         op = _matrix_op(ref, scheme, std, shape, transpose, blocks)
         if kind == "embedding":
@@ -217,7 +192,7 @@ def plan_init(proxy, scheme, std=0.02, only=None) -> InitPlan:
         if not refs:
             continue
         if callable(scheme):
-            plan.ops.append(CallOp(node.path, node.module, scheme, refs))
+            plan.ops.append(CallOp(node.path, node.module, scheme, refs, scheme_name(scheme)))
             continue
         if scheme == "default":
             fresh = adapter.fresh_defaults(node.module, [node.local(r) for r in refs])
@@ -228,7 +203,7 @@ def plan_init(proxy, scheme, std=0.02, only=None) -> InitPlan:
                                      f"{type(node.module).__name__}.{node.local(ref)}")
                 else:
                     plan.ops.append(InitOp(ref, f"{adapter.name} default of {type(node.module).__name__}",
-                                           "values", values=value))
+                                           Fill.VALUES, values=value))
             continue
         for ref in refs:
             op = _rule_op(adapter, node.module, node.local(ref), ref, scheme, std)
@@ -248,8 +223,6 @@ def init_weights(model, scheme="bert", std: float = 0.02) -> InitReport:
     module docstring for the rules. ``std``: the normal's standard deviation for "bert".
     Returns an :class:`InitReport`. On an error the model is left as it was.
     """
-    from .execute import execute_init
-
     proxy = create_model(model)
     plan = plan_init(proxy, scheme, std)
     done = execute_init(proxy.adapter, plan.ops)

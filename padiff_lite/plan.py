@@ -10,32 +10,14 @@ from dataclasses import dataclass, field
 
 from . import layout
 from .errors import PadiffError
-from .layout import Part
+
+from .ops import CopyFacts, Kind, Op, Transform
 from .pairing import LayerPair, Unpaired, pair_models
 from .special_init import init_pool
-from .tree import ModelTree, TensorRef
+from .tree import ModelTree
 
 # torch-only counters with no counterpart anywhere: dropped when met in a default pair
 SOURCE_ONLY = {"num_batches_tracked"}
-
-
-@dataclass(eq=False, slots=True)  # one per tensor
-class Op:
-    kind: str  # "copy" | "fill" | "expect"
-    src: TensorRef | None
-    dst: TensorRef | None
-    pair: LayerPair
-    transform: str = "copy"
-    src_part: Part | None = None  # the piece read / written (layout.Part, axis resolved); None: whole
-    dst_part: Part | None = None
-    value: float | None = None
-    info: tuple | None = None  # (src shape, dst shape, src dtype, dst dtype) of a copy, set by validate
-
-    def describe(self) -> str:
-        s = self.src.path if self.src else f"{self.value}"
-        d = self.dst.path if self.dst else f"== {self.value}"
-        t = "" if self.transform == "copy" else f" ({self.transform})"
-        return f"{s}{self.src_part or ''} -> {d}{self.dst_part or ''}{t}"
 
 
 @dataclass
@@ -56,6 +38,7 @@ class Plan:
     casts: list[str] = field(default_factory=list)
     tied: list[str] = field(default_factory=list)
     tie_conflicts: list[tuple] = field(default_factory=list)  # (kept op, dropped op) writing one tied target
+    facts: dict = field(default_factory=dict)  # id(copy op) -> CopyFacts, set by validate
 
 
 def pair_label(pair: LayerPair) -> str:
@@ -124,7 +107,7 @@ def _plan_default(plan: Plan, pair: LayerPair):
         name = ref.path[b_cut:]
         other = rk.pop(name, None)
         if other is not None:
-            plan.ops.append(Op("copy", ref, other, pair))
+            plan.ops.append(Op(Kind.COPY, ref, other, pair))
         elif name in SOURCE_ONLY or not ref.persistent or ref.alias_of:
             continue
         else:
@@ -208,7 +191,7 @@ def _plan_maps(plan: Plan, pair: LayerPair):
         if src is not None and dst is not None:
             used_b.add(m.src)
             used_r.add(m.dst)
-            ops.append(Op("copy", src, dst, pair, m.transform, src_part, dst_part))
+            ops.append(Op(Kind.COPY, src, dst, pair, Transform(m.transform), src_part, dst_part))
             continue
         if m.src and src is None and m.dst and dst is not None:
             plan.missing.append(dst.path)
@@ -224,9 +207,9 @@ def _plan_maps(plan: Plan, pair: LayerPair):
         used_b.add(m.src)
         used_r.add(m.dst)
         if dst is not None and m.value is not None:
-            plan.ops.append(Op("fill", None, dst, pair, dst_part=dst_part, value=m.value))
+            plan.ops.append(Op(Kind.FILL, None, dst, pair, dst_part=dst_part, value=m.value))
         elif src is not None and m.value is not None:
-            plan.checks.append(Op("expect", src, None, pair, src_part=src_part, value=m.value))
+            plan.checks.append(Op(Kind.EXPECT, src, None, pair, src_part=src_part, value=m.value))
     # a tensor is covered when a rule names it under any of its names (paddle RNN cells alias the
     # top-level weights, and a rule may address either); when the maps name every tensor of a side
     # by its own name (the usual case) nothing there is left over
@@ -369,7 +352,7 @@ def validate(plan: Plan, need_data: bool = True):
             plan.problems.append(f"{pair_label(op.pair)}: part {op.dst_part} does not fit raw {op.dst.path} of shape "
                                  f"{list(dshape)}; fix the rule's Part")
             continue
-        if op.kind == "fill":
+        if op.kind is Kind.FILL:
             continue
         src = op.src.tensor
         sshape = b_shape(src)
@@ -393,7 +376,7 @@ def validate(plan: Plan, need_data: bool = True):
         if got != want:
             plan.problems.append(_shape_problem(pair_label(op.pair), op, sshape, dshape))
         sd, dd = b_dtype(src), r_dtype(dst)
-        op.info = (sshape, dshape, sd, dd)  # the executor groups small copies by it
+        plan.facts[id(op)] = CopyFacts(sshape, dshape, sd, dd)  # the executor groups small copies by it
         if sd != dd:  # the place is formatted only when there is something to say
             _check_dtype(plan, pair_label(op.pair), op, sd, dd)
     if not need_data:  # shapes only (checkpoint conversion): values are checked against the file

@@ -18,9 +18,10 @@ from typing import Callable, NamedTuple
 
 from ..errors import RegistryError
 from ..layout import Part
+from ..ops import Transform
 
 FRAMEWORKS = ("torch", "paddle")
-TRANSFORMS = ("copy", "transpose", "reshape")
+TRANSFORMS = tuple(t.value for t in Transform)
 
 
 class InitKey(NamedTuple):

@@ -30,7 +30,7 @@ def test_default_rule_copies_same_names_and_drops_source_only_counters(pool):
     plan = plan_of(base, raw, pool)
     assert ops(plan) == ["norm.weight -> norm.weight"]
     assert not plan.problems and not plan.missing and not plan.unexpected
-    assert plan.ops[0].info == ((4,), (4,), "float32", "float32")  # what the executor groups copies by
+    assert plan.facts[id(plan.ops[0])] == ((4,), (4,), "float32", "float32")  # what the executor groups copies by
 
 
 def test_missing_and_unexpected_tensors_are_listed_with_a_rename_hint(pool):
