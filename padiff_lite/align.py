@@ -150,7 +150,7 @@ def execution_mapping(base, raw, inputs, pool=None) -> Mapping | None:
     bt = record_calls(base, [a.node.module for a in b_atoms], bargs, bkw)
     rt = record_calls(raw, [a.node.module for a in r_atoms], rargs, rkw)
     bseq, rseq = [b_atoms[i] for i in bt.order], [r_atoms[j] for j in rt.order]
-    from .plan import pair_problems
+    from .validate import pair_problems
 
     fit_cache: dict = {}
 

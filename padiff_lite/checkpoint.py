@@ -24,20 +24,19 @@ from pathlib import Path
 
 import torch
 
-from . import fastcopy, layout
+from . import fastcopy, layout, nonfinite
 from .adapters import adapter_for
 from .atomic import NAME_MAX, AtomicOutput, output_error, terminate_like_interrupt
 from .errors import CheckpointError, FactoryError, TransferError
 from .factories import load_callable
-from .execute import PARALLEL_MIN_ELEMENTS, Stats, count_nonfinite, no_grad
+from .execute import PARALLEL_MIN_ELEMENTS, Stats, no_grad
 from .formats import (INDEX_SUFFIX, Checkpoint, Entry, dtype_name, format_of, open_checkpoint, streams,
                       write_index, writer_for)
-from .mapping import check_tensors
 from .mapping import prepare as prepare_mapping
-from .plan import build_plan, dtype_family, pair_label
+from .plan import build_plan, pair_label
 from .proxy import ProxyModel, create_model
 from .report import TransferReport, build_report
-from .transfer import unpaired_problem
+from .validate import check, dtype_family, unpaired_problem
 from .tree import ModelTree
 
 log = logging.getLogger("padiff_lite.checkpoint")
@@ -188,11 +187,10 @@ def convert_checkpoint(src, dst, base_model, raw_model, strict: bool = True, pro
     raw, raw_built = build_model(raw_model, "raw")
     _check_frameworks(ck, base, dst, out_fmt, raw)
     found = prepare_mapping(mapping, base, raw) if mapping is not None else None
-    plan = build_plan(base, raw, need_data=False, mapping=found)
-    if found is not None:
-        plan.problems += check_tensors(found, plan)
+    plan = build_plan(base, raw, mapping=found)
+    checked = check(plan, need_data=False, strict=False, found=found, mapping_given=found is not None)
     job = _Job(ck, plan, base, raw, strict, base_built, raw_built)
-    job.prepare()
+    job.prepare(checked.problems)
     groups = job.groups()
     files, index = _layout(dst, out_fmt, ck, len(groups))
     stats = Stats()
@@ -258,19 +256,6 @@ def _check_frameworks(ck: Checkpoint, base, dst: Path, out_fmt: str, raw):
                               f"({suffixes[raw.framework]} or .safetensors), or swap --base and --raw")
 
 
-_FLOAT8_NAN = {"float8_e4m3fn": 0x7F, "float8_e5m2": 0x7C, "float8_e4m3fnuz": 0xFF, "float8_e5m2fnuz": 0xFF}
-
-
-def _count_nonfinite(t, path, stats):
-    """NaN/Inf count into ``stats``; float8 by its bit patterns (torch cannot sum float8)."""
-    mask = _FLOAT8_NAN.get(dtype_name(t.dtype))
-    if mask is None:
-        return count_nonfinite(t, path, stats)
-    bits = t.contiguous().view(torch.uint8)
-    bad = int((bits == 0x80).sum()) if mask == 0xFF else int(((bits & mask) == mask).sum())
-    stats.add_nonfinite(path, bad)
-
-
 @dataclass(eq=False)
 class _Unit:
     """What one step writes: one target from planned copies/fills, or every target of an imperative pair."""
@@ -301,9 +286,9 @@ class _Job:
         self.pool = None  # see _pool
 
     # -- checking everything before writing anything ---------------------------
-    def prepare(self):
+    def prepare(self, problems: list):
         plan, ck, ba = self.plan, self.ck, self.base.adapter
-        problems = list(plan.problems)
+        problems = list(problems)
         legacy = []
         absent: dict[str, str] = {}  # base path -> what needs it
         for ref in self._needed():
@@ -481,7 +466,7 @@ class _Job:
                 src = self.ck.get(key, into=self._buf("out", nbytes) if reuse else None)
                 if src.is_contiguous() and src.untyped_storage().nbytes() == src.numel() * src.element_size() \
                         or reuse and src.is_contiguous():
-                    _count_nonfinite(src, entry.key, stats)
+                    stats.add_nonfinite(entry.key, nonfinite.count(src))
                     self._count(stats, src)
                     return {entry.key: src}  # unchanged: written as read, no copy
         if reuse:
@@ -505,7 +490,7 @@ class _Job:
             for region, value in layout.pieces(src, op.src_part, op.transform, out, op.dst_part):
                 region.copy_(value)
                 # scanned where it was written: contiguous, so faster than the (transposed) source view
-                _count_nonfinite(region if region.dtype == value.dtype else value, entry.key, stats)
+                stats.add_nonfinite(entry.key, nonfinite.count(region if region.dtype == value.dtype else value))
         self._count(stats, out)
         return {entry.key: out}
 
@@ -545,7 +530,7 @@ class _Job:
                                     f"{list(entry.shape)}; a special init must write values into the existing tensors "
                                     "(copy_/set_value), not replace them")
             value = ra.torch_view(t).to(entry.dtype, copy=True).contiguous()
-            _count_nonfinite(value, entry.key, stats)
+            stats.add_nonfinite(entry.key, nonfinite.count(value))
             self._count(stats, value)
             out[entry.key] = value
         if self.base_built and ba.name == "torch":

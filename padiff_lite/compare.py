@@ -25,7 +25,9 @@ import numpy as np
 
 from . import layout, output_align
 from .errors import DiffError, DiffInputError, OutputStructureError
+from .ops import Kind, Transform
 from .pairing import pair_models
+from .plan import build_plan
 from .proxy import create_model
 from .special_init import init_pool
 from .stream import BaseFailed, Stash
@@ -516,11 +518,14 @@ def auto_diff(base, raw, inputs, atol: float = 1e-5, rtol: float = 1e-5, auto_in
     from .align import execution_mapping
 
     mapping = execution_mapping(base, raw, inputs)  # layers names leave open, paired by the order they run
-    report = None
+    grad = diff_phase == "both"
+    report = plan = None
+    if auto_init or grad:  # one plan: the transfer runs it, the gradients are mapped by its operations
+        plan = build_plan(base, raw, pool, mapping=mapping)
     if auto_init:
-        from .transfer import assign_weight
+        from .transfer import run_plan
 
-        report = assign_weight(base, raw, mapping=mapping, pool=pool)
+        report = run_plan(plan, found=mapping, mapping_given=mapping is not None, can_run=mapping is None)
     pairing = pair_models(base, raw, init_pool if pool is None else pool, keep_empty=True, mapping=mapping)
     pairs = pairing.matched
     hooked_b, hooked_r, seen = [], [], set()
@@ -534,7 +539,6 @@ def auto_diff(base, raw, inputs, atol: float = 1e-5, rtol: float = 1e-5, auto_in
         hooked_b.append((i, pair.base.module))
         hooked_r.append((i, pair.raw.module))
 
-    grad = diff_phase == "both"
     session = _Session(base, raw, pairs, atol, rtol, interleave and not grad)
     session.hooked = (hooked_b, hooked_r)
     try:
@@ -569,7 +573,7 @@ def auto_diff(base, raw, inputs, atol: float = 1e-5, rtol: float = 1e-5, auto_in
             result.notes.append(f"{len(result.not_comparable)} calls not comparable (outputs of a different form "
                                 f"that cannot be aligned; see result.not_comparable): {shown}")
         if grad:
-            _compare_grads(result, base, raw, pairs, atol, rtol, mapping, pool)
+            _compare_grads(result, plan, atol, rtol)
     finally:
         if grad:
             base.adapter.clear_grads(base.model)
@@ -620,41 +624,41 @@ def _inputs_agree(bnode, rnode, atol, rtol):
 
 
 # -- gradients -------------------------------------------------------------------
-def _to_raw_layout(g, op):
-    """Apply a plan operation's mapping to a base gradient; (array, note)."""
-    notes = []
-    if op.src_part is not None:
-        g = layout.apply_numpy(g, op.src_part)
-        notes.append(f"base part {op.src_part}")
-    if op.transform == "transpose":
-        g = g.T
-        notes.append("transposed")
-    elif op.transform == "reshape":
-        notes.append("reshaped")
-    return g, notes
+def _to_raw_layout(g, op, shape):
+    """A base gradient (numpy) as the op writes it into a raw region of ``shape`` (its part taken, its transform
+    applied: ``layout.value_of``, as the executor does); (array, notes)."""
+    import torch
+
+    value = layout.take(torch.from_numpy(np.ascontiguousarray(g)), op.src_part)
+    if op.transform is Transform.RESHAPE and (shape is None or math.prod(shape) != value.numel()):
+        shape = tuple(value.shape)  # nothing to reshape to: compared as it is (the sizes differ)
+    notes = [f"base part {op.src_part}"] if op.src_part is not None else []
+    notes += {Transform.TRANSPOSE: ["transposed"], Transform.RESHAPE: ["reshaped"]}.get(op.transform, [])
+    return layout.transformed(value, op.transform, shape).numpy(), notes
 
 
-def _compare_grads(result: DiffResult, base, raw, pairs, atol, rtol, mapping=None, pool=None):
-    from .plan import build_plan
-
-    plan = build_plan(base, raw, pool, mapping=mapping)
+def _compare_grads(result: DiffResult, plan, atol, rtol):
+    """Each copy op's base gradient, in the raw layout (the op's part and transform), against the raw one."""
     first_call = {}
     for c in sorted(result.layers + result.not_comparable, key=lambda c: c.order):
         first_call.setdefault((c.base_path, c.raw_path), c.order)
-    ba, ra = base.adapter, raw.adapter
+    ba, ra = plan.base.adapter, plan.raw.adapter
     found = []
     for op in plan.ops:
-        if op.kind != "copy":
+        if op.kind is not Kind.COPY:
             continue
         gb, gr = ba.grad(op.src.tensor), ra.grad(op.dst.tensor)
         if gb is None and gr is None:
             continue
         note = []
+        if gr is not None and op.dst_part is not None:
+            import torch
+
+            gr = layout.take(torch.from_numpy(np.ascontiguousarray(gr)), op.dst_part).numpy()
         mapped = None
         if gb is not None:
-            mapped, note = _to_raw_layout(gb, op)
+            mapped, note = _to_raw_layout(gb, op, None if gr is None else gr.shape)
         if gr is not None and op.dst_part is not None:
-            gr = layout.apply_numpy(gr, op.dst_part)
             note.append(f"raw part {op.dst_part}")
         if gb is None:
             mapped = np.zeros_like(gr)
@@ -662,8 +666,6 @@ def _compare_grads(result: DiffResult, base, raw, pairs, atol, rtol, mapping=Non
         if gr is None:
             gr = np.zeros_like(mapped)
             note.append("no gradient on the raw side")
-        if op.transform == "reshape" and mapped.size == gr.size:
-            mapped = mapped.reshape(gr.shape)
         ma, mr, bad = compare_arrays(mapped, gr, atol, rtol)
         pair = op.pair
         gd = GradDiff(pair.base.path, pair.raw.path, type(pair.base.module).__name__, type(pair.raw.module).__name__,

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import fastcopy, layout
+from . import fastcopy, layout, nonfinite
 from .adapters.torch_adapter import copy_all
 from .errors import InitError, TransferError, TransferInterrupted
 from .interrupts import held_signals
@@ -51,6 +51,13 @@ class Stats:
         if count:
             self.nonfinite[path] = self.nonfinite.get(path, 0) + count
 
+    def add_tensor(self, t, path: str):
+        """Count one written torch tensor ``t`` (values, bytes, NaN/Inf) under ``path``."""
+        self.tensors += 1
+        self.elements += t.numel()
+        self.bytes += t.numel() * t.element_size()
+        self.add_nonfinite(path, nonfinite.count(t))
+
     def add_copies(self, other: "Stats"):
         """Add the counts of a run of the planned copies."""
         self.tensors += other.tensors
@@ -74,8 +81,9 @@ def no_grad(proxy):
     return _no_grad_in(proxy.framework)
 
 
-def execute(plan: Plan, init_ops=()) -> Stats:
+def execute(plan: Plan, init_ops=(), facts=None) -> Stats:
     """Run ``init_ops`` (for tensors the plan leaves alone), the imperative inits, then the planned copies.
+    ``facts``: validation's CopyFacts by id(op) (small copies alike in them are moved as a group).
 
     All or nothing: if an init op or an imperative init fails or is interrupted, every tensor written so
     far is restored (and the base layers the special inits were given); an exception during the copies
@@ -84,14 +92,14 @@ def execute(plan: Plan, init_ops=()) -> Stats:
     adapters = {plan.base.adapter.name: plan.base.adapter, plan.raw.adapter.name: plan.raw.adapter}
     modes = {name: a.grad_mode() for name, a in adapters.items()}
     try:
-        return _execute(plan, init_ops)
+        return _execute(plan, init_ops, facts or {})
     finally:  # an interrupt inside a framework's no_grad() exit must not leave the caller's grad mode off
         for name, a in adapters.items():
             if a.grad_mode() != modes[name]:
                 a.set_grad_mode(modes[name])
 
 
-def _execute(plan: Plan, init_ops=()) -> Stats:
+def _execute(plan: Plan, init_ops, facts: dict) -> Stats:
     stats = Stats()
     saved: list[UndoRecord] = []  # raw tensors the init ops and special inits could write, as they were
     base_saved: list[UndoRecord] = []  # base tensors the special inits could reach, as they were
@@ -100,7 +108,7 @@ def _execute(plan: Plan, init_ops=()) -> Stats:
         stats.initialised = run_init(plan.raw.adapter, init_ops, saved)
         _run_imperative(plan, stats, saved, base_saved)
         inits_done = True
-        faults, outcome = _run_copies_to_the_end(plan, stats)
+        faults, outcome = _run_copies_to_the_end(plan, stats, facts)
     except BaseException as exc:
         if not inits_done:
             with held_signals():
@@ -109,7 +117,7 @@ def _execute(plan: Plan, init_ops=()) -> Stats:
             if isinstance(exc, KeyboardInterrupt):
                 raise TransferInterrupted(_interrupted(plan, exc, False), False) from exc
             raise
-        faults, outcome = _run_copies_to_the_end(plan, stats)  # it arrived between the inits and the copies
+        faults, outcome = _run_copies_to_the_end(plan, stats, facts)  # it arrived between the inits and the copies
         faults.insert(0, exc)
     if outcome == "undone":
         with held_signals():
@@ -153,7 +161,7 @@ def _interrupted(plan: Plan, exc, completed: bool) -> str:
 COPY_ATTEMPTS = 3
 
 
-def _run_copies_to_the_end(plan: Plan, stats: Stats) -> tuple[list, str]:
+def _run_copies_to_the_end(plan: Plan, stats: Stats, facts: dict) -> tuple[list, str]:
     """Run the planned copies so that no fault leaves them half done; returns (exceptions met, outcome).
 
     SIGINT and SIGTERM are held until the last write (:func:`.interrupts.held_signals`). Any other
@@ -176,7 +184,7 @@ def _run_copies_to_the_end(plan: Plan, stats: Stats) -> tuple[list, str]:
         done = False
         try:
             with held_signals():
-                _run_copies(plan, run)
+                _run_copies(plan, run, facts)
                 ra.wrote(dsts)
                 done = True
         except BaseException as exc:  # noqa: B036 - an interrupt is exactly what this is for
@@ -199,11 +207,11 @@ PARALLEL_MIN_ELEMENTS = 1 << 20
 SCAN_BATCH_ELEMENTS = 1 << 20
 
 
-def _run_copies(plan: Plan, stats: Stats):
+def _run_copies(plan: Plan, stats: Stats, facts: dict):
     """Run the plan's copy and fill ops: small plain copies in groups (:func:`_run_group`), the rest
     one by one (:func:`_run_ops`)."""
     dsts = {id(op.dst.tensor) for op in plan.ops}
-    groups, rest = _bulk_groups(plan.ops, dsts, plan.facts)
+    groups, rest = _bulk_groups(plan.ops, dsts, facts)
     _run_ops(plan, rest, stats)
     fallback: list = []
     with torch.no_grad():
@@ -278,7 +286,7 @@ def _run_group(plan: Plan, key, ops: list, stats: Stats, fallback: list):
             continue
         stats.elements += numel * len(chunk)
         stats.bytes += stored.numel() * stored.element_size()
-        if nonfinite_count(stored):  # rare: count per tensor
+        if nonfinite.count(stored):  # rare: count per tensor
             bad = (~torch.isfinite(stored)).reshape(len(chunk), -1).sum(1).tolist()
             for op, n in zip(chunk, bad):
                 stats.add_nonfinite(op.dst.path, n)
@@ -384,28 +392,12 @@ def _run_piece(piece, path):
 def _copy_and_scan(region, value, stored, path):
     with torch.no_grad():
         region.copy_(value)
-    return path, nonfinite_count(stored)
+    return path, nonfinite.count(stored)
 
 
 def _drain(futures, stats: Stats):
     for f in futures:
         stats.add_nonfinite(*f.result())
-
-
-def count_nonfinite(t, path, stats):
-    """Add ``t``'s NaN/Inf count (if any) to ``stats.nonfinite`` under ``path``."""
-    stats.add_nonfinite(path, nonfinite_count(t))
-
-
-def nonfinite_count(t) -> int:
-    """How many NaN/Inf ``t`` holds; a float tensor is read once when it holds none."""
-    if not t.is_floating_point() or t.numel() == 0:
-        return 0
-    # fp16 sums overflow at 65504: accumulate in fp32; bf16 (fp32's exponent range) sums as it is, ~7x faster
-    total = t.sum(dtype=torch.float32) if t.dtype == torch.float16 else t.sum()
-    if math.isfinite(total.item()):  # a finite sum means no NaN/Inf
-        return 0
-    return int((~torch.isfinite(t)).sum())
 
 
 class _FiniteScan:
@@ -424,7 +416,7 @@ class _FiniteScan:
         if not t.is_floating_point():
             return
         if n >= SCAN_BATCH_ELEMENTS:
-            self.stats.add_nonfinite(path, nonfinite_count(t))
+            self.stats.add_nonfinite(path, nonfinite.count(t))
             return
         if t.dim() == 0:
             t = t.reshape(1)
@@ -444,10 +436,10 @@ class _FiniteScan:
 
     def _flush(self, key):
         tensors, paths, n = self.batches.pop(key)
-        if n == 0 or nonfinite_count(torch.cat(tensors)) == 0:
+        if n == 0 or nonfinite.count(torch.cat(tensors)) == 0:
             return
         for t, path in zip(tensors, paths):  # rare: find which tensors hold them
-            self.stats.add_nonfinite(path, nonfinite_count(t))
+            self.stats.add_nonfinite(path, nonfinite.count(t))
 
 
 def _run_imperative(plan: Plan, stats: Stats, saved: list, base_saved: list):
@@ -503,7 +495,7 @@ def _run_imperative(plan: Plan, stats: Stats, saved: list, base_saved: list):
             written.append(ref)
             stats.tensors += 1
             stats.elements += math.prod(ra.shape(ref.tensor))
-            count_nonfinite(ra.torch_view(ref.tensor), ref.path, stats)  # what the init wrote, never hidden
+            stats.add_nonfinite(ref.path, nonfinite.count(ra.torch_view(ref.tensor)))  # what the init wrote, never hidden
         ra.wrote([ref.tensor for ref in written])
         stats.written[id(pair)] = len(written)
 

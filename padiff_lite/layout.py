@@ -170,16 +170,3 @@ def pieces(src, src_part, transform: str, dst, dst_part) -> list[tuple]:
     value = transformed(take(src, src_part), transform, whole)
     sizes = [b - a for a, b in dst_part.blocks]
     return list(zip(regions, value.split(sizes, dst_part.axis)))
-
-
-def apply_numpy(array, part: Part | None):
-    """``part`` of a numpy array (for gradients in ``auto_diff``)."""
-    import numpy as np
-
-    if part is None:
-        return array
-    if part.index is not None:
-        array = array[part.index]
-    if not part.blocks:
-        return array
-    return np.concatenate([np.take(array, range(a, b), axis=part.axis) for a, b in part.blocks], axis=part.axis)

@@ -1,7 +1,8 @@
-"""Planning and validation: turn layer pairs into a list of plain operations, check them all.
+"""Planning: turn layer pairs into a list of plain operations (:mod:`.ops`).
 
-Nothing here writes to a model. ``build_plan`` returns a :class:`Plan` whose ``problems`` say
-everything that is wrong at once; the executor only runs a plan without problems.
+Nothing here writes to a model or reads a value. ``build_plan`` returns a :class:`Plan`; its ``problems`` are
+what planning itself found (a rule that fails, parts that overlap). :mod:`.validate` checks the plan against
+the tensors (shapes, dtypes, data, constants, ties) and the caller's demands (strict, check_finite, a file).
 """
 from __future__ import annotations
 
@@ -10,8 +11,7 @@ from dataclasses import dataclass, field
 
 from . import layout
 from .errors import PadiffError
-
-from .ops import CopyFacts, Kind, Op, Transform
+from .ops import Kind, Op, Transform
 from .pairing import LayerPair, Unpaired, pair_models
 from .special_init import init_pool
 from .tree import ModelTree
@@ -31,14 +31,12 @@ class Plan:
     unpaired: list[Unpaired] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # raw tensors nothing will write
     unexpected: list[str] = field(default_factory=list)  # base tensors nothing will read
-    problems: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # planning's own (validation's: validate.check)
     notes: list[str] = field(default_factory=list)
     hints: list[str] = field(default_factory=list)  # how to fix unpaired tensors (for the strict error)
     caveats: dict = field(default_factory=dict)  # semantics weights cannot fix -> the pairs it applies to
-    casts: list[str] = field(default_factory=list)
     tied: list[str] = field(default_factory=list)
     tie_conflicts: list[tuple] = field(default_factory=list)  # (kept op, dropped op) writing one tied target
-    facts: dict = field(default_factory=dict)  # id(copy op) -> CopyFacts, set by validate
 
 
 def pair_label(pair: LayerPair) -> str:
@@ -48,44 +46,33 @@ def pair_label(pair: LayerPair) -> str:
 
 
 # -- building ------------------------------------------------------------------
-def build_plan(base, raw, pool=None, need_data: bool = True, mapping=None) -> Plan:
-    """Pair and plan ``base`` -> ``raw`` with the rules of ``pool`` (default: the global ``init_pool``), then
-    validate. ``need_data=False``: see :func:`validate`. ``mapping``: a :class:`padiff_lite.mapping.Mapping`
-    (oriented base -> raw) pairing what names leave open."""
+def build_plan(base, raw, pool=None, mapping=None) -> Plan:
+    """Pair and plan ``base`` -> ``raw`` (ProxyModels) with the rules of ``pool`` (default: the global
+    ``init_pool``). ``mapping``: a :class:`padiff_lite.mapping.Mapping` (oriented base -> raw) pairing what
+    names leave open. Not validated: see :func:`padiff_lite.validate.check`."""
     pairing = pair_models(base, raw, init_pool if pool is None else pool, mapping=mapping)
     plan = Plan(base, raw, pairing.pairs, unpaired=pairing.unpaired)
     for u in pairing.unpaired:
         (plan.unexpected if u.side == "base" else plan.missing).extend(u.tensor_paths())
     for pair in pairing.pairs:
-        if pair.entry is None:
-            _plan_default(plan, pair)
-        elif pair.entry.kind == "mapping":
-            _plan_maps(plan, pair)
-        else:
-            plan.imperative.append(pair)
+        plan_pair(plan, pair)
     _dedupe_targets(plan)
     _check_parts(plan)
     plan.notes += [_caveat_note(caveat, pairs) for caveat, pairs in plan.caveats.items()]
     plan.missing = _in_model_order(raw, plan.missing)
     plan.unexpected = _in_model_order(base, plan.unexpected)
-    validate(plan, need_data=need_data)
     return plan
 
 
-def pair_problems(base, raw, pair: LayerPair) -> list[str]:
-    """What would be wrong with transferring this one layer pair (shapes after the rule's transforms, tensors
-    left without a partner on either side, a rule that refuses it); [] when it fits. Reads no values.
-    An imperative special init cannot be checked without running it: it fits."""
-    plan = Plan(base, raw, [pair])
+def plan_pair(plan: Plan, pair: LayerPair):
+    """Add one layer pair's operations to ``plan``: its rule's maps, the default copy by name, or the pair kept
+    aside for its imperative special init."""
     if pair.entry is None:
         _plan_default(plan, pair)
     elif pair.entry.kind == "mapping":
         _plan_maps(plan, pair)
     else:
-        return []
-    validate(plan, need_data=False)
-    return plan.problems + [f"{pair_label(pair)}: base {p} has no partner" for p in plan.unexpected] + \
-        [f"{pair_label(pair)}: raw {p} has no partner" for p in plan.missing]
+        plan.imperative.append(pair)
 
 
 def _in_model_order(proxy, paths: list[str]) -> list[str]:
@@ -310,183 +297,3 @@ def _check_parts(plan: Plan):
             plan.hints.append(f"{pair_label(ops[0].pair)}: raw {ref.path} {list(shape)} is written in parts that cover "
                               f"{done} of its {total} values; the rest would keep its old values: add maps for the "
                               "rest, or fix the rule's Parts")
-
-
-# -- validating ----------------------------------------------------------------
-_FLOATS = {"float16", "bfloat16", "float32", "float64"}
-_WIDTH = {"float16": 16, "bfloat16": 16, "float32": 32, "float64": 64}
-
-
-def dtype_family(dtype: str) -> str:
-    if dtype in _FLOATS or dtype.startswith("float8"):
-        return "float"
-    if dtype.startswith("complex"):
-        return "complex"
-    if dtype == "bool":
-        return "bool"
-    return "int"
-
-
-def validate(plan: Plan, need_data: bool = True):
-    """Fill ``plan.problems`` with everything that would make the transfer wrong.
-
-    ``need_data=False`` checks structure, shapes and dtypes only, for models built without storage
-    (torch's meta device, ``paddle.LazyGuard``): the base tensors need not hold data, and
-    ``plan.checks`` (a base tensor must equal a constant) are left for the caller, who reads the
-    values from elsewhere (``padiff_lite.checkpoint`` reads them from the file).
-    """
-    ba, ra = plan.base.adapter, plan.raw.adapter
-    unreadable: set[int] = set()
-    # this loop runs once per tensor: the adapters' methods are looked up once, not once per call
-    b_shape, r_shape, b_dtype, r_dtype = ba.shape, ra.shape, ba.dtype_name, ra.dtype_name
-    b_readable, r_readable = ba.readable, ra.readable
-    for op in plan.ops:
-        dst = op.dst.tensor
-        if need_data and not r_readable(dst):
-            unreadable.add(id(dst))
-            plan.problems.append(_no_data(pair_label(op.pair), "raw", ra, op.dst))
-            continue
-        dshape = r_shape(dst)
-        want = dshape if op.dst_part is None else layout.region_shape(dshape, op.dst_part)
-        if want is None:
-            plan.problems.append(f"{pair_label(op.pair)}: part {op.dst_part} does not fit raw {op.dst.path} of shape "
-                                 f"{list(dshape)}; fix the rule's Part")
-            continue
-        if op.kind is Kind.FILL:
-            continue
-        src = op.src.tensor
-        sshape = b_shape(src)
-        if need_data and not b_readable(src):
-            unreadable.add(id(src))
-            plan.problems.append(_no_data(pair_label(op.pair), "base", ba, op.src))
-            continue
-        got = sshape if op.src_part is None else layout.region_shape(sshape, op.src_part)
-        if got is None:
-            plan.problems.append(f"{pair_label(op.pair)}: part {op.src_part} does not fit base {op.src.path} of shape "
-                                 f"{list(sshape)}; fix the rule's Part")
-            continue
-        transform = op.transform
-        if transform == "transpose":
-            if len(got) != 2:
-                plan.problems.append(f"{pair_label(op.pair)}: base {op.src.path} is {len(got)}-D, a transpose needs 2-D")
-                continue
-            got = got[::-1]
-        elif transform == "reshape" and math.prod(got) == math.prod(want):
-            got = want
-        if got != want:
-            plan.problems.append(_shape_problem(pair_label(op.pair), op, sshape, dshape))
-        sd, dd = b_dtype(src), r_dtype(dst)
-        plan.facts[id(op)] = CopyFacts(sshape, dshape, sd, dd)  # the executor groups small copies by it
-        if sd != dd:  # the place is formatted only when there is something to say
-            _check_dtype(plan, pair_label(op.pair), op, sd, dd)
-    if not need_data:  # shapes only (checkpoint conversion): values are checked against the file
-        return
-    for pair in plan.imperative:  # a special init reads and writes whole layers: all of them must hold data
-        for side, node, adapter in (("base", pair.base, ba), ("raw", pair.raw, ra)):
-            for ref in node.subtree_tensors().values():
-                if not adapter.readable(ref.tensor):
-                    unreadable.add(id(ref.tensor))
-                    plan.problems.append(_no_data(pair_label(pair), side, adapter, ref))
-    for op in plan.checks:
-        if not ba.readable(op.src.tensor):
-            plan.problems.append(_no_data(pair_label(op.pair), "base", ba, op.src))
-        else:
-            _check_expect(plan, op)
-    for kept, dropped in plan.tie_conflicts:
-        if not {id(kept.src.tensor), id(dropped.src.tensor), id(kept.dst.tensor)} & unreadable:
-            _check_tie(plan, kept, dropped)
-
-
-def _no_data(where, side, adapter, ref) -> str:
-    fix = ("load real weights into the base model (for a meta-device or LazyGuard model: materialise it, "
-           "e.g. to_empty() + load_state_dict, or build it outside LazyGuard)" if side == "base" else
-           "materialise the raw model first (torch: model.to_empty(device='cpu'); paddle: build it outside "
-           "LazyGuard or initialise its parameters)")
-    return f"{where}: {side} {ref.path} holds no data (device {adapter.device(ref.tensor)}); {fix}"
-
-
-def source_value(adapter, op):
-    """The torch tensor an op writes: the source view with its row block and transform applied."""
-    src = layout.take(adapter.torch_view(op.src.tensor), op.src_part)
-    return layout.transformed(src, op.transform, (-1,))
-
-
-def _check_tie(plan, kept, dropped):
-    """A tied raw tensor can hold one value: two different base tensors written into it lose one."""
-    import torch
-
-    ba = plan.base.adapter
-    a, b = source_value(ba, kept), source_value(ba, dropped)
-    if a.numel() == b.numel() and "reshape" in (kept.transform, dropped.transform):
-        a, b = a.reshape(-1), b.reshape(-1)
-    if a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b):
-        return
-    plan.problems.append(
-        f"{pair_label(dropped.pair)}: raw {dropped.dst.path} is tied to {kept.dst.path} (one tensor), but base "
-        f"{kept.src.path} and {dropped.src.path} hold different values, so one of them would be lost; untie "
-        f"{dropped.dst.path} in the raw model, tie the base model the same way, or black-list one of the two"
-    )
-
-
-def _shape_problem(where, op, sshape, dshape) -> str:
-    msg = (f"{where}: shape mismatch: base {op.src.path} {list(sshape)}"
-           f"{'' if op.transform == 'copy' else ' (' + op.transform + ')'} vs raw {op.dst.path} {list(dshape)}")
-    if op.transform == "copy" and len(sshape) == 2 and tuple(sshape[::-1]) == tuple(dshape):
-        return msg + ("; the layouts look transposed: register a rule for this class pair "
-                      "(init_pool.register_maps with Map(..., 'transpose')) - padiff_lite never guesses a transpose")
-    return msg + "; build both models with the same sizes, or pair these layers differently with set_layer_map"
-
-
-def _check_dtype(plan, where, op, sd, dd):
-    fs, fd = dtype_family(sd), dtype_family(dd)
-    if fs != fd:
-        plan.problems.append(f"{where}: base {op.src.path} is {sd} but raw {op.dst.path} is {dd}; "
-                             "a transfer does not change the kind of a tensor: build the raw model with a matching dtype")
-    elif sd != dd and fs == "float":
-        lossless = _WIDTH.get(sd, 0) < _WIDTH.get(dd, 0) or (sd, dd) == ("float16", "float32")
-        if not lossless:
-            _check_range(plan, where, op, sd, dd)
-            plan.casts.append(f"{op.src.path} {sd} -> {op.dst.path} {dd}")
-    elif sd != dd and fs == "int":
-        _check_range(plan, where, op, sd, dd)
-        plan.casts.append(f"{op.src.path} {sd} -> {op.dst.path} {dd}")
-
-
-def _check_range(plan, where, op, sd, dd):
-    """A narrowing cast must not turn finite values into Inf or wrap integers around (only narrowing ops pay this)."""
-    import torch
-
-    target = getattr(torch, dd, None)
-    if target is None:
-        return
-    info = torch.finfo(target) if target.is_floating_point else torch.iinfo(target)
-    if not plan.base.adapter.readable(op.src.tensor):
-        return  # no data to look at (the no-data problem is reported where data is needed)
-    src = source_value(plan.base.adapter, op)
-    if src.numel() == 0:
-        return
-    if src.is_floating_point():
-        src = src[torch.isfinite(src)]  # NaN/Inf are reported as non-finite, not as out of range
-        if src.numel() == 0:
-            return
-    lo, hi = src.min().item(), src.max().item()
-    if lo < info.min or hi > info.max:
-        plan.problems.append(
-            f"{where}: base {op.src.path} ({sd}) holds values in [{lo:g}, {hi:g}], outside the range of raw "
-            f"{op.dst.path} ({dd}, [{info.min:g}, {info.max:g}]); the cast would "
-            f"{'turn them into Inf' if target.is_floating_point else 'wrap them around'}: build the raw model "
-            f"with dtype {sd}, or rescale the weights"
-        )
-
-
-def _check_expect(plan, op):
-    import torch
-
-    view = layout.take(plan.base.adapter.torch_view(op.src.tensor), op.src_part)
-    rows = f" {op.src_part}" if op.src_part is not None else ""
-    if not bool(torch.all(view == op.value)):
-        plan.problems.append(
-            f"{pair_label(op.pair)}: base {op.src.path}{rows} has values other than {op.value}, and the raw layer has no "
-            f"tensor to hold them; give the raw layer that parameter (e.g. affine=True / weight_attr) or reset "
-            f"{op.src.path}{rows} to {op.value}"
-        )

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .ops import Kind
+
 
 @dataclass(slots=True)  # one per layer pair
 class PairRecord:
@@ -84,8 +86,9 @@ class TransferReport:
         return "\n".join(lines)
 
 
-def build_report(plan, stats, seconds: float) -> TransferReport:
-    """The report of an executed plan (``stats``: the executor's Stats); assign_weight and convert_checkpoint use it."""
+def build_report(plan, stats, seconds: float, casts=()) -> TransferReport:
+    """The report of an executed plan (``stats``: the executor's Stats; ``casts``: validation's narrowing casts);
+    assign_weight and convert_checkpoint use it."""
     base, raw = plan.base, plan.raw
     counts: dict[int, int] = {}
     for op in plan.ops:
@@ -105,8 +108,8 @@ def build_report(plan, stats, seconds: float) -> TransferReport:
     return TransferReport(
         base=f"{base.framework}:{base.name}", raw=f"{raw.framework}:{raw.name}", pairs=records,
         tensors=stats.tensors, elements=stats.elements, bytes=stats.bytes, seconds=seconds,
-        missing=list(plan.missing), unexpected=list(plan.unexpected), casts=list(plan.casts),
+        missing=list(plan.missing), unexpected=list(plan.unexpected), casts=list(casts),
         nonfinite=dict(stats.nonfinite), tied=list(plan.tied), notes=list(plan.notes) + list(stats.notes),
         big_copies=dict(stats.big_copies),
-        filled=[op.describe() for op in plan.ops if op.kind == "fill"],
+        filled=[op.describe() for op in plan.ops if op.kind is Kind.FILL],
     )

@@ -6,15 +6,18 @@ import gc
 import logging
 import time
 
-from .errors import InitError, TransferError
-from .execute import nonfinite_count, execute
-from .init import check_scheme, plan_init, scheme_name
+from dataclasses import replace
+
 from .align import execution_mapping
-from .mapping import check_tensors, from_plan
+from .errors import InitError
+from .execute import execute
+from .init import check_scheme, plan_init, scheme_name
+from .mapping import from_plan
 from .mapping import prepare as prepare_mapping
 from .plan import Plan, build_plan
 from .proxy import create_model
 from .report import TransferReport, build_report
+from .validate import check, refuse
 
 log = logging.getLogger("padiff_lite")
 
@@ -41,8 +44,11 @@ def _gc_paused(fn):
 
 @_gc_paused
 def plan_transfer(base, raw, pool=None) -> Plan:
-    """Pair, plan and validate without writing anything; the plan's ``problems`` say what is wrong."""
-    return build_plan(create_model(base), create_model(raw), pool)
+    """Pair, plan and validate without writing anything; the plan's ``problems`` say what is wrong (tensors
+    without a partner are in ``missing``/``unexpected``, not problems)."""
+    base, raw = create_model(base), create_model(raw)
+    plan = build_plan(base, raw, pool)
+    return replace(plan, problems=check(plan, strict=False).problems)
 
 
 @_gc_paused
@@ -54,12 +60,9 @@ def pair_layers(base, raw, example_inputs=None, mapping=None, strict: bool = Tru
     base, raw = create_model(base), create_model(raw)
     found = find_mapping(base, raw, example_inputs, mapping)
     plan = build_plan(base, raw, pool, mapping=found)
-    problems = list(plan.problems) + (check_tensors(found, plan) if mapping is not None else [])
-    if strict and (plan.missing or plan.unexpected):
-        problems = [unpaired_problem(plan, found, can_run=example_inputs is None and mapping is None)] + problems
-    if problems:
-        raise TransferError(f"cannot pair {base.framework}:{base.name} -> {raw.framework}:{raw.name} "
-                            f"({len(problems)} problem{'s' * (len(problems) != 1)}):", problems)
+    checked = check(plan, strict=strict, found=found, mapping_given=mapping is not None,
+                    can_run=example_inputs is None and mapping is None)
+    refuse(f"cannot pair {base.framework}:{base.name} -> {raw.framework}:{raw.name}", checked.problems)
     return from_plan(plan, list(found.notes) if found is not None else [])
 
 
@@ -105,22 +108,25 @@ def assign_weight(base, raw, strict: bool = True, check_finite: bool = False, in
     base, raw = create_model(base), create_model(raw)
     found = find_mapping(base, raw, example_inputs, mapping)
     plan = build_plan(base, raw, pool, mapping=found)
-    problems = list(plan.problems)
-    if mapping is not None:
-        problems += check_tensors(found, plan)
-    if strict and (plan.missing or plan.unexpected):
-        problems = [unpaired_problem(plan, found, can_run=example_inputs is None and mapping is None)] + problems
-    if check_finite:
-        problems += _nonfinite_problems(plan)
-    if problems:
-        raise TransferError(
-            f"cannot transfer {base.framework}:{base.name} -> {raw.framework}:{raw.name}; "
-            f"nothing was written ({len(problems)} problem{'s' * (len(problems) != 1)}):",
-            problems,
-        )
+    return run_plan(plan, strict=strict, check_finite=check_finite, found=found, mapping_given=mapping is not None,
+                    can_run=example_inputs is None and mapping is None, init_unmatched=init_unmatched, std=std,
+                    started=t0)
+
+
+def run_plan(plan: Plan, *, strict: bool = True, check_finite: bool = False, found=None, mapping_given=False,
+             can_run=False, init_unmatched=None, std: float = 0.02, started: float | None = None) -> TransferReport:
+    """Validate -> execute -> report for a built plan (``assign_weight``'s second half; ``auto_diff`` plans once
+    and uses the plan for its gradients too). Arguments as for ``assign_weight``; ``found``: the Mapping the plan
+    was built with."""
+    t0 = time.perf_counter() if started is None else started
+    base, raw = plan.base, plan.raw
+    checked = check(plan, strict=strict, check_finite=check_finite, found=found, mapping_given=mapping_given,
+                    can_run=can_run)
+    refuse(f"cannot transfer {base.framework}:{base.name} -> {raw.framework}:{raw.name}; nothing was written",
+           checked.problems)
     init = plan_init(raw, init_unmatched, std, only=plan.missing) if init_unmatched is not None else None
-    stats = execute(plan, init.ops if init else ())
-    report = build_report(plan, stats, time.perf_counter() - t0)
+    stats = execute(plan, init.ops if init else (), facts=checked.facts)
+    report = build_report(plan, stats, time.perf_counter() - t0, checked.casts)
     notes = list(found.notes) if found is not None else []
     report.notes += notes
     report._mapping = lambda: from_plan(plan, notes)
@@ -131,7 +137,7 @@ def assign_weight(base, raw, strict: bool = True, check_finite: bool = False, in
                             for p in plan.missing if p not in written and not any(x.startswith(p + ": ") for x in init.left)]
         report.notes += [f"left as built: {x}" for x in left]
     log.debug("transferred %d tensors (%d values) %s -> %s in %.3f s",
-             report.tensors, report.elements, report.base, report.raw, report.seconds)
+              report.tensors, report.elements, report.base, report.raw, report.seconds)
     for note in report.notes:
         log.debug("%s", note)
     return report
@@ -148,42 +154,3 @@ def find_mapping(base, raw, example_inputs=None, mapping=None):
     if example_inputs is not None:
         return execution_mapping(base, raw, example_inputs)
     return None
-
-
-def unpaired_problem(plan: Plan, found=None, can_run: bool = False) -> str:
-    lines = []
-    for u in plan.unpaired:
-        lines.append(f"unpaired {u}: {', '.join(u.tensor_paths())}")
-    listed = {p for u in plan.unpaired for p in u.tensor_paths()}
-    rest_m = [p for p in plan.missing if p not in listed]
-    rest_u = [p for p in plan.unexpected if p not in listed]
-    if rest_m:
-        lines.append("raw tensors with no base partner: " + ", ".join(rest_m))
-    if rest_u:
-        lines.append("base tensors with no raw partner: " + ", ".join(rest_u))
-    if found is not None:
-        lines += found.notes
-    fix = ("pair the layers explicitly with set_layer_map, leave them out with update_black_list, "
-           "or pass strict=False to transfer what matches and list the rest")
-    if can_run and {u.side for u in plan.unpaired} == {"base", "raw"}:
-        fix = ("pass example_inputs=<an input both models accept> to pair the layers names leave open by the "
-               "order they run (or mapping=<file> to reuse pairs found before); or " + fix)
-    return "\n    ".join(["structure differs:"] + lines + plan.hints) + "\n    fix: " + fix
-
-
-def _nonfinite_problems(plan: Plan) -> list[str]:
-    """check_finite=True: every base tensor that would be read (planned ops and special-init layers)."""
-    ba = plan.base.adapter
-    refs = {id(op.src.tensor): op.src for op in plan.ops if op.src is not None}
-    for pair in plan.imperative:
-        for ref in pair.base.subtree_tensors().values():
-            refs.setdefault(id(ref.tensor), ref)
-    out = []
-    for ref in refs.values():
-        if not ba.readable(ref.tensor):
-            continue  # already a "holds no data" problem
-        n = nonfinite_count(ba.torch_view(ref.tensor))  # one sum per tensor; counts only when it is not finite
-        if n:
-            out.append(f"base {ref.path} holds {n} NaN/Inf value{'s' * (n != 1)} (check_finite=True); "
-                       "fix the source weights or pass check_finite=False to copy them as they are")
-    return out

@@ -33,13 +33,13 @@ class Injector:
         self.calls = 0
         real = getattr(module, name)
 
-        def traced(plan, stats):
+        def traced(*args, **kwargs):
             self.calls += 1
             if self.calls > 1:
-                return real(plan, stats)
+                return real(*args, **kwargs)
             sys.settrace(self._global)
             try:
-                return real(plan, stats)
+                return real(*args, **kwargs)
             finally:
                 sys.settrace(None)
 

@@ -10,8 +10,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from padiff_lite import CheckpointError, convert_checkpoint
-from padiff_lite.execute import count_nonfinite
-from padiff_lite.execute import Stats
+from padiff_lite import nonfinite
 from padiff_lite.formats import OutputFile, open_checkpoint
 from padiff_lite.models import llama
 
@@ -70,13 +69,20 @@ def test_truncated_safetensors_is_a_checkpoint_error(tmp_path):
 
 def test_bf16_nan_scan_counts_exactly_and_survives_overflowing_sums():
     big = torch.full((1000,), 3e38).to(torch.bfloat16)  # finite values whose sum overflows
-    stats = Stats()
-    count_nonfinite(big, "big", stats)
-    assert stats.nonfinite == {}
+    assert nonfinite.count(big) == 0
     bad = torch.zeros(100, dtype=torch.bfloat16)
     bad[3], bad[50], bad[70] = float("nan"), float("inf"), float("-inf")
-    count_nonfinite(bad, "bad", stats)
-    assert stats.nonfinite == {"bad": 3}
+    assert nonfinite.count(bad) == 3
+
+
+@pytest.mark.parametrize("dtype, nan_bits", [("float8_e4m3fn", 0x7F), ("float8_e5m2", 0x7C),
+                                             ("float8_e4m3fnuz", 0x80), ("float8_e5m2fnuz", 0x80)])
+def test_float8_nan_inf_counted_by_bit_pattern(dtype, nan_bits):
+    t = torch.zeros(64, dtype=getattr(torch, dtype))
+    assert nonfinite.count(t) == 0
+    bits = t.view(torch.uint8)
+    bits[[1, 9, 40]] = nan_bits
+    assert nonfinite.count(t) == 3
 
 
 @pytest.mark.parametrize("out_suffix", [".safetensors", ".pdparams"])
