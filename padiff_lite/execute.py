@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import fastcopy, layout, nonfinite
-from .adapters.torch_adapter import copy_all
+from .fastcopy import copy_all
 from .errors import InitError, TransferError, TransferInterrupted
 from .interrupts import held_signals
 from .ops import CallOp, Fill, Kind, Transform, UndoRecord
@@ -51,12 +51,11 @@ class Stats:
         if count:
             self.nonfinite[path] = self.nonfinite.get(path, 0) + count
 
-    def add_tensor(self, t, path: str):
-        """Count one written torch tensor ``t`` (values, bytes, NaN/Inf) under ``path``."""
+    def add_written(self, t):
+        """Count one whole torch tensor written (checkpoint conversion: one output tensor)."""
         self.tensors += 1
         self.elements += t.numel()
         self.bytes += t.numel() * t.element_size()
-        self.add_nonfinite(path, nonfinite.count(t))
 
     def add_copies(self, other: "Stats"):
         """Add the counts of a run of the planned copies."""
@@ -69,16 +68,9 @@ class Stats:
             self.big_copies[path] = self.big_copies.get(path, 0) + count
 
 
-def _no_grad_in(framework: str):
-    if framework == "paddle":
-        import paddle
-
-        return paddle.no_grad()
-    return torch.no_grad()
-
-
 def no_grad(proxy):
-    return _no_grad_in(proxy.framework)
+    """The framework of ``proxy`` records nothing for autograd inside this context."""
+    return proxy.adapter.no_grad()
 
 
 def execute(plan: Plan, init_ops=(), facts=None) -> Stats:
@@ -464,10 +456,7 @@ def _run_imperative(plan: Plan, stats: Stats, saved: list, base_saved: list):
         except Exception as exc:
             changed = _changes(ba, base_before, pair.base.path, "base")
             also = f"; it had also changed {', '.join(changed)}, which was restored" if changed else ""
-            raise TransferError(
-                f"{pair_label(pair)}: {init} raised {type(exc).__name__}: {exc}; the raw model was restored{also}. "
-                "Fix the special init, or register another with add_special_init(..., override=True)"
-            ) from exc
+            raise special_init_error(pair, exc, f"the raw model was restored{also}") from exc
         changed = _changes(ba, base_before, pair.base.path, "base")
         if changed:
             raise TransferError(
@@ -498,6 +487,13 @@ def _run_imperative(plan: Plan, stats: Stats, saved: list, base_saved: list):
             stats.add_nonfinite(ref.path, nonfinite.count(ra.torch_view(ref.tensor)))  # what the init wrote, never hidden
         ra.wrote([ref.tensor for ref in written])
         stats.written[id(pair)] = len(written)
+
+
+def special_init_error(pair, exc: Exception, outcome: str) -> TransferError:
+    """The error of an imperative special init that raised ``exc``; ``outcome``: what became of the output."""
+    return TransferError(f"{pair_label(pair)}: special init {pair.entry.key} ({pair.entry.origin}) raised "
+                         f"{type(exc).__name__}: {exc}; {outcome}. Fix the special init, or register another with "
+                         "add_special_init(..., override=True)")
 
 
 def _snapshot(adapter, module) -> list[UndoRecord]:
@@ -618,7 +614,7 @@ def _run_call(adapter, op: CallOp, saved) -> list[str]:
     saved.extend(before)
     where = f"{op.path or '<root>'} ({type(op.module).__name__})"
     try:
-        with _no_grad_in(adapter.name):
+        with adapter.no_grad():
             op.fn(op.module)
     except Exception as exc:
         raise InitError(f"{where}: init function {op.name} raised {type(exc).__name__}: {exc}; "

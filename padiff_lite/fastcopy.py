@@ -248,3 +248,26 @@ def copy_counting(dst, src, transposed: bool, pool=None, parts: int = 1) -> int 
         bad = sum(f.result() for f in [pool.submit(p) for p in work])
     mark_written(dst)
     return bad
+
+
+def copy_all(dsts: list, srcs: list):
+    """``dsts[i].copy_(srcs[i])`` for every i (no two ``dsts`` overlap, no ``srcs`` overlaps a ``dsts``).
+
+    ``torch._foreach_copy_`` does them in one call, which saves torch's per-call overhead for small
+    tensors (about a quarter of the copy time of a 16 x 32 transpose here). It is a private API: when
+    it is missing or refuses the batch, the copies run one by one (copying again is harmless, since no
+    source is a destination of the same batch).
+    """
+    if not dsts:
+        return
+    if _foreach_copy is not None:
+        try:
+            _foreach_copy(dsts, srcs)
+            return
+        except (RuntimeError, TypeError, ValueError, NotImplementedError):
+            pass
+    for d, s in zip(dsts, srcs):
+        d.copy_(s)
+
+
+_foreach_copy = getattr(torch, "_foreach_copy_", None)

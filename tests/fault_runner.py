@@ -29,7 +29,7 @@ def at_nth_call(real):
 
 
 if point == "write":
-    checkpoint._Job.compute = at_nth_call(checkpoint._Job.compute)
+    checkpoint.Runner.compute = at_nth_call(checkpoint.Runner.compute)
 elif point == "fsync":
     atomic._fsync_dir = at_nth_call(atomic._fsync_dir)
 elif point == "place":

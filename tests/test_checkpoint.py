@@ -223,7 +223,7 @@ def test_failure_while_writing_leaves_nothing(tmp_path, monkeypatch):
     from padiff_lite import checkpoint
 
     calls = {"n": 0}
-    real = checkpoint._Job.compute
+    real = checkpoint.Runner.compute
 
     def flaky(self, unit, stats, *args):
         calls["n"] += 1
@@ -231,7 +231,7 @@ def test_failure_while_writing_leaves_nothing(tmp_path, monkeypatch):
             raise KeyboardInterrupt  # an interruption, the hardest case
         return real(self, unit, stats, *args)
 
-    monkeypatch.setattr(checkpoint._Job, "compute", flaky)
+    monkeypatch.setattr(checkpoint.Runner, "compute", flaky)
     with pytest.raises(KeyboardInterrupt):
         convert_checkpoint(index, tmp_path / "out" / "model.safetensors", conv_lstm_torch, conv_lstm_paddle)
     assert calls["n"] == 12

@@ -80,7 +80,7 @@ def test_check_weights_reads_safetensors_and_wrapped_state_dicts(tmp_path, capsy
 
 def test_ctrl_c_is_one_line_exit_130_and_leaves_nothing(tmp_path, capsys, monkeypatch):
     save(state_as_torch(trained_conv_lstm("torch"), "torch"), tmp_path / "w.pt")
-    real = checkpoint._Job.compute
+    real = checkpoint.Runner.compute
     calls = []
 
     def interrupted(self, *a):
@@ -89,7 +89,7 @@ def test_ctrl_c_is_one_line_exit_130_and_leaves_nothing(tmp_path, capsys, monkey
             raise KeyboardInterrupt
         return real(self, *a)
 
-    monkeypatch.setattr(checkpoint._Job, "compute", interrupted)
+    monkeypatch.setattr(checkpoint.Runner, "compute", interrupted)
     rc = main(["convert", str(tmp_path / "w.pt"), str(tmp_path / "new" / "o.pdparams"), "--base", T, "--raw", P])
     line = _one_error_line(capsys.readouterr().err)
     assert rc == 130 and "interrupted by SIGINT" in line

@@ -162,12 +162,12 @@ def test_batched_small_copies_same_numbers(monkeypatch, foreach):
     """copy_all (torch._foreach_copy_ or its fallback) writes what copy_ one by one writes:
     transposed sources, casts, a non-contiguous destination."""
     from padiff_lite import execute as ex
-    from padiff_lite.adapters import torch_adapter
+    from padiff_lite import fastcopy
 
     if foreach == "missing":
-        monkeypatch.setattr(torch_adapter, "_foreach_copy", None)
+        monkeypatch.setattr(fastcopy, "_foreach_copy", None)
     elif foreach == "refuses":
-        monkeypatch.setattr(torch_adapter, "_foreach_copy", _refuse)
+        monkeypatch.setattr(fastcopy, "_foreach_copy", _refuse)
     g = torch.Generator().manual_seed(3)
     srcs = [torch.randn(5, 3, generator=g).t(), torch.randn(7, generator=g), torch.randn(4, 4, generator=g),
             torch.randn(6, generator=g, dtype=torch.float64), torch.arange(5, dtype=torch.int32)]
@@ -184,9 +184,9 @@ def test_batched_small_copies_same_numbers(monkeypatch, foreach):
                          ids=DIRECTION_IDS + ["torch->torch", "paddle->paddle"])
 def test_transfer_without_foreach_same_numbers(monkeypatch, src, dst):
     """A whole transfer of small layers gives the same numbers with the one-by-one fallback."""
-    from padiff_lite.adapters import torch_adapter
+    from padiff_lite import fastcopy
 
-    monkeypatch.setattr(torch_adapter, "_foreach_copy", _refuse)
+    monkeypatch.setattr(fastcopy, "_foreach_copy", _refuse)
     a, b = linear_stack(src, [3, 5, 4, 6]), linear_stack(dst, [3, 5, 4, 6])
     assign_weight(a, b)
     assert_linears_equal(a, b, src, dst)

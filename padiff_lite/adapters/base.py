@@ -78,6 +78,15 @@ class MemoryAdapter(Protocol):
     def wrote(self, tensors) -> None:
         """Announce writes made behind the framework's back (raise the tensors' in-place versions)."""
 
+    def no_storage(self) -> Any:
+        """A context in which modules are built without storage (torch's meta device, paddle's LazyGuard)."""
+
+    def materialize(self, module) -> None:
+        """Give every tensor under ``module`` (built by :meth:`no_storage`) real, uninitialised CPU storage."""
+
+    def release(self, module) -> None:
+        """Give the storage of a module :meth:`materialize` filled back (nothing where the framework cannot)."""
+
 
 class RunningAdapter(Protocol):
     """Running a model, for auto_diff and the command line."""
@@ -98,6 +107,9 @@ class RunningAdapter(Protocol):
         """Whether the framework records operations for autograd (this thread)."""
 
     def set_grad_mode(self, enabled: bool) -> None: ...
+
+    def no_grad(self) -> Any:
+        """A context in which the framework records nothing for autograd."""
 
     def add_forward_hook(self, module, fn: Callable) -> Any:
         """Call ``fn(inputs, output)`` after each forward of ``module``; returns a handle with ``remove()``."""

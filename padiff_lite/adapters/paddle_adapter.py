@@ -91,6 +91,24 @@ class PaddleAdapter(Adapter):
 
         return paddle.is_grad_enabled()
 
+    def no_grad(self):
+        import paddle
+
+        return paddle.no_grad()
+
+    def no_storage(self):
+        import paddle
+
+        return paddle.LazyGuard()
+
+    def materialize(self, module):
+        for t in [p for _, p in module.named_parameters()] + [b for _, b in module.named_buffers()]:
+            if not t._is_initialized():
+                t.initialize()
+
+    def release(self, module):
+        pass  # paddle has no storage-less device to move a layer to: the memory goes with the layer
+
     def set_grad_mode(self, enabled: bool):
         import paddle
 

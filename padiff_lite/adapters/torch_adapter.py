@@ -4,37 +4,24 @@ from __future__ import annotations
 import copy
 import sys
 
+import torch
+
+from ..fastcopy import copy_all
 from . import memory
 from .base import Adapter
 
 
-def _torch():
-    import torch
+class _NoInit(torch.overrides.TorchFunctionMode):
+    """torch.nn.init's in-place initialisers as no-ops while a model is built on the meta device: there is
+    nothing to initialise, and on meta tensors they import torch._dynamo (seconds, ~100 MB) the first time.
 
-    return torch
+    A torch function mode: it applies to this thread's calls inside the ``with`` only (torch.nn.init's
+    functions dispatch to an active mode before doing anything), so nothing global is rebound."""
 
-
-def copy_all(dsts: list, srcs: list):
-    """``dsts[i].copy_(srcs[i])`` for every i (no two ``dsts`` overlap, no ``srcs`` overlaps a ``dsts``).
-
-    ``torch._foreach_copy_`` does them in one call, which saves torch's per-call overhead for small
-    tensors (about a quarter of the copy time of a 16 x 32 transpose here). It is a private API: when
-    it is missing or refuses the batch, the copies run one by one (copying again is harmless, since no
-    source is a destination of the same batch).
-    """
-    if not dsts:
-        return
-    if _foreach_copy is not None:
-        try:
-            _foreach_copy(dsts, srcs)
-            return
-        except (RuntimeError, TypeError, ValueError, NotImplementedError):
-            pass
-    for d, s in zip(dsts, srcs):
-        d.copy_(s)
-
-
-_foreach_copy = getattr(_torch(), "_foreach_copy_", None)
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__module__", None) == "torch.nn.init" and getattr(func, "__name__", "").endswith("_"):
+            return args[0] if args else next(iter((kwargs or {}).values()), None)
+        return func(*args, **(kwargs or {}))
 
 
 class TorchAdapter(Adapter):
@@ -74,10 +61,28 @@ class TorchAdapter(Adapter):
     # -- tensors -------------------------------------------------------------
 
     def grad_mode(self) -> bool:
-        return _torch().is_grad_enabled()
+        return torch.is_grad_enabled()
+
+    def no_grad(self):
+        return torch.no_grad()
+
+    def no_storage(self):
+        import contextlib
+
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.device("meta"))
+        stack.enter_context(_NoInit())
+        return stack
+
+    def materialize(self, module):
+        if any(t.is_meta for t in list(module.parameters()) + list(module.buffers())):
+            module.to_empty(device="cpu")
+
+    def release(self, module):
+        module.to("meta")
 
     def set_grad_mode(self, enabled: bool):
-        _torch().set_grad_enabled(enabled)
+        torch.set_grad_enabled(enabled)
     def readable(self, t) -> bool:
         return not t.is_meta
 
@@ -99,7 +104,6 @@ class TorchAdapter(Adapter):
     def gather(self, tensors, shape, dtype: str):
         """A new torch tensor (K, *shape) holding ``tensors`` (``torch.stack``), or None when they cannot be
         stacked (different devices)."""
-        torch = _torch()
         try:
             with torch.no_grad():
                 return torch.stack(tensors)
@@ -109,7 +113,6 @@ class TorchAdapter(Adapter):
     def scatter(self, tensors, values) -> bool:
         """Write ``values[i]`` into ``tensors[i]``: by address in one call (:mod:`.memory`) when all are
         contiguous CPU tensors of ``values``' dtype, else with one batched copy (copy_ casts dtype and device)."""
-        torch = _torch()
         dt = values.dtype
         if values.is_cpu and all(t.is_cpu and t.dtype is dt and t.is_contiguous() for t in tensors):
             if memory.scatter([t.data_ptr() for t in tensors], values.reshape(len(tensors), -1)):
@@ -122,7 +125,7 @@ class TorchAdapter(Adapter):
 
     def write(self, t, value):
         """Write a torch tensor ``value`` (same shape) into ``t`` in place, keeping dtype/device."""
-        with _torch().no_grad():
+        with torch.no_grad():
             t.copy_(value)
 
     def version(self, t) -> int:
@@ -153,7 +156,7 @@ class TorchAdapter(Adapter):
         if reset is None:
             return {}
         clone = copy.deepcopy(module)
-        with _torch().no_grad():
+        with torch.no_grad():
             getattr(clone, reset)()
         own = {n: t for n, t, _, _ in self.own_tensors(clone)}
         return {n: own[n].detach().clone() for n in names if n in own}
@@ -167,12 +170,12 @@ class TorchAdapter(Adapter):
         """A torch tensor holding a numpy array (same dtype)."""
         import numpy as np
 
-        return _torch().from_numpy(np.ascontiguousarray(array))
+        return torch.from_numpy(np.ascontiguousarray(array))
 
     def snapshot(self, t):
         """An independent numpy copy of ``t`` (bfloat16 widened to float32, which numpy lacks)."""
         t = t.detach()
-        if t.dtype == _torch().bfloat16:
+        if t.dtype == torch.bfloat16:
             t = t.float()
         return t.cpu().numpy().copy()
 
@@ -186,7 +189,7 @@ class TorchAdapter(Adapter):
                                             with_kwargs=True)
 
     def forward(self, model, args, kwargs, grad: bool):
-        with _torch().set_grad_enabled(grad):
+        with torch.set_grad_enabled(grad):
             return model(*args, **kwargs)
 
     def backward_sum(self, tensors) -> bool:
@@ -194,7 +197,7 @@ class TorchAdapter(Adapter):
         terms = [t.float().sum() for t in tensors if t.is_floating_point() and t.requires_grad]
         if not terms:
             return False
-        _torch().stack(terms).sum().backward()
+        torch.stack(terms).sum().backward()
         return True
 
     def clear_grads(self, model):
