@@ -5,12 +5,20 @@ build pair -> (optionally warm up BatchNorm) -> check outputs differ -> transfer
 from __future__ import annotations
 
 import numpy as np
+import paddle
+import torch
 
 from padiff_lite import assign_weight
 from padiff_lite.models import run, warm_up
 
 DIRECTIONS = [("torch", "paddle"), ("paddle", "torch")]
 DIRECTION_IDS = ["torch->paddle", "paddle->torch"]
+NN = {"torch": torch.nn, "paddle": paddle.nn}
+
+
+def Base(fw):
+    """The model base class of framework ``fw``: torch.nn.Module or paddle.nn.Layer."""
+    return torch.nn.Module if fw == "torch" else paddle.nn.Layer
 
 
 def max_abs_diff(a_list, b_list) -> float:
@@ -59,3 +67,37 @@ def assert_unchanged(model, snap):
     assert now.keys() == snap.keys()
     for k in snap:
         assert np.array_equal(now[k], snap[k], equal_nan=True), f"{k} was changed"
+
+
+# -- small models shared by several test files --------------------------------------------------------------
+class Head(paddle.nn.Layer):
+    """Paddle head with a torch-layout weight [out, in] (no registered rule: needs a special init)."""
+
+    def __init__(self, i, o):
+        super().__init__()
+        self.weight = self.create_parameter([o, i])
+
+    def forward(self, x):
+        return paddle.matmul(x, self.weight, transpose_y=True)
+
+
+def headed(fw, tie=False):
+    """embed [11, 6] -> mid Linear(6, 6) -> two heads to 11 (torch Linear, paddle ``Head``); ``tie`` ties the
+    torch head to the embedding."""
+
+    class Headed(Base(fw)):
+        def __init__(self):
+            super().__init__()
+            nn = NN[fw]
+            self.embed = nn.Embedding(11, 6)
+            self.mid = nn.Linear(6, 6)
+            self.head = nn.Linear(6, 11, bias=False) if fw == "torch" else Head(6, 11)
+            self.head2 = nn.Linear(6, 11, bias=False) if fw == "torch" else Head(6, 11)
+            if tie:
+                self.head.weight = self.embed.weight
+
+        def forward(self, ids):
+            h = self.mid(self.embed(ids))
+            return self.head(h) + self.head2(h)
+
+    return Headed()
