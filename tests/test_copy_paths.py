@@ -14,15 +14,11 @@ import paddle
 import pytest
 import torch
 
-from helpers import DIRECTION_IDS, DIRECTIONS, inputs_for
+from helpers import DIRECTION_IDS, DIRECTIONS, inputs_for, np_of
 from padiff_lite import assign_weight
 from padiff_lite.adapters import ADAPTERS
 from padiff_lite.execute import PARALLEL_MIN_ELEMENTS
 from padiff_lite.models import run
-
-
-def np_of(t):
-    return t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else t.numpy()
 
 
 def linear_stack(fw, sizes, dtype="float32"):

@@ -4,15 +4,10 @@ import paddle
 import pytest
 import torch
 
-from helpers import DIRECTION_IDS, DIRECTIONS, assert_transfer_equivalent, assert_unchanged, inputs_for, snapshot
+from helpers import (DIRECTION_IDS, DIRECTIONS, NN, Base, assert_transfer_equivalent, assert_unchanged, inputs_for,
+                     snapshot, tied_lm)
 from padiff_lite import TransferError, assign_weight, create_model
 from padiff_lite.models import run
-
-NN = {"torch": torch.nn, "paddle": paddle.nn}
-
-
-def Base(fw):
-    return torch.nn.Module if fw == "torch" else paddle.nn.Layer
 
 
 def two_part(fw, head_first):
@@ -163,26 +158,6 @@ def test_black_list_modes(mode, own_moves, kids_move):
     assign_weight(pa, pb)
     assert torch.equal(a.scale, b.scale) == own_moves
     assert torch.equal(a.inner.weight, b.inner.weight) == kids_move
-
-
-def tied_lm(fw, tie):
-    nn = NN[fw]
-
-    class TiedLM(Base(fw)):
-        def __init__(self):
-            super().__init__()
-            self.embed = nn.Embedding(11, 6)
-            self.decoder = nn.Linear(6, 11, bias=False) if fw == "torch" else nn.Linear(6, 11, bias_attr=False)
-            if tie:
-                if fw == "torch":
-                    self.decoder.weight = self.embed.weight
-                else:
-                    raise ValueError("paddle layouts differ; tie only on torch in this test")
-
-        def forward(self, ids):
-            return self.decoder(self.embed(ids))
-
-    return TiedLM()
 
 
 def test_tied_weights_stay_tied_in_a_same_framework_transfer():

@@ -9,16 +9,8 @@ import paddle
 import pytest
 import torch
 
-from helpers import DIRECTION_IDS, DIRECTIONS, assert_unchanged, headed, snapshot
+from helpers import DIRECTION_IDS, DIRECTIONS, assert_unchanged, headed, snapshot, write
 from padiff_lite import TransferError, add_special_init, assign_weight
-
-
-def _write(layer, value):
-    """Write a numpy array into a torch or paddle layer's weight, as a user's special init would."""
-    if isinstance(layer, torch.nn.Module):
-        layer.weight.copy_(torch.from_numpy(value))
-    else:
-        layer.weight.set_value(value)
 
 
 @pytest.mark.parametrize("src,dst", DIRECTIONS, ids=DIRECTION_IDS)
@@ -28,7 +20,7 @@ def test_second_special_init_raising_restores_what_the_first_wrote(src, dst, sco
 
     def init(module, layer):
         calls.append(layer)
-        _write(layer, np.full([11, 6], 7.0, "float32"))
+        write(layer.weight, np.full([11, 6], 7.0, "float32"))
         if len(calls) == 2:
             raise ValueError("second head: vocab mismatch")
 

@@ -7,33 +7,13 @@ import numpy as np
 import paddle
 import pytest
 
-from helpers import NN, Base, assert_unchanged, snapshot
+from helpers import assert_unchanged, snapshot, tied_lm
 from padiff_lite import TransferError, assign_weight
 from padiff_lite.models import run
 
 
-def lm(fw, tie):
-    nn = NN[fw]
-
-    class LM(Base(fw)):
-        def __init__(self):
-            super().__init__()
-            self.embed = nn.Embedding(11, 6)
-            if fw == "torch":
-                self.decoder = nn.Linear(6, 11, bias=False)
-                if tie:
-                    self.decoder.weight = self.embed.weight
-            else:
-                self.decoder = nn.Linear(6, 11, bias_attr=False)  # [6, 11]: cannot be tied to embed [11, 6]
-
-        def forward(self, ids):
-            return self.decoder(self.embed(ids))
-
-    return LM()
-
-
 def test_tied_torch_base_into_untied_paddle_gives_both_tensors_and_equal_outputs():
-    a, b = lm("torch", True), lm("paddle", False)
+    a, b = tied_lm("torch", True), tied_lm("paddle", False)
     assign_weight(a, b)
     ids = [np.array([[1, 4, 7]])]
     np.testing.assert_allclose(run(a, "torch", ids)[0], run(b, "paddle", ids)[0], atol=1e-6)
@@ -41,7 +21,7 @@ def test_tied_torch_base_into_untied_paddle_gives_both_tensors_and_equal_outputs
 
 
 def test_untied_paddle_base_into_tied_torch_when_the_values_agree():
-    a, b = lm("paddle", False), lm("torch", True)
+    a, b = tied_lm("paddle", False), tied_lm("torch", True)
     a.decoder.weight.set_value(a.embed.weight.numpy().T)
     report = assign_weight(a, b)
     assert b.decoder.weight is b.embed.weight
@@ -52,7 +32,7 @@ def test_untied_paddle_base_into_tied_torch_when_the_values_agree():
 @pytest.mark.parametrize("src", ["paddle", "torch"])
 def test_untied_base_into_tied_raw_with_different_values_is_refused(src):
     """The raw model has room for one tensor; copying would silently drop the base decoder weights."""
-    a, b = lm(src, False), lm("torch", True)
+    a, b = tied_lm(src, False), tied_lm("torch", True)
     snap = snapshot(b)
     with pytest.raises(TransferError) as e:
         assign_weight(a, b)
