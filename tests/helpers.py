@@ -113,6 +113,15 @@ def bits(t):
     return t.view({1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
 
 
+def tensors_to_write(model) -> int:
+    """How many tensors a complete transfer writes into ``model``: every parameter, plus torch's BatchNorm running
+    mean and variance (paddle holds those as parameters; torch's num_batches_tracked has no paddle partner)."""
+    n = len(list(model.parameters()))
+    if isinstance(model, torch.nn.Module):
+        n += sum(1 for name, _ in model.named_buffers() if name.endswith(("running_mean", "running_var")))
+    return n
+
+
 def special_init_key(src, torch_class, paddle_class):
     """The registry key of a special init from ``src``'s class to the other framework's."""
     if src == "torch":

@@ -112,7 +112,7 @@ def test_dtype_changing_copy_fp32_to_fp16_keeps_the_destination_dtype(src, dst, 
     a, b = linear_stack(src, [side, side]), linear_stack(dst, [side, side], dtype="float16")
     report = assign_weight(a, b)
     assert ADAPTERS[dst].dtype_name(b[0].weight) == "float16"
-    assert report.casts  # the narrowing cast is reported
+    assert report.casts == ["0.weight float32 -> 0.weight float16", "0.bias float32 -> 0.bias float16"]
     want = np_of(a[0].weight).astype("float16")
     got = np_of(b[0].weight)
     np.testing.assert_array_equal(got if src == dst else got.T, want)
