@@ -10,7 +10,9 @@ import torch  # noqa: E402
 
 import pytest  # noqa: E402
 
-from padiff_lite import init_pool  # noqa: E402
+from helpers import special_init_key  # noqa: E402
+from padiff_lite import add_special_init, init_pool  # noqa: E402
+from padiff_lite.special_init import InitPool  # noqa: E402
 
 # Nothing-was-written checks: helpers.snapshot / helpers.assert_unchanged (one helper, imported by the tests).
 
@@ -29,6 +31,25 @@ def scoped_pool():
     saved = init_pool.saved()
     yield init_pool
     init_pool.restore(saved)
+
+
+@pytest.fixture
+def register_special_init(scoped_pool):
+    """register_special_init(src, torch_class, paddle_class, fn): ``fn(module, layer)`` becomes the special init
+    from ``src``'s class to the other framework's (a key nothing holds yet); the registry is put back after
+    the test. The init's origin (file:line) stays the test file's: it is where ``fn`` is defined."""
+
+    def register(src, torch_class, paddle_class, fn):
+        key = special_init_key(src, torch_class, paddle_class)
+        assert key not in scoped_pool, f"{key} is already registered"
+        add_special_init(*key, fn)
+
+    return register
+
+
+@pytest.fixture
+def pool():
+    return InitPool()  # a registry of the test's own: the global one is not involved
 
 
 @pytest.fixture(autouse=True)

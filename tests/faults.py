@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 import sys
 
-import numpy as np
-
 import padiff_lite
 from padiff_lite import execute
 
@@ -62,12 +60,6 @@ class Injector:
 
 def _same(a, b) -> bool:
     return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
-
-
-def state(model) -> dict:
-    """Every tensor of a torch or paddle model as numpy, by name."""
-    return {k: np.array(v.detach().cpu().numpy() if hasattr(v, "cpu") else v.numpy(), copy=True)
-            for k, v in model.state_dict().items()}
 
 
 def classify(now: dict, before: dict, after: dict) -> str:

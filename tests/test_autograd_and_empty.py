@@ -12,12 +12,10 @@ import paddle
 import pytest
 import torch
 
-from helpers import DIRECTION_IDS, DIRECTIONS, inputs_for, max_abs_diff
+from helpers import DIRECTION_IDS, DIRECTIONS, NN, Base, inputs_for, max_abs_diff
 from padiff_lite import assign_weight, init_weights
 from padiff_lite.execute import BULK_MIN_GROUP, PARALLEL_MIN_ELEMENTS
 from padiff_lite.models import run
-
-NN = {"torch": torch.nn, "paddle": paddle.nn}
 
 
 def layers(fw):
@@ -69,9 +67,8 @@ def with_empty(fw):
     """Linear(4, 3), then Linear(3, 0) (zero-size weight and bias) and Linear(0, 3) (zero-size weight): the
     output concatenates the first and the last, so it depends on every tensor that holds values."""
     nn = NN[fw]
-    base = torch.nn.Module if fw == "torch" else paddle.nn.Layer
 
-    class WithEmpty(base):
+    class WithEmpty(Base(fw)):
         def __init__(self):
             super().__init__()
             self.fc, self.empty, self.from_empty = nn.Linear(4, 3), nn.Linear(3, 0), nn.Linear(0, 3)

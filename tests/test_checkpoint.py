@@ -9,7 +9,7 @@ import pytest
 import torch
 from ckpt_helpers import (SUFFIX, assert_same_outputs, digest, load, load_into, save, save_sharded,
                           state_as_torch, trained_conv_lstm)
-from helpers import DIRECTION_IDS, DIRECTIONS, max_abs_diff
+from helpers import DIRECTION_IDS, DIRECTIONS, max_abs_diff, tensors_to_write
 
 from padiff_lite import CheckpointError, TransferError, convert_checkpoint
 from padiff_lite.models import (attention_net, conv_lstm, conv_lstm_paddle, conv_lstm_torch, llama, llama_paddle,
@@ -37,7 +37,8 @@ def test_round_trip_every_format_pair(tmp_path, fs, fd, in_fmt, out_fmt):
     before = digest(tmp_path)
     dst = tmp_path / f"out{SUFFIX[out_fmt]}"
     report = convert_checkpoint(src, dst, FACTORY[fs], FACTORY[fd])
-    assert report.outputs == [str(dst)] and report.tensors > 0 and not report.missing and not report.unexpected
+    assert report.outputs == [str(dst)] and report.tensors == tensors_to_write(conv_lstm(fd))
+    assert not report.missing and not report.unexpected
     b = load_into(conv_lstm(fd), fd, load(dst))
     assert_same_outputs(a, fs, b, fd)
     after = digest(tmp_path)

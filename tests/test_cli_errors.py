@@ -10,11 +10,11 @@ import textwrap
 from pathlib import Path
 
 import torch
-from ckpt_helpers import load, save, state_as_torch, trained_conv_lstm
+from ckpt_helpers import assert_same_outputs, load, load_into, save, state_as_torch, trained_conv_lstm
 
 from padiff_lite import checkpoint
 from padiff_lite.cli import main
-from padiff_lite.models import llama
+from padiff_lite.models import conv_lstm, llama
 
 ROOT = Path(__file__).resolve().parents[1]
 T, P = "padiff_lite.models:conv_lstm_torch", "padiff_lite.models:conv_lstm_paddle"
@@ -115,7 +115,8 @@ def test_subprocess_output_is_ours_and_a_planted_module_does_not_run(tmp_path):
         import six  # a real dependency: must be the installed one
         from padiff_lite.models import conv_lstm_torch, conv_lstm_paddle
     """))
-    save(state_as_torch(trained_conv_lstm("torch"), "torch"), tmp_path / "w.pt")
+    a = trained_conv_lstm("torch")
+    save(state_as_torch(a, "torch"), tmp_path / "w.pt")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     r = subprocess.run([sys.executable, "-P", "-c", "import sys; from padiff_lite.cli import main; sys.exit(main())",
                         "convert", "w.pt", "o.pdparams", "--base", "my_models:conv_lstm_torch",
@@ -126,4 +127,5 @@ def test_subprocess_output_is_ours_and_a_planted_module_does_not_run(tmp_path):
     assert "No ccache found" not in r.stderr
     info = [ln for ln in r.stderr.splitlines() if "converted" in ln]
     assert info and info[0].startswith("INFO padiff_lite.checkpoint: converted w.pt -> o.pdparams")
-    assert load(tmp_path / "o.pdparams").keys()
+    b = load_into(conv_lstm("paddle"), "paddle", load(tmp_path / "o.pdparams"))
+    assert_same_outputs(a, "torch", b, "paddle")  # the file holds the converted weights, not just some tensors

@@ -8,45 +8,10 @@ import paddle
 import pytest
 import torch
 
-from helpers import DIRECTION_IDS, DIRECTIONS, inputs_for
+from helpers import DIRECTION_IDS, DIRECTIONS, SEQ_NAME, deep, inputs_for, tensors_to_write
 from padiff_lite import (DiffError, DiffInputError, OutputStructureError, assign_weight, auto_diff, create_model,
                          models)
 from padiff_lite.compare import compare_arrays
-
-SEQ_NAME = {"torch": "layers", "paddle": "stages"}  # the block stack has a different name on each side
-
-
-def deep(framework, act_at=None, functional_at=None, blocks=8):
-    """A residual MLP of ``blocks`` blocks; block ``act_at`` uses GELU instead of ReLU as a module,
-    block ``functional_at`` applies an extra functional tanh between fc1 and fc2 (no module to hook)."""
-    nn = models._nn(framework)
-    fw = torch if framework == "torch" else paddle
-
-    class Block(models._base(framework)):
-        def __init__(self, i):
-            super().__init__()
-            self.fc1 = nn.Linear(16, 16)
-            self.act = nn.GELU() if i == act_at else nn.ReLU()
-            self.fc2 = nn.Linear(16, 16)
-            self.extra = i == functional_at
-
-        def forward(self, x):
-            h = self.act(self.fc1(x))
-            if self.extra:
-                h = fw.tanh(h)
-            return x + self.fc2(h)
-
-    class Deep(models._base(framework)):
-        def __init__(self):
-            super().__init__()
-            setattr(self, SEQ_NAME[framework], nn.Sequential(*[Block(i) for i in range(blocks)]))
-            self.head = nn.Linear(16, 4)
-
-        def forward(self, x):
-            return self.head(getattr(self, SEQ_NAME[framework])(x))
-
-    return Deep().eval()
-
 
 X = inputs_for([(4, 16)])[0]
 
@@ -70,7 +35,7 @@ def test_faithful_port_is_ok(name, src, dst):
     assert result.first_diff is None and result.mismatched == 0
     assert result.max_abs_diff <= 1e-5 and result.total == math.prod(result_shape(result))
     assert len(result.layers) >= 9 and all(ld.ok for ld in result.layers)
-    assert result.transfer is not None and result.transfer.tensors > 0
+    assert result.transfer is not None and result.transfer.tensors == tensors_to_write(b)
     text = str(result)
     assert text.splitlines()[0].endswith(": OK") and ">>" not in text
 

@@ -1,8 +1,9 @@
 """The executor's fast and fallback paths give the same numbers (issue 7).
 
 Fast path: a DLPack/torch view of the destination, written in place; big copies on a thread pool;
-NaN/Inf counted in batches. Fallbacks: a non-contiguous destination, a dtype change. No timing here:
-speed lives in bench/bench_transfer.py.
+NaN/Inf counted in batches. Fallbacks: a non-contiguous destination, a dtype change. Non-contiguous
+sources and destinations on either side give the same outputs. No timing here: speed lives in
+bench/bench_transfer.py.
 """
 from __future__ import annotations
 
@@ -13,14 +14,11 @@ import paddle
 import pytest
 import torch
 
-from helpers import DIRECTION_IDS, DIRECTIONS
+from helpers import DIRECTION_IDS, DIRECTIONS, inputs_for, np_of
 from padiff_lite import assign_weight
 from padiff_lite.adapters import ADAPTERS
 from padiff_lite.execute import PARALLEL_MIN_ELEMENTS
-
-
-def np_of(t):
-    return t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else t.numpy()
+from padiff_lite.models import run
 
 
 def linear_stack(fw, sizes, dtype="float32"):
@@ -114,7 +112,7 @@ def test_dtype_changing_copy_fp32_to_fp16_keeps_the_destination_dtype(src, dst, 
     a, b = linear_stack(src, [side, side]), linear_stack(dst, [side, side], dtype="float16")
     report = assign_weight(a, b)
     assert ADAPTERS[dst].dtype_name(b[0].weight) == "float16"
-    assert report.casts  # the narrowing cast is reported
+    assert report.casts == ["0.weight float32 -> 0.weight float16", "0.bias float32 -> 0.bias float16"]
     want = np_of(a[0].weight).astype("float16")
     got = np_of(b[0].weight)
     np.testing.assert_array_equal(got if src == dst else got.T, want)
@@ -190,3 +188,39 @@ def test_transfer_without_foreach_same_numbers(monkeypatch, src, dst):
     a, b = linear_stack(src, [3, 5, 4, 6]), linear_stack(dst, [3, 5, 4, 6])
     assign_weight(a, b)
     assert_linears_equal(a, b, src, dst)
+
+
+# -- non-contiguous sources and destinations, on either side --------------------------------------------
+
+
+class TorchStrided(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(3, 5)
+        self.fc.weight = torch.nn.Parameter(torch.randn(3, 5).t())  # [5, 3] with strides of a transpose
+        self.register_buffer("table", torch.randn(6, 4)[:, ::2])  # a strided slice
+
+    def forward(self, x):
+        return self.fc(x).sum(-1, keepdim=True) * self.table.sum()
+
+
+class PaddleStrided(paddle.nn.Layer):
+    def __init__(self):
+        super().__init__()
+        self.fc = paddle.nn.Linear(3, 5)
+        self.register_buffer("table", paddle.randn([2, 6]).transpose([1, 0]))
+
+    def forward(self, x):
+        return self.fc(x).sum(-1, keepdim=True) * self.table.sum()
+
+
+@pytest.mark.parametrize("src,dst", DIRECTIONS, ids=DIRECTION_IDS)
+def test_non_contiguous_tensors_on_either_side(src, dst):
+    build = {"torch": TorchStrided, "paddle": PaddleStrided}
+    a, b = build[src](), build[dst]()
+    assert not (a.fc.weight.is_contiguous() if src == "torch" else a.table.is_contiguous())
+    x = inputs_for([(2, 3)])
+    assert np.abs(run(a, src, x)[0] - run(b, dst, x)[0]).max() > 1e-3
+    assign_weight(a, b)
+    np.testing.assert_allclose(run(a, src, x)[0], run(b, dst, x)[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(a.table.numpy()), np.asarray(b.table.numpy()))

@@ -5,22 +5,8 @@ import paddle
 import pytest
 import torch
 
-from helpers import DIRECTION_IDS, DIRECTIONS, assert_unchanged, snapshot
+from helpers import DIRECTION_IDS, DIRECTIONS, as_torch, assert_unchanged, bits, snapshot
 from padiff_lite import TransferError, assign_weight
-
-BITS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-
-
-def as_torch(t):
-    """A torch tensor with ``t``'s memory and dtype (DLPack for paddle: no trip through numpy)."""
-    if isinstance(t, torch.Tensor):
-        return t.detach()
-    return torch.from_dlpack(t.detach().contiguous())
-
-
-def bits(t):
-    t = as_torch(t).contiguous()
-    return t.view(BITS[t.element_size()])
 
 
 class TorchNet(torch.nn.Module):

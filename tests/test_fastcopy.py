@@ -12,7 +12,7 @@ import paddle
 import pytest
 import torch
 
-from helpers import DIRECTION_IDS, DIRECTIONS, inputs_for, max_abs_diff
+from helpers import DIRECTION_IDS, DIRECTIONS, bits, inputs_for, max_abs_diff
 from padiff_lite import assign_weight, fastcopy
 from padiff_lite.execute import PARALLEL_MIN_ELEMENTS
 from padiff_lite.models import run
@@ -37,11 +37,6 @@ def values(shape, dtype, seed=0):
     if dtype.is_floating_point:
         return (torch.randn(shape, generator=g) * 100).to(dtype)
     return torch.randint(-100 if dtype != torch.uint8 else 0, 100, shape, generator=g).to(dtype)
-
-
-def bits(t):
-    """``t``'s bits as integers of the same width (so NaNs compare equal to themselves)."""
-    return t.view({1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
 
 
 def run_pieces(dst, src, transposed, parts):

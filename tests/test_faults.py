@@ -19,9 +19,9 @@ import paddle
 import pytest
 import torch
 
-from faults import Injector, classify, state
-from helpers import DIRECTION_IDS, DIRECTIONS
-from padiff_lite import TransferError, TransferInterrupted, add_special_init, assign_weight, execute, fastcopy, init_pool
+from faults import Injector, classify
+from helpers import DIRECTION_IDS, DIRECTIONS, np_of, snapshot, write
+from padiff_lite import TransferError, TransferInterrupted, assign_weight, execute, fastcopy
 from padiff_lite.models import llama
 
 KERNEL = [True, False]
@@ -59,9 +59,9 @@ def llamas():
         torch.manual_seed(1)
         paddle.seed(1)
         base, raw = build(src), build(dst)
-        before = state(raw)
+        before = snapshot(raw)
         assign_weight(base, raw)
-        after = state(raw)
+        after = snapshot(raw)
         reset(raw, before)
         out[src, dst] = base, raw, before, after
     return out
@@ -109,7 +109,7 @@ def test_a_keyboard_interrupt_anywhere_in_the_copies_leaves_the_complete_transfe
         assert isinstance(e.value, KeyboardInterrupt) and not isinstance(e.value, Exception)
         assert e.value.completed and "the raw model holds the complete transfer" in str(e.value)
         assert isinstance(e.value.__cause__, KeyboardInterrupt) and "injected" in str(e.value)
-        results[k] = classify(state(raw), before, after)
+        results[k] = classify(snapshot(raw), before, after)
         reset(raw, before)
     assert set(results.values()) == {"after"}, results
 
@@ -128,7 +128,7 @@ def test_another_exception_in_the_copies_is_raised_after_they_are_complete(src, 
         finally:
             mp.undo()
         assert any("holds the complete transfer" in note for note in e.value.__notes__)
-        assert classify(state(raw), before, after) == "after"
+        assert classify(snapshot(raw), before, after) == "after"
         reset(raw, before)
     assert "TimeoutError arrived while copying; the copies were run to the end first" in caplog.text
 
@@ -149,7 +149,7 @@ def test_ctrl_c_during_the_copies_is_held_until_the_last_write(src, dst, how, ll
             mp.undo()
         assert injector.calls == 1  # held: the copies were never cut short, so never run again
         assert e.value.completed
-        assert classify(state(raw), before, after) == "after"
+        assert classify(snapshot(raw), before, after) == "after"
         reset(raw, before)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
 
@@ -159,7 +159,7 @@ def test_sigterm_during_the_copies_reaches_its_handler_after_the_last_write(src,
     base, raw, before, after = llamas[src, dst]
     n = count_lines(monkeypatch, base, raw, before)
     seen = []
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(classify(state(raw), before, after)))
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(classify(snapshot(raw), before, after)))
     try:
         Injector(monkeypatch, at=n // 2, action=lambda: signal.raise_signal(signal.SIGTERM))
         assign_weight(base, raw)
@@ -194,7 +194,7 @@ def _timer_runs(base, raw, before, after, fire, runs):
             timer.join()
         except KeyboardInterrupt:  # arrived after the transfer and the sleep
             pass
-        where = classify(state(raw), before, after)
+        where = classify(snapshot(raw), before, after)
         assert where in ("before", "after"), where
         if isinstance(caught, TransferInterrupted):
             assert caught.completed == (where == "after")
@@ -213,9 +213,9 @@ def test_timer_threads_interrupting_whole_transfers_never_leave_a_mix(src, dst, 
     base, raw, before, after = llamas[src, dst]
     _timer_runs(base, raw, before, after, _thread.interrupt_main, 10)
     small_base, small_raw = llama(src, layers=6), llama(dst, layers=6)
-    small_before = state(small_raw)
+    small_before = snapshot(small_raw)
     assign_weight(small_base, small_raw)
-    small_after = state(small_raw)
+    small_after = snapshot(small_raw)
     reset(small_raw, small_before)
     main = threading.get_ident()
     _timer_runs(small_base, small_raw, small_before, small_after, lambda: _send_async(main, KeyboardInterrupt), 10)
@@ -262,53 +262,32 @@ class GainP(paddle.nn.Layer):
         self.g = self.create_parameter([4, 4])
 
 
-def gain_model(fw):
+def gain_model(fw, extra=False):
+    """Linear, Gain (torch) or GainP (paddle), Linear; ``extra`` appends a Linear with no partner."""
     nn = torch.nn if fw == "torch" else paddle.nn
-    return nn.Sequential(nn.Linear(4, 4), Gain() if fw == "torch" else GainP(), nn.Linear(4, 4))
-
-
-def _g(layer):
-    return layer.g.detach().numpy() if isinstance(layer, torch.nn.Module) else layer.g.numpy()
-
-
-def _set_g(layer, value):
-    if isinstance(layer, torch.nn.Module):
-        layer.g.copy_(torch.from_numpy(value))
-    else:
-        layer.g.set_value(value)
+    layers = [nn.Linear(4, 4), Gain() if fw == "torch" else GainP(), nn.Linear(4, 4)]
+    return nn.Sequential(*layers, *([nn.Linear(4, 4)] if extra else []))
 
 
 @pytest.fixture
-def gain_init(pool_keys):
+def gain_init(register_special_init):
     """Registers fn as the special init Gain <-> GainP for the direction given."""
-
-    def register(src, fn):
-        key = ("torch", "Gain", "paddle", "GainP") if src == "torch" else ("paddle", "GainP", "torch", "Gain")
-        pool_keys(key)
-        add_special_init(*key, fn)
-
-    return register
+    return lambda src, fn: register_special_init(src, "Gain", "GainP", fn)
 
 
 @pytest.mark.parametrize("src,dst", DIRECTIONS, ids=DIRECTION_IDS)
 def test_ctrl_c_inside_a_special_init_restores_the_raw_model(src, dst, gain_init):
     def init(module, layer):
-        _set_g(layer, _g(module))
+        write(layer.g, np_of(module.g))
         raise KeyboardInterrupt
 
     gain_init(src, init)
     a, b = gain_model(src), gain_model(dst)
-    before = state(b)
+    before = snapshot(b)
     with pytest.raises(TransferInterrupted) as e:
         assign_weight(a, b)
     assert e.value.completed is False and "the raw model was restored" in str(e.value)
-    assert classify(state(b), before, before) == "before"
-
-
-def partial_pair(fw, extra):
-    nn = torch.nn if fw == "torch" else paddle.nn
-    layers = [nn.Linear(4, 4), Gain() if fw == "torch" else GainP(), nn.Linear(4, 4)]
-    return nn.Sequential(*layers, *([nn.Linear(4, 4)] if extra else []))
+    assert classify(snapshot(b), before, before) == "before"
 
 
 @pytest.mark.parametrize("src,dst", DIRECTIONS, ids=DIRECTION_IDS)
@@ -318,15 +297,15 @@ def test_a_keyboard_interrupt_anywhere_in_the_whole_write_leaves_before_or_after
     from padiff_lite import transfer
 
     def init(module, layer):
-        _set_g(layer, _g(module))
+        write(layer.g, np_of(module.g))
 
     gain_init(src, init)
-    a, b = partial_pair(src, False), partial_pair(dst, True)
-    before = state(b)
+    a, b = gain_model(src), gain_model(dst, extra=True)
+    before = snapshot(b)
     kw = dict(strict=False, init_unmatched="bert")
     torch.manual_seed(5)
     assign_weight(a, b, **kw)
-    after = state(b)
+    after = snapshot(b)
     reset(b, before)
     counter = Injector(monkeypatch, module=transfer, name="execute")
     torch.manual_seed(5)
@@ -343,7 +322,7 @@ def test_a_keyboard_interrupt_anywhere_in_the_whole_write_leaves_before_or_after
                 assign_weight(a, b, **kw)
         finally:
             mp.undo()
-        where = classify(state(b), before, after)
+        where = classify(snapshot(b), before, after)
         assert where in ("before", "after"), (k, where)
         if isinstance(e.value, TransferInterrupted):
             assert e.value.completed == (where == "after"), k
@@ -359,7 +338,7 @@ def test_a_fault_when_a_source_is_also_a_destination_restores_the_snapshot(monke
         shared = nn.Linear(3, 3)
         a = nn.Sequential(nn.Linear(3, 3), shared)
         b = nn.Sequential(shared, nn.Linear(3, 3))
-        before = state(b)
+        before = snapshot(b)
         mp = pytest.MonkeyPatch()
         injector = Injector(mp, at=5, action=raise_(KeyboardInterrupt()))
         try:
@@ -369,7 +348,7 @@ def test_a_fault_when_a_source_is_also_a_destination_restores_the_snapshot(monke
             mp.undo()
         assert injector.fired and injector.calls == 1
         assert e.value.completed is False and "exactly as it was before the transfer" in str(e.value)
-        assert classify(state(b), before, before) == "before"
+        assert classify(snapshot(b), before, before) == "before"
 
 
 def test_copies_that_keep_failing_are_a_transfer_error_saying_the_model_is_partly_written(monkeypatch):
@@ -383,17 +362,3 @@ def test_copies_that_keep_failing_are_a_transfer_error_saying_the_model_is_partl
     with pytest.raises(TransferError, match="the copies failed 3 times .*MemoryError: no memory.*partly written"):
         assign_weight(torch.nn.Linear(2, 2), paddle.nn.Linear(2, 2))
     assert len(calls) == execute.COPY_ATTEMPTS
-
-
-@pytest.fixture
-def pool_keys():
-    saved = {}
-
-    def track(key):
-        saved.setdefault(tuple(key), init_pool[key] if key in init_pool else None)
-
-    yield track
-    for key, entry in saved.items():
-        init_pool.remove(*key)
-        if entry is not None:
-            init_pool._add(entry, override=True)

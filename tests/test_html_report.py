@@ -12,10 +12,10 @@ import subprocess
 import pytest
 
 import hf_families as H
-from helpers import DIRECTION_IDS, DIRECTIONS
+from helpers import DIRECTION_IDS, DIRECTIONS, SEQ_NAME, deep, inputs_for
 from padiff_lite import assign_weight, auto_diff
-from test_compare import SEQ_NAME, X, deep
 
+X = inputs_for([(4, 16)])[0]
 BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(BROWSER is None, reason="chromium is not installed (apt-get install -y chromium; "
                                                         ".ci/run installs it): the HTML page cannot be rendered")

@@ -4,14 +4,12 @@ import paddle
 import pytest
 import torch
 
-from helpers import snapshot
+from helpers import NN, np_of, snapshot, tensors
 from padiff_lite import InitError, init_weights
 from padiff_lite.models import run
 from padiff_lite.models_bert import HEAD_DIM, HIDDEN, PAD, bert_classifier, bert_pretraining, token_ids
-from test_partial import np_of, tensors
 
 FWS = ["torch", "paddle"]
-NN = {"torch": torch.nn, "paddle": paddle.nn}
 
 
 def bert_init(fw, scheme="bert", seed=7, **kw):

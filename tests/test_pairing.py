@@ -4,15 +4,10 @@ import paddle
 import pytest
 import torch
 
-from helpers import DIRECTION_IDS, DIRECTIONS, assert_transfer_equivalent, assert_unchanged, inputs_for, snapshot
+from helpers import (DIRECTION_IDS, DIRECTIONS, NN, Base, assert_transfer_equivalent, assert_unchanged, inputs_for,
+                     snapshot, tied_lm)
 from padiff_lite import TransferError, assign_weight, create_model
 from padiff_lite.models import run
-
-NN = {"torch": torch.nn, "paddle": paddle.nn}
-
-
-def Base(fw):
-    return torch.nn.Module if fw == "torch" else paddle.nn.Layer
 
 
 def two_part(fw, head_first):
@@ -165,26 +160,6 @@ def test_black_list_modes(mode, own_moves, kids_move):
     assert torch.equal(a.inner.weight, b.inner.weight) == kids_move
 
 
-def tied_lm(fw, tie):
-    nn = NN[fw]
-
-    class TiedLM(Base(fw)):
-        def __init__(self):
-            super().__init__()
-            self.embed = nn.Embedding(11, 6)
-            self.decoder = nn.Linear(6, 11, bias=False) if fw == "torch" else nn.Linear(6, 11, bias_attr=False)
-            if tie:
-                if fw == "torch":
-                    self.decoder.weight = self.embed.weight
-                else:
-                    raise ValueError("paddle layouts differ; tie only on torch in this test")
-
-        def forward(self, ids):
-            return self.decoder(self.embed(ids))
-
-    return TiedLM()
-
-
 def test_tied_weights_stay_tied_in_a_same_framework_transfer():
     a, b = tied_lm("torch", True), tied_lm("torch", True)
     with torch.no_grad():
@@ -210,8 +185,9 @@ def test_shape_mismatch_names_both_paths_and_shapes_and_writes_nothing(src, dst)
     with pytest.raises(TransferError) as e:
         assign_weight(a, b)
     msg = str(e.value)
-    assert "1.weight" in msg and "[6, 5]" in msg or "[5, 6]" in msg
-    assert "[5, 7]" in msg or "[7, 5]" in msg
+    base_shape, raw_shape = ("[6, 5]", "[5, 7]") if src == "torch" else ("[5, 6]", "[7, 5]")  # each side's layout
+    assert f"base 1.weight {base_shape} (transpose) vs raw 1.weight {raw_shape}" in msg
+    assert "base 1.bias [6] vs raw 1.bias [7]" in msg
     assert_unchanged(b, snap)
 
 

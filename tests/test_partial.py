@@ -4,7 +4,7 @@ import paddle
 import pytest
 import torch
 
-from helpers import DIRECTION_IDS, DIRECTIONS, assert_unchanged, snapshot
+from helpers import DIRECTION_IDS, DIRECTIONS, NN, Base, assert_unchanged, np_of, snapshot, tensors
 from padiff_lite import InitError, TransferError, assign_weight
 from padiff_lite.models import run
 from padiff_lite.models_bert import (HEAD_DIM, HIDDEN, SEGMENTS, bert_classifier, bert_pretraining, register_rules,
@@ -18,24 +18,6 @@ UNUSED = {  # the base's tensors nobody reads, in state_dict order; the tied MLM
     "paddle": ["bert.pooler.dense.weight", "bert.pooler.dense.bias", "cls.decoder_bias", "cls.transform.weight",
                "cls.transform.bias", "cls.LayerNorm.weight", "cls.LayerNorm.bias"],
 }
-
-
-def np_of(t):
-    return t.detach().numpy() if isinstance(t, torch.Tensor) else t.numpy()
-
-
-def tensors(model):
-    """dotted name -> numpy, in torch's layout (paddle Linear weights transposed back)."""
-    out = {}
-    mods = model.named_modules() if isinstance(model, torch.nn.Module) else model.named_sublayers(include_self=True)
-    for mpath, mod in mods:
-        for name, p in (mod.named_parameters(recurse=False) if isinstance(mod, torch.nn.Module)
-                        else mod.named_parameters(include_sublayers=False)):
-            v = np_of(p)
-            if isinstance(mod, paddle.nn.Linear) and name == "weight":
-                v = v.T
-            out[f"{mpath}.{name}" if mpath else name] = v
-    return out
 
 
 def spoil_new_layers(model):
@@ -147,10 +129,9 @@ def test_default_init_uses_the_frameworks_own_initialisation_for_missing_tensors
 
 def partly_new(fw):
     """A Linear whose weight has a source but whose bias does not (the source Linear has bias=False)."""
-    nn = torch.nn if fw == "torch" else paddle.nn
-    Base = torch.nn.Module if fw == "torch" else paddle.nn.Layer
+    nn = NN[fw]
 
-    class PartlyNew(Base):
+    class PartlyNew(Base(fw)):
         def __init__(self, with_bias, head_first=False):
             super().__init__()
             if head_first:

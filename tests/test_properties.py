@@ -1,6 +1,7 @@
 """Property-based tests: random stacks of supported layers, built in both frameworks.
 
-1. Transferred either way, the two stacks give the same outputs (one layer may carry another name).
+1. Transferred either way, the two stacks give the same outputs (one layer may carry another name); both
+   start from random weights, and their outputs are checked to differ before the transfer.
 2. A random corruption of one side's structure (a layer dropped, a size changed, a parameter added,
    a layer renamed and of another class so order-pairing cannot apply) always raises TransferError
    naming the corrupted layer, and leaves the target bit-identical.
@@ -16,6 +17,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from helpers import max_abs_diff
 from padiff_lite import TransferError, assign_weight
 from padiff_lite.models import run
 
@@ -169,7 +171,10 @@ def test_random_stacks_transfer_with_equal_outputs(configs, way, rename, seed):
         dst_configs[-1]["name"] = "renamed_" + dst_configs[-1]["kind"]
     a, b = build(src, configs), build(dst, dst_configs)
     randomize(a, src, seed)
+    randomize(b, dst, seed + 1)  # random on both sides: the outputs differ until the transfer
     xs = inputs(configs, seed)
+    before = max_abs_diff(run(a, src, xs), run(b, dst, xs))
+    assert before > 1e-3, f"outputs agree before the transfer ({before:.3g}): a no-op transfer would pass\n{configs}"
     report = assign_weight(a, b)
     assert not report.missing and not report.unexpected
     out_a, out_b = run(a, src, xs)[0], run(b, dst, xs)[0]

@@ -1,4 +1,5 @@
-"""The special-init registry: decorator and run-time registration, duplicates, plugins, rollback."""
+"""The special-init registry: decorator and run-time registration, duplicates, overrides, signatures and keys
+refused at registration, plugins, rollback."""
 import numpy as np
 import paddle
 import pytest
@@ -46,7 +47,8 @@ def test_add_special_init_at_run_time_for_a_custom_head(direction, scoped_pool):
     assert np.abs(run(a, src, x)[0] - run(b, dst, x)[0]).max() > 1e-3
     report = assign_weight(a, b)
     np.testing.assert_allclose(run(a, src, x)[0], run(b, dst, x)[0], atol=1e-6)
-    assert any(p.rule.startswith("special init") for p in report.pairs)
+    head = "torch.Linear -> paddle.LMHead" if src == "torch" else "paddle.LMHead -> torch.Linear"
+    assert [p.rule for p in report.pairs] == [f"mapping {src}.Linear -> {dst}.Linear", f"special init {head}"]
 
 
 def test_decorator_registration_and_duplicate_key(scoped_pool):
@@ -59,8 +61,11 @@ def test_decorator_registration_and_duplicate_key(scoped_pool):
         init_pool.register("torch", "Tanh", "paddle", "Tanh")(lambda m, l: None)
     assert "torch.Tanh -> paddle.Tanh" in str(e.value) and "test_registry" in str(e.value)
     assert "override=True" in str(e.value)
-    init_pool.register("torch", "Tanh", "paddle", "Tanh", override=True)(lambda m, l: None)
-    assert init_pool["torch", "Tanh", "paddle", "Tanh"].func is not first
+    def second(module, layer):
+        pass
+
+    init_pool.register("torch", "Tanh", "paddle", "Tanh", override=True)(second)
+    assert init_pool["torch", "Tanh", "paddle", "Tanh"].func is second
 
 
 def test_wrong_signature_is_refused_at_registration():
@@ -191,3 +196,92 @@ def test_bad_arguments():
     b.set_layer_map([b.model[0]])
     with pytest.raises(ValueError, match="layer maps differ in length: Sequential \\(torch\\) has 2"):
         assign_weight(a, b)
+
+
+# -- moved from test_reliability.py: duplicates, overrides, signatures, keys, plugin files ---------------
+
+
+def test_duplicate_mapping_rule_names_the_key_and_where_it_was_registered(scoped_pool):
+    with pytest.raises(RegistryError) as e:
+        init_pool.register_maps("torch", "Linear", "paddle", "Linear")(lambda m, l: [Map("weight", "weight")])
+    msg = str(e.value)
+    assert "torch.Linear -> paddle.Linear is already registered" in msg
+    assert "padiff_lite.special_init.init_linear:" in msg and "override=True" in msg
+    # the reverse key is checked too: registering only it still collides with the built-in inverted rule
+    with pytest.raises(RegistryError, match="paddle.Linear -> torch.Linear is already registered"):
+        init_pool.register("paddle", "Linear", "torch", "Linear")(lambda l, m: None)
+    assert init_pool["torch", "Linear", "paddle", "Linear"].origin.startswith("padiff_lite.special_init.init_linear")
+
+
+class GainT(torch.nn.Module):
+    def __init__(self, g):
+        super().__init__()
+        self.g = torch.nn.Parameter(torch.full([1], g))
+
+
+class GainP(paddle.nn.Layer):
+    def __init__(self, g):
+        super().__init__()
+        self.g = self.create_parameter([1], default_initializer=paddle.nn.initializer.Constant(g))
+
+
+def test_override_replaces_and_is_used(scoped_pool):
+    first, second = [], []
+    add_special_init("torch", "GainT", "paddle", "GainP", lambda m, l: first.append(1))
+    with pytest.raises(RegistryError, match="torch.GainT -> paddle.GainP is already registered"):
+        add_special_init("torch", "GainT", "paddle", "GainP", lambda m, l: second.append(1))
+    add_special_init("torch", "GainT", "paddle", "GainP",
+                     lambda m, l: (second.append(1), l.g.set_value(m.g.detach().numpy())), override=True)
+    a, b = GainT(0.7), GainP(0.1)
+    report = assign_weight(a, b)
+    assert (first, second) == ([], [1]) and b.g.numpy().tolist() == pytest.approx([0.7])
+    assert report.pairs[0].rule == "special init torch.GainT -> paddle.GainP"
+
+
+def test_override_of_a_built_in_rule_is_used_and_can_be_put_back(scoped_pool):
+    with pytest.raises(RegistryError, match="torch.PReLU -> paddle.PReLU is already registered"):
+        add_special_init("torch", "PReLU", "paddle", "PReLU", lambda m, l: None)
+    add_special_init("torch", "PReLU", "paddle", "PReLU",
+                     lambda m, l: l._weight.set_value(m.weight.detach().numpy() * 2), override=True)
+    a, b = torch.nn.PReLU(init=0.7), paddle.nn.PReLU(init=0.1)
+    assign_weight(a, b)
+    assert b._weight.numpy().tolist() == pytest.approx([1.4])
+
+
+@pytest.mark.parametrize("bad,why", [
+    (lambda module, layer, extra: None, "two positional arguments"),
+    (lambda: None, "two positional arguments"),
+    (lambda *, module, layer: None, "two positional arguments"),
+    ("not a function", "must be callable"),
+])
+def test_special_init_with_a_wrong_signature_is_refused(bad, why):
+    with pytest.raises(RegistryError, match=why) as e:
+        add_special_init("torch", "Hardswish", "paddle", "Hardswish", bad)
+    assert "torch.Hardswish -> paddle.Hardswish" in str(e.value)
+    assert ("torch", "Hardswish", "paddle", "Hardswish") not in init_pool
+    with pytest.raises(RegistryError, match=why):
+        init_pool.register_maps("torch", "Hardswish", "paddle", "Hardswish")(bad)
+    assert ("paddle", "Hardswish", "torch", "Hardswish") not in init_pool
+
+
+@pytest.mark.parametrize("bad", [("torch", "", "paddle", "X"), ("torch", torch.nn.Linear, "paddle", "Linear"),
+                                 ("tf", "Dense", "paddle", "Linear")])
+def test_malformed_keys_are_refused(bad):
+    with pytest.raises(RegistryError, match="class names are strings|framework 'tf'"):
+        add_special_init(*bad, lambda m, l: None)
+
+
+def test_plugins_with_a_syntax_error_or_a_duplicate_key_name_their_file(tmp_path):
+    bad = tmp_path / "init_typo.py"
+    bad.write_text("def broken(:\n")
+    with pytest.raises(PluginImportError) as e:
+        load_plugins(tmp_path)
+    assert str(bad) in str(e.value) and "SyntaxError" in str(e.value) and "Fix or remove that file" in str(e.value)
+    bad.unlink()
+    dup = tmp_path / "init_dup.py"
+    dup.write_text("from padiff_lite.special_init import init_pool, Map\n"
+                   "init_pool.register_maps('torch', 'Linear', 'paddle', 'Linear')(lambda m, l: [])\n")
+    with pytest.raises(PluginImportError) as e:
+        load_plugins(tmp_path)
+    assert str(dup) in str(e.value) and "already registered" in str(e.value)
+    assert isinstance(e.value.__cause__, RegistryError)

@@ -8,9 +8,8 @@ import paddle
 import pytest
 import torch
 
-from faults import state
-from helpers import DIRECTION_IDS, DIRECTIONS, assert_unchanged, inputs_for, snapshot
-from padiff_lite import TransferError, add_special_init, assign_weight, init_pool
+from helpers import DIRECTION_IDS, DIRECTIONS, assert_unchanged, inputs_for, np_of, snapshot, write
+from padiff_lite import TransferError, assign_weight
 from padiff_lite.models import run
 
 
@@ -33,16 +32,7 @@ def model(fw):
 
 
 def value(t):
-    return t.detach().numpy().copy() if isinstance(t, torch.Tensor) else t.numpy().copy()
-
-
-def write(t, v):
-    """Write numpy ``v`` into tensor ``t`` as user code does (torch copy_, paddle set_value)."""
-    if isinstance(t, torch.Tensor):
-        with torch.no_grad():
-            t.copy_(torch.from_numpy(v))
-    else:
-        t.set_value(v)
+    return np_of(t).copy()
 
 
 def new_parameter(like):
@@ -54,19 +44,9 @@ def new_parameter(like):
 
 
 @pytest.fixture
-def register():
+def register(register_special_init):
     """register(src, fn): fn(module, layer) becomes the special init of the head pair for that direction."""
-    keys = []
-
-    def add(src, fn):
-        key = ("torch", "Linear", "paddle", "Head") if src == "torch" else ("paddle", "Head", "torch", "Linear")
-        assert key not in init_pool
-        keys.append(key)
-        add_special_init(*key, fn)
-
-    yield add
-    for key in keys:
-        init_pool.remove(*key)
+    return lambda src, fn: register_special_init(src, "Linear", "Head", fn)
 
 
 def copy_head(module, layer):
@@ -203,4 +183,4 @@ def test_what_a_special_init_writes_breaks_older_graphs_as_torch_does(src, dst, 
     assign_weight(a, b)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         y.sum().backward()
-    assert state(b)["2.weight"].shape == (5, 6)
+    assert snapshot(b)["2.weight"].shape == (5, 6)

@@ -6,12 +6,7 @@ from fake import PADDLELIKE, TORCHLIKE, module, tensor
 from padiff_lite.errors import LayerMapError
 from padiff_lite.pairing import pair_models
 from padiff_lite.proxy import create_model
-from padiff_lite.special_init import InitPool, Map
-
-
-@pytest.fixture
-def pool():
-    return InitPool()  # a registry of the test's own: the global one is not involved
+from padiff_lite.special_init import Map
 
 
 def lin(i, o):

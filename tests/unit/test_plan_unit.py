@@ -7,12 +7,7 @@ from fake import PADDLELIKE, TORCHLIKE, module, tensor
 from padiff_lite.layout import Part, features
 from padiff_lite.plan import build_plan, pair_label
 from padiff_lite.proxy import create_model
-from padiff_lite.special_init import InitPool, Map
-
-
-@pytest.fixture
-def pool():
-    return InitPool()
+from padiff_lite.special_init import Map
 
 
 def plan_of(base, raw, pool):
