@@ -44,13 +44,6 @@ def test_every_exception_raised_in_the_package_is_documented():
     assert not [name for name in raised if not re.search(rf"\b{name}\b", DOC)]
 
 
-# tests/test_reliability.py was split by concern; until docs/errors.md links to the new files, a link to it
-# counts when exactly one of these files defines the test. Remove this once the doc no longer names the old file.
-SPLIT = {"test_reliability.py": ("test_special_init_faults.py", "test_registry.py", "test_pairing_errors.py",
-                                 "test_input_checks.py", "test_nonfinite.py", "test_no_data.py", "test_tied.py",
-                                 "test_copy_paths.py", "test_mapping_rules.py")}
-
-
 def _defines(file: str, name: str) -> bool:
     path = ROOT / "tests" / file
     return path.exists() and re.search(rf"^def {name}\(", path.read_text(), re.M) is not None
@@ -61,10 +54,6 @@ def test_every_linked_test_exists():
     assert len(links) >= 30
     bad = []
     for file, name in set(links):
-        if file in SPLIT and not (ROOT / "tests" / file).exists():
-            found = sum(_defines(f, name) for f in SPLIT[file])
-            if found != 1:
-                bad.append(f"{file}::{name} (found in {found} of the files {file} was split into)")
-        elif not _defines(file, name):
+        if not _defines(file, name):
             bad.append(f"{file}::{name}")
     assert not bad, f"docs/errors.md links to tests that do not exist: {bad}"

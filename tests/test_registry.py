@@ -198,7 +198,7 @@ def test_bad_arguments():
         assign_weight(a, b)
 
 
-# -- moved from test_reliability.py: duplicates, overrides, signatures, keys, plugin files ---------------
+# -- duplicates, overrides, signatures, keys, plugin files ----------------------------------------------
 
 
 def test_duplicate_mapping_rule_names_the_key_and_where_it_was_registered(scoped_pool):
