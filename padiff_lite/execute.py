@@ -34,6 +34,26 @@ from .plan import Plan, pair_label
 
 log = logging.getLogger("padiff_lite")
 
+# -- tuning (measured: docs/performance.md) --------------------------------------
+# An interrupted or failed run of the planned copies is run again from the first copy at most this many times.
+COPY_ATTEMPTS = 3
+# Copies of at least this many elements run on a small thread pool, cut into one piece per thread
+# where fastcopy applies (torch's own transposing copy is single-threaded and whole-matrix only).
+PARALLEL_MIN_ELEMENTS = 1 << 20
+# Non-finite scans of smaller tensors are batched: one torch.cat + sum per ~1M values instead of
+# two torch calls per tensor.
+SCAN_BATCH_ELEMENTS = 1 << 20
+# Copies of fewer values than this are grouped with others of the same shapes, dtypes and transform
+# and moved together: one gather of all their sources and one scatter into all their destinations
+# (see adapters' gather/scatter), instead of two views and a copy per tensor.
+BULK_MAX_ELEMENTS = 1 << 16
+# A group smaller than this is not worth it.
+BULK_MIN_GROUP = 8
+# A group is moved in chunks of at most this many values: the gathered sources are a temporary copy.
+BULK_CHUNK_ELEMENTS = 1 << 22
+# Small direct copies not grouped are run this many at a time (fastcopy.copy_all).
+COPY_BATCH = 512
+
 
 @dataclass
 class Stats:
@@ -149,10 +169,6 @@ def _interrupted(plan: Plan, exc, completed: bool) -> str:
     return f"{_transfer(plan)} was interrupted ({type(exc).__name__}: {exc}); {_state(completed)}"
 
 
-# An interrupted or failed run of the planned copies is run again from the first copy at most this many times.
-COPY_ATTEMPTS = 3
-
-
 def _run_copies_to_the_end(plan: Plan, stats: Stats, facts: dict) -> tuple[list, str]:
     """Run the planned copies so that no fault leaves them half done; returns (exceptions met, outcome).
 
@@ -191,14 +207,6 @@ def _run_copies_to_the_end(plan: Plan, stats: Stats, facts: dict) -> tuple[list,
     return faults, "undone"
 
 
-# Copies of at least this many elements run on a small thread pool, cut into one piece per thread
-# where fastcopy applies (torch's own transposing copy is single-threaded and whole-matrix only).
-PARALLEL_MIN_ELEMENTS = 1 << 20
-# Non-finite scans of smaller tensors are batched: one torch.cat + sum per ~1M values instead of
-# two torch calls per tensor.
-SCAN_BATCH_ELEMENTS = 1 << 20
-
-
 def _run_copies(plan: Plan, stats: Stats, facts: dict):
     """Run the plan's copy and fill ops: small plain copies in groups (:func:`_run_group`), the rest
     one by one (:func:`_run_ops`)."""
@@ -211,16 +219,6 @@ def _run_copies(plan: Plan, stats: Stats, facts: dict):
             _run_group(plan, key, ops, stats, fallback)
     _run_ops(plan, fallback, stats)
     stats.tensors += len(dsts)  # row blocks of one tensor count once
-
-
-# Copies of fewer values than this are grouped with others of the same shapes, dtypes and transform
-# and moved together: one gather of all their sources and one scatter into all their destinations
-# (see adapters' gather/scatter), instead of two views and a copy per tensor.
-BULK_MAX_ELEMENTS = 1 << 16
-# A group smaller than this is not worth it.
-BULK_MIN_GROUP = 8
-# A group is moved in chunks of at most this many values: the gathered sources are a temporary copy.
-BULK_CHUNK_ELEMENTS = 1 << 22
 
 
 def _bulk_groups(ops: list, dsts: set, facts: dict):
@@ -285,96 +283,111 @@ def _run_group(plan: Plan, key, ops: list, stats: Stats, fallback: list):
 
 
 def _run_ops(plan: Plan, ops: list, stats: Stats):
-    """Run ``ops`` (copy and fill) in order, each writing straight into the destination's memory.
+    """Run ``ops`` (copy and fill) in order, each writing straight into the destination's memory (:class:`_Copies`)."""
+    if ops:
+        _Copies(plan, stats).run(ops)
+
+
+class _Copies:
+    """One run of copy and fill ops, in order, each writing straight into its destination's memory.
 
     Big direct copies go to a pool of ``torch.get_num_threads()`` threads (torch releases the GIL
     while copying); small direct copies are collected and run together (:func:`copy_all`). An op
     that touches a tensor a pending copy writes waits for it first, so the result is the same as
     running the ops one by one. Every copy's source is scanned for NaN/Inf: big ones in their own
-    thread right after the copy, small ones in batches.
+    thread right after the copy, small ones in batches (:class:`_FiniteScan`).
     """
-    ba, ra = plan.base.adapter, plan.raw.adapter
-    src_view, dst_view, write_back = ba.torch_view, ra.writable_view, ra.write
-    scan = _FiniteScan(stats)
-    workers = max(1, min(torch.get_num_threads(), 8))
-    pool = None
-    futures: list = []
-    batch_dst: list = []  # small direct copies not run yet: destination regions ...
-    batch_src: list = []  # ... and the values they get
-    busy: set[int] = set()  # id() of tensors written by copies not finished yet (pooled or batched)
-    nbytes = elements = 0
-    try:
-        with torch.no_grad():
-            for op in ops:
-                dst = op.dst.tensor
-                src = op.src.tensor if op.src is not None else None
-                if busy and (id(dst) in busy or id(src) in busy):
-                    copy_all(batch_dst, batch_src)
-                    _drain(futures, stats)
-                    batch_dst, batch_src, futures, busy = [], [], [], set()
-                view, direct = dst_view(dst)
-                regions = layout.cut(view, op.dst_part)
-                if op.kind is Kind.FILL:
-                    for region in regions:
-                        region.fill_(op.value)
-                        elements += region.numel()
-                elif len(regions) > 1:  # a value spread over several blocks of its target (fused layouts)
-                    stored = layout.take(src_view(src), op.src_part)
-                    for region, value in layout.pieces(src_view(src), op.src_part, op.transform, view, op.dst_part):
-                        region.copy_(value)
-                        elements += region.numel()
-                    nbytes += stored.numel() * stored.element_size()
-                    scan.add(stored, op.dst.path, stored.numel())
-                else:
-                    region = regions[0]
-                    n = region.numel()
-                    elements += n
-                    stored = layout.take(src_view(src), op.src_part)
-                    transform = op.transform
-                    value = layout.transformed(stored, transform, region.shape)
-                    nbytes += n * stored.element_size()
-                    if direct and n >= PARALLEL_MIN_ELEMENTS:
-                        # one pass (copy or transpose + NaN/Inf count) cut into one piece per thread, or
-                        # else torch's copy and a sum, a whole tensor per thread
-                        work = fastcopy.pieces(region, stored, transform is Transform.TRANSPOSE, workers)
-                        way = "torch" if work is None else "kernel"
-                        stats.big_copies[way] = stats.big_copies.get(way, 0) + 1
-                        if work is not None or workers > 1:
-                            if pool is None:
-                                from concurrent.futures import ThreadPoolExecutor
 
-                                pool = ThreadPoolExecutor(workers, thread_name_prefix="padiff_lite")
-                            if work is None:
-                                futures.append(pool.submit(_copy_and_scan, region, value, stored, op.dst.path))
-                            else:
-                                futures += [pool.submit(_run_piece, piece, op.dst.path) for piece in work]
-                                fastcopy.mark_written(region)
-                            busy.add(id(dst))
-                            continue
-                    scan.add(stored, op.dst.path, n)  # the source as stored: a contiguous read
-                    if direct:
-                        batch_dst.append(region)
-                        batch_src.append(value)
-                        busy.add(id(dst))
-                        if len(batch_dst) >= COPY_BATCH:
-                            copy_all(batch_dst, batch_src)
-                            batch_dst, batch_src = [], []
-                        continue
-                    region.copy_(value)
-                if not direct:
-                    write_back(dst, view)  # the view was a copy (non-contiguous or off-CPU): write it back
-            copy_all(batch_dst, batch_src)
-            _drain(futures, stats)
-            scan.flush()
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True)
-    stats.elements += elements
-    stats.bytes += nbytes
+    def __init__(self, plan: Plan, stats: Stats):
+        self.src_view, self.ra = plan.base.adapter.torch_view, plan.raw.adapter
+        self.stats = stats
+        self.scan = _FiniteScan(stats)
+        self.workers = max(1, min(torch.get_num_threads(), 8))
+        self.pool = None  # made for the first big copy
+        self.futures: list = []  # big copies running in the pool
+        self.batch_dst: list = []  # small direct copies not run yet: destination regions ...
+        self.batch_src: list = []  # ... and the values they get
+        self.busy: set[int] = set()  # id() of tensors written by copies not finished yet (pooled or batched)
 
+    def run(self, ops: list):
+        try:
+            with torch.no_grad():
+                for op in ops:
+                    dst = op.dst.tensor
+                    if self.busy and (id(dst) in self.busy or (op.src is not None and id(op.src.tensor) in self.busy)):
+                        self._settle()
+                    view, direct = self.ra.writable_view(dst)
+                    self._write(op, view, direct)
+                    if not direct:
+                        self.ra.write(dst, view)  # the view was a copy (non-contiguous or off-CPU): write it back
+                self._settle()
+                self.scan.flush()
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(wait=True)
 
-# Small direct copies are run this many at a time.
-COPY_BATCH = 512
+    def _settle(self):
+        """Finish every pending copy (batched and pooled)."""
+        copy_all(self.batch_dst, self.batch_src)
+        _drain(self.futures, self.stats)
+        self.batch_dst, self.batch_src, self.futures, self.busy = [], [], [], set()
+
+    def _write(self, op, view, direct: bool):
+        regions = layout.cut(view, op.dst_part)
+        if op.kind is Kind.FILL:
+            for region in regions:
+                region.fill_(op.value)
+                self.stats.elements += region.numel()
+        elif len(regions) > 1:  # a value spread over several blocks of its target (fused layouts)
+            stored = layout.take(self.src_view(op.src.tensor), op.src_part)
+            for region, value in layout.pieces(self.src_view(op.src.tensor), op.src_part, op.transform, view,
+                                               op.dst_part):
+                region.copy_(value)
+                self.stats.elements += region.numel()
+            self.stats.bytes += stored.numel() * stored.element_size()
+            self.scan.add(stored, op.dst.path, stored.numel())
+        else:
+            self._copy(op, regions[0], direct)
+
+    def _copy(self, op, region, direct: bool):
+        """One source part into one destination region: big ones to the pool, small direct ones batched."""
+        n = region.numel()
+        stored = layout.take(self.src_view(op.src.tensor), op.src_part)
+        value = layout.transformed(stored, op.transform, region.shape)
+        self.stats.elements += n
+        self.stats.bytes += n * stored.element_size()
+        if direct and n >= PARALLEL_MIN_ELEMENTS and self._big(op, region, stored, value):
+            return
+        self.scan.add(stored, op.dst.path, n)  # the source as stored: a contiguous read
+        if not direct:
+            region.copy_(value)
+            return
+        self.batch_dst.append(region)
+        self.batch_src.append(value)
+        self.busy.add(id(op.dst.tensor))
+        if len(self.batch_dst) >= COPY_BATCH:
+            copy_all(self.batch_dst, self.batch_src)
+            self.batch_dst, self.batch_src = [], []
+
+    def _big(self, op, region, stored, value) -> bool:
+        """A big copy: one pass (copy or transpose + NaN/Inf count) cut into one piece per thread, or else
+        torch's copy and a sum, a whole tensor per thread. False: run it here (one thread, torch's copy)."""
+        work = fastcopy.pieces(region, stored, op.transform is Transform.TRANSPOSE, self.workers)
+        way = "torch" if work is None else "kernel"
+        self.stats.big_copies[way] = self.stats.big_copies.get(way, 0) + 1
+        if work is None and self.workers == 1:
+            return False
+        if self.pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="padiff_lite")
+        if work is None:
+            self.futures.append(self.pool.submit(_copy_and_scan, region, value, stored, op.dst.path))
+        else:
+            self.futures += [self.pool.submit(_run_piece, piece, op.dst.path) for piece in work]
+            fastcopy.mark_written(region)
+        self.busy.add(id(op.dst.tensor))
+        return True
 
 
 def _run_piece(piece, path):
