@@ -31,7 +31,7 @@ from .errors import CheckpointError, TransferError
 from .execute import PARALLEL_MIN_ELEMENTS, Stats, no_grad, special_init_error
 from .formats import INDEX_SUFFIX, Checkpoint, format_of, open_checkpoint, streams, write_index, writer_for
 from .mapping import prepare as prepare_mapping
-from .ops import Kind, Transform
+from .ops import AS_IS, FILL, TRANSPOSE
 from .plan import build_plan, pair_label
 from .report import TransferReport, build_report
 from .validate import check
@@ -217,7 +217,7 @@ class Runner:
         entry = unit.entries[0]
         ops = unit.ops
         size = nbytes(entry.shape, entry.dtype)
-        if len(ops) == 1 and ops[0].whole and ops[0].transform is Transform.COPY:
+        if len(ops) == 1 and ops[0].whole and ops[0].transform is AS_IS:
             key = self.fp.key[id(ops[0].src.tensor)]
             info = self.ck.infos[key]
             if info.dtype == entry.dtype and tuple(info.shape) == entry.shape:
@@ -233,14 +233,14 @@ class Runner:
             out = torch.empty(entry.shape, dtype=entry.dtype)
         for op in ops:
             regions = layout.cut(out, op.dst_part)
-            if op.kind is Kind.FILL:
+            if op.kind is FILL:
                 for region in regions:
                     region.fill_(op.value)
                 continue
             key = self.fp.key[id(op.src.tensor)]
             src = self.ck.get(key, into=self._buf("in", self.ck.infos[key].nbytes))  # used up within this op
             if len(regions) == 1 and regions[0].numel() >= PARALLEL_MIN_ELEMENTS:  # big: one pass, copy and count
-                bad = fastcopy.copy_counting(regions[0], layout.take(src, op.src_part), op.transform is Transform.TRANSPOSE,
+                bad = fastcopy.copy_counting(regions[0], layout.take(src, op.src_part), op.transform is TRANSPOSE,
                                              self._pool(), self.workers)
                 if bad is not None:
                     stats.add_nonfinite(entry.key, bad)

@@ -25,7 +25,7 @@ import numpy as np
 
 from . import layout, output_align
 from .errors import DiffError, DiffInputError, OutputStructureError
-from .ops import Kind, Transform
+from .ops import COPY, RESHAPE, TRANSPOSE
 from .pairing import pair_models
 from .plan import build_plan
 from .proxy import create_model
@@ -630,10 +630,10 @@ def _to_raw_layout(g, op, shape):
     import torch
 
     value = layout.take(torch.from_numpy(np.ascontiguousarray(g)), op.src_part)
-    if op.transform is Transform.RESHAPE and (shape is None or math.prod(shape) != value.numel()):
+    if op.transform is RESHAPE and (shape is None or math.prod(shape) != value.numel()):
         shape = tuple(value.shape)  # nothing to reshape to: compared as it is (the sizes differ)
     notes = [f"base part {op.src_part}"] if op.src_part is not None else []
-    notes += {Transform.TRANSPOSE: ["transposed"], Transform.RESHAPE: ["reshaped"]}.get(op.transform, [])
+    notes += {TRANSPOSE: ["transposed"], RESHAPE: ["reshaped"]}.get(op.transform, [])
     return layout.transformed(value, op.transform, shape).numpy(), notes
 
 
@@ -645,7 +645,7 @@ def _compare_grads(result: DiffResult, plan, atol, rtol):
     ba, ra = plan.base.adapter, plan.raw.adapter
     found = []
     for op in plan.ops:
-        if op.kind is not Kind.COPY:
+        if op.kind is not COPY:
             continue
         gb, gr = ba.grad(op.src.tensor), ra.grad(op.dst.tensor)
         if gb is None and gr is None:

@@ -29,7 +29,7 @@ from . import fastcopy, layout, nonfinite
 from .fastcopy import copy_all
 from .errors import InitError, TransferError, TransferInterrupted
 from .interrupts import held_signals
-from .ops import CallOp, Fill, Kind, Transform, UndoRecord
+from .ops import FILL, RESHAPE, TRANSPOSE, CallOp, Fill, UndoRecord
 from .plan import Plan, pair_label
 
 log = logging.getLogger("padiff_lite")
@@ -265,9 +265,9 @@ def _run_group(plan: Plan, key, ops: list, stats: Stats, fallback: list):
             fallback += chunk
             continue
         value = stored
-        if transform is Transform.TRANSPOSE:  # one batched transpose: the writes below then read contiguous memory
+        if transform is TRANSPOSE:  # one batched transpose: the writes below then read contiguous memory
             value = stored.transpose(1, 2).contiguous()
-        elif transform is Transform.RESHAPE:
+        elif transform is RESHAPE:
             value = stored.reshape(len(chunk), *dshape)
         if value.dtype != target:
             value = value.to(target)
@@ -334,7 +334,7 @@ class _Copies:
 
     def _write(self, op, view, direct: bool):
         regions = layout.cut(view, op.dst_part)
-        if op.kind is Kind.FILL:
+        if op.kind is FILL:
             for region in regions:
                 region.fill_(op.value)
                 self.stats.elements += region.numel()
@@ -372,7 +372,7 @@ class _Copies:
     def _big(self, op, region, stored, value) -> bool:
         """A big copy: one pass (copy or transpose + NaN/Inf count) cut into one piece per thread, or else
         torch's copy and a sum, a whole tensor per thread. False: run it here (one thread, torch's copy)."""
-        work = fastcopy.pieces(region, stored, op.transform is Transform.TRANSPOSE, self.workers)
+        work = fastcopy.pieces(region, stored, op.transform is TRANSPOSE, self.workers)
         way = "torch" if work is None else "kernel"
         self.stats.big_copies[way] = self.stats.big_copies.get(way, 0) + 1
         if work is None and self.workers == 1:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from . import layout
 from .errors import PadiffError
-from .ops import Kind, Op, Transform
+from .ops import COPY, EXPECT, FILL, TRANSFORMS, Op
 from .pairing import LayerPair, Unpaired, pair_models
 from .special_init import init_pool
 from .tree import ModelTree
@@ -94,7 +94,7 @@ def _plan_default(plan: Plan, pair: LayerPair):
         name = ref.path[b_cut:]
         other = rk.pop(name, None)
         if other is not None:
-            plan.ops.append(Op(Kind.COPY, ref, other, pair))
+            plan.ops.append(Op(COPY, ref, other, pair))
         elif name in SOURCE_ONLY or not ref.persistent or ref.alias_of:
             continue
         else:
@@ -178,7 +178,7 @@ def _plan_maps(plan: Plan, pair: LayerPair):
         if src is not None and dst is not None:
             used_b.add(m.src)
             used_r.add(m.dst)
-            ops.append(Op(Kind.COPY, src, dst, pair, Transform(m.transform), src_part, dst_part))
+            ops.append(Op(COPY, src, dst, pair, TRANSFORMS[m.transform], src_part, dst_part))
             continue
         if m.src and src is None and m.dst and dst is not None:
             plan.missing.append(dst.path)
@@ -194,9 +194,9 @@ def _plan_maps(plan: Plan, pair: LayerPair):
         used_b.add(m.src)
         used_r.add(m.dst)
         if dst is not None and m.value is not None:
-            plan.ops.append(Op(Kind.FILL, None, dst, pair, dst_part=dst_part, value=m.value))
+            plan.ops.append(Op(FILL, None, dst, pair, dst_part=dst_part, value=m.value))
         elif src is not None and m.value is not None:
-            plan.checks.append(Op(Kind.EXPECT, src, None, pair, src_part=src_part, value=m.value))
+            plan.checks.append(Op(EXPECT, src, None, pair, src_part=src_part, value=m.value))
     # a tensor is covered when a rule names it under any of its names (paddle RNN cells alias the
     # top-level weights, and a rule may address either); when the maps name every tensor of a side
     # by its own name (the usual case) nothing there is left over

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .ops import Kind
+from .ops import FILL
 
 
 @dataclass(slots=True)  # one per layer pair
@@ -111,5 +111,5 @@ def build_report(plan, stats, seconds: float, casts=()) -> TransferReport:
         missing=list(plan.missing), unexpected=list(plan.unexpected), casts=list(casts),
         nonfinite=dict(stats.nonfinite), tied=list(plan.tied), notes=list(plan.notes) + list(stats.notes),
         big_copies=dict(stats.big_copies),
-        filled=[op.describe() for op in plan.ops if op.kind is Kind.FILL],
+        filled=[op.describe() for op in plan.ops if op.kind is FILL],
     )

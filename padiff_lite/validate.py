@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from . import layout, nonfinite
 from .errors import TransferError
 from .mapping import check_tensors
-from .ops import CopyFacts, Kind, Op, Transform
+from .ops import AS_IS, FILL, RESHAPE, TRANSPOSE, Op, new_facts
 from .pairing import LayerPair
 from .plan import Plan, pair_label, plan_pair
 
@@ -116,7 +116,7 @@ def validate(plan: Plan, need_data: bool = True) -> Validation:
             v.problems.append(f"{pair_label(op.pair)}: part {op.dst_part} does not fit raw {op.dst.path} of shape "
                               f"{list(dshape)}; fix the rule's Part")
             continue
-        if op.kind is Kind.FILL:
+        if op.kind is FILL:
             continue
         src = op.src.tensor
         sshape = ba.shape(src)
@@ -129,17 +129,17 @@ def validate(plan: Plan, need_data: bool = True) -> Validation:
             v.problems.append(f"{pair_label(op.pair)}: part {op.src_part} does not fit base {op.src.path} of shape "
                               f"{list(sshape)}; fix the rule's Part")
             continue
-        if op.transform is Transform.TRANSPOSE:
+        if op.transform is TRANSPOSE:
             if len(got) != 2:
                 v.problems.append(f"{pair_label(op.pair)}: base {op.src.path} is {len(got)}-D, a transpose needs 2-D")
                 continue
             got = got[::-1]
-        elif op.transform is Transform.RESHAPE and math.prod(got) == math.prod(want):
+        elif op.transform is RESHAPE and math.prod(got) == math.prod(want):
             got = want
         if got != want:
             v.problems.append(_shape_problem(pair_label(op.pair), op, sshape, dshape))
         sd, dd = ba.dtype_name(src), ra.dtype_name(dst)
-        v.facts[id(op)] = CopyFacts(sshape, dshape, sd, dd)
+        v.facts[id(op)] = new_facts(sshape, dshape, sd, dd)
         if sd != dd:
             _check_dtype(plan, v, op, sd, dd)
     if not need_data:  # shapes only (checkpoint conversion): values are checked against the file
@@ -238,7 +238,7 @@ def _check_tie(plan: Plan, v: Validation, kept: Op, dropped: Op):
 
     ba = plan.base.adapter
     a, b = source_value(ba, kept), source_value(ba, dropped)
-    if a.numel() == b.numel() and Transform.RESHAPE in (kept.transform, dropped.transform):
+    if a.numel() == b.numel() and RESHAPE in (kept.transform, dropped.transform):
         a, b = a.reshape(-1), b.reshape(-1)
     if a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b):
         return
@@ -250,7 +250,7 @@ def _check_tie(plan: Plan, v: Validation, kept: Op, dropped: Op):
 
 
 def _shape_problem(where: str, op: Op, sshape, dshape) -> str:
-    plain = op.transform is Transform.COPY
+    plain = op.transform is AS_IS
     msg = (f"{where}: shape mismatch: base {op.src.path} {list(sshape)}"
            f"{'' if plain else ' (' + op.transform + ')'} vs raw {op.dst.path} {list(dshape)}")
     if plain and len(sshape) == 2 and tuple(sshape[::-1]) == tuple(dshape):
