@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .errors import LayerMapError
-from .tree import ModelTree, Node
+from .tree import ModelTree, Node, walk
 
 
 @dataclass(eq=False, slots=True)
@@ -52,9 +52,8 @@ class Pairing:
         self.matched: list[LayerPair] = []
         self.unpaired: list[Unpaired] = []
         self._classes: dict = {}
-        # (base class, raw class) -> the pool's entry or None. The pool is asked once per class pair:
-        # a model repeats a few classes thousands of times. Kept for this pairing only, so a rule
-        # registered or removed later is always seen by the next transfer.
+        # (base class, raw class) -> the pool's entry or None: a model repeats a few classes thousands of
+        # times. Kept for this pairing only, so a rule registered or removed later is seen by the next one.
         self._rules: dict = {}
 
     def run(self):
@@ -101,8 +100,7 @@ class Pairing:
         return self._rules[key]
 
     def _match(self, b: Node, r: Node, how: str):
-        rules, key = self._rules, (type(b.module), type(r.module))
-        entry = rules[key] if key in rules else self._rule(b, r)  # (_rule inlined: this runs once per pair)
+        entry = self._rule(b, r)
         pair = LayerPair(b, r, entry, how)
         self.matched.append(pair)
         if entry is not None or b.own or r.own:
@@ -113,8 +111,7 @@ class Pairing:
         left_b = []
         for name, child in b.children:
             other = rk.get(name)
-            # (the usual case, both or neither carrying tensors, is tested here: no call per child)
-            if other is None or (bool(child.count) != bool(other.count) and not self._may_meet(child, other)):
+            if other is None or not self._may_meet(child, other):
                 left_b.append(child)
             else:
                 del rk[name]
@@ -152,13 +149,7 @@ class Pairing:
         # the side without tensors may hold, at any depth, a module that a rule gives tensors to (torch
         # BatchNorm1d(affine=False, track_running_stats=False) in a ModuleList <-> paddle's, which has _mean/_variance)
         proxy, side, empty = (self.base, "base", b) if not b.count else (self.raw, "raw", r)
-        stack = [empty] if empty.bare else []
-        while stack:
-            node = stack.pop()
-            if self._ruled(proxy, side, node):
-                return True
-            stack.extend(child for _, child in node.children)
-        return False
+        return empty.bare and any(self._ruled(proxy, side, node) for node in walk(empty))
 
     def _weighs(self, proxy, side: str, n: Node) -> bool:
         """Whether ``n`` takes part in pairing by position: it carries tensors, or a rule may give it some."""
@@ -202,15 +193,6 @@ def own_only(node: Node) -> Node:
     """``node`` without its children: a layer pair of the default rule moves only the module's own tensors."""
     fresh = sum(1 for r in node.own if not r.alias_of)
     return Node(node.path, node.module, node.own, [], len(node.own), fresh, node.on, node.bare)
-
-
-def walk(node: Node):
-    """``node`` and every node below it, parents first."""
-    stack = [node]
-    while stack:
-        n = stack.pop()
-        yield n
-        stack.extend(child for _, child in reversed(n.children))
 
 
 def apply_mapping(pairing: Pairing, mapping):

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
-@dataclass(eq=False, slots=True)  # one per tensor: slots make them cheaper to build and read
+@dataclass(eq=False, slots=True)
 class TensorRef:
     path: str  # dotted path in the whole model, e.g. "encoder.0.weight"
     tensor: object
@@ -29,22 +29,29 @@ class Node:
     bare: bool = False  # the module and its children hold no tensors at all (not just none that the lists let in)
 
     def local(self, ref: TensorRef) -> str:
+        """``ref``'s dotted name relative to this node."""
         return ref.path[len(self.path) + 1:] if self.path else ref.path
 
     def subtree_tensors(self) -> dict[str, TensorRef]:
         """Every tensor under this node by its dotted name relative to this node."""
-        if not self.children:  # a leaf (most modules): no walk (and a plain loop: cheaper than a comprehension)
-            out, cut = {}, len(self.path) + 1 if self.path else 0
-            for ref in self.own:
-                out[ref.path[cut:]] = ref
-            return out
-        out, stack = {}, [self]
-        while stack:
-            node = stack.pop()
-            for ref in node.own:
-                out[self.local(ref)] = ref
-            stack.extend(child for _, child in reversed(node.children))
+        cut = len(self.path) + 1 if self.path else 0  # local(ref), without a call per tensor: 4 % of planning
+        out = {}
+        for ref in self.own:
+            out[ref.path[cut:]] = ref
+        for _, child in self.children:
+            for node in walk(child):
+                for ref in node.own:
+                    out[ref.path[cut:]] = ref
         return out
+
+
+def walk(node: Node):
+    """``node`` and every node below it, parents first."""
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        yield n
+        stack.extend(child for _, child in reversed(n.children))
 
 
 class ModelTree:
@@ -62,30 +69,33 @@ class ModelTree:
         self.white = proxy.white_list
         self.black = proxy.black_list
         self.keep_empty = keep_empty
-        self.parts = self.adapter.tree_parts
 
     def build(self, module, path: str = "", on: bool | None = None) -> Node:
         if on is None:
             on = not self.white
-        self.lists = bool(self.white or self.black)  # (asked once per walk, not once per module)
         return self._build(module, path, on, blocked=False)
 
-    def _build(self, module, path, on, blocked):
-        # called once per module: locals and one adapter call per module keep the walk lean
+    def _switches(self, module, on: bool, blocked: bool) -> tuple[bool, bool, bool]:
+        """(own tensors taken, children taken, white list blocked below) for ``module`` under the lists."""
         own_on = kids_on = on
-        if self.lists:
-            white, black = self.white, self.black
-            mode = white.get(id(module))
-            if mode and not blocked:
-                own_on = own_on or mode in ("self", "all")
-                kids_on = kids_on or mode in ("sublayers", "all")
-            mode = black.get(id(module))
-            if mode:
-                if mode in ("self", "all"):
-                    own_on = False
-                if mode in ("sublayers", "all"):
-                    kids_on, blocked = False, True
-        params, buffers, transient, children = self.parts(module)
+        mode = self.white.get(id(module))
+        if mode and not blocked:
+            own_on = own_on or mode in ("self", "all")
+            kids_on = kids_on or mode in ("sublayers", "all")
+        mode = self.black.get(id(module))
+        if mode in ("self", "all"):
+            own_on = False
+        if mode in ("sublayers", "all"):
+            kids_on, blocked = False, True
+        return own_on, kids_on, blocked
+
+    def _build(self, module, path, on, blocked):
+        # measured at 10k modules: one loop for parameters and buffers together builds the tree 9-17 % slower,
+        # the children loop without its guards and locals 9 %
+        own_on = kids_on = on
+        if self.white or self.black:
+            own_on, kids_on, blocked = self._switches(module, on, blocked)
+        params, buffers, transient, children = self.adapter.tree_parts(module)
         prefix = f"{path}." if path else ""
         own = []
         bare = True  # no persistent tensor here nor below
@@ -103,7 +113,7 @@ class ModelTree:
                 else:
                     own.append(TensorRef(p, tensor, "param", True, first))
                     fresh -= 1
-        if buffers:  # most modules have none
+        if buffers:
             for name, tensor in buffers.items():
                 if tensor is None or name in transient:
                     continue  # like state_dict(): non-persistent buffers (derived caches) are not part of the weights

@@ -141,7 +141,6 @@ class InitPool:
 
     def __init__(self):
         self._entries: dict[InitKey, SpecialInit] = {}
-        self._cache: dict = {}
 
     # -- registering ---------------------------------------------------------
     def _key(self, bf, bc, rf, rc) -> InitKey:
@@ -161,7 +160,6 @@ class InitPool:
                 "pass override=True to replace it"
             )
         self._entries[entry.key] = entry
-        self._cache.clear()
 
     def add(self, bf, bc, rf, rc, func, override=False, note="", caveat=""):
         """Register an imperative ``func(module, layer)`` that copies base ``module`` into raw ``layer``."""
@@ -199,7 +197,6 @@ class InitPool:
 
     def remove(self, bf, bc, rf, rc):
         self._entries.pop(InitKey(bf, bc, rf, rc), None)
-        self._cache.clear()
 
     def saved(self) -> dict:
         """Every registration as it is now, for :meth:`restore` (a test puts the registry back this way)."""
@@ -209,7 +206,6 @@ class InitPool:
         """Make the registrations exactly ``saved`` (from :meth:`saved`): later additions, replacements and
         removals are undone."""
         self._entries = dict(saved)
-        self._cache.clear()
 
     # -- looking up ----------------------------------------------------------
     def __contains__(self, key) -> bool:
@@ -225,21 +221,15 @@ class InitPool:
         return sorted(self._entries.values(), key=lambda e: tuple(e.key))
 
     def lookup(self, base_adapter, base_module, raw_adapter, raw_module) -> SpecialInit | None:
-        """The entry for this pair of modules; subclasses inherit their bases' entries."""
-        ck = (base_adapter.name, type(base_module), raw_adapter.name, type(raw_module))
-        if ck in self._cache:
-            return self._cache[ck]
-        found = None
+        """The entry for this pair of modules; subclasses inherit their bases' entries (nearest class first, on the
+        base side, then on the raw side). Asked once per class pair of a pairing (``Pairing._rule`` keeps the answer)."""
         raw_names = raw_adapter.class_names(raw_module)
         for bc in base_adapter.class_names(base_module):
             for rc in raw_names:
                 found = self._entries.get(InitKey(base_adapter.name, bc, raw_adapter.name, rc))
                 if found:
-                    break
-            if found:
-                break
-        self._cache[ck] = found
-        return found
+                    return found
+        return None
 
     def classes_on(self, side: str, framework: str) -> set[str]:
         """Class names of ``framework`` that take part in a registered pair on ``side`` ("base"/"raw")."""
