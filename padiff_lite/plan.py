@@ -85,7 +85,7 @@ def _in_model_order(proxy, paths: list[str]) -> list[str]:
 
 def _plan_default(plan: Plan, pair: LayerPair):
     b, r = pair.base, pair.raw
-    # names local to each module (Node.local, inlined: this runs for every tensor of a default pair)
+    # names local to each module (what Node.local gives, cut here once per tensor: see subtree_tensors)
     b_cut, r_cut = len(b.path) + 1 if b.path else 0, len(r.path) + 1 if r.path else 0
     rk = {}
     for ref in r.own:
@@ -154,8 +154,7 @@ def _plan_maps(plan: Plan, pair: LayerPair):
             plan.problems.append(f"{pair_label(pair)}: rule {entry.key} ({entry.origin}) failed: {type(exc).__name__}: {exc}; "
                                  "fix the rule, or register another for this class pair with override=True")
         return
-    # runs once per layer pair of a rule (most pairs of a model): the common case, a tensor on each
-    # side, goes first; the other branches are the rule's fills, checks and absent tensors
+    # the common case first: a tensor on each side; then the rule's fills, checks and absent tensors
     ops = plan.ops
     used_b, used_r = set(), set()
     for m in maps:
