@@ -18,10 +18,9 @@ from typing import Callable, NamedTuple
 
 from ..errors import RegistryError
 from ..layout import Part
-from ..ops import Transform
+from ..ops import TRANSFORMS
 
 FRAMEWORKS = ("torch", "paddle")
-TRANSFORMS = tuple(t.value for t in Transform)
 
 
 class InitKey(NamedTuple):
@@ -66,7 +65,7 @@ class Map:
 
     def __post_init__(self):
         if self.transform not in TRANSFORMS:
-            raise RegistryError(f"Map transform {self.transform!r} is not one of {TRANSFORMS}")
+            raise RegistryError(f"Map transform {self.transform!r} is not one of {tuple(TRANSFORMS)}")
         if self.src is None and self.dst is None:
             raise RegistryError("a Map needs a source, a target, or both")
         for rows_name, part_name in (("src_rows", "src_part"), ("dst_rows", "dst_part")):
