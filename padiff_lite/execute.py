@@ -29,7 +29,7 @@ from . import fastcopy, layout, nonfinite
 from .fastcopy import copy_all
 from .errors import InitError, TransferError, TransferInterrupted
 from .interrupts import held_signals
-from .ops import FILL, RESHAPE, TRANSPOSE, CallOp, Fill, UndoRecord
+from .ops import FILL, RESHAPE, TRANSPOSE, CallOp, CopyFacts, Fill, UndoRecord
 from .plan import Plan, pair_label
 
 log = logging.getLogger("padiff_lite")
@@ -95,7 +95,8 @@ def no_grad(proxy):
 
 def execute(plan: Plan, init_ops=(), facts=None) -> Stats:
     """Run ``init_ops`` (for tensors the plan leaves alone), the imperative inits, then the planned copies.
-    ``facts``: validation's CopyFacts by id(op) (small copies alike in them are moved as a group).
+    ``facts``: :attr:`.validate.Validation.facts`, one per ``plan.ops`` entry (small copies alike in them are
+    moved as a group); without them every copy runs on its own.
 
     All or nothing: if an init op or an imperative init fails or is interrupted, every tensor written so
     far is restored (and the base layers the special inits were given); an exception during the copies
@@ -104,14 +105,14 @@ def execute(plan: Plan, init_ops=(), facts=None) -> Stats:
     adapters = {plan.base.adapter.name: plan.base.adapter, plan.raw.adapter.name: plan.raw.adapter}
     modes = {name: a.grad_mode() for name, a in adapters.items()}
     try:
-        return _execute(plan, init_ops, facts or {})
+        return _execute(plan, init_ops, facts or [None] * len(plan.ops))
     finally:  # an interrupt inside a framework's no_grad() exit must not leave the caller's grad mode off
         for name, a in adapters.items():
             if a.grad_mode() != modes[name]:
                 a.set_grad_mode(modes[name])
 
 
-def _execute(plan: Plan, init_ops, facts: dict) -> Stats:
+def _execute(plan: Plan, init_ops, facts: list) -> Stats:
     stats = Stats()
     saved: list[UndoRecord] = []  # raw tensors the init ops and special inits could write, as they were
     base_saved: list[UndoRecord] = []  # base tensors the special inits could reach, as they were
@@ -169,7 +170,7 @@ def _interrupted(plan: Plan, exc, completed: bool) -> str:
     return f"{_transfer(plan)} was interrupted ({type(exc).__name__}: {exc}); {_state(completed)}"
 
 
-def _run_copies_to_the_end(plan: Plan, stats: Stats, facts: dict) -> tuple[list, str]:
+def _run_copies_to_the_end(plan: Plan, stats: Stats, facts: list) -> tuple[list, str]:
     """Run the planned copies so that no fault leaves them half done; returns (exceptions met, outcome).
 
     SIGINT and SIGTERM are held until the last write (:func:`.interrupts.held_signals`). Any other
@@ -207,7 +208,7 @@ def _run_copies_to_the_end(plan: Plan, stats: Stats, facts: dict) -> tuple[list,
     return faults, "undone"
 
 
-def _run_copies(plan: Plan, stats: Stats, facts: dict):
+def _run_copies(plan: Plan, stats: Stats, facts: list):
     """Run the plan's copy and fill ops: small plain copies in groups (:func:`_run_group`), the rest
     one by one (:func:`_run_ops`)."""
     dsts = {id(op.dst.tensor) for op in plan.ops}
@@ -221,7 +222,7 @@ def _run_copies(plan: Plan, stats: Stats, facts: dict):
     stats.tensors += len(dsts)  # row blocks of one tensor count once
 
 
-def _bulk_groups(ops: list, dsts: set, facts: dict):
+def _bulk_groups(ops: list, dsts: set, facts: list):
     """``(groups, rest)``: small whole-tensor copies grouped by (transform, shapes, dtypes), and the
     other ops in their order. Grouping changes the order of the writes, so it is only done when that
     cannot matter: every destination tensor (``dsts``: their ids) is written by one op and read by none."""
@@ -229,9 +230,8 @@ def _bulk_groups(ops: list, dsts: set, facts: dict):
         return {}, ops
     groups: dict = {}
     rest = []
-    for op in ops:
-        info = facts.get(id(op))
-        if info is None or not op.whole:
+    for op, info in zip(ops, facts):
+        if info is None or op.src_part is not None or op.dst_part is not None:  # not a checked copy of whole tensors
             rest.append(op)
             continue
         key = (op.transform, info)
@@ -240,18 +240,23 @@ def _bulk_groups(ops: list, dsts: set, facts: dict):
             groups[key] = [op]
         else:
             group.append(op)
-    for key in list(groups):
-        if len(groups[key]) < BULK_MIN_GROUP or not 0 < math.prod(key[1][1]) < BULK_MAX_ELEMENTS:
-            rest += groups.pop(key)
-    return groups, rest
+    kept = {}
+    for (transform, info), group in groups.items():
+        facts = CopyFacts(*info)
+        if len(group) < BULK_MIN_GROUP or not 0 < math.prod(facts.dst_shape) < BULK_MAX_ELEMENTS:
+            rest += group
+        else:
+            kept[transform, facts] = group
+    return kept, rest
 
 
 def _run_group(plan: Plan, key, ops: list, stats: Stats, fallback: list):
     """Copy a group of alike ops: gather the sources into one torch tensor, apply the transform to all
     at once, scatter into the destinations. A chunk the adapters cannot move this way (another device,
     a non-contiguous or overlapping destination) is left in ``fallback`` untouched."""
-    transform, (sshape, dshape, sdtype, dtype) = key
-    target = getattr(torch, dtype, None)
+    transform, facts = key
+    sshape, dshape = facts.src_shape, facts.dst_shape
+    target = getattr(torch, facts.dst_dtype, None)
     if not isinstance(target, torch.dtype):
         fallback += ops
         return
@@ -260,7 +265,7 @@ def _run_group(plan: Plan, key, ops: list, stats: Stats, fallback: list):
     step = max(1, BULK_CHUNK_ELEMENTS // numel)
     for i in range(0, len(ops), step):
         chunk = ops[i:i + step]
-        stored = ba.gather([op.src.tensor for op in chunk], sshape, sdtype)
+        stored = ba.gather([op.src.tensor for op in chunk], sshape, facts.src_dtype)
         if stored is None:
             fallback += chunk
             continue

@@ -58,7 +58,8 @@ class Fill(enum.StrEnum):
 
 class CopyFacts(NamedTuple):
     """What validation learnt of one copy and the executor uses (small copies alike in these are moved together).
-    Made once per copy: the validator builds them with ``tuple.__new__`` (0.3 us, not NamedTuple's 0.7)."""
+    The validator keeps these fields as a plain tuple per copy (a NamedTuple costs 0.3-0.5 us more to build, 4 ms
+    for 12,000 tensors); the executor names them once per group."""
 
     src_shape: tuple
     dst_shape: tuple

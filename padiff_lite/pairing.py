@@ -100,7 +100,8 @@ class Pairing:
         return self._rules[key]
 
     def _match(self, b: Node, r: Node, how: str):
-        entry = self._rule(b, r)
+        key = (type(b.module), type(r.module))
+        entry = self._rules[key] if key in self._rules else self._rule(b, r)
         pair = LayerPair(b, r, entry, how)
         self.matched.append(pair)
         if entry is not None or b.own or r.own:
@@ -111,7 +112,7 @@ class Pairing:
         left_b = []
         for name, child in b.children:
             other = rk.get(name)
-            if other is None or not self._may_meet(child, other):
+            if other is None or (bool(child.count) != bool(other.count) and not self._may_meet(child, other)):
                 left_b.append(child)
             else:
                 del rk[name]

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from . import layout
 from .errors import PadiffError
-from .ops import COPY, EXPECT, FILL, TRANSFORMS, Op
+from .ops import COPY, EXPECT, FILL, Op
 from .pairing import LayerPair, Unpaired, pair_models
 from .special_init import init_pool
 from .tree import ModelTree
@@ -54,8 +54,7 @@ def build_plan(base, raw, pool=None, mapping=None) -> Plan:
     plan = Plan(base, raw, pairing.pairs, unpaired=pairing.unpaired)
     for u in pairing.unpaired:
         (plan.unexpected if u.side == "base" else plan.missing).extend(u.tensor_paths())
-    for pair in pairing.pairs:
-        plan_pair(plan, pair)
+    plan_pairs(plan, pairing.pairs)
     _dedupe_targets(plan)
     _check_parts(plan)
     plan.notes += [_caveat_note(caveat, pairs) for caveat, pairs in plan.caveats.items()]
@@ -64,15 +63,16 @@ def build_plan(base, raw, pool=None, mapping=None) -> Plan:
     return plan
 
 
-def plan_pair(plan: Plan, pair: LayerPair):
-    """Add one layer pair's operations to ``plan``: its rule's maps, the default copy by name, or the pair kept
+def plan_pairs(plan: Plan, pairs):
+    """Add the layer pairs' operations to ``plan``: each rule's maps, the default copy by name, or the pair kept
     aside for its imperative special init."""
-    if pair.entry is None:
-        _plan_default(plan, pair)
-    elif pair.entry.kind == "mapping":
-        _plan_maps(plan, pair)
-    else:
-        plan.imperative.append(pair)
+    for pair in pairs:
+        if pair.entry is None:
+            _plan_default(plan, pair)
+        elif pair.entry.kind == "mapping":
+            _plan_maps(plan, pair)
+        else:
+            plan.imperative.append(pair)
 
 
 def _in_model_order(proxy, paths: list[str]) -> list[str]:
@@ -177,7 +177,7 @@ def _plan_maps(plan: Plan, pair: LayerPair):
         if src is not None and dst is not None:
             used_b.add(m.src)
             used_r.add(m.dst)
-            ops.append(Op(COPY, src, dst, pair, TRANSFORMS[m.transform], src_part, dst_part))
+            ops.append(Op(COPY, src, dst, pair, m.transform, src_part, dst_part))
             continue
         if m.src and src is None and m.dst and dst is not None:
             plan.missing.append(dst.path)

@@ -69,6 +69,8 @@ class ModelTree:
         self.white = proxy.white_list
         self.black = proxy.black_list
         self.keep_empty = keep_empty
+        self.lists = bool(self.white or self.black)
+        self.tree_parts = self.adapter.tree_parts  # (params, buffers, transient names, children) of a module
 
     def build(self, module, path: str = "", on: bool | None = None) -> Node:
         if on is None:
@@ -93,9 +95,9 @@ class ModelTree:
         # measured at 10k modules: one loop for parameters and buffers together builds the tree 9-17 % slower,
         # the children loop without its guards and locals 9 %
         own_on = kids_on = on
-        if self.white or self.black:
+        if self.lists:
             own_on, kids_on, blocked = self._switches(module, on, blocked)
-        params, buffers, transient, children = self.adapter.tree_parts(module)
+        params, buffers, transient, children = self.tree_parts(module)
         prefix = f"{path}." if path else ""
         own = []
         bare = True  # no persistent tensor here nor below

@@ -66,6 +66,7 @@ class Map:
     def __post_init__(self):
         if self.transform not in TRANSFORMS:
             raise RegistryError(f"Map transform {self.transform!r} is not one of {tuple(TRANSFORMS)}")
+        object.__setattr__(self, "transform", TRANSFORMS[self.transform])  # the plan's ops hold the Transform
         if self.src is None and self.dst is None:
             raise RegistryError("a Map needs a source, a target, or both")
         for rows_name, part_name in (("src_rows", "src_part"), ("dst_rows", "dst_part")):

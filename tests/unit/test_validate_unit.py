@@ -74,8 +74,8 @@ def test_each_copy_gets_the_facts_the_executor_groups_by(pool):
     raw = module("Net", a=module("Dense", w=tensor(2, 3), b=tensor(3, dtype="float32")))
     plan = plan_of(base, raw, pool)
     v = validate(plan, need_data=False)  # (no data: the narrowing cast's range check is left for the values)
-    assert [v.facts[id(op)] for op in plan.ops] == [CopyFacts((2, 3), (2, 3), "float32", "float32"),
-                                                    CopyFacts((3,), (3,), "float64", "float32")]
+    assert [CopyFacts(*f) for f in v.facts] == [CopyFacts((2, 3), (2, 3), "float32", "float32"),
+                                                CopyFacts((3,), (3,), "float64", "float32")]
     assert v.casts == ["a.b float64 -> a.b float32"]  # narrowing: listed (values are checked where there are some)
 
 
