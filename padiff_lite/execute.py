@@ -93,10 +93,10 @@ def no_grad(proxy):
     return proxy.adapter.no_grad()
 
 
-def execute(plan: Plan, init_ops=(), facts=None) -> Stats:
+def execute(plan: Plan, init_ops=(), alike=None) -> Stats:
     """Run ``init_ops`` (for tensors the plan leaves alone), the imperative inits, then the planned copies.
-    ``facts``: :attr:`.validate.Validation.facts`, one per ``plan.ops`` entry (small copies alike in them are
-    moved as a group); without them every copy runs on its own.
+    ``alike``: :attr:`.validate.Validation.alike`, the copies of whole tensors grouped by their shapes, dtypes
+    and transform (small ones are moved a group at a time); without it every copy runs on its own.
 
     All or nothing: if an init op or an imperative init fails or is interrupted, every tensor written so
     far is restored (and the base layers the special inits were given); an exception during the copies
@@ -105,14 +105,14 @@ def execute(plan: Plan, init_ops=(), facts=None) -> Stats:
     adapters = {plan.base.adapter.name: plan.base.adapter, plan.raw.adapter.name: plan.raw.adapter}
     modes = {name: a.grad_mode() for name, a in adapters.items()}
     try:
-        return _execute(plan, init_ops, facts or [None] * len(plan.ops))
+        return _execute(plan, init_ops, alike or {})
     finally:  # an interrupt inside a framework's no_grad() exit must not leave the caller's grad mode off
         for name, a in adapters.items():
             if a.grad_mode() != modes[name]:
                 a.set_grad_mode(modes[name])
 
 
-def _execute(plan: Plan, init_ops, facts: list) -> Stats:
+def _execute(plan: Plan, init_ops, alike: dict) -> Stats:
     stats = Stats()
     saved: list[UndoRecord] = []  # raw tensors the init ops and special inits could write, as they were
     base_saved: list[UndoRecord] = []  # base tensors the special inits could reach, as they were
@@ -121,7 +121,7 @@ def _execute(plan: Plan, init_ops, facts: list) -> Stats:
         stats.initialised = run_init(plan.raw.adapter, init_ops, saved)
         _run_imperative(plan, stats, saved, base_saved)
         inits_done = True
-        faults, outcome = _run_copies_to_the_end(plan, stats, facts)
+        faults, outcome = _run_copies_to_the_end(plan, stats, alike)
     except BaseException as exc:
         if not inits_done:
             with held_signals():
@@ -130,7 +130,7 @@ def _execute(plan: Plan, init_ops, facts: list) -> Stats:
             if isinstance(exc, KeyboardInterrupt):
                 raise TransferInterrupted(_interrupted(plan, exc, False), False) from exc
             raise
-        faults, outcome = _run_copies_to_the_end(plan, stats, facts)  # it arrived between the inits and the copies
+        faults, outcome = _run_copies_to_the_end(plan, stats, alike)  # it arrived between the inits and the copies
         faults.insert(0, exc)
     if outcome == "undone":
         with held_signals():
@@ -170,7 +170,7 @@ def _interrupted(plan: Plan, exc, completed: bool) -> str:
     return f"{_transfer(plan)} was interrupted ({type(exc).__name__}: {exc}); {_state(completed)}"
 
 
-def _run_copies_to_the_end(plan: Plan, stats: Stats, facts: list) -> tuple[list, str]:
+def _run_copies_to_the_end(plan: Plan, stats: Stats, alike: dict) -> tuple[list, str]:
     """Run the planned copies so that no fault leaves them half done; returns (exceptions met, outcome).
 
     SIGINT and SIGTERM are held until the last write (:func:`.interrupts.held_signals`). Any other
@@ -193,7 +193,7 @@ def _run_copies_to_the_end(plan: Plan, stats: Stats, facts: list) -> tuple[list,
         done = False
         try:
             with held_signals():
-                _run_copies(plan, run, facts)
+                _run_copies(plan, run, alike)
                 ra.wrote(dsts)
                 done = True
         except BaseException as exc:  # noqa: B036 - an interrupt is exactly what this is for
@@ -208,54 +208,39 @@ def _run_copies_to_the_end(plan: Plan, stats: Stats, facts: list) -> tuple[list,
     return faults, "undone"
 
 
-def _run_copies(plan: Plan, stats: Stats, facts: list):
+def _run_copies(plan: Plan, stats: Stats, alike: dict):
     """Run the plan's copy and fill ops: small plain copies in groups (:func:`_run_group`), the rest
     one by one (:func:`_run_ops`)."""
     dsts = {id(op.dst.tensor) for op in plan.ops}
-    groups, rest = _bulk_groups(plan.ops, dsts, facts)
+    groups, rest = _bulk_groups(plan.ops, dsts, alike)
     _run_ops(plan, rest, stats)
     fallback: list = []
     with torch.no_grad():
-        for key, ops in groups.items():
-            _run_group(plan, key, ops, stats, fallback)
+        for facts, ops in groups.items():
+            _run_group(plan, facts, ops, stats, fallback)
     _run_ops(plan, fallback, stats)
     stats.tensors += len(dsts)  # row blocks of one tensor count once
 
 
-def _bulk_groups(ops: list, dsts: set, facts: list):
-    """``(groups, rest)``: small whole-tensor copies grouped by (transform, shapes, dtypes), and the
-    other ops in their order. Grouping changes the order of the writes, so it is only done when that
-    cannot matter: every destination tensor (``dsts``: their ids) is written by one op and read by none."""
+def _bulk_groups(ops: list, dsts: set, alike: dict):
+    """``(groups, rest)``: the groups of ``alike`` worth moving together (small copies, enough of them), and the
+    other ops in their order. Grouping changes the order of the writes, so it is only done when that cannot
+    matter: every destination tensor (``dsts``: their ids) is written by one op and read by none."""
     if len(dsts) != len(ops) or any(op.src is not None and id(op.src.tensor) in dsts for op in ops):
         return {}, ops
-    groups: dict = {}
-    rest = []
-    for op, info in zip(ops, facts):
-        if info is None or op.src_part is not None or op.dst_part is not None:  # not a checked copy of whole tensors
-            rest.append(op)
-            continue
-        key = (op.transform, info)
-        group = groups.get(key)
-        if group is None:
-            groups[key] = [op]
-        else:
-            group.append(op)
-    kept = {}
-    for (transform, info), group in groups.items():
-        facts = CopyFacts(*info)
-        if len(group) < BULK_MIN_GROUP or not 0 < math.prod(facts.dst_shape) < BULK_MAX_ELEMENTS:
-            rest += group
-        else:
-            kept[transform, facts] = group
-    return kept, rest
+    groups = {facts: group for facts, group in alike.items()
+              if len(group) >= BULK_MIN_GROUP and 0 < math.prod(facts.dst_shape) < BULK_MAX_ELEMENTS}
+    if not groups:
+        return {}, ops
+    grouped = {id(op) for group in groups.values() for op in group}
+    return groups, [op for op in ops if id(op) not in grouped]
 
 
-def _run_group(plan: Plan, key, ops: list, stats: Stats, fallback: list):
+def _run_group(plan: Plan, facts: CopyFacts, ops: list, stats: Stats, fallback: list):
     """Copy a group of alike ops: gather the sources into one torch tensor, apply the transform to all
     at once, scatter into the destinations. A chunk the adapters cannot move this way (another device,
     a non-contiguous or overlapping destination) is left in ``fallback`` untouched."""
-    transform, facts = key
-    sshape, dshape = facts.src_shape, facts.dst_shape
+    sshape, dshape, transform = facts.src_shape, facts.dst_shape, facts.transform
     target = getattr(torch, facts.dst_dtype, None)
     if not isinstance(target, torch.dtype):
         fallback += ops

@@ -57,14 +57,14 @@ class Fill(enum.StrEnum):
 
 
 class CopyFacts(NamedTuple):
-    """What validation learnt of one copy and the executor uses (small copies alike in these are moved together).
-    The validator keeps these fields as a plain tuple per copy (a NamedTuple costs 0.3-0.5 us more to build, 4 ms
-    for 12,000 tensors); the executor names them once per group."""
+    """What validation learnt of a copy of one whole tensor into another, and the executor uses: copies alike in
+    all of it are moved together (:attr:`.validate.Validation.alike`)."""
 
     src_shape: tuple
     dst_shape: tuple
     src_dtype: str
     dst_dtype: str
+    transform: Transform
 
 
 @dataclass(eq=False, slots=True)  # one per tensor

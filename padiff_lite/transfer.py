@@ -125,7 +125,7 @@ def run_plan(plan: Plan, *, strict: bool = True, check_finite: bool = False, fou
     refuse(f"cannot transfer {base.framework}:{base.name} -> {raw.framework}:{raw.name}; nothing was written",
            checked.problems)
     init = plan_init(raw, init_unmatched, std, only=plan.missing) if init_unmatched is not None else None
-    stats = execute(plan, init.ops if init else (), facts=checked.facts)
+    stats = execute(plan, init.ops if init else (), alike=checked.alike)
     report = build_report(plan, stats, time.perf_counter() - t0, checked.casts)
     notes = list(found.notes) if found is not None else []
     report.notes += notes

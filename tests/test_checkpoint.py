@@ -9,7 +9,7 @@ import pytest
 import torch
 from ckpt_helpers import (SUFFIX, assert_same_outputs, digest, load, load_into, save, save_sharded,
                           state_as_torch, trained_conv_lstm)
-from helpers import DIRECTION_IDS, DIRECTIONS, max_abs_diff, tensors_to_write
+from helpers import DIRECTIONS, max_abs_diff, tensors_to_write
 
 from padiff_lite import CheckpointError, TransferError, convert_checkpoint
 from padiff_lite.models import (attention_net, conv_lstm, conv_lstm_paddle, conv_lstm_torch, llama, llama_paddle,

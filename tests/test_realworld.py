@@ -17,7 +17,7 @@ import paddle.nn.functional as PF
 
 from padiff_lite import TransferError, assign_weight, auto_diff, create_model
 from padiff_lite.models import warm_up
-from padiff_lite.special_init import Map, init_pool
+from padiff_lite.special_init import Map
 
 from helpers import DIRECTION_IDS, DIRECTIONS, max_abs_diff, snapshot, assert_unchanged
 

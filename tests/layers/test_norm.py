@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from layer_models import SPATIAL, Case, between, cases_param, conv_between, nn, randomize, run_case
+from layer_models import SPATIAL, Case, cases_param, conv_between, nn, randomize, run_case
 from padiff_lite import TransferError, assign_weight
 
 

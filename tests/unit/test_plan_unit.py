@@ -1,7 +1,6 @@
 """plan.py alone (build_plan), over the fake adapter: default copies by name, a mapping rule with a transpose and
 row Parts, feature Parts resolved per layout, missing/unexpected, tied targets. Nothing here reads or writes a
 tensor's values; validation has its own tests (test_validate_unit.py)."""
-import pytest
 from fake import PADDLELIKE, TORCHLIKE, module, tensor
 
 from padiff_lite.layout import Part, features

@@ -7,7 +7,7 @@ import pytest
 from fake import PADDLELIKE, TORCHLIKE, module, tensor
 
 from padiff_lite.errors import TransferError
-from padiff_lite.ops import CopyFacts
+from padiff_lite.ops import CopyFacts, Transform
 from padiff_lite.pairing import LayerPair
 from padiff_lite.plan import build_plan
 from padiff_lite.proxy import create_model
@@ -69,13 +69,14 @@ def test_tensors_without_data_are_problems_only_when_data_is_needed(pool):
     assert not validate(plan_of(base, raw, pool), need_data=False).problems
 
 
-def test_each_copy_gets_the_facts_the_executor_groups_by(pool):
+def test_whole_copies_are_grouped_by_the_facts_the_executor_moves_them_by(pool):
     base = module("Net", a=module("Dense", w=tensor(2, 3), b=tensor(3, dtype="float64", data=False)))
     raw = module("Net", a=module("Dense", w=tensor(2, 3), b=tensor(3, dtype="float32")))
     plan = plan_of(base, raw, pool)
     v = validate(plan, need_data=False)  # (no data: the narrowing cast's range check is left for the values)
-    assert [CopyFacts(*f) for f in v.facts] == [CopyFacts((2, 3), (2, 3), "float32", "float32"),
-                                                CopyFacts((3,), (3,), "float64", "float32")]
+    w, b = plan.ops
+    assert v.alike == {CopyFacts((2, 3), (2, 3), "float32", "float32", Transform.COPY): [w],
+                       CopyFacts((3,), (3,), "float64", "float32", Transform.COPY): [b]}
     assert v.casts == ["a.b float64 -> a.b float32"]  # narrowing: listed (values are checked where there are some)
 
 
