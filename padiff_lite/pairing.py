@@ -112,7 +112,8 @@ class Pairing:
         left_b = []
         for name, child in b.children:
             other = rk.get(name)
-            if other is None or (bool(child.count) != bool(other.count) and not self._may_meet(child, other)):
+            # namesakes pair when both carry tensors or neither does; otherwise only as _unlike_pair says
+            if other is None or (bool(child.count) != bool(other.count) and not self._unlike_pair(child, other)):
                 left_b.append(child)
             else:
                 del rk[name]
@@ -143,9 +144,9 @@ class Pairing:
                     if n.count:  # a module with nothing to transfer is not missing anything
                         self.unpaired.append(Unpaired(side, n.path, type(n.module).__name__, n.fresh, n))
 
-    def _may_meet(self, b: Node, r: Node) -> bool:
-        """Whether two namesakes pair: both carry tensors or neither does, or a rule joins their classes."""
-        if bool(b.count) == bool(r.count) or self._rule(b, r) is not None:
+    def _unlike_pair(self, b: Node, r: Node) -> bool:
+        """Whether two namesakes pair although only one of them carries tensors: a rule joins their classes."""
+        if self._rule(b, r) is not None:
             return True
         # the side without tensors may hold, at any depth, a module that a rule gives tensors to (torch
         # BatchNorm1d(affine=False, track_running_stats=False) in a ModuleList <-> paddle's, which has _mean/_variance)
