@@ -52,6 +52,28 @@ def test_interrupts_sent_to_the_copy_threads_end_the_transfer_and_never_leave_a_
     assert interrupted >= RUNS, runs  # the places were hit: most runs were interrupted
 
 
+def test_interrupts_sent_to_the_copy_threads_of_a_conversion_end_it_with_no_output_or_a_right_one(tmp_path):
+    """Checkpoint conversion uses the same pool for its big transposes: the interrupt ends it with nothing written
+    (or, landing in a thread with nothing left to do, lets it finish: then the output is the right conversion)."""
+    env = dict(os.environ, PADIFF_LITE_FASTCOPY="1", PYTHONPATH=str(HERE.parent))
+    try:
+        done = subprocess.run([sys.executable, str(HERE / "worker_interrupt_runner.py"), "8", str(tmp_path)], env=env,
+                              capture_output=True, text=True, timeout=150)
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else exc.stdout or ""
+        pytest.fail(f"a conversion hung after these runs:\n{out}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert len(runs) == 8
+    for run in runs:
+        assert run["threads"] == 0, run
+        if run["raised"] is None:
+            assert run["files"] == ["model.safetensors"] and run["right"] is True, run
+        else:
+            assert run["raised"]["type"] in ("KeyboardInterrupt", "WorkerLost") and run["files"] == [], run
+    assert sum(run["raised"] is not None for run in runs) >= 4, runs
+
+
 def test_a_task_cut_short_reads_as_an_error_and_a_lost_thread_ends_the_wait():
     """The pool's own guarantees, without torch's copies: an exception inside a task reaches its waiter; an
     interrupt sent to an idle thread lands when it takes the next task, and waiting for that task raises it

@@ -1,6 +1,7 @@
 """Transfers whose copy threads get a KeyboardInterrupt sent to them (``PyThreadState_SetAsyncExc``), one JSON line each.
 
-python worker_interrupt_runner.py RUNS
+python worker_interrupt_runner.py RUNS            (in-memory transfers, both directions)
+python worker_interrupt_runner.py RUNS FOLDER     (checkpoint conversions in FOLDER, torch -> paddle)
 
 Run by tests/test_worker_interrupts.py in a process of its own, so that a transfer left waiting for ever shows up
 as a time-out of this process instead of hanging the test session. The models are Llama-like with a 1 M-value
@@ -14,7 +15,8 @@ Each run of each direction sends the interrupt at another place, in turn:
 - ``timer``: a timer sends it to one copy thread at a time spread over a transfer.
 
 Each line: direction, place, what the transfer raised (None, or the exception's class and ``completed``), and the
-raw model's state (``before`` / ``after`` / ``mixed: ...``, every tensor compared bit for bit).
+raw model's state (``before`` / ``after`` / ``mixed: ...``, every tensor compared bit for bit). A conversion's line
+says instead which files its output folder holds and whether the output is the right conversion.
 """
 import ctypes
 import json
@@ -133,5 +135,65 @@ def main(runs):
             reset(raw, before)
 
 
+def main_convert(runs, folder):
+    """The conversion's big transpose (the lm_head) is cut into pieces for the copy threads (fastcopy.copy_counting)."""
+    from padiff_lite import convert_checkpoint, fastcopy
+    from padiff_lite.formats import read_state
+
+    torch.manual_seed(1)
+    src = os.path.join(folder, "model.safetensors")
+    base = llama("torch", vocab=16384, dim=64, layers=1)
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in base.state_dict().items()}, src)
+    # paddle's Linear weights are stored [in, out]: every 2-D weight but the embedding's is transposed
+    want = {k: v.t() if v.dim() == 2 and k != "embed_tokens.weight" else v for k, v in base.state_dict().items()}
+    real_call = fastcopy._Piece.__call__
+    for i in range(runs):
+        place = PLACES[i % 4]  # no timer: a conversion's one big copy is too short to aim at
+        out = os.path.join(folder, f"out{i}")
+        os.mkdir(out)
+        count = [0]
+
+        def call(piece, place=place, count=count):
+            count[0] += 1
+            me = threading.current_thread()
+            if place == "own-start" and count[0] == 1:
+                send(me)
+            bad = real_call(piece)
+            if place == "own-end" and count[0] == 1:
+                send(me)
+            if place == "others" and count[0] == 1:
+                for t in copy_threads():
+                    if t is not me:
+                        send(t)
+            if place == "after-last" and count[0] == PIECES:
+                for t in copy_threads():
+                    send(t)
+            return bad
+
+        fastcopy._Piece.__call__ = call
+        raised = None
+        try:
+            try:
+                convert_checkpoint(src, os.path.join(out, "model.safetensors"), lambda: llama("torch", vocab=16384,
+                                   dim=64, layers=1), lambda: llama("paddle", vocab=16384, dim=64, layers=1))
+            finally:
+                fastcopy._Piece.__call__ = real_call
+            time.sleep(0.01)
+        except BaseException as exc:  # noqa: B036 - reported to the test, which decides
+            raised = {"type": type(exc).__name__, "message": str(exc)}
+        files = sorted(os.listdir(out))
+        right = None
+        if files == ["model.safetensors"]:
+            got = read_state(os.path.join(out, "model.safetensors"))
+            right = got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+        print(json.dumps({"place": place, "pieces": count[0], "raised": raised, "files": files, "right": right,
+                          "threads": len(copy_threads())}), flush=True)
+
+
 if __name__ == "__main__":
-    main(int(sys.argv[1]))
+    if len(sys.argv) > 2:
+        main_convert(int(sys.argv[1]), sys.argv[2])
+    else:
+        main(int(sys.argv[1]))
