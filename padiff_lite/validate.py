@@ -4,7 +4,9 @@ Pure: the plan is read, never changed; a :class:`Validation` comes back. Each ch
 problems, and :func:`check` runs the ones an entry point asks for into one list:
 
 - :func:`validate` - the plan against the tensors: shapes after each transform, dtypes (the kind must agree;
-  narrowing casts must fit and are listed), data present, constants the raw side cannot hold, tied targets;
+  narrowing casts must fit and are listed), data present, destinations whose elements share memory (made with
+  ``expand`` / ``as_strided``: they cannot hold a value per element), constants the raw side cannot hold, tied
+  targets;
   and per copy the :class:`.ops.CopyFacts` the executor groups small copies by;
 - :func:`unpaired_problem` - ``strict``: tensors without a partner;
 - :func:`nonfinite_problems` - ``check_finite``: NaN/Inf in what would be read;

@@ -88,6 +88,21 @@ def test_a_destination_whose_elements_share_memory_is_refused_before_anything_is
 
 
 @pytest.mark.parametrize("src,dst", DIRECTIONS, ids=DIRECTION_IDS)
+def test_a_special_init_layer_holding_such_a_tensor_is_refused_before_the_init_runs(src, dst, gain_calls):
+    """An imperative special init may write any tensor of its raw layer: all of them must be able to hold values."""
+    calls = gain_calls(src)
+    a, b = net(src), net(dst)
+    b[1].register_buffer("s", expanded(dst))
+    before = raw_bits(b)
+    with pytest.raises(TransferError) as e:
+        assign_weight(a, b)
+    assert "raw 1.s [3, 4] has strides [0, 1]: some of its elements share memory" in str(e.value)
+    assert calls == []
+    now = raw_bits(b)
+    assert [k for k in now if not np.array_equal(now[k], before[k])] == []
+
+
+@pytest.mark.parametrize("src,dst", DIRECTIONS, ids=DIRECTION_IDS)
 def test_the_fixes_the_message_names_transfer_every_value(src, dst, gain_calls):
     calls = gain_calls(src)
     a = net(src)
