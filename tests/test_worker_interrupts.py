@@ -49,7 +49,9 @@ def test_interrupts_sent_to_the_copy_threads_end_the_transfer_and_never_leave_a_
         else:  # a copy thread that died without a word: raised after the copies were run to the end
             assert raised["type"] == "WorkerLost" and state == "after", run
             assert any("holds the complete transfer" in note for note in raised["notes"]), run
-    assert interrupted >= RUNS, runs  # the places were hit: most runs were interrupted
+    # the places were hit: an interrupt sent to a thread running a piece, or to every thread, always ends up raised
+    assert all(run["raised"] is not None for run in runs if run["place"] in ("own-start", "after-last")), runs
+    assert interrupted >= 8, runs
 
 
 def test_interrupts_sent_to_the_copy_threads_of_a_conversion_end_it_with_no_output_or_a_right_one(tmp_path):
