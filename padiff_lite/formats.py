@@ -99,6 +99,7 @@ class Checkpoint:
         self.infos: dict[str, TensorInfo] = {}
         self._cache: tuple[int, dict] | None = None  # one whole file for the formats read whole
         self._ahead = -1  # the file last announced to the kernel with _read_ahead
+        self.before: dict[Path, os.stat_result] = {}  # each file as it was before it was first read
 
     @property
     def sharded(self) -> bool:
@@ -157,6 +158,7 @@ def open_checkpoint(path) -> Checkpoint:
                               f"'*{INDEX_SUFFIX}' or a folder holding one)")
     fmt = format_of(p)
     if p.name.endswith(INDEX_SUFFIX):
+        before = {p: os.stat(p)}
         weight_map = read_index(p)
         names = list(dict.fromkeys(weight_map.values()))
         files = [shard_path(p, n, fmt) for n in names]
@@ -165,8 +167,10 @@ def open_checkpoint(path) -> Checkpoint:
             raise CheckpointError(f"{p}: shard(s) listed in the index are missing: {', '.join(gone)}; "
                                   "copy every shard next to the index (or re-download the checkpoint)")
         ck = Checkpoint(p, files, fmt, index=p)
+        ck.before = before
         listed = {n: i for i, n in enumerate(names)}
         for i, f in enumerate(files):
+            ck.before[f] = os.stat(f)
             found = _scan(f, fmt, i)
             for key, info in found.items():
                 if weight_map.get(key) == names[i]:
@@ -178,6 +182,7 @@ def open_checkpoint(path) -> Checkpoint:
                                       "the shard or the index is from another checkpoint")
         return ck
     ck = Checkpoint(p, [p], fmt)
+    ck.before = {p: os.stat(p)}
     ck.infos = _scan(p, fmt, 0)
     return ck
 
