@@ -26,6 +26,7 @@ byte ranges, shapes) is checked against the file's size, with exact integers, be
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 import mmap
@@ -442,7 +443,7 @@ def _plain_tensor(t: torch.Tensor) -> torch.Tensor:
     return t.detach() if t.requires_grad or isinstance(t, torch.nn.Parameter) else t
 
 
-_TORCH_PICKLE_LIMIT = 1 << 30  # bytes of pickle followed in a legacy (non-zip) torch file
+_TORCH_PICKLE_LIMIT = 256 << 20  # bytes of pickle in a torch file (data.pkl of 100,000 tensors: ~15 MB)
 
 
 def _check_torch_pickles(f: Path, fh):
@@ -460,7 +461,11 @@ def _check_torch_pickles(f: Path, fh):
                 for info in archive.infolist():
                     if info.filename.endswith(".pkl"):
                         with archive.open(info) as member:
-                            check_stream(member, _TORCH_PICKLE_LIMIT)
+                            data = member.read(_TORCH_PICKLE_LIMIT + 1)
+                        if len(data) > _TORCH_PICKLE_LIMIT:
+                            raise PickleBoundsError(f"{info.filename} is more than {_TORCH_PICKLE_LIMIT >> 20} MB "
+                                                    "of pickle")
+                        check_stream(io.BytesIO(data), len(data))
         else:  # magic number, protocol, system info, the object, the storage keys: five pickles in a row
             size = os.fstat(fh.fileno()).st_size
             for _ in range(5):

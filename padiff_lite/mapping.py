@@ -137,7 +137,7 @@ def load(obj) -> Mapping:
     where = "mapping"
     if isinstance(obj, (str, Path)):
         where = str(obj)
-        if not Path(obj).exists() and not Path(obj).is_symlink():
+        if not Path(obj).exists() and not Path(obj).is_symlink() and Path(obj).parent.is_dir():
             raise MappingError(f"mapping file {where} does not exist; write one with `padiff-lite pair` or "
                                "report.mapping.save(path)")
         try:

@@ -20,6 +20,7 @@ reader (ours for ``.pdparams``, torch's for ``.pt``) builds what would break it:
 """
 from __future__ import annotations
 
+import io
 import pickletools
 
 __all__ = ["Bounds", "PickleBoundsError", "check_stream", "MAX_DEPTH", "MAX_VALUES", "MAX_EXPANDED",
@@ -126,82 +127,132 @@ class Bounds:
         self.opcodes += 1
         if self.opcodes > MAX_OPCODES:
             raise PickleBoundsError(f"it has more than {MAX_OPCODES:,} opcodes")
-        stack = self.stack
-        if name in _ATOMS:
-            stack.append(self._atom())
-        elif name in _NOTHING:
-            pass
-        elif name in _EMPTY:
-            stack.append(self._new())
-        elif name == "MARK":
-            self.marks.append(stack)
-            self.stack = []
-        elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
-            self.memo[arg] = self._top()
-        elif name == "MEMOIZE":
-            self.memo[len(self.memo)] = self._top()
-        elif name in ("GET", "BINGET", "LONG_BINGET"):
-            stack.append(self.memo.get(arg, _ATOM))
-        elif name == "POP":
-            if stack:
-                stack.pop()
-            else:
-                self._pop_mark()
-        elif name == "POP_MARK":
-            self._pop_mark()
-        elif name == "DUP":
-            stack.append(self._top())
-        elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
-            stack.append(self._made_of(self._pop(int(name[-1]))))
-        elif name in ("TUPLE", "LIST", "OBJ", "INST"):
-            items = self._pop_mark()
-            self.stack.append(self._made_of(items))
-        elif name == "DICT":
-            items = self._pop_mark()
-            self.stack.append(self._made_of(items, keys=True))
-        elif name == "FROZENSET":
-            items = self._pop_mark()
-            rec = self._new()
-            for item in items:
-                self._put(rec, item, key=True)
-            self.stack.append(rec)
-        elif name == "APPEND":
-            (value,) = self._pop()
-            self._put(self._top(), value)
-        elif name == "APPENDS":
-            items = self._pop_mark()
-            target = self._top()
-            for item in items:
-                self._put(target, item)
-        elif name == "SETITEM":
-            key, value = self._pop(2)
-            target = self._top()
-            self._put(target, key, key=True)
-            self._put(target, value)
-        elif name == "SETITEMS":
-            items = self._pop_mark()
-            target = self._top()
-            for i, item in enumerate(items):
-                self._put(target, item, key=i % 2 == 0)
-        elif name == "ADDITEMS":
-            items = self._pop_mark()
-            target = self._top()
-            for item in items:
-                self._put(target, item, key=True)
-        elif name == "BUILD":
-            (state,) = self._pop()
-            self._put(self._top(), state)
-        elif name in ("REDUCE", "NEWOBJ"):
-            stack.append(self._made_of(self._pop(2)))
-        elif name == "NEWOBJ_EX":
-            stack.append(self._made_of(self._pop(3)))
-        elif name == "STACK_GLOBAL":
-            self._pop(2)
-            stack.append(self._atom())
-        elif name == "BINPERSID":
-            stack.append(self._made_of(self._pop(1)))
-        else:
+        handler = _HANDLERS.get(name)
+        if handler is None:
             raise PickleBoundsError(f"unknown pickle opcode {name}")
+        handler(self, arg)
+
+    def _op_atom(self, arg):
+        self.values += 1
+        if self.values > MAX_VALUES:
+            raise PickleBoundsError(f"it makes more than {MAX_VALUES:,} values")
+        self.stack.append(_ATOM)
+
+    def _op_nothing(self, arg):
+        pass
+
+    def _op_empty(self, arg):
+        self.stack.append(self._new())
+
+    def _op_mark(self, arg):
+        self.marks.append(self.stack)
+        self.stack = []
+
+    def _op_put(self, arg):
+        self.memo[arg] = self._top()
+
+    def _op_memoize(self, arg):
+        self.memo[len(self.memo)] = self._top()
+
+    def _op_get(self, arg):
+        self.stack.append(self.memo.get(arg, _ATOM))
+
+    def _op_pop(self, arg):
+        if self.stack:
+            self.stack.pop()
+        else:
+            self._pop_mark()
+
+    def _op_pop_mark(self, arg):
+        self._pop_mark()
+
+    def _op_dup(self, arg):
+        self.stack.append(self._top())
+
+    def _op_tuple1(self, arg):
+        self.stack.append(self._made_of(self._pop(1)))
+
+    def _op_tuple2(self, arg):
+        self.stack.append(self._made_of(self._pop(2)))
+
+    def _op_tuple3(self, arg):
+        self.stack.append(self._made_of(self._pop(3)))
+
+    def _op_from_mark(self, arg):  # TUPLE LIST OBJ INST
+        items = self._pop_mark()
+        self.stack.append(self._made_of(items))
+
+    def _op_dict(self, arg):
+        items = self._pop_mark()
+        self.stack.append(self._made_of(items, keys=True))
+
+    def _op_frozenset(self, arg):
+        items = self._pop_mark()
+        rec = self._new()
+        for item in items:
+            self._put(rec, item, key=True)
+        self.stack.append(rec)
+
+    def _op_append(self, arg):
+        (value,) = self._pop()
+        self._put(self._top(), value)
+
+    def _op_appends(self, arg):
+        items = self._pop_mark()
+        target = self._top()
+        for item in items:
+            self._put(target, item)
+
+    def _op_setitem(self, arg):
+        key, value = self._pop(2)
+        target = self._top()
+        self._put(target, key, key=True)
+        self._put(target, value)
+
+    def _op_setitems(self, arg):
+        items = self._pop_mark()
+        target = self._top()
+        for i, item in enumerate(items):
+            self._put(target, item, key=i % 2 == 0)
+
+    def _op_additems(self, arg):
+        items = self._pop_mark()
+        target = self._top()
+        for item in items:
+            self._put(target, item, key=True)
+
+    def _op_build(self, arg):
+        (state,) = self._pop()
+        self._put(self._top(), state)
+
+    def _op_reduce(self, arg):  # REDUCE NEWOBJ: a callable (or class) and its arguments
+        self.stack.append(self._made_of(self._pop(2)))
+
+    def _op_newobj_ex(self, arg):
+        self.stack.append(self._made_of(self._pop(3)))
+
+    def _op_stack_global(self, arg):
+        self._pop(2)
+        self._op_atom(arg)
+
+    def _op_binpersid(self, arg):
+        self.stack.append(self._made_of(self._pop(1)))
+
+
+_HANDLERS = {name: Bounds._op_atom for name in _ATOMS}
+_HANDLERS.update({name: Bounds._op_nothing for name in _NOTHING})
+_HANDLERS.update({name: Bounds._op_empty for name in _EMPTY})
+_HANDLERS.update({"MARK": Bounds._op_mark, "PUT": Bounds._op_put, "BINPUT": Bounds._op_put,
+                  "LONG_BINPUT": Bounds._op_put, "MEMOIZE": Bounds._op_memoize, "GET": Bounds._op_get,
+                  "BINGET": Bounds._op_get, "LONG_BINGET": Bounds._op_get, "POP": Bounds._op_pop,
+                  "POP_MARK": Bounds._op_pop_mark, "DUP": Bounds._op_dup, "TUPLE1": Bounds._op_tuple1,
+                  "TUPLE2": Bounds._op_tuple2, "TUPLE3": Bounds._op_tuple3, "TUPLE": Bounds._op_from_mark,
+                  "LIST": Bounds._op_from_mark, "OBJ": Bounds._op_from_mark, "INST": Bounds._op_from_mark,
+                  "DICT": Bounds._op_dict, "FROZENSET": Bounds._op_frozenset, "APPEND": Bounds._op_append,
+                  "APPENDS": Bounds._op_appends, "SETITEM": Bounds._op_setitem, "SETITEMS": Bounds._op_setitems,
+                  "ADDITEMS": Bounds._op_additems, "BUILD": Bounds._op_build, "REDUCE": Bounds._op_reduce,
+                  "NEWOBJ": Bounds._op_reduce, "NEWOBJ_EX": Bounds._op_newobj_ex,
+                  "STACK_GLOBAL": Bounds._op_stack_global, "BINPERSID": Bounds._op_binpersid})
 
 
 class _Capped:
@@ -232,9 +283,11 @@ def check_stream(fh, limit: int) -> bool:
     passed. Returns False when the stream is not a pickle that :mod:`pickletools` can decode (the reader that
     follows refuses it then), True otherwise. Nothing is built or imported."""
     bounds = Bounds()
+    step = bounds.step
+    stream = fh if isinstance(fh, io.BytesIO) else _Capped(fh, limit)  # BytesIO: no length can over-allocate
     try:
-        for op, arg, _pos in pickletools.genops(_Capped(fh, limit)):
-            bounds.step(op.name, arg)
+        for op, arg, _pos in pickletools.genops(stream):
+            step(op.name, arg)
     except PickleBoundsError:
         raise
     except Exception:  # not decodable (truncated, garbage): torch.load's own reader says so
