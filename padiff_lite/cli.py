@@ -99,7 +99,8 @@ def _parse_range(text: str, dtype) -> tuple:
     kind = dtype if dtype.kind in "iu" else np.dtype("int64")
     lo, hi = (0, 1) if dtype.kind == "b" else (int(np.iinfo(kind).min), int(np.iinfo(kind).max))
     if low < lo or high - 1 > hi:
-        raise DiffInputError(f"--int-range {text!r}: the values {low}..{high - 1} do not fit --dtype {dtype.name} "
+        what = f"--dtype {dtype.name}" if dtype.kind in "iub" else "int64"
+        raise DiffInputError(f"--int-range {text!r}: the values {low}..{high - 1} do not fit {what} "
                              f"({lo}..{hi}); give a range within it, or a wider --dtype")
     return low, high
 

@@ -160,7 +160,9 @@ def open_checkpoint(path) -> Checkpoint:
     if p.is_dir():
         p = _find_in_folder(p)
     elif not p.exists() and not p.is_symlink():
-        raise CheckpointError(f"{p}: no such file; check the path (a checkpoint file, an index "
+        under = next((q for q in p.parents if q.exists() and not q.is_dir()), None)
+        where = f"{under} is a file, not a folder" if under is not None else "no such file"
+        raise CheckpointError(f"{p}: {where}; check the path (a checkpoint file, an index "
                               f"'*{INDEX_SUFFIX}' or a folder holding one)")
     fmt = format_of(p)
     if p.name.endswith(INDEX_SUFFIX):
