@@ -58,8 +58,7 @@ def open_regular(path, error, what: str = "file", buffering: int = -1):
     try:
         fd = os.open(path, flags)
     except IsADirectoryError:  # not on Linux (a folder opens read-only), but on some systems
-        raise error(f"{path}: the {what} is a folder, not a regular file; give the path of the {what} itself") \
-            from None
+        raise _refusal(path, stat.S_IFDIR, what, error) from None
     except OSError as exc:
         raise _os_error(path, exc, what, error) from None
     try:
@@ -91,10 +90,12 @@ def read_json_bytes(path, error, what: str) -> bytes:
     """The bytes of a JSON file (an index, a mapping) of at most :data:`MAX_JSON_BYTES`, from a regular file."""
     with open_regular(path, error, what) as fh:
         size = os.fstat(fh.fileno()).st_size
-        if size > MAX_JSON_BYTES:
-            raise error(f"{path}: the {what} is {size / 1e6:.0f} MB, more than a {what} can be "
-                        f"({MAX_JSON_BYTES >> 20} MB); give the {what} itself")
-        data = fh.read(MAX_JSON_BYTES + 1)
-    if len(data) > MAX_JSON_BYTES:
-        raise error(f"{path}: the {what} is larger than {MAX_JSON_BYTES >> 20} MB; give the {what} itself")
+        data = fh.read(MAX_JSON_BYTES + 1) if size <= MAX_JSON_BYTES else b""
+    if size > MAX_JSON_BYTES or len(data) > MAX_JSON_BYTES:
+        raise _too_large(path, max(size, len(data)), what, error)
     return data
+
+
+def _too_large(path: Path, size: int, what: str, error):
+    return error(f"{path}: the {what} is {size / 1e6:.0f} MB, more than a {what} can be ({MAX_JSON_BYTES >> 20} MB); "
+                 f"give the {what} itself")

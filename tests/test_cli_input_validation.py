@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from ckpt_helpers import save, state_as_torch, trained_conv_lstm
 
+from padiff_lite import MappingError
 from padiff_lite.cli import main
+from padiff_lite.mapping import Mapping
 
 T, P = "padiff_lite.models:conv_lstm_torch", "padiff_lite.models:conv_lstm_paddle"
 MLP = ["--base", "padiff_lite.models:mlp", "--raw", "padiff_lite.models:paddle_mlp"]
@@ -43,6 +45,15 @@ def test_pair_output_and_check_html_paths_are_checked_before_the_models_are_buil
         line = _one_line(capsys)
         assert f"DiffInputError: {flag} {argv[-1]}: " in line and why in line, line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "folder"] and not any((tmp_path / "folder").iterdir())
+
+
+def test_mapping_save_refuses_paths_it_cannot_write(tmp_path):
+    m = Mapping("torch", "A", "paddle", "B")
+    for case, (path, why) in _paths(tmp_path).items():
+        with pytest.raises(MappingError, match=why.format(d=tmp_path)):
+            m.save(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "folder"]
+    assert json.loads(m.save(tmp_path / "folder" / "m.json").read_text())["base"] == {"framework": "torch", "model": "A"}
 
 
 @pytest.mark.parametrize("argv,expected", [
