@@ -283,11 +283,16 @@ def check_stream(fh, limit: int) -> bool:
     passed. Returns False when the stream is not a pickle that :mod:`pickletools` can decode (the reader that
     follows refuses it then), True otherwise. Nothing is built or imported."""
     bounds = Bounds()
-    step = bounds.step
     stream = fh if isinstance(fh, io.BytesIO) else _Capped(fh, limit)  # BytesIO: no length can over-allocate
+    handlers = {op: _HANDLERS.get(op.name) for op in pickletools.opcodes}
+    n = 0
     try:
-        for op, arg, _pos in pickletools.genops(stream):
-            step(op.name, arg)
+        for op, arg, _pos in pickletools.genops(stream):  # Bounds.step, inlined (this loop is the whole cost)
+            n += 1
+            handler = handlers[op]
+            if handler is None or n > MAX_OPCODES:
+                bounds.step(op.name, arg)  # raises, naming the bound
+            handler(bounds, arg)
     except PickleBoundsError:
         raise
     except Exception:  # not decodable (truncated, garbage): torch.load's own reader says so
