@@ -190,6 +190,26 @@ def test_payload_lengths_beyond_the_file_are_refused_before_allocating(tmp_path)
             open_checkpoint(tmp_path / f"{name}.pdparams")
 
 
+def _torch_tensor_pickle(numel: int, size: int, offset: int = 0) -> bytes:
+    """data.pkl of {"w": a float tensor} (as torch.save writes it) with the storage's element count, the tensor's
+    size and its offset as given (8-byte integers)."""
+    q = (lambda v: b"\x8a\x08" + struct.pack("<q", v))  # LONG1 of 8 bytes
+    return (b"\x80\x02}q\x00X\x01\x00\x00\x00wq\x01ctorch._utils\n_rebuild_tensor_v2\nq\x02((X\x07\x00\x00\x00storage"
+            b"q\x03ctorch\nFloatStorage\nq\x04X\x01\x00\x00\x000q\x05X\x03\x00\x00\x00cpuq\x06" + q(numel) + b"tq\x07Q"
+            + q(offset) + q(size) + b"\x85q\x08K\x01\x85q\t\x89ccollections\nOrderedDict\nq\n)Rq\x0btq\x0cRq\rs.")
+
+
+@pytest.mark.parametrize("numel,size,offset", [(1 << 40, 2, 0), (2, 1 << 40, 0), (2, -5, 0), (2, 2, 1 << 40),
+                                               (-1, 2, 0)])
+def test_torch_storage_sizes_beyond_the_file_are_refused(tmp_path, numel, size, offset):
+    """Sizes in a torch pickle are checked by torch against the record before it allocates: one CheckpointError."""
+    torch_zip_with_pickle(tmp_path / "ok.pt", _torch_tensor_pickle(2, 2))
+    assert read_state(tmp_path / "ok.pt")["w"].shape == (2,)  # the crafted pickle is a valid torch file as such
+    torch_zip_with_pickle(tmp_path / "s.pt", _torch_tensor_pickle(numel, size, offset))
+    with pytest.raises(CheckpointError, match=r"s\.pt: cannot read this file as torch \(RuntimeError"):
+        read_state(tmp_path / "s.pt")
+
+
 def _safetensors(header: dict, data: bytes, length: int | None = None) -> bytes:
     blob = json.dumps(header).encode()
     return (len(blob) if length is None else length).to_bytes(8, "little") + blob + data
