@@ -45,6 +45,11 @@ def _os_error(path: Path, exc: OSError, what: str, error):
         return error(f"{path}: {parent} is a file, not a folder; check the path of the {what}")
     if exc.errno in (errno.EACCES, errno.EPERM):
         return error(f"{path}: permission denied reading the {what}; make it readable or copy it somewhere readable")
+    if exc.errno in (errno.ENXIO, errno.EOPNOTSUPP):  # a socket cannot be opened: say what it is
+        try:
+            return _refusal(path, os.stat(path).st_mode, what, error)
+        except OSError:
+            pass
     if exc.errno == errno.ELOOP:
         return error(f"{path}: too many levels of symbolic links; give the path of the {what} itself")
     return error(f"{path}: cannot open the {what} ({exc.strerror or exc}); check the path")

@@ -253,7 +253,7 @@ def test_many_tensors_wrappers_and_legacy_files_still_read(tmp_path):
         assert set(got) == {"weight", "bias"} and torch.equal(got["weight"], lin.weight.detach()), name
 
 
-def test_mapping_and_index_files_that_are_not_regular_files_are_named(tmp_path):
+def test_fifos_folders_and_sockets_are_named_by_what_they_are(tmp_path):
     os.mkfifo(tmp_path / "m.json")
     with pytest.raises(MappingError, match=r"m\.json: the mapping file is a FIFO \(named pipe\), not a regular file"):
         load_mapping(tmp_path / "m.json")
@@ -263,3 +263,9 @@ def test_mapping_and_index_files_that_are_not_regular_files_are_named(tmp_path):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(MappingError, match=r"afile is a file, not a folder"):
         load_mapping(tmp_path / "afile" / "m.json")
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as sock:  # a socket as a checkpoint
+        sock.bind(str(tmp_path / "s.safetensors"))
+        with pytest.raises(CheckpointError, match=r"s\.safetensors: the checkpoint file is a socket, not a regular"):
+            open_checkpoint(tmp_path / "s.safetensors")
