@@ -13,7 +13,7 @@ import signal
 import sys
 import warnings
 
-from .errors import PadiffError
+from .errors import CheckpointError, PadiffError
 
 
 def cmd_demo(args) -> int:
@@ -169,9 +169,23 @@ def cmd_check(args) -> int:
 def cmd_convert(args) -> int:
     from .checkpoint import convert_checkpoint
 
+    progress = False if args.quiet else None
+    if args.to is not None:
+        if args.base or args.raw or args.map or args.layout:
+            raise CheckpointError("--to converts a model folder with the models its config.json names; leave out "
+                                  "--base, --raw, --map and --layout")
+        report = convert_checkpoint(args.src, args.dst, to=args.to, verify=args.verify, progress=progress)
+        if not args.quiet:
+            print(report)
+        return 0 if report.ok else 1
+    if not (args.base and args.raw):
+        raise CheckpointError("give --base and --raw (the models SRC and DST are for), or --to paddleformers|"
+                              "transformers to convert a model folder holding a config.json")
+    if args.verify:
+        raise CheckpointError("--verify needs --to (a model folder the target library can load by itself)")
     try:
         report = convert_checkpoint(args.src, args.dst, args.base, args.raw, strict=args.strict,
-                                    progress=False if args.quiet else None, mapping=args.map)
+                                    progress=progress, mapping=args.map, layout=args.layout)
     except PadiffError as exc:
         exc.args = (_cli_words(str(exc)),)  # the flags of this command, not the Python API's arguments
         raise
@@ -206,10 +220,19 @@ def _add_convert(sub):
                                    "and writes shards plus an index.")
     c.add_argument("src", help="checkpoint to read (file, index file or folder holding one)")
     c.add_argument("dst", help="checkpoint to write; its suffix picks the format")
-    c.add_argument("--base", required=True, metavar="MODULE:CALLABLE",
+    c.add_argument("--base", metavar="MODULE:CALLABLE",
                    help="zero-argument factory (or class) of the model SRC was saved from")
-    c.add_argument("--raw", required=True, metavar="MODULE:CALLABLE",
+    c.add_argument("--raw", metavar="MODULE:CALLABLE",
                    help="zero-argument factory (or class) of the model DST is for")
+    c.add_argument("--to", choices=["paddleformers", "transformers"],
+                   help="SRC and DST are model folders (config.json, weights, tokenizer): write a folder this "
+                        "library's from_pretrained loads; the models come from the config, no --base/--raw")
+    c.add_argument("--verify", action="store_true",
+                   help="with --to: load the written folder with the target library, compare outputs with the "
+                        "source's on random token ids; a failure exits 1 and leaves DST.unverified, not DST")
+    c.add_argument("--layout", choices=["torch", "paddle", "hf"],
+                   help="the layout SRC is in, when neither its safetensors metadata nor its folder says and "
+                        "square tensors make it ambiguous (hf: as save_pretrained writes it)")
     c.add_argument("--strict", action=argparse.BooleanOptionalAction, default=True,
                    help="refuse tensors without a partner (default); --no-strict lists them and goes on")
     c.add_argument("--map", metavar="FILE", help="a mapping (JSON, from `padiff-lite pair`) pairing the layers "
