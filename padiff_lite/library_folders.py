@@ -1,0 +1,423 @@
+"""Model folders for transformers and PaddleFormers: ``convert SRC_DIR DST_DIR --to paddleformers|transformers``.
+
+A model folder is what ``save_pretrained`` writes: ``config.json`` (naming ``architectures``), the weights
+(one ``.safetensors`` file, or shards and ``model.safetensors.index.json``), ``generation_config.json`` and the
+tokenizer's files. Both libraries' loaders read the weights in the HuggingFace layout
+(:mod:`.layouts_on_disk`): transformers natively, PaddleFormers 1.x through each class's ``_gen_aoa_config``
+rules (transposes, q/k/v and gate/up fusion) applied by paddle's flex-checkpoint loader. So converting a
+folder keeps every tensor as it is (name, layout, dtype, bytes) and changes what the loaders differ on:
+
+1. the architecture comes from ``config.json``; both models are built without storage by the libraries
+   themselves (torch's meta device, ``paddle.LazyGuard``) from the translated config, so a config the target
+   library cannot build is refused before anything is written;
+2. the weights are checked against both loaders without reading a tensor: PaddleFormers' own rules run on the
+   files' names and shapes (paddle's ``AOAEngine``, as ``from_pretrained`` runs them): every tensor of the
+   model must be produced with its shape, every file tensor must be read; transformers' model must hold every
+   key (where transformers keeps its on-disk names); families whose loader is known to load wrong are refused
+   with the upstream problem named (``UPSTREAM``);
+3. ``config.json`` is translated (:func:`translate_config`), ``generation_config.json`` and the tokenizer
+   files are copied, the weights are written shard by shard like the source (header metadata says
+   ``padiff_lite_layout: hf``), all under a temporary name, renamed into place when complete (:mod:`.atomic`);
+4. ``verify=True``: the written folder is loaded with the target library's ``from_pretrained``, the source with
+   the source library's, both run on random token ids; the folder is written as ``DST.unverified`` (with a
+   ``PADIFF_LITE_UNVERIFIED.txt`` saying why) and renamed to ``DST`` only when the outputs agree.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import paddleformers_cpu
+from .atomic import AtomicOutput, output_error, terminate_like_interrupt
+from .errors import CheckpointError
+from .formats import INDEX_SUFFIX, TEMP_PREFIX, Entry, SafetensorsWriter, open_checkpoint, write_index
+from .layouts_on_disk import metadata_for
+
+log = logging.getLogger("padiff_lite.library_folders")
+
+TARGETS = ("paddleformers", "transformers")
+UNVERIFIED_SUFFIX = ".unverified"
+UNVERIFIED_MARK = "PADIFF_LITE_UNVERIFIED.txt"
+# files a save_pretrained folder holds that are not copied as they are: weights and index (rewritten),
+# config.json (translated), PaddleFormers' per-rank "saved" markers
+SKIP_PREFIXES = ("saved_signal_", ".model_weights.done.", TEMP_PREFIX)
+
+# config keys one library writes that the other does not use
+ONLY_PADDLEFORMERS = ("paddleformers_version",) + paddleformers_cpu.FUSED_FLAGS
+ONLY_TRANSFORMERS = ("transformers_version",)
+
+# (target library, model_type) -> the upstream problem: that library's loader loads these folders wrong
+UPSTREAM: dict[tuple[str, str], str] = {}
+
+# verification: outputs equal within this (float32, a few layers; the libraries' kernels differ slightly)
+VERIFY_ATOL = 1e-4
+VERIFY_RTOL = 1e-3
+
+
+@dataclass
+class FolderReport:
+    source: str
+    destination: str
+    to: str
+    architecture: str
+    tensors: int = 0
+    bytes: int = 0
+    weight_files: list[str] = field(default_factory=list)
+    copied: list[str] = field(default_factory=list)  # other files copied as they are
+    config_changes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    verified: bool | None = None  # None: not asked for
+    max_diff: float | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.verified is not False
+
+    def __str__(self):
+        lines = [f"model folder {self.source} -> {self.destination} ({self.architecture} for {self.to})",
+                 f"  {self.tensors} tensors, {self.bytes / 1e6:.1f} MB in {len(self.weight_files)} weight file(s), "
+                 f"HuggingFace layout, dtypes kept; {self.seconds:.2f} s"]
+        if self.copied:
+            lines.append("  copied: " + ", ".join(self.copied))
+        for c in self.config_changes:
+            lines.append("  config: " + c)
+        for n in self.notes:
+            lines.append("  note: " + n)
+        if self.verified is not None:
+            verdict = "verified" if self.verified else "NOT VERIFIED"
+            lines.append(f"  {verdict}: max |diff| of outputs {self.max_diff:.3g} (atol {VERIFY_ATOL:g}, rtol "
+                         f"{VERIFY_RTOL:g})" + ("" if self.verified else f"; left as {self.destination}"))
+        return "\n".join(lines)
+
+
+# -- the libraries -------------------------------------------------------------
+def _libraries():
+    """transformers and paddleformers.transformers, imported in the order that works (transformers first:
+    PaddleFormers switches transformers' torch detection off when it is imported first)."""
+    try:
+        import transformers
+    except ImportError as exc:
+        raise CheckpointError(f"model folders need transformers ({exc}); pip install transformers") from exc
+    try:
+        import paddleformers.transformers as pf
+    except ImportError as exc:
+        raise CheckpointError(f"model folders need paddleformers ({exc}); pip install paddleformers") from exc
+    return transformers, pf
+
+
+def _class(lib, library: str, arch: str, src: Path):
+    cls = getattr(lib, arch, None)
+    if cls is None:
+        raise CheckpointError(f"{src / 'config.json'} names the architecture {arch}, which {library} "
+                              f"{_version(library)} does not have; nothing was written. Convert to a library that has "
+                              "it, or port the model and use the factory form (--base/--raw)")
+    return cls
+
+
+def _version(library: str) -> str:
+    import importlib.metadata as md
+
+    try:
+        return md.version(library)
+    except md.PackageNotFoundError:
+        return "?"
+
+
+# -- the folder ------------------------------------------------------------------
+def read_config(src: Path) -> dict:
+    p = src / "config.json"
+    if not src.is_dir() or not p.is_file():
+        raise CheckpointError(f"{src}: not a model folder (no config.json); --to converts a folder written by "
+                              "save_pretrained. For a single checkpoint file use --base/--raw")
+    try:
+        cfg = json.loads(p.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise CheckpointError(f"{p}: not valid JSON ({exc}); re-create or re-download it") from None
+    archs = cfg.get("architectures") if isinstance(cfg, dict) else None
+    if not isinstance(archs, list) or not archs or not isinstance(archs[0], str):
+        raise CheckpointError(f"{p} names no 'architectures' (e.g. [\"LlamaForCausalLM\"]); add the model class "
+                              "there, as save_pretrained writes it")
+    return cfg
+
+
+def translate_config(cfg: dict, to: str) -> tuple[dict, list[str]]:
+    """The config.json for ``to``'s loader and what changed (one line per change)."""
+    out, changes = dict(cfg), []
+    drop = ONLY_TRANSFORMERS if to == "paddleformers" else ONLY_PADDLEFORMERS
+    for key in drop:
+        if key in out:
+            changes.append(f"{key} dropped (the other library's)")
+            del out[key]
+    rope = out.get("rope_parameters")
+    if to == "paddleformers":
+        # PaddleFormers 1.x reads rope_theta; transformers 5 keeps it in rope_parameters
+        if isinstance(rope, dict) and "rope_theta" in rope and "rope_theta" not in out:
+            out["rope_theta"] = rope["rope_theta"]
+            changes.append(f"rope_theta = {rope['rope_theta']} (from rope_parameters)")
+        if "dtype" in out and "torch_dtype" not in out:
+            out["torch_dtype"] = out["dtype"]
+            changes.append(f"torch_dtype = {out['dtype']!r} (from dtype)")
+    else:
+        if "torch_dtype" in out and "dtype" not in out:
+            out["dtype"] = out.pop("torch_dtype")
+            changes.append(f"dtype = {out['dtype']!r} (from torch_dtype)")
+    return out, changes
+
+
+def _other_files(src: Path, weight_files: set) -> list[Path]:
+    """Files copied as they are (generation config, tokenizer, processor, chat template ...)."""
+    out = []
+    for p in sorted(src.iterdir()):
+        if p.name == "config.json" or p in weight_files or p.name.startswith(SKIP_PREFIXES) or not p.is_file():
+            continue
+        if p.name.endswith(INDEX_SUFFIX) or p.suffix in (".safetensors", ".bin", ".pt", ".pth", ".pdparams"):
+            continue  # another checkpoint in the folder: not what the index names
+        if p.is_symlink() and p.resolve().parent != src.resolve():
+            raise CheckpointError(f"{p} is a symbolic link out of the model folder (to {p.resolve()}); copy the file "
+                                  "itself into the folder (padiff_lite never follows a path out of the folder it is "
+                                  "given)")
+        out.append(p)
+    return out
+
+
+# -- the models, without storage -----------------------------------------------------
+def _build(library: str, cls, cfg: dict):
+    """(config object, model without storage) built by the library itself."""
+    try:
+        config = cls.config_class.from_dict(dict(cfg))
+        if library == "transformers":
+            import torch
+
+            with torch.device("meta"):
+                model = cls(config)
+        else:
+            import paddle
+
+            paddleformers_cpu.switch_off(config)
+            with paddle.LazyGuard():
+                model = cls(config)
+    except Exception as exc:
+        raise CheckpointError(f"{library} cannot build {cls.__name__} from this config.json ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0][:300] if str(exc) else ''}); nothing was written") from exc
+    return config, model
+
+
+def _shapes(ck) -> dict[str, tuple]:
+    return {k: tuple(i.shape) for k, i in ck.infos.items()}
+
+
+def check_paddleformers(cls, config, model, ck) -> list[str]:
+    """Run PaddleFormers' own loading rules (``_gen_aoa_config``, paddle's AOAEngine) on the file's names and
+    shapes: the problems (a model tensor not produced or of another shape, a file tensor never read)."""
+    if not hasattr(cls, "_gen_aoa_config"):
+        return [f"PaddleFormers' {cls.__name__} has no _gen_aoa_config, so its from_pretrained cannot read a "
+                "HuggingFace-layout folder (flex_checkpoint loading needs it)"]
+    from paddle.distributed.flex_checkpoint.aoa.aoa_engine import AOAEngine
+    from paddle.distributed.flex_checkpoint.dcp.sharded_weight import ShardedWeightDesc
+
+    def desc(key, shape, dtype):
+        return [ShardedWeightDesc(key, shape, shape, (0,) * len(shape), dtype)]
+
+    state = model.state_dict()
+    dst = {k: desc(k, tuple(v.shape), str(v.dtype).split(".")[-1]) for k, v in state.items()}
+    src = {k: desc(k, s, str(ck.infos[k].dtype).replace("torch.", "")) for k, s in _shapes(ck).items()}
+    try:
+        engine = AOAEngine(cls._gen_aoa_config(config), src, dst)
+    except Exception as exc:  # the loader itself would fail the same way
+        return [f"PaddleFormers' loading rules for {cls.__name__} fail on this folder: {type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:300] if str(exc) else ''}"]
+    problems, used = [], set()
+    for key, tensor in state.items():
+        got = engine.output_vars.get(key)
+        if got is None:
+            problems.append(f"{key}: PaddleFormers' loading rules produce nothing for it")
+            continue
+        used.update(s[0] for s in got.slices)
+        if tuple(got.shape) != tuple(tensor.shape):
+            problems.append(f"{key}: PaddleFormers' loading rules make it {list(got.shape)}, the model holds "
+                            f"{list(tensor.shape)}")
+    unread = sorted(set(src) - used)
+    if unread:
+        problems.append(f"{len(unread)} tensor(s) of the folder would not be read by PaddleFormers' "
+                        f"{cls.__name__}: {', '.join(unread[:5])}{' ...' if len(unread) > 5 else ''}")
+    return problems
+
+
+def check_transformers(model, config, ck) -> tuple[list[str], list[str]]:
+    """The file's keys against transformers' model built on the meta device: (problems, notes). Families that
+    transformers stores under other names on disk (its conversion_mapping) are left to its loader (noted)."""
+    from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+
+    model_type = getattr(config, "model_type", "")
+    if get_checkpoint_conversion_mapping(model_type):
+        return [], [f"transformers renames {model_type} tensors when it loads (its conversion_mapping): the keys were "
+                    "left to its loader; --verify proves the folder"]
+    tied = set()
+    if getattr(config, "tie_word_embeddings", False):
+        tied = {k for k in getattr(model, "all_tied_weights_keys", {}) or {}}
+        tied |= {k for k in model.state_dict() if k.endswith("lm_head.weight")}
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = _shapes(ck)
+    problems = []
+    missing = sorted(k for k in expected if k not in got and k not in tied)
+    if missing:
+        problems.append(f"{len(missing)} tensor(s) transformers' {type(model).__name__} needs are not in the folder: "
+                        f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+    foreign = sorted(k for k in got if k not in expected)
+    if foreign:
+        problems.append(f"{len(foreign)} tensor(s) of the folder are not in transformers' {type(model).__name__}: "
+                        f"{', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}")
+    for k, s in got.items():
+        if k in expected and expected[k] != s:
+            problems.append(f"{k} is {list(s)} in the folder, {list(expected[k])} in transformers' model")
+    return problems, []
+
+
+# -- the conversion -------------------------------------------------------------------
+def convert_folder(src, dst, to: str, verify: bool = False, progress=None) -> FolderReport:
+    """Convert the model folder ``src`` (transformers' or PaddleFormers' save_pretrained) into the folder ``dst``
+    that ``to``'s ``from_pretrained`` loads. See the module's docstring; CheckpointError when it cannot be done
+    right (nothing is written then)."""
+    t0 = time.perf_counter()
+    if to not in TARGETS:
+        raise CheckpointError(f"to={to!r}: choose one of {', '.join(TARGETS)}")
+    src, dst = Path(src), Path(dst)
+    cfg = read_config(src)
+    final = dst.with_name(dst.name + UNVERIFIED_SUFFIX) if verify else dst
+    _check_destination(src, dst, final)
+    transformers, pf = _libraries()
+    source_lib = "transformers" if to == "paddleformers" else "paddleformers"
+    arch = cfg["architectures"][0]
+    libs = {"transformers": transformers, "paddleformers": pf}
+    tcls, scls = _class(libs[to], to, arch, src), _class(libs[source_lib], source_lib, arch, src)
+    model_type = cfg.get("model_type", "")
+    if (to, model_type) in UPSTREAM:
+        raise CheckpointError(f"{src}: {UPSTREAM[(to, model_type)]}; nothing was written")
+
+    ck = open_checkpoint(src)
+    if ck.fmt != "safetensors":
+        raise CheckpointError(f"{ck.path}: the folder's weights are {ck.fmt} files; folder conversion reads "
+                              ".safetensors (what save_pretrained writes): convert them with the factory form first")
+    out_cfg, changes = translate_config(cfg, to)
+    report = FolderReport(str(src), str(final), to, arch, config_changes=changes)
+
+    # both models, without storage, by the libraries themselves; both loaders' view of the weights
+    pf_cls = tcls if to == "paddleformers" else scls
+    t_cls = tcls if to == "transformers" else scls
+    pf_cfg = out_cfg if to == "paddleformers" else cfg
+    t_cfg = out_cfg if to == "transformers" else cfg
+    pf_config, pf_model = _build("paddleformers", pf_cls, pf_cfg)
+    t_config, t_model = _build("transformers", t_cls, t_cfg)
+    problems = check_paddleformers(pf_cls, pf_config, pf_model, ck)
+    t_problems, t_notes = check_transformers(t_model, t_config, ck)
+    problems += t_problems
+    report.notes += t_notes
+    if problems:
+        raise CheckpointError(f"{src}: the weights do not fit what the libraries' loaders read ({arch}, "
+                              f"transformers {_version('transformers')}, paddleformers {_version('paddleformers')}); "
+                              "nothing was written:\n" + "\n".join("  - " + p for p in problems))
+    if to == "paddleformers":
+        on = paddleformers_cpu.fused_flags_on(pf_model.config.__class__.from_dict(dict(out_cfg)))
+        if on:
+            report.notes.append(f"PaddleFormers switches on {', '.join(on)} for this config (GPU-only fused kernels); "
+                                "on a CPU set them False after loading (padiff-lite's check/pair/--verify do)")
+
+    _write(src, final, ck, out_cfg, report, verify)
+    report.seconds = time.perf_counter() - t0
+    if verify:
+        from .library_verify import verify_folder
+
+        report.max_diff, report.verified = verify_folder(src, final, to, source_lib, arch, VERIFY_ATOL, VERIFY_RTOL)
+        if report.verified:
+            (final / UNVERIFIED_MARK).unlink()
+            os.rename(final, dst)
+            report.destination = str(dst)
+        else:
+            (final / UNVERIFIED_MARK).write_text(
+                f"padiff-lite converted {src} into this folder for {to}, but the outputs of {to}'s from_pretrained on "
+                f"it differ from {source_lib}'s on the source by {report.max_diff:.3g} (allowed: atol {VERIFY_ATOL:g}, "
+                f"rtol {VERIFY_RTOL:g}). Do not use it; report the model family.\n", encoding="utf-8")
+            log.error("%s: verification failed (max |diff| %.3g); the folder is left as %s", src, report.max_diff,
+                      final)
+        report.seconds = time.perf_counter() - t0
+    log.info("converted model folder %s -> %s: %d tensors, %.1f MB in %.2f s", src, report.destination,
+             report.tensors, report.bytes / 1e6, report.seconds)
+    return report
+
+
+def _check_destination(src: Path, dst: Path, final: Path):
+    for p in {dst, final}:
+        if p.exists() and not (p.is_dir() and not any(p.iterdir())):
+            raise CheckpointError(f"{p} exists and is not an empty folder; a model folder is written whole into a new "
+                                  "(or empty) folder: choose another name or remove it")
+    s = src.resolve()
+    for p in (dst, final):
+        r = p.resolve()
+        if r == s or s in r.parents:
+            raise CheckpointError(f"{p} lies inside the source folder {src}; write the converted folder elsewhere")
+    for p in {dst, final}:
+        if p.is_dir():
+            p.rmdir()  # empty: the new folder is renamed into its place
+
+
+def _write(src: Path, final: Path, ck, out_cfg: dict, report: FolderReport, verify: bool):
+    others = _other_files(src, set(ck.files))
+    weight_names = [f.name for f in ck.files]
+    index = final / ck.index.name if ck.index is not None else None
+    finals = [final / n for n in weight_names] + ([index] if index else []) + [final / "config.json"] + \
+        [final / p.name for p in others] + ([final / UNVERIFIED_MARK] if verify else [])
+    total = sum(i.nbytes for i in ck.infos.values())
+    by_file: dict[int, list[str]] = {}
+    for key, info in ck.infos.items():
+        by_file.setdefault(info.file, []).append(key)
+    try:
+        with terminate_like_interrupt(), AtomicOutput(finals, ck.files + ([ck.index] if ck.index else []), None,
+                                                      total) as out:
+            buf = None
+            weight_map = {}
+            for i, name in enumerate(weight_names):
+                keys = sorted(by_file.get(i, []), key=lambda k: ck.infos[k].offset)
+                entries = [Entry(k, tuple(ck.infos[k].shape), ck.infos[k].dtype) for k in keys]
+                writer = SafetensorsWriter(out.tmp(final / name), entries, metadata_for("hf"))
+                out.opened(writer)
+                for k in keys:
+                    n = ck.infos[k].nbytes
+                    if buf is None or buf.numel() < n:
+                        import torch
+
+                        buf = torch.empty(max(n, 1), dtype=torch.uint8)
+                    writer.add(k, ck.get(k, into=buf))
+                    report.tensors += 1
+                    report.bytes += n
+                    weight_map[k] = name
+                writer.close()
+                ck.release()
+            if index is not None:
+                write_index(out.tmp(index), weight_map, total)
+            _write_text(out.tmp(final / "config.json"), json.dumps(out_cfg, indent=2, sort_keys=True) + "\n")
+            for p in others:
+                shutil.copyfile(p, out.tmp(final / p.name))
+                report.copied.append(p.name)
+            if verify:
+                _write_text(out.tmp(final / UNVERIFIED_MARK), "padiff-lite: this folder is being verified; it is not "
+                            "verified until this file is gone and the folder has its final name\n")
+            out.commit()
+    except (OSError, RuntimeError) as exc:
+        err = output_error(exc, final)
+        if err is None:
+            raise
+        raise err from exc
+    report.weight_files = weight_names + ([index.name] if index else [])
+
+
+def _write_text(path: Path, text: str):
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
