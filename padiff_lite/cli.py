@@ -79,6 +79,14 @@ def _build(spec: str, flag: str):
     return model
 
 
+def _cpu_ready(model, flag: str):
+    """PaddleFormers models on a CPU: their GPU-only fused-kernel flags switched off (logged)."""
+    from .paddleformers_cpu import prepare
+
+    prepare(model, f"{flag} model")
+    return model
+
+
 def _parse_range(text: str) -> tuple:
     from .errors import DiffInputError
 
@@ -144,8 +152,8 @@ def cmd_check(args) -> int:
 
     dtype, shapes = _dtype_and_shapes(args, "e.g. --input-shape 2,3,224,224")
     _seed_frameworks(args.seed)  # the models' random initialisation too: a run is reproducible
-    base = create_model(_build(args.base, "--base"))
-    raw = create_model(_build(args.raw, "--raw"))
+    base = create_model(_cpu_ready(_build(args.base, "--base"), "--base"))
+    raw = create_model(_cpu_ready(_build(args.raw, "--raw"), "--raw"))
     if args.weights:
         base.adapter.load_weights(base.model, args.weights)
     names = args.input_name or []
@@ -256,7 +264,7 @@ def cmd_pair(args) -> int:
 
     dtype, shapes = _dtype_and_shapes(args, "e.g. --input-shape 2,16 (the models run on it once)")
     _seed_frameworks(args.seed)
-    base, raw = _build(args.base, "--base"), _build(args.raw, "--raw")
+    base, raw = _cpu_ready(_build(args.base, "--base"), "--base"), _cpu_ready(_build(args.raw, "--raw"), "--raw")
     rng = np.random.default_rng(args.seed)
     if dtype.kind == "f":
         arrays = tuple(rng.standard_normal(s).astype(dtype) for s in shapes)

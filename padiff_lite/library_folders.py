@@ -53,6 +53,12 @@ ONLY_TRANSFORMERS = ("transformers_version",)
 
 # (target library, model_type) -> the upstream problem: that library's loader loads these folders wrong
 UPSTREAM: dict[tuple[str, str], str] = {}
+# (source library, model_type) -> what its save_pretrained is known to get wrong (said when the checks refuse)
+UPSTREAM_SAVE = {
+    ("paddleformers", "gemma3_text"): "PaddleFormers 1.2's save_pretrained of Gemma3 splits mlp.up_gate_proj "
+    "into gate_proj/up_proj for layer 0 only (its _gen_inv_aoa_config names layers.0) and writes the other layers' "
+    "fused: an upstream problem; convert the transformers folder the model came from, or save it from transformers",
+}
 
 # verification: outputs equal within this (float32, a few layers; the libraries' kernels differ slightly)
 VERIFY_ATOL = 1e-4
@@ -156,14 +162,27 @@ def translate_config(cfg: dict, to: str) -> tuple[dict, list[str]]:
             del out[key]
     rope = out.get("rope_parameters")
     if to == "paddleformers":
-        # PaddleFormers 1.x reads rope_theta; transformers 5 keeps it in rope_parameters
-        if isinstance(rope, dict) and "rope_theta" in rope and "rope_theta" not in out:
+        # PaddleFormers 1.x reads rope_theta (and Gemma3's rope_local_base_freq for its sliding layers);
+        # transformers 5 keeps them in rope_parameters, per layer type where they differ
+        if isinstance(rope, dict) and isinstance(rope.get("full_attention"), dict):
+            for kind, key in (("full_attention", "rope_theta"), ("sliding_attention", "rope_local_base_freq")):
+                theta = (rope.get(kind) or {}).get("rope_theta")
+                if theta is not None and out.get(key) != theta:
+                    out[key] = theta
+                    changes.append(f"{key} = {theta} (from rope_parameters.{kind})")
+        elif isinstance(rope, dict) and "rope_theta" in rope and "rope_theta" not in out:
             out["rope_theta"] = rope["rope_theta"]
             changes.append(f"rope_theta = {rope['rope_theta']} (from rope_parameters)")
         if "dtype" in out and "torch_dtype" not in out:
             out["torch_dtype"] = out["dtype"]
             changes.append(f"torch_dtype = {out['dtype']!r} (from dtype)")
     else:
+        if "rope_local_base_freq" in out and "rope_theta" in out and out.get("model_type", "").startswith("gemma3"):
+            full = dict(rope) if isinstance(rope, dict) and "full_attention" not in rope else {}
+            full = {"rope_type": full.get("rope_type", "default"), **full, "rope_theta": out["rope_theta"]}
+            out["rope_parameters"] = {"full_attention": full, "sliding_attention": {
+                "rope_type": "default", "rope_theta": out.pop("rope_local_base_freq")}}
+            changes.append("rope_parameters per layer type (from rope_theta and rope_local_base_freq)")
         if "torch_dtype" in out and "dtype" not in out:
             out["dtype"] = out.pop("torch_dtype")
             changes.append(f"dtype = {out['dtype']!r} (from torch_dtype)")
@@ -212,12 +231,14 @@ def _shapes(ck) -> dict[str, tuple]:
     return {k: tuple(i.shape) for k, i in ck.infos.items()}
 
 
-def check_paddleformers(cls, config, model, ck) -> list[str]:
+def check_paddleformers(cls, config, model, ck, extra: dict | None = None) -> tuple[list[str], list[str]]:
     """Run PaddleFormers' own loading rules (``_gen_aoa_config``, paddle's AOAEngine) on the file's names and
-    shapes: the problems (a model tensor not produced or of another shape, a file tensor never read)."""
+    shapes (plus ``extra``: {key: the file key whose copy it will be}): (problems: a model tensor not produced or
+    of another shape, the rules failing; file tensors they never read)."""
+    extra = extra or {}
     if not hasattr(cls, "_gen_aoa_config"):
         return [f"PaddleFormers' {cls.__name__} has no _gen_aoa_config, so its from_pretrained cannot read a "
-                "HuggingFace-layout folder (flex_checkpoint loading needs it)"]
+                "HuggingFace-layout folder (flex_checkpoint loading needs it)"], []
     from paddle.distributed.flex_checkpoint.aoa.aoa_engine import AOAEngine
     from paddle.distributed.flex_checkpoint.dcp.sharded_weight import ShardedWeightDesc
 
@@ -226,12 +247,14 @@ def check_paddleformers(cls, config, model, ck) -> list[str]:
 
     state = model.state_dict()
     dst = {k: desc(k, tuple(v.shape), str(v.dtype).split(".")[-1]) for k, v in state.items()}
-    src = {k: desc(k, s, str(ck.infos[k].dtype).replace("torch.", "")) for k, s in _shapes(ck).items()}
+    shapes = _shapes(ck)
+    shapes.update({k: shapes[v] for k, v in extra.items()})
+    src = {k: desc(k, s, str(ck.infos[extra.get(k, k)].dtype).replace("torch.", "")) for k, s in shapes.items()}
     try:
         engine = AOAEngine(cls._gen_aoa_config(config), src, dst)
     except Exception as exc:  # the loader itself would fail the same way
         return [f"PaddleFormers' loading rules for {cls.__name__} fail on this folder: {type(exc).__name__}: "
-                f"{str(exc).splitlines()[0][:300] if str(exc) else ''}"]
+                f"{str(exc).splitlines()[0][:300] if str(exc) else ''}"], []
     problems, used = [], set()
     for key, tensor in state.items():
         got = engine.output_vars.get(key)
@@ -242,11 +265,46 @@ def check_paddleformers(cls, config, model, ck) -> list[str]:
         if tuple(got.shape) != tuple(tensor.shape):
             problems.append(f"{key}: PaddleFormers' loading rules make it {list(got.shape)}, the model holds "
                             f"{list(tensor.shape)}")
-    unread = sorted(set(src) - used)
-    if unread:
-        problems.append(f"{len(unread)} tensor(s) of the folder would not be read by PaddleFormers' "
-                        f"{cls.__name__}: {', '.join(unread[:5])}{' ...' if len(unread) > 5 else ''}")
-    return problems
+    return problems, sorted(set(src) - used)
+
+
+def _pf_view(cls, config, model, ck, ties: dict) -> tuple[list[str], dict, list[str], list[str]]:
+    """PaddleFormers' view of the folder, settling tied tensors: (problems, extra {key: copy of}, keys to leave
+    out, notes). A tied name PaddleFormers' rules ask for but the folder does not hold (transformers does not
+    store tied copies) is written as a copy of its partner; a stored tied copy PaddleFormers does not read is left
+    out when it equals its partner (the model's own tying restores it), refused when it does not."""
+    extra, drop, notes = {}, [], []
+    for _ in range(4):
+        problems, unread = check_paddleformers(cls, config, model, ck, extra)
+        wanted = [k for k, v in ties.items() if k not in ck.infos and k not in extra and v in ck.infos
+                  and any(f"{k} should be assigned before" in p for p in problems)]
+        if not wanted:
+            break
+        extra.update({k: ties[k] for k in wanted})
+    for k in extra:
+        notes.append(f"{k} written as a copy of {extra[k]} (tied; PaddleFormers' {cls.__name__} loader reads it "
+                     "by this name)")
+    rest = []
+    for k in unread:
+        partner = ties.get(k)
+        if partner in ck.infos and _equal(ck, k, partner):
+            drop.append(k)
+            notes.append(f"{k} not written: the same values as {partner}, to which it is tied "
+                         f"(tie_word_embeddings); {cls.__name__}'s loader does not read it")
+        else:
+            rest.append(k)
+    if rest:
+        problems.append(f"{len(rest)} tensor(s) of the folder would not be read by PaddleFormers' {cls.__name__}: "
+                        f"{', '.join(rest[:5])}{' ...' if len(rest) > 5 else ''}")
+    return problems, extra, drop, notes
+
+
+def _equal(ck, a: str, b: str) -> bool:
+    import torch
+
+    ia, ib = ck.infos[a], ck.infos[b]
+    return ia.shape == ib.shape and ia.dtype == ib.dtype and torch.equal(ck.get(a).view(torch.uint8),
+                                                                          ck.get(b).view(torch.uint8))
 
 
 def check_transformers(model, config, ck) -> tuple[list[str], list[str]]:
@@ -314,10 +372,14 @@ def convert_folder(src, dst, to: str, verify: bool = False, progress=None) -> Fo
     t_cfg = out_cfg if to == "transformers" else cfg
     pf_config, pf_model = _build("paddleformers", pf_cls, pf_cfg)
     t_config, t_model = _build("transformers", t_cls, t_cfg)
-    problems = check_paddleformers(pf_cls, pf_config, pf_model, ck)
+    ties = dict(getattr(t_model, "all_tied_weights_keys", None) or {}) \
+        if getattr(t_config, "tie_word_embeddings", False) else {}
+    problems, extra, drop, notes = _pf_view(pf_cls, pf_config, pf_model, ck, ties)
     t_problems, t_notes = check_transformers(t_model, t_config, ck)
-    problems += t_problems
-    report.notes += t_notes
+    problems += [p for p in t_problems if not any(k in p for k in drop)] if drop else t_problems
+    report.notes += notes + t_notes
+    if problems and (source_lib, model_type) in UPSTREAM_SAVE:
+        problems.append(UPSTREAM_SAVE[(source_lib, model_type)])
     if problems:
         raise CheckpointError(f"{src}: the weights do not fit what the libraries' loaders read ({arch}, "
                               f"transformers {_version('transformers')}, paddleformers {_version('paddleformers')}); "
@@ -328,7 +390,8 @@ def convert_folder(src, dst, to: str, verify: bool = False, progress=None) -> Fo
             report.notes.append(f"PaddleFormers switches on {', '.join(on)} for this config (GPU-only fused kernels); "
                                 "on a CPU set them False after loading (padiff-lite's check/pair/--verify do)")
 
-    _write(src, final, ck, out_cfg, report, verify)
+    _write(src, final, ck, out_cfg, report, verify, extra if to == "paddleformers" else {},
+           set(drop) if to == "transformers" else set())
     report.seconds = time.perf_counter() - t0
     if verify:
         from .library_verify import verify_folder
@@ -366,33 +429,37 @@ def _check_destination(src: Path, dst: Path, final: Path):
             p.rmdir()  # empty: the new folder is renamed into its place
 
 
-def _write(src: Path, final: Path, ck, out_cfg: dict, report: FolderReport, verify: bool):
+def _write(src: Path, final: Path, ck, out_cfg: dict, report: FolderReport, verify: bool, extra: dict, drop: set):
     others = _other_files(src, set(ck.files))
     weight_names = [f.name for f in ck.files]
     index = final / ck.index.name if ck.index is not None else None
     finals = [final / n for n in weight_names] + ([index] if index else []) + [final / "config.json"] + \
         [final / p.name for p in others] + ([final / UNVERIFIED_MARK] if verify else [])
-    total = sum(i.nbytes for i in ck.infos.values())
+    total = sum(i.nbytes for k, i in ck.infos.items() if k not in drop) + sum(ck.infos[v].nbytes for v in extra.values())
     by_file: dict[int, list[str]] = {}
-    for key, info in ck.infos.items():
-        by_file.setdefault(info.file, []).append(key)
+    for key, info in sorted(ck.infos.items(), key=lambda kv: kv[1].offset):
+        if key not in drop:
+            by_file.setdefault(info.file, []).append(key)
+    for key, partner in extra.items():  # beside the tensor it copies
+        by_file[ck.infos[partner].file].append(key)
     try:
         with terminate_like_interrupt(), AtomicOutput(finals, ck.files + ([ck.index] if ck.index else []), None,
                                                       total) as out:
             buf = None
             weight_map = {}
             for i, name in enumerate(weight_names):
-                keys = sorted(by_file.get(i, []), key=lambda k: ck.infos[k].offset)
-                entries = [Entry(k, tuple(ck.infos[k].shape), ck.infos[k].dtype) for k in keys]
+                keys = by_file.get(i, [])
+                entries = [Entry(k, tuple(ck.infos[extra.get(k, k)].shape), ck.infos[extra.get(k, k)].dtype)
+                           for k in keys]
                 writer = SafetensorsWriter(out.tmp(final / name), entries, metadata_for("hf"))
                 out.opened(writer)
                 for k in keys:
-                    n = ck.infos[k].nbytes
+                    n = ck.infos[extra.get(k, k)].nbytes
                     if buf is None or buf.numel() < n:
                         import torch
 
                         buf = torch.empty(max(n, 1), dtype=torch.uint8)
-                    writer.add(k, ck.get(k, into=buf))
+                    writer.add(k, ck.get(extra.get(k, k), into=buf))
                     report.tensors += 1
                     report.bytes += n
                     weight_map[k] = name

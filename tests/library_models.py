@@ -88,3 +88,12 @@ def logits_paddle(model, x):
         out = model(input_ids=paddle.to_tensor(x))
     out = getattr(out, "logits", None) if not isinstance(out, (tuple, list)) else out[0]
     return np.asarray(out.astype("float32").numpy())
+
+
+def paddle_llama_as_configured():
+    """A PaddleFormers Llama as a user builds it: the config's fused-kernel switches untouched (fuse_rms_norm is
+    on when absent: no CPU kernel)."""
+    from paddleformers.transformers import LlamaConfig, LlamaForCausalLM
+
+    paddle.seed(1)
+    return LlamaForCausalLM(LlamaConfig(**llama_kwargs(), rope_theta=10000.0)).eval()
