@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -50,6 +51,9 @@ SKIP_PREFIXES = ("saved_signal_", ".model_weights.done.", TEMP_PREFIX)
 # config keys one library writes that the other does not use
 ONLY_PADDLEFORMERS = ("paddleformers_version",) + paddleformers_cpu.FUSED_FLAGS
 ONLY_TRANSFORMERS = ("transformers_version",)
+
+# config keys PaddleFormers writes under another name than transformers reads: model_type -> {pf key: hf key}
+CONFIG_RENAMES = {"gpt_oss": {"num_experts": "num_local_experts"}}
 
 # (target library, model_type) -> the upstream problem: that library's loader loads these folders wrong
 UPSTREAM: dict[tuple[str, str], str] = {}
@@ -177,6 +181,10 @@ def translate_config(cfg: dict, to: str) -> tuple[dict, list[str]]:
             out["torch_dtype"] = out["dtype"]
             changes.append(f"torch_dtype = {out['dtype']!r} (from dtype)")
     else:
+        for pf_key, hf_key in CONFIG_RENAMES.get(out.get("model_type", ""), {}).items():
+            if pf_key in out and hf_key not in out:
+                out[hf_key] = out.pop(pf_key)
+                changes.append(f"{hf_key} = {out[hf_key]!r} (PaddleFormers' {pf_key})")
         if "rope_local_base_freq" in out and "rope_theta" in out and out.get("model_type", "").startswith("gemma3"):
             full = dict(rope) if isinstance(rope, dict) and "full_attention" not in rope else {}
             full = {"rope_type": full.get("rope_type", "default"), **full, "rope_theta": out["rope_theta"]}
@@ -313,15 +321,21 @@ def check_transformers(model, config, ck) -> tuple[list[str], list[str]]:
     from transformers.conversion_mapping import get_checkpoint_conversion_mapping
 
     model_type = getattr(config, "model_type", "")
-    if get_checkpoint_conversion_mapping(model_type):
-        return [], [f"transformers renames {model_type} tensors when it loads (its conversion_mapping): the keys were "
-                    "left to its loader; --verify proves the folder"]
     tied = set()
     if getattr(config, "tie_word_embeddings", False):
         tied = {k for k in getattr(model, "all_tied_weights_keys", {}) or {}}
-        tied |= {k for k in model.state_dict() if k.endswith("lm_head.weight")}
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    persistent = model.state_dict()
+    expected = {k: tuple(v.shape) for k, v in persistent.items()}
     got = _shapes(ck)
+    # whatever the names on disk, the numbers of values must agree (a config translated wrong changes sizes)
+    want = sum(math.prod(s) for k, s in expected.items() if k not in tied)
+    have = sum(math.prod(s) for k, s in got.items() if k not in tied)
+    if want != have:
+        return [f"transformers' {type(model).__name__} built from this config holds {want:,} values, the folder "
+                f"{have:,}: the config does not describe these weights for transformers"], []
+    if get_checkpoint_conversion_mapping(model_type):
+        return [], [f"transformers renames {model_type} tensors when it loads (its conversion_mapping): the names were "
+                    "left to its loader, the sizes checked; --verify proves the folder"]
     problems = []
     missing = sorted(k for k in expected if k not in got and k not in tied)
     if missing:
