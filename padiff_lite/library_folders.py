@@ -285,7 +285,7 @@ def _pf_view(cls, config, model, ck, ties: dict) -> tuple[list[str], dict, list[
     for _ in range(4):
         problems, unread = check_paddleformers(cls, config, model, ck, extra)
         wanted = [k for k, v in ties.items() if k not in ck.infos and k not in extra and v in ck.infos
-                  and any(f"{k} should be assigned before" in p for p in problems)]
+                  and any(k in p for p in problems if p.startswith("PaddleFormers' loading rules"))]
         if not wanted:
             break
         extra.update({k: ties[k] for k in wanted})

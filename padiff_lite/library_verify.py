@@ -27,10 +27,27 @@ def load(library: str, arch: str, folder):
         import paddleformers.transformers as pf
 
         cls = getattr(pf, arch)
-        model = cls.from_pretrained(str(folder), dtype="float32")
+        _forget_flex_metadata()
+        try:
+            model = cls.from_pretrained(str(folder), dtype="float32")
+        finally:
+            _forget_flex_metadata()
         paddleformers_cpu.prepare(model, f"{folder}:")
     model.eval()
     return model
+
+
+def _forget_flex_metadata():
+    """paddle's flex-checkpoint loader keeps the folder metadata it read in a process-wide cache that only a
+    successful load empties: after a failed from_pretrained, the next one in the process reads the failed
+    folder's metadata (checked with paddle 3.3.1). Empty it around each load."""
+    try:
+        from paddle.distributed.flex_checkpoint.dcp import load_state_dict as dcp_load
+    except ImportError:
+        return
+    manager = getattr(dcp_load, "_metadata_manager", None)
+    if manager is not None and hasattr(manager, "clear"):
+        manager.clear()
 
 
 def run(library: str, model, ids: np.ndarray) -> np.ndarray:

@@ -97,3 +97,15 @@ def paddle_llama_as_configured():
 
     paddle.seed(1)
     return LlamaForCausalLM(LlamaConfig(**llama_kwargs(), rope_theta=10000.0)).eval()
+
+
+def phi3_tied_pair(seed=0):
+    """(transformers, PaddleFormers) Phi3 with tie_word_embeddings=True (PaddleFormers 1.2 cannot load the
+    transformers folder of it by itself: 'lm_head.weight should be assigned before!')."""
+    from paddleformers.transformers import Phi3Config, Phi3ForCausalLM
+
+    kw = dict(H._COMMON, pad_token_id=0, tie_word_embeddings=True, resid_pdrop=0.0, embd_pdrop=0.0,
+              attention_dropout=0.0, original_max_position_embeddings=H.MAX_POS)
+    t = H._torch_build(transformers.Phi3ForCausalLM, transformers.Phi3Config(**kw, rope_parameters=H._rope()), seed)
+    p = H._paddle_build(Phi3ForCausalLM, Phi3Config(**kw, rope_theta=10000.0), seed)
+    return noisy_torch(t, seed), noisy_paddle(p, seed)

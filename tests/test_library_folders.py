@@ -177,3 +177,22 @@ def test_check_switches_off_fused_kernels_on_cpu(caplog):
                      "--input-shape", "2,7", "--dtype", "int64", "--int-range", "1,128", "--input-name", "input_ids"])
     assert code == 0
     assert any("switched off fuse_rms_norm=False" in r.getMessage() for r in caplog.records)
+
+
+def test_tied_phi3_loads_in_paddleformers_and_back(tmp_path):
+    """PaddleFormers' own loader fails on transformers' tied Phi3 folder (its rules ask for lm_head.weight, which
+    transformers does not store): the converted folder holds it as a copy of the embedding."""
+    t, p = L.phi3_tied_pair()
+    src = _saved(tmp_path, "transformers", t, "hf")
+    with pytest.raises(ValueError, match="lm_head.weight should be assigned before"):
+        load("paddleformers", "Phi3ForCausalLM", src)
+    report = convert_checkpoint(src, tmp_path / "pf", to="paddleformers")
+    assert any("lm_head.weight written as a copy of model.embed_tokens.weight" in n for n in report.notes)
+    diff = np.abs(_logits("paddleformers", load("paddleformers", "Phi3ForCausalLM", tmp_path / "pf"))
+                  - _logits("transformers", t)).max()
+    assert diff < TOL, diff
+    back = _saved(tmp_path, "paddleformers", p, "pfs")
+    convert_checkpoint(back, tmp_path / "hf2", to="transformers")
+    diff = np.abs(_logits("transformers", load("transformers", "Phi3ForCausalLM", tmp_path / "hf2"))
+                  - _logits("paddleformers", p)).max()
+    assert diff < TOL, diff
