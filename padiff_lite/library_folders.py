@@ -46,7 +46,8 @@ UNVERIFIED_SUFFIX = ".unverified"
 UNVERIFIED_MARK = "PADIFF_LITE_UNVERIFIED.txt"
 # files a save_pretrained folder holds that are not copied as they are: weights and index (rewritten),
 # config.json (translated), PaddleFormers' per-rank "saved" markers
-SKIP_PREFIXES = ("saved_signal_", ".model_weights.done.", TEMP_PREFIX)
+SKIP_PREFIXES = ("saved_signal_", ".model_weights.done.", TEMP_PREFIX,
+                 "flex-ckpt.auto_generated.metadata")  # PaddleFormers' loader leaves it in the folder it reads
 
 # config keys one library writes that the other does not use
 ONLY_PADDLEFORMERS = ("paddleformers_version",) + paddleformers_cpu.FUSED_FLAGS

@@ -3,6 +3,7 @@ and both models run on the same random token ids (float32, eval mode); the outpu
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 
@@ -11,6 +12,7 @@ from . import paddleformers_cpu
 log = logging.getLogger("padiff_lite.library_verify")
 
 BATCH, SEQ, SEED = 2, 8, 0
+FLEX_METADATA = "flex-ckpt.auto_generated.metadata"
 
 
 def load(library: str, arch: str, folder):
@@ -27,11 +29,15 @@ def load(library: str, arch: str, folder):
         import paddleformers.transformers as pf
 
         cls = getattr(pf, arch)
+        left = Path(folder) / FLEX_METADATA  # PaddleFormers' loader writes it into the folder it reads
+        existed = left.exists()
         _forget_flex_metadata()
         try:
             model = cls.from_pretrained(str(folder), dtype="float32")
         finally:
             _forget_flex_metadata()
+            if not existed:
+                left.unlink(missing_ok=True)
         paddleformers_cpu.prepare(model, f"{folder}:")
     model.eval()
     return model

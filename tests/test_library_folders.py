@@ -196,3 +196,15 @@ def test_tied_phi3_loads_in_paddleformers_and_back(tmp_path):
     diff = np.abs(_logits("transformers", load("transformers", "Phi3ForCausalLM", tmp_path / "hf2"))
                   - _logits("paddleformers", p)).max()
     assert diff < TOL, diff
+
+
+def test_verify_from_a_paddleformers_folder_leaves_the_source_as_it_was(tmp_path):
+    """PaddleFormers' from_pretrained writes flex-ckpt.auto_generated.metadata into the folder it reads: --verify
+    removes it again from the source."""
+    src = _saved(tmp_path, "paddleformers", L.paddle_llama(), "pf")
+    before = {p.name: p.read_bytes() for p in src.iterdir()}
+    report = convert_checkpoint(src, tmp_path / "hf", to="transformers", verify=True)
+    assert report.verified and report.max_diff < TOL
+    assert {p.name: p.read_bytes() for p in src.iterdir()} == before
+    assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == [
+        "config.json", "model-00001-of-00001.safetensors", "model.safetensors.index.json"]
