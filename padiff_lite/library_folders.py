@@ -356,7 +356,8 @@ def check_transformers(model, config, ck) -> tuple[list[str], list[str]]:
 def convert_folder(src, dst, to: str, verify: bool = False, progress=None) -> FolderReport:
     """Convert the model folder ``src`` (transformers' or PaddleFormers' save_pretrained) into the folder ``dst``
     that ``to``'s ``from_pretrained`` loads. See the module's docstring; CheckpointError when it cannot be done
-    right (nothing is written then)."""
+    right (nothing is written then). ``progress`` is accepted for convert_checkpoint's signature; folder
+    conversion shows no bar yet (it logs the result)."""
     t0 = time.perf_counter()
     if to not in TARGETS:
         raise CheckpointError(f"to={to!r}: choose one of {', '.join(TARGETS)}")
@@ -374,6 +375,11 @@ def convert_folder(src, dst, to: str, verify: bool = False, progress=None) -> Fo
         raise CheckpointError(f"{src}: {UPSTREAM[(to, model_type)]}; nothing was written")
 
     ck = open_checkpoint(src)
+    outside = [str(f) for f in ck.files if f.resolve().parent != src.resolve()]
+    if outside:
+        raise CheckpointError(f"{src}: weight file(s) {', '.join(outside)} are symbolic links out of the folder; copy "
+                              "the files themselves into it (padiff_lite never follows a path out of the folder it is "
+                              "given)")
     if ck.fmt != "safetensors":
         raise CheckpointError(f"{ck.path}: the folder's weights are {ck.fmt} files; folder conversion reads "
                               ".safetensors (what save_pretrained writes): convert them with the factory form first")
@@ -391,7 +397,7 @@ def convert_folder(src, dst, to: str, verify: bool = False, progress=None) -> Fo
         if getattr(t_config, "tie_word_embeddings", False) else {}
     problems, extra, drop, notes = _pf_view(pf_cls, pf_config, pf_model, ck, ties)
     t_problems, t_notes = check_transformers(t_model, t_config, ck)
-    problems += [p for p in t_problems if not any(k in p for k in drop)] if drop else t_problems
+    problems += t_problems
     report.notes += notes + t_notes
     if problems and (source_lib, model_type) in UPSTREAM_SAVE:
         problems.append(UPSTREAM_SAVE[(source_lib, model_type)])
@@ -400,7 +406,7 @@ def convert_folder(src, dst, to: str, verify: bool = False, progress=None) -> Fo
                               f"transformers {_version('transformers')}, paddleformers {_version('paddleformers')}); "
                               "nothing was written:\n" + "\n".join("  - " + p for p in problems))
     if to == "paddleformers":
-        on = paddleformers_cpu.fused_flags_on(pf_model.config.__class__.from_dict(dict(out_cfg)))
+        on = paddleformers_cpu.fused_flags_on(out_cfg)  # as the folder leaves them (absent fuse_rms_norm: on)
         if on:
             report.notes.append(f"PaddleFormers switches on {', '.join(on)} for this config (GPU-only fused kernels); "
                                 "on a CPU set them False after loading (padiff-lite's check/pair/--verify do)")
@@ -411,7 +417,14 @@ def convert_folder(src, dst, to: str, verify: bool = False, progress=None) -> Fo
     if verify:
         from .library_verify import verify_folder
 
-        report.max_diff, report.verified = verify_folder(src, final, to, source_lib, arch, VERIFY_ATOL, VERIFY_RTOL)
+        try:
+            report.max_diff, report.verified = verify_folder(src, final, to, source_lib, arch, VERIFY_ATOL,
+                                                             VERIFY_RTOL)
+        except Exception as exc:  # the folder stays marked: a load or a forward that fails proves nothing
+            why = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+            (final / UNVERIFIED_MARK).write_text(f"padiff-lite could not verify this folder: {why}\n", encoding="utf-8")
+            raise CheckpointError(f"{final}: verification could not run ({why}); the folder is left there, marked "
+                                  f"unverified ({UNVERIFIED_MARK})") from exc
         if report.verified:
             (final / UNVERIFIED_MARK).unlink()
             os.rename(final, dst)

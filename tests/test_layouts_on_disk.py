@@ -9,7 +9,6 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
-import paddle
 import pytest
 import torch
 from safetensors import safe_open

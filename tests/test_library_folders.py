@@ -10,7 +10,6 @@ import json
 import logging
 
 import numpy as np
-import paddle
 import pytest
 import torch
 from safetensors import safe_open
