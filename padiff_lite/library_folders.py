@@ -55,6 +55,10 @@ ONLY_TRANSFORMERS = ("transformers_version",)
 
 # config keys PaddleFormers writes under another name than transformers reads: model_type -> {pf key: hf key}
 CONFIG_RENAMES = {"gpt_oss": {"num_experts": "num_local_experts"}}
+# what transformers' class of a family always has, which PaddleFormers' config makes optional with another default:
+# model_type -> {PaddleFormers key: value}, set for PaddleFormers when the config does not say
+PF_FIXED = {"ernie4_5_moe": {"num_nextn_predict_layers": 0,  # transformers' class has no multi-token prediction
+                             "moe_use_aux_free": True}}  # ... and always its router's correction bias
 
 # (target library, model_type) -> the upstream problem: that library's loader loads these folders wrong
 UPSTREAM: dict[tuple[str, str], str] = {}
@@ -178,6 +182,10 @@ def translate_config(cfg: dict, to: str) -> tuple[dict, list[str]]:
         elif isinstance(rope, dict) and "rope_theta" in rope and "rope_theta" not in out:
             out["rope_theta"] = rope["rope_theta"]
             changes.append(f"rope_theta = {rope['rope_theta']} (from rope_parameters)")
+        for key, value in PF_FIXED.get(out.get("model_type", ""), {}).items():
+            if key not in out:
+                out[key] = value
+                changes.append(f"{key} = {value!r} (what transformers' class has)")
         if "dtype" in out and "torch_dtype" not in out:
             out["torch_dtype"] = out["dtype"]
             changes.append(f"torch_dtype = {out['dtype']!r} (from dtype)")

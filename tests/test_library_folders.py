@@ -207,3 +207,28 @@ def test_verify_from_a_paddleformers_folder_leaves_the_source_as_it_was(tmp_path
     assert {p.name: p.read_bytes() for p in src.iterdir()} == before
     assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == [
         "config.json", "model-00001-of-00001.safetensors", "model.safetensors.index.json"]
+
+
+def test_ernie45_moe_folders_both_ways(tmp_path):
+    """ERNIE-4.5-MoE: PaddleFormers' forward needs a GPU kernel, so the PaddleFormers side is checked by its loaded
+    tensors against padiff_lite's own in-memory transfer of the same model (rules of special_init/init_hf_ernie.py);
+    PaddleFormers' config is told what transformers' class always has (no MTP layers, the correction bias)."""
+    from padiff_lite import assign_weight
+
+    fam = H.BY_NAME["ernie4_5_moe"]
+    t = L.noisy_torch(fam.torch_model(0))
+    src = _saved(tmp_path, "transformers", t, "hf")
+    report = convert_checkpoint(src, tmp_path / "pf", to="paddleformers")
+    assert "num_nextn_predict_layers = 0 (what transformers' class has)" in report.config_changes
+    loaded = load("paddleformers", "Ernie4_5_MoeForCausalLM", tmp_path / "pf").state_dict()
+    p = fam.paddle_model(1)
+    assign_weight(t, p)
+    expected = p.state_dict()
+    assert set(loaded) == set(expected)
+    for k, v in expected.items():
+        assert np.array_equal(loaded[k].numpy(), v.numpy()), k
+    p.save_pretrained(str(tmp_path / "pfs"))
+    convert_checkpoint(tmp_path / "pfs", tmp_path / "hf2", to="transformers")
+    diff = np.abs(_logits("transformers", load("transformers", "Ernie4_5_MoeForCausalLM", tmp_path / "hf2"))
+                  - _logits("transformers", t)).max()
+    assert diff < TOL, diff
