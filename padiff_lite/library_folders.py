@@ -60,6 +60,13 @@ CONFIG_RENAMES = {"gpt_oss": {"num_experts": "num_local_experts"}}
 PF_FIXED = {"ernie4_5_moe": {"num_nextn_predict_layers": 0,  # transformers' class has no multi-token prediction
                              "moe_use_aux_free": True}}  # ... and always its router's correction bias
 
+# names a library's save_pretrained writes wrong: (source library, model_type) -> [(prefix written, prefix both
+# loaders read)], applied where the right name is not in the folder already
+SAVE_RENAMES = {("paddleformers", "qwen2_5_vl"): [("model.language_model.layers.", "model.layers.")]}
+UPSTREAM_SAVE_NAMES = {("paddleformers", "qwen2_5_vl"): "PaddleFormers 1.2's save_pretrained of Qwen2.5-VL writes "
+                       "the text layers' q/k/v biases under model.language_model.layers.* (its own loader then fails: "
+                       "it cannot read back its own folder), the other tensors under model.layers.*"}
+
 # (target library, model_type) -> the upstream problem: that library's loader loads these folders wrong
 UPSTREAM: dict[tuple[str, str], str] = {}
 # (source library, model_type) -> what its save_pretrained is known to get wrong (said when the checks refuse)
@@ -244,15 +251,15 @@ def _build(library: str, cls, cfg: dict):
     return config, model
 
 
-def _shapes(ck) -> dict[str, tuple]:
-    return {k: tuple(i.shape) for k, i in ck.infos.items()}
+def _shapes(ck, names: dict) -> dict[str, tuple]:
+    """{written name: shape} of the tensors ``names`` ({written name: file key}) says will be written."""
+    return {out: tuple(ck.infos[key].shape) for out, key in names.items()}
 
 
-def check_paddleformers(cls, config, model, ck, extra: dict | None = None) -> tuple[list[str], list[str]]:
-    """Run PaddleFormers' own loading rules (``_gen_aoa_config``, paddle's AOAEngine) on the file's names and
-    shapes (plus ``extra``: {key: the file key whose copy it will be}): (problems: a model tensor not produced or
-    of another shape, the rules failing; file tensors they never read)."""
-    extra = extra or {}
+def check_paddleformers(cls, config, model, ck, names: dict) -> tuple[list[str], list[str]]:
+    """Run PaddleFormers' own loading rules (``_gen_aoa_config``, paddle's AOAEngine) on the names and shapes the
+    folder will hold (``names``: {written name: file key}): (problems: a model tensor not produced or of another
+    shape, the rules failing; written names they never read)."""
     if not hasattr(cls, "_gen_aoa_config"):
         return [f"PaddleFormers' {cls.__name__} has no _gen_aoa_config, so its from_pretrained cannot read a "
                 "HuggingFace-layout folder (flex_checkpoint loading needs it)"], []
@@ -264,9 +271,8 @@ def check_paddleformers(cls, config, model, ck, extra: dict | None = None) -> tu
 
     state = model.state_dict()
     dst = {k: desc(k, tuple(v.shape), str(v.dtype).split(".")[-1]) for k, v in state.items()}
-    shapes = _shapes(ck)
-    shapes.update({k: shapes[v] for k, v in extra.items()})
-    src = {k: desc(k, s, str(ck.infos[extra.get(k, k)].dtype).replace("torch.", "")) for k, s in shapes.items()}
+    src = {out: desc(out, tuple(ck.infos[key].shape), str(ck.infos[key].dtype).replace("torch.", ""))
+           for out, key in names.items()}
     try:
         engine = AOAEngine(cls._gen_aoa_config(config), src, dst)
     except Exception as exc:  # the loader itself would fail the same way
@@ -285,35 +291,34 @@ def check_paddleformers(cls, config, model, ck, extra: dict | None = None) -> tu
     return problems, sorted(set(src) - used)
 
 
-def _pf_view(cls, config, model, ck, ties: dict) -> tuple[list[str], dict, list[str], list[str]]:
-    """PaddleFormers' view of the folder, settling tied tensors: (problems, extra {key: copy of}, keys to leave
-    out, notes). A tied name PaddleFormers' rules ask for but the folder does not hold (transformers does not
-    store tied copies) is written as a copy of its partner; a stored tied copy PaddleFormers does not read is left
-    out when it equals its partner (the model's own tying restores it), refused when it does not."""
-    extra, drop, notes = {}, [], []
+def _pf_view(cls, config, model, ck, ties: dict, names: dict) -> tuple[list[str], list[str], list[str]]:
+    """PaddleFormers' view of the folder, settling tied tensors (``names`` is completed in place): (problems,
+    written names that may be left out, notes). A tied name PaddleFormers' rules ask for but the folder does not
+    hold (transformers does not store tied copies) is written as a copy of its partner; a stored tied copy
+    PaddleFormers does not read may be left out when it equals its partner (the model's own tying restores it),
+    and is refused when it does not."""
+    drop, notes = [], []
     for _ in range(4):
-        problems, unread = check_paddleformers(cls, config, model, ck, extra)
-        wanted = [k for k, v in ties.items() if k not in ck.infos and k not in extra and v in ck.infos
+        problems, unread = check_paddleformers(cls, config, model, ck, names)
+        wanted = [k for k, v in ties.items() if k not in names and v in names
                   and any(k in p for p in problems if p.startswith("PaddleFormers' loading rules"))]
         if not wanted:
             break
-        extra.update({k: ties[k] for k in wanted})
-    for k in extra:
-        notes.append(f"{k} written as a copy of {extra[k]} (tied; PaddleFormers' {cls.__name__} loader reads it "
-                     "by this name)")
+        for k in wanted:
+            names[k] = names[ties[k]]
+            notes.append(f"{k} written as a copy of {ties[k]} (tied; PaddleFormers' {cls.__name__} loader reads it "
+                         "by this name)")
     rest = []
     for k in unread:
         partner = ties.get(k)
-        if partner in ck.infos and _equal(ck, k, partner):
+        if partner in names and _equal(ck, names[k], names[partner]):
             drop.append(k)
-            notes.append(f"{k} not written: the same values as {partner}, to which it is tied "
-                         f"(tie_word_embeddings); {cls.__name__}'s loader does not read it")
         else:
             rest.append(k)
     if rest:
         problems.append(f"{len(rest)} tensor(s) of the folder would not be read by PaddleFormers' {cls.__name__}: "
                         f"{', '.join(rest[:5])}{' ...' if len(rest) > 5 else ''}")
-    return problems, extra, drop, notes
+    return problems, drop, notes
 
 
 def _equal(ck, a: str, b: str) -> bool:
@@ -324,10 +329,11 @@ def _equal(ck, a: str, b: str) -> bool:
                                                                           ck.get(b).view(torch.uint8))
 
 
-def check_transformers(model, config, ck) -> tuple[list[str], list[str]]:
-    """The file's keys against transformers' model built on the meta device: (problems, notes). Families that
+def check_transformers(model, config, got: dict) -> tuple[list[str], list[str]]:
+    """The folder's names and shapes (``got``) against transformers' model built on the meta device: (problems,
+    notes). Families that
     transformers stores under other names on disk (its conversion_mapping) are left to its loader (noted)."""
-    from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+    from transformers.conversion_mapping import get_model_conversion_mapping
 
     model_type = getattr(config, "model_type", "")
     tied = set()
@@ -335,14 +341,13 @@ def check_transformers(model, config, ck) -> tuple[list[str], list[str]]:
         tied = {k for k in getattr(model, "all_tied_weights_keys", {}) or {}}
     persistent = model.state_dict()
     expected = {k: tuple(v.shape) for k, v in persistent.items()}
-    got = _shapes(ck)
     # whatever the names on disk, the numbers of values must agree (a config translated wrong changes sizes)
     want = sum(math.prod(s) for k, s in expected.items() if k not in tied)
     have = sum(math.prod(s) for k, s in got.items() if k not in tied)
     if want != have:
         return [f"transformers' {type(model).__name__} built from this config holds {want:,} values, the folder "
                 f"{have:,}: the config does not describe these weights for transformers"], []
-    if get_checkpoint_conversion_mapping(model_type):
+    if get_model_conversion_mapping(model, add_legacy=False):
         return [], [f"transformers renames {model_type} tensors when it loads (its conversion_mapping): the names were "
                     "left to its loader, the sizes checked; --verify proves the folder"]
     problems = []
@@ -358,6 +363,26 @@ def check_transformers(model, config, ck) -> tuple[list[str], list[str]]:
         if k in expected and expected[k] != s:
             problems.append(f"{k} is {list(s)} in the folder, {list(expected[k])} in transformers' model")
     return problems, []
+
+
+def _written_names(ck, source_lib: str, model_type: str, report: FolderReport) -> dict:
+    """{written name: file key}: every tensor of the folder under its own name, except the names a library's
+    save_pretrained is known to write wrong (``SAVE_RENAMES``), which get the name both loaders read."""
+    names = {}
+    renames = SAVE_RENAMES.get((source_lib, model_type), ())
+    moved = 0
+    for key in ck.infos:
+        out = key
+        for old, new in renames:
+            if key.startswith(old) and new + key[len(old):] not in ck.infos:
+                out = new + key[len(old):]
+                moved += 1
+                break
+        names[out] = key
+    if moved:
+        report.notes.append(f"{moved} tensor(s) renamed " + ", ".join(f"{o}* -> {n}*" for o, n in renames)
+                            + f": {UPSTREAM_SAVE_NAMES[(source_lib, model_type)]}")
+    return names
 
 
 # -- the conversion -------------------------------------------------------------------
@@ -403,8 +428,14 @@ def convert_folder(src, dst, to: str, verify: bool = False, progress=None) -> Fo
     t_config, t_model = _build("transformers", t_cls, t_cfg)
     ties = dict(getattr(t_model, "all_tied_weights_keys", None) or {}) \
         if getattr(t_config, "tie_word_embeddings", False) else {}
-    problems, extra, drop, notes = _pf_view(pf_cls, pf_config, pf_model, ck, ties)
-    t_problems, t_notes = check_transformers(t_model, t_config, ck)
+    names = _written_names(ck, source_lib, model_type, report)
+    problems, drop, notes = _pf_view(pf_cls, pf_config, pf_model, ck, ties, names)
+    if to == "transformers":
+        for k in drop:
+            notes.append(f"{k} not written: the same values as {ties[k]}, to which it is tied (tie_word_embeddings); "
+                         f"PaddleFormers' {pf_cls.__name__} loader does not read it")
+            del names[k]
+    t_problems, t_notes = check_transformers(t_model, t_config, _shapes(ck, names))
     problems += t_problems
     report.notes += notes + t_notes
     if problems and (source_lib, model_type) in UPSTREAM_SAVE:
@@ -419,8 +450,10 @@ def convert_folder(src, dst, to: str, verify: bool = False, progress=None) -> Fo
             report.notes.append(f"PaddleFormers switches on {', '.join(on)} for this config (GPU-only fused kernels); "
                                 "on a CPU set them False after loading (padiff-lite's check/pair/--verify do)")
 
-    _write(src, final, ck, out_cfg, report, verify, extra if to == "paddleformers" else {},
-           set(drop) if to == "transformers" else set())
+    for p in {dst, final}:
+        if p.is_dir():
+            p.rmdir()  # empty (checked first): the new folder is renamed into its place
+    _write(src, final, ck, out_cfg, report, verify, names)
     report.seconds = time.perf_counter() - t0
     if verify:
         from .library_verify import verify_folder
@@ -460,24 +493,20 @@ def _check_destination(src: Path, dst: Path, final: Path):
         r = p.resolve()
         if r == s or s in r.parents:
             raise CheckpointError(f"{p} lies inside the source folder {src}; write the converted folder elsewhere")
-    for p in {dst, final}:
-        if p.is_dir():
-            p.rmdir()  # empty: the new folder is renamed into its place
 
 
-def _write(src: Path, final: Path, ck, out_cfg: dict, report: FolderReport, verify: bool, extra: dict, drop: set):
+def _write(src: Path, final: Path, ck, out_cfg: dict, report: FolderReport, verify: bool, names: dict):
+    """The folder: each written name (``names``: {written name: file key}) in the shard its file key is in, in
+    the source's order (a tied copy beside its partner); config.json, the other files, the index."""
     others = _other_files(src, set(ck.files))
     weight_names = [f.name for f in ck.files]
     index = final / ck.index.name if ck.index is not None else None
     finals = [final / n for n in weight_names] + ([index] if index else []) + [final / "config.json"] + \
         [final / p.name for p in others] + ([final / UNVERIFIED_MARK] if verify else [])
-    total = sum(i.nbytes for k, i in ck.infos.items() if k not in drop) + sum(ck.infos[v].nbytes for v in extra.values())
+    total = sum(ck.infos[key].nbytes for key in names.values())
     by_file: dict[int, list[str]] = {}
-    for key, info in sorted(ck.infos.items(), key=lambda kv: kv[1].offset):
-        if key not in drop:
-            by_file.setdefault(info.file, []).append(key)
-    for key, partner in extra.items():  # beside the tensor it copies
-        by_file[ck.infos[partner].file].append(key)
+    for out_name, key in sorted(names.items(), key=lambda kv: (ck.infos[kv[1]].offset, kv[0] != kv[1])):
+        by_file.setdefault(ck.infos[key].file, []).append(out_name)
     try:
         with terminate_like_interrupt(), AtomicOutput(finals, ck.files + ([ck.index] if ck.index else []), None,
                                                       total) as out:
@@ -485,17 +514,16 @@ def _write(src: Path, final: Path, ck, out_cfg: dict, report: FolderReport, veri
             weight_map = {}
             for i, name in enumerate(weight_names):
                 keys = by_file.get(i, [])
-                entries = [Entry(k, tuple(ck.infos[extra.get(k, k)].shape), ck.infos[extra.get(k, k)].dtype)
-                           for k in keys]
+                entries = [Entry(k, tuple(ck.infos[names[k]].shape), ck.infos[names[k]].dtype) for k in keys]
                 writer = SafetensorsWriter(out.tmp(final / name), entries, metadata_for("hf"))
                 out.opened(writer)
                 for k in keys:
-                    n = ck.infos[extra.get(k, k)].nbytes
+                    n = ck.infos[names[k]].nbytes
                     if buf is None or buf.numel() < n:
                         import torch
 
                         buf = torch.empty(max(n, 1), dtype=torch.uint8)
-                    writer.add(k, ck.get(extra.get(k, k), into=buf))
+                    writer.add(k, ck.get(names[k], into=buf))
                     report.tensors += 1
                     report.bytes += n
                     weight_map[k] = name

@@ -109,3 +109,20 @@ def phi3_tied_pair(seed=0):
     t = H._torch_build(transformers.Phi3ForCausalLM, transformers.Phi3Config(**kw, rope_parameters=H._rope()), seed)
     p = H._paddle_build(Phi3ForCausalLM, Phi3Config(**kw, rope_theta=10000.0), seed)
     return noisy_torch(t, seed), noisy_paddle(p, seed)
+
+
+def torch_qwen25vl(seed=0):
+    """A whole transformers Qwen2.5-VL (text decoder + vision tower) with the sizes of tests/hf_families.py."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    text = dict(H._COMMON, tie_word_embeddings=False, attention_dropout=0.0, use_sliding_window=False,
+                rope_parameters=dict(H._rope(), mrope_section=H.MROPE))
+    vision = dict(depth=2, hidden_size=H.V_HIDDEN, intermediate_size=48, num_heads=H.V_HEADS, in_channels=3,
+                  patch_size=H.V_PATCH, spatial_merge_size=H.V_MERGE, temporal_patch_size=H.V_TPATCH,
+                  window_size=2 * H.V_PATCH * H.V_MERGE, out_hidden_size=H.HIDDEN, fullatt_block_indexes=[1],
+                  hidden_act="silu")
+    cfg = Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=120, video_token_id=121,
+                           vision_start_token_id=122)
+    cfg._attn_implementation = "eager"
+    torch.manual_seed(seed)
+    return noisy_torch(Qwen2_5_VLForConditionalGeneration(cfg), seed)

@@ -232,3 +232,20 @@ def test_ernie45_moe_folders_both_ways(tmp_path):
     diff = np.abs(_logits("transformers", load("transformers", "Ernie4_5_MoeForCausalLM", tmp_path / "hf2"))
                   - _logits("transformers", t)).max()
     assert diff < TOL, diff
+
+
+def test_qwen25vl_folders_both_ways(tmp_path):
+    """Text-only token ids (below the image/video token ids). PaddleFormers' own save writes the text layers' q/k/v
+    biases under model.language_model.layers.* (it cannot read that folder back itself): renamed, noted."""
+    t = L.torch_qwen25vl()
+    arch = "Qwen2_5_VLForConditionalGeneration"
+    x = _ids() % 100 + 1  # no image/video token ids (120-122)
+    src = _saved(tmp_path, "transformers", t, "hf")
+    convert_checkpoint(src, tmp_path / "pf", to="paddleformers")
+    p = load("paddleformers", arch, tmp_path / "pf")
+    ref = run("transformers", t, x)
+    assert np.abs(run("paddleformers", p, x) - ref).max() < TOL
+    p.save_pretrained(str(tmp_path / "pfs"))
+    report = convert_checkpoint(tmp_path / "pfs", tmp_path / "hf2", to="transformers")
+    assert any("renamed model.language_model.layers.* -> model.layers.*" in n for n in report.notes)
+    assert np.abs(run("transformers", load("transformers", arch, tmp_path / "hf2"), x) - ref).max() < TOL
