@@ -10,11 +10,12 @@ folder keeps every tensor as it is (name, layout, dtype, bytes) and changes what
 1. the architecture comes from ``config.json``; both models are built without storage by the libraries
    themselves (torch's meta device, ``paddle.LazyGuard``) from the translated config, so a config the target
    library cannot build is refused before anything is written;
-2. the weights are checked against both loaders without reading a tensor: PaddleFormers' own rules run on the
+2. the weights are checked against both loaders without reading a tensor (tied copies aside): PaddleFormers' own rules run on the
    files' names and shapes (paddle's ``AOAEngine``, as ``from_pretrained`` runs them): every tensor of the
    model must be produced with its shape, every file tensor must be read; transformers' model must hold every
-   key (where transformers keeps its on-disk names); families whose loader is known to load wrong are refused
-   with the upstream problem named (``UPSTREAM``);
+   key (where transformers keeps its on-disk names) and as many values as the folder; what a library's save is
+   known to write wrong is put right first where the right form is known (``SAVE_RENAMES``, ``SAVE_SPLITS``,
+   each noted in the report);
 3. ``config.json`` is translated (:func:`translate_config`), ``generation_config.json`` and the tokenizer
    files are copied, the weights are written shard by shard like the source (header metadata says
    ``padiff_lite_layout: hf``), all under a temporary name, renamed into place when complete (:mod:`.atomic`);
@@ -63,18 +64,16 @@ PF_FIXED = {"ernie4_5_moe": {"num_nextn_predict_layers": 0,  # transformers' cla
 # names a library's save_pretrained writes wrong: (source library, model_type) -> [(prefix written, prefix both
 # loaders read)], applied where the right name is not in the folder already
 SAVE_RENAMES = {("paddleformers", "qwen2_5_vl"): [("model.language_model.layers.", "model.layers.")]}
+# fused tensors a library's save_pretrained leaves in its in-memory layout ([in, gate | up]): (source library,
+# model_type) -> (suffix of the fused name, the names it is split into in order, why)
+SAVE_SPLITS = {("paddleformers", "gemma3_text"): (
+    "mlp.up_gate_proj.weight", ("mlp.gate_proj.weight", "mlp.up_proj.weight"),
+    "PaddleFormers 1.2's save_pretrained of Gemma3 splits mlp.up_gate_proj for layer 0 only (its "
+    "_gen_inv_aoa_config names layers.0) and writes the other layers' as they are in memory, [in, gate | up]; "
+    "split and transposed here as its loading rule (fused_ffn) does for layer 0")}
 UPSTREAM_SAVE_NAMES = {("paddleformers", "qwen2_5_vl"): "PaddleFormers 1.2's save_pretrained of Qwen2.5-VL writes "
                        "the text layers' q/k/v biases under model.language_model.layers.* (its own loader then fails: "
                        "it cannot read back its own folder), the other tensors under model.layers.*"}
-
-# (target library, model_type) -> the upstream problem: that library's loader loads these folders wrong
-UPSTREAM: dict[tuple[str, str], str] = {}
-# (source library, model_type) -> what its save_pretrained is known to get wrong (said when the checks refuse)
-UPSTREAM_SAVE = {
-    ("paddleformers", "gemma3_text"): "PaddleFormers 1.2's save_pretrained of Gemma3 splits mlp.up_gate_proj "
-    "into gate_proj/up_proj for layer 0 only (its _gen_inv_aoa_config names layers.0) and writes the other layers' "
-    "fused: an upstream problem; convert the transformers folder the model came from, or save it from transformers",
-}
 
 # verification: outputs equal within this (float32, a few layers; the libraries' kernels differ slightly)
 VERIFY_ATOL = 1e-4
@@ -251,9 +250,39 @@ def _build(library: str, cls, cfg: dict):
     return config, model
 
 
+@dataclass(frozen=True)
+class Piece:
+    """A written tensor that is columns ``start:stop`` of a 2-D file tensor, transposed (a fused tensor a save left
+    in its in-memory layout, split into the tensors the loaders read)."""
+
+    key: str
+    start: int
+    stop: int
+
+    def shape(self, ck) -> tuple:
+        rows, _ = ck.infos[self.key].shape
+        return (self.stop - self.start, rows)
+
+    def take(self, tensor):
+        return tensor[:, self.start:self.stop].t().contiguous()
+
+
+def _key(source) -> str:
+    """The file key a written tensor is read from (``names``' values: a file key or a :class:`Piece`)."""
+    return source.key if isinstance(source, Piece) else source
+
+
+def _shape(ck, source) -> tuple:
+    return source.shape(ck) if isinstance(source, Piece) else tuple(ck.infos[source].shape)
+
+
+def _nbytes(ck, source) -> int:
+    return math.prod(_shape(ck, source)) * ck.infos[_key(source)].dtype.itemsize
+
+
 def _shapes(ck, names: dict) -> dict[str, tuple]:
-    """{written name: shape} of the tensors ``names`` ({written name: file key}) says will be written."""
-    return {out: tuple(ck.infos[key].shape) for out, key in names.items()}
+    """{written name: shape} of the tensors ``names`` ({written name: file key or Piece}) says will be written."""
+    return {out: _shape(ck, source) for out, source in names.items()}
 
 
 def check_paddleformers(cls, config, model, ck, names: dict) -> tuple[list[str], list[str]]:
@@ -271,8 +300,8 @@ def check_paddleformers(cls, config, model, ck, names: dict) -> tuple[list[str],
 
     state = model.state_dict()
     dst = {k: desc(k, tuple(v.shape), str(v.dtype).split(".")[-1]) for k, v in state.items()}
-    src = {out: desc(out, tuple(ck.infos[key].shape), str(ck.infos[key].dtype).replace("torch.", ""))
-           for out, key in names.items()}
+    src = {out: desc(out, _shape(ck, source), str(ck.infos[_key(source)].dtype).replace("torch.", ""))
+           for out, source in names.items()}
     try:
         engine = AOAEngine(cls._gen_aoa_config(config), src, dst)
     except Exception as exc:  # the loader itself would fail the same way
@@ -311,7 +340,8 @@ def _pf_view(cls, config, model, ck, ties: dict, names: dict) -> tuple[list[str]
     rest = []
     for k in unread:
         partner = ties.get(k)
-        if partner in names and _equal(ck, names[k], names[partner]):
+        if partner in names and isinstance(names[k], str) and isinstance(names[partner], str) \
+                and _equal(ck, names[k], names[partner]):
             drop.append(k)
         else:
             rest.append(k)
@@ -382,6 +412,22 @@ def _written_names(ck, source_lib: str, model_type: str, report: FolderReport) -
     if moved:
         report.notes.append(f"{moved} tensor(s) renamed " + ", ".join(f"{o}* -> {n}*" for o, n in renames)
                             + f": {UPSTREAM_SAVE_NAMES[(source_lib, model_type)]}")
+    split = SAVE_SPLITS.get((source_lib, model_type))
+    if split:
+        fused, parts, why = split
+        done = []
+        for key in [k for k in names if k.endswith(fused)]:
+            stem = key[: -len(fused)]
+            info = ck.infos[names[key]]
+            if len(info.shape) != 2 or info.shape[1] % len(parts) or any(stem + p in names for p in parts):
+                continue  # not the in-memory fused tensor this fix is for: the checks decide
+            width = info.shape[1] // len(parts)
+            for i, part in enumerate(parts):
+                names[stem + part] = Piece(names[key], i * width, (i + 1) * width)
+            del names[key]
+            done.append(key)
+        if done:
+            report.notes.append(f"{len(done)} tensor(s) {fused} split into {' and '.join(parts)}: {why}")
     return names
 
 
@@ -404,8 +450,6 @@ def convert_folder(src, dst, to: str, verify: bool = False, progress=None) -> Fo
     libs = {"transformers": transformers, "paddleformers": pf}
     tcls, scls = _class(libs[to], to, arch, src), _class(libs[source_lib], source_lib, arch, src)
     model_type = cfg.get("model_type", "")
-    if (to, model_type) in UPSTREAM:
-        raise CheckpointError(f"{src}: {UPSTREAM[(to, model_type)]}; nothing was written")
 
     ck = open_checkpoint(src)
     outside = [str(f) for f in ck.files if f.resolve().parent != src.resolve()]
@@ -438,8 +482,6 @@ def convert_folder(src, dst, to: str, verify: bool = False, progress=None) -> Fo
     t_problems, t_notes = check_transformers(t_model, t_config, _shapes(ck, names))
     problems += t_problems
     report.notes += notes + t_notes
-    if problems and (source_lib, model_type) in UPSTREAM_SAVE:
-        problems.append(UPSTREAM_SAVE[(source_lib, model_type)])
     if problems:
         raise CheckpointError(f"{src}: the weights do not fit what the libraries' loaders read ({arch}, "
                               f"transformers {_version('transformers')}, paddleformers {_version('paddleformers')}); "
@@ -503,10 +545,10 @@ def _write(src: Path, final: Path, ck, out_cfg: dict, report: FolderReport, veri
     index = final / ck.index.name if ck.index is not None else None
     finals = [final / n for n in weight_names] + ([index] if index else []) + [final / "config.json"] + \
         [final / p.name for p in others] + ([final / UNVERIFIED_MARK] if verify else [])
-    total = sum(ck.infos[key].nbytes for key in names.values())
+    total = sum(_nbytes(ck, source) for source in names.values())
     by_file: dict[int, list[str]] = {}
-    for out_name, key in sorted(names.items(), key=lambda kv: (ck.infos[kv[1]].offset, kv[0] != kv[1])):
-        by_file.setdefault(ck.infos[key].file, []).append(out_name)
+    for out_name, source in sorted(names.items(), key=lambda kv: (ck.infos[_key(kv[1])].offset, kv[0] != kv[1])):
+        by_file.setdefault(ck.infos[_key(source)].file, []).append(out_name)
     try:
         with terminate_like_interrupt(), AtomicOutput(finals, ck.files + ([ck.index] if ck.index else []), None,
                                                       total) as out:
@@ -514,18 +556,20 @@ def _write(src: Path, final: Path, ck, out_cfg: dict, report: FolderReport, veri
             weight_map = {}
             for i, name in enumerate(weight_names):
                 keys = by_file.get(i, [])
-                entries = [Entry(k, tuple(ck.infos[names[k]].shape), ck.infos[names[k]].dtype) for k in keys]
+                entries = [Entry(k, _shape(ck, names[k]), ck.infos[_key(names[k])].dtype) for k in keys]
                 writer = SafetensorsWriter(out.tmp(final / name), entries, metadata_for("hf"))
                 out.opened(writer)
                 for k in keys:
-                    n = ck.infos[names[k]].nbytes
+                    source = names[k]
+                    n = ck.infos[_key(source)].nbytes
                     if buf is None or buf.numel() < n:
                         import torch
 
                         buf = torch.empty(max(n, 1), dtype=torch.uint8)
-                    writer.add(k, ck.get(names[k], into=buf))
+                    tensor = ck.get(_key(source), into=buf)
+                    writer.add(k, source.take(tensor) if isinstance(source, Piece) else tensor)
                     report.tensors += 1
-                    report.bytes += n
+                    report.bytes += _nbytes(ck, source)
                     weight_map[k] = name
                 writer.close()
                 ck.release()

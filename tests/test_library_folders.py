@@ -78,13 +78,9 @@ def test_paddleformers_folder_loads_in_transformers(tmp_path, name):
     p = L.noisy_paddle(fam.paddle_model(0))
     src = _saved(tmp_path, "paddleformers", p, "pf")
     arch = json.loads((src / "config.json").read_text())["architectures"][0]
-    if name == "gemma3_text":  # PaddleFormers' own save is wrong for it: refused, the upstream problem named
-        with pytest.raises(CheckpointError) as e:
-            convert_checkpoint(src, tmp_path / "hf", to="transformers")
-        assert "splits mlp.up_gate_proj into gate_proj/up_proj for layer 0 only" in str(e.value)
-        assert not (tmp_path / "hf").exists()
-        return
-    convert_checkpoint(src, tmp_path / "hf", to="transformers")
+    report = convert_checkpoint(src, tmp_path / "hf", to="transformers")
+    if name == "gemma3_text":  # PaddleFormers' own save leaves layer 1's up_gate_proj fused: split, noted
+        assert any("1 tensor(s) mlp.up_gate_proj.weight split into" in n for n in report.notes)
     got = _run(fam, "transformers", load("transformers", arch, tmp_path / "hf"))
     diff = np.abs(got - _run(fam, "paddleformers", p)).max()
     assert diff < TOL, (name, diff)
