@@ -106,8 +106,8 @@ def check_output(dst: Path, out_fmt: str, raw) -> None:
         raise CheckpointError(
             f"{dst}: PaddleFormers' {cls}.from_pretrained reads .safetensors in the HuggingFace layout (its "
             f"_gen_aoa_config transposes Linear weights and fuses q/k/v and gate/up), so a file in paddle's in-memory "
-            f"layout would load transposed a second time: silently wrong. Nothing was written; {_folder_hint('paddleformers')}, "
-            "or write .pdparams for paddle's set_state_dict")
+            f"layout would load transposed a second time: silently wrong. Nothing was written; "
+            f"{_folder_hint('paddleformers')}, or write .pdparams for paddle's set_state_dict")
 
 
 def check_source(ck, plan, base, raw, layout: str | None) -> Known:

@@ -5,18 +5,18 @@ A model folder is what ``save_pretrained`` writes: ``config.json`` (naming ``arc
 tokenizer's files. Both libraries' loaders read the weights in the HuggingFace layout
 (:mod:`.layouts_on_disk`): transformers natively, PaddleFormers 1.x through each class's ``_gen_aoa_config``
 rules (transposes, q/k/v and gate/up fusion) applied by paddle's flex-checkpoint loader. So converting a
-folder keeps every tensor as it is (name, layout, dtype, bytes) and changes what the loaders differ on:
+folder keeps the tensors as they are (layout, dtype, bytes) and changes what the loaders differ on:
 
 1. the architecture comes from ``config.json``; both models are built without storage by the libraries
    themselves (torch's meta device, ``paddle.LazyGuard``) from the translated config, so a config the target
    library cannot build is refused before anything is written;
-2. the weights are checked against both loaders without reading a tensor (tied copies aside): PaddleFormers' own rules run on the
-   files' names and shapes (paddle's ``AOAEngine``, as ``from_pretrained`` runs them): every tensor of the
-   model must be produced with its shape, every file tensor must be read; transformers' model must hold every
-   key (where transformers keeps its on-disk names) and as many values as the folder; what a library's save is
-   known to write wrong is put right first where the right form is known (``SAVE_RENAMES``, ``SAVE_SPLITS``,
-   each noted in the report);
-3. ``config.json`` is translated (:func:`translate_config`), ``generation_config.json`` and the tokenizer
+2. the weights are checked against both loaders without reading a tensor (:mod:`.library_loaders`):
+   PaddleFormers' own rules run on the names and shapes (paddle's ``AOAEngine``, as ``from_pretrained`` runs
+   them): every tensor of its model must be produced with its shape, every tensor of the folder read (tied
+   copies aside); transformers' model must hold as many values as the folder and, where transformers keeps its
+   on-disk names, every key with its shape; what a library's save is known to write wrong is put right first
+   where the right form is known (names, a fused tensor left in memory layout), each noted in the report;
+3. ``config.json`` is translated (:mod:`.library_configs`), ``generation_config.json`` and the tokenizer
    files are copied, the weights are written shard by shard like the source (header metadata says
    ``padiff_lite_layout: hf``), all under a temporary name, renamed into place when complete (:mod:`.atomic`);
 4. ``verify=True``: the written folder is loaded with the target library's ``from_pretrained``, the source with
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 import time
@@ -39,6 +38,9 @@ from .atomic import AtomicOutput, output_error, terminate_like_interrupt
 from .errors import CheckpointError
 from .formats import INDEX_SUFFIX, TEMP_PREFIX, Entry, SafetensorsWriter, open_checkpoint, write_index
 from .layouts_on_disk import metadata_for
+from .library_configs import translate_config
+from .library_loaders import (Piece, build_without_storage, check_transformers, paddleformers_view, source_key,
+                              source_nbytes, source_shape, written_names, written_shapes)
 
 log = logging.getLogger("padiff_lite.library_folders")
 
@@ -49,31 +51,6 @@ UNVERIFIED_MARK = "PADIFF_LITE_UNVERIFIED.txt"
 # config.json (translated), PaddleFormers' per-rank "saved" markers
 SKIP_PREFIXES = ("saved_signal_", ".model_weights.done.", TEMP_PREFIX,
                  "flex-ckpt.auto_generated.metadata")  # PaddleFormers' loader leaves it in the folder it reads
-
-# config keys one library writes that the other does not use
-ONLY_PADDLEFORMERS = ("paddleformers_version",) + paddleformers_cpu.FUSED_FLAGS
-ONLY_TRANSFORMERS = ("transformers_version",)
-
-# config keys PaddleFormers writes under another name than transformers reads: model_type -> {pf key: hf key}
-CONFIG_RENAMES = {"gpt_oss": {"num_experts": "num_local_experts"}}
-# what transformers' class of a family always has, which PaddleFormers' config makes optional with another default:
-# model_type -> {PaddleFormers key: value}, set for PaddleFormers when the config does not say
-PF_FIXED = {"ernie4_5_moe": {"num_nextn_predict_layers": 0,  # transformers' class has no multi-token prediction
-                             "moe_use_aux_free": True}}  # ... and always its router's correction bias
-
-# names a library's save_pretrained writes wrong: (source library, model_type) -> [(prefix written, prefix both
-# loaders read)], applied where the right name is not in the folder already
-SAVE_RENAMES = {("paddleformers", "qwen2_5_vl"): [("model.language_model.layers.", "model.layers.")]}
-# fused tensors a library's save_pretrained leaves in its in-memory layout ([in, gate | up]): (source library,
-# model_type) -> (suffix of the fused name, the names it is split into in order, why)
-SAVE_SPLITS = {("paddleformers", "gemma3_text"): (
-    "mlp.up_gate_proj.weight", ("mlp.gate_proj.weight", "mlp.up_proj.weight"),
-    "PaddleFormers 1.2's save_pretrained of Gemma3 splits mlp.up_gate_proj for layer 0 only (its "
-    "_gen_inv_aoa_config names layers.0) and writes the other layers' as they are in memory, [in, gate | up]; "
-    "split and transposed here as its loading rule (fused_ffn) does for layer 0")}
-UPSTREAM_SAVE_NAMES = {("paddleformers", "qwen2_5_vl"): "PaddleFormers 1.2's save_pretrained of Qwen2.5-VL writes "
-                       "the text layers' q/k/v biases under model.language_model.layers.* (its own loader then fails: "
-                       "it cannot read back its own folder), the other tensors under model.layers.*"}
 
 # verification: outputs equal within this (float32, a few layers; the libraries' kernels differ slightly)
 VERIFY_ATOL = 1e-4
@@ -167,51 +144,6 @@ def read_config(src: Path) -> dict:
     return cfg
 
 
-def translate_config(cfg: dict, to: str) -> tuple[dict, list[str]]:
-    """The config.json for ``to``'s loader and what changed (one line per change)."""
-    out, changes = dict(cfg), []
-    drop = ONLY_TRANSFORMERS if to == "paddleformers" else ONLY_PADDLEFORMERS
-    for key in drop:
-        if key in out:
-            changes.append(f"{key} dropped (the other library's)")
-            del out[key]
-    rope = out.get("rope_parameters")
-    if to == "paddleformers":
-        # PaddleFormers 1.x reads rope_theta (and Gemma3's rope_local_base_freq for its sliding layers);
-        # transformers 5 keeps them in rope_parameters, per layer type where they differ
-        if isinstance(rope, dict) and isinstance(rope.get("full_attention"), dict):
-            for kind, key in (("full_attention", "rope_theta"), ("sliding_attention", "rope_local_base_freq")):
-                theta = (rope.get(kind) or {}).get("rope_theta")
-                if theta is not None and out.get(key) != theta:
-                    out[key] = theta
-                    changes.append(f"{key} = {theta} (from rope_parameters.{kind})")
-        elif isinstance(rope, dict) and "rope_theta" in rope and "rope_theta" not in out:
-            out["rope_theta"] = rope["rope_theta"]
-            changes.append(f"rope_theta = {rope['rope_theta']} (from rope_parameters)")
-        for key, value in PF_FIXED.get(out.get("model_type", ""), {}).items():
-            if key not in out:
-                out[key] = value
-                changes.append(f"{key} = {value!r} (what transformers' class has)")
-        if "dtype" in out and "torch_dtype" not in out:
-            out["torch_dtype"] = out["dtype"]
-            changes.append(f"torch_dtype = {out['dtype']!r} (from dtype)")
-    else:
-        for pf_key, hf_key in CONFIG_RENAMES.get(out.get("model_type", ""), {}).items():
-            if pf_key in out and hf_key not in out:
-                out[hf_key] = out.pop(pf_key)
-                changes.append(f"{hf_key} = {out[hf_key]!r} (PaddleFormers' {pf_key})")
-        if "rope_local_base_freq" in out and "rope_theta" in out and out.get("model_type", "").startswith("gemma3"):
-            full = dict(rope) if isinstance(rope, dict) and "full_attention" not in rope else {}
-            full = {"rope_type": full.get("rope_type", "default"), **full, "rope_theta": out["rope_theta"]}
-            out["rope_parameters"] = {"full_attention": full, "sliding_attention": {
-                "rope_type": "default", "rope_theta": out.pop("rope_local_base_freq")}}
-            changes.append("rope_parameters per layer type (from rope_theta and rope_local_base_freq)")
-        if "torch_dtype" in out and "dtype" not in out:
-            out["dtype"] = out.pop("torch_dtype")
-            changes.append(f"dtype = {out['dtype']!r} (from torch_dtype)")
-    return out, changes
-
-
 def _other_files(src: Path, weight_files: set) -> list[Path]:
     """Files copied as they are (generation config, tokenizer, processor, chat template ...)."""
     out = []
@@ -226,209 +158,6 @@ def _other_files(src: Path, weight_files: set) -> list[Path]:
                                   "given)")
         out.append(p)
     return out
-
-
-# -- the models, without storage -----------------------------------------------------
-def _build(library: str, cls, cfg: dict):
-    """(config object, model without storage) built by the library itself."""
-    try:
-        config = cls.config_class.from_dict(dict(cfg))
-        if library == "transformers":
-            import torch
-
-            with torch.device("meta"):
-                model = cls(config)
-        else:
-            import paddle
-
-            paddleformers_cpu.switch_off(config)
-            with paddle.LazyGuard():
-                model = cls(config)
-    except Exception as exc:
-        raise CheckpointError(f"{library} cannot build {cls.__name__} from this config.json ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0][:300] if str(exc) else ''}); nothing was written") from exc
-    return config, model
-
-
-@dataclass(frozen=True)
-class Piece:
-    """A written tensor that is columns ``start:stop`` of a 2-D file tensor, transposed (a fused tensor a save left
-    in its in-memory layout, split into the tensors the loaders read)."""
-
-    key: str
-    start: int
-    stop: int
-
-    def shape(self, ck) -> tuple:
-        rows, _ = ck.infos[self.key].shape
-        return (self.stop - self.start, rows)
-
-    def take(self, tensor):
-        return tensor[:, self.start:self.stop].t().contiguous()
-
-
-def _key(source) -> str:
-    """The file key a written tensor is read from (``names``' values: a file key or a :class:`Piece`)."""
-    return source.key if isinstance(source, Piece) else source
-
-
-def _shape(ck, source) -> tuple:
-    return source.shape(ck) if isinstance(source, Piece) else tuple(ck.infos[source].shape)
-
-
-def _nbytes(ck, source) -> int:
-    return math.prod(_shape(ck, source)) * ck.infos[_key(source)].dtype.itemsize
-
-
-def _shapes(ck, names: dict) -> dict[str, tuple]:
-    """{written name: shape} of the tensors ``names`` ({written name: file key or Piece}) says will be written."""
-    return {out: _shape(ck, source) for out, source in names.items()}
-
-
-def check_paddleformers(cls, config, model, ck, names: dict) -> tuple[list[str], list[str]]:
-    """Run PaddleFormers' own loading rules (``_gen_aoa_config``, paddle's AOAEngine) on the names and shapes the
-    folder will hold (``names``: {written name: file key}): (problems: a model tensor not produced or of another
-    shape, the rules failing; written names they never read)."""
-    if not hasattr(cls, "_gen_aoa_config"):
-        return [f"PaddleFormers' {cls.__name__} has no _gen_aoa_config, so its from_pretrained cannot read a "
-                "HuggingFace-layout folder (flex_checkpoint loading needs it)"], []
-    from paddle.distributed.flex_checkpoint.aoa.aoa_engine import AOAEngine
-    from paddle.distributed.flex_checkpoint.dcp.sharded_weight import ShardedWeightDesc
-
-    def desc(key, shape, dtype):
-        return [ShardedWeightDesc(key, shape, shape, (0,) * len(shape), dtype)]
-
-    state = model.state_dict()
-    dst = {k: desc(k, tuple(v.shape), str(v.dtype).split(".")[-1]) for k, v in state.items()}
-    src = {out: desc(out, _shape(ck, source), str(ck.infos[_key(source)].dtype).replace("torch.", ""))
-           for out, source in names.items()}
-    try:
-        engine = AOAEngine(cls._gen_aoa_config(config), src, dst)
-    except Exception as exc:  # the loader itself would fail the same way
-        return [f"PaddleFormers' loading rules for {cls.__name__} fail on this folder: {type(exc).__name__}: "
-                f"{str(exc).splitlines()[0][:300] if str(exc) else ''}"], []
-    problems, used = [], set()
-    for key, tensor in state.items():
-        got = engine.output_vars.get(key)
-        if got is None:
-            problems.append(f"{key}: PaddleFormers' loading rules produce nothing for it")
-            continue
-        used.update(s[0] for s in got.slices)
-        if tuple(got.shape) != tuple(tensor.shape):
-            problems.append(f"{key}: PaddleFormers' loading rules make it {list(got.shape)}, the model holds "
-                            f"{list(tensor.shape)}")
-    return problems, sorted(set(src) - used)
-
-
-def _pf_view(cls, config, model, ck, ties: dict, names: dict) -> tuple[list[str], list[str], list[str]]:
-    """PaddleFormers' view of the folder, settling tied tensors (``names`` is completed in place): (problems,
-    written names that may be left out, notes). A tied name PaddleFormers' rules ask for but the folder does not
-    hold (transformers does not store tied copies) is written as a copy of its partner; a stored tied copy
-    PaddleFormers does not read may be left out when it equals its partner (the model's own tying restores it),
-    and is refused when it does not."""
-    drop, notes = [], []
-    for _ in range(4):
-        problems, unread = check_paddleformers(cls, config, model, ck, names)
-        wanted = [k for k, v in ties.items() if k not in names and v in names
-                  and any(k in p for p in problems if p.startswith("PaddleFormers' loading rules"))]
-        if not wanted:
-            break
-        for k in wanted:
-            names[k] = names[ties[k]]
-            notes.append(f"{k} written as a copy of {ties[k]} (tied; PaddleFormers' {cls.__name__} loader reads it "
-                         "by this name)")
-    rest = []
-    for k in unread:
-        partner = ties.get(k)
-        if partner in names and isinstance(names[k], str) and isinstance(names[partner], str) \
-                and _equal(ck, names[k], names[partner]):
-            drop.append(k)
-        else:
-            rest.append(k)
-    if rest:
-        problems.append(f"{len(rest)} tensor(s) of the folder would not be read by PaddleFormers' {cls.__name__}: "
-                        f"{', '.join(rest[:5])}{' ...' if len(rest) > 5 else ''}")
-    return problems, drop, notes
-
-
-def _equal(ck, a: str, b: str) -> bool:
-    import torch
-
-    ia, ib = ck.infos[a], ck.infos[b]
-    return ia.shape == ib.shape and ia.dtype == ib.dtype and torch.equal(ck.get(a).view(torch.uint8),
-                                                                          ck.get(b).view(torch.uint8))
-
-
-def check_transformers(model, config, got: dict) -> tuple[list[str], list[str]]:
-    """The folder's names and shapes (``got``) against transformers' model built on the meta device: (problems,
-    notes). Families that
-    transformers stores under other names on disk (its conversion_mapping) are left to its loader (noted)."""
-    from transformers.conversion_mapping import get_model_conversion_mapping
-
-    model_type = getattr(config, "model_type", "")
-    tied = set()
-    if getattr(config, "tie_word_embeddings", False):
-        tied = {k for k in getattr(model, "all_tied_weights_keys", {}) or {}}
-    persistent = model.state_dict()
-    expected = {k: tuple(v.shape) for k, v in persistent.items()}
-    # whatever the names on disk, the numbers of values must agree (a config translated wrong changes sizes)
-    want = sum(math.prod(s) for k, s in expected.items() if k not in tied)
-    have = sum(math.prod(s) for k, s in got.items() if k not in tied)
-    if want != have:
-        return [f"transformers' {type(model).__name__} built from this config holds {want:,} values, the folder "
-                f"{have:,}: the config does not describe these weights for transformers"], []
-    if get_model_conversion_mapping(model, add_legacy=False):
-        return [], [f"transformers renames {model_type} tensors when it loads (its conversion_mapping): the names were "
-                    "left to its loader, the sizes checked; --verify proves the folder"]
-    problems = []
-    missing = sorted(k for k in expected if k not in got and k not in tied)
-    if missing:
-        problems.append(f"{len(missing)} tensor(s) transformers' {type(model).__name__} needs are not in the folder: "
-                        f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
-    foreign = sorted(k for k in got if k not in expected)
-    if foreign:
-        problems.append(f"{len(foreign)} tensor(s) of the folder are not in transformers' {type(model).__name__}: "
-                        f"{', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}")
-    for k, s in got.items():
-        if k in expected and expected[k] != s:
-            problems.append(f"{k} is {list(s)} in the folder, {list(expected[k])} in transformers' model")
-    return problems, []
-
-
-def _written_names(ck, source_lib: str, model_type: str, report: FolderReport) -> dict:
-    """{written name: file key}: every tensor of the folder under its own name, except the names a library's
-    save_pretrained is known to write wrong (``SAVE_RENAMES``), which get the name both loaders read."""
-    names = {}
-    renames = SAVE_RENAMES.get((source_lib, model_type), ())
-    moved = 0
-    for key in ck.infos:
-        out = key
-        for old, new in renames:
-            if key.startswith(old) and new + key[len(old):] not in ck.infos:
-                out = new + key[len(old):]
-                moved += 1
-                break
-        names[out] = key
-    if moved:
-        report.notes.append(f"{moved} tensor(s) renamed " + ", ".join(f"{o}* -> {n}*" for o, n in renames)
-                            + f": {UPSTREAM_SAVE_NAMES[(source_lib, model_type)]}")
-    split = SAVE_SPLITS.get((source_lib, model_type))
-    if split:
-        fused, parts, why = split
-        done = []
-        for key in [k for k in names if k.endswith(fused)]:
-            stem = key[: -len(fused)]
-            info = ck.infos[names[key]]
-            if len(info.shape) != 2 or info.shape[1] % len(parts) or any(stem + p in names for p in parts):
-                continue  # not the in-memory fused tensor this fix is for: the checks decide
-            width = info.shape[1] // len(parts)
-            for i, part in enumerate(parts):
-                names[stem + part] = Piece(names[key], i * width, (i + 1) * width)
-            del names[key]
-            done.append(key)
-        if done:
-            report.notes.append(f"{len(done)} tensor(s) {fused} split into {' and '.join(parts)}: {why}")
-    return names
 
 
 # -- the conversion -------------------------------------------------------------------
@@ -468,18 +197,18 @@ def convert_folder(src, dst, to: str, verify: bool = False, progress=None) -> Fo
     t_cls = tcls if to == "transformers" else scls
     pf_cfg = out_cfg if to == "paddleformers" else cfg
     t_cfg = out_cfg if to == "transformers" else cfg
-    pf_config, pf_model = _build("paddleformers", pf_cls, pf_cfg)
-    t_config, t_model = _build("transformers", t_cls, t_cfg)
+    pf_config, pf_model = build_without_storage("paddleformers", pf_cls, pf_cfg)
+    t_config, t_model = build_without_storage("transformers", t_cls, t_cfg)
     ties = dict(getattr(t_model, "all_tied_weights_keys", None) or {}) \
         if getattr(t_config, "tie_word_embeddings", False) else {}
-    names = _written_names(ck, source_lib, model_type, report)
-    problems, drop, notes = _pf_view(pf_cls, pf_config, pf_model, ck, ties, names)
+    names = written_names(ck, source_lib, model_type, report.notes)
+    problems, drop, notes = paddleformers_view(pf_cls, pf_config, pf_model, ck, ties, names)
     if to == "transformers":
         for k in drop:
             notes.append(f"{k} not written: the same values as {ties[k]}, to which it is tied (tie_word_embeddings); "
                          f"PaddleFormers' {pf_cls.__name__} loader does not read it")
             del names[k]
-    t_problems, t_notes = check_transformers(t_model, t_config, _shapes(ck, names))
+    t_problems, t_notes = check_transformers(t_model, t_config, written_shapes(ck, names))
     problems += t_problems
     report.notes += notes + t_notes
     if problems:
@@ -545,10 +274,14 @@ def _write(src: Path, final: Path, ck, out_cfg: dict, report: FolderReport, veri
     index = final / ck.index.name if ck.index is not None else None
     finals = [final / n for n in weight_names] + ([index] if index else []) + [final / "config.json"] + \
         [final / p.name for p in others] + ([final / UNVERIFIED_MARK] if verify else [])
-    total = sum(_nbytes(ck, source) for source in names.values())
+    total = sum(source_nbytes(ck, source) for source in names.values())
     by_file: dict[int, list[str]] = {}
-    for out_name, source in sorted(names.items(), key=lambda kv: (ck.infos[_key(kv[1])].offset, kv[0] != kv[1])):
-        by_file.setdefault(ck.infos[_key(source)].file, []).append(out_name)
+    def order(item):  # the source's order; a tied copy right after its partner
+        out_name, source = item
+        return ck.infos[source_key(source)].offset, out_name != source
+
+    for out_name, source in sorted(names.items(), key=order):
+        by_file.setdefault(ck.infos[source_key(source)].file, []).append(out_name)
     try:
         with terminate_like_interrupt(), AtomicOutput(finals, ck.files + ([ck.index] if ck.index else []), None,
                                                       total) as out:
@@ -556,20 +289,20 @@ def _write(src: Path, final: Path, ck, out_cfg: dict, report: FolderReport, veri
             weight_map = {}
             for i, name in enumerate(weight_names):
                 keys = by_file.get(i, [])
-                entries = [Entry(k, _shape(ck, names[k]), ck.infos[_key(names[k])].dtype) for k in keys]
+                entries = [Entry(k, source_shape(ck, names[k]), ck.infos[source_key(names[k])].dtype) for k in keys]
                 writer = SafetensorsWriter(out.tmp(final / name), entries, metadata_for("hf"))
                 out.opened(writer)
                 for k in keys:
                     source = names[k]
-                    n = ck.infos[_key(source)].nbytes
+                    n = ck.infos[source_key(source)].nbytes
                     if buf is None or buf.numel() < n:
                         import torch
 
                         buf = torch.empty(max(n, 1), dtype=torch.uint8)
-                    tensor = ck.get(_key(source), into=buf)
+                    tensor = ck.get(source_key(source), into=buf)
                     writer.add(k, source.take(tensor) if isinstance(source, Piece) else tensor)
                     report.tensors += 1
-                    report.bytes += _nbytes(ck, source)
+                    report.bytes += source_nbytes(ck, source)
                     weight_map[k] = name
                 writer.close()
                 ck.release()

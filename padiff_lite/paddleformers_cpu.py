@@ -12,8 +12,8 @@ log = logging.getLogger("padiff_lite.paddleformers_cpu")
 
 # switches of PaddleFormers 1.x configs that select GPU-only kernels; on when absent: fuse_rms_norm only
 FUSED_FLAGS = ("fuse_rms_norm", "use_fused_rope", "use_flash_attention", "apply_rope_fusion", "fuse_swiglu",
-               "fuse_attention_qkv", "fuse_attention_ffn", "fuse_linear", "use_fused_linear", "use_fused_head_and_loss_fn",
-               "use_fused_linear_cross_entropy", "fuse_gate_detach_matmul")
+               "fuse_attention_qkv", "fuse_attention_ffn", "fuse_linear", "use_fused_linear",
+               "use_fused_head_and_loss_fn", "use_fused_linear_cross_entropy", "fuse_gate_detach_matmul")
 ON_WHEN_ABSENT = {"fuse_rms_norm"}
 
 

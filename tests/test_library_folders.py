@@ -168,8 +168,9 @@ def test_folder_refusals_write_nothing(tmp_path):
 def test_check_switches_off_fused_kernels_on_cpu(caplog):
     """A PaddleFormers Llama as configured (fuse_rms_norm on: no CPU kernel) runs in `check`, and says so."""
     with caplog.at_level(logging.INFO, logger="padiff_lite"):
-        code = main(["check", "--base", "library_models:llama_torch", "--raw", "library_models:paddle_llama_as_configured",
-                     "--input-shape", "2,7", "--dtype", "int64", "--int-range", "1,128", "--input-name", "input_ids"])
+        code = main(["check", "--base", "library_models:llama_torch",
+                     "--raw", "library_models:paddle_llama_as_configured", "--input-shape", "2,7", "--dtype", "int64",
+                     "--int-range", "1,128", "--input-name", "input_ids"])
     assert code == 0
     assert any("switched off fuse_rms_norm=False" in r.getMessage() for r in caplog.records)
 
