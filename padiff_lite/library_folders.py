@@ -191,6 +191,11 @@ def convert_folder(src, dst, to: str, verify: bool = False, progress=None) -> Fo
                               ".safetensors (what save_pretrained writes): convert them with the factory form first")
     out_cfg, changes = translate_config(cfg, to)
     report = FolderReport(str(src), str(final), to, arch, config_changes=changes)
+    writer = "paddleformers" if "paddleformers_version" in cfg else "transformers" if "transformers_version" in cfg \
+        else None
+    if writer == to:
+        report.notes.append(f"the source's config.json was written by {to} already: the folder is copied with its "
+                            "checks, not converted")
 
     # both models, without storage, by the libraries themselves; both loaders' view of the weights
     pf_cls = tcls if to == "paddleformers" else scls

@@ -204,6 +204,8 @@ def test_verify_from_a_paddleformers_folder_leaves_the_source_as_it_was(tmp_path
     assert {p.name: p.read_bytes() for p in src.iterdir()} == before
     assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == [
         "config.json", "model-00001-of-00001.safetensors", "model.safetensors.index.json"]
+    same = convert_checkpoint(src, tmp_path / "pf2", to="paddleformers")  # the direction it already has
+    assert any("written by paddleformers already" in n for n in same.notes)
 
 
 def test_ernie45_moe_folders_both_ways(tmp_path):
