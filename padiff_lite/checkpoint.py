@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from . import fastcopy, layout, nonfinite
+from . import fastcopy, layout, layouts_on_disk, nonfinite
 from .atomic import NAME_MAX, AtomicOutput, output_error, terminate_like_interrupt
 from .checkpoint_plan import FilePlan, Unit, build_model, nbytes, resolve
 from .errors import CheckpointError, TransferError
@@ -66,8 +66,8 @@ class CheckpointReport(TransferReport):
 
 
 # -- the conversion ----------------------------------------------------------
-def convert_checkpoint(src, dst, base_model, raw_model, strict: bool = True, progress=None,
-                       mapping=None) -> CheckpointReport:
+def convert_checkpoint(src, dst, base_model=None, raw_model=None, strict: bool = True, progress=None,
+                       mapping=None, *, layout: str | None = None, to: str | None = None, verify: bool = False):
     """Convert the checkpoint ``src`` of ``base_model`` into ``dst`` for ``raw_model``.
 
     src: a .pt/.pth/.bin, .safetensors or .pdparams file, an HF index ``*.<suffix>.index.json`` or a
@@ -83,9 +83,28 @@ def convert_checkpoint(src, dst, base_model, raw_model, strict: bool = True, pro
         random-weight models of the same architecture: ``padiff-lite pair`` or ``report.mapping.save``); its
         paths must exist in both models and its tensors must match what the plan does.
 
+    layout: the layout of ``src`` ("torch", "paddle" or "hf") when neither its header metadata nor its folder
+        says (:mod:`.layouts_on_disk`); needed only where square tensors make it ambiguous.
+    to: "paddleformers" or "transformers": ``src`` and ``dst`` are model folders and the models come from the
+        folder's config.json (:func:`.library_folders.convert_folder`; base_model/raw_model are not given then);
+        ``verify`` loads the written folder with the target library and compares outputs.
+
     Raises CheckpointError (file missing, corrupt, unknown suffix) or TransferError (the checkpoint does
     not fit the models); no output is left behind then, and the source is never written.
     """
+    if to is not None:
+        if base_model is not None or raw_model is not None or layout is not None or mapping is not None:
+            raise CheckpointError("to= converts a model folder with the models its config.json names; do not pass "
+                                  "base_model/raw_model/layout/mapping with it")
+        from .library_folders import convert_folder
+
+        return convert_folder(src, dst, to, verify=verify, progress=progress)
+    if base_model is None or raw_model is None:
+        raise CheckpointError("give base_model and raw_model (the models SRC and DST are for), or to= for a model "
+                              "folder (padiff-lite convert SRC_DIR DST_DIR --to paddleformers|transformers)")
+    if verify:
+        raise CheckpointError("verify= needs the folder form (to=...): only a model folder can be loaded by a library "
+                              "on its own")
     t0 = time.perf_counter()
     ck = open_checkpoint(src)
     dst = Path(dst)
@@ -99,8 +118,10 @@ def convert_checkpoint(src, dst, base_model, raw_model, strict: bool = True, pro
     base, base_built = build_model(base_model, "base")
     raw, raw_built = build_model(raw_model, "raw")
     _check_frameworks(ck, base, dst, out_fmt, raw)
+    layouts_on_disk.check_output(dst, out_fmt, raw)
     found = prepare_mapping(mapping, base, raw) if mapping is not None else None
     plan = build_plan(base, raw, mapping=found)
+    layouts_on_disk.check_source(ck, plan, base, raw, layout)
     checked = check(plan, need_data=False, strict=strict, found=found, mapping_given=found is not None)
     fp = resolve(ck, plan, strict, checked.problems)
     job = Runner(fp, base_built, raw_built)

@@ -14,7 +14,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from .errors import PadiffError
+from .errors import CheckpointError, PadiffError
 
 
 def cmd_demo(args) -> int:
@@ -80,6 +80,14 @@ def _build(spec: str, flag: str):
     if adapter is None or not adapter.is_module(model):
         raise DiffInputError(f"{flag} {spec}() returned {type(model).__module__}.{type(model).__name__}, not a "
                              "torch.nn.Module or paddle.nn.Layer; the callable must return the model itself")
+    return model
+
+
+def _cpu_ready(model, flag: str):
+    """PaddleFormers models on a CPU: their GPU-only fused-kernel flags switched off (logged)."""
+    from .paddleformers_cpu import prepare
+
+    prepare(model, f"{flag} model")
     return model
 
 
@@ -215,8 +223,8 @@ def cmd_check(args) -> int:
     html = _output_path(args.html, "--html")
     weights = _weights_path(args.weights)
     _seed_frameworks(args.seed)  # the models' random initialisation too: a run is reproducible
-    base = create_model(_build(args.base, "--base"))
-    raw = create_model(_build(args.raw, "--raw"))
+    base = create_model(_cpu_ready(_build(args.base, "--base"), "--base"))
+    raw = create_model(_cpu_ready(_build(args.raw, "--raw"), "--raw"))
     if weights:
         base.adapter.load_weights(base.model, weights)
     rng = np.random.default_rng(args.seed)
@@ -241,10 +249,24 @@ def cmd_convert(args) -> int:
     from .checkpoint import convert_checkpoint
     from .mapping import load as load_mapping
 
+    progress = False if args.quiet else None
+    if args.to is not None:
+        if args.base or args.raw or args.map or args.layout:
+            raise CheckpointError("--to converts a model folder with the models its config.json names; leave out "
+                                  "--base, --raw, --map and --layout")
+        report = convert_checkpoint(args.src, args.dst, to=args.to, verify=args.verify, progress=progress)
+        if not args.quiet:
+            print(report)
+        return 0 if report.ok else 1
+    if not (args.base and args.raw):
+        raise CheckpointError("give --base and --raw (the models SRC and DST are for), or --to paddleformers|"
+                              "transformers to convert a model folder holding a config.json")
+    if args.verify:
+        raise CheckpointError("--verify needs --to (a model folder the target library can load by itself)")
     mapping = load_mapping(args.map) if args.map is not None else None  # checked before any model is built
     try:
         report = convert_checkpoint(args.src, args.dst, args.base, args.raw, strict=args.strict,
-                                    progress=False if args.quiet else None, mapping=mapping)
+                                    progress=progress, mapping=mapping, layout=args.layout)
     except PadiffError as exc:
         exc.args = (_cli_words(str(exc)),)  # the flags of this command, not the Python API's arguments
         raise
@@ -279,10 +301,19 @@ def _add_convert(sub):
                                    "and writes shards plus an index.")
     c.add_argument("src", help="checkpoint to read (file, index file or folder holding one)")
     c.add_argument("dst", help="checkpoint to write; its suffix picks the format")
-    c.add_argument("--base", required=True, metavar="MODULE:CALLABLE",
+    c.add_argument("--base", metavar="MODULE:CALLABLE",
                    help="zero-argument factory (or class) of the model SRC was saved from")
-    c.add_argument("--raw", required=True, metavar="MODULE:CALLABLE",
+    c.add_argument("--raw", metavar="MODULE:CALLABLE",
                    help="zero-argument factory (or class) of the model DST is for")
+    c.add_argument("--to", choices=["paddleformers", "transformers"],
+                   help="SRC and DST are model folders (config.json, weights, tokenizer): write a folder this "
+                        "library's from_pretrained loads; the models come from the config, no --base/--raw")
+    c.add_argument("--verify", action="store_true",
+                   help="with --to: load the written folder with the target library, compare outputs with the "
+                        "source's on random token ids; a failure exits 1 and leaves DST.unverified, not DST")
+    c.add_argument("--layout", choices=["torch", "paddle", "hf"],
+                   help="the layout SRC is in, when neither its safetensors metadata nor its folder says and "
+                        "square tensors make it ambiguous (hf: as save_pretrained writes it)")
     c.add_argument("--strict", action=argparse.BooleanOptionalAction, default=True,
                    help="refuse tensors without a partner (default); --no-strict lists them and goes on")
     c.add_argument("--map", metavar="FILE", help="a mapping (JSON, from `padiff-lite pair`) pairing the layers "
@@ -307,7 +338,7 @@ def cmd_pair(args) -> int:
     dtype, shapes = _dtype_and_shapes(args, "e.g. --input-shape 2,16 (the models run on it once)")
     output = _output_path(args.output, "-o")
     _seed_frameworks(args.seed)
-    base, raw = _build(args.base, "--base"), _build(args.raw, "--raw")
+    base, raw = _cpu_ready(_build(args.base, "--base"), "--base"), _cpu_ready(_build(args.raw, "--raw"), "--raw")
     rng = np.random.default_rng(args.seed)
     if dtype.kind == "f":
         arrays = tuple(rng.standard_normal(s).astype(dtype) for s in shapes)

@@ -600,7 +600,9 @@ class Entry:
 def writer_for(path: Path, fmt: str, entries: list[Entry], target_framework: str):
     """A writer for one output file; call ``add(key, tensor)`` in ``entries`` order, then ``close()``."""
     if fmt == "safetensors":
-        return SafetensorsWriter(path, entries, {"format": "pt" if target_framework == "torch" else "np"})
+        from .layouts_on_disk import metadata_for  # the layout is written down, so it is never guessed
+
+        return SafetensorsWriter(path, entries, metadata_for(target_framework))
     if fmt == "paddle":
         return PdparamsWriter(path, entries)
     return DictWriter(path, fmt, entries)

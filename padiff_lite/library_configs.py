@@ -1,0 +1,61 @@
+"""config.json for the other library: the fields transformers 5.x and PaddleFormers 1.x name or default
+differently (for :mod:`.library_folders`). Each change is returned as a line for the report."""
+from __future__ import annotations
+
+from . import paddleformers_cpu
+
+# config keys one library writes that the other does not use
+ONLY_PADDLEFORMERS = ("paddleformers_version",) + paddleformers_cpu.FUSED_FLAGS
+ONLY_TRANSFORMERS = ("transformers_version",)
+
+# config keys PaddleFormers writes under another name than transformers reads: model_type -> {pf key: hf key}
+CONFIG_RENAMES = {"gpt_oss": {"num_experts": "num_local_experts"}}
+# what transformers' class of a family always has, which PaddleFormers' config makes optional with another default:
+# model_type -> {PaddleFormers key: value}, set for PaddleFormers when the config does not say
+PF_FIXED = {"ernie4_5_moe": {"num_nextn_predict_layers": 0,  # transformers' class has no multi-token prediction
+                             "moe_use_aux_free": True}}  # ... and always its router's correction bias
+
+
+def translate_config(cfg: dict, to: str) -> tuple[dict, list[str]]:
+    """The config.json for ``to``'s loader and what changed (one line per change)."""
+    out, changes = dict(cfg), []
+    drop = ONLY_TRANSFORMERS if to == "paddleformers" else ONLY_PADDLEFORMERS
+    for key in drop:
+        if key in out:
+            changes.append(f"{key} dropped (the other library's)")
+            del out[key]
+    rope = out.get("rope_parameters")
+    if to == "paddleformers":
+        # PaddleFormers 1.x reads rope_theta (and Gemma3's rope_local_base_freq for its sliding layers);
+        # transformers 5 keeps them in rope_parameters, per layer type where they differ
+        if isinstance(rope, dict) and isinstance(rope.get("full_attention"), dict):
+            for kind, key in (("full_attention", "rope_theta"), ("sliding_attention", "rope_local_base_freq")):
+                theta = (rope.get(kind) or {}).get("rope_theta")
+                if theta is not None and out.get(key) != theta:
+                    out[key] = theta
+                    changes.append(f"{key} = {theta} (from rope_parameters.{kind})")
+        elif isinstance(rope, dict) and "rope_theta" in rope and "rope_theta" not in out:
+            out["rope_theta"] = rope["rope_theta"]
+            changes.append(f"rope_theta = {rope['rope_theta']} (from rope_parameters)")
+        for key, value in PF_FIXED.get(out.get("model_type", ""), {}).items():
+            if key not in out:
+                out[key] = value
+                changes.append(f"{key} = {value!r} (what transformers' class has)")
+        if "dtype" in out and "torch_dtype" not in out:
+            out["torch_dtype"] = out["dtype"]
+            changes.append(f"torch_dtype = {out['dtype']!r} (from dtype)")
+    else:
+        for pf_key, hf_key in CONFIG_RENAMES.get(out.get("model_type", ""), {}).items():
+            if pf_key in out and hf_key not in out:
+                out[hf_key] = out.pop(pf_key)
+                changes.append(f"{hf_key} = {out[hf_key]!r} (PaddleFormers' {pf_key})")
+        if "rope_local_base_freq" in out and "rope_theta" in out and out.get("model_type", "").startswith("gemma3"):
+            full = dict(rope) if isinstance(rope, dict) and "full_attention" not in rope else {}
+            full = {"rope_type": full.get("rope_type", "default"), **full, "rope_theta": out["rope_theta"]}
+            out["rope_parameters"] = {"full_attention": full, "sliding_attention": {
+                "rope_type": "default", "rope_theta": out.pop("rope_local_base_freq")}}
+            changes.append("rope_parameters per layer type (from rope_theta and rope_local_base_freq)")
+        if "torch_dtype" in out and "dtype" not in out:
+            out["dtype"] = out.pop("torch_dtype")
+            changes.append(f"dtype = {out['dtype']!r} (from torch_dtype)")
+    return out, changes
