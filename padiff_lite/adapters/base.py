@@ -116,7 +116,8 @@ class RunningAdapter(Protocol):
 
     def add_call_hook(self, module, fn: Callable) -> Any:
         """Call ``fn(args, kwargs, output)`` after each forward of ``module`` (keyword inputs too, as
-        ``auto_diff`` needs them to tell whether a layer's inputs agree); a handle with ``remove()``."""
+        ``auto_diff`` needs them to tell whether a layer's inputs agree); a handle with ``remove()``. What ``fn``
+        returns, when not None, replaces the output (``single_step`` hands base's outputs on)."""
 
     def forward(self, model, args, kwargs, grad: bool) -> Any: ...
 

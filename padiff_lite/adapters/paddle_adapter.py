@@ -313,10 +313,11 @@ class PaddleAdapter(Adapter):
         return module.register_forward_post_hook(hook)
 
     def add_call_hook(self, module, fn):
-        """Call ``fn(args, kwargs, output)`` each time ``module`` finishes a forward (keyword inputs too)."""
+        """Call ``fn(args, kwargs, output)`` each time ``module`` finishes a forward (keyword inputs too); what ``fn``
+        returns, when not None, replaces the output."""
 
         def hook(_layer, args, kwargs, output):
-            fn(args, kwargs, output)  # returns None: the output is left as it is
+            return fn(args, kwargs, output)
 
         return module.register_forward_post_hook(hook, with_kwargs=True)
 

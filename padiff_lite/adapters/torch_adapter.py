@@ -184,7 +184,8 @@ class TorchAdapter(Adapter):
         return module.register_forward_hook(lambda _m, inputs, output: fn(inputs, output))
 
     def add_call_hook(self, module, fn):
-        """Call ``fn(args, kwargs, output)`` each time ``module`` finishes a forward (keyword inputs too)."""
+        """Call ``fn(args, kwargs, output)`` each time ``module`` finishes a forward (keyword inputs too); what ``fn``
+        returns, when not None, replaces the output."""
         return module.register_forward_hook(lambda _m, args, kwargs, output: fn(args, kwargs, output),
                                             with_kwargs=True)
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import layout
 from ..ops import COPY, RESHAPE, TRANSPOSE
-from .numerics import Tolerance, compare
+from .numerics import Tolerance, compare, with_floor
 from .results import GradDiff, WeightDiff, label
 
 
@@ -50,8 +50,16 @@ def compare_mapped(plan, tol: Tolerance, call_order: dict, weights: bool = False
     read_b = (lambda t: ba.snapshot(t)) if weights else ba.grad
     read_r = (lambda t: ra.snapshot(t)) if weights else ra.grad
     kind = WeightDiff if weights else GradDiff
+    ops = trainable_ops(plan)
+    if not weights and tol.mode == "strict":  # a first pass for the model's largest gradient (GRAD_FLOOR)
+        top = 0.0
+        for op in ops:
+            g = ba.grad(op.src.tensor)
+            if g is not None and g.size:
+                top = max(top, float(np.nanmax(np.abs(np.where(np.isfinite(g), g, 0)))))
+        tol = with_floor(tol, top)
     found = []
-    for op in trainable_ops(plan):
+    for op in ops:
         gb, gr = read_b(op.src.tensor), read_r(op.dst.tensor)
         if gb is None and gr is None:
             continue
@@ -73,7 +81,7 @@ def compare_mapped(plan, tol: Tolerance, call_order: dict, weights: bool = False
         pair = op.pair
         d = kind(pair.base.path, pair.raw.path, type(pair.base.module).__name__, type(pair.raw.module).__name__,
                  op.src.path, op.dst.path, tuple(gb.shape) if gb is not None else (), tuple(gr.shape),
-                 f.max_abs, f.max_rel, f.mismatched, f.total, ", ".join(note))
+                 f.max_abs, f.max_rel, f.mismatched, f.total, ", ".join(note), f.scale)
         found.append((call_order.get((pair.base.path, pair.raw.path), -1), len(found), d))
     found.sort(key=lambda t: (-t[0], t[1]))
     return [d for *_, d in found]

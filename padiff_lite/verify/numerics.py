@@ -26,6 +26,10 @@ import numpy as np
 MODES = ("strict", "mean")
 ATOL = 1e-7  # below float32's resolution of values of order 1: only decides for tensors that are ~0 on both sides
 RTOL = 1e-4  # of the tensor's largest magnitude; float32 ports of deep networks stay under 1e-5 (docs/design.md)
+# Gradients: a parameter whose gradient is ~0 on both sides (a sum that cancels, e.g. a bias right before a
+# normalization layer) holds only float32 noise of the size of the model's other gradients. Its gradient is judged
+# against at least this fraction of the model's largest gradient magnitude, not against its own noise.
+GRAD_FLOOR = 0.1
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,11 @@ class Tolerance:
             raise ValueError(f"compare_mode must be one of {MODES}, got {self.mode!r}")
 
 
+def with_floor(tol: Tolerance, top: float) -> Tolerance:
+    """``tol`` for gradients of a model whose largest gradient magnitude is ``top`` (see GRAD_FLOOR)."""
+    return Tolerance(max(tol.atol, tol.rtol * GRAD_FLOOR * top), tol.rtol, tol.mode)
+
+
 @dataclass
 class Figures:
     """What comparing two tensors found."""
@@ -47,6 +56,7 @@ class Figures:
     max_rel: float
     mismatched: int  # values outside tolerance (strict), or 1 when the means differ (mean)
     total: int  # values compared (strict), or 1 (mean: one mean per tensor)
+    scale: float = 0.0  # the larger of the two tensors' largest finite magnitudes (strict)
 
     @property
     def ok(self) -> bool:
@@ -68,6 +78,8 @@ def compare_arrays(base, raw, atol: float = ATOL, rtol: float = RTOL, mode: str 
 
 def compare(base, raw, tol: Tolerance) -> Figures:
     base, raw = np.asarray(base), np.asarray(raw)
+    if base.ndim == 0 and raw.ndim == 0:  # a loss: one value
+        base, raw = base.reshape(1), raw.reshape(1)
     if base.shape != raw.shape:
         n = max(base.size, raw.size, 1)
         return Figures(math.inf, math.inf, n if tol.mode == "strict" else 1, n if tol.mode == "strict" else 1)
@@ -76,16 +88,16 @@ def compare(base, raw, tol: Tolerance) -> Figures:
     if tol.mode == "mean":
         return _compare_means(base, raw, tol)
     scale = max(_max_finite_abs(base), _max_finite_abs(raw))
-    if base.ndim == 0 or base.size <= _CHUNK:
+    if base.size <= _CHUNK:
         ma, mr, n = _compare_block(base, raw, tol.atol, tol.rtol, scale)
-        return Figures(ma, mr, n, base.size)
+        return Figures(ma, mr, n, base.size, scale)
     step = max(1, _CHUNK // max(1, base.size // base.shape[0]))
     worst_abs = worst_rel = 0.0
     n = 0
     for i in range(0, base.shape[0], step):
         ma, mr, k = _compare_block(base[i:i + step], raw[i:i + step], tol.atol, tol.rtol, scale)
         worst_abs, worst_rel, n = max(worst_abs, ma), max(worst_rel, mr), n + k
-    return Figures(worst_abs, worst_rel, n, base.size)
+    return Figures(worst_abs, worst_rel, n, base.size, scale)
 
 
 def _max_finite_abs(a) -> float:

@@ -118,6 +118,12 @@ def _stage_detail(r: DiffResult) -> str:
     if r.stage == "loss" and s is not None and s.loss is not None:
         return f"base loss {s.loss[0]:.8g}, raw loss {s.loss[1]:.8g}"
     if r.stage == "backward":
+        o = s.first_output_grad_diff if s is not None else None
+        if o is not None:
+            return (f"the gradient arriving at the output of base {label(o.base_path)} ({o.base_class}) -> raw "
+                    f"{label(o.raw_path)} ({o.raw_class}) differs although every layer after it was given base's "
+                    "gradients: the backward of code that runs after it in forward (its parent's own code or the "
+                    "next layer) differs")
         g = s.first_grad_diff if s is not None else r.first_grad_diff
         return (f"gradient of base {g.base_param} -> raw {g.raw_param} (layer base {label(g.base_path)} "
                 f"({g.base_class}))")

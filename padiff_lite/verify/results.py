@@ -77,6 +77,7 @@ class GradDiff:
     mismatched: int
     total: int
     note: str = ""  # the layout mapping applied, or which side had no gradient
+    scale: float = 0.0  # the largest magnitude of the two tensors compared
 
     @property
     def ok(self) -> bool:
@@ -127,6 +128,8 @@ class StepRecord:
     loss_ok: bool = True
     grads: list[GradDiff] = field(default_factory=list)  # in backward order
     first_grad_diff: GradDiff | None = None
+    output_grads: list[LayerDiff] = field(default_factory=list)  # single_step: gradients arriving at layer outputs
+    first_output_grad_diff: LayerDiff | None = None
     weights: list[WeightDiff] = field(default_factory=list)  # after the optimizer step, in backward order
     first_weight_diff: WeightDiff | None = None
     stage: str | None = None  # the first stage of this step that differs

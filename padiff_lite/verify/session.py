@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from .. import output_align
 from ..errors import DiffError
 from ..stream import BaseFailed, Stash
-from .numerics import Tolerance
+from .numerics import Tolerance, compare
 from .results import LayerDiff, NotComparable
 from .aligned import compare_aligned
 
@@ -46,7 +46,7 @@ def run_model(proxy, hooked, args, kwargs, *, grad: bool, eval_mode: bool, on_ca
         def hook(a, kw, output):
             k = counts.get(idx, 0)
             counts[idx] = k + 1
-            on_call(idx, k, a, kw, output)
+            return on_call(idx, k, a, kw, output)
 
         return hook
 
@@ -127,7 +127,19 @@ def substitute(obj, node, adapter):
     if isinstance(obj, list):
         return [substitute(x, keyed.get(i), adapter) for i, x in enumerate(obj)]
     if isinstance(obj, dict):
-        return {k: substitute(v, keyed.get(k), adapter) for k, v in obj.items()}
+        new = {k: substitute(v, keyed.get(k), adapter) for k, v in obj.items()}
+        if type(obj) is dict:
+            return new
+        try:  # a dict-like output class (transformers' ModelOutput): the same class, fields replaced
+            return type(obj)(**new)
+        except Exception:
+            return obj
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        try:
+            return dataclasses.replace(obj, **{f.name: substitute(getattr(obj, f.name), keyed.get(f.name), adapter)
+                                               for f in dataclasses.fields(obj) if f.init})
+        except Exception:
+            return obj
     return obj
 
 
@@ -154,6 +166,8 @@ class Session:
         self.keep_inputs = single_step or not eval_mode  # a training forward cannot be run again to get them
         self.base_grads: dict = {}  # single_step with grad: (pair, call, tensor number) -> base's output gradient
         self._grad_hooks: list = []
+        self.output_grads: list[LayerDiff] = []  # single_step backward, in backward order
+        self.arrived: dict = {}  # single_step: (pair, call) -> how the inputs raw computed differ from base's
 
     # -- base side -------------------------------------------------------------------
     def on_base(self, idx, k, args, kwargs, output):
@@ -185,6 +199,10 @@ class Session:
             return None
         keyed = dict(node.items)
         adapter = self.raw.adapter
+        arrived = compare_aligned(output_align.align(node, output_align.capture_inputs(args, kwargs, adapter),
+                                                     "in", "in"), self.tol)
+        if arrived is not None and arrived.mismatched:
+            self.arrived[(idx, k)] = arrived  # made by code before this layer that no paired layer covers
         new_args = tuple(substitute(a, keyed.get(i), adapter) for i, a in enumerate(args))
         new_kwargs = {key: substitute(v, keyed.get(key), adapter) for key, v in (kwargs or {}).items()}
         return new_args, new_kwargs
@@ -199,9 +217,21 @@ class Session:
                     got = self.base_grads.get(key)
                     if got is None or tuple(got.shape) != tuple(g.shape):
                         return None
+                    self._judge_grad(key, got, adapter.snapshot(g))
                     return adapter.like(got, g)
 
                 self._grad_hooks.append(t.register_hook(give))
+
+    def _judge_grad(self, key, base_grad, raw_grad):
+        """Single-step backward: the gradient arriving at a raw layer's output (every layer after it was fed base's
+        gradients) against base's, before base's replaces it; kept in the order backward reaches them."""
+        idx, k, j = key
+        f = compare(base_grad, raw_grad, self.tol)
+        pair = self.pairs[idx]
+        self.output_grads.append(LayerDiff(
+            pair.base.path, pair.raw.path, type(pair.base.module).__name__, type(pair.raw.module).__name__, k,
+            len(self.output_grads), f"gradient of out[{j}]" if j else "gradient of out", tuple(base_grad.shape),
+            tuple(raw_grad.shape), f.max_abs, f.max_rel, f.mismatched, f.total))
 
     def on_raw(self, idx, k, args, kwargs, output):
         if self.single_step and self.grad:
@@ -210,12 +240,22 @@ class Session:
         if got is None:
             self.only.setdefault(idx, "raw")
             return
-        if not self.compare_layers:
-            return
         order, bnode = got
+        if not self.compare_layers:
+            return substitute(output, bnode, self.raw.adapter) if self.single_step else None
         rnode = output_align.capture(output, self.raw.adapter)
         pair = self.pairs[idx]
         classes = (type(pair.base.module).__name__, type(pair.raw.module).__name__)
+        c = self.arrived.pop((idx, k), None)
+        if c is not None:  # single step: what arrived differs; it counts before the layer's own output
+            ld = LayerDiff(pair.base.path, pair.raw.path, *classes, k, order, c.output, c.base_shape, c.raw_shape,
+                           c.max_abs, c.max_rel, c.mismatched, c.total, inputs_agree=False,
+                           note="the inputs raw computed for this layer differ although every earlier layer was fed "
+                                "base's inputs: code before it that no paired layer covers differs" +
+                                (f"; {c.note}" if c.note else ""))
+            self.layers.append(ld)
+            if self.first is None or order <= self.first.order:
+                self.first, self.first_key, self.first_raw_inputs = ld, (idx, k), None
         al = output_align.align(bnode, rnode)
         c = compare_aligned(al, self.tol)
         if c is None:
@@ -225,10 +265,13 @@ class Session:
         ld = LayerDiff(pair.base.path, pair.raw.path, *classes, k, order, c.output, c.base_shape, c.raw_shape,
                        c.max_abs, c.max_rel, c.mismatched, c.total, note=c.note, raw_output=c.raw_output)
         self.layers.append(ld)
-        if not ld.ok and (self.first is None or order < self.first.order):
+        if not ld.ok and (self.first is None or order < self.first.order):  # (ties: the inputs' record first)
             self.first = ld  # raw runs in its own call order: keep the earliest in the base's order
             self.first_key = (idx, k)
             self.first_raw_inputs = output_align.capture_inputs(args, kwargs, self.raw.adapter)
+        if self.single_step:  # what comes after this layer gets base's output, so only its own code is judged
+            return substitute(output, bnode, self.raw.adapter)
+        return None
 
     def release(self):
         """Drop the tensor hooks of a single-step backward (after both backward passes ran)."""

@@ -115,7 +115,8 @@ def run_step(setup: Setup, step: int, sides) -> StepRecord:
             else:
                 (bargs, bkw), _ = sides
                 binputs = inputs_at(base, setup.pairs[idx].base.module, k, bargs, bkw, eval_mode=not setup.training)
-            rec.first_diff.inputs_agree = inputs_agree(binputs, session.first_raw_inputs, tol)
+            if session.first_raw_inputs is not None:
+                rec.first_diff.inputs_agree = inputs_agree(binputs, session.first_raw_inputs, tol)
         session.base_inputs.clear()
         bseed, rseed = bout, rout
         if setup.loss_fns is not None:
@@ -128,6 +129,8 @@ def run_step(setup: Setup, step: int, sides) -> StepRecord:
             backward(base, bseed)
             backward(raw, rseed)
         session.release()
+        rec.output_grads = list(session.output_grads)
+        rec.first_output_grad_diff = next((g for g in rec.output_grads if not g.ok), None)
         order = _call_order(rec)
         if setup.grads_compared:
             rec.grads = compare_mapped(setup.plan, tol, order)
@@ -143,7 +146,26 @@ def run_step(setup: Setup, step: int, sides) -> StepRecord:
             base.adapter.clear_grads(base.model)
             raw.adapter.clear_grads(raw.model)
     rec.stage = stage_of(rec)
+    if rec.stage == "optimizer":
+        note = vanishing_gradient_note(rec)
+        if note and note not in setup.notes:
+            setup.notes.append(note)
     return rec
+
+
+def vanishing_gradient_note(rec: StepRecord) -> str | None:
+    """Why weights can differ while the gradients agreed: adaptive optimizers (Adam and kin) divide by the
+    gradient's own size, so a gradient that is float noise on both sides (theoretically 0, e.g. a bias right
+    before a normalization layer) becomes a full-size step in a random direction."""
+    w = rec.first_weight_diff
+    g = next((g for g in rec.grads if g.base_param == w.base_param and g.raw_param == w.raw_param), None)
+    top = max((x.scale for x in rec.grads), default=0.0)
+    if g is None or top == 0 or g.scale > 1e-5 * top:
+        return None
+    return (f"the gradient of {w.base_param} is ~0 on both sides (largest {g.scale:.3g}, against {top:.3g} for the "
+            "largest gradient): an adaptive optimizer (Adam, AdamW, ...) scales float noise in a vanishing gradient to "
+            "a full step, so its weights drift apart though the port is right (a bias before a normalization layer "
+            "has no effect on outputs: drop it, or compare with SGD)")
 
 
 def _call_order(rec: StepRecord) -> dict:
@@ -159,7 +181,7 @@ def stage_of(rec: StepRecord) -> str | None:
         return "forward"
     if not rec.loss_ok:
         return "loss"
-    if rec.first_grad_diff is not None:
+    if rec.first_grad_diff is not None or rec.first_output_grad_diff is not None:
         return "backward"
     if rec.first_weight_diff is not None:
         return "optimizer"
