@@ -12,7 +12,7 @@ from ..proxy import create_model
 from ..special_init import init_pool
 from . import settings
 from .inputs import per_step, split_inputs
-from .numerics import ATOL, RTOL, Tolerance
+from .numerics import ATOL, GRAD_RTOL, RTOL, Tolerance
 from .render import tree
 from .results import DiffResult, label
 from .training import Setup, run_step
@@ -30,7 +30,7 @@ def _pair_of(value, name, accept, what):
     return tuple(value)
 
 
-def auto_diff(base, raw, inputs, *, atol: float = ATOL, rtol: float = RTOL, auto_init: bool = True,
+def auto_diff(base, raw, inputs, *, atol: float | None = None, rtol: float | None = None, auto_init: bool = True,
               diff_phase: str | None = None, loss_fns=None, optimizers=None, steps: int = 1,
               compare_mode: str = "strict", single_step: bool = False, pool=None,
               interleave: bool = True) -> DiffResult:
@@ -44,7 +44,9 @@ def auto_diff(base, raw, inputs, *, atol: float = ATOL, rtol: float = RTOL, auto
         of N such items, one per step.
     atol, rtol, compare_mode: ``"strict"`` compares every value, ``|raw - base| <= atol + rtol * S`` with ``S``
         the tensor's largest magnitude (scaled by the tensor, so float32 accumulation in deep layers is no
-        divergence); ``"mean"`` compares the tensors' means as PaDiff does (``verify/numerics.py``).
+        divergence), and gradients by the L2 norm of their difference; ``"mean"`` compares the tensors' means as
+        PaDiff does (``verify/numerics.py``). Defaults: atol 1e-7, rtol 1e-4 (gradients 2e-2 of their norm); an
+        rtol given applies to gradients too.
     auto_init: transfer base -> raw with ``assign_weight`` first.
     diff_phase: "forward" (layer outputs), "backward" (gradients only) or "both". Default: "forward", or "both"
         when training. Without a loss the backward pass starts from the mean of the outputs (PaDiff's seed).
@@ -69,7 +71,8 @@ def auto_diff(base, raw, inputs, *, atol: float = ATOL, rtol: float = RTOL, auto
     phase = diff_phase if diff_phase is not None else ("both" if training else "forward")
     if phase not in PHASES:
         raise ValueError(f"diff_phase must be one of {PHASES}, got {diff_phase!r}")
-    tol = Tolerance(atol, rtol, compare_mode)
+    tol = Tolerance(ATOL if atol is None else atol, RTOL if rtol is None else rtol, compare_mode,
+                    GRAD_RTOL if rtol is None else rtol)
     loss_fns = _pair_of(loss_fns, "loss_fns", callable, "callables")
     optimizers = _pair_of(optimizers, "optimizers", lambda o: callable(o) or settings.is_framework_optimizer(o),
                           "torch/paddle optimizers or callables")

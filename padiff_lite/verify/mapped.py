@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import layout
 from ..ops import COPY, RESHAPE, TRANSPOSE
-from .numerics import Tolerance, compare, with_floor
+from .numerics import GRAD_FLOOR, Tolerance, compare, compare_gradient
 from .results import GradDiff, WeightDiff, label
 
 
@@ -51,13 +51,14 @@ def compare_mapped(plan, tol: Tolerance, call_order: dict, weights: bool = False
     read_r = (lambda t: ra.snapshot(t)) if weights else ra.grad
     kind = WeightDiff if weights else GradDiff
     ops = trainable_ops(plan)
-    if not weights and tol.mode == "strict":  # a first pass for the model's largest gradient (GRAD_FLOOR)
-        top = 0.0
+    by_norm = not weights and tol.mode == "strict"
+    floor = 0.0
+    if by_norm:  # a first pass for the model's largest gradient norm (GRAD_FLOOR)
         for op in ops:
             g = ba.grad(op.src.tensor)
             if g is not None and g.size:
-                top = max(top, float(np.nanmax(np.abs(np.where(np.isfinite(g), g, 0)))))
-        tol = with_floor(tol, top)
+                floor = max(floor, float(np.linalg.norm(np.where(np.isfinite(g), g, 0).astype(np.float64))))
+        floor *= GRAD_FLOOR
     found = []
     for op in ops:
         gb, gr = read_b(op.src.tensor), read_r(op.dst.tensor)
@@ -77,11 +78,11 @@ def compare_mapped(plan, tol: Tolerance, call_order: dict, weights: bool = False
         if gr is None:
             gr = np.zeros_like(mapped)
             note.append("no gradient on the raw side")
-        f = compare(mapped, gr, tol)
+        f = compare_gradient(mapped, gr, tol, floor, tol.grad_rtol) if by_norm else compare(mapped, gr, tol)
         pair = op.pair
         d = kind(pair.base.path, pair.raw.path, type(pair.base.module).__name__, type(pair.raw.module).__name__,
                  op.src.path, op.dst.path, tuple(gb.shape) if gb is not None else (), tuple(gr.shape),
-                 f.max_abs, f.max_rel, f.mismatched, f.total, ", ".join(note), f.scale)
+                 f.max_abs, f.max_rel, f.mismatched, f.total, ", ".join(note), f.scale, f.norm_rel)
         found.append((call_order.get((pair.base.path, pair.raw.path), -1), len(found), d))
     found.sort(key=lambda t: (-t[0], t[1]))
     return [d for *_, d in found]

@@ -26,10 +26,16 @@ import numpy as np
 MODES = ("strict", "mean")
 ATOL = 1e-7  # below float32's resolution of values of order 1: only decides for tensors that are ~0 on both sides
 RTOL = 1e-4  # of the tensor's largest magnitude; float32 ports of deep networks stay under 1e-5 (docs/design.md)
-# Gradients: a parameter whose gradient is ~0 on both sides (a sum that cancels, e.g. a bias right before a
-# normalization layer) holds only float32 noise of the size of the model's other gradients. Its gradient is judged
-# against at least this fraction of the model's largest gradient magnitude, not against its own noise.
-GRAD_FLOOR = 0.1
+# Gradients are sums over the batch and the positions; in float32 a sum that nearly cancels keeps the rounding of
+# its large terms, and activations near a ReLU's kink flip with 1e-6 forward noise. A correct float32 ResNet-50
+# port shows single gradient values off by 4% of the tensor's largest (max-scaled), while the whole tensor is off
+# by at most 0.5% in L2 norm (224x224 input; float64: 2e-8). So in "strict" mode a gradient agrees when
+# ||raw - base|| <= atol * sqrt(n) + GRAD_RTOL * max(||base||, ||raw||, floor) (L2 norms), the floor being
+# GRAD_FLOOR of the model's largest gradient norm (a gradient that is ~0 on both sides, e.g. a bias right
+# before a normalization layer, holds only noise). Backward bugs (a factor 2, a missing 1/sqrt(d), a sign, a
+# detached branch) are off by 50% and more. An rtol given by the caller is used for gradients too.
+GRAD_RTOL = 2e-2
+GRAD_FLOOR = 1e-3
 
 
 @dataclass(frozen=True)
@@ -37,15 +43,11 @@ class Tolerance:
     atol: float = ATOL
     rtol: float = RTOL
     mode: str = "strict"
+    grad_rtol: float = GRAD_RTOL  # gradients, by L2 norm ("strict")
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"compare_mode must be one of {MODES}, got {self.mode!r}")
-
-
-def with_floor(tol: Tolerance, top: float) -> Tolerance:
-    """``tol`` for gradients of a model whose largest gradient magnitude is ``top`` (see GRAD_FLOOR)."""
-    return Tolerance(max(tol.atol, tol.rtol * GRAD_FLOOR * top), tol.rtol, tol.mode)
 
 
 @dataclass
@@ -57,6 +59,7 @@ class Figures:
     mismatched: int  # values outside tolerance (strict), or 1 when the means differ (mean)
     total: int  # values compared (strict), or 1 (mean: one mean per tensor)
     scale: float = 0.0  # the larger of the two tensors' largest finite magnitudes (strict)
+    norm_rel: float = 0.0  # ||raw - base|| / max(||base||, ||raw||) (gradients)
 
     @property
     def ok(self) -> bool:
@@ -98,6 +101,22 @@ def compare(base, raw, tol: Tolerance) -> Figures:
         ma, mr, k = _compare_block(base[i:i + step], raw[i:i + step], tol.atol, tol.rtol, scale)
         worst_abs, worst_rel, n = max(worst_abs, ma), max(worst_rel, mr), n + k
     return Figures(worst_abs, worst_rel, n, base.size, scale)
+
+
+def compare_gradient(base, raw, tol: Tolerance, floor: float, rtol: float) -> Figures:
+    """Two gradients in "strict" mode (see GRAD_RTOL): judged by the L2 norm of their difference; ``mismatched``
+    counts the values outside ``atol + rtol * S`` when the norms say they differ (0 when they agree)."""
+    f = compare(base, raw, Tolerance(tol.atol, rtol, "strict"))
+    if f.max_abs == math.inf or f.total == 0:
+        return f
+    nb = float(np.linalg.norm(np.asarray(base, dtype=np.float64)))
+    nr = float(np.linalg.norm(np.asarray(raw, dtype=np.float64)))
+    nd = float(np.linalg.norm(np.asarray(base, dtype=np.float64) - np.asarray(raw, dtype=np.float64)))
+    big = max(nb, nr)
+    f.norm_rel = nd / big if big > 0 else 0.0
+    ok = nd <= tol.atol * math.sqrt(f.total) + rtol * max(big, floor)
+    f.mismatched = 0 if ok else max(1, f.mismatched)
+    return f
 
 
 def _max_finite_abs(a) -> float:

@@ -78,6 +78,7 @@ class GradDiff:
     total: int
     note: str = ""  # the layout mapping applied, or which side had no gradient
     scale: float = 0.0  # the largest magnitude of the two tensors compared
+    norm_rel: float = 0.0  # ||raw - base|| / max(||base||, ||raw||): what gradients are judged by ("strict")
 
     @property
     def ok(self) -> bool:
@@ -86,8 +87,8 @@ class GradDiff:
     def __str__(self):
         return (f"grad of base {self.base_param} {list(self.base_shape)} vs raw {self.raw_param} "
                 f"{list(self.raw_shape)}{' (' + self.note + ')' if self.note else ''}: max abs diff "
-                f"{self.max_abs_diff:.3g}, max rel diff {self.max_rel_diff:.3g}, {self.mismatched} of {self.total} "
-                "values outside tolerance")
+                f"{self.max_abs_diff:.3g}, max rel diff {self.max_rel_diff:.3g}, relative L2 difference "
+                f"{self.norm_rel:.3g}" + (", outside tolerance" if self.mismatched else ""))
 
 
 

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from .. import output_align
 from ..errors import DiffError
 from ..stream import BaseFailed, Stash
-from .numerics import Tolerance, compare
+from .numerics import Tolerance, compare, compare_gradient
 from .results import LayerDiff, NotComparable
 from .aligned import compare_aligned
 
@@ -226,7 +226,8 @@ class Session:
         """Single-step backward: the gradient arriving at a raw layer's output (every layer after it was fed base's
         gradients) against base's, before base's replaces it; kept in the order backward reaches them."""
         idx, k, j = key
-        f = compare(base_grad, raw_grad, self.tol)
+        f = (compare_gradient(base_grad, raw_grad, self.tol, 0.0, self.tol.grad_rtol) if self.tol.mode == "strict"
+             else compare(base_grad, raw_grad, self.tol))
         pair = self.pairs[idx]
         self.output_grads.append(LayerDiff(
             pair.base.path, pair.raw.path, type(pair.base.module).__name__, type(pair.raw.module).__name__, k,
