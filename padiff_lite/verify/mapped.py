@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import layout
 from ..ops import COPY, RESHAPE, TRANSPOSE
-from .numerics import GRAD_FLOOR, Tolerance, compare, compare_gradient
+from .numerics import GRAD_FLOOR, Tolerance, compare, compare_gradient, compare_step
 from .results import GradDiff, WeightDiff, label
 
 
@@ -43,24 +43,32 @@ def trainable_ops(plan):
             and (ba.needs_grad(op.src.tensor) or ra.needs_grad(op.dst.tensor))]
 
 
-def compare_mapped(plan, tol: Tolerance, call_order: dict, weights: bool = False) -> list:
-    """Each trainable copy op's base gradient (or weight, with ``weights``), in the raw layout, against the raw
-    one; in backward order (the last layer to run forward first)."""
+def weights_before(plan) -> list:
+    """Base's trainable weights before an optimizer step (numpy copies, in ``trainable_ops`` order)."""
+    return [plan.base.adapter.snapshot(op.src.tensor) for op in trainable_ops(plan)]
+
+
+def _norm(a) -> float:
+    return float(np.linalg.norm(np.where(np.isfinite(a), a, 0).astype(np.float64))) if a is not None and a.size else 0.0
+
+
+def compare_mapped(plan, tol: Tolerance, call_order: dict, before: list | None = None) -> list:
+    """Each trainable copy op's base gradient (or, given base's weights ``before`` the optimizer step, its weight
+    after it), in the raw layout, against the raw one; in backward order (the last layer to run forward first)."""
     ba, ra = plan.base.adapter, plan.raw.adapter
+    weights = before is not None
     read_b = (lambda t: ba.snapshot(t)) if weights else ba.grad
     read_r = (lambda t: ra.snapshot(t)) if weights else ra.grad
     kind = WeightDiff if weights else GradDiff
     ops = trainable_ops(plan)
-    by_norm = not weights and tol.mode == "strict"
+    by_norm = tol.mode == "strict"
     floor = 0.0
-    if by_norm:  # a first pass for the model's largest gradient norm (GRAD_FLOOR)
-        for op in ops:
-            g = ba.grad(op.src.tensor)
-            if g is not None and g.size:
-                floor = max(floor, float(np.linalg.norm(np.where(np.isfinite(g), g, 0).astype(np.float64))))
+    if by_norm:  # a first pass for the model's largest gradient (update) norm: GRAD_FLOOR
+        for i, op in enumerate(ops):
+            floor = max(floor, _norm(ba.snapshot(op.src.tensor) - before[i]) if weights else _norm(ba.grad(op.src.tensor)))
         floor *= GRAD_FLOOR
     found = []
-    for op in ops:
+    for i, op in enumerate(ops):
         gb, gr = read_b(op.src.tensor), read_r(op.dst.tensor)
         if gb is None and gr is None:
             continue
@@ -78,7 +86,13 @@ def compare_mapped(plan, tol: Tolerance, call_order: dict, weights: bool = False
         if gr is None:
             gr = np.zeros_like(mapped)
             note.append("no gradient on the raw side")
-        f = compare_gradient(mapped, gr, tol, floor, tol.grad_rtol) if by_norm else compare(mapped, gr, tol)
+        if not by_norm:
+            f = compare(mapped, gr, tol)
+        elif weights:
+            update, _ = to_raw_layout(gb - before[i], op, gr.shape)
+            f = compare_step(mapped, gr, update, tol, floor, tol.grad_rtol)
+        else:
+            f = compare_gradient(mapped, gr, tol, floor, tol.grad_rtol)
         pair = op.pair
         d = kind(pair.base.path, pair.raw.path, type(pair.base.module).__name__, type(pair.raw.module).__name__,
                  op.src.path, op.dst.path, tuple(gb.shape) if gb is not None else (), tuple(gr.shape),

@@ -36,6 +36,11 @@ RTOL = 1e-4  # of the tensor's largest magnitude; float32 ports of deep networks
 # detached branch) are off by 50% and more. An rtol given by the caller is used for gradients too.
 GRAD_RTOL = 2e-2
 GRAD_FLOOR = 1e-3
+# Weights after an optimizer step are judged the same way against the step itself: the difference of the two
+# updated weights, in L2 norm, against the norm of base's update (w_after - w_before), with GRAD_RTOL and the
+# same floor. An optimizer set up differently (learning rate, betas, epsilon, weight decay) changes every update
+# by its own relative amount; Adam's division by each gradient's own size turns gradient noise into differences of
+# a few elements only. Against the weights themselves a 10% learning-rate mistake would be a 1e-4 effect.
 
 
 @dataclass(frozen=True)
@@ -115,6 +120,19 @@ def compare_gradient(base, raw, tol: Tolerance, floor: float, rtol: float) -> Fi
     big = max(nb, nr)
     f.norm_rel = nd / big if big > 0 else 0.0
     ok = nd <= tol.atol * math.sqrt(f.total) + rtol * max(big, floor)
+    f.mismatched = 0 if ok else max(1, f.mismatched)
+    return f
+
+
+def compare_step(base_after, raw_after, base_update, tol: Tolerance, floor: float, rtol: float) -> Figures:
+    """Two weights after an optimizer step ("strict", see above): ``norm_rel`` is ||raw - base|| / ||update||."""
+    f = compare(base_after, raw_after, Tolerance(tol.atol, rtol, "strict"))
+    if f.max_abs == math.inf or f.total == 0:
+        return f
+    nd = float(np.linalg.norm(np.asarray(base_after, dtype=np.float64) - np.asarray(raw_after, dtype=np.float64)))
+    nu = float(np.linalg.norm(np.asarray(base_update, dtype=np.float64)))
+    f.norm_rel = nd / nu if nu > 0 else (0.0 if nd == 0 else math.inf)
+    ok = nd <= tol.atol * math.sqrt(f.total) + rtol * max(nu, floor)
     f.mismatched = 0 if ok else max(1, f.mismatched)
     return f
 

@@ -99,8 +99,8 @@ class WeightDiff(GradDiff):
     def __str__(self):
         return (f"weight base {self.base_param} {list(self.base_shape)} vs raw {self.raw_param} "
                 f"{list(self.raw_shape)} after the optimizer step{' (' + self.note + ')' if self.note else ''}: "
-                f"max abs diff {self.max_abs_diff:.3g}, max rel diff {self.max_rel_diff:.3g}, {self.mismatched} of "
-                f"{self.total} values outside tolerance")
+                f"max abs diff {self.max_abs_diff:.3g}, max rel diff {self.max_rel_diff:.3g}, difference / update "
+                f"(L2) {self.norm_rel:.3g}" + (", outside tolerance" if self.mismatched else ""))
 
 
 @dataclass

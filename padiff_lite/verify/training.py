@@ -16,7 +16,7 @@ from .. import output_align
 from ..errors import DiffError, DiffInputError
 from . import settings
 from .aligned import compare_final, inputs_agree
-from .mapped import compare_mapped
+from .mapped import compare_mapped, weights_before
 from .numerics import Tolerance, compare
 from .results import StepRecord
 from .session import Session, backward, inputs_at, needs_autograd
@@ -136,9 +136,11 @@ def run_step(setup: Setup, step: int, sides) -> StepRecord:
             rec.grads = compare_mapped(setup.plan, tol, order)
             rec.first_grad_diff = next((g for g in rec.grads if not g.ok), None)
         if setup.optimizers is not None:
+            before = weights_before(setup.plan)
             settings.step(setup.optimizers[0])
             settings.step(setup.optimizers[1])
-            rec.weights = compare_mapped(setup.plan, tol, order, weights=True)
+            rec.weights = compare_mapped(setup.plan, tol, order, before)
+            del before
             rec.first_weight_diff = next((w for w in rec.weights if not w.ok), None)
     finally:
         session.release()
