@@ -284,3 +284,12 @@ def test_a_model_registering_a_gradient_hook_in_forward_compares_forward_only(sr
     r = auto_diff(a, b, Z)
     assert r.ok and len(r.layers) > 6, str(r)
     assert any("gradient hook inside forward" in n for n in r.notes)
+
+
+@pytest.mark.parametrize("src,dst", DIRECTIONS, ids=DIRECTION_IDS)
+def test_backward_phase_compares_gradients_only(src, dst):
+    a, b = chain(src), chain(dst, wrong_grad_at=1)
+    r = auto_diff(a, b, Z, diff_phase="backward")
+    assert r.phase == "backward" and not r.layers and len(r.grads) == 14
+    assert (r.step, r.stage) == (0, "backward") and r.first_grad_diff.base_param.startswith("1.fc."), str(r)
+    assert not r.training and r.steps[0].weights == []

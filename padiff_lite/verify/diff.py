@@ -135,6 +135,10 @@ def _result(setup: Setup, records, report, pairing, hooked, plan) -> DiffResult:
     result.first_weight_diff = shown.first_weight_diff
     result.peak_held_bytes, result.interleaved = setup.peak_held_bytes, setup.interleaved
     result.notes.extend(setup.notes)
+    if setup.single_step:
+        result.notes.append("single step: each raw layer was given the inputs (and, backward, the output gradients) "
+                            "of its base layer and passed base's outputs on, so the final outputs compared are not "
+                            "an end-to-end run; compare without single_step for that")
     for idx, side in setup.only.items():
         pair = setup.pairs[idx]
         result.notes.append(

@@ -150,7 +150,7 @@ class Session:
     def __init__(self, base, raw, pairs, hooked, tol: Tolerance, *, interleave: bool, grad: bool,
                  eval_mode: bool, single_step: bool = False, compare_layers: bool = True):
         self.base, self.raw, self.pairs = base, raw, pairs
-        self.hooked = hooked if compare_layers or single_step else ([], [])
+        self.hooked = hooked if compare_layers or single_step else (hooked[0], [])  # base: the call order only
         self.tol = tol
         self.grad, self.eval_mode, self.single_step, self.compare_layers = grad, eval_mode, single_step, compare_layers
         self.interleave = interleave and not grad and not single_step
@@ -162,6 +162,7 @@ class Session:
         self.first: LayerDiff | None = None
         self.first_raw_inputs = None
         self.first_key = None  # (pair index, call number) of the first divergence
+        self.call_order: dict[int, int] = {}  # pair index -> where its first call finished in base's call order
         self.base_inputs: dict = {}  # single_step: (pair, call) -> base's captured inputs
         self.keep_inputs = single_step or not eval_mode  # a training forward cannot be run again to get them
         self.base_grads: dict = {}  # single_step with grad: (pair, call, tensor number) -> base's output gradient
@@ -171,6 +172,10 @@ class Session:
 
     # -- base side -------------------------------------------------------------------
     def on_base(self, idx, k, args, kwargs, output):
+        self.call_order.setdefault(idx, self.order)
+        if not (self.compare_layers or self.single_step):
+            self.order += 1
+            return
         node = output_align.capture(output, self.base.adapter)
         self.stash.put((idx, k), (self.order, node), node.nbytes)
         self.order += 1

@@ -131,7 +131,7 @@ def run_step(setup: Setup, step: int, sides) -> StepRecord:
         session.release()
         rec.output_grads = list(session.output_grads)
         rec.first_output_grad_diff = next((g for g in rec.output_grads if not g.ok), None)
-        order = _call_order(rec)
+        order = {(setup.pairs[i].base.path, setup.pairs[i].raw.path): o for i, o in session.call_order.items()}
         if setup.grads_compared:
             rec.grads = compare_mapped(setup.plan, tol, order)
             rec.first_grad_diff = next((g for g in rec.grads if not g.ok), None)
@@ -168,13 +168,6 @@ def vanishing_gradient_note(rec: StepRecord) -> str | None:
             "largest gradient): an adaptive optimizer (Adam, AdamW, ...) scales float noise in a vanishing gradient to "
             "a full step, so its weights drift apart though the port is right (a bias before a normalization layer "
             "has no effect on outputs: drop it, or compare with SGD)")
-
-
-def _call_order(rec: StepRecord) -> dict:
-    first_call = {}
-    for c in sorted(rec.layers + rec.not_comparable, key=lambda c: c.order):
-        first_call.setdefault((c.base_path, c.raw_path), c.order)
-    return first_call
 
 
 def stage_of(rec: StepRecord) -> str | None:
