@@ -293,3 +293,18 @@ def test_backward_phase_compares_gradients_only(src, dst):
     assert r.phase == "backward" and not r.layers and len(r.grads) == 14
     assert (r.step, r.stage) == (0, "backward") and r.first_grad_diff.base_param.startswith("1.fc."), str(r)
     assert not r.training and r.steps[0].weights == []
+
+
+@pytest.mark.parametrize("src,dst", DIRECTIONS, ids=DIRECTION_IDS)
+def test_an_optimizer_that_stepped_before_is_refused_and_bad_arguments_are_named(src, dst):
+    a, b = convnet(src), convnet(dst)
+    oa, ob = optimizer(src, a, "adam"), optimizer(dst, b, "adam")
+    auto_diff(a, b, X, loss_fns=(ce(src), ce(dst)), optimizers=(oa, ob))  # both have stepped once: alike
+    with pytest.raises(DiffInputError, match=r"optimizer state: base .* has stepped before .* raw .* has not"):
+        auto_diff(a, b, X, loss_fns=(ce(src), ce(dst)), optimizers=(oa, optimizer(dst, b, "adam")))
+    with pytest.raises(DiffInputError, match=r"loss_fns\[1\] returned a tensor of shape \[6, 5\], not a scalar"):
+        auto_diff(a, b, X, loss_fns=(ce(src), lambda out: out))
+    with pytest.raises(DiffInputError, match="optimizers must be a pair"):
+        auto_diff(a, b, X, optimizers=(oa,))
+    with pytest.raises(DiffInputError, match="steps must be a positive integer"):
+        auto_diff(a, b, X, steps=0)

@@ -27,6 +27,7 @@ class OptimizerSettings:
     general: dict = field(default_factory=dict)  # betas, eps, momentum, nesterov, amsgrad, grad clipping, ...
     per_param: dict = field(default_factory=dict)  # id(parameter) -> {"lr": ..., "weight decay": ...}
     schedule: str = ""  # what drives the learning rate, when it can be seen
+    has_state: bool = False  # moments or momentum buffers exist: it has stepped before
 
 
 def is_framework_optimizer(opt) -> bool:
@@ -72,7 +73,7 @@ def _read_torch(opt) -> OptimizerSettings:
     for g in groups:
         for p in g["params"]:
             per[id(p)] = {"learning rate": float(g["lr"]), "weight decay": float(g.get("weight_decay", 0.0))}
-    return OptimizerSettings("torch", cls, kind, general, per, "")
+    return OptimizerSettings("torch", cls, kind, general, per, "", any(bool(v) for v in opt.state.values()))
 
 
 def _clip(c) -> str:
@@ -133,7 +134,8 @@ def _read_paddle(opt) -> OptimizerSettings:
                 if kind == "momentum" and own is None and not wd:
                     wd = float(getattr(opt, "_regularization_coeff", 0.0) or 0.0)
             per[id(p)] = {"learning rate": lr * scale, "weight decay": wd}
-    return OptimizerSettings("paddle", cls, kind, general, per, schedule)
+    state = any(len(v) for v in getattr(opt, "_accumulators", {}).values())
+    return OptimizerSettings("paddle", cls, kind, general, per, schedule, state)
 
 
 def _differs(a, b) -> bool:
@@ -162,6 +164,11 @@ def optimizer_problems(pb: OptimizerSettings, pr: OptimizerSettings, ops) -> lis
         out.append(f"optimizer: {who[0]} is {pb.kind}, {who[1]} is {pr.kind}; use the same algorithm on both sides "
                    "(torch SGD with momentum = paddle Momentum, torch Adam/AdamW = paddle Adam/AdamW)")
         return out
+    if pb.has_state != pr.has_state:
+        out.append(f"optimizer state: {who[0] if pb.has_state else who[1]} has stepped before (its moments / "
+                   f"momentum buffers are set), {who[1] if pb.has_state else who[0]} has not; start both optimizers "
+                   "fresh, or carry the state over (paddle keeps beta1_pow_acc = beta1**(step + 1), torch a step "
+                   "count)")
     for key in sorted(set(pb.general) | set(pr.general)):
         a, b = pb.general.get(key), pr.general.get(key)
         if a is None or b is None:
