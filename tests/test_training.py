@@ -308,3 +308,20 @@ def test_an_optimizer_that_stepped_before_is_refused_and_bad_arguments_are_named
         auto_diff(a, b, X, optimizers=(oa,))
     with pytest.raises(DiffInputError, match="steps must be a positive integer"):
         auto_diff(a, b, X, steps=0)
+
+
+@pytest.mark.parametrize("src,dst", DIRECTIONS, ids=DIRECTION_IDS)
+def test_torch_sgd_with_momentum_meets_paddle_momentum(src, dst):
+    def momentum(fw, model, nesterov):
+        if fw == "torch":
+            return torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=nesterov)
+        return paddle.optimizer.Momentum(learning_rate=0.05, momentum=0.9, parameters=model.parameters(),
+                                         use_nesterov=nesterov)
+
+    a, b = convnet(src), convnet(dst)
+    r = auto_diff(a, b, X, loss_fns=(ce(src), ce(dst)), optimizers=(momentum(src, a, True), momentum(dst, b, True)),
+                  steps=3)
+    assert r.ok, str(r)
+    with pytest.raises(DiffInputError, match=r"nesterov: base .* True, raw .* False"):
+        auto_diff(a, b, X, loss_fns=(ce(src), ce(dst)),
+                  optimizers=(momentum(src, a, True), momentum(dst, b, False)))

@@ -57,6 +57,8 @@ def _read_torch(opt) -> OptimizerSettings:
     kind = {"Adam": "adam", "AdamW": "adamw", "SGD": "sgd"}.get(cls, cls.lower())
     if kind == "sgd" and g0.get("momentum", 0):
         kind = "momentum"
+    if kind == "adam" and g0.get("decoupled_weight_decay"):
+        kind = "adamw"  # torch's Adam(decoupled_weight_decay=True) is AdamW
     general = {}
     if "betas" in g0:
         general["beta1"], general["beta2"] = (float(b) for b in g0["betas"])
