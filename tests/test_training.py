@@ -325,3 +325,20 @@ def test_torch_sgd_with_momentum_meets_paddle_momentum(src, dst):
     with pytest.raises(DiffInputError, match=r"nesterov: base .* True, raw .* False"):
         auto_diff(a, b, X, loss_fns=(ce(src), ce(dst)),
                   optimizers=(momentum(src, a, True), momentum(dst, b, False)))
+
+
+@pytest.mark.parametrize("src,dst", DIRECTIONS, ids=DIRECTION_IDS)
+def test_a_different_loss_is_located_at_the_loss_stage_and_padiff_pairs_feed_each_step(src, dst):
+    a, b = convnet(src), convnet(dst)
+    smoothed = (lambda out: torch.nn.functional.cross_entropy(out, torch.from_numpy(Y), label_smoothing=0.1)) \
+        if dst == "torch" else \
+        (lambda out: paddle.nn.functional.cross_entropy(out, paddle.to_tensor(Y), label_smoothing=0.1))
+    to_b = (lambda v: torch.from_numpy(v)) if src == "torch" else paddle.to_tensor
+    to_r = (lambda v: torch.from_numpy(v)) if dst == "torch" else paddle.to_tensor
+    items = [({"input": to_b(X)}, {"input": to_r(X)}),  # PaDiff's form, one pair per step (Sequential's keyword)
+             ({"input": to_b(X[::-1].copy())}, {"input": to_r(X[::-1].copy())})]
+    r = auto_diff(a, b, items, loss_fns=(ce(src), smoothed), steps=2,
+                  optimizers=(optimizer(src, a, "sgd"), optimizer(dst, b, "sgd")))
+    assert (r.step, r.stage) == (0, "loss") and r.steps[0].first_diff is None, str(r)
+    lb, lr = r.steps[0].loss
+    assert abs(lr - lb) > 1e-3 and f"base loss {lb:.8g}, raw loss {lr:.8g}" in str(r)
