@@ -36,7 +36,7 @@ def test_the_contract_is_grouped_by_concern():
         {m for m, c in methods.items() if c == "structure"}
     assert {"shape", "dtype_name", "readable", "torch_view", "writable_view", "gather", "scatter", "write"} <= \
         {m for m, c in methods.items() if c == "memory"}
-    assert {"add_forward_hook", "forward", "backward_sum", "clear_grads", "set_training"} <= \
+    assert {"add_forward_hook", "forward", "backward_mean", "clear_grads", "set_training"} <= \
         {m for m, c in methods.items() if c == "running"}
     assert {"padding_idx", "fresh_defaults"} == {m for m, c in methods.items() if c == "init"}
     assert "name" in typing.get_type_hints(ModelAdapter)

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from helpers import DIRECTION_IDS, DIRECTIONS, inputs_for
-from padiff_lite import DiffError, assign_weight, auto_diff, compare, models
+from padiff_lite import DiffError, assign_weight, auto_diff, models
 from padiff_lite.compare import compare_arrays
+from padiff_lite.verify import numerics
 
 X = inputs_for([(3, 5, 8)])[0]  # [batch, seq, hidden]
 
@@ -154,7 +155,7 @@ def test_compare_arrays_in_blocks_equals_one_pass(monkeypatch):
     a[60, 1] = b[60, 1] = np.inf
     whole = compare_arrays(a, b, 1e-5, 1e-5)
     finite = compare_arrays(a[:40], b[:40], 1e-5, 1e-5)
-    monkeypatch.setattr(compare, "_CHUNK", 100)  # 3 rows per block
+    monkeypatch.setattr(numerics, "_CHUNK", 100)  # 3 rows per block
     assert compare_arrays(a, b, 1e-5, 1e-5) == whole
     assert compare_arrays(a[:40], b[:40], 1e-5, 1e-5) == finite and finite[2] > 0 and np.isfinite(finite[0])
 
@@ -166,8 +167,10 @@ def test_the_finite_fast_path_gives_the_general_results():
         b = (a + rng.standard_normal(a.shape) * 1e-3).astype(dtype)
         b[3] = a[3]
         a[4, :] = b[4, :] = 0  # zeros on both sides: relative difference 0
+        scale = float(np.abs(np.concatenate([a, b]).astype("float64")).max())
         for atol, rtol in ((1e-5, 1e-5), (1e-2, 0.0), (0.0, 1e-1)):
-            assert compare._compare_finite(a, b, atol, rtol) == compare._compare_general(a, b, atol, rtol)
+            assert numerics.compare_finite(a, b, atol, rtol, scale) == \
+                numerics.compare_general(a, b, atol, rtol, scale)
 
 
 def tall(framework, blocks=12, fail_at=None):

@@ -89,3 +89,54 @@ def test_hf_port_page_shows_no_divergence_and_the_not_comparable_calls(tmp_path)
     assert "OK" in element_text(dom, "title")
     assert "none: every compared call agrees" in element_text(dom, "first-divergence")
     assert 'id="first-divergence-row"' not in dom and "final outputs of a different form" in element_text(dom, "notes")
+
+
+def _stepper(opt):
+    def step():
+        opt.step()
+        opt.zero_grad() if hasattr(opt, "zero_grad") else opt.clear_grad()
+    return step
+
+
+@pytest.mark.parametrize("src,dst", DIRECTIONS, ids=DIRECTION_IDS)
+def test_training_steps_show_both_losses_and_the_layer_by_step_grid(tmp_path, src, dst):
+    from test_training import X as IMAGES, ce, convnet, optimizer
+
+    a, b = convnet(src), convnet(dst)
+    good = auto_diff(a, b, IMAGES, loss_fns=(ce(src), ce(dst)),
+                     optimizers=(optimizer(src, a, "sgd"), optimizer(dst, b, "sgd")), steps=3)
+    assert good.ok
+    dom = rendered_dom(good.to_html(tmp_path / "good.html"), tmp_path)
+    assert 'data-rendered="yes"' in dom and "every step agrees" in element_text(dom, "first-stage")
+    assert dom.count('class="loss-dot-base"') == dom.count('class="loss-dot-raw"') == 3
+    assert 'id="loss-base"' in dom and 'id="loss-raw"' in dom
+    rows = len({(ld.base_path, ld.call) for ld in good.steps[0].layers})
+    assert dom.count('class="cell-ok"') == 3 * rows and 'class="cell-diff"' not in dom
+    assert 'id="grid-first"' not in dom
+
+    a, b = convnet(src), convnet(dst)  # the raw optimizer's learning rate differs behind a callable
+    bad = auto_diff(a, b, IMAGES, loss_fns=(ce(src), ce(dst)), steps=3,
+                    optimizers=(_stepper(optimizer(src, a, "sgd", lr=0.05)), _stepper(optimizer(dst, b, "sgd", lr=0.2))))
+    assert (bad.step, bad.stage) == (0, "optimizer")
+    dom = rendered_dom(bad.to_html(tmp_path / "bad.html"), tmp_path)
+    assert "first difference: step 0, stage optimizer: weight base" in element_text(dom, "first-stage")
+    assert 'id="grid-first"' in dom and 'id="loss-first-step"' in dom
+    diffs = dom.count('class="cell-diff"')
+    assert diffs == sum(not ld.ok for s in bad.steps for ld in s.layers) and diffs > 0  # steps 1 and 2
+    title = re.findall(r"<title>step (\d)[^<]*max rel diff", dom)
+    assert set(title) == {"0", "1", "2"}
+
+
+def test_a_forward_divergence_in_training_is_outlined_in_its_cell(tmp_path):
+    from test_training import X as IMAGES, ce, convnet, optimizer
+
+    a, b = convnet("torch"), convnet("paddle")
+    assign_weight(a, b)
+    b[8].bias.set_value(b[8].bias.numpy() + 0.05)
+    r = auto_diff(a, b, IMAGES, loss_fns=(ce("torch"), ce("paddle")), auto_init=False, steps=2,
+                  optimizers=(optimizer("torch", a, "sgd"), optimizer("paddle", b, "sgd")))
+    assert (r.step, r.stage, r.first_diff.base_path) == (0, "forward", "8")
+    dom = rendered_dom(r.to_html(tmp_path / "fwd.html"), tmp_path)
+    assert "stage forward: layer base 8 (Linear)" in element_text(dom, "first-stage")
+    m = re.search(r'<rect[^>]*id="grid-first"[^>]*>', dom)
+    assert m and 'height="13"' in m.group(0)  # one cell, not the whole column

@@ -120,11 +120,24 @@ class RunningAdapter(Protocol):
 
     def add_call_hook(self, module, fn: Callable) -> Any:
         """Call ``fn(args, kwargs, output)`` after each forward of ``module`` (keyword inputs too, as
-        ``auto_diff`` needs them to tell whether a layer's inputs agree); a handle with ``remove()``."""
+        ``auto_diff`` needs them to tell whether a layer's inputs agree); a handle with ``remove()``. What ``fn``
+        returns, when not None, replaces the output (``single_step`` hands base's outputs on)."""
 
     def forward(self, model, args, kwargs, grad: bool) -> Any: ...
 
-    def backward_sum(self, tensors) -> bool: ...
+    def backward_mean(self, tensors) -> bool:
+        """Backward from the sum of the means of every floating tensor that needs a gradient (PaDiff's seed, so a
+        gradient does not grow with the output's size); False when there is none."""
+
+    def needs_grad(self, t) -> bool:
+        """Whether autograd tracks ``t`` (torch ``requires_grad``, paddle ``not stop_gradient``)."""
+
+    def like(self, array, t) -> Any:
+        """A tensor holding numpy ``array`` with ``t``'s dtype and device (bf16 arrays come widened to float32)."""
+
+    def add_pre_hook(self, module, fn: Callable) -> Any:
+        """Call ``fn(args, kwargs)`` before each forward of ``module``; a returned ``(args, kwargs)`` replaces the
+        inputs (``auto_diff(single_step=True)`` feeds each layer the base layer's inputs); a handle."""
 
     def clear_grads(self, model) -> None: ...
 

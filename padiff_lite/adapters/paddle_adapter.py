@@ -321,10 +321,11 @@ class PaddleAdapter(Adapter):
         return module.register_forward_post_hook(hook)
 
     def add_call_hook(self, module, fn):
-        """Call ``fn(args, kwargs, output)`` each time ``module`` finishes a forward (keyword inputs too)."""
+        """Call ``fn(args, kwargs, output)`` each time ``module`` finishes a forward (keyword inputs too); what ``fn``
+        returns, when not None, replaces the output."""
 
         def hook(_layer, args, kwargs, output):
-            fn(args, kwargs, output)  # returns None: the output is left as it is
+            return fn(args, kwargs, output)
 
         return module.register_forward_post_hook(hook, with_kwargs=True)
 
@@ -347,15 +348,26 @@ class PaddleAdapter(Adapter):
             for layer in flipped:
                 layer.training = False
 
-    def backward_sum(self, tensors) -> bool:
-        """Backward from the sum of every floating tensor that needs a gradient; False when there is none."""
+    def backward_mean(self, tensors) -> bool:
+        """Backward from the sum of the means of every floating tensor that needs a gradient; False when none."""
         import paddle
 
-        terms = [t.astype("float32").sum() for t in tensors if t.is_floating_point() and not t.stop_gradient]
+        terms = [t.astype("float32").mean() for t in tensors if t.is_floating_point() and not t.stop_gradient]
         if not terms:
             return False
         paddle.add_n(terms).backward()
         return True
+
+    def needs_grad(self, t) -> bool:
+        return not t.stop_gradient
+
+    def like(self, array, t):
+        import paddle
+
+        return paddle.to_tensor(array, place=t.place).astype(t.dtype)
+
+    def add_pre_hook(self, module, fn):
+        return module.register_forward_pre_hook(lambda _layer, args, kwargs: fn(args, kwargs), with_kwargs=True)
 
     def clear_grads(self, model):
         model.clear_gradients(set_to_zero=False)

@@ -191,7 +191,8 @@ class TorchAdapter(Adapter):
         return module.register_forward_hook(lambda _m, inputs, output: fn(inputs, output))
 
     def add_call_hook(self, module, fn):
-        """Call ``fn(args, kwargs, output)`` each time ``module`` finishes a forward (keyword inputs too)."""
+        """Call ``fn(args, kwargs, output)`` each time ``module`` finishes a forward (keyword inputs too); what ``fn``
+        returns, when not None, replaces the output."""
         return module.register_forward_hook(lambda _m, args, kwargs, output: fn(args, kwargs, output),
                                             with_kwargs=True)
 
@@ -199,13 +200,24 @@ class TorchAdapter(Adapter):
         with torch.set_grad_enabled(grad):
             return model(*args, **kwargs)
 
-    def backward_sum(self, tensors) -> bool:
-        """Backward from the sum of every floating tensor that needs a gradient; False when there is none."""
-        terms = [t.float().sum() for t in tensors if t.is_floating_point() and t.requires_grad]
+    def backward_mean(self, tensors) -> bool:
+        """Backward from the sum of the means of every floating tensor that needs a gradient; False when none."""
+        terms = [t.float().mean() for t in tensors if t.is_floating_point() and t.requires_grad]
         if not terms:
             return False
         torch.stack(terms).sum().backward()
         return True
+
+    def needs_grad(self, t) -> bool:
+        return bool(t.requires_grad)
+
+    def like(self, array, t):
+        import numpy as np
+
+        return torch.from_numpy(np.ascontiguousarray(array)).to(dtype=t.dtype, device=t.device)
+
+    def add_pre_hook(self, module, fn):
+        return module.register_forward_pre_hook(lambda _m, args, kwargs: fn(args, kwargs), with_kwargs=True)
 
     def clear_grads(self, model):
         model.zero_grad(set_to_none=True)

@@ -1,0 +1,109 @@
+"""Gradients and weights compared parameter by parameter through the transfer plan's own operations.
+
+Each COPY operation of the plan says where a base tensor goes in the raw model: which part, transposed or
+reshaped. A base gradient (or a base weight after an optimizer step) is carried the same way
+(``layout.take`` + ``layout.transformed``, as the executor does), so a Linear's ``[out, in]`` gradient meets
+paddle's ``[in, out]`` one and a fused qkv block meets its three parts.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import layout
+from ..ops import COPY, RESHAPE, TRANSPOSE
+from .numerics import GRAD_FLOOR, Tolerance, compare, compare_gradient, compare_step
+from .results import GradDiff, WeightDiff, label
+
+
+def to_raw_layout(g, op, shape):
+    """A base array (numpy) as the op writes it into a raw region of ``shape`` (its part taken, its transform
+    applied); (array, notes)."""
+    import torch
+
+    value = layout.take(torch.from_numpy(np.ascontiguousarray(g)), op.src_part)
+    if op.transform is RESHAPE and (shape is None or math.prod(shape) != value.numel()):
+        shape = tuple(value.shape)  # nothing to reshape to: compared as it is (the sizes differ)
+    notes = [f"base part {op.src_part}"] if op.src_part is not None else []
+    notes += {TRANSPOSE: ["transposed"], RESHAPE: ["reshaped"]}.get(op.transform, [])
+    return layout.transformed(value, op.transform, shape).numpy(), notes
+
+
+def _raw_part(a, op):
+    import torch
+
+    return layout.take(torch.from_numpy(np.ascontiguousarray(a)), op.dst_part).numpy()
+
+
+def trainable_ops(plan):
+    """The plan's copies of parameters autograd tracks on either side (BatchNorm statistics left out)."""
+    ba, ra = plan.base.adapter, plan.raw.adapter
+    return [op for op in plan.ops if op.kind is COPY and (op.src.kind == "param" or op.dst.kind == "param")
+            and (ba.needs_grad(op.src.tensor) or ra.needs_grad(op.dst.tensor))]
+
+
+def weights_before(plan) -> list:
+    """Base's trainable weights before an optimizer step (numpy copies, in ``trainable_ops`` order)."""
+    return [plan.base.adapter.snapshot(op.src.tensor) for op in trainable_ops(plan)]
+
+
+def _norm(a) -> float:
+    return float(np.linalg.norm(np.where(np.isfinite(a), a, 0).astype(np.float64))) if a is not None and a.size else 0.0
+
+
+def compare_mapped(plan, tol: Tolerance, call_order: dict, before: list | None = None) -> list:
+    """Each trainable copy op's base gradient (or, given base's weights ``before`` the optimizer step, its weight
+    after it), in the raw layout, against the raw one; in backward order (the last layer to run forward first)."""
+    ba, ra = plan.base.adapter, plan.raw.adapter
+    weights = before is not None
+    read_b = (lambda t: ba.snapshot(t)) if weights else ba.grad
+    read_r = (lambda t: ra.snapshot(t)) if weights else ra.grad
+    kind = WeightDiff if weights else GradDiff
+    ops = trainable_ops(plan)
+    by_norm = tol.mode == "strict"
+    floor = 0.0
+    if by_norm:  # a first pass for the model's largest gradient (update) norm: GRAD_FLOOR
+        for i, op in enumerate(ops):
+            floor = max(floor, _norm(ba.snapshot(op.src.tensor) - before[i]) if weights else _norm(ba.grad(op.src.tensor)))
+        floor *= GRAD_FLOOR
+    found = []
+    for i, op in enumerate(ops):
+        gb, gr = read_b(op.src.tensor), read_r(op.dst.tensor)
+        if gb is None and gr is None:
+            continue
+        note = []
+        if gr is not None and op.dst_part is not None:
+            gr = _raw_part(gr, op)
+        mapped = None
+        if gb is not None:
+            mapped, note = to_raw_layout(gb, op, None if gr is None else gr.shape)
+        if gr is not None and op.dst_part is not None:
+            note.append(f"raw part {op.dst_part}")
+        if gb is None:
+            mapped = np.zeros_like(gr)
+            note.append("no gradient on the base side")
+        if gr is None:
+            gr = np.zeros_like(mapped)
+            note.append("no gradient on the raw side")
+        if not by_norm:
+            f = compare(mapped, gr, tol)
+        elif weights:
+            update, _ = to_raw_layout(gb - before[i], op, gr.shape)
+            f = compare_step(mapped, gr, update, tol, floor, tol.grad_rtol)
+        else:
+            f = compare_gradient(mapped, gr, tol, floor, tol.grad_rtol)
+        pair = op.pair
+        d = kind(pair.base.path, pair.raw.path, type(pair.base.module).__name__, type(pair.raw.module).__name__,
+                 op.src.path, op.dst.path, tuple(gb.shape) if gb is not None else (), tuple(gr.shape),
+                 f.max_abs, f.max_rel, f.mismatched, f.total, ", ".join(note), f.scale, f.norm_rel)
+        found.append((call_order.get((pair.base.path, pair.raw.path), -1), len(found), d))
+    found.sort(key=lambda t: (-t[0], t[1]))
+    return [d for *_, d in found]
+
+
+def imperative_note(plan) -> str | None:
+    if not plan.imperative:
+        return None
+    names = ", ".join(label(p.base.path) for p in plan.imperative)
+    return f"gradients and weights not compared for layers transferred by an imperative special init: {names}"

@@ -1,0 +1,205 @@
+"""How two tensors are compared: the modes, the tolerances, and the figures a comparison reports.
+
+Two modes (``auto_diff(compare_mode=...)``):
+
+- ``"strict"`` (the default): every value. A value is outside tolerance when
+  ``|raw - base| > atol + rtol * S``, where ``S`` is the larger of the two tensors' largest finite magnitudes.
+  The tolerance is scaled by the tensor, not by each value: float32 accumulation makes errors of the order of
+  ``eps * S`` in every value of a deep layer's output, also in values near zero, and an elementwise
+  ``rtol * |value|`` calls those a divergence (a correct float32 ResNet-50 port does show 1e-5 there).
+  The relative difference reported is ``max |raw - base| / S``, so a tensor agrees exactly when its relative
+  difference is at most ``rtol + atol / S``.
+- ``"mean"`` (PaDiff's default): the two tensors' means are compared, ``|mean(raw) - mean(base)| <=
+  atol + rtol * |mean(base)|`` (PaDiff's ``np.allclose`` of the means). A tensor is one value here: it
+  agrees or not; differences that cancel in the mean (permuted channels, a sign flip) are not seen.
+
+NaN and Inf are compared by position in both modes: NaN meets NaN, Inf meets Inf of the same sign; any other
+pairing with a non-finite value is a mismatch and makes both maxima infinite.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+MODES = ("strict", "mean")
+ATOL = 1e-7  # below float32's resolution of values of order 1: only decides for tensors that are ~0 on both sides
+RTOL = 1e-4  # of the tensor's largest magnitude; float32 ports of deep networks stay under 1e-5 (docs/design.md)
+# Gradients are sums over the batch and the positions; in float32 a sum that nearly cancels keeps the rounding of
+# its large terms, and activations near a ReLU's kink flip with 1e-6 forward noise. A correct float32 ResNet-50
+# port shows single gradient values off by 4% of the tensor's largest (max-scaled), while the whole tensor is off
+# by at most 0.5% in L2 norm (224x224 input; float64: 2e-8). So in "strict" mode a gradient agrees when
+# ||raw - base|| <= atol * sqrt(n) + GRAD_RTOL * max(||base||, ||raw||, floor) (L2 norms), the floor being
+# GRAD_FLOOR of the model's largest gradient norm (a gradient that is ~0 on both sides, e.g. a bias right
+# before a normalization layer, holds only noise). Backward bugs (a factor 2, a missing 1/sqrt(d), a sign, a
+# detached branch) are off by 50% and more. An rtol given by the caller is used for gradients too.
+GRAD_RTOL = 2e-2
+GRAD_FLOOR = 1e-3
+# Weights after an optimizer step are judged the same way against the step itself: the difference of the two
+# updated weights, in L2 norm, against the norm of base's update (w_after - w_before), with GRAD_RTOL and the
+# same floor. An optimizer set up differently (learning rate, betas, epsilon, weight decay) changes every update
+# by its own relative amount; Adam's division by each gradient's own size turns gradient noise into differences of
+# a few elements only. Against the weights themselves a 10% learning-rate mistake would be a 1e-4 effect.
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    atol: float = ATOL
+    rtol: float = RTOL
+    mode: str = "strict"
+    grad_rtol: float = GRAD_RTOL  # gradients, by L2 norm ("strict")
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"compare_mode must be one of {MODES}, got {self.mode!r}")
+
+
+@dataclass
+class Figures:
+    """What comparing two tensors found."""
+
+    max_abs: float
+    max_rel: float
+    mismatched: int  # values outside tolerance (strict), or 1 when the means differ (mean)
+    total: int  # values compared (strict), or 1 (mean: one mean per tensor)
+    scale: float = 0.0  # the larger of the two tensors' largest finite magnitudes (strict)
+    norm_rel: float = 0.0  # ||raw - base|| / max(||base||, ||raw||) (gradients)
+
+    @property
+    def ok(self) -> bool:
+        return self.mismatched == 0
+
+
+_CHUNK = 1 << 18  # values compared at once: the float64 temporaries stay ~16 MB whatever the activation
+
+
+def compare_arrays(base, raw, atol: float = ATOL, rtol: float = RTOL, mode: str = "strict") -> tuple[float, float, int]:
+    """(max abs diff, max rel diff, values outside tolerance) of two numpy arrays; see the module docstring.
+
+    Different shapes: every value mismatches (``output_align.fitted`` makes broadcast-equal or merged shapes one
+    shape first). Big arrays are compared in blocks along their first axis.
+    """
+    f = compare(base, raw, Tolerance(atol, rtol, mode))
+    return f.max_abs, f.max_rel, f.mismatched
+
+
+def compare(base, raw, tol: Tolerance) -> Figures:
+    base, raw = np.asarray(base), np.asarray(raw)
+    if base.ndim == 0 and raw.ndim == 0:  # a loss: one value
+        base, raw = base.reshape(1), raw.reshape(1)
+    if base.shape != raw.shape:
+        n = max(base.size, raw.size, 1)
+        return Figures(math.inf, math.inf, n if tol.mode == "strict" else 1, n if tol.mode == "strict" else 1)
+    if base.size == 0:
+        return Figures(0.0, 0.0, 0, 0)
+    if tol.mode == "mean":
+        return _compare_means(base, raw, tol)
+    scale = max(_max_finite_abs(base), _max_finite_abs(raw))
+    if base.size <= _CHUNK:
+        ma, mr, n = _compare_block(base, raw, tol.atol, tol.rtol, scale)
+        return Figures(ma, mr, n, base.size, scale)
+    step = max(1, _CHUNK // max(1, base.size // base.shape[0]))
+    worst_abs = worst_rel = 0.0
+    n = 0
+    for i in range(0, base.shape[0], step):
+        ma, mr, k = _compare_block(base[i:i + step], raw[i:i + step], tol.atol, tol.rtol, scale)
+        worst_abs, worst_rel, n = max(worst_abs, ma), max(worst_rel, mr), n + k
+    return Figures(worst_abs, worst_rel, n, base.size, scale)
+
+
+def compare_gradient(base, raw, tol: Tolerance, floor: float, rtol: float) -> Figures:
+    """Two gradients in "strict" mode (see GRAD_RTOL): judged by the L2 norm of their difference; ``mismatched``
+    counts the values outside ``atol + rtol * S`` when the norms say they differ (0 when they agree)."""
+    f = compare(base, raw, Tolerance(tol.atol, rtol, "strict"))
+    if f.max_abs == math.inf or f.total == 0:
+        return f
+    nb = float(np.linalg.norm(np.asarray(base, dtype=np.float64)))
+    nr = float(np.linalg.norm(np.asarray(raw, dtype=np.float64)))
+    nd = float(np.linalg.norm(np.asarray(base, dtype=np.float64) - np.asarray(raw, dtype=np.float64)))
+    big = max(nb, nr)
+    f.norm_rel = nd / big if big > 0 else 0.0
+    ok = nd <= tol.atol * math.sqrt(f.total) + rtol * max(big, floor)
+    f.mismatched = 0 if ok else max(1, f.mismatched)
+    return f
+
+
+def compare_step(base_after, raw_after, base_update, tol: Tolerance, floor: float, rtol: float) -> Figures:
+    """Two weights after an optimizer step ("strict", see above): ``norm_rel`` is ||raw - base|| / ||update||."""
+    f = compare(base_after, raw_after, Tolerance(tol.atol, rtol, "strict"))
+    if f.max_abs == math.inf or f.total == 0:
+        return f
+    nd = float(np.linalg.norm(np.asarray(base_after, dtype=np.float64) - np.asarray(raw_after, dtype=np.float64)))
+    nu = float(np.linalg.norm(np.asarray(base_update, dtype=np.float64)))
+    f.norm_rel = nd / nu if nu > 0 else (0.0 if nd == 0 else math.inf)
+    ok = nd <= tol.atol * math.sqrt(f.total) + rtol * max(nu, floor)
+    f.mismatched = 0 if ok else max(1, f.mismatched)
+    return f
+
+
+def _max_finite_abs(a) -> float:
+    if a.dtype == bool:
+        a = a.astype(np.int8)
+    worst = 0.0
+    flat = a.reshape(-1)
+    for i in range(0, flat.size, _CHUNK):
+        block = np.abs(flat[i:i + _CHUNK])
+        if np.iscomplexobj(block) or np.issubdtype(block.dtype, np.floating):
+            block = block[np.isfinite(block)]
+        if block.size:
+            worst = max(worst, float(block.max()))
+    return worst
+
+
+def _compare_means(base, raw, tol: Tolerance) -> Figures:
+    with np.errstate(invalid="ignore", over="ignore"):
+        mb, mr = base.astype(np.complex128 if np.iscomplexobj(base) else np.float64).mean(), \
+            raw.astype(np.complex128 if np.iscomplexobj(raw) else np.float64).mean()
+    if not (np.isfinite(mb) and np.isfinite(mr)):
+        same = (np.isnan(mb) and np.isnan(mr)) or mb == mr
+        return Figures(0.0 if same else math.inf, 0.0 if same else math.inf, 0 if same else 1, 1)
+    d = float(abs(mr - mb))
+    scale = max(float(abs(mb)), float(abs(mr)))
+    return Figures(d, d / scale if scale > 0 else 0.0, int(d > tol.atol + tol.rtol * float(abs(mb))), 1)
+
+
+def _compare_block(base, raw, atol, rtol, scale):
+    complex_ = np.iscomplexobj(base) or np.iscomplexobj(raw)
+    if not complex_ and np.isfinite(base).all() and np.isfinite(raw).all():
+        return compare_finite(base, raw, atol, rtol, scale)
+    return compare_general(base, raw, atol, rtol, scale)
+
+
+def compare_finite(base, raw, atol, rtol, scale):
+    """``compare_general`` for real arrays without NaN/Inf, in fewer passes over memory (same results)."""
+    d = np.subtract(base.astype(np.float64), raw.astype(np.float64))
+    np.abs(d, out=d)
+    worst = float(d.max())
+    n = int(np.count_nonzero(d > atol + rtol * scale))
+    return worst, (worst / scale if scale > 0 else 0.0), n
+
+
+def compare_general(base, raw, atol, rtol, scale):
+    kind = np.complex128 if np.iscomplexobj(base) or np.iscomplexobj(raw) else np.float64
+    a, b = base.astype(kind), raw.astype(kind)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        finite = np.isfinite(a) & np.isfinite(b)
+        d = np.where(finite, np.abs(a - b), 0.0)
+        bad = finite & (d > atol + rtol * scale)
+        same_nonfinite = (np.isnan(a) & np.isnan(b)) | (a == b)
+        bad_nonfinite = ~finite & ~same_nonfinite
+    n = int(bad.sum()) + int(bad_nonfinite.sum())
+    if bad_nonfinite.any():
+        return math.inf, math.inf, n
+    worst = float(d.max())
+    return worst, (worst / scale if scale > 0 else 0.0), n
+
+
+def same_value(a, b) -> bool:
+    """Plain values (None, numbers, strings) must be equal; NaN meets NaN."""
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    try:
+        return bool(a == b)
+    except Exception:  # objects without a truthful ==: not counted as a difference
+        return True

@@ -1,0 +1,183 @@
+"""One comparison step: forward (layer by layer), loss, backward (parameter by parameter), optimizer step
+(weight by weight), and the stage where the step first differs.
+
+A comparison without loss functions or optimizers is one such step with only its forward (and, for
+``diff_phase="both"``, a backward from the mean of the outputs, as PaDiff seeds it). With ``steps=N`` the
+step repeats on each step's inputs; the models keep their own train/eval modes then (a training run),
+while a plain comparison runs them in eval mode and restores their modes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import output_align
+from ..errors import DiffError, DiffInputError
+from . import settings
+from .aligned import compare_final, inputs_agree
+from .mapped import compare_mapped, weights_before
+from .numerics import Tolerance, compare
+from .results import StepRecord
+from .session import Session, backward, inputs_at, needs_autograd
+
+
+@dataclass
+class Setup:
+    """What every step of one comparison shares."""
+
+    base: object
+    raw: object
+    pairs: list
+    hooked: tuple  # ([(pair index, base module)], [(pair index, raw module)])
+    plan: object  # the transfer plan (None when neither a transfer nor a gradient mapping is needed)
+    tol: Tolerance
+    phase: str  # "forward" | "backward" | "both"
+    training: bool
+    single_step: bool = False
+    interleave: bool = True
+    loss_fns: tuple | None = None
+    optimizers: tuple | None = None
+    notes: list = field(default_factory=list)
+    finals: tuple = ("", "")  # the output structures of the last step run (base, raw)
+    peak_held_bytes: int = 0
+    interleaved: bool = False
+    only: dict = field(default_factory=dict)  # pair index -> the side that called it more often
+
+    @property
+    def forward_compared(self) -> bool:
+        return self.phase in ("forward", "both")
+
+    @property
+    def grads_compared(self) -> bool:
+        return self.phase in ("backward", "both")
+
+    @property
+    def need_backward(self) -> bool:
+        return self.grads_compared or self.optimizers is not None
+
+
+def _forward(setup: Setup, grad: bool, sides) -> tuple:
+    (bargs, bkw), (rargs, rkw) = sides
+    session = Session(setup.base, setup.raw, setup.pairs, setup.hooked, setup.tol, interleave=setup.interleave,
+                      grad=grad, eval_mode=not setup.training, single_step=setup.single_step,
+                      compare_layers=setup.forward_compared)
+    return session, session.run(bargs, bkw, rargs, rkw)
+
+
+def _loss(proxy, fn, out, which):
+    try:
+        loss = fn(out)
+    except Exception as exc:
+        raise DiffError(f"loss_fns[{which}] failed on the outputs of the {proxy.framework} model {proxy.name}: "
+                        f"{type(exc).__name__}: {exc}") from exc
+    if not proxy.adapter.is_tensor(loss):
+        raise DiffInputError(f"loss_fns[{which}] returned {type(loss).__name__}, not a {proxy.framework} tensor; a "
+                             "loss function takes the model's outputs and returns a scalar loss tensor")
+    value = np.asarray(proxy.adapter.snapshot(loss)).reshape(-1)
+    if value.size != 1:
+        raise DiffInputError(f"loss_fns[{which}] returned a tensor of shape {list(proxy.adapter.shape(loss))}, not a "
+                             "scalar; reduce it (e.g. .mean()) inside the loss function")
+    return loss, float(value[0])
+
+
+def run_step(setup: Setup, step: int, sides) -> StepRecord:
+    base, raw, tol = setup.base, setup.raw, setup.tol
+    rec = StepRecord(step)
+    grad = setup.need_backward
+    try:
+        session, (bout, rout) = _forward(setup, grad, sides)
+    except DiffError as exc:
+        if grad or not needs_autograd(exc):
+            raise
+        setup.notes.append("a model registers a gradient hook inside forward: the forward ran with autograd on")
+        grad = True
+        session, (bout, rout) = _forward(setup, True, sides)
+    try:
+        bfinal, rfinal = output_align.capture(bout, base.adapter), output_align.capture(rout, raw.adapter)
+        setup.finals = (str(bfinal), str(rfinal))
+        rec.max_abs_diff, rec.max_rel_diff, rec.mismatched, rec.total, fnotes = compare_final(
+            bfinal, rfinal, base, raw, tol)
+        for n in fnotes:
+            if n not in setup.notes:
+                setup.notes.append(n)
+        rec.layers = sorted(session.layers, key=lambda ld: ld.order)
+        rec.not_comparable = sorted(session.not_comparable, key=lambda nc: nc.order)
+        setup.peak_held_bytes = max(setup.peak_held_bytes, session.stash.peak)
+        setup.interleaved = session.interleave
+        for idx, side in session.only.items():
+            setup.only.setdefault(idx, side)
+        if session.first is not None:
+            rec.first_diff = session.first
+            idx, k = session.first_key
+            if session.keep_inputs:
+                binputs = session.base_inputs.get((idx, k))
+            else:
+                (bargs, bkw), _ = sides
+                binputs = inputs_at(base, setup.pairs[idx].base.module, k, bargs, bkw, eval_mode=not setup.training)
+            if session.first_raw_inputs is not None:
+                rec.first_diff.inputs_agree = inputs_agree(binputs, session.first_raw_inputs, tol)
+        session.base_inputs.clear()
+        bseed, rseed = bout, rout
+        if setup.loss_fns is not None:
+            bseed, lb = _loss(base, setup.loss_fns[0], bout, 0)
+            rseed, lr = _loss(raw, setup.loss_fns[1], rout, 1)
+            rec.loss = (lb, lr)
+            rec.loss_ok = compare(np.float64(lb), np.float64(lr), tol).ok
+        del bfinal, rfinal
+        if setup.need_backward:
+            backward(base, bseed)
+            backward(raw, rseed)
+        session.release()
+        rec.output_grads = list(session.output_grads)
+        rec.first_output_grad_diff = next((g for g in rec.output_grads if not g.ok), None)
+        order = {(setup.pairs[i].base.path, setup.pairs[i].raw.path): o for i, o in session.call_order.items()}
+        if setup.grads_compared:
+            rec.grads = compare_mapped(setup.plan, tol, order)
+            rec.first_grad_diff = next((g for g in rec.grads if not g.ok), None)
+        if setup.optimizers is not None:
+            before = weights_before(setup.plan)
+            settings.step(setup.optimizers[0])
+            settings.step(setup.optimizers[1])
+            rec.weights = compare_mapped(setup.plan, tol, order, before)
+            del before
+            rec.first_weight_diff = next((w for w in rec.weights if not w.ok), None)
+    finally:
+        session.release()
+        if grad:
+            base.adapter.clear_grads(base.model)
+            raw.adapter.clear_grads(raw.model)
+    rec.stage = stage_of(rec)
+    if rec.stage == "optimizer":
+        note = vanishing_gradient_note(rec)
+        if note and note not in setup.notes:
+            setup.notes.append(note)
+    return rec
+
+
+def vanishing_gradient_note(rec: StepRecord) -> str | None:
+    """Why weights can differ while the gradients agreed: adaptive optimizers (Adam and kin) divide by the
+    gradient's own size, so a gradient that is float noise on both sides (theoretically 0, e.g. a bias right
+    before a normalization layer) becomes a full-size step in a random direction."""
+    w = rec.first_weight_diff
+    g = next((g for g in rec.grads if g.base_param == w.base_param and g.raw_param == w.raw_param), None)
+    top = max((x.scale for x in rec.grads), default=0.0)
+    if g is None or top == 0 or g.scale > 1e-5 * top:
+        return None
+    return (f"the gradient of {w.base_param} is ~0 on both sides (largest {g.scale:.3g}, against {top:.3g} for the "
+            "largest gradient): an adaptive optimizer (Adam, AdamW, ...) scales float noise in a vanishing gradient to "
+            "a full step, so its weights drift apart though the port is right (a bias before a normalization layer "
+            "has no effect on outputs: drop it, or compare with SGD)")
+
+
+def stage_of(rec: StepRecord) -> str | None:
+    """The first stage of a step that differs: forward, loss, backward, optimizer (in the order they run)."""
+    if rec.first_diff is not None or rec.mismatched:
+        return "forward"
+    if not rec.loss_ok:
+        return "loss"
+    if rec.first_grad_diff is not None or rec.first_output_grad_diff is not None:
+        return "backward"
+    if rec.first_weight_diff is not None:
+        return "optimizer"
+    return None

@@ -1,0 +1,104 @@
+"""Default tolerances fit float32 (issue 27): a correct float32 port of a deep network (a torchvision-named
+ResNet-50 against paddle.vision's) reports OK with ``auto_diff``'s defaults, forward and backward, both
+directions, although its deep layers differ by more than an elementwise 1e-5 would allow; a spoiled weight is
+still found. And PaDiff's ``compare_mode="mean"``."""
+from __future__ import annotations
+
+import numpy as np
+import paddle
+import pytest
+import torch
+
+from padiff_lite import assign_weight, auto_diff
+from padiff_lite.verify.numerics import Tolerance, compare, compare_arrays
+from resnet_twin import TorchResNet50
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """torch's threads spin against each other on a loaded 2-core machine (a ResNet-50 backward: 8 s with 2
+    threads, 0.5 s with 1); the results do not depend on it. Put back after each test."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def resnet_pair():
+    torch.manual_seed(0)
+    paddle.seed(0)
+    a, b = TorchResNet50(), paddle.vision.models.resnet50(num_classes=10)
+    rng = np.random.default_rng(0)
+    with torch.no_grad():
+        for m in a.modules():  # torchvision's own init, and BatchNorm statistics away from 0/1 (as trained)
+            if isinstance(m, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(torch.from_numpy(rng.normal(0, 0.2, m.num_features).astype("float32")))
+                m.running_var.copy_(torch.from_numpy(rng.uniform(0.5, 2.0, m.num_features).astype("float32")))
+    a.eval()
+    b.eval()
+    assign_weight(a, b)
+    return a, b
+
+
+@pytest.mark.parametrize("direction", ["torch->paddle", "paddle->torch"])
+def test_a_correct_float32_resnet50_port_is_ok_with_the_defaults(resnet_pair, direction):
+    a, b = resnet_pair if direction == "torch->paddle" else resnet_pair[::-1]
+    x = np.random.default_rng(1).standard_normal((1, 3, 112, 112)).astype("float32")
+    r = auto_diff(a, b, x, auto_init=False)
+    assert r.ok and len(r.layers) > 150, str(r)
+    # what an elementwise |d| <= 1e-5 + 1e-5 |base| would have called divergent: float32 accumulation
+    assert max(ld.max_abs_diff for ld in r.layers) > 2e-6
+    assert max(ld.max_rel_diff for ld in r.layers) < 1e-4 / 5  # scaled by each tensor: well inside
+
+
+def test_resnet50_gradients_agree_and_a_spoiled_weight_is_found(resnet_pair):
+    a, b = resnet_pair
+    x = np.random.default_rng(2).standard_normal((2, 3, 32, 32)).astype("float32")
+    r = auto_diff(a, b, x, auto_init=False, diff_phase="both")
+    assert r.ok and len(r.grads) == 161, str(r)
+    assert max(g.norm_rel for g in r.grads) < 2e-2 / 4
+    w = b.layer3[2].conv2.weight
+    saved = w.numpy().copy()
+    try:
+        w.set_value(saved * 1.002)  # 0.2%: an order of magnitude above float32 noise, far below a real bug
+        bad = auto_diff(a, b, x, auto_init=False)
+        assert (bad.first_diff.base_path, bad.first_diff.raw_path) == ("layer3.2.conv2", "layer3.2.conv2"), str(bad)
+        assert bad.first_diff.inputs_agree and bad.stage == "forward" and bad.step == 0
+    finally:
+        w.set_value(saved)
+
+
+def test_the_strict_tolerance_is_scaled_by_the_tensor_and_mean_mode_is_padiffs():
+    rng = np.random.default_rng(3)
+    base = rng.standard_normal(1000).astype("float32") * 10
+    near_zero = base.copy()
+    near_zero[0] = 1e-6
+    raw = near_zero.copy()
+    raw[0] = 5e-6  # 5x off, but 4e-6 against values of ~30: float32 noise of this tensor
+    assert compare_arrays(near_zero, raw)[2] == 0
+    assert compare_arrays(near_zero, raw, atol=1e-5, rtol=0.0)[2] == 0
+    assert compare_arrays(near_zero, raw, atol=0.0, rtol=1e-8)[2] == 1
+    spoiled = base * 1.001
+    assert compare_arrays(base, spoiled)[2] > 0  # 0.1% of every value: found where values are large
+    # mean mode (PaDiff's): the means, np.allclose-style; a permutation keeps the mean, a scale does not
+    permuted = base[::-1].copy()
+    assert compare(base, permuted, Tolerance(mode="mean")).ok
+    assert not compare(base, permuted, Tolerance()).ok
+    assert not compare(base, spoiled, Tolerance(atol=0.0, rtol=1e-4, mode="mean")).ok
+    f = compare(base, spoiled, Tolerance(mode="mean"))
+    assert (f.total, f.mismatched) == (1, 1) and f.max_abs == pytest.approx(abs(base.mean() * 1e-3), rel=1e-3)
+    with pytest.raises(ValueError, match="compare_mode"):
+        Tolerance(mode="loose")
+
+
+@pytest.mark.parametrize("src,dst", [("torch", "paddle"), ("paddle", "torch")])
+def test_mean_mode_through_auto_diff(src, dst):
+    from helpers import deep
+
+    a, b = deep(src), deep(dst)
+    r = auto_diff(a, b, np.random.default_rng(4).standard_normal((4, 16)).astype("float32"), compare_mode="mean")
+    assert r.ok and r.compare_mode == "mean" and all(ld.total == 1 for ld in r.layers), str(r)
+    assert "means compared" in str(r).splitlines()[0]
