@@ -217,7 +217,7 @@ def cmd_check(args) -> int:
         raise DiffInputError(f"{len(names)} --input-name for {len(shapes)} --input-shape; give one name per shape "
                              "(or none, to feed the inputs by position)")
     low, high = _parse_range(args.int_range, dtype)
-    for flag, tol in (("--atol", args.atol), ("--rtol", args.rtol)):
+    for flag, tol in ((f, t) for f, t in (("--atol", args.atol), ("--rtol", args.rtol)) if t is not None):
         if not (math.isfinite(tol) and tol >= 0):
             raise DiffInputError(f"{flag} {tol}: expected a finite number >= 0, e.g. 1e-5")
     html = _output_path(args.html, "--html")
@@ -233,7 +233,8 @@ def cmd_check(args) -> int:
     else:  # integer inputs (token ids, class indices): LOW .. HIGH-1
         arrays = tuple(rng.integers(low, high, size=s).astype(dtype) for s in shapes)
     inputs = dict(zip(names, arrays)) if names else arrays
-    result = auto_diff(base, raw, inputs, atol=args.atol, rtol=args.rtol, diff_phase=args.phase)
+    result = auto_diff(base, raw, inputs, atol=args.atol, rtol=args.rtol, diff_phase=args.phase,
+                       compare_mode=args.compare_mode)
     print(result)
     if html:
         try:
@@ -412,10 +413,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "per-layer chart, the first divergence marked)")
     c.add_argument("--weights", metavar="FILE", help="load this state dict into the base model first "
                    "(.pt/.pth/.bin for a torch base, read with weights_only=True; .pdparams for a paddle base)")
-    c.add_argument("--atol", type=float, default=1e-5)
-    c.add_argument("--rtol", type=float, default=1e-5)
-    c.add_argument("--phase", choices=["forward", "both"], default="forward",
-                   help="'both' also compares parameter gradients of a backward pass")
+    c.add_argument("--atol", type=float, default=None,
+                   help="absolute tolerance (default: auto_diff's, scaled to each tensor's largest value)")
+    c.add_argument("--rtol", type=float, default=None, help="relative tolerance (default: auto_diff's)")
+    c.add_argument("--compare-mode", choices=["strict", "mean"], default="strict",
+                   help="strict: every value (default); mean: the means of the two tensors, as PaDiff's mean mode")
+    c.add_argument("--phase", choices=["forward", "backward", "both"], default="forward",
+                   help="'backward' compares parameter gradients of a backward pass (seeded with the mean of the outputs), 'both' forward and backward")
     c.add_argument("--seed", type=int, default=0, help="seed of the random input and of torch/paddle before the models are built "
                    "(a run is reproducible)")
     c.set_defaults(func=cmd_check)
