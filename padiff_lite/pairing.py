@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .errors import LayerMapError
+from .layout_infer import find_groups
 from .tree import ModelTree, Node, walk
 
 
@@ -55,6 +56,8 @@ class Pairing:
         # (base class, raw class) -> the pool's entry or None: a model repeats a few classes thousands of
         # times. Kept for this pairing only, so a rule registered or removed later is seen by the next one.
         self._rules: dict = {}
+        # fused layouts recognised among leftovers (layout_infer), one entry per signature, decided before planning
+        self.inferred: dict = {}
 
     def run(self):
         base, raw = self.base, self.raw
@@ -135,6 +138,12 @@ class Pairing:
         if len(left_b) != len(left_r):  # tied-only subtrees carry nothing new: let them go unpaired
             left_b = [n for n in left_b if n.fresh]
             left_r = [n for n in left_r if n.fresh]
+        if left_b and left_r and not (len(left_b) == len(left_r) and all(map(self._alike, left_b, left_r))):
+            # one side fuses what the other splits (q/k/v, gate/up): recognised by names and shapes
+            fused, left_b, left_r = find_groups(self, b, r, left_b, left_r)
+            for pair in fused:
+                self.matched.append(pair)
+                self.pairs.append(pair)
         if len(left_b) == len(left_r) and all(map(self._alike, left_b, left_r)):
             for bc, rc in zip(left_b, left_r):
                 self._match(bc, rc, "order")

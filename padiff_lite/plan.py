@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from . import layout
 from .errors import PadiffError
+from .layout_infer import resolve as resolve_layouts
 from .ops import COPY, EXPECT, FILL, Op
 from .pairing import LayerPair, Unpaired, pair_models
 from .special_init import init_pool
@@ -50,8 +51,11 @@ def build_plan(base, raw, pool=None, mapping=None) -> Plan:
     """Pair and plan ``base`` -> ``raw`` (ProxyModels) with the rules of ``pool`` (default: the global
     ``init_pool``). ``mapping``: a :class:`padiff_lite.mapping.Mapping` (oriented base -> raw) pairing what
     names leave open. Not validated: see :func:`padiff_lite.validate.check`."""
-    pairing = pair_models(base, raw, init_pool if pool is None else pool, mapping=mapping)
+    pool = init_pool if pool is None else pool
+    pairing = pair_models(base, raw, pool, mapping=mapping)
     plan = Plan(base, raw, pairing.pairs, unpaired=pairing.unpaired)
+    if pairing.inferred:  # fused layouts recognised by structure: decided (by the shapes, a mapping, or a run)
+        plan.notes += resolve_layouts(pairing.inferred.values(), base, raw, pool, mapping)
     for u in pairing.unpaired:
         (plan.unexpected if u.side == "base" else plan.missing).extend(u.tensor_paths())
     plan_pairs(plan, pairing.pairs)

@@ -33,12 +33,45 @@ requirements of this module (no importorskip).
 """
 
 import dataclasses
+import sys
+import types
 from typing import Callable
 
 import numpy as np
 
 import transformers  # noqa: F401  (must come before paddleformers)
 import torch
+
+
+def _install_paddlefleet_stand_ins():
+    """Test-only stand-ins for two modules that do not install on a CPU machine (../shared/TRAPS.md): PaddleFormers'
+    Qwen2/Qwen3/MoE/DeepSeek-V3/GLM-4-MoE modules import ``paddleformers.transformers.gpt_provider`` (needs
+    paddlefleet) and ``paddlefleet_ops`` at import time. ``GPTModelProvider`` is only subclassed at import (its
+    ``from_config`` raises: nothing here builds through it); the eager model code that runs is PaddleFormers'."""
+    name = "paddleformers.transformers.gpt_provider"
+    if name not in sys.modules:
+        try:
+            __import__(name)
+        except Exception:  # noqa: BLE001 - paddlefleet missing: the stand-in takes its place
+            module = types.ModuleType(name)
+
+            class GPTModelProvider:
+                @classmethod
+                def from_config(cls, *args, **kwargs):
+                    raise RuntimeError("test stand-in for paddleformers.transformers.gpt_provider (no paddlefleet)")
+
+            module.GPTModelProvider = GPTModelProvider
+            sys.modules[name] = module
+    if "paddlefleet_ops" not in sys.modules:
+        try:
+            __import__("paddlefleet_ops")
+        except Exception:  # noqa: BLE001
+            module = types.ModuleType("paddlefleet_ops")
+            module.is_deep_ep_available = lambda: False
+            sys.modules["paddlefleet_ops"] = module
+
+
+_install_paddlefleet_stand_ins()
 
 import paddleformers  # noqa: F401,E402
 import paddle  # noqa: E402
@@ -64,6 +97,7 @@ class Family:
     forward_paddle: Callable  # (model, inputs) -> numpy array
     runs_on_cpu: bool = True
     notes: str = ""
+    inferred: bool = False  # its fused layouts are inferred by running units: convert needs a mapping made once
 
 
 # ---------------------------------------------------------------- helpers
@@ -407,6 +441,47 @@ def _glm_ocr_vision():
                   notes="vision tower; output = merged patch features")
 
 
+# ---------------------------------------------------------------- noise on every tensor
+def _noisy(model, seed):
+    """Every floating tensor of ``model`` gets noise (norm weights near 1 and zero biases too): a transfer that
+    skips or swaps them cannot pass because both sides were initialised to the same constants."""
+    rng = np.random.default_rng(seed + 100)
+    if isinstance(model, torch.nn.Module):
+        with torch.no_grad():
+            for t in model.state_dict(keep_vars=True).values():
+                if t.is_floating_point():
+                    t.add_(torch.from_numpy(rng.standard_normal(tuple(t.shape)).astype("float32") * 0.05).to(t.dtype))
+    else:
+        for t in model.state_dict().values():
+            if t.dtype in (paddle.float32, paddle.float16, paddle.bfloat16):
+                t.set_value(t + paddle.to_tensor(rng.standard_normal(tuple(t.shape)).astype("float32") * 0.05,
+                                                 dtype=t.dtype))
+    return model
+
+
+# ---------------------------------------------------------------- Qwen2 / Qwen3 (dense)
+def _qwen_dense(version):
+    """PaddleFormers' eager Qwen2/Qwen3 (``*ForCausalLMDeprecated``): fused grouped ``qkv_proj`` (with bias for
+    Qwen2) and ``up_gate_proj``; no plugin registers them: the layouts are inferred (padiff_lite.layout_infer)."""
+    extra = {} if version == 2 else dict(head_dim=HEAD_DIM)
+    kw = dict(_COMMON, tie_word_embeddings=False, attention_dropout=0.0, **extra)
+
+    def tm(seed=0):
+        cls, cfg = ((transformers.Qwen2ForCausalLM, transformers.Qwen2Config) if version == 2
+                    else (transformers.Qwen3ForCausalLM, transformers.Qwen3Config))
+        return _noisy(_torch_build(cls, cfg(**kw, rope_parameters=_rope()), seed), seed)
+
+    def pm(seed=0):
+        import paddleformers.transformers as pt
+        cls, cfg = ((pt.Qwen2ForCausalLMDeprecated, pt.Qwen2Config) if version == 2
+                    else (pt.Qwen3ForCausalLMDeprecated, pt.Qwen3Config))
+        return _noisy(_paddle_build(cls, cfg(**kw, rope_theta=10000.0), seed), seed)
+
+    return Family(name=f"qwen{version}", torch_model=tm, paddle_model=pm, **_LM, inferred=True,
+                  notes=f"PaddleFormers' Qwen{version}ForCausalLMDeprecated (eager; imports with the paddlefleet "
+                        "stand-ins); qkv_proj grouped per KV head and up_gate_proj [gate | up] inferred by structure")
+
+
 # ---------------------------------------------------------------- registry
 FAMILIES = [
     _llama(tied=False),
@@ -421,5 +496,7 @@ FAMILIES = [
     _qwen3vl_text(),
     _glm_ocr_text(),
     _glm_ocr_vision(),
+    _qwen_dense(2),
+    _qwen_dense(3),
 ]
 BY_NAME = {f.name: f for f in FAMILIES}
