@@ -268,10 +268,13 @@ def _label(pair) -> str:
     return f"{b.path or '<root>'} ({type(b.module).__name__}) -> {r.path or '<root>'} ({type(r.module).__name__})"
 
 
-def resolve(entries, base, raw, pool, mapping=None) -> list[str]:
+def resolve(entries, base, raw, pool, mapping=None, matched=()) -> list[str]:
     """Decide every undecided entry (module docstring); returns the notes saying what was inferred and how.
-    Raises PairingError (none agrees, or the unit cannot run) / AmbiguousPairingError (several agree)."""
+    ``matched``: every layer pair of the pairing (a unit that cannot run alone is run through its nearest paired
+    ancestor that can: experts through their MoE block). Raises PairingError (none agrees, or the unit cannot run)
+    / AmbiguousPairingError (several agree)."""
     notes = []
+    entries = list(entries)
     for entry in entries:
         if entry.chosen is None:
             first = entry.pairs[0]
@@ -280,11 +283,20 @@ def resolve(entries, base, raw, pool, mapping=None) -> list[str]:
             elif mapping is not None and mapping.tensors:
                 entry.chosen, entry.how = _by_mapping(entry, first, base, raw, mapping)
             else:
-                entry.chosen, entry.how = _by_running(entry, first, base, raw, pool)
+                decided = {e.signature: e.chosen.name for e in entries if e.chosen is not None}
+                units = [first] + sorted(
+                    (p for p in matched if p.entry is None and _inside(first.base.path, p.base.path)
+                     and _inside(first.raw.path, p.raw.path) and p.base.path != first.base.path),
+                    key=lambda p: -len(p.base.path))[:2]
+                entry.chosen, entry.how = _by_running(entry, units, base, raw, pool, decided)
         if entry.how != "forced":
             where = _label(entry.pairs[0]) + (f" and {len(entry.pairs) - 1} more" if len(entry.pairs) > 1 else "")
             notes.append(f"{where}: {entry.describe()}")
     return notes
+
+
+def _inside(path: str, ancestor: str) -> bool:
+    return not ancestor or path == ancestor or path.startswith(ancestor + ".")
 
 
 def _candidate_names(entry) -> str:
@@ -311,6 +323,18 @@ def _by_mapping(entry, pair, base, raw, mapping):
         f"tensors match {len(fits)} of them; make the mapping again for these models (assign_weight(...).mapping.save "
         "or `padiff-lite pair` on small random-weight models), or register a rule for this class pair "
         "(init_pool.register_maps)")
+
+
+def _width(adapter, node) -> int:
+    """The input width of a unit without a fused projection of its own: the in-features of its first Linear-like
+    descendant (torch layout)."""
+    from .tree import walk
+
+    for n in walk(node):
+        lin = _linear(adapter, "", n)
+        if lin is not None:
+            return lin.inp
+    return 0
 
 
 def _randomise(adapter, module, seed: int):
@@ -406,13 +430,32 @@ def _run_unit(proxy, module, x_np, cos_sin_np):
     return adapter.snapshot(out)
 
 
-def _by_running(entry, pair, base, raw, pool):
+def _by_running(entry, units, base, raw, pool, decided):
+    """Run the first of ``units`` (the group's pair, then its paired ancestors) that runs on both sides."""
+    failures = []
+    for unit in units:
+        try:
+            return _run_candidates(entry, unit, base, raw, pool, decided, entry.pairs[0])
+        except _CannotRun as exc:
+            failures.append(f"{_label(unit)}: {exc}")
+    raise PairingError(
+        f"{_label(entry.pairs[0])}: {entry.what} fit {len(entry.candidates)} layout{'s' * (len(entry.candidates) != 1)} "
+        f"({_candidate_names(entry)}) and running the units around it on a random input did not single one out: "
+        f"{' | '.join(failures)}. Nothing was written. Fix: register a rule for this class pair "
+        "(init_pool.register_maps), or pass mapping= naming the tensors")
+
+
+class _CannotRun(Exception):
+    pass
+
+
+def _run_candidates(entry, pair, base, raw, pool, decided, group):
     import numpy as np
 
     from .plan import build_plan
     from .proxy import create_model
 
-    label = _label(pair)
+    label = _label(group)
     readable = all(proxy.adapter.readable(ref.tensor) for proxy, node in ((base, pair.base), (raw, pair.raw))
                    for ref in node.subtree_tensors().values())
     if not readable:
@@ -422,8 +465,11 @@ def _by_running(entry, pair, base, raw, pool):
             "on small random-weight models of this architecture (assign_weight(...).mapping.save(path) or `padiff-lite "
             "pair`): it records the layout; or register a rule for this class pair (init_pool.register_maps)")
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((2, 5, entry.inp)).astype("float32")
-    agree, results = [], []
+    width = entry.inp or _width(base.adapter, pair.base)
+    if not width:
+        raise _CannotRun("no input width known")
+    x = rng.standard_normal((2, 5, width)).astype("float32")
+    agree, results, ran, crashed = [], [], [], []
     for cand in entry.candidates:
         cos_sin = None
         if cand.head_dim:
@@ -433,22 +479,28 @@ def _by_running(entry, pair, base, raw, pool):
         bm, rm = copy.deepcopy(pair.base.module), copy.deepcopy(pair.raw.module)
         _randomise(base.adapter, bm, 1)
         _randomise(raw.adapter, rm, 2)
-        token = _FORCED.set({**_FORCED.get(), entry.signature: cand.name})
+        token = _FORCED.set({**_FORCED.get(), **decided, entry.signature: cand.name})
         try:
             sub = build_plan(create_model(bm), create_model(rm), pool)
         finally:
             _FORCED.reset(token)
-        if sub.problems or sub.missing:
-            results.append(f"{cand.name}: the unit does not plan ({'; '.join(sub.problems) or 'missing ' + ', '.join(sub.missing)})")
+        from .validate import check
+
+        problems = sub.problems or check(sub, strict=True).problems
+        if problems or sub.missing:
+            results.append(f"{cand.name}: the unit does not plan ({'; '.join(problems) or 'missing ' + ', '.join(sub.missing)})")
             continue
+        ran.append(cand)
         _copy_plan(sub)
         try:
             a = _run_unit(sub.base, bm, x, cos_sin)
             b = _run_unit(sub.raw, rm, x, cos_sin)
         except Exception as exc:  # the unit cannot run on its own with these inputs: say so
+            crashed.append(cand)
             results.append(f"{cand.name}: the unit failed to run on a random input ({type(exc).__name__}: {exc})")
             continue
         if a.shape != b.shape:
+            crashed.append(cand)  # outputs of another form: not comparable here (an ancestor may be)
             results.append(f"{cand.name}: outputs of shapes {list(a.shape)} and {list(b.shape)}")
             continue
         diff = float(np.abs(a.astype("float64") - b).max()) if a.size else 0.0
@@ -456,12 +508,200 @@ def _by_running(entry, pair, base, raw, pool):
         results.append(f"{cand.name}: max |diff| {diff:.3g} (outputs up to {scale:.3g})")
         if diff <= 1e-5 + 1e-4 * scale:
             agree.append(cand)
+    if ran and len(crashed) == len(ran):
+        raise _CannotRun(results[-1].split(": ", 1)[1])
     if len(agree) == 1:
-        return agree[0], f"the one candidate of {len(entry.candidates)} whose unit outputs agree on a random input"
+        where = "" if pair is group else f" (run through {pair.base.path or '<root>'})"
+        return agree[0], (f"the one candidate of {len(entry.candidates)} whose unit outputs agree on a random "
+                          f"input{where}")
+    if not agree:
+        raise _CannotRun("agrees under none of them: " + "; ".join(results))
     msg = (f"{label}: {entry.what} fit {len(entry.candidates)} layouts and running the unit on a random input "
-           f"{'agrees under none of them' if not agree else f'agrees under {len(agree)} of them'}: "
-           + "; ".join(results) + ". Nothing was written. Fix: register a rule for this class pair "
-           "(init_pool.register_maps), or pass mapping= naming the tensors")
-    if agree:
-        raise AmbiguousPairingError(msg, [msg], [("base", pair.base.path, [c.name for c in agree])])
-    raise PairingError(msg)
+           f"agrees under {len(agree)} of them: " + "; ".join(results) + ". Nothing was written. Fix: register a rule "
+           "for this class pair (init_pool.register_maps), or pass mapping= naming the tensors")
+    raise AmbiguousPairingError(msg, [msg], [("base", group.base.path, [c.name for c in agree])])
+
+
+# -- packed experts: N expert modules <-> one [E, ...] tensor per projection ---------------------------------
+def _role(name: str) -> str:
+    """``gate_up`` for a fused gate/up name, else the stem (``down_proj`` -> ``down``, ``gate_proj`` -> ``gate``)."""
+    for suffix in ("_weight", ".weight"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    return "gate_up" if _is_fused_gate_up(name) else _stem(name)
+
+
+def _expert_tensors(adapter, node) -> dict | None:
+    """``{local name: (role, leaf, torch-layout shape, stored transposed)}`` of one expert module's tensors."""
+    out = {}
+    for ref in node.subtree_tensors().values():
+        if ref.alias_of:
+            continue
+        local = node.local(ref)
+        owner, _, leaf = local.rpartition(".")
+        module = node.module
+        for part in owner.split(".") if owner else ():
+            module = getattr(module, part, None)
+        shape = tuple(adapter.shape(ref.tensor))
+        transposed = bool(module is not None and adapter.stored_transposed(module, leaf))
+        out[local] = (_role(owner or leaf), leaf, shape[::-1] if transposed else shape, transposed)
+    return out
+
+
+def find_packed(pairing, b, r, left_b: list, left_r: list):
+    """Experts packed in ``[E, ...]`` tensors on one side (own tensors of ``b`` or ``r``) against E alike expert
+    modules on the other (leftover children). Returns ``(pairs, consumed own refs, left_b, left_r)``."""
+    from itertools import product
+
+    from .pairing import LayerPair
+    from .tree import Node
+
+    for packed_side, packed, experts in (("base", b, left_r), ("raw", r, left_b)):
+        other_side = "raw" if packed_side == "base" else "base"
+        if not packed.own or not experts or len({type(n.module) for n in experts}) != 1:
+            continue
+        pa = (pairing.base if packed_side == "base" else pairing.raw).adapter
+        ea = (pairing.raw if packed_side == "base" else pairing.base).adapter
+        n = len(experts)
+        refs = [ref for ref in packed.own if not ref.alias_of and len(pa.shape(ref.tensor)) >= 2
+                and pa.shape(ref.tensor)[0] == n]
+        if not refs:
+            continue
+        per = [_expert_tensors(ea, e) for e in experts]
+        if any(p.keys() != per[0].keys() or any(p[k][2] != per[0][k][2] for k in p) for p in per):
+            continue
+        first = per[0]
+        options = []  # per packed tensor: [(label, [(expert local name, Part on the packed entry or None, transform)])]
+        covered = set()
+        for ref in refs:
+            name = packed.local(ref)
+            rest = tuple(pa.shape(ref.tensor))[1:]
+            role, leaf = _role(name), ("bias" if "bias" in name else "weight")
+            same = [k for k, v in first.items() if v[0] == role and v[1] == leaf]
+            split = [k for k, v in first.items() if v[1] == leaf and role == "gate_up" and v[0] in ("gate", "up")]
+            opts = []
+            if len(same) == 1:
+                k = same[0]
+                _, _, tshape, transposed = first[k]
+                for label, orient in (("[E, out, in]", tshape), ("[E, in, out]", tshape[::-1])):
+                    if rest == orient and len(rest) == 2:
+                        flip = (label == "[E, in, out]") != transposed
+                        opts.append((f"{name} {label}", [(k, None, "transpose" if flip else "copy")]))
+                    elif rest == orient and len(rest) == 1 and label == "[E, out, in]":
+                        opts.append((f"{name} [E, out]", [(k, None, "copy")]))
+            elif len(split) == 2:
+                g = next(k for k in split if first[k][0] == "gate")
+                u = next(k for k in split if first[k][0] == "up")
+                (_, _, gs, gt), (_, _, us, ut) = first[g], first[u]
+                if gs == us and len(rest) == 2:
+                    for label, axis, orient in (("[E, out, in]", 0, (2 * gs[0], gs[1])),
+                                                ("[E, in, out]", 1, (gs[1], 2 * gs[0]))):
+                        if rest != orient:
+                            continue
+                        m = gs[0]
+                        halves = {"[gate | up]": (((0, m),), ((m, 2 * m),)),
+                                  "[up | gate]": (((m, 2 * m),), ((0, m),)),
+                                  "interleaved": (tuple((2 * i, 2 * i + 1) for i in range(m)),
+                                                  tuple((2 * i + 1, 2 * i + 2) for i in range(m)))}
+                        for order, (gb, ub) in halves.items():
+                            steps = []
+                            for k, blocks, transposed in ((g, gb, gt), (u, ub, ut)):
+                                flip = (label == "[E, in, out]") != transposed
+                                steps.append((k, (blocks, axis), "transpose" if flip else "copy"))
+                            opts.append((f"{name} {label} {order}", steps))
+            if opts:
+                options.append((ref, opts))
+                covered.update(k for _, steps in opts for k, _, _ in steps)
+        if not options or covered != set(first):
+            continue  # not every expert tensor has a packed counterpart: not this layout
+        split_is_base = packed_side == "base"
+        signature = ("packed", type(b.module), type(r.module), packed_side, n,
+                     tuple((packed.local(ref), tuple(pa.shape(ref.tensor))) for ref, _ in options),
+                     type(experts[0].module), tuple((k, v[2]) for k, v in first.items()))
+        entry = pairing.inferred.get(signature)
+        if entry is None:
+            cands = []
+            for combo in product(*[opts for _, opts in options]):
+                maps = []
+                for (ref, _), (_, steps) in zip(options, combo):
+                    pname = packed.local(ref)
+                    for e, expert in enumerate(experts):
+                        prefix = expert.path.rpartition(".")[2]
+                        for k, part, tf in steps:
+                            p_part = Part(index=e) if part is None else Part(part[0], part[1], e)
+                            if split_is_base:
+                                maps.append(Map(pname, f"{prefix}.{k}", tf, src_part=p_part))
+                            else:
+                                maps.append(Map(f"{prefix}.{k}", pname, tf, dst_part=p_part))
+                cands.append(Candidate("; ".join(label for label, _ in combo), tuple(maps)))
+            names = ", ".join(packed.local(ref) for ref, _ in options)
+            what = (f"packed experts {names} <-> {n} expert modules" if split_is_base
+                    else f"{n} expert modules <-> packed experts {names}")
+            entry = InferredLayout(what, signature, cands, 0)
+            forced = _FORCED.get().get(signature)
+            if forced is not None:
+                entry.chosen, entry.how = next(c for c in cands if c.name == forced), "forced"
+            pairing.inferred[signature] = entry
+        used = [ref for ref, _ in options]
+        kids = [(e.path.rpartition(".")[2], e) for e in experts]
+        p_node = Node(packed.path, packed.module, used, [], len(used), len(used), packed.on, False)
+        e_node = Node((r if split_is_base else b).path, (r if split_is_base else b).module, [], kids,
+                      sum(e.count for e in experts), sum(e.fresh for e in experts), True, False)
+        pair = LayerPair(p_node, e_node, entry, "inferred") if split_is_base else LayerPair(e_node, p_node, entry,
+                                                                                            "inferred")
+        entry.pairs.append(pair)
+        ids = {id(e) for e in experts}
+        return ([pair], used, [x for x in left_b if id(x) not in ids], [x for x in left_r if id(x) not in ids])
+    return [], [], left_b, left_r
+
+
+TRANSPOSED_LINEAR = "transposed: one side is a Linear stored [in, out]"
+TRANSPOSED_BY_RUN = "transposed: the shapes allow nothing else and running the unit agrees"
+
+
+def forced_transpose(key: str) -> bool:
+    """Whether a verification's sub-plan is trying the transposed copy of the namesake ``key``."""
+    return bool(_FORCED.get().get(("transposed", key)))
+
+
+def verify_transposes(plan, pool, matched, mapping=None):
+    """Namesakes whose shapes are each other's transpose with no Linear on either side (``plan.pending``): copied
+    transposed when running the nearest unit that runs agrees; otherwise left as they are (validation then refuses
+    the shapes and says to register a rule), what was tried in the plan's hints. A ``mapping`` whose tensors say
+    these copies are transposed (made by an earlier run) decides where nothing can run."""
+    from .errors import PadiffError
+    from .ops import TRANSPOSE
+
+    said = {(e.base, e.raw) for e in mapping.tensors if str(e.transform) == "transpose"} if mapping is not None else set()
+    for key, ops in plan.pending.items():
+        first = ops[0].pair
+        if said and all((op.src.path, op.dst.path) in said for op in ops):  # a mapping made by an earlier run
+            for op in ops:
+                op.transform = TRANSPOSE
+            plan.inferred.setdefault(f"{key}: layout inferred (transposed, as the mapping's tensors say)", []).extend(
+                op.pair for op in ops)
+            continue
+        entry = InferredLayout(key, ("transposed", key), [Candidate("transposed", ())], 0)
+        entry.pairs = [op.pair for op in ops]
+        units = [first] + sorted((p for p in matched if p.entry is None and p is not first
+                                  and _inside(first.base.path, p.base.path) and _inside(first.raw.path, p.raw.path)
+                                  and p.base.path != first.base.path), key=lambda p: -len(p.base.path))[:2]
+        try:
+            _by_running(entry, units, plan.base, plan.raw, pool, {})
+        except (PadiffError, _CannotRun) as exc:
+            plan.hints.append(f"{_label(first)}: {key} look transposed and the unit did not confirm it ({exc})")
+            continue
+        for op in ops:
+            op.transform = TRANSPOSE
+        plan.inferred.setdefault(f"{key}: layout inferred ({TRANSPOSED_BY_RUN})", []).extend(op.pair for op in ops)
+
+
+def transposed_namesake(ba, bmod, ra, rmod, leaf: str, bshape, rshape) -> str:
+    """Why a namesake 2-D tensor of two shapes that are each other's transpose is copied transposed ("" when it is
+    not): one side stores it as a Linear ``[in, out]`` and the other not (a router ``[E, H]`` against a Linear
+    ``[H, E]``), or, neither being a Linear, transposing is the only layout the shapes allow (not square)."""
+    if len(bshape) != 2 or tuple(bshape) != tuple(rshape)[::-1] or bshape[0] == bshape[1]:
+        return ""
+    if ba.stored_transposed(bmod, leaf) != ra.stored_transposed(rmod, leaf):
+        return TRANSPOSED_LINEAR
+    return TRANSPOSED_BY_RUN

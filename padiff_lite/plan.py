@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from . import layout
 from .errors import PadiffError
 from .layout_infer import resolve as resolve_layouts
-from .ops import COPY, EXPECT, FILL, Op
+from .layout_infer import TRANSPOSED_LINEAR, forced_transpose, transposed_namesake, verify_transposes
+from .ops import COPY, EXPECT, FILL, TRANSPOSE, Op
 from .pairing import LayerPair, Unpaired, pair_models
 from .special_init import init_pool
 from .tree import ModelTree
@@ -38,6 +39,8 @@ class Plan:
     caveats: dict = field(default_factory=dict)  # semantics weights cannot fix -> the pairs it applies to
     tied: list[str] = field(default_factory=list)
     tie_conflicts: list[tuple] = field(default_factory=list)  # (kept op, dropped op) writing one tied target
+    inferred: dict = field(default_factory=dict)  # a transposed namesake's note -> the layer pairs it applies to
+    pending: dict = field(default_factory=dict)  # namesakes only the shapes say are transposed -> their copies
 
 
 def pair_label(pair: LayerPair) -> str:
@@ -55,13 +58,16 @@ def build_plan(base, raw, pool=None, mapping=None) -> Plan:
     pairing = pair_models(base, raw, pool, mapping=mapping)
     plan = Plan(base, raw, pairing.pairs, unpaired=pairing.unpaired)
     if pairing.inferred:  # fused layouts recognised by structure: decided (by the shapes, a mapping, or a run)
-        plan.notes += resolve_layouts(pairing.inferred.values(), base, raw, pool, mapping)
+        plan.notes += resolve_layouts(pairing.inferred.values(), base, raw, pool, mapping, pairing.matched)
     for u in pairing.unpaired:
         (plan.unexpected if u.side == "base" else plan.missing).extend(u.tensor_paths())
     plan_pairs(plan, pairing.pairs)
+    if plan.pending:
+        verify_transposes(plan, pool, pairing.matched, mapping)
     _dedupe_targets(plan)
     _check_parts(plan)
     plan.notes += [_caveat_note(caveat, pairs) for caveat, pairs in plan.caveats.items()]
+    plan.notes += [_caveat_note(note, pairs) for note, pairs in plan.inferred.items()]
     plan.missing = _in_model_order(raw, plan.missing)
     plan.unexpected = _in_model_order(base, plan.unexpected)
     return plan
@@ -98,6 +104,19 @@ def _plan_default(plan: Plan, pair: LayerPair):
         name = ref.path[b_cut:]
         other = rk.pop(name, None)
         if other is not None:
+            bs, rs = plan.base.adapter.shape(ref.tensor), plan.raw.adapter.shape(other.tensor)
+            if bs != rs and len(bs) == 2:  # a router [E, H] against a Linear [H, E], or the same class stored so
+                why = transposed_namesake(plan.base.adapter, b.module, plan.raw.adapter, r.module, name, bs, rs)
+                key = f"{type(b.module).__name__}.{name} {list(bs)} -> {type(r.module).__name__}.{name} {list(rs)}"
+                if why == TRANSPOSED_LINEAR or (why and forced_transpose(key)):
+                    plan.ops.append(Op(COPY, ref, other, pair, TRANSPOSE))
+                    plan.inferred.setdefault(f"{key}: layout inferred ({why})", []).append(pair)
+                    continue
+                if why:  # only the shapes say so: transposed once running the unit shows it (verify_transposes)
+                    op = Op(COPY, ref, other, pair)
+                    plan.ops.append(op)
+                    plan.pending.setdefault(key, []).append(op)
+                    continue
             plan.ops.append(Op(COPY, ref, other, pair))
         elif name in SOURCE_ONLY or not ref.persistent or ref.alias_of:
             continue

@@ -225,3 +225,23 @@ def test_heads_from_shapes_alone_are_decided_by_running():
     assert diff < 1e-6
     note = next(n for n in report.notes if "layout inferred" in n)
     assert "grouped per KV head [q heads | k | v] (4 heads, 2 KV heads, head_dim 8)" in note, note
+
+
+@pytest.mark.parametrize("name", ["qwen2_moe", "deepseek_v3"])
+def test_moe_checkpoint_converts_without_storage_with_the_mapping_of_a_run(name, tmp_path):
+    """Factories build the models without storage (nothing can run): the mapping of a run on small random models
+    says the inferred layouts (packed experts, router transposed, fused q/k/v and gate/up); the converted file
+    equals what assign_weight writes, tensor by tensor."""
+    from ckpt_helpers import load, save, state_as_torch
+
+    family = hf.BY_NAME[name]
+    t, p = family.torch_model(1), family.paddle_model(2)
+    save(state_as_torch(t, "torch"), tmp_path / "model.safetensors")
+    mapping = assign_weight(family.torch_model(5), family.paddle_model(6)).mapping
+    report = convert_checkpoint(tmp_path / "model.safetensors", tmp_path / "out.pdparams",
+                                lambda: family.torch_model(1), lambda: family.paddle_model(2), mapping=mapping)
+    assert any("as the mapping's tensors say" in n for n in report.notes), report.notes
+    assign_weight(t, p)
+    converted, expected = load(tmp_path / "out.pdparams"), state_as_torch(p, "paddle")
+    assert converted.keys() == expected.keys()
+    assert all(torch.equal(converted[k], expected[k]) for k in expected)
