@@ -41,6 +41,7 @@ class Plan:
     tie_conflicts: list[tuple] = field(default_factory=list)  # (kept op, dropped op) writing one tied target
     inferred: dict = field(default_factory=dict)  # a transposed namesake's note -> the layer pairs it applies to
     pending: dict = field(default_factory=dict)  # namesakes only the shapes say are transposed -> their copies
+    shapes_seen: dict = field(default_factory=dict)  # (base class, raw class) -> whether namesakes' shapes differ
 
 
 def pair_label(pair: LayerPair) -> str:
@@ -100,11 +101,20 @@ def _plan_default(plan: Plan, pair: LayerPair):
     rk = {}
     for ref in r.own:
         rk[ref.path[r_cut:]] = ref
+    # namesakes of differing shapes are looked at for the first pair of each class pair only (a shape costs ~1 us a
+    # tensor, +15 % planning time for models of default-rule layers); a later mismatch is refused by validation
+    classes = (type(b.module), type(r.module))
+    look = plan.shapes_seen.get(classes)
+    if look is None:
+        look = plan.shapes_seen[classes] = any(
+            len(plan.base.adapter.shape(ref.tensor)) == 2 and ref.path[b_cut:] in rk
+            and plan.base.adapter.shape(ref.tensor) != plan.raw.adapter.shape(rk[ref.path[b_cut:]].tensor)
+            for ref in b.own)
     for ref in b.own:
         name = ref.path[b_cut:]
         other = rk.pop(name, None)
         if other is not None:
-            bs, rs = plan.base.adapter.shape(ref.tensor), plan.raw.adapter.shape(other.tensor)
+            bs, rs = (plan.base.adapter.shape(ref.tensor), plan.raw.adapter.shape(other.tensor)) if look else ((), ())
             if bs != rs and len(bs) == 2:  # a router [E, H] against a Linear [H, E], or the same class stored so
                 why = transposed_namesake(plan.base.adapter, b.module, plan.raw.adapter, r.module, name, bs, rs)
                 key = f"{type(b.module).__name__}.{name} {list(bs)} -> {type(r.module).__name__}.{name} {list(rs)}"
