@@ -52,12 +52,12 @@ def _stem(name: str) -> str:
     return s
 
 
-def _is_fused_qkv(name: str) -> bool:
+def is_fused_qkv(name: str) -> bool:
     s = _stem(name)
     return "qkv" in s or s in ("query_key_value", "in")
 
 
-def _is_fused_gate_up(name: str) -> bool:
+def is_fused_gate_up(name: str) -> bool:
     s = _stem(name)
     return ("gate" in s and "up" in s) or s in ("w13", "w1_w3", "fc1_gate")
 
@@ -167,7 +167,7 @@ def _maps(split: list, fused: Linear, parts, split_is_base: bool) -> tuple:
     return tuple(maps)
 
 
-def _qkv_candidates(q, k, v, fused, split_is_base, modules) -> list[Candidate]:
+def qkv_candidates(q, k, v, fused, split_is_base, modules) -> list[Candidate]:
     out = []
     seen = set()
 
@@ -185,7 +185,7 @@ def _qkv_candidates(q, k, v, fused, split_is_base, modules) -> list[Candidate]:
     return out
 
 
-def _gate_up_candidates(gate, up, fused, split_is_base) -> list[Candidate]:
+def gate_up_candidates(gate, up, fused, split_is_base) -> list[Candidate]:
     n = gate.out
     g, u = stacked(n, n)
     inter_g = features(*[(2 * i, 2 * i + 1) for i in range(n)])
@@ -196,7 +196,7 @@ def _gate_up_candidates(gate, up, fused, split_is_base) -> list[Candidate]:
                                                                          split_is_base))]
 
 
-def _roles(linears: list[Linear], roles: dict) -> dict | None:
+def match_roles(linears: list[Linear], roles: dict) -> dict | None:
     found = {}
     for lin in linears:
         stem = _stem(lin.name)
@@ -219,8 +219,8 @@ def find_groups(pairing, b, r, left_b: list, left_r: list) -> tuple[list, list, 
            for side, (ad, _, left) in sides.items()}
     pairs, taken = [], set()
     for split_side, fused_side in (("base", "raw"), ("raw", "base")):
-        for kind, roles, is_fused in (("q/k/v", QKV_ROLES, _is_fused_qkv), ("gate/up", GATE_UP_ROLES, _is_fused_gate_up)):
-            split = _roles([x for x in lin[split_side] if id(x.node) not in taken], roles)
+        for kind, roles, is_fused in (("q/k/v", QKV_ROLES, is_fused_qkv), ("gate/up", GATE_UP_ROLES, is_fused_gate_up)):
+            split = match_roles([x for x in lin[split_side] if id(x.node) not in taken], roles)
             fused = [x for x in lin[fused_side] if id(x.node) not in taken and is_fused(x.name)]
             if split is None or len(fused) != 1:
                 continue
@@ -235,9 +235,9 @@ def find_groups(pairing, b, r, left_b: list, left_r: list) -> tuple[list, list, 
             entry = pairing.inferred.get(signature)
             if entry is None:
                 if kind == "q/k/v":
-                    cands = _qkv_candidates(*parts, f, split_is_base, (b.module, r.module))
+                    cands = qkv_candidates(*parts, f, split_is_base, (b.module, r.module))
                 else:
-                    cands = _gate_up_candidates(*parts, f, split_is_base)
+                    cands = gate_up_candidates(*parts, f, split_is_base)
                 what = f"{'/'.join(p.name for p in parts)} <-> {f.name}" if split_is_base else \
                     f"{f.name} <-> {'/'.join(p.name for p in parts)}"
                 entry = InferredLayout(what, signature, cands, f.inp)
@@ -528,7 +528,7 @@ def _role(name: str) -> str:
     for suffix in ("_weight", ".weight"):
         if name.endswith(suffix):
             name = name[: -len(suffix)]
-    return "gate_up" if _is_fused_gate_up(name) else _stem(name)
+    return "gate_up" if is_fused_gate_up(name) else _stem(name)
 
 
 def _expert_tensors(adapter, node) -> dict | None:

@@ -64,9 +64,9 @@ def test_conversion_without_a_run_refuses_and_names_the_candidates(tmp_path):
 
 
 def test_a_registered_rule_wins_over_inference(scoped_pool):
-    from padiff_lite.special_init.fused import attention
+    from padiff_lite.special_init.fused import layouts
 
-    scoped_pool.register_maps("torch", "Qwen2Attention", "paddle", "Qwen2Attention")(attention)
+    scoped_pool.register_maps("torch", "Qwen2Attention", "paddle", "Qwen2Attention")(layouts(qkv="grouped per KV head"))
     family = hf.BY_NAME["qwen2"]
     t, p = family.torch_model(1), family.paddle_model(2)
     report = assign_weight(t, p)
