@@ -434,10 +434,10 @@ def _by_running(entry, units, base, raw, pool, decided):
     """Run the first of ``units`` (the group's pair, then its paired ancestors) that runs on both sides."""
     failures = []
     for unit in units:
-        try:
-            return _run_candidates(entry, unit, base, raw, pool, decided, entry.pairs[0])
-        except _CannotRun as exc:
-            failures.append(f"{_label(unit)}: {exc}")
+        chosen, how = _run_candidates(entry, unit, base, raw, pool, decided, entry.pairs[0])
+        if chosen is not None:
+            return chosen, how
+        failures.append(f"{_label(unit)}: {how}")  # this unit cannot tell: its ancestor may
     raise PairingError(
         f"{_label(entry.pairs[0])}: {entry.what} fit {len(entry.candidates)} layout{'s' * (len(entry.candidates) != 1)} "
         f"({_candidate_names(entry)}) and running the units around it on a random input did not single one out: "
@@ -445,11 +445,9 @@ def _by_running(entry, units, base, raw, pool, decided):
         "(init_pool.register_maps), or pass mapping= naming the tensors")
 
 
-class _CannotRun(Exception):
-    pass
-
-
 def _run_candidates(entry, pair, base, raw, pool, decided, group):
+    """``(candidate, how)`` when running ``pair``'s copies singles one out; ``(None, why)`` when this unit cannot
+    tell (it does not run, its outputs are of another form, or none agrees); raises when several agree."""
     import numpy as np
 
     from .plan import build_plan
@@ -467,7 +465,7 @@ def _run_candidates(entry, pair, base, raw, pool, decided, group):
     rng = np.random.default_rng(0)
     width = entry.inp or _width(base.adapter, pair.base)
     if not width:
-        raise _CannotRun("no input width known")
+        return None, "no input width known"
     x = rng.standard_normal((2, 5, width)).astype("float32")
     agree, results, ran, crashed = [], [], [], []
     for cand in entry.candidates:
@@ -509,13 +507,13 @@ def _run_candidates(entry, pair, base, raw, pool, decided, group):
         if diff <= 1e-5 + 1e-4 * scale:
             agree.append(cand)
     if ran and len(crashed) == len(ran):
-        raise _CannotRun(results[-1].split(": ", 1)[1])
+        return None, results[-1].split(": ", 1)[1]
     if len(agree) == 1:
         where = "" if pair is group else f" (run through {pair.base.path or '<root>'})"
         return agree[0], (f"the one candidate of {len(entry.candidates)} whose unit outputs agree on a random "
                           f"input{where}")
     if not agree:
-        raise _CannotRun("agrees under none of them: " + "; ".join(results))
+        return None, "agrees under none of them: " + "; ".join(results)
     msg = (f"{label}: {entry.what} fit {len(entry.candidates)} layouts and running the unit on a random input "
            f"agrees under {len(agree)} of them: " + "; ".join(results) + ". Nothing was written. Fix: register a rule "
            "for this class pair (init_pool.register_maps), or pass mapping= naming the tensors")
@@ -688,7 +686,7 @@ def verify_transposes(plan, pool, matched, mapping=None):
                                   and p.base.path != first.base.path), key=lambda p: -len(p.base.path))[:2]
         try:
             _by_running(entry, units, plan.base, plan.raw, pool, {})
-        except (PadiffError, _CannotRun) as exc:
+        except PadiffError as exc:
             plan.hints.append(f"{_label(first)}: {key} look transposed and the unit did not confirm it ({exc})")
             continue
         for op in ops:
