@@ -170,7 +170,36 @@ def execution_mapping(base, raw, inputs, pool=None) -> Mapping | None:
             fit_cache[key] = not pair_problems(base, raw, LayerPair(b.node, r.node, entry, "execution"))
         return fit_cache[key]
 
+    from .plan import Plan, plan_pairs  # a later stage, used only here: planning one candidate pair
+
+    refused: dict = {}
+
+    def refused_only(i, j):
+        """Whether the pair fits but for a rule refusing its settings (a BatchNorm's eps, ...): such a pair is made
+        among the layers left over, so that the refusal names the mismatch and both paths, not two unpaired layers."""
+        b, r = bseq[i], rseq[j]
+        if not alike(pairing, b.node, r.node):
+            return False
+        entry = rule_for(pairing, b.node, r.node)
+        key = (type(b.node.module), type(r.node.module), id(b.node), id(r.node))
+        if entry is None or entry.kind != "mapping":
+            return False
+        if key not in refused:
+            pair = LayerPair(b.node, r.node, entry, "execution")
+            scratch = Plan(base, raw, [pair])
+            plan_pairs(scratch, [pair])
+            refused[key] = bool(scratch.problems) and pair_problems(base, raw, pair) == scratch.problems
+        return refused[key]
+
     result = align(len(bseq), len(rseq), fits)
+    if not result.ambiguous:
+        paired_b, paired_r = {i for i, _ in result.pairs}, {j for _, j in result.pairs}
+        left_b = [i for i in range(len(bseq)) if i not in paired_b]
+        left_r = [j for j in range(len(rseq)) if j not in paired_r]
+        if left_b and left_r:
+            extra = align(len(left_b), len(left_r), lambda a, c: refused_only(left_b[a], left_r[c]))
+            if not extra.ambiguous:
+                result.pairs = sorted(result.pairs + [(left_b[a], left_r[c]) for a, c in extra.pairs])
     if result.ambiguous:
         lines, cands = [], []
         for side, k, others in result.ambiguous:

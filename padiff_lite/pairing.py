@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .errors import LayerMapError
+from .layout_infer import find_groups, find_packed
 from .tree import ModelTree, Node, walk
 
 
@@ -55,6 +56,8 @@ class Pairing:
         # (base class, raw class) -> the pool's entry or None: a model repeats a few classes thousands of
         # times. Kept for this pairing only, so a rule registered or removed later is seen by the next one.
         self._rules: dict = {}
+        # fused layouts recognised among leftovers (layout_infer), one entry per signature, decided before planning
+        self.inferred: dict = {}
 
     def run(self):
         base, raw = self.base, self.raw
@@ -135,6 +138,19 @@ class Pairing:
         if len(left_b) != len(left_r):  # tied-only subtrees carry nothing new: let them go unpaired
             left_b = [n for n in left_b if n.fresh]
             left_r = [n for n in left_r if n.fresh]
+        if entry is None and ((b.own and left_r and not left_b) or (r.own and left_b and not left_r)):
+            # experts packed in [E, ...] tensors on one side, one module per expert on the other
+            packed, used, left_b, left_r = find_packed(self, b, r, left_b, left_r)
+            if packed:
+                self._take_own(pair, used)
+                self.matched.extend(packed)
+                self.pairs.extend(packed)
+        if left_b and left_r and not (len(left_b) == len(left_r) and all(map(self._alike, left_b, left_r))):
+            # one side fuses what the other splits (q/k/v, gate/up): recognised by names and shapes
+            fused, left_b, left_r = find_groups(self, b, r, left_b, left_r)
+            for pair in fused:
+                self.matched.append(pair)
+                self.pairs.append(pair)
         if len(left_b) == len(left_r) and all(map(self._alike, left_b, left_r)):
             for bc, rc in zip(left_b, left_r):
                 self._match(bc, rc, "order")
@@ -143,6 +159,19 @@ class Pairing:
                 for n in nodes:
                     if n.count:  # a module with nothing to transfer is not missing anything
                         self.unpaired.append(Unpaired(side, n.path, type(n.module).__name__, n.fresh, n))
+
+    def _take_own(self, pair: LayerPair, used: list):
+        """Leave ``used`` (own tensors another pair moves) out of ``pair``'s own tensors; drop the pair when nothing
+        of its own is left to move."""
+        ids = {id(ref) for ref in used}
+        for side in ("base", "raw"):
+            node = getattr(pair, side)
+            if any(id(ref) in ids for ref in node.own):
+                own = [ref for ref in node.own if id(ref) not in ids]
+                setattr(pair, side, Node(node.path, node.module, own, node.children, node.count, node.fresh, node.on,
+                                         node.bare))
+        if not pair.base.own and not pair.raw.own and pair.entry is None and pair in self.pairs:
+            self.pairs.remove(pair)
 
     def _unlike_pair(self, b: Node, r: Node) -> bool:
         """Whether two namesakes pair although only one of them carries tensors: a rule joins their classes."""

@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 
 from . import layout
 from .errors import PadiffError
-from .ops import COPY, EXPECT, FILL, Op
+from .layout_infer import resolve as resolve_layouts
+from .layout_infer import TRANSPOSED_LINEAR, forced_transpose, transposed_namesake, verify_transposes
+from .ops import COPY, EXPECT, FILL, TRANSPOSE, Op
 from .pairing import LayerPair, Unpaired, pair_models
 from .special_init import init_pool
 from .tree import ModelTree
@@ -37,6 +39,9 @@ class Plan:
     caveats: dict = field(default_factory=dict)  # semantics weights cannot fix -> the pairs it applies to
     tied: list[str] = field(default_factory=list)
     tie_conflicts: list[tuple] = field(default_factory=list)  # (kept op, dropped op) writing one tied target
+    inferred: dict = field(default_factory=dict)  # a transposed namesake's note -> the layer pairs it applies to
+    pending: dict = field(default_factory=dict)  # namesakes only the shapes say are transposed -> their copies
+    shapes_seen: dict = field(default_factory=dict)  # (base class, raw class) -> whether namesakes' shapes differ
 
 
 def pair_label(pair: LayerPair) -> str:
@@ -50,14 +55,20 @@ def build_plan(base, raw, pool=None, mapping=None) -> Plan:
     """Pair and plan ``base`` -> ``raw`` (ProxyModels) with the rules of ``pool`` (default: the global
     ``init_pool``). ``mapping``: a :class:`padiff_lite.mapping.Mapping` (oriented base -> raw) pairing what
     names leave open. Not validated: see :func:`padiff_lite.validate.check`."""
-    pairing = pair_models(base, raw, init_pool if pool is None else pool, mapping=mapping)
+    pool = init_pool if pool is None else pool
+    pairing = pair_models(base, raw, pool, mapping=mapping)
     plan = Plan(base, raw, pairing.pairs, unpaired=pairing.unpaired)
+    if pairing.inferred:  # fused layouts recognised by structure: decided (by the shapes, a mapping, or a run)
+        plan.notes += resolve_layouts(pairing.inferred.values(), base, raw, pool, mapping, pairing.matched)
     for u in pairing.unpaired:
         (plan.unexpected if u.side == "base" else plan.missing).extend(u.tensor_paths())
     plan_pairs(plan, pairing.pairs)
+    if plan.pending:
+        verify_transposes(plan, pool, pairing.matched, mapping)
     _dedupe_targets(plan)
     _check_parts(plan)
     plan.notes += [_caveat_note(caveat, pairs) for caveat, pairs in plan.caveats.items()]
+    plan.notes += [_caveat_note(note, pairs) for note, pairs in plan.inferred.items()]
     plan.missing = _in_model_order(raw, plan.missing)
     plan.unexpected = _in_model_order(base, plan.unexpected)
     return plan
@@ -90,10 +101,32 @@ def _plan_default(plan: Plan, pair: LayerPair):
     rk = {}
     for ref in r.own:
         rk[ref.path[r_cut:]] = ref
+    # namesakes of differing shapes are looked at for the first pair of each class pair only (a shape costs ~1 us a
+    # tensor, +15 % planning time for models of default-rule layers); a later mismatch is refused by validation
+    classes = (type(b.module), type(r.module))
+    look = plan.shapes_seen.get(classes)
+    if look is None:
+        look = plan.shapes_seen[classes] = any(
+            len(plan.base.adapter.shape(ref.tensor)) == 2 and ref.path[b_cut:] in rk
+            and plan.base.adapter.shape(ref.tensor) != plan.raw.adapter.shape(rk[ref.path[b_cut:]].tensor)
+            for ref in b.own)
     for ref in b.own:
         name = ref.path[b_cut:]
         other = rk.pop(name, None)
         if other is not None:
+            bs, rs = (plan.base.adapter.shape(ref.tensor), plan.raw.adapter.shape(other.tensor)) if look else ((), ())
+            if bs != rs and len(bs) == 2:  # a router [E, H] against a Linear [H, E], or the same class stored so
+                why = transposed_namesake(plan.base.adapter, b.module, plan.raw.adapter, r.module, name, bs, rs)
+                key = f"{type(b.module).__name__}.{name} {list(bs)} -> {type(r.module).__name__}.{name} {list(rs)}"
+                if why == TRANSPOSED_LINEAR or (why and forced_transpose(key)):
+                    plan.ops.append(Op(COPY, ref, other, pair, TRANSPOSE))
+                    plan.inferred.setdefault(f"{key}: layout inferred ({why})", []).append(pair)
+                    continue
+                if why:  # only the shapes say so: transposed once running the unit shows it (verify_transposes)
+                    op = Op(COPY, ref, other, pair)
+                    plan.ops.append(op)
+                    plan.pending.setdefault(key, []).append(op)
+                    continue
             plan.ops.append(Op(COPY, ref, other, pair))
         elif name in SOURCE_ONLY or not ref.persistent or ref.alias_of:
             continue

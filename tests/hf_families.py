@@ -33,12 +33,46 @@ requirements of this module (no importorskip).
 """
 
 import dataclasses
+import sys
+import types
 from typing import Callable
 
 import numpy as np
 
 import transformers  # noqa: F401  (must come before paddleformers)
 import torch
+
+
+def _install_paddlefleet_stand_ins():
+    """Test-only stand-ins for two modules that do not install on a CPU machine (../shared/TRAPS.md): PaddleFormers'
+    Qwen2/Qwen3/MoE/DeepSeek-V3/GLM-4-MoE modules import ``paddleformers.transformers.gpt_provider`` (needs
+    paddlefleet) and ``paddlefleet_ops`` at import time. ``GPTModelProvider`` is only subclassed at import (its
+    ``from_config`` raises: nothing here builds through it); the eager model code that runs is PaddleFormers'."""
+    name = "paddleformers.transformers.gpt_provider"
+    if name not in sys.modules:
+        try:
+            __import__(name)
+        except Exception:  # noqa: BLE001 - paddlefleet missing: the stand-in takes its place
+            module = types.ModuleType(name)
+
+            class GPTModelProvider:
+                @classmethod
+                def from_config(cls, *args, **kwargs):
+                    raise RuntimeError("test stand-in for paddleformers.transformers.gpt_provider (no paddlefleet)")
+
+            GPTModelProvider.transform_rules = {}  # GLM-4-MoE's provider extends its base's rules at import
+            module.GPTModelProvider = GPTModelProvider
+            sys.modules[name] = module
+    if "paddlefleet_ops" not in sys.modules:
+        try:
+            __import__("paddlefleet_ops")
+        except Exception:  # noqa: BLE001
+            module = types.ModuleType("paddlefleet_ops")
+            module.is_deep_ep_available = lambda: False
+            sys.modules["paddlefleet_ops"] = module
+
+
+_install_paddlefleet_stand_ins()
 
 import paddleformers  # noqa: F401,E402
 import paddle  # noqa: E402
@@ -64,6 +98,7 @@ class Family:
     forward_paddle: Callable  # (model, inputs) -> numpy array
     runs_on_cpu: bool = True
     notes: str = ""
+    inferred: bool = False  # its fused layouts are inferred by running units: convert needs a mapping made once
 
 
 # ---------------------------------------------------------------- helpers
@@ -407,6 +442,97 @@ def _glm_ocr_vision():
                   notes="vision tower; output = merged patch features")
 
 
+# ---------------------------------------------------------------- noise on every tensor
+def _noisy(model, seed):
+    """Every floating tensor of ``model`` gets noise (norm weights near 1 and zero biases too): a transfer that
+    skips or swaps them cannot pass because both sides were initialised to the same constants."""
+    rng = np.random.default_rng(seed + 100)
+    if isinstance(model, torch.nn.Module):
+        with torch.no_grad():
+            for t in model.state_dict(keep_vars=True).values():
+                if t.is_floating_point():
+                    t.add_(torch.from_numpy(rng.standard_normal(tuple(t.shape)).astype("float32") * 0.05).to(t.dtype))
+    else:
+        for t in model.state_dict().values():
+            if t.dtype in (paddle.float32, paddle.float16, paddle.bfloat16):
+                t.set_value(t + paddle.to_tensor(rng.standard_normal(tuple(t.shape)).astype("float32") * 0.05,
+                                                 dtype=t.dtype))
+    return model
+
+
+# ---------------------------------------------------------------- Qwen2 / Qwen3 (dense)
+def _qwen_dense(version):
+    """PaddleFormers' eager Qwen2/Qwen3 (``*ForCausalLMDeprecated``): fused grouped ``qkv_proj`` (with bias for
+    Qwen2) and ``up_gate_proj``; no plugin registers them: the layouts are inferred (padiff_lite.layout_infer)."""
+    extra = {} if version == 2 else dict(head_dim=HEAD_DIM)
+    kw = dict(_COMMON, tie_word_embeddings=False, attention_dropout=0.0, **extra)
+
+    def tm(seed=0):
+        cls, cfg = ((transformers.Qwen2ForCausalLM, transformers.Qwen2Config) if version == 2
+                    else (transformers.Qwen3ForCausalLM, transformers.Qwen3Config))
+        return _noisy(_torch_build(cls, cfg(**kw, rope_parameters=_rope()), seed), seed)
+
+    def pm(seed=0):
+        import paddleformers.transformers as pt
+        cls, cfg = ((pt.Qwen2ForCausalLMDeprecated, pt.Qwen2Config) if version == 2
+                    else (pt.Qwen3ForCausalLMDeprecated, pt.Qwen3Config))
+        return _noisy(_paddle_build(cls, cfg(**kw, rope_theta=10000.0), seed), seed)
+
+    return Family(name=f"qwen{version}", torch_model=tm, paddle_model=pm, **_LM, inferred=True,
+                  notes=f"PaddleFormers' Qwen{version}ForCausalLMDeprecated (eager; imports with the paddlefleet "
+                        "stand-ins); qkv_proj grouped per KV head and up_gate_proj [gate | up] inferred by structure")
+
+
+# ---------------------------------------------------------------- MoE: Qwen2-MoE, Qwen3-MoE, DeepSeek-V3, GLM-4-MoE
+def _moe(name):
+    """transformers packs experts in ``experts.gate_up_proj [E, 2I, H]`` / ``experts.down_proj [E, H, I]``;
+    PaddleFormers keeps one module per expert (``up_gate_proj``, or ``gate_proj``/``up_proj`` for DeepSeek-V3).
+    Routers: transformers ``[E, H]``; PaddleFormers a Linear ``[H, E]`` (Qwen) or its router class ``[H, E]``
+    (DeepSeek-V3) or ``[E, H]`` (GLM-4-MoE). Config defaults that differ between the packages are set equal."""
+    import paddleformers.transformers as pt
+
+    experts = dict(num_experts_per_tok=MOE_K, moe_intermediate_size=MOE_INTER)
+    rope_t, rope_p = dict(rope_parameters=_rope()), dict(rope_theta=10000.0)
+    common = dict(_COMMON, tie_word_embeddings=False, attention_dropout=0.0)
+    if name == "qwen2_moe":
+        kw = dict(common, **experts, num_experts=MOE_EXPERTS, shared_expert_intermediate_size=48,
+                  norm_topk_prob=False, decoder_sparse_step=1, mlp_only_layers=[])
+        classes = (transformers.Qwen2MoeForCausalLM, transformers.Qwen2MoeConfig, pt.Qwen2MoeForCausalLMDeprecated,
+                   pt.Qwen2MoeConfig)
+    elif name == "qwen3_moe":
+        kw = dict(common, **experts, head_dim=HEAD_DIM, num_experts=MOE_EXPERTS, norm_topk_prob=True,
+                  decoder_sparse_step=1, mlp_only_layers=[])
+        classes = (transformers.Qwen3MoeForCausalLM, transformers.Qwen3MoeConfig, pt.Qwen3MoeForCausalLMDeprecated,
+                   pt.Qwen3MoeConfig)
+    elif name == "deepseek_v3":  # multi-head latent attention: as many key/value heads as heads
+        kw = dict(common, **experts, num_key_value_heads=HEADS, n_routed_experts=MOE_EXPERTS, n_shared_experts=1,
+                  first_k_dense_replace=1, n_group=1, topk_group=1, routed_scaling_factor=1.0, norm_topk_prob=True,
+                  kv_lora_rank=16, q_lora_rank=24, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16)
+        rope_p = dict(rope_theta=10000.0, rope_scaling=None, rope_parameters=dict(_rope(), factor=1.0),
+                      num_nextn_predict_layers=0)
+        classes = (transformers.DeepseekV3ForCausalLM, transformers.DeepseekV3Config, pt.DeepseekV3ForCausalLM,
+                   pt.DeepseekV3Config)
+    else:  # glm4_moe
+        kw = dict(common, **experts, head_dim=HEAD_DIM, n_routed_experts=MOE_EXPERTS, n_shared_experts=1,
+                  first_k_dense_replace=1, n_group=1, topk_group=1, routed_scaling_factor=1.0, norm_topk_prob=True,
+                  partial_rotary_factor=0.5)
+        rope_t = dict(rope_parameters=dict(_rope(), partial_rotary_factor=0.5))
+        rope_p = dict(rope_theta=10000.0, num_nextn_predict_layers=0)
+        classes = (transformers.Glm4MoeForCausalLM, transformers.Glm4MoeConfig, pt.Glm4MoeForCausalLMDeprecated,
+                   pt.Glm4MoeConfig)
+    t_cls, t_cfg, p_cls, p_cfg = classes
+
+    def tm(seed=0):
+        return _noisy(_torch_build(t_cls, t_cfg(**kw, **rope_t), seed), seed)
+
+    def pm(seed=0):
+        return _noisy(_paddle_build(p_cls, p_cfg(**kw, **rope_p), seed), seed)
+
+    return Family(name=name, torch_model=tm, paddle_model=pm, **_LM, inferred=True,
+                  notes=f"{MOE_EXPERTS} experts, top-{MOE_K}; packed experts, routers and fused q/k/v / gate/up "
+                        "layouts inferred by structure (no plugin)")
+
+
 # ---------------------------------------------------------------- registry
 FAMILIES = [
     _llama(tied=False),
@@ -421,5 +547,11 @@ FAMILIES = [
     _qwen3vl_text(),
     _glm_ocr_text(),
     _glm_ocr_vision(),
+    _qwen_dense(2),
+    _qwen_dense(3),
+    _moe("qwen2_moe"),
+    _moe("qwen3_moe"),
+    _moe("deepseek_v3"),
+    _moe("glm4_moe"),
 ]
 BY_NAME = {f.name: f for f in FAMILIES}

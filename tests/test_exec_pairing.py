@@ -356,3 +356,32 @@ def test_malformed_mapping_files_are_refused_with_the_fix(tmp_path):
         assign_weight(a, b, mapping={"layers": [{"base": "fc"}]})
     with pytest.raises(TypeError, match="takes mapping= or example_inputs=, not both"):
         assign_weight(a, b, mapping={}, example_inputs=inputs_for([CNN_INPUT])[0])
+
+
+@pytest.mark.parametrize("direction", ["torch->paddle", "paddle->torch"])
+def test_a_settings_mismatch_found_by_execution_is_named_with_both_paths(direction):
+    """Layers that execution pairs but a rule refuses for a setting weights cannot carry (BatchNorm eps) are reported as
+    that mismatch, naming both paths, not as two unpaired layers."""
+    import paddle
+    import torch
+
+    t = torch.nn.Sequential()
+    t.add_module("features", torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4, eps=1e-3)))
+
+    class Flat(paddle.nn.Layer):
+        def __init__(self):
+            super().__init__()
+            self.c, self.bn = paddle.nn.Conv2D(3, 4, 1), paddle.nn.BatchNorm2D(4)
+
+        def forward(self, x):
+            return self.bn(self.c(x))
+
+    p = Flat()
+    base, raw = (t, p) if direction == "torch->paddle" else (p, t)
+    with pytest.raises(TransferError) as err:
+        assign_weight(base, raw, example_inputs=np.ones((1, 3, 2, 2), "float32"))
+    msg = str(err.value)
+    pair = "features.1 (BatchNorm2d) -> bn (BatchNorm2D)" if direction == "torch->paddle" else \
+        "bn (BatchNorm2D) -> features.1 (BatchNorm2d)"
+    assert f"{pair}: BatchNorm2d.eps vs BatchNorm2D._epsilon differs: torch 0.001, paddle 1e-05" in msg
+    assert "unpaired" not in msg

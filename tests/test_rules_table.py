@@ -69,13 +69,13 @@ def _pairs_used_by_hf_families() -> set:
     import hf_families as hf
     import test_hf_ports
 
-    from padiff_lite import plan_transfer
+    from padiff_lite import layout_infer, plan_transfer
 
     assert test_hf_ports.DIRS == ["torch->paddle", "paddle->torch"]
     used = set()
     for family in hf.FAMILIES:
         for pair in plan_transfer(family.torch_model(0), family.paddle_model(0)).pairs:
-            if pair.entry is not None:
+            if pair.entry is not None and pair.entry.origin != layout_infer.ORIGIN:  # inferred: no registered rule
                 used.add((pair.entry.key.base_class, pair.entry.key.raw_class))
     return used
 

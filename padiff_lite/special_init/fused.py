@@ -5,17 +5,16 @@ register these functions for their class pairs. Every rule is called as ``rule(t
 paddle_layer)`` and serves both directions. Nothing here imports transformers or paddleformers: the
 rules read attributes and shapes only.
 
-- attention: transformers keeps ``q_proj/k_proj/v_proj``; PaddleFormers often fuses them into
-  ``qkv_proj`` with output features grouped per key/value head (the group's query heads, its key head,
-  its value head), bias likewise.
-- gated MLP: transformers keeps ``gate_proj/up_proj``; PaddleFormers often fuses ``up_gate_proj`` as
-  ``[gate | up]``.
+- :func:`layouts`: fused layouts named as data (q/k/v <-> ``qkv_proj`` grouped per key/value head, gate/up <->
+  ``up_gate_proj`` ``[gate | up]``); the groups are found by structure as :mod:`padiff_lite.layout_infer` finds
+  them, which infers the same layouts by running units where no rule names them.
+- :func:`packed_experts_moe`: ERNIE-4.5's MoE block (packed experts, router, its correction bias renamed).
 - everything else under the pair is copied by name, Linear weights transposed.
 """
 from __future__ import annotations
 
 from ..errors import TransferError
-from .maps import grouped_qkv, prefixed, stacked
+from .maps import prefixed
 from .registry import Map
 
 
@@ -56,53 +55,6 @@ def _has(module, name) -> bool:
     return getattr(module, name, None) is not None
 
 
-def _bias(linear) -> bool:
-    return getattr(linear, "bias", None) is not None
-
-
-def _head_dim(module) -> int:
-    d = getattr(module, "head_dim", None)
-    if d is None:
-        raise TransferError(f"{type(module).__name__} has no head_dim; cannot tell how its q/k/v heads are laid out")
-    return int(d)
-
-
-def attention(module, layer) -> list[Map]:
-    """transformers attention (q/k/v_proj) <-> PaddleFormers attention, fused grouped ``qkv_proj`` or split."""
-    fused = _has(layer, "qkv_proj") and not _has(module, "qkv_proj")
-    if not fused:
-        return same_names(module, layer)
-    d = _head_dim(module)
-    nh, nkv = module.q_proj.out_features // d, module.k_proj.out_features // d
-    want = (nh + 2 * nkv) * d
-    got = layer.qkv_proj.weight.shape[-1]
-    if got != want:
-        raise TransferError(
-            f"paddle qkv_proj has {got} output features but torch q/k/v_proj give {nh} query and {nkv} key/value heads "
-            f"of {d} ({want} features); build both models with the same heads and head_dim")
-    maps = []
-    for name, part in zip(("q_proj", "k_proj", "v_proj"), grouped_qkv(nh, nkv, d)):
-        maps.append(Map(f"{name}.weight", "qkv_proj.weight", "transpose", dst_part=part))
-        if _bias(getattr(module, name)) or _bias(layer.qkv_proj):
-            maps.append(Map(f"{name}.bias", "qkv_proj.bias", dst_part=part))
-    return maps + same_names(module, layer, skip=("q_proj", "k_proj", "v_proj", "qkv_proj"))
-
-
-def gated_mlp(module, layer) -> list[Map]:
-    """transformers gate_proj/up_proj <-> PaddleFormers ``up_gate_proj`` ([gate | up]) or the same split."""
-    fused = _has(layer, "up_gate_proj") and _has(module, "gate_proj")
-    if not fused:
-        return same_names(module, layer)
-    n = module.gate_proj.out_features
-    gate, up = stacked(n, n)
-    maps = []
-    for name, part in (("gate_proj", gate), ("up_proj", up)):
-        maps.append(Map(f"{name}.weight", "up_gate_proj.weight", "transpose", dst_part=part))
-        if _bias(getattr(module, name)) or _bias(layer.up_gate_proj):
-            maps.append(Map(f"{name}.bias", "up_gate_proj.bias", dst_part=part))
-    return maps + same_names(module, layer, skip=("gate_proj", "up_proj", "up_gate_proj"))
-
-
 def packed_experts_moe(module, layer) -> list[Map]:
     """transformers MoE block with experts packed in 3-D tensors <-> PaddleFormers' one module per expert.
 
@@ -127,8 +79,67 @@ def packed_experts_moe(module, layer) -> list[Map]:
     if _has(module.gate, "moe_statics") or _has(layer, "moe_statics"):
         maps.append(Map("gate.moe_statics.e_score_correction_bias", "moe_statics.e_score_correction_bias"))
     if _has(module, "shared_experts") and _has(layer, "shared_experts"):
-        maps += prefixed("shared_experts.", "shared_experts.", gated_mlp(module.shared_experts, layer.shared_experts))
+        maps += prefixed("shared_experts.", "shared_experts.",
+                         layouts(gate_up="[gate | up]")(module.shared_experts, layer.shared_experts))
     return maps
+
+
+def _child_linears(module, paddle_side: bool) -> list:
+    """The direct children of ``module`` that are plain projections (2-D ``weight``, maybe ``bias``), as
+    layout_infer's ``Linear``: names and sizes only (models without storage have shapes too)."""
+    from ..layout_infer import Linear
+
+    out = []
+    for name, child in module.named_children():
+        w = getattr(child, "weight", None)
+        if w is None or len(w.shape) != 2:
+            continue
+        transposed = paddle_side and _is_linear(child)
+        out_f, in_f = (w.shape[1], w.shape[0]) if transposed else (w.shape[0], w.shape[1])
+        out.append(Linear(name, None, int(out_f), int(in_f), getattr(child, "bias", None) is not None, transposed))
+    return out
+
+
+def layouts(**chosen):
+    """A mapping rule that *names* fused layouts, as data: ``layouts(qkv="grouped per KV head", gate_up="[gate | up]")``.
+
+    The groups (q/k/v against one projection, gate/up against one) are found by structure as
+    :mod:`padiff_lite.layout_infer` finds them, and the candidate whose name starts with the given text is taken
+    (no run needed: a registered layout works where nothing can run, e.g. checkpoint conversion). A pair where
+    neither side fuses is copied by name. Everything else under the pair: by name, Linear weights transposed."""
+    def rule(module, layer) -> list[Map]:
+        # imported when used: layout_infer imports this package, whose plugins call layouts() at import
+        from ..layout_infer import (GATE_UP_ROLES, QKV_ROLES, gate_up_candidates, is_fused_gate_up, is_fused_qkv,
+                                    match_roles, qkv_candidates)
+
+        kinds = {"qkv": (QKV_ROLES, is_fused_qkv), "gate_up": (GATE_UP_ROLES, is_fused_gate_up)}
+        lt, lp = _child_linears(module, False), _child_linears(layer, True)
+        maps, used = [], []
+        for kind, want in chosen.items():
+            roles, is_fused = kinds[kind]
+            for split_side, fused_side, split_is_base in ((lt, lp, True), (lp, lt, False)):
+                split = match_roles(split_side, roles)
+                fused = [x for x in fused_side if is_fused(x.name)]
+                if split is not None and len(fused) == 1:
+                    break
+            else:
+                continue  # not fused on either side here: copied by name
+            parts, f = [split[r] for r in roles], fused[0]
+            if any(p.inp != f.inp for p in parts) or sum(p.out for p in parts) != f.out:
+                raise TransferError(f"{'/'.join(p.name for p in parts)} ({sum(p.out for p in parts)} output features) "
+                                    f"do not add up to {f.name} ({f.out}); build both models with the same sizes")
+            cands = (qkv_candidates(*parts, f, split_is_base, (module, layer)) if kind == "qkv"
+                     else gate_up_candidates(*parts, f, split_is_base))
+            cand = next((c for c in cands if c.name.startswith(want)), None)
+            if cand is None:
+                raise TransferError(f"{f.name}: no {want!r} layout fits these shapes (the shapes allow "
+                                    f"{'; '.join(c.name for c in cands)})")
+            maps += cand.maps
+            used += [p.name for p in parts] + [f.name]
+        return maps + same_names(module, layer, skip=tuple(used))
+
+    rule.__qualname__ = rule.__name__ = "layouts(" + ", ".join(f"{k}={v!r}" for k, v in chosen.items()) + ")"
+    return rule
 
 
 def register_pairs(pool, rule, pairs, note: str):

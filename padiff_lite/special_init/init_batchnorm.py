@@ -47,3 +47,30 @@ for _t, _p in [("BatchNorm1d", "BatchNorm1D"), ("BatchNorm2d", "BatchNorm2D"), (
         "torch", _t, "paddle", _p, caveat=CAVEAT,
         note="running_mean/running_var <-> _mean/_variance; num_batches_tracked dropped; affine=False <-> "
              "weight 1/bias 0; track_running_stats=False <-> use_global_stats=False")(batchnorm)
+
+
+def legacy_batchnorm(module, layer):
+    """torch BatchNorm*d <-> paddle's legacy ``paddle.nn.BatchNorm`` (``act=``, ``param_attr``, ``moving_mean_name``
+    ...): the same tensors as ``_mean``/``_variance``. In eval the legacy layer always normalises with its running
+    statistics (``is_test``), whatever ``use_global_stats``; torch does only when it tracks them."""
+    from ..errors import TransferError
+
+    if module.running_mean is None:
+        raise TransferError(f"torch {type(module).__name__}(track_running_stats=False) normalises with batch "
+                            f"statistics in eval, paddle's legacy {type(layer).__name__} with its running statistics; "
+                            "build torch with track_running_stats=True, or paddle with BatchNorm2D(use_global_stats=False)")
+    require_same_eps(module, layer)
+    maps = [Map("running_mean", "_mean"), Map("running_var", "_variance"), Map("num_batches_tracked", None)]
+    maps += optional("weight", "weight", has(module, "weight"), has(layer, "weight"), 1.0)
+    maps += optional("bias", "bias", has(module, "bias"), has(layer, "bias"), 0.0)
+    return maps
+
+
+LEGACY_ACT = (CAVEAT + "; a legacy paddle BatchNorm built with act= applies its act= activation to its own output: its "
+              "outputs are those of the torch BatchNorm followed by that activation (compare them after it)")
+
+for _t in ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d"):
+    init_pool.register_maps(
+        "torch", _t, "paddle", "BatchNorm", caveat=LEGACY_ACT,
+        note="legacy paddle.nn.BatchNorm (act=, param_attr, moving_mean_name): running_mean/running_var <-> "
+             "_mean/_variance; num_batches_tracked dropped; affine=False <-> weight 1/bias 0")(legacy_batchnorm)

@@ -1,4 +1,6 @@
 """BatchNorm1d/2d/3d and SyncBatchNorm: running statistics, affine on/off, track_running_stats on/off."""
+import itertools
+
 import pytest
 
 from layer_models import SPATIAL, Case, between, cases_param, conv_between, net, nn, randomize, run_case
@@ -26,6 +28,30 @@ for d in (1, 2, 3):
                               (f"BatchNorm{d}d", f"BatchNorm{d}D"), warm=track))
 CASES.append(Case("BatchNorm1d-2d-input", between(bn(1, True, True), 5, 3, d_mid=6), [(8, 5)],
                   ("BatchNorm1d", "BatchNorm1D"), warm=True))
+
+
+_NAMES = itertools.count()
+
+
+def legacy_bn(d):
+    """paddle's legacy ``paddle.nn.BatchNorm`` (named statistics, as paddle.vision's DenseNet builds it) against
+    torch BatchNorm{d}d; the activation stays outside on both sides here (``act=`` has a test of its own)."""
+    def make(fw):
+        if fw == "torch":
+            return randomize(fw, getattr(nn(fw), f"BatchNorm{d}d")(6))
+        import paddle
+
+        n = next(_NAMES)  # paddle refuses a parameter name used before in the process
+        return randomize(fw, paddle.nn.BatchNorm(6, param_attr=paddle.ParamAttr(name=f"legacy_bn{n}_scale"),
+                                                 moving_mean_name=f"legacy_bn{n}_mean",
+                                                 moving_variance_name=f"legacy_bn{n}_var"))
+
+    return make
+
+
+for d in (1, 2, 3):
+    CASES.append(Case(f"BatchNorm{d}d-legacy", conv_between(legacy_bn(d), d, 6), [(4, 3) + SPATIAL[d]],
+                      (f"BatchNorm{d}d", "BatchNorm"), warm=True))
 
 
 def _sync_bn_forward(self, x):
@@ -81,3 +107,22 @@ def test_mismatched_statistics_settings_are_refused(torch_tracks):
     with pytest.raises(TransferError) as e:
         assign_weight(a, b)
     assert "use_global_stats" in str(e.value) and "track_running_stats" in str(e.value)
+
+
+def test_legacy_batchnorm_with_act_ports_and_says_so():
+    """paddle.nn.BatchNorm(act="relu") (paddle.vision's DenseNet) <-> torch BatchNorm2d followed by ReLU."""
+    import numpy as np
+    import paddle
+    import torch
+
+    t = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 1), torch.nn.BatchNorm2d(6), torch.nn.ReLU()).eval()
+    p = paddle.nn.Sequential(paddle.nn.Conv2D(3, 6, 1), paddle.nn.BatchNorm(6, act="relu"))
+    p.eval()
+    randomize("paddle", p[1])
+    p[1]._variance.set_value(np.random.default_rng(2).uniform(0.5, 2, 6).astype("float32"))
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 4)).astype("float32")
+    report = assign_weight(p, t)
+    out_t, out_p = t(torch.from_numpy(x)).detach().numpy(), p(paddle.to_tensor(x)).numpy()
+    assert np.abs(out_t - out_p).max() < 1e-5 and out_t.min() == 0.0  # the ReLU cut something
+    assert any("applies its act= activation" in n for n in report.notes), report.notes
+    assert any("momentum" in n for n in assign_weight(t, p).notes)

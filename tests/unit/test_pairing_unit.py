@@ -115,3 +115,25 @@ def test_keep_empty_pairs_modules_without_tensors_for_comparison_only(pool):
     assert how(pairing) == [("fc", "fc", "name")]  # what a transfer plans
     assert [(p.base.path, p.raw.path, p.how) for p in pairing.matched] == [
         ("", "", "root"), ("fc", "fc", "name"), ("act", "tanh", "order")]
+
+
+def test_a_fused_group_among_leftovers_is_one_pair_with_its_candidate_layouts(pool):
+    """q/k/v against one qkv_proj and gate/up against up_gate_proj, recognised by names and shapes (layout_infer):
+    one pair per group (the parents restricted to it), its candidates listed; the rest pairs by name."""
+    attn = module("Attn", q_proj=lin(16, 32), k_proj=lin(16, 16), v_proj=lin(16, 16), o_proj=lin(32, 16))
+    fused = module("Attn", qkv_proj=module("Linear", weight=tensor(16, 64), bias=tensor(64)), o_proj=lin(32, 16))
+    mlp = module("Mlp", gate_proj=lin(8, 6), up_proj=lin(8, 6))
+    fmlp = module("Mlp", up_gate_proj=module("Linear", weight=tensor(8, 12), bias=tensor(12)))
+    pairing = pair(module("Net", attn=attn, mlp=mlp), module("Net", attn=fused, mlp=fmlp), pool)
+    assert not pairing.unpaired
+    assert how(pairing) == [("attn.o_proj", "attn.o_proj", "name"), ("attn", "attn", "inferred"),
+                            ("mlp", "mlp", "inferred")]
+    qkv, gate_up = pairing.pairs[1].entry, pairing.pairs[2].entry
+    assert qkv.what == "q_proj/k_proj/v_proj <-> qkv_proj"
+    # no head counts on the modules: every head size the shapes allow (8: 4 heads, 2 KV heads; 16 is concatenation)
+    assert [c.name for c in qkv.candidates] == [
+        "concatenated [q | k | v]", "grouped per KV head [q heads | k | v] (4 heads, 2 KV heads, head_dim 8)"]
+    assert [c.name for c in gate_up.candidates] == ["[gate | up]", "[up | gate]",
+                                                    "interleaved [gate0, up0, gate1, up1, ...]"]
+    assert sorted(pairing.pairs[1].base.subtree_tensors()) == ["k_proj.bias", "k_proj.weight", "q_proj.bias",
+                                                               "q_proj.weight", "v_proj.bias", "v_proj.weight"]
