@@ -96,6 +96,17 @@ def test_a_spoiled_fused_weight_is_located_in_its_unit(direction):
     assert f.inputs_agree is False
     assert all(ld.ok for ld in result.layers if ld.order < f.order)
     assert any(ld.base_path == "model.layers.0.self_attn" for ld in result.layers if ld.order < f.order)
+    # ... and the weights the transfer would have written name the spoiled part itself, and nothing else
+    [w] = result.weight_diffs
+    if direction == "torch->paddle":
+        assert (w.base_param, w.raw_param) == ("model.layers.1.self_attn.v_proj.weight",
+                                               "model.layers.1.self_attn.qkv_proj.weight")
+        assert w.note == "transposed, raw part [48:64,112:128 dim 1]" and 1000 <= w.mismatched <= 1024  # group 1 of 2: half
+    else:
+        assert (w.base_param, w.raw_param) == ("model.layers.1.self_attn.qkv_proj.weight",
+                                               "model.layers.1.self_attn.v_proj.weight")
+        assert w.note == "base part [48:64,112:128 dim 1], transposed" and 0 < w.mismatched <= 1024
+    assert any(f"raw {w.raw_param}" in n and "does not hold base" in n for n in result.notes)
 
 
 # -- small hand-made units: layouts the shapes cannot tell, told (or not) by running --------------------------

@@ -103,7 +103,19 @@ def auto_diff(base, raw, inputs, *, atol: float | None = None, rtol: float | Non
         base.adapter.clear_grads(base.model)
         raw.adapter.clear_grads(raw.model)
     records = [run_step(setup, s, side) for s, side in enumerate(sides)]
-    return _result(setup, records, report, pairing, {i for i, _ in hooked[0]}, plan)
+    result = _result(setup, records, report, pairing, {i for i, _ in hooked[0]}, plan)
+    if not result.ok and not training:  # which weights explain it, named to the part of a fused/packed tensor
+        from .mapped import differing_weights
+
+        plan = plan if plan is not None else build_plan(base, raw, pool, mapping=mapping)
+        result.weight_diffs = differing_weights(plan, tol)
+        for w in result.weight_diffs[:5]:
+            result.notes.append(f"raw {w.raw_param}{' ' + w.note if w.note else ''} does not hold base "
+                                f"{w.base_param} as the transfer maps it: max abs diff {w.max_abs_diff:.3g}, "
+                                f"{w.mismatched} of {w.total} values")
+        if len(result.weight_diffs) > 5:
+            result.notes.append(f"... and {len(result.weight_diffs) - 5} more tensors (result.weight_diffs)")
+    return result
 
 
 def _hooked(pairs):

@@ -107,3 +107,32 @@ def imperative_note(plan) -> str | None:
         return None
     names = ", ".join(label(p.base.path) for p in plan.imperative)
     return f"gradients and weights not compared for layers transferred by an imperative special init: {names}"
+
+
+def differing_weights(plan, tol: Tolerance) -> list:
+    """Every planned copy whose raw region does not hold what the plan would write from base's current value (the
+    part of a fused or packed tensor included): the weights that explain a difference, named to the part. Used
+    when outputs differ, so a spoiled ``qkv_proj`` rows block is named, not the next layer that could be compared."""
+    ba, ra = plan.base.adapter, plan.raw.adapter
+    found = []
+    for op in plan.ops:
+        if op.kind is not COPY:
+            continue
+        b, r = ba.snapshot(op.src.tensor), ra.snapshot(op.dst.tensor)
+        if b is None or r is None:
+            continue
+        if op.dst_part is not None:
+            r = _raw_part(r, op)
+        mapped, note = to_raw_layout(b, op, r.shape)
+        if mapped.shape != r.shape:
+            continue
+        if op.dst_part is not None:
+            note.append(f"raw part {op.dst_part}")
+        f = compare(mapped, r, tol)
+        if f.mismatched:
+            pair = op.pair
+            found.append(WeightDiff(pair.base.path, pair.raw.path, type(pair.base.module).__name__,
+                                    type(pair.raw.module).__name__, op.src.path, op.dst.path, tuple(b.shape),
+                                    tuple(r.shape), f.max_abs, f.max_rel, f.mismatched, f.total, ", ".join(note),
+                                    f.scale, f.norm_rel))
+    return found

@@ -170,6 +170,9 @@ class DiffResult:
     step: int | None = None  # index of the first step where something differs
     stage: str | None = None  # "forward" | "loss" | "backward" | "optimizer": where, in that step
     first_weight_diff: WeightDiff | None = None
+    # when the outputs differ (no training): planned copies whose raw region does not hold base's value as the
+    # transfer maps it, each named to its part (rows of a fused qkv_proj, an expert of a packed tensor)
+    weight_diffs: list[WeightDiff] = field(default_factory=list)
 
     def to_html(self, path) -> str:
         """Write one self-contained HTML page (model tree, per-layer chart, steps) to ``path``; returns the path."""
