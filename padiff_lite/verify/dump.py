@@ -176,12 +176,14 @@ def describe(model, framework: str, lists: dict | None = None) -> dict:
 
 
 def lists_of(proxy) -> dict:
-    """A ProxyModel's black and white lists as {dotted path: mode}."""
+    """A ProxyModel's black and white lists as {dotted path: mode}, and its layer map as dotted paths."""
     if proxy is None:
         return {"white": {}, "black": {}}
     index = {id(m): p for p, m in named_modules(proxy.model, proxy.framework)}
     return {"white": {index[i]: m for i, m in proxy.white_list.items() if i in index},
-            "black": {index[i]: m for i, m in proxy.black_list.items() if i in index}}
+            "black": {index[i]: m for i, m in proxy.black_list.items() if i in index},
+            "layer_map": [index[id(m)] for m in proxy.layer_map if id(m) in index],
+            "layer_map_auto": bool(proxy.layer_map_auto)}
 
 
 def unwrap(model):
