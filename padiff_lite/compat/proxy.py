@@ -49,6 +49,36 @@ class Report:
         return out
 
 
+class ProxyParam:
+    """PaDiff's view of a parameter: values and gradient as numpy arrays."""
+
+    def __init__(self, param, framework: str):
+        self.param, self.param_type = param, framework
+
+    def numpy(self):
+        return _dump.to_numpy(self.param)
+
+    def shape(self):
+        return list(self.param.shape)
+
+    def grad(self):
+        g = self.param.grad
+        return None if g is None else _dump.to_numpy(g)
+
+    def main_grad(self):
+        g = getattr(self.param, "main_grad", None)
+        return None if g is None or callable(g) else _dump.to_numpy(g)
+
+    def set_data(self, np_value):
+        if self.param_type == "torch":
+            import torch
+
+            with torch.no_grad():
+                self.param.copy_(torch.as_tensor(np_value, dtype=self.param.dtype))
+        else:
+            self.param.set_value(np_value.astype(self.numpy().dtype, copy=False))
+
+
 class ProxyModel(_LiteProxy):
     def __init__(self, model, name=None, dump_freq=1):
         self._black: dict = {}
@@ -157,11 +187,16 @@ class ProxyModel(_LiteProxy):
         dump_grads(self, dump_path or self._default_path())
 
     # -- what PaDiff's ProxyModel passes through --------------------------------------------------------------
-    def parameters(self, *args, **kwargs):
-        return self.model.parameters(*args, **kwargs)
+    def named_parameters(self, recursively=True):
+        """(name, :class:`ProxyParam`) of the model's parameters (PaDiff's ProxyModel gives wrapped parameters)."""
+        if self.framework == "torch":
+            items = self.model.named_parameters(recurse=recursively)
+        else:
+            items = self.model.named_parameters(include_sublayers=recursively)
+        return [(n, ProxyParam(p, self.framework)) for n, p in items]
 
-    def named_parameters(self, *args, **kwargs):
-        return self.model.named_parameters(*args, **kwargs)
+    def parameters(self, recursively=True):
+        return [p for _, p in self.named_parameters(recursively)]
 
     def to(self, device):
         self.model.to(device)

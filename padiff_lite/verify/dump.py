@@ -304,6 +304,7 @@ class Call:
     classes: list
     call: int  # how many calls of this module came before
     end: int = -1  # when the call finished (children finish before their parents)
+    api: bool = False  # a call of a framework function (PADIFF_API_CHECK), not of a module
     outputs: list = field(default_factory=list)  # [(where, numpy array, dtype name)]
     grads: dict = field(default_factory=dict)  # output index -> numpy gradient
 
@@ -327,6 +328,9 @@ def _flatten(obj, where="", out=None, is_tensor=None):
     return out
 
 
+ACTIVE: list = []  # recorders attached now (a function wrapper records into them: padiff_lite.compat.api_check)
+
+
 class Recorder:
     """Records every module call of ``model`` while active (``with recorder:``), and the gradients that reach each
     call's outputs when a backward runs; :meth:`write` writes them as ``report.json`` + ``report.safetensors``.
@@ -341,6 +345,7 @@ class Recorder:
         self._counts: dict[int, int] = {}
         self._open: dict[int, list[Call]] = {}
         self._ended = 0
+        self._stack: list = []  # [(call, module)] of the calls running now, innermost last
         self._handles: list = []
         self._paths = None
 
@@ -354,6 +359,7 @@ class Recorder:
     def attach(self):
         if self._handles:
             return
+        ACTIVE.append(self)
         self._paths = named_modules(self.model, self.framework)
         for path, mod in self._paths:
             pre, post = self._pre(path, mod), self._post(mod)
@@ -366,9 +372,11 @@ class Recorder:
         for h in self._handles:
             h.remove()
         self._handles = []
+        if self in ACTIVE:
+            ACTIVE.remove(self)
 
     def clear(self):
-        self.calls, self._counts, self._open, self._ended = [], {}, {}, 0
+        self.calls, self._counts, self._open, self._ended, self._stack = [], {}, {}, 0, []
 
     def _pre(self, path, mod):
         classes = class_names(mod)
@@ -379,26 +387,53 @@ class Recorder:
             call = Call(len(self.calls), path, classes, k)
             self.calls.append(call)
             self._open.setdefault(id(mod), []).append(call)
+            self._stack.append((call, mod))
 
         return hook
 
     def _post(self, mod):
-        is_tensor = self._is_tensor
-
         def hook(_m, _inputs, output):
             stack = self._open.get(id(mod))
             if not stack:
                 return None
             call = stack.pop()
-            call.end = self._ended
-            self._ended += 1
-            for i, (where, t) in enumerate(_flatten(output, is_tensor=is_tensor)):
-                call.outputs.append((where, to_numpy(t), _dtype_name(t)))
-                if self.grads:
-                    self._hook_grad(t, call, i)
+            for j in range(len(self._stack) - 1, -1, -1):
+                if self._stack[j][0] is call:
+                    del self._stack[j]
+                    break
+            self._finish(call, output)
             return None
 
         return hook
+
+    def _finish(self, call: Call, output):
+        call.end = self._ended
+        self._ended += 1
+        for i, (where, t) in enumerate(_flatten(output, is_tensor=self._is_tensor)):
+            call.outputs.append((where, to_numpy(t), _dtype_name(t)))
+            if self.grads:
+                self._hook_grad(t, call, i)
+
+    def inside_own_module(self) -> str | None:
+        """The dotted path of the innermost running module when it is one of the model's own classes (not a
+        layer of the framework itself, whose inner function calls are not recorded), else None."""
+        if not self._stack:
+            return None
+        call, mod = self._stack[-1]
+        return None if type(mod).__module__.split(".")[0] in ("torch", "paddle") else call.path
+
+    def record_api(self, name: str, output):
+        """Record a call of the framework function ``name`` that returned ``output``."""
+        parent = self.inside_own_module()
+        if parent is None:
+            return
+        key = ("api", parent, name)
+        k = self._counts.get(key, 0)
+        self._counts[key] = k + 1
+        call = Call(len(self.calls), f"{parent}:{name}" if parent else f":{name}", [name.rsplit(".", 1)[-1]], k,
+                    api=True)
+        self.calls.append(call)
+        self._finish(call, output)
 
     def _is_tensor(self, obj) -> bool:
         fw = sys.modules[self.framework]
@@ -436,7 +471,8 @@ class Recorder:
                     gkey = f"call{c.order}.grad{i}"
                     entries.append((gkey, str(g.dtype), g.shape, (lambda a=g: a)))
                 outs.append({"where": where, "key": key, "shape": list(arr.shape), "dtype": dtype, "grad": gkey})
-            calls.append({"order": c.order, "end": c.end, "path": c.path, "class": c.classes[0], "call": c.call, "outputs": outs})
+            calls.append({"order": c.order, "end": c.end, "path": c.path, "class": c.classes[0], "call": c.call,
+                          "api": c.api, "outputs": outs})
         for key, dtype, _, _ in entries:
             if dtype not in _ST:
                 raise DumpError(f"output {key} has dtype {dtype}, which safetensors cannot hold")

@@ -465,8 +465,8 @@ class _Leaf:
                                f"the base side and {len(cr)} on the raw side; the extra calls were not compared")
         on_b = {p.path for p in _nodes_on(pairing, "base")}
         on_r = {p.path for p in _nodes_on(pairing, "raw")}
-        left_b = [c for c in db.meta["calls"] if c["path"] not in done_b and c["path"] in on_b]
-        left_r = [c for c in dr.meta["calls"] if c["path"] not in done_r and c["path"] in on_r]
+        left_b = [c for c in db.meta["calls"] if c.get("api") or (c["path"] not in done_b and c["path"] in on_b)]
+        left_r = [c for c in dr.meta["calls"] if c.get("api") or (c["path"] not in done_r and c["path"] in on_r)]
         extra, lost = _by_order(left_b, left_r)
         matched += extra
         if lost:
