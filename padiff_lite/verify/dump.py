@@ -60,10 +60,9 @@ def rank_of(framework: str | None = None) -> int:
     """This process's rank: the framework's distributed environment when it is initialised, else the RANK or
     PADDLE_TRAINER_ID environment variable, else 0."""
     if framework == "paddle" and "paddle" in sys.modules:
-        try:
-            return int(sys.modules["paddle"].distributed.get_rank())
-        except Exception:  # noqa: BLE001 - no distributed environment: fall back to the variables
-            pass
+        dist = sys.modules["paddle"].distributed
+        if getattr(dist, "is_initialized", lambda: False)():
+            return int(dist.get_rank())
     if framework == "torch" and "torch" in sys.modules:
         dist = sys.modules["torch"].distributed
         if dist.is_available() and dist.is_initialized():
@@ -481,6 +480,49 @@ class Recorder:
         data = _header("report", structure, step, rank, name or (proxy.name if proxy is not None else None))
         data["calls"] = calls
         _write_json(folder / "report.json", data)
+        return folder
+
+
+class Dumper:
+    """The offline workflow for one model in one process::
+
+        dumper = Dumper(model, "dumps/torch")
+        for batch in loader:
+            with dumper.record():              # module calls, and gradients reaching their outputs
+                loss = loss_fn(model(batch)); loss.backward()
+            dumper.dump()                      # dumps/torch/step_N/rank_M: report, weights, gradients
+            optimizer.step(); optimizer.zero_grad()
+
+    ``every``: dump every n-th step only (the others are not recorded). ``rank``: default :func:`rank_of`."""
+
+    def __init__(self, model, root, *, name=None, every: int = 1, rank: int | None = None):
+        self.module, self.proxy = unwrap(model)
+        self.framework = framework_of(self.module)
+        self.root, self.name, self.every, self.rank = Path(root), name, int(every), rank
+        if self.every < 1:
+            raise ValueError(f"every must be 1 or more, got {every!r}")
+        self.step = 0
+        self.recorder = Recorder(self.module, self.framework)
+
+    def record(self):
+        """A context manager recording this step's calls (nothing on a step that is not dumped)."""
+        import contextlib
+
+        return self.recorder if self.step % self.every == 0 else contextlib.nullcontext()
+
+    def dump(self) -> Path | None:
+        """Write this step's report, weights and gradients (on a dumped step) and count the step."""
+        folder = None
+        if self.step % self.every == 0:
+            rank = rank_of(self.framework) if self.rank is None else self.rank
+            folder = step_folder(self.root, self.step, rank)
+            model = self.proxy if self.proxy is not None else self.module
+            kw = dict(step=self.step, rank=rank, name=self.name)
+            self.recorder.write(folder, proxy=self.proxy, **kw)
+            dump_weights(model, folder, **kw)
+            dump_grads(model, folder, **kw)
+        self.recorder.clear()
+        self.step += 1
         return folder
 
 
