@@ -579,11 +579,15 @@ def leaf_folders(path) -> dict[tuple, Path]:
     path = Path(path)
     if not path.is_dir():
         raise DumpError(f"{path}: no such dump folder")
+    own_step = _STEP.match(path.name)  # the path is itself a step folder (or a rank folder of one)
+    own_rank = _RANK.match(path.name)
+    if own_rank and not own_step:
+        own_step = _STEP.match(path.parent.name)
     steps = sorted((int(m.group(1)), p) for p in path.iterdir() if p.is_dir() and (m := _STEP.match(p.name)))
     out = {}
-    for step, folder in steps or [(None, path)]:
+    for step, folder in steps or [(int(own_step.group(1)) if own_step else None, path)]:
         ranks = sorted((int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := _RANK.match(p.name)))
-        for rank, leaf in ranks or [(None, folder)]:
+        for rank, leaf in ranks or [(int(own_rank.group(1)) if own_rank else None, folder)]:
             out[(step, rank)] = leaf
     return out
 
