@@ -154,7 +154,7 @@ def test_default_loss_is_the_mean():
     assert float(default_loss(pair, "paddle")) == pytest.approx(float((x.mean() + 2 * x.mean()) / 2), rel=1e-5)
 
 
-def test_api_check_records_functional_calls_in_a_models_own_forward():
+def test_api_check_records_functional_calls_in_a_models_own_forward(tmp_path):
     code = r'''
 import json, os, sys
 os.environ["PADIFF_API_CHECK"] = "ON"
@@ -172,7 +172,7 @@ print(json.dumps([[c.path, c.classes[0]] for c in m.recorder.calls] + [len(m.rep
     import json
     import subprocess
 
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
                        env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert p.returncode == 0, p.stderr[-2000:]
     assert json.loads(p.stdout.strip().splitlines()[-1]) == [

@@ -11,7 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from padiff_lite.errors import DumpError
@@ -23,8 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 TRAIN = r'''
 import json, sys
 import numpy as np
-fw, root, spoil = sys.argv[1], sys.argv[2], sys.argv[3] == "spoil"
 from padiff_lite.verify.dump import Dumper
+fw = sys.argv[1]
 rng = np.random.default_rng(0)
 W = {k: rng.standard_normal(s).astype("float32") * 0.3 for k, s in
      [("fc1.w", (16, 8)), ("fc1.b", (16,)), ("block.fc2.w", (16, 16)), ("block.fc2.b", (16,)), ("head.w", (4, 16))]}
@@ -40,14 +39,14 @@ if fw == "torch":
         def __init__(s):
             super().__init__(); s.fc1 = nn.Linear(8, 16); s.relu = nn.ReLU(); s.block = Block(); s.head = nn.Linear(16, 4, bias=False)
         def forward(s, x): return s.head(s.block(s.relu(s.fc1(x))))
-    m = Net()
-    with torch.no_grad():
-        for mod, k in ((m.fc1, "fc1"), (m.block.fc2, "block.fc2"), (m.head, "head")):
-            mod.weight.copy_(torch.tensor(W[k + ".w"]))
-            if mod.bias is not None:
-                mod.bias.copy_(torch.tensor(W[k + ".b"]))
-    opt = torch.optim.SGD(m.parameters(), lr=0.1)
-    inp = torch.tensor(x)
+    def build():
+        m = Net()
+        with torch.no_grad():
+            for mod, k in ((m.fc1, "fc1"), (m.block.fc2, "block.fc2"), (m.head, "head")):
+                mod.weight.copy_(torch.tensor(W[k + ".w"]))
+                if mod.bias is not None:
+                    mod.bias.copy_(torch.tensor(W[k + ".b"]))
+        return m, torch.optim.SGD(m.parameters(), lr=0.1), torch.tensor(x)
 else:
     import paddle
     nn = paddle.nn
@@ -59,23 +58,25 @@ else:
         def __init__(s):
             super().__init__(); s.fc1 = nn.Linear(8, 16); s.relu = nn.ReLU(); s.block = Block(); s.head = nn.Linear(16, 4, bias_attr=False)
         def forward(s, x): return s.head(s.block(s.relu(s.fc1(x))))
-    m = Net()
-    for mod, k in ((m.fc1, "fc1"), (m.block.fc2, "block.fc2"), (m.head, "head")):
-        mod.weight.set_value(W[k + ".w"].T.copy())
-        if mod.bias is not None:
-            mod.bias.set_value(W[k + ".b"])
-    opt = paddle.optimizer.SGD(learning_rate=0.1, parameters=m.parameters())
-    inp = paddle.to_tensor(x)
-d = Dumper(m, root)
-for step in range(2):
-    if spoil and step == 1:  # a wrong weight appears before the second step
-        m.block.fc2.weight.set_value(m.block.fc2.weight.numpy() * 1.05)
-    with d.record():
-        loss = m(inp).mean()
-        loss.backward()
-    d.dump()
-    opt.step()
-    opt.clear_grad() if fw == "paddle" else opt.zero_grad()
+    def build():
+        m = Net()
+        for mod, k in ((m.fc1, "fc1"), (m.block.fc2, "block.fc2"), (m.head, "head")):
+            mod.weight.set_value(W[k + ".w"].T.copy())
+            if mod.bias is not None:
+                mod.bias.set_value(W[k + ".b"])
+        return m, paddle.optimizer.SGD(learning_rate=0.1, parameters=m.parameters()), paddle.to_tensor(x)
+for root, spoil in zip(sys.argv[2::2], sys.argv[3::2]):
+    m, opt, inp = build()
+    d = Dumper(m, root)
+    for step in range(2):
+        if spoil == "spoil" and step == 1:  # a wrong weight appears before the second step
+            m.block.fc2.weight.set_value(m.block.fc2.weight.numpy() * 1.05)
+        with d.record():
+            loss = m(inp).mean()
+            loss.backward()
+        d.dump()
+        opt.step()
+        opt.clear_grad() if fw == "paddle" else opt.zero_grad()
 print(json.dumps(sorted(k for k in ("torch", "paddle") if k in sys.modules)))
 '''
 
@@ -99,17 +100,16 @@ def _run(code, *args, env=None):
 def dumps(tmp_path_factory):
     root = tmp_path_factory.mktemp("dumps")
     env = {"RANK": "1"}
-    imported = {
+    imported = {  # the paddle process dumps a correct port and one whose weight is spoiled at step 1
         "torch": _run(TRAIN, "torch", root / "torch", "-", env=env),
-        "paddle": _run(TRAIN, "paddle", root / "paddle", "-", env=env),
-        "spoiled": _run(TRAIN, "paddle", root / "spoiled", "spoil", env=env),
+        "paddle": _run(TRAIN, "paddle", root / "paddle", "-", root / "spoiled", "spoil", env=env),
     }
     return root, imported
 
 
 def test_each_framework_dumps_in_its_own_process_without_importing_the_other(dumps):
     root, imported = dumps
-    assert imported == {"torch": ["torch"], "paddle": ["paddle"], "spoiled": ["paddle"]}
+    assert imported == {"torch": ["torch"], "paddle": ["paddle"]}
     for side in ("torch", "paddle"):
         for step in (0, 1):
             folder = root / side / f"step_{step}" / "rank_1"
@@ -228,3 +228,53 @@ def test_the_dump_structure_agrees_with_the_adapters():
                     for n, t, k, persistent in adapter.own_tensors(mod) if persistent]
             assert [(t["name"], t["kind"], t["shape"], t["transposed"]) for t in m["tensors"]] == want
             assert m["classes"] == [c for c in adapter.class_names(mod) if c != "object"]
+
+
+def test_layers_names_leave_open_are_paired_by_the_order_they_ran(tmp_path):
+    """torch fc1/relu/fc2 against paddle stem.0/stem.1/head: no name and no position pairs them; the two reports'
+    call orders do, as auto_diff's pairing by execution does in memory."""
+    import numpy as np
+    import paddle
+    import torch
+
+    rng = np.random.default_rng(1)
+    w1, b1 = rng.standard_normal((8, 6)).astype("float32"), rng.standard_normal(8).astype("float32")
+    w2, b2 = rng.standard_normal((3, 8)).astype("float32"), rng.standard_normal(3).astype("float32")
+    x = rng.standard_normal((4, 6)).astype("float32")
+
+    class T(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.relu, self.fc2 = torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3)
+
+        def forward(self, v):
+            return self.fc2(self.relu(self.fc1(v)))
+
+    class P(paddle.nn.Layer):
+        def __init__(self):
+            super().__init__()
+            self.stem = paddle.nn.Sequential(paddle.nn.Linear(6, 8), paddle.nn.ReLU())
+            self.head = paddle.nn.Linear(8, 3)
+
+        def forward(self, v):
+            return self.head(self.stem(v))
+
+    t, p = T(), P()
+    with torch.no_grad():
+        for lin, w, b in ((t.fc1, w1, b1), (t.fc2, w2, b2)):
+            lin.weight.copy_(torch.tensor(w))
+            lin.bias.copy_(torch.tensor(b))
+    for lin, w, b in ((p.stem[0], w1, b1), (p.head, w2, b2)):
+        lin.weight.set_value(w.T.copy())
+        lin.bias.set_value(b)
+    for model, inp, root in ((t, torch.tensor(x), tmp_path / "t"), (p, paddle.to_tensor(x), tmp_path / "p")):
+        d = dump.Dumper(model, root, rank=0)
+        with d.record():
+            model(inp).sum().backward()
+        d.dump()
+    result = check_dumps(tmp_path / "t", tmp_path / "p")
+    assert result.ok and result.compared == 4 + 4 + 4 + 4, str(result)  # outputs, output grads, weights, grads
+    p.head.weight.set_value(w2.T.copy() * 1.5)
+    dump.dump_weights(p, tmp_path / "p" / "step_0" / "rank_0")
+    bad = check_weights(tmp_path / "t", tmp_path / "p")
+    assert [(d.base_path, d.raw_path) for d in bad.diffs] == [("fc2.weight", "head.weight")]

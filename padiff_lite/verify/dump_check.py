@@ -343,7 +343,7 @@ def check_dumps(base, raw, kinds=("report", "weights", "grads"), *, atol: float 
         for kind in kinds:
             if has_kind(fb, kind) and has_kind(fr, kind):
                 found = True
-                ctx = _Leaf(result, key[0], key[1], pool)
+                ctx = _Leaf(result, key[0], key[1], pool, fb, fr)
                 db, dr = DumpFile(fb, kind), DumpFile(fr, kind)
                 if kind == "report":
                     ctx.report(db, dr, diff_phase)
@@ -379,11 +379,29 @@ def check_params(base, raw, **kw) -> DumpCheck:
 class _Leaf:
     """The comparison of one step of one rank."""
 
-    def __init__(self, result: DumpCheck, step, rank, pool):
+    def __init__(self, result: DumpCheck, step, rank, pool, fb: Path, fr: Path):
         self.result, self.step, self.rank, self.pool = result, step, rank, pool
+        self.folders = (fb, fr)
 
     def _models(self, db: DumpFile, dr: DumpFile):
         return rebuild(db.meta), rebuild(dr.meta)
+
+    def _mapping(self, base, raw):
+        """Pairs for what names leave open, by the order the modules ran in the two reports (the in-memory
+        pairing by execution, on recorded calls); None without reports or when names pair everything."""
+        fb, fr = self.folders
+        if not (has_kind(fb, "report") and has_kind(fr, "report")):
+            return None
+        from ..align import mapping_from_calls
+        from ..errors import AmbiguousPairingError
+
+        calls_b, calls_r = DumpFile(fb, "report").meta["calls"], DumpFile(fr, "report").meta["calls"]
+        try:
+            return mapping_from_calls(base, raw, lambda mb, mr: (_trace(calls_b, mb), _trace(calls_r, mr)),
+                                      self.pool)
+        except AmbiguousPairingError as exc:
+            self.result.problems.append(f"step {self.step}, rank {self.rank}: {exc}")
+            return None
 
     def _diff(self, stage, bpath, rpath, bcls, rcls, **kw) -> TensorDiff:
         return TensorDiff(stage, self.step, self.rank, bpath, rpath, bcls, rcls, **kw)
@@ -395,7 +413,7 @@ class _Leaf:
 
         r = self.result
         base, raw = self._models(db, dr)
-        plan = build_plan(base, raw, self.pool)
+        plan = build_plan(base, raw, self.pool, mapping=self._mapping(base, raw))
         where = f"{kind} of step {self.step}, rank {self.rank}"
         for u in plan.unpaired:
             r.problems.append(f"{where}: {u} has no counterpart: {', '.join(u.tensor_paths()[:6])}")
@@ -447,7 +465,7 @@ class _Leaf:
 
         r = self.result
         base, raw = self._models(db, dr)
-        pairing = pair_models(base, raw, self.pool, keep_empty=True)
+        pairing = pair_models(base, raw, self.pool, keep_empty=True, mapping=self._mapping(base, raw))
         calls_b = _calls_by_path(db.meta["calls"])
         calls_r = _calls_by_path(dr.meta["calls"])
         done_b, done_r, matched = set(), set(), []
@@ -491,7 +509,9 @@ class _Leaf:
                            f"different form ({len(ob)} and {len(orr)} tensors), not compared")
             return
         for a, b in pairs:
-            kw = dict(call=cb["call"], where=a["where"], order=cb.get("end", cb["order"]))
+            end = cb.get("end", cb["order"])
+            # backward: gradients flow from the last call to the first, so the last call is met first
+            kw = dict(call=cb["call"], where=a["where"], order=-end if stage == "backward" else end)
             if stage == "backward":
                 if not (a["grad"] and b["grad"]):
                     side = "base" if not a["grad"] else "raw"
@@ -511,6 +531,24 @@ class _Leaf:
             if not ok:
                 r.diffs.append(self._diff(stage, cb["path"], cr["path"], cb["class"], cr["class"], max_abs=ma,
                                           max_rel=mr, bad=bad, total=int(fit[1].size), **kw))
+
+
+def _trace(calls, modules):
+    """The :class:`padiff_lite.trace.CallTrace` of ``modules`` (DumpModules) in recorded ``calls``: by first call
+    finished, as a forward hook sees them."""
+    from ..trace import CallTrace
+
+    index = {m.path: i for i, m in enumerate(modules)}
+    trace = CallTrace()
+    for c in sorted(calls, key=lambda c: c.get("end", c["order"])):
+        i = index.get(c["path"])
+        if i is None or c.get("api"):
+            continue
+        if i not in trace.counts:
+            trace.order.append(i)
+            trace.counts[i] = 0
+        trace.counts[i] += 1
+    return trace
 
 
 def _calls_by_path(calls) -> dict:

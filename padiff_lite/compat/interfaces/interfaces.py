@@ -85,6 +85,9 @@ def auto_diff(base_model, raw_model, inputs, loss_fns=None, optimizers=None, **k
         if len(loss_fns) != 2 or not all(callable(f) for f in loss_fns):
             raise DiffInputError("loss_fns takes two callables (base, raw)")
         wanted["loss_fns"] = tuple(loss_fns)
+    if optimizers is not None and diff_phase == "forward":
+        log.info("auto_diff: diff_phase is 'forward', the optimizers are not used (as in PaDiff)")
+        optimizers = None
     if optimizers is not None:
         if len(optimizers) != 2:
             raise DiffInputError("optimizers takes two optimizers or callables (base, raw)")
