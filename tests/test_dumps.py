@@ -181,7 +181,7 @@ def test_damaged_dumps_are_refused_by_name(dumps, tmp_path):
     root, _ = dumps
     import shutil
 
-    leaf = tmp_path / "d"
+    leaf = tmp_path / "step_0" / "rank_1"
     shutil.copytree(root / "paddle" / "step_0" / "rank_1", leaf)
     (leaf / "weights.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
     with pytest.raises(DumpError, match="fc1.weight listed in weights.json is missing"):
