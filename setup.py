@@ -9,7 +9,7 @@ setup(
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["padiff_lite", "padiff_lite.*"]),
-    python_requires=">=3.9",
+    python_requires=">=3.10",  # dataclass(slots=True) on the per-tensor records; torch 2.9+ needs 3.10 too
     install_requires=["numpy", "torch>=2.0", "paddlepaddle>=2.6", "safetensors>=0.4", "tqdm>=4.60"],
     extras_require={"test": ["pytest>=7", "hypothesis>=6"]},
     entry_points={"console_scripts": ["padiff-lite=padiff_lite.cli:main"]},

@@ -6,15 +6,21 @@ SIGHUP held back:
 
 - a folder that did not exist is written as a temporary folder and renamed into place: one rename;
 - one file replaces its final name with one rename;
-- shards + an index (the index is the commit point): (1) an index naming the temporary shards replaces the
-  final index - the new checkpoint is complete from here on, the old shards are no longer referenced;
-  (2) old shards are removed and each new shard gets its final name (a hard link); (3) the final index,
-  naming the final shards, replaces the first one; (4) the temporary names are removed.
+- shards + an index (the index is the commit point): (0) a commit record (the folder, the token, the final
+  names) is written to this user's own state folder (:func:`journal_dir`), never into the output; (1) an index
+  naming the temporary shards replaces the final index - the new checkpoint is complete from here on, the old
+  shards are no longer referenced; (2) old shards are removed and each new shard gets its final name (a hard
+  link); (3) the final index, naming the final shards, replaces the first one; (4) the temporary names and the
+  record are removed.
 
 At every moment the final index names a complete checkpoint, the old one or the new one. A process killed
-between (1) and (3) leaves an index that records the remaining steps (``metadata.padiff_lite_commit``); the
-next conversion into that folder finishes them. Temporary files of processes that are gone are removed by the
-next conversion into the folder; readers never take them for a checkpoint.
+between (1) and (3) leaves its record; the next conversion into that folder by the same user finishes the
+commit from it. Nothing read from a checkpoint, an index or any other file in a folder steers what is renamed
+or removed: recovery acts only on names carrying our temporary prefix and the token of a record in the state
+folder, inside the output folder, never on a source, and only for a process that is gone. Old shards are
+removed only when they are named like a shard of the index being replaced (``<stem>-NNNNN-of-NNNNN<suffix>``).
+Temporary files of processes that are gone are removed by the next conversion into the folder, except those a
+final index still names; readers never take them for a checkpoint.
 """
 from __future__ import annotations
 
@@ -27,17 +33,19 @@ import re
 import secrets
 import shutil
 import signal
+import socket
+import tempfile
 import threading
 from pathlib import Path
 
 from .errors import CheckpointError
-from .formats import INDEX_SUFFIX, TEMP_PREFIX, shard_path, format_of, read_index
+from .formats import INDEX_SUFFIX, TEMP_PREFIX, read_index
 
 log = logging.getLogger("padiff_lite.atomic")
 
 NAME_MAX = 255  # bytes in one file name (Linux, macOS)
 _TEMP = re.compile(re.escape(TEMP_PREFIX) + r"(\d+)-([0-9a-f]{8})-")
-COMMIT_KEY = "padiff_lite_commit"
+_RECORD = re.compile(r"(\d+)-([0-9a-f]{8})\.json")
 SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
 
 
@@ -117,6 +125,16 @@ def _fsync_dir(folder: Path):
             os.close(fd)
 
 
+def _fsync_record(record: Path):
+    """The commit record is on disk (its folder's entry too) before the index switch relies on it."""
+    with contextlib.suppress(OSError):
+        fd = os.open(record.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 @contextlib.contextmanager
 def _locked(folder: Path):
     """An exclusive lock on the folder (flock on its descriptor): one commit or clean-up at a time."""
@@ -130,54 +148,151 @@ def _locked(folder: Path):
         os.close(fd)  # releases the lock
 
 
+# A signal that arrived during a conversion (see terminate_like_interrupt): noted first, then raised. The note is
+# what makes it impossible to lose: a raise can be swallowed (a handler runs between any two bytecodes, inside a
+# __del__ or a weakref callback too, where exceptions are printed and dropped), the note cannot, and the commit
+# and the end of the conversion check it.
+_arrived: list[int] = []
+_deferring = [0]  # > 0 while a commit runs: a signal is only noted, and raised once the commit is done
+
+
+def _raise_arrived():
+    if _arrived:
+        raise Interrupted(_arrived[0])
+
+
 @contextlib.contextmanager
 def _signals_held():
-    """SIGINT/SIGTERM/SIGHUP wait until the block is done (a commit runs to its end); SIGKILL cannot be held."""
+    """SIGINT/SIGTERM/SIGHUP wait until the block is done (a commit runs to its end); SIGKILL cannot be held.
+    Blocked at the OS for this thread, and a signal already on its way to Python (its handler not yet run) is only
+    noted; it is raised when the block ends. A signal noted before the block is raised before it starts."""
+    _raise_arrived()
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
         yield
         return
     old = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    _deferring[0] += 1
     try:
         yield
     finally:
+        _deferring[0] -= 1
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    _raise_arrived()  # the commit is complete: the output is whole, and the interruption is not lost
 
 
 @contextlib.contextmanager
 def terminate_like_interrupt():
-    """SIGTERM and SIGHUP raise :class:`Interrupted` (a KeyboardInterrupt) while the block runs, so a killed
-    conversion cleans up as Ctrl-C does. Only in the main thread, and not over a handler set from Python."""
+    """SIGINT, SIGTERM and SIGHUP raise :class:`Interrupted` (a KeyboardInterrupt) while the block runs, so a
+    killed conversion cleans up as Ctrl-C does. Each arrival is noted before it is raised, and the block raises
+    any noted one at its end: a raise swallowed on the way cannot turn an interrupted conversion into exit 0.
+    Only in the main thread, and not over a handler set from Python."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     saved = {}
 
     def handler(signum, frame):
-        raise Interrupted(signum)
+        if signum not in _arrived:
+            _arrived.append(signum)
+        if not _deferring[0]:
+            raise Interrupted(signum)
 
-    for name in ("SIGTERM", "SIGHUP"):
+    del _arrived[:]
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
         sig = getattr(signal, name, None)
+        if sig is None:
+            continue
+        current = signal.getsignal(sig)
         # None: a handler set outside Python (paddle's crash reporter, which dies without cleaning up)
-        if sig is not None and signal.getsignal(sig) in (signal.SIG_DFL, None):
+        if current in (signal.SIG_DFL, None) or (sig == signal.SIGINT and current is signal.default_int_handler):
             saved[sig] = signal.signal(sig, handler)
     try:
         yield
+        _raise_arrived()
     finally:
         for sig, old in saved.items():
             signal.signal(sig, signal.SIG_DFL if old is None else old)
+        del _arrived[:]
+
+
+def journal_dir() -> Path:
+    """This user's folder for commit records: ``$PADIFF_LITE_STATE_DIR``, else ``$XDG_STATE_HOME/padiff_lite``
+    (``~/.local/state/padiff_lite``), else ``<tmp>/padiff_lite-<uid>``; created with mode 0700. A folder that is
+    not ours (another owner, a symlink, writable by others) is never used: records there could be planted."""
+    candidates = []
+    if os.environ.get("PADIFF_LITE_STATE_DIR"):
+        candidates.append(Path(os.environ["PADIFF_LITE_STATE_DIR"]))
+    else:
+        state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+        candidates.append(Path(state) / "padiff_lite")
+        candidates.append(Path(tempfile.gettempdir()) / f"padiff_lite-{os.getuid() if hasattr(os, 'getuid') else 0}")
+    problems = []
+    for folder in candidates:
+        commits = folder / "commits"
+        try:
+            commits.mkdir(parents=True, exist_ok=True, mode=0o700)
+            foreign = [d for d in (folder, commits) if not _private(d)]
+        except OSError as exc:
+            problems.append(f"{commits}: {exc}")
+            continue
+        if not foreign:
+            return commits
+        problems.append(f"{foreign[0]} is not a private folder of this user (a symbolic link, another owner, or "
+                        "writable by others)")
+    raise CheckpointError("no private folder for the commit record of a sharded output (" + "; ".join(problems) +
+                          "); set PADIFF_LITE_STATE_DIR to a folder only you can write. Nothing was written")
+
+
+def _private(d: Path) -> bool:
+    st = os.lstat(d)
+    if not hasattr(os, "getuid"):
+        return True
+    return not os.path.islink(d) and st.st_uid == os.getuid() and not st.st_mode & 0o022
+
+
+def _records_for(folder: Path) -> list[tuple[Path, dict]]:
+    """The commit records of gone processes on this host about ``folder``: [(record file, record)]."""
+    try:
+        jdir = journal_dir()
+    except CheckpointError:
+        return []
+    real, host, out = os.path.realpath(folder), socket.gethostname(), []
+    for rec in sorted(jdir.iterdir()):
+        m = _RECORD.fullmatch(rec.name)
+        if not m or _alive(int(m.group(1))):
+            continue
+        try:
+            data = json.loads(rec.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError):
+            continue
+        if isinstance(data, dict) and data.get("folder") == real and data.get("host") == host:
+            out.append((rec, data))
+    return out
+
+
+def _plain(name) -> bool:
+    """A plain file name inside a folder, not one of our temporary names."""
+    return (isinstance(name, str) and bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name
+            and "\x00" not in name and not name.startswith(TEMP_PREFIX))
 
 
 def clean_folder(folder: Path, sources: set):
-    """Finish commits of processes that were killed, and remove temporary files of processes that are gone."""
+    """Finish commits of processes that were killed (from their records in :func:`journal_dir`), and remove
+    temporary files of processes that are gone (except those a final index there still names)."""
     if not folder.is_dir():
         return
+    sources = {Path(p).resolve() for p in sources}
     with _locked(folder):
-        for index in sorted(folder.glob("*" + INDEX_SUFFIX)):
-            if not index.name.startswith(TEMP_PREFIX):
-                _finish_commit(index, sources)
+        pending = set()  # tokens of records left for a later run: their temporary files stay
+        for rec, data in _records_for(folder):
+            _finish_commit(folder, rec, data, sources)
+            if rec.exists():
+                pending.add(data.get("token"))
+        named = _named_by_indexes(folder)
         for p in folder.iterdir():
             m = _TEMP.match(p.name)
-            if m and not _alive(int(m.group(1))):
+            if m and not _alive(int(m.group(1))) and p.name not in named and p.resolve() not in sources \
+                    and f"{m.group(1)}-{m.group(2)}" not in pending:
                 log.info("removing %s, left by process %s which is gone", p, m.group(1))
                 with contextlib.suppress(OSError):
                     if p.is_dir() and not p.is_symlink():
@@ -186,39 +301,55 @@ def clean_folder(folder: Path, sources: set):
                         p.unlink()
 
 
-def _finish_commit(index: Path, sources: set):
-    """If ``index`` is the first step of a commit whose process is gone, do the remaining steps."""
-    try:
-        data = json.loads(index.read_text(encoding="utf-8"))
-        commit = data.get("metadata", {}).get(COMMIT_KEY)
-    except (OSError, ValueError, RecursionError, AttributeError):
+def _named_by_indexes(folder: Path) -> set:
+    """File names the final indexes in ``folder`` refer to: kept, whatever their names (reading an index here
+    can only keep a file, never remove or move one)."""
+    named = set()
+    for index in folder.glob("*" + INDEX_SUFFIX):
+        if index.name.startswith(TEMP_PREFIX) or not index.is_file():
+            continue
+        with contextlib.suppress(CheckpointError, OSError):
+            named.update(read_index(index).values())
+    return named
+
+
+def _finish_commit(folder: Path, rec: Path, data: dict, sources: set):
+    """Do the remaining steps of the commit ``data`` (a record of ours) of a process that is gone."""
+    token, index, shards, old = data.get("token"), data.get("index"), data.get("shards"), data.get("remove", [])
+    if not (isinstance(token, str) and _TEMP.fullmatch(f"{TEMP_PREFIX}{token}-") and _plain(index)
+            and isinstance(shards, list) and all(_plain(s) for s in shards)
+            and isinstance(old, list) and all(_plain(s) for s in old)):
+        log.warning("%s: ignoring a malformed commit record", rec)
+        rec.unlink(missing_ok=True)
         return
-    if not isinstance(commit, dict):
+    tmp_index = folder / temp_name(index, token)
+    finals = [folder / n for n in shards] + [folder / index]
+    if any(p.resolve() in sources for p in finals):
+        log.warning("%s: the commit it records would write over a source of this run; left for a later run", rec)
         return
-    renames = commit.get("rename", {})
-    pids = {int(m.group(1)) for m in (_TEMP.match(t) for t in renames) if m}
-    if not renames or any(_alive(p) for p in pids):
-        return
-    log.info("%s: finishing the commit of a conversion that was killed", index)
-    folder = index.parent
-    for old in commit.get("remove", []):
-        p = folder / old
-        if "/" not in old and p not in sources and old not in renames.values():
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
-    for tmp, final in renames.items():
-        _place(folder / tmp, folder / final)
-    data["weight_map"] = {k: renames.get(v, v) for k, v in data["weight_map"].items()}
-    del data["metadata"][COMMIT_KEY]
-    _write_json_atomic(index, data, _token())
-    for tmp in renames:
+    switched = False  # did step (1) happen? (the final index names our temporary shards)
+    with contextlib.suppress(CheckpointError, OSError):
+        switched = bool(set(read_index(folder / index).values()) & {temp_name(n, token) for n in shards})
+    if switched and tmp_index.is_file() and not tmp_index.is_symlink():  # killed in (1)-(3): redo (2) and (3)
+        log.info("%s: finishing the commit of a conversion that was killed", folder / index)
+        for name in set(old) - set(shards):
+            if (folder / name).resolve() not in sources:
+                with contextlib.suppress(FileNotFoundError):
+                    (folder / name).unlink()
+        for name in shards:
+            _place(folder / temp_name(name, token), folder / name)
+        _fsync_dir(folder)
+        os.replace(tmp_index, folder / index)
+        _fsync_dir(folder)
+    for name in [*shards, index]:  # (4), or the commit dropped when it had not reached (1)
         with contextlib.suppress(FileNotFoundError):
-            (folder / tmp).unlink()
+            (folder / temp_name(name, token)).unlink()
+    rec.unlink(missing_ok=True)
 
 
 def _place(tmp: Path, final: Path):
     """Give ``final`` the content of ``tmp`` (a hard link; a copy where links are not allowed); tmp stays."""
-    if not tmp.exists():  # placed before the kill, tmp already removed
+    if not tmp.is_file() or tmp.is_symlink():  # placed before the kill, tmp already removed
         return
     with contextlib.suppress(FileNotFoundError):
         final.unlink()
@@ -279,6 +410,8 @@ class AtomicOutput:
             if not top.is_dir():
                 raise CheckpointError(f"{self.finals[0]}: {top} is a file, not a folder; choose an output path whose "
                                       "folders are folders")
+            if self.index is not None and len(self.finals) > 1:
+                journal_dir()  # the commit will need its record: refuse now, before writing, if it has no place
             self.tmps = {p: p.with_name(temp_name(p.name, self.token)) for p in self.finals}
         else:  # a new folder: write it whole under a temporary name, rename it into place at the end
             tmp_top = top.with_name(temp_name(top.name, self.token))
@@ -334,9 +467,13 @@ class AtomicOutput:
         index, shards = self.index, [p for p in self.finals if p != self.index]
         old = self._old_shards(index) - {p.name for p in shards}
         data = json.loads(self.tmps[index].read_text(encoding="utf-8"))
-        renames = {self.tmps[p].name: p.name for p in shards}
-        first = {"metadata": {**data.get("metadata", {}), COMMIT_KEY: {"rename": renames, "remove": sorted(old)}},
+        first = {"metadata": data.get("metadata", {}),
                  "weight_map": {k: self.tmps[self.folder / v].name for k, v in data["weight_map"].items()}}
+        record = journal_dir() / f"{self.token}.json"  # (0) what to finish if this process is killed
+        _write_json_atomic(record, {"folder": os.path.realpath(self.folder), "host": socket.gethostname(),
+                                    "token": self.token, "index": index.name,
+                                    "shards": [p.name for p in shards], "remove": sorted(old)}, self.token)
+        _fsync_record(record)
         _write_json_atomic(index, first, _token())  # (1) the new checkpoint, under temporary shard names
         _fsync_dir(self.folder)
         for name in old:  # (2) old shards go, new ones get their names
@@ -352,16 +489,26 @@ class AtomicOutput:
         for p in shards:  # (4)
             with contextlib.suppress(FileNotFoundError):
                 self.tmps[p].unlink()
+        record.unlink(missing_ok=True)
 
     def _old_shards(self, index: Path) -> set:
-        """Shard names of the index being replaced (files of it that the new one does not reuse are removed)."""
+        """Shards of the index being replaced that the new one does not reuse (they are removed): only names of
+        the form ``<stem>-NNNNN-of-NNNNN<suffix>`` of this very index, what a conversion writes; a file the old
+        index names otherwise (``config.json``, another model's file) is never removed because an index says so."""
         if not index.is_file():
             return set()
         try:
-            fmt = format_of(index)
-            return {shard_path(index, n, fmt).name for n in set(read_index(index).values())}
+            names = set(read_index(index).values())
         except CheckpointError:
             return set()
+        stem = index.name[:-len(INDEX_SUFFIX)]  # model.safetensors
+        base, dot, suffix = stem.rpartition(".")
+        pattern = re.compile(re.escape(base) + r"-\d{5}-of-\d{5}" + re.escape(dot + suffix))
+        kept = sorted(n for n in names if not pattern.fullmatch(n))
+        if kept:
+            log.info("%s: not removing %s (named by the old index, but not like one of its shards)", index,
+                     ", ".join(kept))
+        return {n for n in names if pattern.fullmatch(n)}
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None:

@@ -81,6 +81,10 @@ def build_model(spec, role: str) -> tuple[ProxyModel, bool]:
             with ctx():
                 model = spec()
             break
+        except SystemExit as exc:  # sys.exit()/exit() in the factory: an error of the factory, never a success
+            raise CheckpointError(f"{role} model factory {name}() called sys.exit({exc.code!r}); it must return the "
+                                  "model (raise an exception to report a problem), not exit. Nothing was written"
+                                  ) from None
         except Exception as exc:  # try the next, less frugal way; the last failure is reported
             log.debug("building %s %s failed: %s: %s", name, how, type(exc).__name__, exc)
             last = exc

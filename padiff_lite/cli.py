@@ -12,6 +12,7 @@ import logging
 import signal
 import sys
 import warnings
+from pathlib import Path
 
 from .errors import PadiffError
 
@@ -67,6 +68,9 @@ def _build(spec: str, flag: str):
     build = _load_callable(spec, flag)
     try:
         model = build()
+    except SystemExit as exc:
+        raise DiffInputError(f"{flag} {spec}() called sys.exit({exc.code!r}); the callable must return the model "
+                             "(raise an exception to report a problem), not exit") from None
     except Exception as exc:
         raise DiffInputError(f"{flag} {spec}() raised {type(exc).__name__}: {exc}; the callable must build the "
                              "model with no arguments") from exc
@@ -369,32 +373,55 @@ def _setup_logging(args):
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    _setup_logging(args)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv  # known before parsing: Ctrl-C can land while the frameworks are being imported
     try:
-        return args.func(args)
+        args = build_parser().parse_args(argv)
+        _setup_logging(args)
+        try:
+            return args.func(args)
+        except SystemExit as exc:  # padiff_lite never exits from inside a command: this is user code
+            if debug:
+                raise
+            print(f"padiff-lite: error: {_exit_from_user_code(exc)}", file=sys.stderr)
+            return 2
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP during a conversion (atomic.Interrupted)
-        if args.debug:
+        if debug:
             raise
         signum = getattr(exc, "signum", signal.SIGINT)
         print(f"padiff-lite: error: interrupted by {signal.Signals(signum).name}; an output is complete or absent, "
               "never partial (an earlier output stays as it was until the new one is complete)", file=sys.stderr)
         return 128 + signum
     except PadiffError as exc:
-        if args.debug:
+        if debug:
             raise
         print(f"padiff-lite: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     except MemoryError:
-        if args.debug:
+        if debug:
             raise
         print("padiff-lite: error: out of memory; close other programs or convert on a machine with more memory",
               file=sys.stderr)
         return 2
+    except SystemExit:  # argparse: --help (0) or a usage error (2), already printed
+        raise
     except Exception as exc:  # not foreseen: still one line, and how to see more
-        if args.debug:
+        if debug:
             raise
         first = str(exc).splitlines()[0][:300] if str(exc) else ""
         print(f"padiff-lite: error: {type(exc).__name__}: {first}; this was not foreseen by padiff-lite: run again "
               "with --debug for the traceback and report it", file=sys.stderr)
         return 2
+
+
+def _exit_from_user_code(exc: SystemExit) -> str:
+    """The one line for a ``sys.exit()`` / ``exit()`` that escaped a command (a factory, a model, a special init)."""
+    where = "user code"
+    tb = exc.__traceback__
+    while tb is not None:  # the innermost frame outside padiff_lite is the caller of sys.exit
+        fname = tb.tb_frame.f_code.co_filename
+        if "padiff_lite" not in Path(fname).parts:
+            where = f"{fname}:{tb.tb_lineno}"
+        tb = tb.tb_next
+    return (f"FactoryError: {where} called sys.exit({exc.code!r}) while padiff-lite was running it; nothing was "
+            "written. A model factory must return the model (raise an exception to report a problem), not exit")

@@ -3,7 +3,7 @@ find the user's model factories.
 
 A module is imported normally; the working folder is importable but comes last on ``sys.path`` (a file
 planted there, ``six.py`` say, must not shadow an installed module). A file is imported by path, its folder
-first on ``sys.path`` so that its own imports work. Every failure is the caller's exception class with the
+last on ``sys.path`` (its own sibling modules import; nothing beside it shadows an installed library). Every failure is the caller's exception class with the
 spec, the cause and the fix.
 """
 from __future__ import annotations
@@ -29,6 +29,10 @@ def load_callable(spec: str, what: str):
                     "path/to/file.py:CALLABLE or an importable MODULE:CALLABLE")
     try:
         module = _import_file(module_name) if is_file else _import_module(module_name)
+    except SystemExit as exc:
+        raise FactoryError(f"importing module '{module_name}' named in {what} '{spec}' called sys.exit({exc.code!r}); "
+                           "a module that defines a factory must not exit when imported (guard its script part "
+                           "with `if __name__ == \"__main__\":`)") from None
     except Exception as exc:  # ImportError, or the module itself raised while being imported
         raise FactoryError(f"cannot import module '{module_name}' named in {what} '{spec}' ({type(exc).__name__}: {exc}); "
                     "run from the folder that holds it, add that folder to PYTHONPATH, or give "
@@ -46,19 +50,37 @@ def load_callable(spec: str, what: str):
 
 
 def _import_module(name: str):
-    if "" not in sys.path and os.getcwd() not in sys.path:  # the console script does not add it
-        sys.path.append(os.getcwd())  # last, not first
+    _working_folder_last()
     return importlib.import_module(name)
 
 
+def _working_folder_last():
+    """The working folder (``''`` or its path, which ``python -m`` puts first) moved to the end of ``sys.path``:
+    a ``six.py`` or ``cv2.py`` lying there must not shadow what torch and paddle import."""
+    cwd = os.getcwd()
+    here = [p for p in sys.path if p in ("", ".", cwd)]
+    if here:
+        sys.path[:] = [p for p in sys.path if p not in here]
+    sys.path.append(cwd)
+
+
 def _import_file(path: str):
+    """A factory file, imported by path under a name of its own; its folder is searched last (its sibling
+    modules import, installed libraries are not shadowed by files beside it)."""
     path = os.path.abspath(path)
     folder, name = os.path.split(path)
+    _working_folder_last()
     if folder not in sys.path:
-        sys.path.insert(0, folder)
+        sys.path.append(folder)
     mod_name = os.path.splitext(name)[0]
+    if mod_name in sys.modules and getattr(sys.modules[mod_name], "__file__", None) != path:
+        mod_name = f"padiff_lite_factory_{mod_name}"  # a file named like an installed module (torch.py) must not replace it
     spec = importlib.util.spec_from_file_location(mod_name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[mod_name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(mod_name, None)
+        raise
     return module

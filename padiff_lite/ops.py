@@ -17,7 +17,14 @@ if TYPE_CHECKING:  # annotations only: ops.py depends on no other stage
     from .tree import TensorRef
 
 
-class Kind(enum.StrEnum):
+class _Names(str, enum.Enum):
+    """enum.StrEnum (Python 3.11) for 3.10: members are their strings, in ``str()`` and in f-strings too."""
+
+    __str__ = str.__str__
+    __format__ = str.__format__
+
+
+class Kind(_Names):
     """What an operation does."""
 
     COPY = "copy"  # source (part, transformed) -> target (part)
@@ -27,7 +34,7 @@ class Kind(enum.StrEnum):
     CALL = "call"  # a user function initialises a module (:class:`CallOp`)
 
 
-class Transform(enum.StrEnum):
+class Transform(_Names):
     """How a copy's source becomes its target (a ``Map``'s ``transform``; plain strings compare equal)."""
 
     COPY = "copy"
@@ -46,7 +53,7 @@ AS_IS, TRANSPOSE, RESHAPE = Transform
 TRANSFORMS = {t.value: t for t in Transform}
 
 
-class Fill(enum.StrEnum):
+class Fill(_Names):
     """Where an :class:`InitOp`'s values come from."""
 
     CONSTANT = "constant"

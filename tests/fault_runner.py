@@ -1,7 +1,7 @@
 """Run ``padiff-lite`` with a real signal sent to this very process at a chosen point of the conversion.
 
 python fault_runner.py POINT N SIGNAL -- CLI ARGS...
-POINT: write (before the Nth tensor is computed), fsync (before the Nth folder fsync of the commit), place (before
+POINT: write (before the Nth tensor is computed), record (before the commit record is synced), fsync (before the Nth folder fsync of the commit), place (before
 the Nth shard gets its final name); SIGNAL: KILL, TERM, HUP. The signal is real (os.kill); only where it lands is
 chosen, so the tests can hit every step of the commit.
 """
@@ -32,6 +32,8 @@ if point == "write":
     checkpoint.Runner.compute = at_nth_call(checkpoint.Runner.compute)
 elif point == "fsync":
     atomic._fsync_dir = at_nth_call(atomic._fsync_dir)
+elif point == "record":
+    atomic._fsync_record = at_nth_call(atomic._fsync_record)
 elif point == "place":
     atomic._place = at_nth_call(atomic._place)
 else:

@@ -55,6 +55,7 @@ def _cli(*args, cwd):
 # (name, point, n, signal, fresh output folder?, which checkpoint the folder holds afterwards)
 CASES = [
     ("kill_writing_shard_2", "write", 12, "KILL", False, "old"),
+    ("kill_after_commit_record", "record", 1, "KILL", False, "old"),
     ("kill_after_index_switch", "fsync", 1, "KILL", False, "new"),
     ("kill_between_shard_links", "place", 2, "KILL", False, "new"),
     ("kill_after_final_index", "fsync", 3, "KILL", False, "new"),
