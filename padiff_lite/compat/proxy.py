@@ -143,10 +143,6 @@ class ProxyModel(_LiteProxy):
         found = self._of_class(layer_class)
         return self.update_white_list(found, mode) if found else self
 
-    def update_unassigned_weights_list(self, layers, mode="self"):
-        """PaDiff leaves these layers out of the weight transfer; padiff_lite's black list does that."""
-        return self.update_black_list(layers, mode)
-
     # -- dumps -----------------------------------------------------------------------------------------------
     def _default_path(self):
         return os.path.join(self.dump_path, f"rank_{_dump.rank_of(self.framework)}")
