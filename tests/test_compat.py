@@ -196,3 +196,30 @@ def test_padiff_own_test_files_run_unchanged_through_the_alias(capsys):
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "total: 3 passed, 0 failed, 0 errors, 0 skipped of 3 tests in 2 files" in out
+
+
+def test_training_options_reach_padiff_lite_or_are_refused_by_name():
+    """compat passes loss_fns/optimizers/single_step on only when padiff_lite's auto_diff has them (issue 27's
+    training comparison); without them it refuses by name instead of comparing something else."""
+    import inspect
+
+    from padiff_lite.compare import auto_diff as lite
+    from padiff_lite.errors import DiffInputError
+
+    x = _x()
+    p, t = compat.create_model(PNet()), compat.create_model(TNet())
+    inputs = [{"x": paddle.to_tensor(x)}, {"x": torch.tensor(x)}]
+    opts = [paddle.optimizer.SGD(learning_rate=0.1, parameters=p.model.parameters()),
+            torch.optim.SGD(t.model.parameters(), lr=0.1)]
+    if "optimizers" in inspect.signature(lite).parameters:
+        assert compat.auto_diff(p, t, inputs, optimizers=opts, atol=1e-4) is True
+        w = t.model.fc1.weight.detach().numpy()
+        np.testing.assert_allclose(p.model.fc1.weight.numpy().T, w, atol=1e-6)  # both stepped alike
+    else:
+        with pytest.raises(DiffInputError, match="optimizers"):
+            compat.auto_diff(p, t, inputs, optimizers=opts, atol=1e-4)
+    # diff_phase="forward" drops the optimizers, as PaDiff does: nothing is stepped
+    before = p.model.fc1.weight.numpy().copy()  # the base: a transfer never writes it, an optimizer step would
+    assert compat.auto_diff(p, t, inputs, optimizers=opts, diff_phase="forward", atol=1e-4) is True
+    np.testing.assert_array_equal(p.model.fc1.weight.numpy(), before)
+    np.testing.assert_array_equal(t.model.fc1.weight.detach().numpy(), before.T)
