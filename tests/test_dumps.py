@@ -278,3 +278,42 @@ def test_layers_names_leave_open_are_paired_by_the_order_they_ran(tmp_path):
     dump.dump_weights(p, tmp_path / "p" / "step_0" / "rank_0")
     bad = check_weights(tmp_path / "t", tmp_path / "p")
     assert [(d.base_path, d.raw_path) for d in bad.diffs] == [("fc2.weight", "head.weight")]
+
+
+def test_lstm_dumps_with_tied_cells_and_unused_outputs_agree(tmp_path):
+    """paddle's LSTM holds its weights twice (the layer and its cells: one tensor each, tied in the dump as in the
+    model); its unused outputs (h, c) get zero gradients where torch's get none: no gradient is a zero gradient."""
+    import numpy as np
+    import paddle
+    import torch
+
+    from padiff_lite import assign_weight
+
+    class T(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.lstm = torch.nn.Embedding(5, 6), torch.nn.LSTM(6, 4, 2)
+
+        def forward(self, ids):
+            return self.lstm(self.emb(ids))[0]
+
+    class P(paddle.nn.Layer):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.lstm = paddle.nn.Embedding(5, 6), paddle.nn.LSTM(6, 4, 2, time_major=True)
+
+        def forward(self, ids):
+            return self.lstm(self.emb(ids))[0]
+
+    t, p = T(), P()
+    assign_weight(t, p)
+    ids = np.array([[1, 2, 3], [0, 4, 2]])
+    for model, inp, name in ((t, torch.tensor(ids), "t"), (p, paddle.to_tensor(ids), "p")):
+        d = dump.Dumper(model, tmp_path / name, rank=0)
+        with d.record():
+            model(inp).mean().backward()
+        d.dump()
+    result = check_dumps(tmp_path / "t", tmp_path / "p")
+    assert result.ok, str(result)
+    weights = check_weights(tmp_path / "t", tmp_path / "p")
+    assert weights.ok and weights.compared == 1 + 2 * 4  # the table, 4 tensors per layer; the cells' are the same

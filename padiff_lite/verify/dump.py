@@ -156,7 +156,7 @@ def _settings(module) -> dict:
 
 def describe(model, framework: str, lists: dict | None = None) -> dict:
     """The model's structure as plain data (see the module docstring)."""
-    modules = []
+    modules, seen = [], {}
     for path, mod in named_modules(model, framework):
         params, buffers, transient, children = _parts(mod, framework)
         classes = class_names(mod)
@@ -165,8 +165,13 @@ def describe(model, framework: str, lists: dict | None = None) -> dict:
             for name, t in table.items():
                 if t is None or (kind == "buffer" and name in transient):
                     continue
-                tensors.append({"name": name, "kind": kind, "shape": [int(s) for s in t.shape],
-                                "dtype": _dtype_name(t), "transposed": stored_transposed(framework, classes, name)})
+                full = f"{path}.{name}" if path else name
+                entry = {"name": name, "kind": kind, "shape": [int(s) for s in t.shape], "dtype": _dtype_name(t),
+                         "transposed": stored_transposed(framework, classes, name)}
+                first = seen.setdefault(id(t), full)
+                if first != full:  # a tied tensor (shared embeddings, paddle's RNN cells): the same one again
+                    entry["same_as"] = first
+                tensors.append(entry)
         empty = [n for n, t in params.items() if t is None]  # declared and None (a Linear without bias)
         modules.append({"path": path, "classes": classes, "tensors": tensors, "attrs": _settings(mod), "empty": empty,
                         "children": [n for n, c in children.items() if c is not None]})

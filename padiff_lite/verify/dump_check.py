@@ -130,12 +130,15 @@ def rebuild(meta: dict):
     from ..proxy import ProxyModel
 
     s = meta["structure"]
-    by_path = {}
+    by_path, tensors = {}, {}
     for m in s["modules"]:
         mod = _class_for(tuple(m["classes"]) or ("Module",))(m["path"], m.get("attrs"))
         prefix = f"{m['path']}." if m["path"] else ""
         for t in m["tensors"]:
-            ref = DumpTensor(prefix + t["name"], t["shape"], t["dtype"], t["kind"], t.get("transposed", False))
+            ref = tensors.get(t.get("same_as"))  # a tied tensor is one object, as in the model: pairing sees the tie
+            if ref is None:
+                ref = DumpTensor(prefix + t["name"], t["shape"], t["dtype"], t["kind"], t.get("transposed", False))
+                tensors[ref.path] = ref
             (mod.params if t["kind"] == "param" else mod.buffers)[t["name"]] = ref
         for name in m.get("empty", ()):
             mod.params[name] = None
@@ -417,6 +420,10 @@ class _Leaf:
         where = f"{kind} of step {self.step}, rank {self.rank}"
         for u in plan.unpaired:
             r.problems.append(f"{where}: {u} has no counterpart: {', '.join(u.tensor_paths()[:6])}")
+        if plan.unexpected or plan.missing:
+            left = [f"base {x}" for x in plan.unexpected] + [f"raw {x}" for x in plan.missing]
+            r.problems.append(f"{where}: {len(left)} tensors no pair reaches, not compared: {', '.join(left[:8])}"
+                              + (" ..." if len(left) > 8 else ""))
         for p in plan.imperative:
             r.notes.append(f"{where}: {p.base.path} -> {p.raw.path} is paired by an imperative special init, which "
                            "dumps cannot replay; compare it in memory (auto_diff)")
@@ -438,6 +445,10 @@ class _Leaf:
                     continue  # neither has a gradient
                 if kind == "grads" and (bname in none_b or rname in none_r):
                     side = "base" if bname in none_b else "raw"
+                    other = dr.get(rname) if side == "base" else db.get(bname)
+                    r.compared += 1
+                    if not np.any(other):  # no gradient is a zero gradient
+                        continue
                     r.diffs.append(self._diff(kind, bpath, rpath, bcls, rcls, order=i,
                                               note=f"no gradient on the {side} side, the other has one"))
                     continue
@@ -515,8 +526,13 @@ class _Leaf:
             if stage == "backward":
                 if not (a["grad"] and b["grad"]):
                     side = "base" if not a["grad"] else "raw"
+                    other = db.get(a["grad"]) if a["grad"] else dr.get(b["grad"])
+                    r.compared += 1
+                    if not np.any(other):  # no gradient is a zero gradient (paddle gives unused outputs zeros)
+                        continue
                     r.diffs.append(self._diff(stage, cb["path"], cr["path"], cb["class"], cr["class"],
-                                              note=f"no gradient reached the {side} output", **kw))
+                                              note=f"no gradient reached the {side} output, the other's is not "
+                                                   "zero", **kw))
                     continue
                 va, vb = db.get(a["grad"]), dr.get(b["grad"])
             else:
