@@ -35,6 +35,7 @@ from .ops import AS_IS, FILL, TRANSPOSE
 from .plan import build_plan, pair_label
 from .report import TransferReport, build_report
 from .validate import check
+from .workers import Pool
 
 log = logging.getLogger("padiff_lite.checkpoint")
 
@@ -126,9 +127,12 @@ def convert_checkpoint(src, dst, base_model, raw_model, strict: bool = True, pro
                     job.bufs.clear()  # a whole-dict writer's peak is while it serialises: no scratch held then
                 writer.close()
                 ck.release()
+                unchanged(ck)  # early: a long conversion need not run to its end to be refused
                 weight_map.update({e.key: path.name for e in entries if not (out_fmt == "safetensors" and e.alias_of)})
             if index:
                 write_index(out.tmp(index), weight_map, stats.bytes)
+            job.check()
+            unchanged(ck)  # the last step before the commit: what was read is what the output holds
             out.commit()
     except (OSError, RuntimeError, BufferError) as exc:
         err = output_error(exc, dst)
@@ -168,6 +172,31 @@ def _check_frameworks(ck: Checkpoint, base, dst: Path, out_fmt: str, raw):
                               f"({suffixes[raw.framework]} or .safetensors), or swap --base and --raw")
 
 
+# what of a file's status says its content may differ: (name in messages, os.stat_result fields)
+_IDENTITY = (("size", ("st_size",)), ("inode", ("st_dev", "st_ino")), ("modification time", ("st_mtime_ns",)),
+             ("status change time", ("st_ctime_ns",)))
+
+
+def unchanged(ck: Checkpoint):
+    """CheckpointError when a source file is not the one it was before it was first read: another size, another
+    inode (replaced by a rename), another modification or status change time (overwritten in place). A file
+    changed while being read would give an output mixing its two versions."""
+    for f, was in ck.before.items():
+        try:
+            now = os.stat(f)
+        except OSError as exc:
+            raise CheckpointError(f"{f}: the source file changed while being read: it is gone now ({exc.strerror}); "
+                                  "nothing was written. Convert again once nothing writes the checkpoint (a download, "
+                                  "a save or a copy in progress)") from None
+        changed = [f"{what} {'/'.join(str(getattr(was, a)) for a in attrs)} -> "
+                   f"{'/'.join(str(getattr(now, a)) for a in attrs)}"
+                   for what, attrs in _IDENTITY if any(getattr(was, a) != getattr(now, a) for a in attrs)]
+        if changed:
+            raise CheckpointError(f"{f}: the source file changed while being read ({'; '.join(changed)}): the output "
+                                  "would mix its old and new contents, so nothing was written. Convert again once "
+                                  "nothing writes the checkpoint (a download, a save or a copy in progress)")
+
+
 class Runner:
     """Computes each unit's target tensors from the file: planned copies/fills into a fresh (or reused) buffer,
     imperative special inits on a scratch copy of their pair."""
@@ -195,14 +224,17 @@ class Runner:
     def _pool(self):
         """Threads for the pieces of big copies (:mod:`.fastcopy`), made when first needed."""
         if self.pool is None and self.workers > 1:
-            from concurrent.futures import ThreadPoolExecutor
-
-            self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="padiff_lite")
+            self.pool = Pool(self.workers)
         return self.pool
+
+    def check(self):
+        """Raise an exception sent to a copy thread between tasks (the tasks themselves hand theirs to the waiter)."""
+        if self.pool is not None and self.pool.broken is not None:
+            raise self.pool.broken
 
     def close(self):
         if self.pool is not None:
-            self.pool.shutdown(wait=True)
+            self.pool.close()
             self.pool = None
 
     def _buf(self, name: str, nbytes: int) -> torch.Tensor:

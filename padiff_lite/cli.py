@@ -83,7 +83,15 @@ def _build(spec: str, flag: str):
     return model
 
 
-def _parse_range(text: str) -> tuple:
+_INT64_MAX = (1 << 63) - 1
+_DTYPES = "float16, float32, float64, int8, int16, int32, int64, uint8, bool"
+
+
+def _parse_range(text: str, dtype) -> tuple:
+    """``--int-range LOW,HIGH``: integers with LOW < HIGH whose values LOW..HIGH-1 fit ``dtype`` (int64 for a float
+    input, where the range is not used); DiffInputError (exit 2) otherwise."""
+    import numpy as np
+
     from .errors import DiffInputError
 
     try:
@@ -92,6 +100,12 @@ def _parse_range(text: str) -> tuple:
         low = high = 0
     if high <= low:
         raise DiffInputError(f"--int-range {text!r}: expected LOW,HIGH with LOW < HIGH (HIGH excluded), e.g. 1,32000")
+    kind = dtype if dtype.kind in "iu" else np.dtype("int64")
+    lo, hi = (0, 1) if dtype.kind == "b" else (int(np.iinfo(kind).min), int(np.iinfo(kind).max))
+    if low < lo or high - 1 > hi:
+        what = f"--dtype {dtype.name}" if dtype.kind in "iub" else "int64"
+        raise DiffInputError(f"--int-range {text!r}: the values {low}..{high - 1} do not fit {what} "
+                             f"({lo}..{hi}); give a range within it, or a wider --dtype")
     return low, high
 
 
@@ -103,15 +117,23 @@ def _dtype_and_shapes(args, example: str):
 
     try:
         dtype = np.dtype(args.dtype)
-    except TypeError:
-        raise DiffInputError(f"--dtype {args.dtype!r} is not a numpy dtype name (float32, float64, int64, ...)") from None
+    except (TypeError, ValueError):
+        raise DiffInputError(f"--dtype {args.dtype!r} is not a numpy dtype name ({_DTYPES})") from None
+    if dtype.kind not in "fiub" or dtype.itemsize > 8:
+        raise DiffInputError(f"--dtype {args.dtype!r} is not a number type a model takes as input; use one of "
+                             f"{_DTYPES}")
     shapes = [_parse_shape(s) for s in (args.input_shape or [])]
     if not shapes:
         raise DiffInputError(f"give at least one --input-shape, {example}")
+    seed = getattr(args, "seed", 0)
+    if not 0 <= seed <= _INT64_MAX:
+        raise DiffInputError(f"--seed {seed}: expected an integer from 0 to 2**63-1")
     return dtype, shapes
 
 
 def _parse_shape(text: str) -> tuple:
+    import math
+
     from .errors import DiffInputError
 
     try:
@@ -120,7 +142,39 @@ def _parse_shape(text: str) -> tuple:
         shape = ()
     if not shape or any(d <= 0 for d in shape):
         raise DiffInputError(f"--input-shape {text!r}: expected positive integers separated by commas, e.g. 2,3,224,224")
+    if math.prod(shape) * 8 > _INT64_MAX:
+        raise DiffInputError(f"--input-shape {text!r}: {math.prod(shape):.3g} values, more than any input can hold; "
+                             "give the shape of one small batch, e.g. 2,3,224,224")
     return shape
+
+
+def _output_path(text: str | None, flag: str):
+    """``-o`` / ``--html``: a file that can be written (not a folder, in a folder that exists); DiffInputError."""
+    if text is None:
+        return None
+    from pathlib import Path
+
+    from .errors import DiffInputError
+    from .mapping import output_problem
+
+    problem = output_problem(Path(text))
+    if problem:
+        raise DiffInputError(f"{flag} {text}: {problem}")
+    return text
+
+
+def _weights_path(text: str | None):
+    """``--weights``: a checkpoint file (a regular file: not a FIFO, a device) or a folder holding one."""
+    if text is None:
+        return None
+    from pathlib import Path
+
+    from .errors import CheckpointError
+    from .regular import check_regular
+
+    if Path(text).exists() and not Path(text).is_dir():  # a missing file: load_weights says which it wants
+        check_regular(text, CheckpointError, "--weights file")
+    return text
 
 
 def _seed_frameworks(seed: int):
@@ -146,17 +200,25 @@ def cmd_check(args) -> int:
     from .errors import DiffInputError
     from .proxy import create_model
 
+    import math
+
     dtype, shapes = _dtype_and_shapes(args, "e.g. --input-shape 2,3,224,224")
-    _seed_frameworks(args.seed)  # the models' random initialisation too: a run is reproducible
-    base = create_model(_build(args.base, "--base"))
-    raw = create_model(_build(args.raw, "--raw"))
-    if args.weights:
-        base.adapter.load_weights(base.model, args.weights)
+    # every argument checked before the models are built: a mistake costs no model build
     names = args.input_name or []
     if names and len(names) != len(shapes):
         raise DiffInputError(f"{len(names)} --input-name for {len(shapes)} --input-shape; give one name per shape "
                              "(or none, to feed the inputs by position)")
-    low, high = _parse_range(args.int_range)
+    low, high = _parse_range(args.int_range, dtype)
+    for flag, tol in (("--atol", args.atol), ("--rtol", args.rtol)):
+        if not (math.isfinite(tol) and tol >= 0):
+            raise DiffInputError(f"{flag} {tol}: expected a finite number >= 0, e.g. 1e-5")
+    html = _output_path(args.html, "--html")
+    weights = _weights_path(args.weights)
+    _seed_frameworks(args.seed)  # the models' random initialisation too: a run is reproducible
+    base = create_model(_build(args.base, "--base"))
+    raw = create_model(_build(args.raw, "--raw"))
+    if weights:
+        base.adapter.load_weights(base.model, weights)
     rng = np.random.default_rng(args.seed)
     if dtype.kind == "f":
         arrays = tuple(rng.standard_normal(s).astype(dtype) for s in shapes)
@@ -165,17 +227,24 @@ def cmd_check(args) -> int:
     inputs = dict(zip(names, arrays)) if names else arrays
     result = auto_diff(base, raw, inputs, atol=args.atol, rtol=args.rtol, diff_phase=args.phase)
     print(result)
-    if args.html:
-        print(f"HTML report: {result.to_html(args.html)}")
+    if html:
+        try:
+            written = result.to_html(html)
+        except OSError as exc:
+            raise DiffInputError(f"--html {html}: cannot write the report ({exc.strerror or exc}); write it into a "
+                                 "folder you can write to") from None
+        print(f"HTML report: {written}")
     return 0 if result.ok else 1
 
 
 def cmd_convert(args) -> int:
     from .checkpoint import convert_checkpoint
+    from .mapping import load as load_mapping
 
+    mapping = load_mapping(args.map) if args.map is not None else None  # checked before any model is built
     try:
         report = convert_checkpoint(args.src, args.dst, args.base, args.raw, strict=args.strict,
-                                    progress=False if args.quiet else None, mapping=args.map)
+                                    progress=False if args.quiet else None, mapping=mapping)
     except PadiffError as exc:
         exc.args = (_cli_words(str(exc)),)  # the flags of this command, not the Python API's arguments
         raise
@@ -236,6 +305,7 @@ def cmd_pair(args) -> int:
     from .transfer import pair_layers
 
     dtype, shapes = _dtype_and_shapes(args, "e.g. --input-shape 2,16 (the models run on it once)")
+    output = _output_path(args.output, "-o")
     _seed_frameworks(args.seed)
     base, raw = _build(args.base, "--base"), _build(args.raw, "--raw")
     rng = np.random.default_rng(args.seed)
@@ -244,9 +314,9 @@ def cmd_pair(args) -> int:
     else:  # integer inputs (token ids, class indices): values 0 .. 7
         arrays = tuple(rng.integers(0, 8, size=s).astype(dtype) for s in shapes)
     mapping = pair_layers(base, raw, example_inputs=arrays, strict=args.strict)
-    if args.output:
-        mapping.save(args.output)
-        logging.getLogger("padiff_lite").info("wrote %s: %d layer pairs, %d tensors", args.output,
+    if output:
+        mapping.save(output)
+        logging.getLogger("padiff_lite").info("wrote %s: %d layer pairs, %d tensors", output,
                                               len(mapping.layers), len(mapping.tensors))
         print(mapping)
     else:

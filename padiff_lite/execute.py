@@ -31,6 +31,7 @@ from .errors import InitError, TransferError, TransferInterrupted
 from .interrupts import held_signals
 from .ops import FILL, RESHAPE, TRANSPOSE, CallOp, CopyFacts, Fill, UndoRecord
 from .plan import Plan, pair_label
+from .workers import Pool
 
 log = logging.getLogger("padiff_lite")
 
@@ -314,7 +315,9 @@ class _Copies:
                 self.scan.flush()
         finally:
             if self.pool is not None:
-                self.pool.shutdown(wait=True)
+                self.pool.close()  # every copy thread has ended: nothing writes after this
+        if self.pool is not None and self.pool.broken is not None:
+            raise self.pool.broken  # an exception sent to a copy thread after its last task: not lost either
 
     def _settle(self):
         """Finish every pending copy (batched and pooled)."""
@@ -368,9 +371,7 @@ class _Copies:
         if work is None and self.workers == 1:
             return False
         if self.pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="padiff_lite")
+            self.pool = Pool(self.workers)
         if work is None:
             self.futures.append(self.pool.submit(_copy_and_scan, region, value, stored, op.dst.path))
         else:
@@ -556,7 +557,15 @@ def execute_init(adapter, ops) -> list[str]:
 
 
 def run_init(adapter, ops, saved) -> list[str]:
-    """Write each InitOp's values (drawn in torch's layout) and run each CallOp; ``saved`` gets undo records."""
+    """Write each InitOp's values (drawn in torch's layout) and run each CallOp; ``saved`` gets undo records.
+    A target some of whose elements share memory is refused before anything is written."""
+    shared = [f"{op.dst.path} {list(adapter.shape(op.dst.tensor))} (strides {list(strides)})" for op in ops
+              if not isinstance(op, CallOp) and (strides := adapter.overlapping_strides(op.dst.tensor)) is not None]
+    if shared:
+        raise InitError(f"cannot initialise {', '.join(shared)}: some of the elements of each share memory (a tensor "
+                        "made with expand or as_strided), so it cannot hold a value per element; nothing was "
+                        "initialised. Give it memory of its own (register the buffer as tensor.clone(), or assign "
+                        ".contiguous() to it) or leave it out with update_black_list")
     done: list[str] = []
     for op in ops:
         if isinstance(op, CallOp):

@@ -19,10 +19,14 @@ files keep bf16 as uint16, which paddle reads back as bf16). Nothing here knows 
 
 Files are untrusted: no reader runs code from a file (torch files with ``weights_only=True``, .pdparams with
 our own pickle reader, never ``paddle.load``/``pickle.load``), and an index may only name shards of its own
-format inside its own folder.
+format inside its own folder. Every file is opened through :func:`.regular.open_regular` (a FIFO, a device or a
+folder is refused, behind a symbolic link too); a torch pickle is followed by :mod:`.pickle_bounds` before
+``torch.load`` sees it (depth, count, memo amplification); every size a header states (safetensors header length,
+byte ranges, shapes) is checked against the file's size, with exact integers, before anything is allocated.
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 import mmap
@@ -30,6 +34,7 @@ import os
 import pickle
 import re
 import threading
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +44,8 @@ import torch
 
 from . import pdparams
 from .errors import CheckpointError
+from .pickle_bounds import PickleBoundsError, check_stream
+from .regular import fd_path, open_regular, read_json_bytes
 
 log = logging.getLogger("padiff_lite.formats")
 
@@ -99,6 +106,7 @@ class Checkpoint:
         self.infos: dict[str, TensorInfo] = {}
         self._cache: tuple[int, dict] | None = None  # one whole file for the formats read whole
         self._ahead = -1  # the file last announced to the kernel with _read_ahead
+        self.before: dict[Path, os.stat_result] = {}  # each file as it was before it was first read
 
     @property
     def sharded(self) -> bool:
@@ -152,21 +160,26 @@ def open_checkpoint(path) -> Checkpoint:
     p = Path(path)
     if p.is_dir():
         p = _find_in_folder(p)
-    elif not p.exists():
-        raise CheckpointError(f"{p}: no such file; check the path (a checkpoint file, an index "
+    elif not p.exists() and not p.is_symlink():
+        under = next((q for q in p.parents if q.exists() and not q.is_dir()), None)
+        where = f"{under} is a file, not a folder" if under is not None else "no such file"
+        raise CheckpointError(f"{p}: {where}; check the path (a checkpoint file, an index "
                               f"'*{INDEX_SUFFIX}' or a folder holding one)")
     fmt = format_of(p)
     if p.name.endswith(INDEX_SUFFIX):
+        before = {p: os.stat(p)}
         weight_map = read_index(p)
         names = list(dict.fromkeys(weight_map.values()))
         files = [shard_path(p, n, fmt) for n in names]
-        gone = [str(f) for f in files if not f.is_file()]
+        gone = [str(f) for f in files if not f.exists() and not f.is_symlink()]
         if gone:
             raise CheckpointError(f"{p}: shard(s) listed in the index are missing: {', '.join(gone)}; "
                                   "copy every shard next to the index (or re-download the checkpoint)")
         ck = Checkpoint(p, files, fmt, index=p)
+        ck.before = before
         listed = {n: i for i, n in enumerate(names)}
         for i, f in enumerate(files):
+            ck.before[f] = os.stat(f)
             found = _scan(f, fmt, i)
             for key, info in found.items():
                 if weight_map.get(key) == names[i]:
@@ -178,6 +191,7 @@ def open_checkpoint(path) -> Checkpoint:
                                       "the shard or the index is from another checkpoint")
         return ck
     ck = Checkpoint(p, [p], fmt)
+    ck.before = {p: os.stat(p)}
     ck.infos = _scan(p, fmt, 0)
     return ck
 
@@ -216,16 +230,40 @@ def _find_in_folder(folder: Path) -> Path:
 
 
 def read_index(p: Path) -> dict:
+    """The ``weight_map`` of an HF index (JSON ``{"weight_map": {tensor key: shard file name}, ...}``), checked
+    field by field; CheckpointError naming what is wrong."""
+    fix = ("an index is JSON with a 'weight_map' {tensor key: shard file name}; re-create or re-download it")
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-        weight_map = data["weight_map"]
-        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-            raise TypeError("weight_map is not a {key: shard file} table")
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError) as exc:
-        raise CheckpointError(f"{p}: not a valid checkpoint index ({type(exc).__name__}: {str(exc)[:200]}); an index "
-                              "is JSON with a 'weight_map' {tensor key: shard file name}; re-create or re-download it"
-                              ) from None
-    return weight_map
+        data = json.loads(read_json_bytes(p, CheckpointError, "checkpoint index").decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise CheckpointError(f"{p}: not a valid checkpoint index ({type(exc).__name__}: {str(exc)[:200]}); "
+                              f"{fix}") from None
+    problem = _index_problem(data)
+    if problem:
+        raise CheckpointError(f"{p}: not a valid checkpoint index ({problem}); {fix}")
+    return data["weight_map"]
+
+
+def _index_problem(data) -> str | None:
+    """What is wrong with an index's JSON (None when its weight_map can be used)."""
+    if not isinstance(data, dict):
+        return f"the JSON holds a {_json_type(data)}, not an object"
+    if "weight_map" not in data:
+        return "it has no 'weight_map'"
+    weight_map = data["weight_map"]
+    if not isinstance(weight_map, dict):
+        return f"its weight_map is a {_json_type(weight_map)}, not an object"
+    if not weight_map:
+        return "its weight_map is empty"
+    bad = [k for k, v in weight_map.items() if not isinstance(v, str)]
+    if bad:
+        return f"weight_map[{bad[0]!r}] is a {_json_type(weight_map[bad[0]])}, not a shard file name"
+    return None
+
+
+def _json_type(v) -> str:
+    return {dict: "object", list: "list", str: "string", bool: "boolean", int: "number", float: "number",
+            type(None): "null"}.get(type(v), type(v).__name__)
 
 
 def _corrupt(f: Path, exc: BaseException, fmt: str | None = None) -> CheckpointError:
@@ -240,12 +278,9 @@ def _read_ahead(f: Path):
     if not hasattr(os, "posix_fadvise"):
         return
     try:
-        fd = os.open(f, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-        finally:
-            os.close(fd)
-    except OSError as exc:  # only a hint
+        with open_regular(f, CheckpointError, "checkpoint file", buffering=0) as fh:
+            os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_WILLNEED)
+    except (OSError, CheckpointError) as exc:  # only a hint (the read that follows says what is wrong)
         log.debug("%s: no read-ahead (%s)", f, exc)
 
 
@@ -253,7 +288,7 @@ def _read_exact(f: Path, offset: int, buf: torch.Tensor):
     """Fill the uint8 tensor ``buf`` with the bytes of ``f`` from ``offset`` (CheckpointError if it ends early)."""
     view = memoryview(buf.numpy()) if buf.numel() else memoryview(b"")
     try:
-        with open(f, "rb", buffering=0) as fh:
+        with open_regular(f, CheckpointError, "checkpoint file", buffering=0) as fh:
             fh.seek(offset)
             done = 0
             while done < len(view):
@@ -266,12 +301,41 @@ def _read_exact(f: Path, offset: int, buf: torch.Tensor):
         raise _corrupt(f, exc, "safetensors") from exc
 
 
-def _st_offsets(f: Path) -> dict[str, tuple[int, int]]:
+_ST_MAX_HEADER = 100 << 20  # safetensors' own limit on the header's length
+
+
+def _st_header(fh, size: int) -> tuple[dict, int]:
+    """The safetensors header of the open file ``fh`` (``size`` bytes) and where the data starts, checked field by
+    field before anything is allocated (ValueError naming what is wrong)."""
+    head = fh.read(8)
+    if len(head) != 8:
+        raise ValueError(f"the file is {size} bytes, shorter than a safetensors header")
+    n = int.from_bytes(head, "little")
+    if n > min(size - 8, _ST_MAX_HEADER):
+        raise ValueError(f"the header claims {n} bytes, but the file has {size - 8} after the length "
+                         f"(and a header is at most {_ST_MAX_HEADER >> 20} MB)")
+    header = json.loads(fh.read(n))
+    if not isinstance(header, dict):
+        raise ValueError(f"the header is a {_json_type(header)}, not an object")
+    data = size - 8 - n
+    for key, v in header.items():
+        if key == "__metadata__":
+            continue
+        if not isinstance(v, dict) or not isinstance(v.get("dtype"), str) or not isinstance(v.get("shape"), list) \
+                or not isinstance(v.get("data_offsets"), list) or len(v["data_offsets"]) != 2:
+            raise ValueError(f"tensor {key}: the header entry is not {{dtype, shape, data_offsets: [start, end]}}")
+        shape, (start, end) = v["shape"], v["data_offsets"]
+        if not all(type(d) is int and 0 <= d < 1 << 63 for d in shape):
+            raise ValueError(f"tensor {key}: shape {shape} is not a list of sizes from 0 to 2**63-1")
+        if not all(type(o) is int for o in (start, end)) or not 0 <= start <= end <= data:
+            raise ValueError(f"tensor {key}: bytes [{start}, {end}) lie outside the file's {data} bytes of data")
+    return header, 8 + n
+
+
+def _st_offsets(fh, size: int) -> dict[str, tuple[int, int]]:
     """key -> (start, end) byte offsets in the file, from the safetensors header."""
-    with open(f, "rb") as fh:
-        n = int.from_bytes(fh.read(8), "little")
-        header = json.loads(fh.read(n))
-    base = 8 + n
+    fh.seek(0)
+    header, base = _st_header(fh, size)
     return {k: (base + v["data_offsets"][0], base + v["data_offsets"][1])
             for k, v in header.items() if k != "__metadata__"}
 
@@ -284,7 +348,13 @@ def _scan(f: Path, fmt: str, i: int) -> dict[str, TensorInfo]:
 
         out = {}
         try:
-            with safe_open(str(f), framework="pt") as h:
+            fh = open_regular(f, CheckpointError, "checkpoint file")
+        except CheckpointError:
+            raise
+        try:
+            size = os.fstat(fh.fileno()).st_size
+            offsets = _st_offsets(fh, size)  # our checks of the header first, then safetensors' own
+            with safe_open(fd_path(fh, f), framework="pt") as h:
                 for key in h.keys():
                     sl = h.get_slice(key)
                     name = sl.get_dtype()
@@ -292,7 +362,7 @@ def _scan(f: Path, fmt: str, i: int) -> dict[str, TensorInfo]:
                         raise CheckpointError(f"{f}: tensor {key} has dtype {name}, which padiff_lite does not move; "
                                               "convert that tensor to a supported dtype first")
                     out[key] = TensorInfo(key, tuple(sl.get_shape()), _ST_NAMES[name], i)
-            for key, (start, end) in _st_offsets(f).items():  # safe_open has validated the header
+            for key, (start, end) in offsets.items():
                 if key in out:
                     if end - start != out[key].nbytes:
                         raise ValueError(f"tensor {key} holds {end - start} bytes, its shape and dtype need "
@@ -302,6 +372,8 @@ def _scan(f: Path, fmt: str, i: int) -> dict[str, TensorInfo]:
             raise
         except Exception as exc:
             raise _corrupt(f, exc, fmt) from exc
+        finally:
+            fh.close()
         return out
     if fmt == "paddle":
         return _scan_paddle(f, i)
@@ -354,16 +426,80 @@ def _load_whole(f: Path, fmt: str, mmap: bool = False) -> dict[str, torch.Tensor
     while tensors read plainly are freed one by one as the conversion is done with them."""
     if fmt != "torch":
         raise AssertionError(fmt)
+    with open_regular(f, CheckpointError, "checkpoint file") as fh:
+        _check_torch_pickles(f, fh)
+        obj = _torch_load(f, fd_path(fh, f), mmap)
+    sd = _tensors_only(f, obj, torch.Tensor, _plain_tensor)
+    for key, t in sd.items():
+        what = ("a nested tensor" if t.is_nested
+                else "a sparse tensor (layout " + str(t.layout).replace("torch.", "") + ")" if t.layout != torch.strided
+                else "a tensor without data (saved from the meta device)" if t.is_meta
+                else "a quantized tensor" if t.is_quantized else None)
+        if what:
+            fix = ("save it padded: t.to_padded_tensor(0), or each of its tensors under a name of its own"
+                   if t.is_nested else "save it dense: t.to_dense()" if t.layout != torch.strided else
+                   "save the real weights (the model after loading or training, not one built on the meta device)"
+                   if t.is_meta else "save it dequantized: t.dequantize()")
+            raise CheckpointError(f"{f}: {key} is {what}, which padiff_lite does not convert; {fix}")
+    return sd
+
+
+def _plain_tensor(t: torch.Tensor) -> torch.Tensor:
+    """A tensor as a state dict holds it: an ``nn.Parameter`` (``state_dict(keep_vars=True)``) or a tensor that
+    requires grad is taken as its data (detached: the same memory, no autograd)."""
+    return t.detach() if t.requires_grad or isinstance(t, torch.nn.Parameter) else t
+
+
+_TORCH_PICKLE_LIMIT = 256 << 20  # bytes of pickle in a torch file (data.pkl of 100,000 tensors: ~15 MB)
+
+
+def _check_torch_pickles(f: Path, fh):
+    """Follow the pickles of a torch file with :mod:`.pickle_bounds` before torch.load builds them: ``data.pkl``
+    (every ``*.pkl`` member) of a zip file, the pickles ahead of the storages of a legacy one."""
+    head = fh.read(4)
+    fh.seek(0)
+    try:
+        if head == b"PK\x03\x04":  # torch.load tells the formats apart by this, so do we
+            try:
+                archive = zipfile.ZipFile(fh)
+            except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+                raise _corrupt(f, exc, "torch") from None
+            with archive:
+                for info in archive.infolist():
+                    if info.filename.endswith(".pkl"):
+                        with archive.open(info) as member:
+                            data = member.read(_TORCH_PICKLE_LIMIT + 1)
+                        if len(data) > _TORCH_PICKLE_LIMIT:
+                            raise PickleBoundsError(f"{info.filename} is more than {_TORCH_PICKLE_LIMIT >> 20} MB "
+                                                    "of pickle")
+                        check_stream(io.BytesIO(data), len(data))
+        else:  # magic number, protocol, system info, the object, the storage keys: five pickles in a row
+            size = os.fstat(fh.fileno()).st_size
+            for _ in range(5):
+                if not check_stream(fh, size - fh.tell()):
+                    break
+    except PickleBoundsError as exc:
+        raise CheckpointError(f"{f}: refused to load: its pickle passes a bound ({exc}), which no torch.save "
+                              "file does; nothing from the file was run. Get the checkpoint from a trusted source "
+                              "or save the state dict again: torch.save(model.state_dict(), path)") from None
+    finally:
+        fh.seek(0)
+
+
+_NESTED = "nested jagged tensors"
+
+
+def _torch_load(f: Path, path: str, mmap: bool):
+    """torch.load(weights_only=True) of the file at ``path`` (the descriptor's path of ``f``, already checked)."""
     try:
         if mmap:
             try:
-                obj = torch.load(str(f), map_location="cpu", weights_only=True, mmap=True)
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             except RuntimeError as exc:
                 if "mmap can only be used" not in str(exc):
                     raise
-                mmap = False  # a legacy (non-zip) torch.save file cannot be mapped
-        if not mmap:
-            obj = torch.load(str(f), map_location="cpu", weights_only=True)
+        # a legacy (non-zip) torch.save file cannot be mapped
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         blocked = _BLOCKED.search(str(exc))
         if blocked:
@@ -372,18 +508,11 @@ def _load_whole(f: Path, fmt: str, mmap: bool = False) -> dict[str, torch.Tensor
                 "(torch.load ran with weights_only=True, so nothing was run). A file like this can run code when "
                 "loaded with weights_only=False: do not do that unless you trust its source; save the state dict "
                 "alone: torch.save(model.state_dict(), path)") from None
-        raise _corrupt(f, exc, fmt) from None
-    sd = _tensors_only(f, obj, torch.Tensor, lambda t: t)
-    for key, t in sd.items():
-        what = ("a sparse tensor (layout " + str(t.layout).replace("torch.", "") + ")" if t.layout != torch.strided
-                else "a tensor without data (saved from the meta device)" if t.is_meta
-                else "a quantized tensor" if t.is_quantized else None)
-        if what:
-            fix = ("save it dense: t.to_dense()" if t.layout != torch.strided else
-                   "save the real weights (the model after loading or training, not one built on the meta device)"
-                   if t.is_meta else "save it dequantized: t.dequantize()")
-            raise CheckpointError(f"{f}: {key} is {what}, which padiff_lite does not convert; {fix}")
-    return sd
+        if _NESTED in str(exc):
+            raise CheckpointError(f"{f}: holds a nested (jagged) tensor, which padiff_lite does not convert; save it "
+                                  "padded (t.to_padded_tensor(0)) or each of its tensors under a name of its own"
+                                  ) from None
+        raise _corrupt(f, exc, "torch") from None
 
 
 def _tensors_only(f, obj, kind, convert) -> dict:
@@ -438,10 +567,25 @@ def numpy_to_torch(a: np.ndarray) -> torch.Tensor:
 
 
 def torch_to_numpy(t: torch.Tensor) -> np.ndarray:
-    """torch -> numpy without a copy; bf16 becomes uint16, as paddle.save writes it."""
+    """torch -> numpy without a copy; bf16 becomes uint16, as paddle.save writes it (a Parameter: its data)."""
+    t = t.detach()
     if t.dtype == torch.bfloat16:
         return t.view(torch.int16).numpy().view(np.uint16)
     return t.numpy()
+
+
+def pdparams_refusal(key: str, dtype: torch.dtype) -> str | None:
+    """Why a tensor of ``dtype`` cannot be written to a .pdparams file (None when it can)."""
+    if dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+        return (f"tensor {key} is {dtype_name(dtype)}, which a .pdparams file cannot hold: paddle.save stores float8 "
+                "as int8 and paddle.load gives int8 back, which a float8 model refuses (and a cast would change the "
+                "values); write this checkpoint as .safetensors or .pt, which keep float8")
+    try:
+        torch_to_numpy(torch.empty(0, dtype=dtype))
+    except (TypeError, RuntimeError):
+        return (f"tensor {key} is {dtype_name(dtype)}, which numpy (and so a .pdparams file) cannot hold; write this "
+                "checkpoint as .pt")
+    return None
 
 
 # -- writing -----------------------------------------------------------------
@@ -516,6 +660,10 @@ class PdparamsWriter:
     def __init__(self, path: Path, entries: list[Entry]):
         self.path = path
         self.order = [e for e in entries if e.alias_of is None]
+        for e in self.order:
+            refusal = pdparams_refusal(e.key, e.dtype)
+            if refusal:
+                raise CheckpointError(f"{path}: {refusal}")
         self.aliases: dict[str, list[str]] = {}
         for e in entries:
             if e.alias_of is not None:

@@ -18,6 +18,10 @@ File format (JSON, ``"format": "padiff-lite mapping 1"``)::
 plan did, and a loaded mapping's tensors are checked against the new plan (any difference is refused).
 A hand-written mapping may be just ``{"layers": {"base.path": "raw.path", ...}}`` or ``{"base.path":
 "raw.path", ...}``. A mapping made base -> raw is turned around when used raw -> base (frameworks swapped).
+
+A mapping file comes from a user: it is read only from a regular file (:mod:`.regular`; a FIFO or a device is
+refused), at most :data:`.regular.MAX_JSON_BYTES`, and every field is checked for its type before use
+(:func:`schema_problems`); anything else is one MappingError naming the file, the field and the fix.
 """
 from __future__ import annotations
 
@@ -26,8 +30,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .errors import MappingError
+from .regular import read_json_bytes
 
 FORMAT = "padiff-lite mapping 1"
+_FIX = "write it again with `padiff-lite pair` or report.mapping.save(path)"
 
 
 @dataclass(frozen=True)
@@ -97,11 +103,20 @@ class Mapping:
                 "notes": list(self.notes)}
 
     def save(self, path) -> Path:
-        """Write the mapping as JSON (written to a temporary name, then renamed: never half a file)."""
+        """Write the mapping as JSON (written to a temporary name, then renamed: never half a file).
+        MappingError when ``path`` cannot be written (a folder, a missing folder, a path under a file)."""
         path = Path(path)
+        problem = output_problem(path)
+        if problem:
+            raise MappingError(f"{path}: {problem}")
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
-        tmp.replace(path)
+        try:
+            tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+            tmp.replace(path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise MappingError(f"{path}: cannot write the mapping ({exc.strerror or exc}); write it into a folder "
+                               "you can write to") from None
         return path
 
     def __str__(self):
@@ -122,16 +137,18 @@ def load(obj) -> Mapping:
     where = "mapping"
     if isinstance(obj, (str, Path)):
         where = str(obj)
-        try:
-            obj = json.loads(Path(obj).read_text())
-        except FileNotFoundError:
+        if not Path(obj).exists() and not Path(obj).is_symlink() and Path(obj).parent.is_dir():
             raise MappingError(f"mapping file {where} does not exist; write one with `padiff-lite pair` or "
-                               "report.mapping.save(path)") from None
-        except (OSError, ValueError) as exc:
-            raise MappingError(f"mapping file {where} is not readable JSON ({type(exc).__name__}: {exc}); write it "
-                               "again with `padiff-lite pair` or report.mapping.save(path)") from None
-    if not isinstance(obj, dict):
-        raise MappingError(f"{where}: a mapping is a dict or a JSON file holding one, got {type(obj).__name__}")
+                               "report.mapping.save(path)")
+        try:
+            obj = json.loads(read_json_bytes(obj, MappingError, "mapping file").decode("utf-8"))
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+            raise MappingError(f"mapping file {where} is not readable JSON ({type(exc).__name__}: "
+                               f"{str(exc)[:200]}); {_FIX}") from None
+    problems = schema_problems(obj)
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise MappingError(f"{where}: not a mapping: {'; '.join(problems[:3])}{more}; {_FIX}, or fix the field")
     if "layers" not in obj:  # {base path: raw path}
         obj = {"layers": obj}
     fmt = obj.get("format", FORMAT)
@@ -139,29 +156,105 @@ def load(obj) -> Mapping:
         raise MappingError(f"{where}: format {fmt!r} is not {FORMAT!r}; write the mapping again with this version")
     base, raw = obj.get("base") or {}, obj.get("raw") or {}
     m = Mapping(base.get("framework", ""), base.get("model", ""), raw.get("framework", ""), raw.get("model", ""),
-                notes=list(obj.get("notes", [])))
+                notes=list(obj.get("notes") or []))
     layers = obj["layers"]
     if isinstance(layers, dict):
         layers = [{"base": b, "raw": r} for b, r in layers.items()]
-    m.layers = [_entry(LayerEntry, e, where, "layers", i) for i, e in enumerate(layers)]
-    m.tensors = [_entry(TensorEntry, e, where, "tensors", i) for i, e in enumerate(obj.get("tensors", []))]
-    bad = [e for e in m.layers if not isinstance(e.base, str) or not isinstance(e.raw, str)]
-    if bad:
-        raise MappingError(f"{where}: layer entries need a base and a raw dotted path (strings), got "
-                           + "; ".join(f"{e.base!r} -> {e.raw!r}" for e in bad))
+    m.layers = [LayerEntry(**e) for e in layers]
+    m.tensors = [TensorEntry(**e) for e in obj.get("tensors") or []]
     return m
 
 
-def _entry(cls, e, where, key, i):
+# -- the schema of a mapping -----------------------------------------------------
+_LAYER_TYPES = {name: (str,) for name in LayerEntry.__dataclass_fields__}
+_TENSOR_TYPES = {"base": (str, type(None)), "raw": (str, type(None)), "transform": (str,), "base_part": (str,),
+                 "raw_part": (str,), "value": (int, float, type(None))}
+
+
+def _type(v) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
+            float: "a number", type(None): "null"}.get(type(v), f"a {type(v).__name__}")
+
+
+def _entry_problems(e, key: str, i, types: dict) -> list[str]:
     if not isinstance(e, dict):
-        raise MappingError(f"{where}: {key}[{i}] is a {type(e).__name__}, expected an object with base and raw paths")
-    names = set(cls.__dataclass_fields__)
-    unknown = sorted(set(e) - names)
+        return [f"{key}[{i}] is {_type(e)}, expected an object with base and raw paths"]
+    out = []
+    unknown = sorted(str(k) for k in e if k not in types)
     if unknown or "base" not in e or "raw" not in e:
-        raise MappingError(f"{where}: {key}[{i}] = {e!r}: expected the keys base, raw"
-                           f" (and optionally {', '.join(sorted(names - {'base', 'raw'}))})"
-                           + (f"; unknown: {', '.join(unknown)}" if unknown else ""))
-    return cls(**e)
+        out.append(f"{key}[{i}] = {_short(e)}: expected the keys base, raw (and optionally "
+                   f"{', '.join(sorted(set(types) - {'base', 'raw'}))})"
+                   + (f"; unknown: {', '.join(unknown)}" if unknown else ""))
+    for name, v in e.items():
+        if name in types and (not isinstance(v, types[name]) or isinstance(v, bool)):
+            want = " or ".join(dict.fromkeys(_type(t()) if t is not type(None) else "null" for t in types[name]))
+            out.append(f"{key}[{i}].{name} is {_type(v)}, expected {want}")
+    return out
+
+
+def _short(v) -> str:
+    text = repr(v)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def schema_problems(obj) -> list[str]:
+    """What is wrong with a mapping's plain data (the file's JSON, or a dict given in Python), field by field; []
+    when every field has the type the mapping needs. Containers are looked at one level at a time (no recursion),
+    so any input, however nested, gives a list of problems."""
+    if not isinstance(obj, dict):
+        return [f"a mapping is an object (a dict), got {_type(obj)}"]
+    if "layers" not in obj:  # the hand-written form {base path: raw path}
+        bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, str)]
+        return [f"entry {_short(k)}: {_type(obj[k])} where a raw layer path (a string) belongs" for k in bad[:5]]
+    out = []
+    fmt = obj.get("format", FORMAT)
+    if not isinstance(fmt, str):
+        out.append(f"format is {_type(fmt)}, expected the string {FORMAT!r}")
+    for side in ("base", "raw"):
+        v = obj.get(side)
+        if v is None:
+            continue
+        if not isinstance(v, dict):
+            out.append(f"{side} is {_type(v)}, expected an object {{framework, model}}")
+            continue
+        out += [f"{side}.{k} is {_type(v[k])}, expected a string" for k in ("framework", "model")
+                if k in v and not isinstance(v[k], str)]
+    notes = obj.get("notes")
+    if notes is not None and (not isinstance(notes, list) or not all(isinstance(n, str) for n in notes)):
+        out.append("notes is not a list of strings")
+    layers = obj["layers"]
+    if isinstance(layers, dict):
+        out += [f"layers[{_short(k)}] is {_type(v)}, expected a raw layer path (a string)"
+                for k, v in layers.items() if not isinstance(k, str) or not isinstance(v, str)]
+    elif isinstance(layers, list):
+        for i, e in enumerate(layers):
+            out += _entry_problems(e, "layers", i, _LAYER_TYPES)
+    else:
+        out.append(f"layers is {_type(layers)}, expected a list of {{base, raw}} objects or an object "
+                   "{base path: raw path}")
+    tensors = obj.get("tensors")
+    if tensors is not None:
+        if not isinstance(tensors, list):
+            out.append(f"tensors is {_type(tensors)}, expected a list of {{base, raw, transform}} objects")
+        else:
+            for i, e in enumerate(tensors):
+                out += _entry_problems(e, "tensors", i, _TENSOR_TYPES)
+    return out
+
+
+def output_problem(path: Path) -> str | None:
+    """Why a file cannot be written at ``path`` (a folder, a missing folder, a path under a file), or None."""
+    if path.is_dir():
+        return "is a folder; name the file to write, e.g. " + str(path / "model.map.json")
+    parent = path.parent
+    if not parent.exists():
+        under = next((p for p in parent.parents if p.exists() and not p.is_dir()), None)
+        if under is not None:
+            return f"{under} is a file, not a folder; choose a path whose folders are folders"
+        return f"the folder {parent} does not exist; create it first (mkdir -p {parent}) or write elsewhere"
+    if not parent.is_dir():
+        return f"{parent} is a file, not a folder; choose a path whose folders are folders"
+    return None
 
 
 # -- fitting a mapping to two models ---------------------------------------------

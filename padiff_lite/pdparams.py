@@ -15,10 +15,19 @@ Any other import is refused before anything is built, naming the module and the 
 for. Array bytes are not read while parsing: an array becomes an :class:`ArrayRef` (dtype, shape, where
 its bytes lie in the file), and :func:`read_array` reads them later straight into the caller's buffer,
 so a file is never held in memory as a whole and its bytes are copied once.
+
+Only regular files are opened (:mod:`.regular`), and the opcodes are followed by :class:`.pickle_bounds.Bounds`
+as they are interpreted: nesting depth, the number of values and the size of a structure with its shared
+parts expanded are bounded, so a crafted file is refused before it can crash the process (a key nested a
+million levels deep) or stall it (a "billion laughs" memo). Sizes (shapes, payload lengths) are checked against
+the file's size with exact integers before anything is allocated.
 """
 from __future__ import annotations
 
 import io
+import math
+import os
+import pickletools
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +35,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CheckpointError
+from .pickle_bounds import Bounds, PickleBoundsError
+from .regular import open_regular
 
 __all__ = ["ArrayRef", "parse", "read_array", "unwrap_big_params"]
 
@@ -50,7 +61,7 @@ class ArrayRef:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+        return math.prod(self.shape) * self.dtype.itemsize  # exact (no int64 wrap-around)
 
 
 class _Refused(Exception):
@@ -81,6 +92,9 @@ _ALLOWED = {
 }
 _ALLOWED.update({("__builtin__", n): v for (m, n), v in list(_ALLOWED.items()) if m == "builtins"})  # protocol 2
 NUMERIC_KINDS = "biuf"
+_NAMES = {op.code.encode("latin-1"): op.name for op in pickletools.opcodes}
+_MEMO_OPS = {"BINPUT", "LONG_BINPUT", "MEMOIZE", "BINGET", "LONG_BINGET"}
+_INT64_MAX = (1 << 63) - 1
 _CODE_OPCODES = {b"i", b"o", b"P", b"Q", b"\x82", b"\x83", b"\x84", b"\x97"}  # INST OBJ PERSID BINPERSID EXT* NEXT_BUFFER  # bool, signed, unsigned, float
 
 
@@ -97,10 +111,13 @@ class _ArrayStub:
 def parse(path: Path):
     """The object pickled in ``path``, with every numpy array as an :class:`ArrayRef`; CheckpointError when the
     file is not a pickle of plain data and arrays (nothing in it is executed or imported)."""
-    size = path.stat().st_size
     try:
-        with open(path, "rb") as fh:
-            return _Machine(fh, size).run()
+        with open_regular(path, CheckpointError, "checkpoint file") as fh:
+            return _Machine(fh, os.fstat(fh.fileno()).st_size).run()
+    except PickleBoundsError as exc:
+        raise CheckpointError(f"{path}: refused to load: {exc}, which no paddle.save file does; nothing from the "
+                              "file was run. Get the checkpoint from a trusted source or re-save it with "
+                              "paddle.save(model.state_dict(), path)") from None
     except _Refused as exc:
         raise CheckpointError(f"{path}: refused to load: {exc}. Nothing from the file was run. A .pdparams file is a "
                               "pickle, and paddle.load/pickle.load would have run it: do not load this file with them; "
@@ -123,6 +140,7 @@ class _Machine:
         self.stack: list = []
         self.marks: list[list] = []
         self.memo: dict = {}
+        self.bounds = Bounds()
 
     # -- reading the stream ----------------------------------------------------
     def _read(self, n: int) -> bytes:
@@ -161,9 +179,15 @@ class _Machine:
         if head[:1] != b"\x80":
             raise ValueError("the file does not start like a pickle of protocol 2 or later")
         self.fh.seek(0)
+        step = self.bounds.step
         while True:
             stack = self.stack
             op = read(1)
+            name = _NAMES.get(op)
+            if name is None:
+                raise ValueError(f"byte {op!r} at {self.fh.tell() - 1} is not a pickle opcode")
+            if name not in _MEMO_OPS:  # the bounds first: nothing is built that passes them
+                step(name)
             if op == b"\x80":  # PROTO
                 proto = read(1)[0]
                 if not 2 <= proto <= 5:
@@ -255,15 +279,24 @@ class _Machine:
                 items = self._pop_mark()
                 _container(self.stack[-1], set).update(_key(k) for k in items)
             elif op == b"q":
-                self.memo[read(1)[0]] = stack[-1]
+                i = read(1)[0]
+                step(name, i)
+                self.memo[i] = stack[-1]
             elif op == b"r":
-                self.memo[struct.unpack("<I", read(4))[0]] = stack[-1]
+                i = struct.unpack("<I", read(4))[0]
+                step(name, i)
+                self.memo[i] = stack[-1]
             elif op == b"\x94":
+                step(name)
                 self.memo[len(self.memo)] = stack[-1]
             elif op == b"h":
-                stack.append(self.memo[read(1)[0]])
+                i = read(1)[0]
+                step(name, i)
+                stack.append(self.memo[i])
             elif op == b"j":
-                stack.append(self.memo[struct.unpack("<I", read(4))[0]])
+                i = struct.unpack("<I", read(4))[0]
+                step(name, i)
+                stack.append(self.memo[i])
             elif op == b"c":  # GLOBAL "module\nname\n"
                 module = self.fh.readline(256).decode("utf-8").rstrip("\n")
                 name = self.fh.readline(256).decode("utf-8").rstrip("\n")
@@ -378,9 +411,23 @@ def _dtype(d) -> np.dtype:
     raise ValueError(f"expected a numpy dtype, got {type(d).__name__}")
 
 
+def _shape(shape) -> tuple:
+    """An array's shape from the file: non-negative sizes whose product (in bytes too) fits in int64."""
+    if not isinstance(shape, (tuple, list)) or len(shape) > 64 or \
+            not all(isinstance(s, int) and 0 <= s <= _INT64_MAX for s in shape):
+        raise ValueError(f"an array shape that is not a tuple of sizes from 0 to 2**63-1: {_short(shape)}")
+    if math.prod(shape) * 16 > _INT64_MAX:
+        raise ValueError(f"an array of shape {list(shape)} is larger than any file can hold")
+    return tuple(int(s) for s in shape)
+
+
+def _short(v) -> str:
+    text = repr(v) if isinstance(v, (tuple, list, int, str)) and len(str(v)) < 200 else type(v).__name__
+    return text[:200]
+
+
 def _array_ref(dtype: np.dtype, shape, fortran: bool, data) -> ArrayRef:
-    if not isinstance(shape, tuple) or not all(isinstance(s, int) and s >= 0 for s in shape):
-        raise ValueError(f"an array shape that is not a tuple of sizes: {shape!r}")
+    shape = _shape(shape)
     if dtype.kind not in NUMERIC_KINDS:
         return ArrayRef(dtype, shape, bool(fortran), [("unsupported", _kind_name(dtype))])
     ref = ArrayRef(dtype, shape, bool(fortran), [_bytes(data)])
@@ -402,7 +449,7 @@ def _build(obj, state):
         shape, dtype, fortran, data = state[-4:]
         dtype = _dtype(dtype)
         if dtype.kind not in NUMERIC_KINDS or isinstance(data, list):  # object arrays pickle a list of objects
-            obj.ref = ArrayRef(dtype, tuple(shape), bool(fortran), [("unsupported", _kind_name(dtype))])
+            obj.ref = ArrayRef(dtype, _shape(shape), bool(fortran), [("unsupported", _kind_name(dtype))])
         else:
             obj.ref = _array_ref(dtype, tuple(shape), fortran, data)
         return
@@ -457,14 +504,20 @@ def unwrap_big_params(obj: dict) -> dict:
     """paddle.save with protocol 2/3 cuts arrays over 1 GB into slices (``UnpackBigParamInfor@@``): join them back
     (as one ArrayRef whose parts are the slices)."""
     info = obj.get("UnpackBigParamInfor@@")
-    if not isinstance(info, dict):
+    if info is None:
         return obj
+    if not isinstance(info, dict):
+        raise ValueError(f"UnpackBigParamInfor@@ is a {type(info).__name__}, not a table of big arrays")
     out = dict(obj)
     for key, v in info.items():
-        slices = [out.pop(s, None) for s in v.get("slices", [])]
+        if not isinstance(v, dict) or not isinstance(v.get("slices"), (list, tuple)) or \
+                not all(isinstance(s, str) for s in v["slices"]) or "OriginShape" not in v:
+            raise ValueError(f"UnpackBigParamInfor@@[{_short(key)}] is not {{'OriginShape': sizes, 'slices': "
+                             "[names]}")
+        slices = [out.pop(s, None) for s in v["slices"]]
         if not slices or not all(isinstance(s, ArrayRef) for s in slices):
             raise ValueError(f"{key}: the slices of a big array are missing")
-        shape = tuple(v["OriginShape"])
+        shape = _shape(v["OriginShape"])
         out[key] = ArrayRef(slices[0].dtype, shape, False, [p for s in slices for p in s.parts])
         if out[key].nbytes != sum(s.nbytes for s in slices):
             raise ValueError(f"{key}: slices do not add up to shape {list(shape)}")
@@ -483,7 +536,7 @@ def read_array(path: Path, ref: ArrayRef, into: memoryview, fh=None) -> None:
     """Read the array's bytes into ``into`` (exactly ``ref.nbytes`` long), part by part, with ``readinto``."""
     own = fh is None
     if own:
-        fh = open(path, "rb", buffering=0)
+        fh = open_regular(path, CheckpointError, "checkpoint file", buffering=0)
     try:
         pos = 0
         for part in ref.parts:

@@ -4,7 +4,9 @@ Pure: the plan is read, never changed; a :class:`Validation` comes back. Each ch
 problems, and :func:`check` runs the ones an entry point asks for into one list:
 
 - :func:`validate` - the plan against the tensors: shapes after each transform, dtypes (the kind must agree;
-  narrowing casts must fit and are listed), data present, constants the raw side cannot hold, tied targets;
+  narrowing casts must fit and are listed), data present, destinations whose elements share memory (made with
+  ``expand`` / ``as_strided``: they cannot hold a value per element), constants the raw side cannot hold, tied
+  targets;
   and per copy the :class:`.ops.CopyFacts` the executor groups small copies by;
 - :func:`unpaired_problem` - ``strict``: tensors without a partner;
 - :func:`nonfinite_problems` - ``check_finite``: NaN/Inf in what would be read;
@@ -108,6 +110,8 @@ def validate(plan: Plan, need_data: bool = True) -> Validation:
     # once per tensor: adapter methods bound once (0.04 s of 0.2 s for 12,000 tensors)
     b_shape, r_shape, b_dtype, r_dtype, b_readable, r_readable = (ba.shape, ra.shape, ba.dtype_name, ra.dtype_name,
                                                                   ba.readable, ra.readable)
+    r_overlap = ra.overlapping_strides
+    shared: set[int] = set()  # destinations refused for sharing memory between their elements (named once)
     # grouped by a plain tuple, named once per group: a NamedTuple per copy costs 0.3-0.5 us more to build and a
     # fact kept per copy as much to free (4 + 3 ms of 300 for 20,000 tensors)
     alike: dict = {}
@@ -118,6 +122,12 @@ def validate(plan: Plan, need_data: bool = True) -> Validation:
             v.problems.append(_no_data(pair_label(op.pair), "raw", ra, op.dst))
             continue
         dshape = r_shape(dst)
+        if need_data and id(dst) not in shared:
+            strides = r_overlap(dst)
+            if strides is not None:
+                shared.add(id(dst))
+                v.problems.append(overlap_problem(pair_label(op.pair), op.dst.path, dshape, strides))
+                continue
         want = dshape if op.dst_part is None else layout.region_shape(dshape, op.dst_part)
         if want is None:
             v.problems.append(f"{pair_label(op.pair)}: part {op.dst_part} does not fit raw {op.dst.path} of shape "
@@ -164,6 +174,11 @@ def validate(plan: Plan, need_data: bool = True) -> Validation:
                 if not adapter.readable(ref.tensor):
                     unreadable.add(id(ref.tensor))
                     v.problems.append(_no_data(pair_label(pair), side, adapter, ref))
+                elif side == "raw" and id(ref.tensor) not in shared:
+                    strides = ra.overlapping_strides(ref.tensor)
+                    if strides is not None:
+                        shared.add(id(ref.tensor))
+                        v.problems.append(overlap_problem(pair_label(pair), ref.path, ra.shape(ref.tensor), strides))
     for op in plan.checks:
         if not ba.readable(op.src.tensor):
             v.problems.append(_no_data(pair_label(op.pair), "base", ba, op.src))
@@ -231,6 +246,14 @@ def nonfinite_problems(plan: Plan) -> list[str]:
             out.append(f"base {ref.path} holds {n} NaN/Inf value{'s' * (n != 1)} (check_finite=True); "
                        "fix the source weights or pass check_finite=False to copy them as they are")
     return out
+
+
+def overlap_problem(where: str, path: str, shape, strides) -> str:
+    """The problem of a destination some of whose elements share memory (it cannot hold a value per element)."""
+    return (f"{where}: raw {path} {list(shape)} has strides {list(strides)}: some of its elements share memory (a "
+            "tensor made with expand or as_strided), so it cannot hold the values of a copy; give it memory of its own "
+            "(register the buffer as tensor.clone(), or assign .contiguous() to it) or leave it out with "
+            "update_black_list")
 
 
 def _no_data(where, side, adapter, ref) -> str:

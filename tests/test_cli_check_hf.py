@@ -83,7 +83,8 @@ def test_errors_exit_2_with_one_line(factories, capsys, tmp_path):
         (["--base", f"{factories}:torch_llama", "--raw", f"{factories}:paddle_llama", *IDS,
           "--input-name", "attention_mask"], "2 --input-name for 1 --input-shape"),
         (["--base", f"{factories}:torch_llama", "--raw", f"{factories}:paddle_llama", *IDS,
-          "--html", str(tmp_path / "no_such_dir" / "r.html")], "FileNotFoundError"),
+          "--html", str(tmp_path / "no_such_dir" / "r.html")],
+         f"DiffInputError: --html {tmp_path}/no_such_dir/r.html: the folder {tmp_path}/no_such_dir does not exist"),
         (["--base", f"{factories}:model_that_fails", "--raw", f"{factories}:model_that_fails", *IDS],
          "DiffError: the torch model Broken failed on the given inputs: KeyError"),
     ]

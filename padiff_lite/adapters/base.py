@@ -63,6 +63,10 @@ class MemoryAdapter(Protocol):
     def writable_view(self, t) -> tuple[Any, bool]:
         """(torch tensor, shares memory): when it does not, write the result back with :meth:`write`."""
 
+    def overlapping_strides(self, t) -> tuple | None:
+        """``t``'s strides when some of its elements share memory (made with ``expand`` / ``as_strided``: it cannot
+        hold a value per element), else None."""
+
     def gather(self, tensors: list, shape, dtype: str) -> Any:
         """A torch tensor (K, *shape) holding ``tensors``, or None when this cannot be done at once."""
 

@@ -19,6 +19,36 @@ import math
 import numpy as np
 import torch
 
+# an interleaved layout of more elements than this is not checked value by value (see overlapping)
+OVERLAP_EXACT_MAX = 1 << 24
+
+
+def overlapping(shape, strides) -> bool:
+    """Whether two elements of a tensor of ``shape`` laid out with ``strides`` (in elements) share memory: a
+    tensor made with ``expand`` (a stride 0) or ``as_strided``. Every ordinary layout (contiguous, transposed,
+    sliced, channels-last) is told apart by its strides alone; an interleaved one (each stride smaller than the
+    span of the smaller ones) is told by listing its offsets, up to OVERLAP_EXACT_MAX elements, and counted as
+    overlapping beyond (it cannot be told cheaply: refused rather than guessed)."""
+    if 0 in shape:
+        return False
+    dims = sorted((abs(st), n) for n, st in zip(shape, strides) if n != 1)
+    span = 0  # the last offset the smaller strides reach
+    for st, n in dims:
+        if st <= span:  # stride 0, or interleaved
+            if st == 0:
+                return True
+            break
+        span += st * (n - 1)
+    else:
+        return False
+    if math.prod(shape) > OVERLAP_EXACT_MAX:
+        return True
+    offsets = np.zeros(1, dtype=np.int64)
+    for st, n in dims:
+        offsets = (offsets[:, None] + np.arange(n, dtype=np.int64) * st).reshape(-1)
+    return len(np.unique(offsets)) < len(offsets)
+
+
 def _span(ptrs: list[int], numel: int, dtype):
     """``(rows, index)``: a 2-D torch view of the address range ``ptrs`` span, and the row indices of
     the K tensors' values in order (each tensor is ``numel // width`` consecutive rows), or None."""

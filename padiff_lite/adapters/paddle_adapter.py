@@ -162,6 +162,14 @@ class PaddleAdapter(Adapter):
         # a contiguous CPU copy, through DLPack: numpy would turn bfloat16 into uint16 and lose its meaning
         return torch.from_dlpack(t.detach().cpu().contiguous()), False
 
+    def overlapping_strides(self, t):
+        """``t.strides`` when some of ``t``'s elements share memory (``paddle.as_strided``), else None. Writing
+        one through ``set_value`` would keep one value of those that share a place, silently."""
+        if t.is_contiguous():
+            return None
+        strides = t.strides
+        return tuple(strides) if memory.overlapping(tuple(t.shape), strides) else None
+
     def gather(self, tensors, shape, dtype: str):
         """A new torch tensor (K, *shape) holding the K paddle ``tensors`` (each of ``shape`` and ``dtype``),
         read by address in one call (:mod:`.memory`), or None when that does not apply (then nothing was read)."""

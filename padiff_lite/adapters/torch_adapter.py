@@ -101,6 +101,13 @@ class TorchAdapter(Adapter):
         """``(view, direct)``: a torch tensor always shares memory with ``t`` (any strides or device)."""
         return t.detach(), True
 
+    def overlapping_strides(self, t):
+        """``t.stride()`` when some of ``t``'s elements share memory (``expand``, ``as_strided``), else None."""
+        if t.is_contiguous():
+            return None
+        strides = t.stride()
+        return tuple(strides) if memory.overlapping(tuple(t.shape), strides) else None
+
     def gather(self, tensors, shape, dtype: str):
         """A new torch tensor (K, *shape) holding ``tensors`` (``torch.stack``), or None when they cannot be
         stacked (different devices)."""
