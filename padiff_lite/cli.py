@@ -401,11 +401,12 @@ def cmd_compare_dumps(args) -> int:
     """Compare two dump folders (padiff_lite.verify.dump) without importing torch or paddle."""
     from .verify.dump_check import check_dumps
 
+    html = _output_path(args.html, "--html")  # a path that cannot be written is said before comparing
     result = check_dumps(args.base, args.raw, tuple(args.what.split(",")), atol=args.atol, rtol=args.rtol,
                          compare_mode=args.mode, diff_phase=args.phase)
     print(result)
-    if args.html:
-        result.to_html(args.html)
+    if html:
+        result.to_html(html)
     return 0 if result.ok else 1
 
 

@@ -164,6 +164,8 @@ def test_compare_dumps_errors_exit_2(dumps, tmp_path):
     (bad / "step_0" / "rank_1" / "weights.json").write_text("{not json")
     rc, _ = _run(COMPARE, "compare-dumps", root / "torch", bad, "--what", "weights")
     assert rc == 2
+    rc, _ = _run(COMPARE, "compare-dumps", root / "torch", root / "paddle", "--html", tmp_path / "no" / "r.html")
+    assert rc == 2 and not (tmp_path / "no").exists()  # refused before comparing, nothing written
 
 
 def test_a_step_dumped_on_one_side_only_is_a_problem(dumps, tmp_path):
