@@ -319,3 +319,21 @@ def test_lstm_dumps_with_tied_cells_and_unused_outputs_agree(tmp_path):
     assert result.ok, str(result)
     weights = check_weights(tmp_path / "t", tmp_path / "p")
     assert weights.ok and weights.compared == 1 + 2 * 4  # the table, 4 tensors per layer; the cells' are the same
+
+
+def test_the_dump_adapter_has_what_tree_pairing_planning_and_validation_read():
+    """DumpAdapter cannot derive from the adapters' base (its package imports torch): it must keep up with the
+    structure and metadata part of the contract, which the fake adapter of tests/unit also implements."""
+    import importlib.util
+
+    from padiff_lite.adapters.base import StructureAdapter
+    from padiff_lite.verify.dump_check import DumpAdapter
+
+    spec = importlib.util.spec_from_file_location("dump_test_fake", ROOT / "tests" / "unit" / "fake.py")
+    fake = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fake)
+    FakeAdapter = fake.FakeAdapter
+
+    wanted = {n for n in vars(FakeAdapter) if not n.startswith("_")}
+    wanted |= {n for n in vars(StructureAdapter) if not n.startswith("_") and callable(getattr(StructureAdapter, n))}
+    assert wanted <= set(dir(DumpAdapter)), sorted(wanted - set(dir(DumpAdapter)))

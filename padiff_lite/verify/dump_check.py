@@ -124,6 +124,9 @@ class DumpAdapter:
     def device(self, t) -> str:
         return "dump"
 
+    def overlapping_strides(self, t):
+        return None  # a dumped tensor is contiguous
+
 
 def rebuild(meta: dict):
     """A ProxyModel over plain objects from a dump's structure, with its black/white lists and layer map."""
