@@ -1,5 +1,6 @@
 # make demo  - set up .venv and transfer the built-in model pair torch -> paddle, then verify it
 # make test  - set up .venv and run the test suite
+# make padiff-suite PADIFF=/path/to/PaDiff - run PaDiff's own test files through padiff_lite.compat
 # make bench - set up .venv and run the transfer benchmark (results: docs/performance.md)
 # make bench-convert - the checkpoint conversion benchmark (writes ~5 GB of temporary files; results: docs/checkpoints.md)
 PY ?= python3
@@ -14,7 +15,7 @@ $(BIN)/.installed: requirements-dev.txt setup.py padiff_lite/_fastcopy.c
 	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 
-.PHONY: setup demo test bench bench-convert
+.PHONY: setup demo test bench bench-convert padiff-suite
 setup: $(BIN)/.installed
 
 demo: setup
@@ -22,6 +23,9 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q tests
+
+padiff-suite: setup
+	$(BIN)/python tests/padiff_suite/run_padiff_tests.py $(PADIFF)
 
 bench: setup
 	$(BIN)/python bench/bench_transfer.py

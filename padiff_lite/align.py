@@ -136,9 +136,23 @@ def execution_mapping(base, raw, inputs, pool=None) -> Mapping | None:
     """
     from .compare import split_inputs  # the input forms auto_diff takes, read the same way
 
+    base, raw = create_model(base), create_model(raw)
+    split = []
+
+    def traces(modules_b, modules_r):
+        if not split:
+            split.extend(split_inputs(inputs, base, raw))
+        (bargs, bkw), (rargs, rkw) = split
+        return record_calls(base, modules_b, bargs, bkw), record_calls(raw, modules_r, rargs, rkw)
+
+    return mapping_from_calls(base, raw, traces, pool)
+
+
+def mapping_from_calls(base, raw, traces, pool=None) -> Mapping | None:
+    """:func:`execution_mapping` with the call orders given: ``traces(base modules, raw modules)`` returns the two
+    :class:`padiff_lite.trace.CallTrace` (from a run, or from recorded calls such as a dump's report)."""
     if pool is None:
         from .special_init import init_pool as pool
-    base, raw = create_model(base), create_model(raw)
     pairing = pair_models(base, raw, pool)
     b_regions = [u.node for u in pairing.unpaired if u.side == "base"]
     r_regions = [u.node for u in pairing.unpaired if u.side == "raw"]
@@ -146,9 +160,7 @@ def execution_mapping(base, raw, inputs, pool=None) -> Mapping | None:
         return None
     b_atoms = atoms(pairing, "base", b_regions, r_regions)
     r_atoms = atoms(pairing, "raw", r_regions, b_regions)
-    (bargs, bkw), (rargs, rkw) = split_inputs(inputs, base, raw)
-    bt = record_calls(base, [a.node.module for a in b_atoms], bargs, bkw)
-    rt = record_calls(raw, [a.node.module for a in r_atoms], rargs, rkw)
+    bt, rt = traces([a.node.module for a in b_atoms], [a.node.module for a in r_atoms])
     bseq, rseq = [b_atoms[i] for i in bt.order], [r_atoms[j] for j in rt.order]
     from .validate import pair_problems
 

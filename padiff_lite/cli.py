@@ -426,9 +426,42 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_convert(sub)
     _add_pair(sub)
+    _add_compare_dumps(sub)
     for parser in sub.choices.values():
         _common(parser, top=False)
     return p
+
+
+def cmd_compare_dumps(args) -> int:
+    """Compare two dump folders (padiff_lite.verify.dump) without importing torch or paddle."""
+    from .verify.dump_check import check_dumps
+
+    html = _output_path(args.html, "--html")  # a path that cannot be written is said before comparing
+    result = check_dumps(args.base, args.raw, tuple(args.what.split(",")), atol=args.atol, rtol=args.rtol,
+                         compare_mode=args.mode, diff_phase=args.phase)
+    print(result)
+    if html:
+        result.to_html(html)
+    return 0 if result.ok else 1
+
+
+def _add_compare_dumps(sub):
+    c = sub.add_parser("compare-dumps", help="compare two dump folders (one per framework, written in separate "
+                       "processes) without importing either framework",
+                       description="Compare the dumps under BASE and RAW (step_N/rank_M folders, rank_M folders or "
+                       "one dump folder) step by step and rank by rank: module outputs and the gradients that reached "
+                       "them, weights, parameter gradients. Exit 0 when they agree, 1 when they differ, 2 on errors.")
+    c.add_argument("base", help="the base model's dump root")
+    c.add_argument("raw", help="the raw model's dump root")
+    c.add_argument("--what", default="report,weights,grads", help="comma-separated kinds to compare (default all)")
+    c.add_argument("--atol", type=float, default=1e-5)
+    c.add_argument("--rtol", type=float, default=1e-5)
+    c.add_argument("--mode", choices=["strict", "mean", "abs_mean"], default="strict",
+                   help="strict: every value; mean: the tensors' means (PaDiff's default)")
+    c.add_argument("--phase", choices=["forward", "backward", "both"], default="both",
+                   help="for the module report: outputs, the gradients that reached them, or both")
+    c.add_argument("--html", metavar="FILE", help="also write a self-contained HTML page of the comparison")
+    c.set_defaults(func=cmd_compare_dumps)
 
 
 def _setup_logging(args):

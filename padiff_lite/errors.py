@@ -93,3 +93,8 @@ class MappingError(PadiffError, ValueError):
 class FactoryError(PadiffError, ValueError):
     """A ``MODULE:CALLABLE`` / ``file.py:CALLABLE`` spec names nothing callable (padiff_lite.factories); the command
     line and convert_checkpoint re-raise it as DiffInputError / CheckpointError with the same message."""
+
+
+class DumpError(PadiffError):
+    """A dump folder cannot be written or read (padiff_lite.verify.dump): not a dump, a file of another format or
+    version, tensors missing from its safetensors file, a model of neither framework, a dtype numpy cannot hold."""

@@ -1,7 +1,6 @@
 """ProxyModel: a torch or paddle model plus what the user said about how to pair it."""
 from __future__ import annotations
 
-from .adapters import adapter_for
 from .errors import LayerMapError
 
 MODES = ("self", "sublayers", "all")
@@ -19,7 +18,10 @@ def create_model(model, name: str | None = None, adapter=None) -> "ProxyModel":
 
 class ProxyModel:
     def __init__(self, model, name: str | None = None, adapter=None):
-        adapter = adapter or adapter_for(model)
+        if adapter is None:
+            from .adapters import adapter_for  # here, not at import: a dump reader builds ProxyModels of plain data
+
+            adapter = adapter_for(model)
         if adapter is None or not adapter.is_module(model):
             raise TypeError(
                 f"create_model() takes a torch.nn.Module or a paddle.nn.Layer, got {type(model).__module__}."
