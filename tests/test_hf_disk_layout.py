@@ -135,3 +135,26 @@ def test_without_a_table_the_refusal_says_how_to_read_the_folder(tmp_path, monke
         convert_checkpoint(tmp_path / "hub", tmp_path / "out.safetensors", lambda: fam.torch_model(1),
                            lambda: fam.torch_model(2))
     assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_cli_factory_form_reads_a_deepseek_v3_folder(tmp_path, mappings, capsys):
+    """`padiff-lite convert HUB out.pdparams --base file.py:f --raw file.py:g --map m.json` on DeepSeek-V3's
+    save_pretrained folder: exit 0, the note printed, the file bit-equal to assign_weight's result."""
+    from padiff_lite.cli import main
+
+    fam = hf.BY_NAME["deepseek_v3"]
+    t = fam.torch_model(1)
+    t.save_pretrained(tmp_path / "hub")
+    mappings("deepseek_v3").save(tmp_path / "map.json")
+    (tmp_path / "models.py").write_text(
+        f"import sys\nsys.path.insert(0, {os.path.dirname(__file__)!r})\nimport hf_families as hf\n"
+        "def base():\n    return hf.BY_NAME['deepseek_v3'].torch_model(1)\n"
+        "def raw():\n    return hf.BY_NAME['deepseek_v3'].paddle_model(2)\n")
+    code = main(["convert", str(tmp_path / "hub"), str(tmp_path / "out.pdparams"), "--base",
+                 f"{tmp_path / 'models.py'}:base", "--raw", f"{tmp_path / 'models.py'}:raw", "--map",
+                 str(tmp_path / "map.json")])
+    assert code == 0
+    assert "read in transformers' on-disk layout for DeepseekV3ForCausalLM" in capsys.readouterr().out
+    p = fam.paddle_model(2)
+    assign_weight(t, p)
+    assert _equal(load(tmp_path / "out.pdparams"), state_as_torch(p, "paddle"))
