@@ -258,4 +258,5 @@ class HubView:
             self.ck.settle(self.renamed[key], model_dtype)
 
     def release(self):
+        self._done.clear()
         self.ck.release()

@@ -107,6 +107,11 @@ def test_convert_reads_a_vl_folder_with_its_renamed_keys(tmp_path):
     report = convert_checkpoint(tmp_path / "hub", tmp_path / "out.safetensors", L.torch_qwen25vl, L.torch_qwen25vl)
     assert any("key(s) renamed" in n for n in report.notes)
     assert _equal(load_file(tmp_path / "out.safetensors"), t.state_dict())
+    save(t.state_dict(), tmp_path / "memory.safetensors")  # the in-memory layout is read as it is, no note
+    report = convert_checkpoint(tmp_path / "memory.safetensors", tmp_path / "out2.safetensors", L.torch_qwen25vl,
+                                L.torch_qwen25vl)
+    assert not any("on-disk layout" in n for n in report.notes)
+    assert _equal(load_file(tmp_path / "out2.safetensors"), t.state_dict())
 
 
 def test_a_file_mixing_both_layouts_is_refused(tmp_path):
