@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import hf_disk_layout
 from .adapters import ADAPTERS, adapter_for
 from .errors import CheckpointError, FactoryError
 from .factories import load_callable
@@ -139,13 +140,18 @@ class FilePlan:
 def resolve(ck: Checkpoint, plan: Plan, strict: bool, problems: list[str]) -> FilePlan:
     """The plan against the file: file keys, units and entries; TransferError with ``problems`` (validation's)
     and the file's own, once, when anything is wrong."""
-    fp = FilePlan(ck, plan)
     base, raw = plan.base, plan.raw
     bnames = names_by_tensor(base)
+    needed = list(_needed(plan))
+    if base.framework == "torch":  # transformers' on-disk layout (save_pretrained) read as the in-memory one
+        first = [bnames.get(id(ref.tensor), [ref.path])[0] for ref in needed]
+        ck = hf_disk_layout.reading_view(ck, base.model, first)
+    fp = FilePlan(ck, plan)
+    fp.notes += getattr(ck, "notes", [])
     problems = list(problems)
     legacy: list[str] = []
     absent: list[str] = []  # base paths the plan reads that the file lacks
-    for ref in _needed(plan):
+    for ref in needed:
         key = _find_key(ck, bnames.get(id(ref.tensor), [ref.path]), legacy)
         if key is None:
             absent.append(ref.path)
@@ -164,7 +170,8 @@ def resolve(ck: Checkpoint, plan: Plan, strict: bool, problems: list[str]) -> Fi
         fix = "check that --base is the model the checkpoint was saved from, or pass strict=False (--no-strict) to"
         if absent:
             problems.append(f"{ck.path}: {len(absent)} tensor(s) the base model {base.name} needs are not in the "
-                            f"checkpoint: {_some(absent)}; {fix} convert what is there")
+                            f"checkpoint: {_some(absent)}; {fix} convert what is there"
+                            f"{hf_disk_layout.missing_table_hint(base.model)}")
         if extra:
             problems.append(f"{ck.path}: {len(extra)} key(s) in the checkpoint are not tensors of the base model "
                             f"{base.name}: {_some(extra)}; {fix} leave them out")

@@ -109,8 +109,13 @@ def _libraries():
     return transformers, pf
 
 
+DEPRECATED = "Deprecated"  # PaddleFormers 1.x's eager classes (Qwen2ForCausalLMDeprecated ...) save this name
+
+
 def _class(lib, library: str, arch: str, src: Path):
     cls = getattr(lib, arch, None)
+    if cls is None and library == "transformers" and arch.endswith(DEPRECATED):  # the same model in transformers
+        cls = getattr(lib, arch[: -len(DEPRECATED)], None)
     if cls is None:
         raise CheckpointError(f"{src / 'config.json'} names the architecture {arch}, which {library} "
                               f"{_version(library)} does not have; nothing was written. Convert to a library that has "
@@ -190,6 +195,10 @@ def convert_folder(src, dst, to: str, verify: bool = False, progress=None) -> Fo
         raise CheckpointError(f"{ck.path}: the folder's weights are {ck.fmt} files; folder conversion reads "
                               ".safetensors (what save_pretrained writes): convert them with the factory form first")
     out_cfg, changes = translate_config(cfg, to)
+    if to == "transformers" and arch.endswith(DEPRECATED):
+        out_cfg["architectures"] = [tcls.__name__] + list(out_cfg["architectures"][1:])
+        changes.append(f"architectures = [{tcls.__name__!r}] (PaddleFormers' eager {arch} is transformers' "
+                       f"{tcls.__name__})")
     report = FolderReport(str(src), str(final), to, arch, config_changes=changes)
     writer = "paddleformers" if "paddleformers_version" in cfg else "transformers" if "transformers_version" in cfg \
         else None

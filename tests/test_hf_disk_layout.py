@@ -3,13 +3,16 @@
 disk, packed experts in memory) and a family whose layouts agree."""
 import os
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 import hf_families as hf
-from ckpt_helpers import load, save, state_as_torch
+import library_models as L
+from ckpt_helpers import load, load_into, save, state_as_torch
 from padiff_lite import assign_weight, convert_checkpoint
+from padiff_lite.errors import CheckpointError, TransferError
 from padiff_lite.hf_disk_layout import to_disk, to_memory
 
 
@@ -47,5 +50,116 @@ def test_a_transformers_folder_converts_to_paddleformers(tmp_path):
     mapping = assign_weight(family.torch_model(5), family.paddle_model(6)).mapping
     convert_checkpoint(tmp_path / "model.safetensors", tmp_path / "out.pdparams", lambda: family.torch_model(1),
                        lambda: family.paddle_model(2), mapping=mapping)
+    assign_weight(t, p)
+    assert _equal(load(tmp_path / "out.pdparams"), state_as_torch(p, "paddle"))
+
+
+# -- convert's factory form reads save_pretrained folders as they are (streaming, at key resolution) ----------------
+@pytest.fixture(scope="module")
+def mappings():
+    """The inferred layouts of each family, found once on small random-weight models (as a user runs `pair` once)."""
+    out = {}
+
+    def get(name):
+        if name not in out:
+            fam = hf.BY_NAME[name]
+            out[name] = assign_weight(fam.torch_model(5), fam.paddle_model(6)).mapping
+        return out[name]
+    return get
+
+
+@pytest.mark.parametrize("name", ["qwen2_moe", "deepseek_v3"])
+def test_convert_reads_a_save_pretrained_folder_into_paddleformers(name, tmp_path, mappings):
+    """Per-expert on-disk keys are combined by transformers' own converters while converting: the .pdparams equals
+    assign_weight's result bit for bit, and PaddleFormers' model loaded from it gives the transformers logits."""
+    fam = hf.BY_NAME[name]
+    t = fam.torch_model(1)
+    t.save_pretrained(tmp_path / "hub")
+    assert any(".experts.0.gate_proj.weight" in k for k in load_file(tmp_path / "hub" / "model.safetensors"))
+    report = convert_checkpoint(tmp_path / "hub", tmp_path / "out.pdparams", lambda: fam.torch_model(1),
+                                lambda: fam.paddle_model(2), mapping=mappings(name))
+    assert any("read in transformers' on-disk layout" in n for n in report.notes)
+    got = load(tmp_path / "out.pdparams")
+    p = fam.paddle_model(2)
+    assign_weight(t, p)
+    assert _equal(got, state_as_torch(p, "paddle"))
+    loaded = load_into(fam.paddle_model(3), "paddle", got)
+    x = fam.inputs()
+    assert np.abs(fam.forward_paddle(loaded, x) - fam.forward_torch(t, x)).max() < 1e-5
+
+
+def test_convert_refuses_safetensors_for_a_paddleformers_class_that_reads_hf_layout(tmp_path, mappings):
+    """The factory form into PaddleFormers' .safetensors: refused (its loader would transpose again), nothing
+    written, the folder command named (the folder form writes what PaddleFormers' loader reads)."""
+    fam = hf.BY_NAME["qwen2_moe"]
+    fam.torch_model(1).save_pretrained(tmp_path / "hub")
+    with pytest.raises(CheckpointError, match="--to paddleformers"):
+        convert_checkpoint(tmp_path / "hub", tmp_path / "out.safetensors", lambda: fam.torch_model(1),
+                           lambda: fam.paddle_model(2), mapping=mappings("qwen2_moe"))
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_convert_reads_a_vl_folder_with_its_renamed_keys(tmp_path):
+    """Qwen2.5-VL on disk: model.layers.* / visual.*; in memory model.language_model.* / model.visual.*."""
+    t = L.torch_qwen25vl()
+    t.save_pretrained(tmp_path / "hub")
+    assert "model.layers.0.mlp.up_proj.weight" in load_file(tmp_path / "hub" / "model.safetensors")
+    report = convert_checkpoint(tmp_path / "hub", tmp_path / "out.safetensors", L.torch_qwen25vl, L.torch_qwen25vl)
+    assert any("key(s) renamed" in n for n in report.notes)
+    assert _equal(load_file(tmp_path / "out.safetensors"), t.state_dict())
+    save(t.state_dict(), tmp_path / "memory.safetensors")  # the in-memory layout is read as it is, no note
+    report = convert_checkpoint(tmp_path / "memory.safetensors", tmp_path / "out2.safetensors", L.torch_qwen25vl,
+                                L.torch_qwen25vl)
+    assert not any("on-disk layout" in n for n in report.notes)
+    assert _equal(load_file(tmp_path / "out2.safetensors"), t.state_dict())
+
+
+def test_a_file_mixing_both_layouts_is_refused(tmp_path):
+    """In-memory packed experts of layer 1 plus its on-disk per-expert keys: two sources for one tensor."""
+    fam = hf.BY_NAME["qwen2_moe"]
+    t = fam.torch_model(1)
+    state = {k: v.contiguous() for k, v in t.state_dict().items()}
+    state.update({k: v for k, v in _saved(t, tmp_path / "hub").items() if ".layers.1.mlp.experts.0." in k})
+    save(state, tmp_path / "mixed.safetensors")
+    with pytest.raises(CheckpointError, match=r"mixes transformers' on-disk and in-memory layouts.*"
+                                              r"model\.layers\.1\.mlp\.experts\.gate_up_proj"):
+        convert_checkpoint(tmp_path / "mixed.safetensors", tmp_path / "out.safetensors", lambda: fam.torch_model(1),
+                           lambda: fam.torch_model(2))
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_without_a_table_the_refusal_says_how_to_read_the_folder(tmp_path, monkeypatch):
+    """A transformers version with no conversion table for the family (simulated: the table lookup returns none)
+    cannot read per-expert keys: refused naming the missing tensors and the fix, nothing written."""
+    import transformers.conversion_mapping as cm
+
+    fam = hf.BY_NAME["qwen2_moe"]
+    fam.torch_model(1).save_pretrained(tmp_path / "hub")
+    monkeypatch.setattr(cm, "get_model_conversion_mapping", lambda *a, **k: [])
+    with pytest.raises(TransferError, match=r"experts\.gate_up_proj.*no conversion table for it.*save_file"):
+        convert_checkpoint(tmp_path / "hub", tmp_path / "out.safetensors", lambda: fam.torch_model(1),
+                           lambda: fam.torch_model(2))
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_cli_factory_form_reads_a_deepseek_v3_folder(tmp_path, mappings, capsys):
+    """`padiff-lite convert HUB out.pdparams --base file.py:f --raw file.py:g --map m.json` on DeepSeek-V3's
+    save_pretrained folder: exit 0, the note printed, the file bit-equal to assign_weight's result."""
+    from padiff_lite.cli import main
+
+    fam = hf.BY_NAME["deepseek_v3"]
+    t = fam.torch_model(1)
+    t.save_pretrained(tmp_path / "hub")
+    mappings("deepseek_v3").save(tmp_path / "map.json")
+    (tmp_path / "models.py").write_text(
+        f"import sys\nsys.path.insert(0, {os.path.dirname(__file__)!r})\nimport hf_families as hf\n"
+        "def base():\n    return hf.BY_NAME['deepseek_v3'].torch_model(1)\n"
+        "def raw():\n    return hf.BY_NAME['deepseek_v3'].paddle_model(2)\n")
+    code = main(["convert", str(tmp_path / "hub"), str(tmp_path / "out.pdparams"), "--base",
+                 f"{tmp_path / 'models.py'}:base", "--raw", f"{tmp_path / 'models.py'}:raw", "--map",
+                 str(tmp_path / "map.json")])
+    assert code == 0
+    assert "read in transformers' on-disk layout for DeepseekV3ForCausalLM" in capsys.readouterr().out
+    p = fam.paddle_model(2)
     assign_weight(t, p)
     assert _equal(load(tmp_path / "out.pdparams"), state_as_torch(p, "paddle"))
