@@ -248,3 +248,45 @@ def test_fused_qkv_moments_are_split_like_the_weight(fused_pool, src, dst):
 
 def np_of(t):
     return t.detach().numpy() if isinstance(t, torch.Tensor) else t.numpy()
+
+
+def test_parts_that_took_different_numbers_of_steps_are_refused(fused_pool):
+    from test_parts import FusedBlock, SplitBlock
+
+    a, b = SplitBlock(), FusedBlock()
+    a.k_proj.weight.requires_grad_(False)  # never stepped: no state, while q and v took 2 steps
+    opt_a, opt_b = optimizer("torch", a, "adamw"), optimizer("paddle", b, "adamw")
+    _train_block(a, opt_a, 2)
+    _train_block(b, opt_b, 1)
+    model_before, state_before = snapshot(b), opt_state(opt_b)
+    with pytest.raises(TransferError, match="took different numbers of steps") as e:
+        assign_weight(a, b, optimizers=(opt_a, opt_b))
+    assert "qkv_proj.weight" in str(e.value)
+    assert_unchanged(b, model_before)
+    assert_state_unchanged(opt_b, state_before)
+
+
+@pytest.mark.parametrize("src,dst", DIRECTIONS, ids=DIRECTION_IDS)
+def test_a_layer_of_an_imperative_special_init_is_refused(scoped_pool, src, dst):
+    def copy_fc(module, layer):  # PaDiff style: writes the raw layer itself
+        w = module.weight.detach().numpy() if src == "torch" else module.weight.numpy()
+        b = module.bias.detach().numpy() if src == "torch" else module.bias.numpy()
+        if dst == "paddle":
+            layer.weight.set_value(w.T)
+            layer.bias.set_value(b)
+        else:
+            with torch.no_grad():
+                layer.weight.copy_(torch.from_numpy(w.T))
+                layer.bias.copy_(torch.from_numpy(b))
+
+    other = "paddle" if src == "torch" else "torch"
+    scoped_pool.register(src, "Linear", other, "Linear", override=True)(copy_fc)  # put back after the test
+    a, b, opt_a, opt_b = _stepped_pair(src, dst, "adamw", "adamw")
+    model_before, state_before = snapshot(b), opt_state(opt_b)
+    with pytest.raises(TransferError, match="imperative special init") as e:
+        assign_weight(a, b, optimizers=(opt_a, opt_b))
+    assert "fc (Linear)" in str(e.value)
+    assert_unchanged(b, model_before)
+    assert_state_unchanged(opt_b, state_before)
+    report = assign_weight(a, b)  # without optimizers= the special init runs as before
+    assert worst(a, b) == 0.0 and report.tensors
