@@ -37,7 +37,7 @@ class StateTable:
 
 ADAM = StateTable("Adam/AdamW", ("Adam", "AdamW"), ("Adam", "AdamW"),
                   (("m1", "exp_avg", "moment1"), ("m2", "exp_avg_sq", "moment2")), steps=True)
-MOMENTUM = StateTable("SGD with momentum", ("SGD",), ("Momentum",), (("buf", "momentum_buffer", "velocity"),))
+MOMENTUM = StateTable("SGD with momentum", ("SGD+momentum",), ("Momentum",), (("buf", "momentum_buffer", "velocity"),))
 PLAIN_SGD = StateTable("SGD", ("SGD",), ("SGD",), ())
 TABLES = (ADAM, MOMENTUM, PLAIN_SGD)
 COVERED = ("torch Adam/AdamW <-> paddle Adam/AdamW", "torch SGD(momentum>0) <-> paddle Momentum",
@@ -55,7 +55,7 @@ def _framework(opt) -> str | None:
 
 
 def _family(opt, fw: str) -> str:
-    """The class name a table knows it by ("SGD" with momentum is told apart by the table's paddle class)."""
+    """The class name a table knows it by: torch's SGD with momentum is "SGD+momentum" (paddle's Momentum)."""
     cls = type(opt).__name__
     if fw == "torch" and cls == "SGD":
         return "SGD+momentum" if any(g.get("momentum", 0) for g in opt.param_groups) else "SGD"
@@ -64,16 +64,9 @@ def _family(opt, fw: str) -> str:
 
 def _table(fb: str, cb: str, fr: str, cr: str) -> StateTable | None:
     def fits(t, fw, cls):
-        if fw == "torch":
-            if t is MOMENTUM:
-                return cls == "SGD+momentum"
-            return cls in t.torch_classes and t is not PLAIN_SGD or (t is PLAIN_SGD and cls == "SGD")
-        return cls in t.paddle_classes
+        return cls in (t.torch_classes if fw == "torch" else t.paddle_classes)
 
-    for t in TABLES:
-        if fits(t, fb, cb) and fits(t, fr, cr):
-            return t
-    return None
+    return next((t for t in TABLES if fits(t, fb, cb) and fits(t, fr, cr)), None)
 
 
 def _params(opt, fw: str) -> list:

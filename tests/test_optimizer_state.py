@@ -45,11 +45,15 @@ def optimizer(fw, net, kind, lr=0.01, **kw):
     if fw == "torch":
         if kind == "adamw":
             return torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.01, **kw)
+        if kind == "adam":
+            return torch.optim.Adam(net.parameters(), lr=lr, **kw)
         if kind == "momentum":
             return torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, **kw)
         return torch.optim.SGD(net.parameters(), lr=lr)
     if kind == "adamw":
         return paddle.optimizer.AdamW(learning_rate=lr, parameters=net.parameters(), weight_decay=0.01, **kw)
+    if kind == "adam":
+        return paddle.optimizer.Adam(learning_rate=lr, parameters=net.parameters(), **kw)
     if kind == "momentum":
         return paddle.optimizer.Momentum(learning_rate=lr, momentum=0.9, parameters=net.parameters(), **kw)
     return paddle.optimizer.SGD(learning_rate=lr, parameters=net.parameters())
@@ -100,7 +104,7 @@ def assert_state_unchanged(opt, before):
 
 
 @pytest.mark.parametrize("raw_stepped", [False, True], ids=["raw fresh", "raw stepped"])
-@pytest.mark.parametrize("kind", ["adamw", "momentum"])
+@pytest.mark.parametrize("kind", ["adamw", "adam", "momentum"])
 @pytest.mark.parametrize("src,dst", DIRECTIONS, ids=DIRECTION_IDS)
 def test_training_continues_step_for_step_after_the_move(src, dst, kind, raw_stepped):
     a = model(src, 1)
@@ -290,3 +294,16 @@ def test_a_layer_of_an_imperative_special_init_is_refused(scoped_pool, src, dst)
     assert_state_unchanged(opt_b, state_before)
     report = assign_weight(a, b)  # without optimizers= the special init runs as before
     assert worst(a, b) == 0.0 and report.tensors
+
+
+@pytest.mark.parametrize("steps", [0, 1, 7, 300, 2000, 20000])
+def test_the_step_count_is_read_back_from_paddles_float32_beta_powers(steps):
+    """paddle multiplies its beta powers in float32 once per step; beta1 = 0.9's power underflows after ~1000
+    steps, so the count then comes from beta2's."""
+    from padiff_lite.optim_state import _step_from_pows
+
+    b1, b2 = np.float32(0.9), np.float32(0.999)
+    p1, p2 = b1, b2  # beta**(0 + 1) before the first step
+    for _ in range(steps):
+        p1, p2 = np.float32(p1 * b1), np.float32(p2 * b2)
+    assert _step_from_pows([float(p1), float(p2)], (0.9, 0.999)) == steps
