@@ -1,0 +1,406 @@
+"""Optimizer state that moves with the weights: ``assign_weight(..., optimizers=(base_opt, raw_opt))``.
+
+Each parameter's per-parameter state tensors (Adam's moments, SGD's momentum buffer) are moved by the plan's own
+COPY operations, the parameter's part and transform included (a transposed Linear's moments are transposed, a fused
+qkv's moments are cut like its weight), through :func:`layout.pieces` as the executor moves the weights. Counters
+are converted: torch keeps Adam's ``step``; paddle keeps ``beta1_pow_acc`` / ``beta2_pow_acc`` = beta**(step + 1),
+the powers of the next step.
+
+One :class:`StateTable` per optimizer family says which state tensors move like the parameter and which counter
+converts how. Everything is read and checked (:func:`prepare`) before anything is written; :meth:`Moves.write`
+snapshots every state tensor it writes (and what it creates) and returns the undo. The hyperparameters are the
+user's: a difference is a note in the report, never changed here. Optimizers are the one framework-specific thing
+outside the adapters (as in ``verify/settings.py``): a torch optimizer is told by ``param_groups``, a paddle one by
+``_parameter_list``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from . import layout
+from .errors import TransferError
+from .ops import COPY, FILL
+
+
+@dataclass(frozen=True)
+class StateTable:
+    """One optimizer family: the classes on each side, the per-parameter tensors moved like the parameter
+    (neutral name, torch state key, paddle accumulator name) and whether it counts steps for bias correction."""
+
+    kind: str
+    torch_classes: tuple
+    paddle_classes: tuple
+    tensors: tuple  # ((neutral, torch key, paddle accumulator), ...)
+    steps: bool = False  # Adam: torch "step" <-> paddle beta1_pow_acc / beta2_pow_acc = beta**(step + 1)
+
+
+ADAM = StateTable("Adam/AdamW", ("Adam", "AdamW"), ("Adam", "AdamW"),
+                  (("m1", "exp_avg", "moment1"), ("m2", "exp_avg_sq", "moment2")), steps=True)
+MOMENTUM = StateTable("SGD with momentum", ("SGD+momentum",), ("Momentum",), (("buf", "momentum_buffer", "velocity"),))
+PLAIN_SGD = StateTable("SGD", ("SGD",), ("SGD",), ())
+TABLES = (ADAM, MOMENTUM, PLAIN_SGD)
+COVERED = ("torch Adam/AdamW <-> paddle Adam/AdamW", "torch SGD(momentum>0) <-> paddle Momentum",
+           "torch SGD(momentum=0) <-> paddle SGD")
+BETA_POWS = ("beta1_pow_acc", "beta2_pow_acc")
+TINY = 1e-30  # below this a beta power no longer says the step (float32 underflows near 1e-45)
+
+
+def _framework(opt) -> str | None:
+    if hasattr(opt, "param_groups") and hasattr(opt, "state"):
+        return "torch"
+    if hasattr(opt, "_parameter_list") and hasattr(opt, "_accumulators"):
+        return "paddle"
+    return None
+
+
+def _family(opt, fw: str) -> str:
+    """The class name a table knows it by: torch's SGD with momentum is "SGD+momentum" (paddle's Momentum)."""
+    cls = type(opt).__name__
+    if fw == "torch" and cls == "SGD":
+        return "SGD+momentum" if any(g.get("momentum", 0) for g in opt.param_groups) else "SGD"
+    return cls
+
+
+def _table(fb: str, cb: str, fr: str, cr: str) -> StateTable | None:
+    def fits(t, fw, cls):
+        return cls in (t.torch_classes if fw == "torch" else t.paddle_classes)
+
+    return next((t for t in TABLES if fits(t, fb, cb) and fits(t, fr, cr)), None)
+
+
+def _params(opt, fw: str) -> list:
+    if fw == "torch":
+        return [p for g in opt.param_groups for p in g["params"]]
+    groups = getattr(opt, "_param_groups", None) or opt._parameter_list
+    out = []
+    for g in groups:
+        out += list(g["params"]) if isinstance(g, dict) else [g]
+    return out
+
+
+def _torch_group(opt, p) -> dict:
+    return next(g for g in opt.param_groups if any(q is p for q in g["params"]))
+
+
+def _betas(opt, fw: str, p) -> tuple:
+    if fw == "torch":
+        return tuple(float(b) for b in _torch_group(opt, p)["betas"])
+    return float(opt._beta1), float(opt._beta2)
+
+
+def _acc_name(opt, name: str) -> str:
+    return f"{opt._name}_{name}" if getattr(opt, "_name", None) is not None else name
+
+
+def _paddle_acc(opt, name: str, p):
+    return opt._accumulators.get(_acc_name(opt, name), {}).get(p.name)
+
+
+def _is_low(adapter, t) -> bool:
+    return adapter.dtype_name(t) in ("float16", "bfloat16")
+
+
+def _settings_problems(opt, fw: str, side: str, adapter, params) -> list[str]:
+    """Settings whose state cannot carry over: AMSGrad's running maximum, paddle's master weights / pending state."""
+    out = []
+    who = f"{side} ({fw} {type(opt).__name__})"
+    if fw == "torch":
+        if any(g.get("amsgrad") for g in opt.param_groups):
+            out.append(f"{who}: amsgrad=True keeps a running maximum (max_exp_avg_sq) that is not moved; "
+                       "use amsgrad=False on both sides")
+    else:
+        if getattr(opt, "_amsgrad", False):
+            out.append(f"{who}: amsgrad=True keeps moment2_max, which is not moved; use amsgrad=False on both sides")
+        if getattr(opt, "_master_weights", None) or (getattr(opt, "_multi_precision", False)
+                                                       and any(_is_low(adapter, p) for p in params)):
+            out.append(f"{who}: multi_precision=True keeps float32 master weights (AMP) for float16/bfloat16 "
+                       "parameters; moving them is not supported: move float32 parameters, or pass "
+                       "multi_precision=False")
+        if getattr(opt, "_accumulators_holder", None):
+            out.append(f"{who}: holds a state given to set_state_dict() that paddle has not applied yet; "
+                       "pass an optimizer without it (or one that has applied it)")
+    return out
+
+
+@dataclass
+class _Source:
+    """A base parameter's state read into neutral form: torch tensors in the base layout, the step count."""
+
+    tensors: dict = field(default_factory=dict)  # neutral name -> torch tensor (absent: zeros)
+    step: int = 0
+
+
+def _read(opt, fw: str, table: StateTable, adapter, p) -> _Source:
+    src = _Source()
+    if fw == "torch":
+        st = opt.state.get(p) or {}
+        for neutral, key, _ in table.tensors:
+            if st.get(key) is not None:
+                src.tensors[neutral] = st[key].detach()
+        if table.steps and "step" in st:
+            src.step = int(round(float(st["step"])))
+        return src
+    for neutral, _, acc in table.tensors:
+        t = _paddle_acc(opt, acc, p)
+        if t is not None:
+            src.tensors[neutral] = adapter.torch_view(t)
+    if table.steps:
+        pows = [_paddle_acc(opt, name, p) for name in BETA_POWS]
+        if all(t is not None for t in pows):
+            values = [float(adapter.torch_view(t).reshape(-1)[0]) for t in pows]
+            src.step = _step_from_pows(values, _betas(opt, fw, p))
+    return src
+
+
+def _step_from_pows(pows, betas) -> int:
+    """The steps taken, from paddle's beta powers beta**(step + 1): from beta1 while its power is not lost to
+    underflow (each step divides it by 10 for 0.9: more exact), else from beta2; both lost (beyond ~90,000 steps
+    at 0.999): bias correction is 1 in float32 either way, so the step where both powers fall below TINY."""
+    for pw, beta in zip(pows, betas):
+        if pw > TINY and 0 < beta < 1:
+            return max(0, int(round(math.log(pw) / math.log(beta))) - 1)
+    return int(math.ceil(math.log(TINY) / math.log(max(b for b in betas if 0 < b < 1))))
+
+
+@dataclass
+class _Target:
+    """What one raw parameter's state becomes: per neutral name the new value (a torch tensor in the raw layout),
+    the step, and the ops' source parameters that decided it."""
+
+    param: object
+    path: str
+    values: dict = field(default_factory=dict)
+    step: int | None = None
+    fresh: bool = True  # every source had no state: the raw state is reset to a fresh one
+
+
+@dataclass
+class Moves:
+    """The prepared move: checked, nothing written yet. ``write()`` writes and returns the undo."""
+
+    table: StateTable | None = None
+    raw_opt: object = None
+    raw_fw: str = ""
+    adapter: object = None
+    targets: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+
+    def write(self):
+        if self.table is None:
+            return lambda: None
+        saved = _snapshot(self)
+        try:
+            for t in self.targets:
+                _write_one(self, t)
+        except BaseException:
+            _restore(self, saved)
+            raise
+        return lambda: _restore(self, saved)
+
+
+def prepare(plan, optimizers) -> Moves:
+    """Read both optimizers and plan the state move; raise TransferError naming every setting that cannot carry
+    over (nothing is written). ``optimizers``: ``(base_opt, raw_opt)``."""
+    if not (isinstance(optimizers, (tuple, list)) and len(optimizers) == 2):
+        raise TypeError("assign_weight(optimizers=...) takes a pair (base_optimizer, raw_optimizer), "
+                        f"got {type(optimizers).__name__}")
+    bo, ro = optimizers
+    base, raw = plan.base, plan.raw
+    fb, fr = _framework(bo), _framework(ro)
+    problems = []
+    for side, opt, fw, proxy in (("base", bo, fb, base), ("raw", ro, fr, raw)):
+        if fw is None:
+            problems.append(f"{side} optimizer: {type(opt).__name__} is neither a torch.optim.Optimizer nor a "
+                            "paddle.optimizer.Optimizer; pass the optimizers themselves (base's first)")
+        elif fw != proxy.framework:
+            problems.append(f"{side} optimizer: a {fw} optimizer for the {proxy.framework} model {proxy.name}; "
+                            "pass optimizers=(base_optimizer, raw_optimizer), in the order of the models")
+    if problems:
+        raise TransferError("cannot move the optimizer state; nothing was written", problems)
+    cb, cr = _family(bo, fb), _family(ro, fr)
+    table = _table(fb, cb, fr, cr)
+    if table is None:
+        problems.append(f"optimizers: base {fb} {cb}, raw {fr} {cr}: no table moves state between these; covered: "
+                        + "; ".join(COVERED) + ". Use a covered pair, or transfer the weights without optimizers= "
+                        "and start the raw optimizer fresh")
+        raise TransferError("cannot move the optimizer state; nothing was written", problems)
+    bparams, rparams = _params(bo, fb), _params(ro, fr)
+    problems += _settings_problems(bo, fb, "base", base.adapter, bparams)
+    problems += _settings_problems(ro, fr, "raw", raw.adapter, rparams)
+    in_base = {id(p) for p in bparams}
+    in_raw = {id(p): p for p in rparams}
+    covered_by_ops = set()
+    for pair in plan.imperative:
+        for p in pair.raw.module.parameters():
+            if id(p) in in_raw:
+                problems.append(f"{pair.raw.path or '<root>'} ({type(pair.raw.module).__name__}) is written by an "
+                                "imperative special init, which says nothing of how its optimizer state maps; "
+                                "register it as a mapping rule (init_pool.register_maps) to move its state")
+                break
+    moves = Moves(table, ro, fr, raw.adapter)
+    if problems:
+        raise TransferError("cannot move the optimizer state; nothing was written", problems)
+    targets: dict = {}
+    sources: dict = {}
+    for op in plan.ops:
+        if op.dst is None or id(op.dst.tensor) not in in_raw:
+            continue
+        q = op.dst.tensor
+        tgt = targets.get(id(q))
+        if tgt is None:
+            tgt = targets[id(q)] = _Target(q, op.dst.path)
+            current = _read(ro, fr, table, raw.adapter, q)
+            shape = tuple(raw.adapter.shape(q))
+            for neutral, _, _ in table.tensors:
+                now = current.tensors.get(neutral)
+                tgt.values[neutral] = (now.clone() if now is not None else _zeros(shape))
+        if op.kind is FILL:
+            for value in tgt.values.values():
+                for region, _ in layout.pieces(value, None, "copy", value, op.dst_part):
+                    region.zero_()
+            continue
+        if op.kind is not COPY:
+            continue
+        p = op.src.tensor
+        if id(p) not in in_base:
+            moves.notes.append(f"optimizer state: base {op.src.path} is not in the base optimizer; raw {op.dst.path} "
+                               "gets fresh state there")
+            src = _Source()
+        else:
+            if id(p) not in sources:
+                sources[id(p)] = _read(bo, fb, table, base.adapter, p)
+            src = sources[id(p)]
+        if src.tensors:
+            tgt.fresh = False
+        if tgt.step is not None and tgt.step != src.step:
+            problems.append(f"optimizer state: raw {op.dst.path} is made of base parameters that took different "
+                            f"numbers of steps ({tgt.step} and {src.step} for {op.src.path}); one step count "
+                            "cannot hold both: step them alike before moving")
+        tgt.step = src.step if tgt.step is None else max(tgt.step, src.step)
+        base_shape = tuple(base.adapter.shape(p))
+        for neutral, value in tgt.values.items():
+            s = src.tensors.get(neutral)
+            s = s if s is not None else _zeros(base_shape)
+            for region, v in layout.pieces(s, op.src_part, op.transform, value, op.dst_part):
+                region.copy_(v)
+    if problems:
+        raise TransferError("cannot move the optimizer state; nothing was written", problems)
+    moves.targets = list(targets.values())
+    moves.notes += _setting_notes(bo, ro, plan)
+    moved = sum(1 for t in moves.targets if not t.fresh)
+    steps = sorted({t.step for t in moves.targets if not t.fresh})
+    moves.notes.append(f"optimizer state: {table.kind} state of {moved} of {len(moves.targets)} raw parameters moved "
+                       f"from base {fb} {type(bo).__name__} to raw {fr} {type(ro).__name__}"
+                       + (f" (steps taken: {', '.join(map(str, steps))})" if steps else ""))
+    left = [p for p in rparams if all(p is not t.param for t in moves.targets)]
+    if left:
+        moves.notes.append(f"optimizer state: {len(left)} raw optimizer parameters are written by no copy; "
+                           "their state was left as it was")
+    return moves
+
+
+def _zeros(shape):
+    import torch
+
+    return torch.zeros(shape, dtype=torch.float64)  # cast to the state's dtype when written
+
+
+def _setting_notes(bo, ro, plan) -> list[str]:
+    """The hyperparameters that differ (learning rate, betas, eps, weight decay, ...): the user's to set alike."""
+    from .verify.settings import optimizer_problems, read  # imported here: verify imports transfer
+
+    sb, sr = read(bo), read(ro)
+    sb.has_state = sr.has_state = False  # moving it is what this does
+    return [f"optimizer setting differs (left as it is): {line}"
+            for line in optimizer_problems(sb, sr, [op for op in plan.ops if op.kind is COPY])]
+
+
+# -- writing -----------------------------------------------------------------------------------------------------
+def _state_tensors(moves: Moves, q) -> list:
+    """The raw state tensors of parameter ``q`` that exist now (torch: (dict, key, tensor); paddle: tensors)."""
+    opt, table = moves.raw_opt, moves.table
+    if moves.raw_fw == "torch":
+        st = opt.state.get(q)
+        return [] if st is None else [t for t in st.values() if hasattr(t, "clone")]
+    names = [acc for _, _, acc in table.tensors] + (list(BETA_POWS) if table.steps else [])
+    return [t for t in (_paddle_acc(opt, n, q) for n in names) if t is not None]
+
+
+def _snapshot(moves: Moves):
+    opt = moves.raw_opt
+    if moves.raw_fw == "torch":
+        saved = {}
+        for t in moves.targets:
+            st = opt.state.get(t.param)
+            saved[id(t.param)] = (t.param, None if st is None else (st, dict(st), {
+                k: v.clone() for k, v in st.items() if hasattr(v, "clone")}))
+        return saved
+    values = []
+    for t in moves.targets:
+        for s in _state_tensors(moves, t.param):
+            values.append((s, moves.adapter.torch_view(s).clone()))
+    return ({k: dict(v) for k, v in opt._accumulators.items()}, set(opt._already_create_accumulator),
+            len(opt._opti_name_list), values)
+
+
+def _restore(moves: Moves, saved):
+    opt = moves.raw_opt
+    if moves.raw_fw == "torch":
+        for param, was in saved.values():
+            if was is None:
+                opt.state.pop(param, None)
+                continue
+            st, entries, clones = was
+            st.clear()
+            st.update(entries)
+            for k, c in clones.items():
+                st[k].copy_(c)
+            opt.state[param] = st
+        return
+    accs, created, names, values = saved
+    for k in list(opt._accumulators):
+        if k in accs:
+            opt._accumulators[k] = accs[k]
+        else:
+            del opt._accumulators[k]
+    opt._already_create_accumulator.clear()
+    opt._already_create_accumulator.update(created)
+    del opt._opti_name_list[names:]
+    for s, c in values:
+        moves.adapter.write(s, c)
+
+
+def _write_one(moves: Moves, t: _Target):
+    import torch
+
+    opt, table, q = moves.raw_opt, moves.table, t.param
+    step = t.step or 0
+    if moves.raw_fw == "torch":
+        if t.fresh:
+            opt.state.pop(q, None)  # exactly the state of a parameter the optimizer has not stepped
+            return
+        st = opt.state[q]
+        for neutral, key, _ in table.tensors:
+            if st.get(key) is None:
+                st[key] = torch.zeros_like(q, memory_format=torch.preserve_format)
+            st[key].detach().copy_(t.values[neutral])
+        if table.steps:
+            group = _torch_group(opt, q)
+            on_param = group.get("capturable") or group.get("fused")
+            if "step" not in st or not hasattr(st["step"], "copy_"):
+                st["step"] = torch.zeros((), dtype=torch.float32, device=q.device if on_param else "cpu")
+            st["step"].copy_(torch.tensor(float(step)))
+        return
+    names = [acc for _, _, acc in table.tensors]
+    if any(_paddle_acc(opt, n, q) is None for n in names):
+        import paddle
+
+        opt._create_accumulators(paddle.static.default_main_program().global_block(), [q])
+    adapter = moves.adapter
+    for neutral, _, acc in table.tensors:
+        adapter.write(_paddle_acc(opt, acc, q), t.values[neutral])
+    if table.steps:
+        for name, beta in zip(BETA_POWS, _betas(opt, "paddle", q)):
+            acc = _paddle_acc(opt, name, q)
+            adapter.write(acc, torch.full(tuple(adapter.shape(acc)), beta ** (step + 1), dtype=torch.float64))

@@ -1,0 +1,309 @@
+"""Optimizer state moves with the weights (issue 29, in memory): ``assign_weight(..., optimizers=(base, raw))``.
+
+A model with a Linear (stored transposed by paddle), a Conv and a LayerNorm trains 3 steps in one framework; weights
+and optimizer state move; both sides then take 3 more steps on the same batches and must agree, while the same move
+without the state visibly does not. Both directions, AdamW and SGD with momentum; refusals leave the raw model and
+its optimizer exactly as they were.
+"""
+from __future__ import annotations
+
+import numpy as np
+import paddle
+import pytest
+import torch
+
+from test_parts import fused_pool  # noqa: F401 (the fixture)
+from helpers import DIRECTION_IDS, DIRECTIONS, NN, Base, assert_unchanged, snapshot
+from padiff_lite import TransferError, assign_weight
+
+RNG = np.random.default_rng(0)
+BATCHES = [(RNG.standard_normal((4, 2, 4, 4)).astype("float32"), RNG.integers(0, 5, size=(4,))) for _ in range(7)]
+AGREE = 1e-5  # measured: about 1e-7 (float32 rounding of two implementations)
+STATE_MATTERS = 1e-3  # measured: the run restarted with fresh state is off by about 1e-2
+
+
+def model(fw, seed):
+    (torch.manual_seed if fw == "torch" else paddle.seed)(seed)
+    nn = NN[fw]
+
+    class Net(Base(fw)):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(2, 3, 3, padding=1) if fw == "torch" else nn.Conv2D(2, 3, 3, padding=1)
+            self.norm = nn.LayerNorm(48)
+            self.fc = nn.Linear(48, 5)
+            self.act = nn.ReLU()
+
+        def forward(self, x):
+            h = self.act(self.conv(x))
+            return self.fc(self.norm(h.flatten(1)))
+
+    return Net()
+
+
+def optimizer(fw, net, kind, lr=0.01, **kw):
+    if fw == "torch":
+        if kind == "adamw":
+            return torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.01, **kw)
+        if kind == "adam":
+            return torch.optim.Adam(net.parameters(), lr=lr, **kw)
+        if kind == "momentum":
+            return torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, **kw)
+        return torch.optim.SGD(net.parameters(), lr=lr)
+    if kind == "adamw":
+        return paddle.optimizer.AdamW(learning_rate=lr, parameters=net.parameters(), weight_decay=0.01, **kw)
+    if kind == "adam":
+        return paddle.optimizer.Adam(learning_rate=lr, parameters=net.parameters(), **kw)
+    if kind == "momentum":
+        return paddle.optimizer.Momentum(learning_rate=lr, momentum=0.9, parameters=net.parameters(), **kw)
+    return paddle.optimizer.SGD(learning_rate=lr, parameters=net.parameters())
+
+
+def train(fw, net, opt, batches):
+    for x, y in batches:
+        if fw == "torch":
+            loss = torch.nn.functional.cross_entropy(net(torch.from_numpy(x)), torch.from_numpy(y))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        else:
+            loss = paddle.nn.functional.cross_entropy(net(paddle.to_tensor(x)), paddle.to_tensor(y))
+            opt.clear_grad()
+            loss.backward()
+            opt.step()
+
+
+def weights(net) -> dict:
+    """Every weight in torch's layout (paddle's Linear weight transposed back)."""
+    out = {}
+    for k, v in net.state_dict().items():
+        a = v.detach().numpy() if isinstance(v, torch.Tensor) else v.numpy()
+        out[k] = a.T if k == "fc.weight" and not isinstance(v, torch.Tensor) else a
+    return out
+
+
+def worst(a, b) -> float:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    return max(float(np.abs(wa[k].astype("float64") - wb[k]).max()) for k in wa)
+
+
+def opt_state(opt) -> dict:
+    """Every tensor of an optimizer's state, by (parameter, name), as numpy."""
+    if isinstance(opt, torch.optim.Optimizer):
+        return {(i, k): v.detach().numpy().copy() for i, p in enumerate(opt.param_groups[0]["params"])
+                for k, v in opt.state.get(p, {}).items()}
+    return {(k, pn): np.array(v.numpy(), copy=True) for k, d in opt._accumulators.items() for pn, v in d.items()}
+
+
+def assert_state_unchanged(opt, before):
+    now = opt_state(opt)
+    assert now.keys() == before.keys(), "optimizer state entries were added or removed"
+    for k in before:
+        assert np.array_equal(now[k], before[k]), f"optimizer state {k} was changed"
+
+
+@pytest.mark.parametrize("raw_stepped", [False, True], ids=["raw fresh", "raw stepped"])
+@pytest.mark.parametrize("kind", ["adamw", "adam", "momentum"])
+@pytest.mark.parametrize("src,dst", DIRECTIONS, ids=DIRECTION_IDS)
+def test_training_continues_step_for_step_after_the_move(src, dst, kind, raw_stepped):
+    a = model(src, 1)
+    opt_a = optimizer(src, a, kind)
+    train(src, a, opt_a, BATCHES[:3])
+    b, c = model(dst, 2), model(dst, 2)
+    opt_b, opt_c = optimizer(dst, b, kind), optimizer(dst, c, kind)
+    if raw_stepped:  # the raw optimizer has state of its own already: it is overwritten, not added to
+        train(dst, b, opt_b, BATCHES[6:])
+    report = assign_weight(a, b, optimizers=(opt_a, opt_b))
+    assign_weight(a, c)  # the weights alone: the optimizer starts fresh
+    assert any("state of 6 of 6 raw parameters moved" in n for n in report.notes), report.notes
+    assert worst(a, b) == 0.0
+    for side in ((src, a, opt_a), (dst, b, opt_b), (dst, c, opt_c)):
+        train(*side, BATCHES[3:6])
+    moved, fresh = worst(a, b), worst(a, c)
+    assert moved < AGREE, f"after 3 more steps the moved run differs by {moved:.2e}"
+    assert fresh > STATE_MATTERS, f"a fresh optimizer differs by only {fresh:.2e}: the test would not see the state"
+
+
+@pytest.mark.parametrize("src,dst", DIRECTIONS, ids=DIRECTION_IDS)
+def test_plain_sgd_has_no_state_and_moves(src, dst):
+    a, b = model(src, 1), model(dst, 2)
+    opt_a, opt_b = optimizer(src, a, "sgd"), optimizer(dst, b, "sgd")
+    train(src, a, opt_a, BATCHES[:2])
+    assign_weight(a, b, optimizers=(opt_a, opt_b))
+    train(src, a, opt_a, BATCHES[3:5])
+    train(dst, b, opt_b, BATCHES[3:5])
+    assert worst(a, b) < AGREE
+
+
+def _stepped_pair(src, dst, base_kind, raw_kind, **raw_kw):
+    a, b = model(src, 1), model(dst, 2)
+    opt_a, opt_b = optimizer(src, a, base_kind), optimizer(dst, b, raw_kind, **raw_kw)
+    train(src, a, opt_a, BATCHES[:2])
+    train(dst, b, opt_b, BATCHES[6:])
+    return a, b, opt_a, opt_b
+
+
+@pytest.mark.parametrize("src,dst", DIRECTIONS, ids=DIRECTION_IDS)
+def test_a_pair_not_covered_is_refused_and_nothing_changes(src, dst):
+    a, b, opt_a, opt_b = _stepped_pair(src, dst, "adamw", "momentum")
+    model_before, state_before = snapshot(b), opt_state(opt_b)
+    assert state_before
+    with pytest.raises(TransferError, match="no table moves state between these") as e:
+        assign_weight(a, b, optimizers=(opt_a, opt_b))
+    assert "AdamW" in str(e.value) and ("Momentum" in str(e.value) or "SGD+momentum" in str(e.value))
+    assert_unchanged(b, model_before)
+    assert_state_unchanged(opt_b, state_before)
+
+
+@pytest.mark.parametrize("src,dst", DIRECTIONS, ids=DIRECTION_IDS)
+def test_amsgrad_is_refused_and_nothing_changes(src, dst):
+    a, b, opt_a, opt_b = _stepped_pair(src, dst, "adamw", "adamw", amsgrad=True)
+    model_before, state_before = snapshot(b), opt_state(opt_b)
+    with pytest.raises(TransferError, match="amsgrad=True"):
+        assign_weight(a, b, optimizers=(opt_a, opt_b))
+    assert_unchanged(b, model_before)
+    assert_state_unchanged(opt_b, state_before)
+
+
+@pytest.mark.parametrize("raw_stepped", [False, True], ids=["raw fresh", "raw stepped"])
+@pytest.mark.parametrize("src,dst", DIRECTIONS, ids=DIRECTION_IDS)
+def test_a_failure_while_writing_puts_the_optimizer_state_back(src, dst, raw_stepped, monkeypatch):
+    import padiff_lite.transfer as transfer
+
+    a, b = model(src, 1), model(dst, 2)
+    opt_a, opt_b = optimizer(src, a, "adamw"), optimizer(dst, b, "adamw")
+    train(src, a, opt_a, BATCHES[:2])
+    if raw_stepped:
+        train(dst, b, opt_b, BATCHES[6:])
+    model_before, state_before = snapshot(b), opt_state(opt_b)
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(transfer, "execute", failing)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        assign_weight(a, b, optimizers=(opt_a, opt_b))
+    assert_unchanged(b, model_before)
+    assert_state_unchanged(opt_b, state_before)
+    monkeypatch.undo()
+    assign_weight(a, b, optimizers=(opt_a, opt_b))  # and the optimizer still works after the undo
+    train(src, a, opt_a, BATCHES[3:5])
+    train(dst, b, opt_b, BATCHES[3:5])
+    assert worst(a, b) < AGREE
+
+
+@pytest.mark.parametrize("src,dst", DIRECTIONS, ids=DIRECTION_IDS)
+def test_differing_hyperparameters_are_reported_not_changed(src, dst):
+    a, b = model(src, 1), model(dst, 2)
+    opt_a, opt_b = optimizer(src, a, "adamw"), optimizer(dst, b, "adamw", lr=0.02)
+    train(src, a, opt_a, BATCHES[:1])
+    report = assign_weight(a, b, optimizers=(opt_a, opt_b))
+    lines = [n for n in report.notes if n.startswith("optimizer setting differs")]
+    assert len(lines) == 1 and "learning rate" in lines[0] and "0.02" in lines[0], report.notes
+    lr = opt_b.param_groups[0]["lr"] if dst == "torch" else opt_b.get_lr()
+    assert lr == pytest.approx(0.02)
+
+
+def test_optimizers_in_the_wrong_order_are_refused():
+    a, b = model("torch", 1), model("paddle", 2)
+    opt_a, opt_b = optimizer("torch", a, "adamw"), optimizer("paddle", b, "adamw")
+    before = snapshot(b)
+    with pytest.raises(TransferError, match="in the order of the models"):
+        assign_weight(a, b, optimizers=(opt_b, opt_a))
+    assert_unchanged(b, before)
+
+
+# -- fused layouts: the moments are cut like the weights, by the plan's own parts ----------------------------------------
+def _train_block(net, opt, steps):
+    from test_parts import X as BX
+
+    for i in range(steps):
+        x = BX * (1.0 + 0.1 * i)
+        if isinstance(net, torch.nn.Module):
+            loss = (net(torch.from_numpy(x)) ** 2).mean()
+            opt.zero_grad()
+        else:
+            loss = (net(paddle.to_tensor(x)) ** 2).mean()
+            opt.clear_grad()
+        loss.backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("src,dst", DIRECTIONS, ids=DIRECTION_IDS)
+def test_fused_qkv_moments_are_split_like_the_weight(fused_pool, src, dst):
+    from test_parts import FusedBlock, SplitBlock
+
+    build = {"torch": SplitBlock, "paddle": FusedBlock}
+    a, b, c = build[src](), build[dst](), build[dst]()
+    opt_a, opt_b, opt_c = (optimizer(fw, m, "adamw") for fw, m in ((src, a), (dst, b), (dst, c)))
+    _train_block(a, opt_a, 3)
+    assign_weight(a, b, optimizers=(opt_a, opt_b))
+    assign_weight(a, c)
+    for m, o in ((a, opt_a), (b, opt_b), (c, opt_c)):
+        _train_block(m, o, 3)
+    moved, fresh = build[src](), build[src]()
+    assign_weight(b, moved)  # back into the source's layout, to compare weight by weight
+    assign_weight(c, fresh)
+    diff = lambda x: max(float(np.abs(np_of(v) - np_of(x.state_dict()[k])).max()) for k, v in a.state_dict().items())  # noqa: E731
+    assert diff(moved) < AGREE, f"moved state: {diff(moved):.2e}"
+    assert diff(fresh) > STATE_MATTERS, f"fresh state: {diff(fresh):.2e}"
+
+
+def np_of(t):
+    return t.detach().numpy() if isinstance(t, torch.Tensor) else t.numpy()
+
+
+def test_parts_that_took_different_numbers_of_steps_are_refused(fused_pool):
+    from test_parts import FusedBlock, SplitBlock
+
+    a, b = SplitBlock(), FusedBlock()
+    a.k_proj.weight.requires_grad_(False)  # never stepped: no state, while q and v took 2 steps
+    opt_a, opt_b = optimizer("torch", a, "adamw"), optimizer("paddle", b, "adamw")
+    _train_block(a, opt_a, 2)
+    _train_block(b, opt_b, 1)
+    model_before, state_before = snapshot(b), opt_state(opt_b)
+    with pytest.raises(TransferError, match="took different numbers of steps") as e:
+        assign_weight(a, b, optimizers=(opt_a, opt_b))
+    assert "qkv_proj.weight" in str(e.value)
+    assert_unchanged(b, model_before)
+    assert_state_unchanged(opt_b, state_before)
+
+
+@pytest.mark.parametrize("src,dst", DIRECTIONS, ids=DIRECTION_IDS)
+def test_a_layer_of_an_imperative_special_init_is_refused(scoped_pool, src, dst):
+    def copy_fc(module, layer):  # PaDiff style: writes the raw layer itself
+        w = module.weight.detach().numpy() if src == "torch" else module.weight.numpy()
+        b = module.bias.detach().numpy() if src == "torch" else module.bias.numpy()
+        if dst == "paddle":
+            layer.weight.set_value(w.T)
+            layer.bias.set_value(b)
+        else:
+            with torch.no_grad():
+                layer.weight.copy_(torch.from_numpy(w.T))
+                layer.bias.copy_(torch.from_numpy(b))
+
+    other = "paddle" if src == "torch" else "torch"
+    scoped_pool.register(src, "Linear", other, "Linear", override=True)(copy_fc)  # put back after the test
+    a, b, opt_a, opt_b = _stepped_pair(src, dst, "adamw", "adamw")
+    model_before, state_before = snapshot(b), opt_state(opt_b)
+    with pytest.raises(TransferError, match="imperative special init") as e:
+        assign_weight(a, b, optimizers=(opt_a, opt_b))
+    assert "fc (Linear)" in str(e.value)
+    assert_unchanged(b, model_before)
+    assert_state_unchanged(opt_b, state_before)
+    report = assign_weight(a, b)  # without optimizers= the special init runs as before
+    assert worst(a, b) == 0.0 and report.tensors
+
+
+@pytest.mark.parametrize("steps", [0, 1, 7, 300, 2000, 20000])
+def test_the_step_count_is_read_back_from_paddles_float32_beta_powers(steps):
+    """paddle multiplies its beta powers in float32 once per step; beta1 = 0.9's power underflows after ~1000
+    steps, so the count then comes from beta2's."""
+    from padiff_lite.optim_state import _step_from_pows
+
+    b1, b2 = np.float32(0.9), np.float32(0.999)
+    p1, p2 = b1, b2  # beta**(0 + 1) before the first step
+    for _ in range(steps):
+        p1, p2 = np.float32(p1 * b1), np.float32(p2 * b2)
+    assert _step_from_pows([float(p1), float(p2)], (0.9, 0.999)) == steps
