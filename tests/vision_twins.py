@@ -47,8 +47,9 @@ NOT_PORTS = ("Not ports (different functions; checked with the same versions): A
              "224x224 only). Their weights do transfer with `example_inputs=` (the convolutions and linears pair) and "
              "the logits then differ (AlexNet at 224x224: 0.012 on logits up to 0.031; SqueezeNet at 64x64: 1.6 on "
              "3.0): the difference is in weightless layers, whose settings `assign_weight` does not compare yet; "
-             "`auto_diff` reports the mismatch (SqueezeNet: pooled maps 7x7 against 6x6). Inception-v3: torchvision's BatchNorm eps is 1e-3, paddle's 1e-5; pairing by "
-             "execution refuses every such BatchNorm pair, naming both paths and both eps values.")
+             "`auto_diff` reports the mismatch (SqueezeNet: pooled maps 7x7 against 6x6). Inception-v3: "
+             "torchvision's BatchNorm eps is 1e-3, paddle's 1e-5; pairing by execution refuses every such BatchNorm "
+             "pair, naming both paths and both eps values.")
 
 
 @contextlib.contextmanager
