@@ -7,11 +7,15 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-$(BIN)/.installed: requirements-dev.txt setup.py padiff_lite/_fastcopy.c
+# torchvision (tests/test_vision_twins.py only): the registry's 0.28.0 is a CUDA build that breaks
+# `import transformers` next to the CPU torch, so it goes into a folder of its own, which only that test puts on
+# sys.path; --upgrade makes a rerun replace it rather than stop at the existing folder
+$(BIN)/.installed: requirements-dev.txt setup.py padiff_lite/_fastcopy.c Makefile
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements-dev.txt
 	$(BIN)/pip uninstall -q -y paddlecodec
+	$(BIN)/pip install -q --no-deps --upgrade --target $(VENV)/torchvision-py torchvision==0.28.0
 	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 

@@ -1,5 +1,6 @@
 """Writes docs/supported_models.md: every transformers <-> PaddleFormers family of tests/hf_families.py, the rules
-its layers use, and the outputs measured after a transfer in each direction (tiny random-weight configs).
+its layers use, and the outputs measured after a transfer in each direction (tiny random-weight configs); then the
+torchvision <-> paddle.vision twins of tests/vision_twins.py (which prints that section alone).
 
     python tests/supported_models.py > docs/supported_models.md
 """
@@ -18,6 +19,7 @@ logging.disable(logging.WARNING)
 
 import hf_families as hf  # noqa: E402
 import numpy as np  # noqa: E402
+import vision_twins  # noqa: E402
 
 from padiff_lite import assign_weight  # noqa: E402
 
@@ -83,6 +85,7 @@ def main():
             "layer's `o_proj` (its q/k norms agree). Its `q_proj` holds a query and a gate per head; running the "
             "attention alone agrees under the grouped layout, the whole model under neither candidate: not understood "
             "yet.", ""]
+    out += vision_twins.markdown()
     sys.stdout.write("\n".join(out))
 
 
