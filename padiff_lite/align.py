@@ -22,10 +22,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import AmbiguousPairingError
+from .errors import AmbiguousPairingError, PairingError
 from .mapping import LayerEntry, Mapping
 from .pairing import LayerPair, Node, alike, own_only, pair_models, rule_for, walk
 from .proxy import create_model
+from .settings import mismatches, weightless
 from .trace import record_calls
 
 
@@ -126,13 +127,14 @@ def _describe(atom: Atom, adapter) -> str:
 
 
 # -- the stage -----------------------------------------------------------------------
-def execution_mapping(base, raw, inputs, pool=None) -> Mapping | None:
+def execution_mapping(base, raw, inputs, pool=None, check_settings: bool = False) -> Mapping | None:
     """Pair by execution what names leave open; a Mapping (``how="execution"``), or None when names pair
     everything or only one side has anything left (then running the models cannot help).
 
     ``inputs``: the forms ``auto_diff`` takes (a numpy array, a tuple of them, or ``({"x": base_tensor},
     {"x": raw_tensor})``). Raises AmbiguousPairingError naming the candidates when call order, classes
-    and shapes do not decide, PairingError when a model fails on the input.
+    and shapes do not decide, PairingError when a model fails on the input, and (``check_settings``) when
+    weightless layers running between paired layers differ in their settings (:mod:`padiff_lite.settings`).
     """
     from .compare import split_inputs  # the input forms auto_diff takes, read the same way
 
@@ -145,10 +147,10 @@ def execution_mapping(base, raw, inputs, pool=None) -> Mapping | None:
         (bargs, bkw), (rargs, rkw) = split
         return record_calls(base, modules_b, bargs, bkw), record_calls(raw, modules_r, rargs, rkw)
 
-    return mapping_from_calls(base, raw, traces, pool)
+    return mapping_from_calls(base, raw, traces, pool, check_settings)
 
 
-def mapping_from_calls(base, raw, traces, pool=None) -> Mapping | None:
+def mapping_from_calls(base, raw, traces, pool=None, check_settings: bool = False) -> Mapping | None:
     """:func:`execution_mapping` with the call orders given: ``traces(base modules, raw modules)`` returns the two
     :class:`padiff_lite.trace.CallTrace` (from a run, or from recorded calls such as a dump's report)."""
     if pool is None:
@@ -156,11 +158,23 @@ def mapping_from_calls(base, raw, traces, pool=None) -> Mapping | None:
     pairing = pair_models(base, raw, pool)
     b_regions = [u.node for u in pairing.unpaired if u.side == "base"]
     r_regions = [u.node for u in pairing.unpaired if u.side == "raw"]
-    if not b_regions or not r_regions:
-        return None
-    b_atoms = atoms(pairing, "base", b_regions, r_regions)
-    r_atoms = atoms(pairing, "raw", r_regions, b_regions)
-    bt, rt = traces([a.node.module for a in b_atoms], [a.node.module for a in r_atoms])
+    open_ = bool(b_regions and r_regions)
+    b_wl, r_wl = (weightless(base), weightless(raw)) if check_settings else ([], [])
+    if not (b_wl and r_wl):
+        b_wl, r_wl = [], []  # nothing to compare: nothing more is traced
+        if not open_:
+            return None
+    b_atoms = atoms(pairing, "base", b_regions, r_regions) if open_ else []
+    r_atoms = atoms(pairing, "raw", r_regions, b_regions) if open_ else []
+    # with weightless layers to compare, the layers names paired run hooked too: they cut the calls into stretches
+    named = [p for p in pairing.pairs if p.how != "root"] if b_wl else []
+    nb, nr = len(b_atoms), len(r_atoms)
+    bt, rt = traces([a.node.module for a in b_atoms] + [p.base.module for p in named] + [m for _, m, _ in b_wl],
+                    [a.node.module for a in r_atoms] + [p.raw.module for p in named] + [m for _, m, _ in r_wl])
+    if b_wl:  # the other layers took part in the run only: the atoms' call orders are as without them
+        bt.order, rt.order = [i for i in bt.order if i < nb], [j for j in rt.order if j < nr]
+        bt.counts = {i: c for i, c in bt.counts.items() if i < nb}
+        rt.counts = {j: c for j, c in rt.counts.items() if j < nr}
     bseq, rseq = [b_atoms[i] for i in bt.order], [r_atoms[j] for j in rt.order]
     from .validate import pair_problems
 
@@ -229,6 +243,22 @@ def mapping_from_calls(base, raw, traces, pool=None) -> Mapping | None:
             f"{len(lines)} layer{'s' * (len(lines) != 1)} fit more than one candidate; nothing was written. Fix: pair "
             "them with mapping={'base.path': 'raw.path', ...} (or set_layer_map), or rename them so that names pair them:",
             lines, cands)
+    if b_wl:
+        b_marks = {nb + k: ("name", k) for k in range(len(named))}
+        r_marks = {nr + k: ("name", k) for k in range(len(named))}
+        b_marks.update({bt.order[i]: ("execution", k) for k, (i, _) in enumerate(result.pairs)})
+        r_marks.update({rt.order[j]: ("execution", k) for k, (_, j) in enumerate(result.pairs)})
+        lines = mismatches(base, raw, b_wl, r_wl, bt.events, rt.events, b_marks, r_marks,
+                           nb + len(named), nr + len(named))
+        if lines:
+            raise PairingError(
+                f"cannot pair {base.framework}:{base.name} -> {raw.framework}:{raw.name} by execution: "
+                f"{len(lines)} setting{'s' * (len(lines) != 1)} of weightless layers running between paired layers "
+                "differ, so the two models compute different functions and equal weights would not give equal "
+                "outputs; nothing was written. Fix: build the raw model with the same setting, or black-list the "
+                "layer (create_model(model).update_black_list([layer])) to accept the difference:", lines)
+        if not open_:
+            return None
     notes = []
     for side, seq_atoms, trace, proxy in (("base", b_atoms, bt, base), ("raw", r_atoms, rt, raw)):
         never = [seq_atoms[i].node.path for i in trace.never_ran(len(seq_atoms))]

@@ -15,6 +15,7 @@ from .errors import PairingError
 class CallTrace:
     order: list[int] = field(default_factory=list)  # indices into the modules asked for, by first call
     counts: dict[int, int] = field(default_factory=dict)  # index -> number of calls
+    events: list[int] = field(default_factory=list)  # every call, in the order the calls ended
 
     def never_ran(self, n: int) -> list[int]:
         return [i for i in range(n) if i not in self.counts]
@@ -31,6 +32,7 @@ def record_calls(proxy, modules, args, kwargs) -> CallTrace:
                 trace.order.append(i)
                 trace.counts[i] = 0
             trace.counts[i] += 1
+            trace.events.append(i)
 
         return on_call
 

@@ -165,5 +165,5 @@ def find_mapping(base, raw, example_inputs=None, mapping=None):
     if mapping is not None:
         return prepare_mapping(mapping, base, raw)
     if example_inputs is not None:
-        return execution_mapping(base, raw, example_inputs)
+        return execution_mapping(base, raw, example_inputs, check_settings=True)
     return None

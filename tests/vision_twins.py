@@ -44,10 +44,11 @@ REL_TOL = 2e-5
 NOT_PORTS = ("Not ports (different functions; checked with the same versions): AlexNet and SqueezeNet "
              "(paddle's `Dropout(mode=\"downscale_in_infer\")` scales by 0.5 in eval; SqueezeNet's max pools have "
              "`padding=0` without torchvision's `ceil_mode=True`; paddle's AlexNet has no adaptive pool, so it takes "
-             "224x224 only). Their weights do transfer with `example_inputs=` (the convolutions and linears pair) and "
-             "the logits then differ (AlexNet at 224x224: 0.012 on logits up to 0.031; SqueezeNet at 64x64: 1.6 on "
-             "3.0): the difference is in weightless layers, whose settings `assign_weight` does not compare yet; "
-             "`auto_diff` reports the mismatch (SqueezeNet: pooled maps 7x7 against 6x6). Inception-v3: "
+             "224x224 only). Their convolutions and linears pair with `example_inputs=`, but `assign_weight` refuses them, "
+             "naming the dropout and pool pairs whose settings differ (tests/test_weightless_settings.py); with those "
+             "layers black-listed the weights transfer and the logits differ (default random weights: AlexNet at "
+             "224x224: 0.011 on logits up to 0.029; SqueezeNet at 64x64: 0.39 on 0.78), and `auto_diff` reports the "
+             "mismatch (SqueezeNet: pooled maps 7x7 against 6x6). Inception-v3: "
              "torchvision's BatchNorm eps is 1e-3, paddle's 1e-5; pairing by execution refuses every such BatchNorm "
              "pair, naming both paths and both eps values.")
 
