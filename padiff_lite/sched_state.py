@@ -200,6 +200,11 @@ def prepare(schedulers, optimizers=None) -> SchedMove:
     if fr == "torch" and len({float(b) for b in rs.base_lrs}) > 1:
         problems.append(f"raw scheduler: torch {cr} has param groups with different base learning rates "
                         f"{sorted({float(b) for b in rs.base_lrs})}; paddle's scheduler holds one")
+    for side, s, fw in (("base", bs, fb), ("raw", rs, fr)):
+        if fw == "paddle" and type(s).__name__ == "LinearWarmup" and not isinstance(s.learning_rate, (int, float)):
+            problems.append(f"{side} scheduler: paddle LinearWarmup wraps a {type(s.learning_rate).__name__} "
+                            "schedule, which has no torch LinearLR counterpart; only a float learning rate after "
+                            "the warm-up is covered")
     if type(bs.last_epoch) is not int or bs.last_epoch < 0:
         problems.append(f"base scheduler: last_epoch={bs.last_epoch!r} is not a step count")
     if problems:

@@ -149,6 +149,15 @@ def test_a_scheduler_pair_not_covered_is_refused_by_name(src, dst):
     assert_state_unchanged(opt_b, state)
 
 
+def test_a_paddle_warmup_around_another_schedule_is_refused():
+    a, b, opt_a, opt_b, sched_a, _ = _stepped("torch", "paddle", "linear")
+    warm = PS.LinearWarmup(PS.CosineAnnealingDecay(LR, T_max=5), warmup_steps=4, start_lr=LR * 0.25, end_lr=LR)
+    opt_b._learning_rate = warm
+    with pytest.raises(TransferError, match="LinearWarmup wraps a CosineAnnealingDecay"):
+        assign_weight(a, b, optimizers=(opt_a, opt_b), schedulers=(sched_a, warm))
+    assert warm.last_epoch == 0
+
+
 @pytest.mark.parametrize("src,dst", DIRECTIONS, ids=DIRECTION_IDS)
 def test_a_failure_while_writing_puts_the_schedule_position_back(src, dst, monkeypatch):
     import padiff_lite.transfer as transfer
