@@ -9,7 +9,7 @@ import time
 from dataclasses import replace
 
 from .align import execution_mapping
-from . import optim_state
+from . import optim_state, sched_state
 from .errors import InitError, TransferInterrupted
 from .execute import execute
 from .init import check_scheme, plan_init, scheme_name
@@ -70,7 +70,7 @@ def pair_layers(base, raw, example_inputs=None, mapping=None, strict: bool = Tru
 @_gc_paused
 def assign_weight(base, raw, strict: bool = True, check_finite: bool = False, init_unmatched=None,
                   std: float = 0.02, example_inputs=None, mapping=None, pool=None,
-                  optimizers=None) -> TransferReport:
+                  optimizers=None, schedulers=None) -> TransferReport:
     """Copy the weights of ``base`` into ``raw`` (models or ProxyModels, torch or paddle, either way).
 
     Returns a :class:`TransferReport`. Raises :class:`TransferError` listing every problem when the
@@ -98,6 +98,8 @@ def assign_weight(base, raw, strict: bool = True, check_finite: bool = False, in
     optimizers: ``(base_optimizer, raw_optimizer)``: move each parameter's optimizer state (moments, momentum
         buffers, step counts) with it, by the same copies (:mod:`padiff_lite.optim_state`); settings that cannot
         carry over are refused before anything is written, differing hyperparameters are listed in ``report.notes``.
+    schedulers: ``(base_scheduler, raw_scheduler)``: move the learning-rate schedule's position (and the raw
+        optimizer's current learning rate) too (:mod:`padiff_lite.sched_state`); differing schedules are refused.
     """
     t0 = time.perf_counter()
     for name, value in (("strict", strict), ("check_finite", check_finite)):
@@ -115,12 +117,12 @@ def assign_weight(base, raw, strict: bool = True, check_finite: bool = False, in
     plan = build_plan(base, raw, pool, mapping=found)
     return run_plan(plan, strict=strict, check_finite=check_finite, found=found, mapping_given=mapping is not None,
                     can_run=example_inputs is None and mapping is None, init_unmatched=init_unmatched, std=std,
-                    started=t0, optimizers=optimizers)
+                    started=t0, optimizers=optimizers, schedulers=schedulers)
 
 
 def run_plan(plan: Plan, *, strict: bool = True, check_finite: bool = False, found=None, mapping_given=False,
              can_run=False, init_unmatched=None, std: float = 0.02, started: float | None = None,
-             optimizers=None) -> TransferReport:
+             optimizers=None, schedulers=None) -> TransferReport:
     """Validate -> execute -> report for a built plan (``assign_weight``'s second half; ``auto_diff`` plans once
     and uses the plan for its gradients too). Arguments as for ``assign_weight``; ``found``: the Mapping the plan
     was built with."""
@@ -132,16 +134,21 @@ def run_plan(plan: Plan, *, strict: bool = True, check_finite: bool = False, fou
            checked.problems)
     init = plan_init(raw, init_unmatched, std, only=plan.missing) if init_unmatched is not None else None
     moves = optim_state.prepare(plan, optimizers) if optimizers is not None else None  # refuses before any write
-    undo = moves.write() if moves is not None else None
+    sched = sched_state.prepare(schedulers, optimizers) if schedulers is not None else None
+    undos = []
     try:
+        for m in (moves, sched):
+            if m is not None:
+                undos.append(m.write())
         stats = execute(plan, init.ops if init else (), alike=checked.alike)
     except BaseException as exc:
-        if undo is not None and not (isinstance(exc, TransferInterrupted) and exc.completed):
-            undo()  # the model was put back: so is its optimizer state
+        if not (isinstance(exc, TransferInterrupted) and exc.completed):
+            for undo in reversed(undos):
+                undo()  # the model was put back: so are its optimizer state and schedule position
         raise
     report = build_report(plan, stats, time.perf_counter() - t0, checked.casts)
     notes = list(found.notes) if found is not None else []
-    report.notes += notes + (moves.notes if moves is not None else [])
+    report.notes += notes + (moves.notes if moves is not None else []) + (sched.notes if sched is not None else [])
     report._mapping = lambda: from_plan(plan, notes)
     if init is not None:
         report.initialised = list(stats.initialised)

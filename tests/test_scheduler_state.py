@@ -1,0 +1,185 @@
+"""The learning-rate schedule's position moves with the weights (issue 29 item 1): ``assign_weight(...,
+optimizers=(...), schedulers=(base_sched, raw_sched))``.
+
+For each covered scheduler pair and both directions: AdamW with the schedule trains 3 steps in one framework, weights,
+optimizer state and schedule position move, both sides take 3 more steps on the same batches: the learning rate is
+equal at every step and the weights agree; the same move without schedulers= visibly differs (the raw schedule
+starts over). A schedule that differs is refused naming both values, with model, optimizer and scheduler untouched.
+"""
+from __future__ import annotations
+
+import math
+
+import paddle
+import pytest
+import torch
+
+from helpers import DIRECTION_IDS, DIRECTIONS, snapshot, assert_unchanged
+from test_optimizer_state import AGREE, BATCHES, assert_state_unchanged, model, opt_state, optimizer, worst
+from padiff_lite import TransferError, assign_weight
+
+LR = 0.01
+TS, PS = torch.optim.lr_scheduler, paddle.optimizer.lr
+
+
+def lam(e):
+    return 0.8 ** e
+
+
+def other_lam(e):
+    return 0.8 ** e if e < 4 else 0.5  # the same as lam up to step 3: differs only a little ahead
+
+
+# pair -> (torch scheduler from an optimizer, paddle scheduler), the same schedule
+PAIRS = {
+    "lambda": (lambda o, **k: TS.LambdaLR(o, k.get("f", lam)), lambda **k: PS.LambdaDecay(LR, k.get("f", lam))),
+    "step": (lambda o, **k: TS.StepLR(o, step_size=k.get("n", 2), gamma=0.5),
+             lambda **k: PS.StepDecay(LR, step_size=k.get("n", 2), gamma=0.5)),
+    "multistep": (lambda o, **k: TS.MultiStepLR(o, milestones=k.get("n", [2, 4]), gamma=0.3),
+                  lambda **k: PS.MultiStepDecay(LR, milestones=k.get("n", [2, 4]), gamma=0.3)),
+    "cosine": (lambda o, **k: TS.CosineAnnealingLR(o, T_max=k.get("n", 5), eta_min=1e-4),
+               lambda **k: PS.CosineAnnealingDecay(LR, T_max=k.get("n", 5), eta_min=1e-4)),
+    "linear": (lambda o, **k: TS.LinearLR(o, start_factor=0.25, end_factor=1.0, total_iters=k.get("n", 4)),
+               lambda **k: PS.LinearLR(LR, total_steps=k.get("n", 4), start_factor=0.25, end_factor=1.0)),
+    "warmup": (lambda o, **k: TS.LinearLR(o, start_factor=0.25, end_factor=1.0, total_iters=k.get("n", 4)),
+               lambda **k: PS.LinearWarmup(LR, warmup_steps=k.get("n", 4), start_lr=LR * 0.25, end_lr=LR)),
+}
+# the setting that differs in the refusal test, per pair
+OTHER = {"lambda": other_lam, "step": 3, "multistep": [2, 5], "cosine": 7, "linear": 6, "warmup": 6}
+
+
+def setup(fw, net, pair, **kw):
+    """AdamW driven by the pair's scheduler on ``fw``: (optimizer, scheduler)."""
+    if fw == "torch":
+        opt = optimizer(fw, net, "adamw", lr=LR)
+        return opt, PAIRS[pair][0](opt, **kw)
+    sched = PAIRS[pair][1](**kw)
+    return optimizer(fw, net, "adamw", lr=sched), sched
+
+
+def current_lr(fw, opt) -> float:
+    return float(opt.param_groups[0]["lr"]) if fw == "torch" else float(opt.get_lr())
+
+
+def train(fw, net, opt, sched, batches) -> list:
+    """Step optimizer and scheduler on each batch; the learning rate each step used."""
+    lrs = []
+    for x, y in batches:
+        lrs.append(current_lr(fw, opt))
+        if fw == "torch":
+            loss = torch.nn.functional.cross_entropy(net(torch.from_numpy(x)), torch.from_numpy(y))
+            opt.zero_grad()
+            loss.backward()
+        else:
+            loss = paddle.nn.functional.cross_entropy(net(paddle.to_tensor(x)), paddle.to_tensor(y))
+            opt.clear_grad()
+            loss.backward()
+        opt.step()
+        sched.step()
+    return lrs
+
+
+@pytest.mark.parametrize("pair", list(PAIRS))
+@pytest.mark.parametrize("src,dst", DIRECTIONS, ids=DIRECTION_IDS)
+def test_the_schedule_continues_step_for_step_after_the_move(src, dst, pair):
+    a = model(src, 1)
+    opt_a, sched_a = setup(src, a, pair)
+    train(src, a, opt_a, sched_a, BATCHES[:3])
+    b, c = model(dst, 2), model(dst, 2)
+    (opt_b, sched_b), (opt_c, sched_c) = setup(dst, b, pair), setup(dst, c, pair)
+    report = assign_weight(a, b, optimizers=(opt_a, opt_b), schedulers=(sched_a, sched_b))
+    assign_weight(a, c, optimizers=(opt_a, opt_c))  # weights and optimizer state, not the schedule position
+    assert any("position moved" in n and "step 3" in n for n in report.notes), report.notes
+    assert sched_b.last_epoch == 3
+    lrs_a = train(src, a, opt_a, sched_a, BATCHES[3:6])
+    lrs_b = train(dst, b, opt_b, sched_b, BATCHES[3:6])
+    lrs_c = train(dst, c, opt_c, sched_c, BATCHES[3:6])
+    assert all(math.isclose(x, y, rel_tol=1e-6) for x, y in zip(lrs_a, lrs_b)), (lrs_a, lrs_b)
+    assert not math.isclose(lrs_a[0], lrs_c[0], rel_tol=1e-3), (lrs_a, lrs_c)
+    moved, unmoved = worst(a, b), worst(a, c)
+    assert moved < AGREE, f"after 3 more steps the moved run differs by {moved:.2e}"
+    assert unmoved > 10 * AGREE, f"without the schedule the run differs by only {unmoved:.2e}"
+
+
+def _sched_state(fw, s) -> dict:
+    keys = ("last_epoch", "_step_count", "_last_lr") if fw == "torch" else ("last_epoch", "last_lr")
+    return {k: getattr(s, k) for k in keys}
+
+
+def _stepped(src, dst, pair, **raw_kw):
+    a, b = model(src, 1), model(dst, 2)
+    opt_a, sched_a = setup(src, a, pair)
+    opt_b, sched_b = setup(dst, b, pair, **raw_kw)
+    train(src, a, opt_a, sched_a, BATCHES[:3])
+    train(dst, b, opt_b, sched_b, BATCHES[6:])
+    return a, b, opt_a, opt_b, sched_a, sched_b
+
+
+@pytest.mark.parametrize("pair", list(PAIRS))
+@pytest.mark.parametrize("src,dst", DIRECTIONS, ids=DIRECTION_IDS)
+def test_a_schedule_that_differs_is_refused_and_nothing_changes(src, dst, pair):
+    kw = {"f": OTHER[pair]} if pair == "lambda" else {"n": OTHER[pair]}
+    a, b, opt_a, opt_b, sched_a, sched_b = _stepped(src, dst, pair, **kw)
+    before, state, pos, lr = snapshot(b), opt_state(opt_b), _sched_state(dst, sched_b), current_lr(dst, opt_b)
+    with pytest.raises(TransferError) as err:
+        assign_weight(a, b, optimizers=(opt_a, opt_b), schedulers=(sched_a, sched_b))
+    msg = str(err.value)
+    if pair == "lambda":
+        assert "at step 4" in msg, msg
+    else:
+        base_value = {"step": 2, "multistep": [2, 4], "cosine": 5, "linear": 4, "warmup": 4}[pair]
+        assert f"{base_value!r}" in msg and f"{OTHER[pair]!r}" in msg, msg
+    assert_unchanged(b, before)
+    assert_state_unchanged(opt_b, state)
+    assert _sched_state(dst, sched_b) == pos and current_lr(dst, opt_b) == lr
+
+
+@pytest.mark.parametrize("src,dst", DIRECTIONS, ids=DIRECTION_IDS)
+def test_a_scheduler_pair_not_covered_is_refused_by_name(src, dst):
+    a, b, opt_a, opt_b, sched_a, _ = _stepped(src, dst, "step")
+    if dst == "torch":
+        other = TS.OneCycleLR(opt_b, max_lr=LR, total_steps=10)
+    else:
+        other = PS.OneCycleLR(max_learning_rate=LR, total_steps=10)
+        opt_b._learning_rate = other
+    before, state = snapshot(b), opt_state(opt_b)
+    with pytest.raises(TransferError, match="OneCycleLR: no table moves the position"):
+        assign_weight(a, b, optimizers=(opt_a, opt_b), schedulers=(sched_a, other))
+    assert_unchanged(b, before)
+    assert_state_unchanged(opt_b, state)
+
+
+def test_a_paddle_warmup_around_another_schedule_is_refused():
+    a, b, opt_a, opt_b, sched_a, _ = _stepped("torch", "paddle", "linear")
+    warm = PS.LinearWarmup(PS.CosineAnnealingDecay(LR, T_max=5), warmup_steps=4, start_lr=LR * 0.25, end_lr=LR)
+    opt_b._learning_rate = warm
+    with pytest.raises(TransferError, match="LinearWarmup wraps a CosineAnnealingDecay"):
+        assign_weight(a, b, optimizers=(opt_a, opt_b), schedulers=(sched_a, warm))
+    assert warm.last_epoch == 0
+
+
+@pytest.mark.parametrize("src,dst", DIRECTIONS, ids=DIRECTION_IDS)
+def test_a_failure_while_writing_puts_the_schedule_position_back(src, dst, monkeypatch):
+    import padiff_lite.transfer as transfer
+
+    a, b, opt_a, opt_b, sched_a, sched_b = _stepped(src, dst, "cosine")
+    before, state, pos, lr = snapshot(b), opt_state(opt_b), _sched_state(dst, sched_b), current_lr(dst, opt_b)
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(transfer, "execute", failing)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        assign_weight(a, b, optimizers=(opt_a, opt_b), schedulers=(sched_a, sched_b))
+    assert_unchanged(b, before)
+    assert_state_unchanged(opt_b, state)
+    assert _sched_state(dst, sched_b) == pos and current_lr(dst, opt_b) == lr
+    assert sched_b.last_epoch == 1 and sched_a.last_epoch == 3  # the test would see a moved position
+
+
+def test_schedulers_in_the_wrong_order_are_refused():
+    a, b, opt_a, opt_b, sched_a, sched_b = _stepped("torch", "paddle", "step")
+    pos = _sched_state("paddle", sched_b)
+    with pytest.raises(TransferError, match="does not drive the base optimizer"):
+        assign_weight(a, b, optimizers=(opt_a, opt_b), schedulers=(sched_b, sched_a))
+    assert _sched_state("paddle", sched_b) == pos
