@@ -116,7 +116,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _fsync_dir(folder: Path):
+def _sync_folder(folder: Path):
     with contextlib.suppress(OSError):
         fd = os.open(folder, os.O_RDONLY)
         try:
@@ -125,14 +125,14 @@ def _fsync_dir(folder: Path):
             os.close(fd)
 
 
+def _fsync_dir(folder: Path):
+    """The output folder's entries on disk (a step of the commit)."""
+    _sync_folder(folder)
+
+
 def _fsync_record(record: Path):
     """The commit record is on disk (its folder's entry too) before the index switch relies on it."""
-    with contextlib.suppress(OSError):
-        fd = os.open(record.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    _sync_folder(record.parent)
 
 
 @contextlib.contextmanager
@@ -215,9 +215,10 @@ def terminate_like_interrupt():
         del _arrived[:]
 
 
-def journal_dir() -> Path:
+def journal_dir(create: bool = True) -> Path | None:
     """This user's folder for commit records: ``$PADIFF_LITE_STATE_DIR``, else ``$XDG_STATE_HOME/padiff_lite``
-    (``~/.local/state/padiff_lite``), else ``<tmp>/padiff_lite-<uid>``; created with mode 0700. A folder that is
+    (``~/.local/state/padiff_lite``), else ``<tmp>/padiff_lite-<uid>``; created with mode 0700 (``create=False``:
+    only an existing one, None when there is none). A folder that is
     not ours (another owner, a symlink, writable by others) is never used: records there could be planted."""
     candidates = []
     if os.environ.get("PADIFF_LITE_STATE_DIR"):
@@ -229,6 +230,8 @@ def journal_dir() -> Path:
     problems = []
     for folder in candidates:
         commits = folder / "commits"
+        if not create and not commits.is_dir():
+            continue  # nothing recorded there: looking must not create this user's state folder
         try:
             commits.mkdir(parents=True, exist_ok=True, mode=0o700)
             foreign = [d for d in (folder, commits) if not _private(d)]
@@ -239,6 +242,8 @@ def journal_dir() -> Path:
             return commits
         problems.append(f"{foreign[0]} is not a private folder of this user (a symbolic link, another owner, or "
                         "writable by others)")
+    if not create and not problems:
+        return None  # no state folder yet: no records
     raise CheckpointError("no private folder for the commit record of a sharded output (" + "; ".join(problems) +
                           "); set PADIFF_LITE_STATE_DIR to a folder only you can write. Nothing was written")
 
@@ -253,8 +258,10 @@ def _private(d: Path) -> bool:
 def _records_for(folder: Path) -> list[tuple[Path, dict]]:
     """The commit records of gone processes on this host about ``folder``: [(record file, record)]."""
     try:
-        jdir = journal_dir()
+        jdir = journal_dir(create=False)
     except CheckpointError:
+        return []
+    if jdir is None:
         return []
     real, host, out = os.path.realpath(folder), socket.gethostname(), []
     for rec in sorted(jdir.iterdir()):
