@@ -15,6 +15,12 @@ CONFIG_RENAMES = {"gpt_oss": {"num_experts": "num_local_experts"}}
 PF_FIXED = {"ernie4_5_moe": {"num_nextn_predict_layers": 0,  # transformers' class has no multi-token prediction
                              "moe_use_aux_free": True}}  # ... and always its router's correction bias
 
+# rope_parameters keys PaddleFormers reads for every config of a family, which transformers' default rope does not
+# write: model_type -> {key: value that changes nothing with the default rope, why}
+PF_DEFAULT_ROPE_KEYS = {"deepseek_v3": {"factor": (1.0, "PaddleFormers' DeepseekV3Attention reads "
+                                                  "rope_parameters['factor'] whatever the rope type (KeyError "
+                                                  "without it); with the default rope it scales nothing")}}
+
 
 def translate_config(cfg: dict, to: str) -> tuple[dict, list[str]]:
     """The config.json for ``to``'s loader and what changed (one line per change)."""
@@ -37,6 +43,12 @@ def translate_config(cfg: dict, to: str) -> tuple[dict, list[str]]:
         elif isinstance(rope, dict) and "rope_theta" in rope and "rope_theta" not in out:
             out["rope_theta"] = rope["rope_theta"]
             changes.append(f"rope_theta = {rope['rope_theta']} (from rope_parameters)")
+        rope = out.get("rope_parameters")
+        if isinstance(rope, dict) and rope.get("rope_type", rope.get("type", "default")) == "default":
+            for key, (value, why) in PF_DEFAULT_ROPE_KEYS.get(out.get("model_type", ""), {}).items():
+                if key not in rope:
+                    out["rope_parameters"] = rope = {**rope, key: value}
+                    changes.append(f"rope_parameters.{key} = {value!r} ({why})")
         for key, value in PF_FIXED.get(out.get("model_type", ""), {}).items():
             if key not in out:
                 out[key] = value
@@ -55,7 +67,19 @@ def translate_config(cfg: dict, to: str) -> tuple[dict, list[str]]:
             out["rope_parameters"] = {"full_attention": full, "sliding_attention": {
                 "rope_type": "default", "rope_theta": out.pop("rope_local_base_freq")}}
             changes.append("rope_parameters per layer type (from rope_theta and rope_local_base_freq)")
+        scaling = out.get("rope_scaling")
+        if isinstance(rope, dict) and isinstance(scaling, dict) and _rope_type(scaling) != _rope_type(rope):
+            # PaddleFormers' config keeps its own default rope_scaling next to the rope_parameters its models use;
+            # transformers 5 takes rope_scaling first (RotaryEmbeddingConfigMixin): that would be another rope
+            del out["rope_scaling"]
+            changes.append(f"rope_scaling dropped (rope_type {_rope_type(scaling)!r}; PaddleFormers' model uses "
+                           f"rope_parameters, rope_type {_rope_type(rope)!r}, and transformers would take "
+                           "rope_scaling first)")
         if "torch_dtype" in out and "dtype" not in out:
             out["dtype"] = out.pop("torch_dtype")
             changes.append(f"dtype = {out['dtype']!r} (from torch_dtype)")
     return out, changes
+
+
+def _rope_type(rope: dict) -> str:
+    return rope.get("rope_type", rope.get("type", "default"))

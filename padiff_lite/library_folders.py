@@ -33,14 +33,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import paddleformers_cpu
+from . import paddleformers_classes, paddleformers_cpu
 from .atomic import AtomicOutput, output_error, terminate_like_interrupt
 from .errors import CheckpointError
 from .formats import INDEX_SUFFIX, TEMP_PREFIX, Entry, SafetensorsWriter, open_checkpoint, write_index
 from .layouts_on_disk import metadata_for
 from .library_configs import translate_config
-from .library_loaders import (Piece, build_without_storage, check_transformers, paddleformers_view, source_key,
-                              source_nbytes, source_shape, written_names, written_shapes)
+from .paddleformers_classes import DEPRECATED
+from .library_loaders import (Piece, build_config, build_without_storage, check_transformers, paddleformers_view,
+                              source_key, source_nbytes, source_shape, written_names, written_shapes)
 
 log = logging.getLogger("padiff_lite.library_folders")
 
@@ -109,12 +110,10 @@ def _libraries():
     return transformers, pf
 
 
-DEPRECATED = "Deprecated"  # PaddleFormers 1.x's eager classes (Qwen2ForCausalLMDeprecated ...) save this name
-
-
 def _class(lib, library: str, arch: str, src: Path):
+    """transformers' class for ``arch`` (PaddleFormers' eager ``*Deprecated`` names are transformers' classes)."""
     cls = getattr(lib, arch, None)
-    if cls is None and library == "transformers" and arch.endswith(DEPRECATED):  # the same model in transformers
+    if cls is None and arch.endswith(DEPRECATED):  # the same model in transformers
         cls = getattr(lib, arch[: -len(DEPRECATED)], None)
     if cls is None:
         raise CheckpointError(f"{src / 'config.json'} names the architecture {arch}, which {library} "
@@ -181,8 +180,13 @@ def convert_folder(src, dst, to: str, verify: bool = False, progress=None) -> Fo
     transformers, pf = _libraries()
     source_lib = "transformers" if to == "paddleformers" else "paddleformers"
     arch = cfg["architectures"][0]
-    libs = {"transformers": transformers, "paddleformers": pf}
-    tcls, scls = _class(libs[to], to, arch, src), _class(libs[source_lib], source_lib, arch, src)
+    t_cls = _class(transformers, "transformers", arch, src)
+    pfc = paddleformers_classes.resolve(pf, arch, _version("paddleformers"), src)
+    if verify and pfc.unimportable:
+        raise CheckpointError(f"--verify loads the folder with PaddleFormers' from_pretrained, but its module for "
+                              f"{arch} cannot be imported here ({pfc.unimportable}); nothing was written. Convert "
+                              "without --verify (the report says what was checked), or on a machine where "
+                              "PaddleFormers imports it")
     model_type = cfg.get("model_type", "")
 
     ck = open_checkpoint(src)
@@ -196,10 +200,10 @@ def convert_folder(src, dst, to: str, verify: bool = False, progress=None) -> Fo
                               ".safetensors (what save_pretrained writes): convert them with the factory form first")
     out_cfg, changes = translate_config(cfg, to)
     if to == "transformers" and arch.endswith(DEPRECATED):
-        out_cfg["architectures"] = [tcls.__name__] + list(out_cfg["architectures"][1:])
-        changes.append(f"architectures = [{tcls.__name__!r}] (PaddleFormers' eager {arch} is transformers' "
-                       f"{tcls.__name__})")
-    report = FolderReport(str(src), str(final), to, arch, config_changes=changes)
+        out_cfg["architectures"] = [t_cls.__name__] + list(out_cfg["architectures"][1:])
+        changes.append(f"architectures = [{t_cls.__name__!r}] (PaddleFormers' eager {arch} is transformers' "
+                       f"{t_cls.__name__})")
+    report = FolderReport(str(src), str(final), to, arch, config_changes=changes, notes=list(pfc.notes))
     writer = "paddleformers" if "paddleformers_version" in cfg else "transformers" if "transformers_version" in cfg \
         else None
     if writer == to:
@@ -207,20 +211,22 @@ def convert_folder(src, dst, to: str, verify: bool = False, progress=None) -> Fo
                             "checks, not converted")
 
     # both models, without storage, by the libraries themselves; both loaders' view of the weights
-    pf_cls = tcls if to == "paddleformers" else scls
-    t_cls = tcls if to == "transformers" else scls
     pf_cfg = out_cfg if to == "paddleformers" else cfg
     t_cfg = out_cfg if to == "transformers" else cfg
-    pf_config, pf_model = build_without_storage("paddleformers", pf_cls, pf_cfg)
     t_config, t_model = build_without_storage("transformers", t_cls, t_cfg)
     ties = dict(getattr(t_model, "all_tied_weights_keys", None) or {}) \
         if getattr(t_config, "tie_word_embeddings", False) else {}
     names = written_names(ck, source_lib, model_type, report.notes)
-    problems, drop, notes = paddleformers_view(pf_cls, pf_config, pf_model, ck, ties, names)
+    if pfc.cls is None:  # its module does not import here: the config is built, the rules cannot be run
+        build_config("paddleformers", pfc.config_cls, pf_cfg)
+        problems, drop, notes = [], [], []
+    else:
+        pf_config, pf_model = build_without_storage("paddleformers", pfc.cls, pf_cfg)
+        problems, drop, notes = paddleformers_view(pfc.cls, pf_config, pf_model, ck, ties, names)
     if to == "transformers":
         for k in drop:
             notes.append(f"{k} not written: the same values as {ties[k]}, to which it is tied (tie_word_embeddings); "
-                         f"PaddleFormers' {pf_cls.__name__} loader does not read it")
+                         f"PaddleFormers' {pfc.name} loader does not read it")
             del names[k]
     t_problems, t_notes = check_transformers(t_model, t_config, written_shapes(ck, names))
     problems += t_problems
@@ -244,8 +250,10 @@ def convert_folder(src, dst, to: str, verify: bool = False, progress=None) -> Fo
         from .library_verify import verify_folder
 
         try:
-            report.max_diff, report.verified = verify_folder(src, final, to, source_lib, arch, VERIFY_ATOL,
-                                                             VERIFY_RTOL)
+            classes = {"transformers": t_cls.__name__, "paddleformers": pfc.name}
+            report.max_diff, report.verified, verify_notes = verify_folder(src, final, to, source_lib, classes,
+                                                                           VERIFY_ATOL, VERIFY_RTOL)
+            report.notes += verify_notes
         except Exception as exc:  # the folder stays marked: a load or a forward that fails proves nothing
             why = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
             (final / UNVERIFIED_MARK).write_text(f"padiff-lite could not verify this folder: {why}\n", encoding="utf-8")

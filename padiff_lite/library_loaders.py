@@ -28,6 +28,19 @@ UPSTREAM_SAVE_NAMES = {("paddleformers", "qwen2_5_vl"): "PaddleFormers 1.2's sav
                        "it cannot read back its own folder), the other tensors under model.layers.*"}
 
 
+def build_config(library: str, config_cls, cfg: dict):
+    """The library's config object for ``cfg`` (CheckpointError when the library cannot make one of it)."""
+    try:
+        config = config_cls.from_dict(dict(cfg))
+    except Exception as exc:
+        raise CheckpointError(f"{library}'s {config_cls.__name__} cannot be made from this config.json "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}); nothing "
+                              "was written") from exc
+    if library == "paddleformers":
+        paddleformers_cpu.switch_off(config)
+    return config
+
+
 def build_without_storage(library: str, cls, cfg: dict):
     """(config object, model without storage) built by the library itself."""
     try:

@@ -16,11 +16,13 @@ from safetensors import safe_open
 
 import hf_families as H
 import library_models as L
+import paddleformers.transformers as pf
 from padiff_lite import convert_checkpoint
 from padiff_lite import library_folders as LF
 from padiff_lite.cli import main
 from padiff_lite.errors import CheckpointError
 from padiff_lite.library_verify import load, run
+from padiff_lite.paddleformers_classes import HF_READERS, eager_name
 
 TOL = 2e-5
 
@@ -48,12 +50,12 @@ def _headers(folder):
     return out, meta
 
 
-# one entry per family of tests/hf_families.py that both libraries load from a folder on a CPU
-FAMILIES = ["llama", "llama_tied", "phi3", "ernie4_5", "gemma3_text", "gpt_oss"]
-# PaddleFormers' eager classes (tests/hf_families.py, paddlefleet stand-ins) save folders transformers loads. The other
-# way is not tested: a transformers folder names Qwen2ForCausalLM ..., whose PaddleFormers class needs paddlefleet
-# (not on a CPU; the stand-ins only let the *Deprecated eager classes import).
-FROM_PADDLEFORMERS = FAMILIES + ["qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "deepseek_v3", "glm4_moe"]
+# one entry per family of tests/hf_families.py that both libraries load from a folder on a CPU. Qwen2 ... GLM-4-MoE:
+# PaddleFormers' eager classes (paddlefleet stand-ins of tests/hf_families.py); a transformers folder names
+# Qwen2ForCausalLM ..., PaddleFormers' paddlefleet class, and is loaded with its eager Qwen2ForCausalLMDeprecated
+FLEET = ["qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "glm4_moe"]
+FAMILIES = ["llama", "llama_tied", "phi3", "ernie4_5", "gemma3_text", "gpt_oss"] + FLEET + ["deepseek_v3"]
+FROM_PADDLEFORMERS = FAMILIES
 
 
 def _run(fam, library, model):
@@ -69,9 +71,11 @@ def test_transformers_folder_loads_in_paddleformers(tmp_path, name):
     src = _saved(tmp_path, "transformers", t, "hf")
     report = convert_checkpoint(src, tmp_path / "pf", to="paddleformers")
     arch = json.loads((src / "config.json").read_text())["architectures"][0]
-    got = _run(fam, "paddleformers", load("paddleformers", arch, tmp_path / "pf"))
+    got = _run(fam, "paddleformers", load("paddleformers", eager_name(pf, arch), tmp_path / "pf"))
     diff = np.abs(got - _run(fam, "transformers", t)).max()
     assert diff < TOL, (name, diff)
+    if name in FLEET:
+        assert any(f"its eager {arch}Deprecated reads the same" in n for n in report.notes)
     assert report.tensors == len(_headers(src)[0])
     assert _headers(tmp_path / "pf")[1] == {"format": "pt", "padiff_lite_layout": "hf"}
 
@@ -270,3 +274,144 @@ def test_qwen25vl_folders_both_ways(tmp_path):
     report = convert_checkpoint(tmp_path / "pfs", tmp_path / "hf2", to="transformers")
     assert any("renamed model.language_model.layers.* -> model.layers.*" in n for n in report.notes)
     assert np.abs(run("transformers", load("transformers", arch, tmp_path / "hf2"), x) - ref).max() < TOL
+
+
+# -- PaddleFormers' paddlefleet classes, its eager classes, and machines without paddlefleet -----------------------
+def _sources(statements):
+    """The file tensors an AOA rule set reads: the left side of each statement, without ^T (a transpose into the
+    class's own memory layout, not a property of the file)."""
+    out = set()
+    for s in statements:
+        left = s.split("->")[0]
+        out.update(part.strip().removesuffix("^T") for part in left.split(","))
+    return out
+
+
+@pytest.mark.parametrize("name", FLEET)
+def test_paddlefleet_class_reads_the_file_tensors_its_eager_class_reads(name):
+    """What paddleformers_classes relies on: PaddleFormers' paddlefleet class (Qwen2ForCausalLM ...) and its eager
+    class read the same file tensors (the HF layout). The paddlefleet class also names lm_head.weight, which the eager
+    class reads under the same name without a statement."""
+    config = H.BY_NAME[name].paddle_model(0).config
+    arch = {"qwen2": "Qwen2", "qwen3": "Qwen3", "qwen2_moe": "Qwen2Moe", "qwen3_moe": "Qwen3Moe",
+            "glm4_moe": "Glm4Moe"}[name] + "ForCausalLM"
+    fleet, eager = getattr(pf, arch), getattr(pf, arch + "Deprecated")
+    assert fleet.is_fleet and not getattr(eager, "is_fleet", False) and arch in HF_READERS
+    a = _sources(fleet._gen_aoa_config(config)["aoa_statements"])
+    b = _sources(eager._gen_aoa_config(config)["aoa_statements"])
+    assert a - b == {"lm_head.weight"} and b - a == set(), (a ^ b)
+
+
+class _NoPaddlefleet:
+    """paddleformers.transformers as on a machine without paddlefleet: the modules of the named classes fail to
+    import the way PaddleFormers' lazy import fails there (the cause chained)."""
+
+    def __init__(self, real, failing):
+        self.real, self.failing = real, failing
+
+    def __getattr__(self, name):
+        if name in self.failing:
+            try:
+                raise ImportError("paddlefleet is required for gpt_provider. Please install paddlefleet")
+            except ImportError as cause:
+                raise ModuleNotFoundError(f"Could not import module '{name}'") from cause
+        return getattr(self.real, name)
+
+
+def test_paddlefleet_family_without_paddlefleet(tmp_path, monkeypatch):
+    """Without paddlefleet PaddleFormers' Qwen2-MoE module does not import: the folder is written all the same (the
+    HF layout that class reads), byte for byte what is written where its rules run, and the report says its rules were
+    not run; --verify is refused before anything is written. The folder then loads (eager class) with equal logits."""
+    fam = H.BY_NAME["qwen2_moe"]
+    t = L.noisy_torch(fam.torch_model(0))
+    src = _saved(tmp_path, "transformers", t, "hf")
+    convert_checkpoint(src, tmp_path / "with", to="paddleformers")
+    real = LF._libraries()
+    monkeypatch.setattr(LF, "_libraries", lambda: (real[0], _NoPaddlefleet(
+        real[1], {"Qwen2MoeForCausalLM", "Qwen2MoeForCausalLMDeprecated"})))
+    with pytest.raises(CheckpointError, match="--verify loads the folder .* cannot be imported here .*paddlefleet is "
+                                              "required"):
+        convert_checkpoint(src, tmp_path / "v", to="paddleformers", verify=True)
+    assert not (tmp_path / "v").exists() and not (tmp_path / ("v" + LF.UNVERIFIED_SUFFIX)).exists()
+    report = convert_checkpoint(src, tmp_path / "without", to="paddleformers")
+    assert any("its loading rules for Qwen2MoeForCausalLM were not run" in n for n in report.notes)
+    for f in sorted(p.name for p in (tmp_path / "with").iterdir()):
+        assert (tmp_path / "without" / f).read_bytes() == (tmp_path / "with" / f).read_bytes(), f
+    monkeypatch.undo()
+    got = _run(fam, "paddleformers", load("paddleformers", "Qwen2MoeForCausalLMDeprecated", tmp_path / "without"))
+    assert np.abs(got - _run(fam, "transformers", t)).max() < TOL
+    # the other way too: a PaddleFormers folder of the paddlefleet class (same names) converts for transformers
+    monkeypatch.setattr(LF, "_libraries", lambda: (real[0], _NoPaddlefleet(real[1], {"Qwen2MoeForCausalLM"})))
+    cfg = json.loads((tmp_path / "with" / "config.json").read_text())
+    assert cfg["architectures"] == ["Qwen2MoeForCausalLM"]
+    convert_checkpoint(tmp_path / "with", tmp_path / "back", to="transformers")
+    monkeypatch.undo()
+    back = load("transformers", "Qwen2MoeForCausalLM", tmp_path / "back")
+    assert np.abs(_run(fam, "transformers", back) - _run(fam, "transformers", t)).max() < TOL
+
+
+def test_unimportable_class_with_no_known_layout_is_refused(tmp_path, monkeypatch):
+    src = _saved(tmp_path, "transformers", L.torch_llama(), "hf")
+    real = LF._libraries()
+    monkeypatch.setattr(LF, "_libraries", lambda: (real[0], _NoPaddlefleet(real[1], {"LlamaForCausalLM"})))
+    with pytest.raises(CheckpointError, match="LlamaForCausalLM, whose PaddleFormers .* module cannot be imported "
+                                              "here: ImportError: paddlefleet is required.*cannot tell which layout"):
+        convert_checkpoint(src, tmp_path / "pf", to="paddleformers")
+    assert not (tmp_path / "pf").exists()
+
+
+def test_deepseek_v3_rope_config_for_paddleformers():
+    """PaddleFormers' DeepseekV3Attention reads rope_parameters['factor'] for every rope type (KeyError 'factor'
+    with transformers' default-rope config): the default rope gets factor 1.0 (scales nothing); a yarn rope keeps its
+    own. The logits are compared in test_transformers_folder_loads_in_paddleformers[deepseek_v3]."""
+    from padiff_lite.library_configs import translate_config
+
+    base = {"model_type": "deepseek_v3", "architectures": ["DeepseekV3ForCausalLM"]}
+    out, changes = translate_config(dict(base, rope_parameters={"rope_type": "default", "rope_theta": 1e4}),
+                                    "paddleformers")
+    assert out["rope_parameters"] == {"rope_type": "default", "rope_theta": 1e4, "factor": 1.0}
+    assert any(c.startswith("rope_parameters.factor = 1.0") for c in changes)
+    yarn = {"rope_type": "yarn", "rope_theta": 1e4, "factor": 40.0, "mscale_all_dim": 1.0}
+    out, _ = translate_config(dict(base, rope_parameters=dict(yarn)), "paddleformers")
+    assert out["rope_parameters"] == yarn
+    out, _ = translate_config(dict(base, model_type="qwen2", rope_parameters={"rope_type": "default"}),
+                              "paddleformers")
+    assert "factor" not in out["rope_parameters"]
+
+
+def test_gpt_oss_verify_both_ways(tmp_path, monkeypatch, capsys):
+    """PaddleFormers 1.2's GptOssExperts eval path is wrong whatever the weights: --verify runs those layers in
+    training mode (said in the report) and verifies a right folder both ways; a spoiled expert tensor still fails."""
+    fam = H.BY_NAME["gpt_oss"]
+    t = L.noisy_torch(fam.torch_model(0))
+    src = _saved(tmp_path, "transformers", t, "hf")
+    report = convert_checkpoint(src, tmp_path / "pf", to="paddleformers", verify=True)
+    assert report.verified and report.max_diff < TOL, report.max_diff
+    assert any("GptOssExperts layer(s) in training mode" in n for n in report.notes)
+    p = load("paddleformers", "GptOssForCausalLM", tmp_path / "pf")
+    plain = _eval_logits(p)  # what a plain eval-mode run gives: wrong, hence the note
+    assert np.abs(plain - _run(fam, "transformers", t)).max() > 1e-2
+    p.save_pretrained(str(tmp_path / "pfs"))
+    back = convert_checkpoint(tmp_path / "pfs", tmp_path / "hf2", to="transformers", verify=True)
+    assert back.verified and back.max_diff < TOL, back.max_diff
+    # PaddleFormers' saved config keeps its default yarn rope_scaling beside the default rope_parameters its model
+    # uses; transformers takes rope_scaling first (1.3e-3 off before it was dropped)
+    assert any(c.startswith("rope_scaling dropped (rope_type 'yarn'") for c in back.config_changes)
+
+    class Spoiling(LF.SafetensorsWriter):
+        def add(self, key, tensor):
+            if key.endswith("layers.1.mlp.experts.down_proj"):
+                tensor = tensor + 0.5
+            super().add(key, tensor)
+
+    monkeypatch.setattr(LF, "SafetensorsWriter", Spoiling)
+    assert main(["convert", str(src), str(tmp_path / "bad"), "--to", "paddleformers", "--verify"]) == 1
+    assert "NOT VERIFIED" in capsys.readouterr().out
+
+
+def _eval_logits(model):
+    import paddle
+
+    with paddle.no_grad():
+        out = model(input_ids=paddle.to_tensor(_ids()))
+    return np.asarray(out.logits.astype("float32").numpy())
