@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from . import fastcopy, layout, layouts_on_disk, nonfinite
+from . import fastcopy, hf_disk_layout, layout, layouts_on_disk, nonfinite
 from .atomic import NAME_MAX, AtomicOutput, output_error, terminate_like_interrupt
 from .checkpoint_plan import FilePlan, Unit, build_model, nbytes, resolve
 from .errors import CheckpointError, TransferError
@@ -67,7 +67,8 @@ class CheckpointReport(TransferReport):
 
 # -- the conversion ----------------------------------------------------------
 def convert_checkpoint(src, dst, base_model=None, raw_model=None, strict: bool = True, progress=None,
-                       mapping=None, *, layout: str | None = None, to: str | None = None, verify: bool = False):
+                       mapping=None, *, layout: str | None = None, to: str | None = None, verify: bool = False,
+                       out_layout: str | None = None):
     """Convert the checkpoint ``src`` of ``base_model`` into ``dst`` for ``raw_model``.
 
     src: a .pt/.pth/.bin, .safetensors or .pdparams file, an HF index ``*.<suffix>.index.json`` or a
@@ -85,6 +86,10 @@ def convert_checkpoint(src, dst, base_model=None, raw_model=None, strict: bool =
 
     layout: the layout of ``src`` ("torch", "paddle" or "hf") when neither its header metadata nor its folder
         says (:mod:`.layouts_on_disk`); needed only where square tensors make it ambiguous.
+    out_layout: "hf" writes a transformers raw model's ``.safetensors`` in transformers' on-disk (Hub) layout, what
+        its ``save_pretrained`` writes (per-expert MoE tensors, VL prefixes; transformers' own reverse conversion),
+        which ``from_pretrained``, PaddleFormers and other Hub readers load; default: the raw model's in-memory
+        layout (``load_state_dict``).
     to: "paddleformers" or "transformers": ``src`` and ``dst`` are model folders and the models come from the
         folder's config.json (:func:`.library_folders.convert_folder`; base_model/raw_model are not given then);
         ``verify`` loads the written folder with the target library and compares outputs.
@@ -93,9 +98,10 @@ def convert_checkpoint(src, dst, base_model=None, raw_model=None, strict: bool =
     not fit the models); no output is left behind then, and the source is never written.
     """
     if to is not None:
-        if base_model is not None or raw_model is not None or layout is not None or mapping is not None:
+        if base_model is not None or raw_model is not None or layout is not None or mapping is not None \
+                or out_layout is not None:
             raise CheckpointError("to= converts a model folder with the models its config.json names; do not pass "
-                                  "base_model/raw_model/layout/mapping with it")
+                                  "base_model/raw_model/layout/mapping/out_layout with it")
         from .library_folders import convert_folder
 
         return convert_folder(src, dst, to, verify=verify, progress=progress)
@@ -119,6 +125,7 @@ def convert_checkpoint(src, dst, base_model=None, raw_model=None, strict: bool =
     raw, raw_built = build_model(raw_model, "raw")
     _check_frameworks(ck, base, dst, out_fmt, raw)
     layouts_on_disk.check_output(dst, out_fmt, raw)
+    disk = _disk_layout(dst, out_fmt, raw, out_layout)
     found = prepare_mapping(mapping, base, raw) if mapping is not None else None
     plan = build_plan(base, raw, mapping=found)
     layouts_on_disk.check_source(ck, plan, base, raw, layout)
@@ -135,15 +142,28 @@ def convert_checkpoint(src, dst, base_model=None, raw_model=None, strict: bool =
                 AtomicOutput(finals, ck.files + ([ck.index] if ck.index else []), index, fp.total_bytes) as out, \
                 _progress(fp.total_bytes, progress) as bar, contextlib.closing(job):
             weight_map = {}
-            for path, group in zip(files, groups):
-                entries = [e for unit in group for e in unit.entries]
-                writer = writer_for(out.tmp(path), out_fmt, entries, raw.framework)
+            shards = [[e for unit in group for e in unit.entries] for group in groups]
+            if disk:  # transformers' on-disk names and shapes, known before a tensor is made
+                memory_shards = [[e for e in entries if not e.alias_of] for entries in shards]
+                shards = hf_disk_layout.disk_shards(raw.model, memory_shards)
+            for path, group, entries in zip(files, groups, shards):
+                writer = writer_for(out.tmp(path), out_fmt, entries, "hf" if disk else raw.framework)
                 out.opened(writer)
-                reuse = streams(out_fmt)  # the writer copies each tensor out before the next is made
+                reuse = streams(out_fmt) and not disk  # the writer copies each tensor out before the next is made
+                held = {}
                 for unit in group:
                     for key, tensor in job.compute(unit, stats, reuse).items():
-                        writer.add(key, tensor)
+                        if disk:  # the shard's tensors go through transformers' reverse conversion together
+                            if not any(e.key == key and e.alias_of for e in unit.entries):
+                                held[key] = tensor
+                        else:
+                            writer.add(key, tensor)
                         bar.update(tensor.numel() * tensor.element_size())
+                if disk:
+                    reverted = hf_disk_layout.to_disk(raw.model, held)
+                    held.clear()
+                    for e in entries:
+                        writer.add(e.key, reverted.pop(e.key).contiguous())
                 if not reuse:
                     job.bufs.clear()  # a whole-dict writer's peak is while it serialises: no scratch held then
                 writer.close()
@@ -171,11 +191,33 @@ def convert_checkpoint(src, dst, base_model=None, raw_model=None, strict: bool =
         if dropped:
             report.notes.append("tied names not stored (safetensors holds no aliases; the model's own tying "
                                 "restores them): " + ", ".join(dropped))
+    if disk:
+        n = sum(len(entries) for entries in shards)
+        report.notes.append(f"written in transformers' on-disk layout for {type(raw.model).__name__} (its own reverse "
+                            f"conversion, as save_pretrained writes): {n} tensors on disk")
+    elif out_fmt == "safetensors" and hf_disk_layout.writes_disk_layout(raw.model):
+        report.notes.append(f"written in {type(raw.model).__name__}'s in-memory layout (load_state_dict); "
+                            "transformers stores this family differently on disk: out_layout='hf' (--out-layout hf) "
+                            "writes what its save_pretrained writes")
     if report.summary:
         log.warning("%s -> %s: %s", ck.path, dst, report.summary)
     log.info("converted %s -> %s: %d tensors, %.1f MB in %.2f s", ck.path, dst, report.tensors,
              report.bytes / 1e6, report.seconds)
     return report
+
+
+def _disk_layout(dst: Path, out_fmt: str, raw, out_layout: str | None) -> bool:
+    """Whether the output is written in transformers' on-disk layout (``out_layout="hf"``, checked here)."""
+    if out_layout is None:
+        return False
+    if out_layout != "hf":
+        raise CheckpointError(f"out_layout={out_layout!r}: the only choice is 'hf' (transformers' on-disk layout); "
+                              "leave it out for the raw model's in-memory layout")
+    if out_fmt != "safetensors" or raw.framework != "torch" or not hf_disk_layout.is_transformers_model(raw.model):
+        raise CheckpointError(f"{dst}: out_layout='hf' writes a transformers model's .safetensors the way its "
+                              f"save_pretrained does; here the raw model is {raw.name} ({raw.framework}) and the "
+                              f"output {out_fmt}. Nothing was written")
+    return hf_disk_layout.writes_disk_layout(raw.model)
 
 
 def _check_frameworks(ck: Checkpoint, base, dst: Path, out_fmt: str, raw):

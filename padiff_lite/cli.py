@@ -252,9 +252,9 @@ def cmd_convert(args) -> int:
 
     progress = False if args.quiet else None
     if args.to is not None:
-        if args.base or args.raw or args.map or args.layout:
+        if args.base or args.raw or args.map or args.layout or args.out_layout:
             raise CheckpointError("--to converts a model folder with the models its config.json names; leave out "
-                                  "--base, --raw, --map and --layout")
+                                  "--base, --raw, --map, --layout and --out-layout")
         report = convert_checkpoint(args.src, args.dst, to=args.to, verify=args.verify, progress=progress)
         if not args.quiet:
             print(report)
@@ -267,7 +267,8 @@ def cmd_convert(args) -> int:
     mapping = load_mapping(args.map) if args.map is not None else None  # checked before any model is built
     try:
         report = convert_checkpoint(args.src, args.dst, args.base, args.raw, strict=args.strict,
-                                    progress=progress, mapping=mapping, layout=args.layout)
+                                    progress=progress, mapping=mapping, layout=args.layout,
+                                    out_layout=args.out_layout)
     except PadiffError as exc:
         exc.args = (_cli_words(str(exc)),)  # the flags of this command, not the Python API's arguments
         raise
@@ -315,6 +316,9 @@ def _add_convert(sub):
     c.add_argument("--layout", choices=["torch", "paddle", "hf"],
                    help="the layout SRC is in, when neither its safetensors metadata nor its folder says and "
                         "square tensors make it ambiguous (hf: as save_pretrained writes it)")
+    c.add_argument("--out-layout", choices=["hf"], dest="out_layout",
+                   help="hf: write a transformers model's .safetensors in transformers' on-disk (Hub) layout, as its "
+                        "save_pretrained does (default: the raw model's in-memory layout, for load_state_dict)")
     c.add_argument("--strict", action=argparse.BooleanOptionalAction, default=True,
                    help="refuse tensors without a partner (default); --no-strict lists them and goes on")
     c.add_argument("--map", metavar="FILE", help="a mapping (JSON, from `padiff-lite pair`) pairing the layers "

@@ -8,7 +8,9 @@ whose operations know their reverse) describe the mapping; this module applies t
 is read without our code changing:
 
 - :func:`to_memory` (what ``from_pretrained`` does to a Hub state dict before loading it);
-- :func:`to_disk` (what ``save_pretrained`` writes: transformers' own ``revert_weight_conversion``).
+- :func:`to_disk` (what ``save_pretrained`` writes: transformers' own ``revert_weight_conversion``), used by
+  ``convert``'s factory form with ``out_layout="hf"`` (:func:`disk_shards` gives the output's header up front, each
+  shard's tensors are reverted when the shard is complete).
 
 Both take the transformers model (only its class and config are read: a model without storage works) and a dict of
 torch tensors, and return a new dict; nothing is written. With transformers 4.x (no conversion tables: disk and
@@ -53,6 +55,41 @@ def to_disk(model, state: dict) -> dict:
     except Exception as exc:  # transformers' own converters refused the tensors: say which model and why
         raise CheckpointError(f"transformers could not write {type(model).__name__}'s tensors in its on-disk layout "
                               f"({type(exc).__name__}: {exc}); check that the state dict is this model's") from exc
+
+
+def writes_disk_layout(model) -> bool:
+    """Whether ``model`` is a transformers model whose on-disk layout differs from its in-memory one (it has
+    conversion tables)."""
+    return _is_transformers(model) and _tables(model) is not None
+
+
+def disk_shards(model, shards: list[list]) -> list[list]:
+    """The entries (:class:`.formats.Entry`: name, shape, dtype) transformers' ``save_pretrained`` writes for each
+    shard of in-memory entries, found by running its reverse conversion on meta tensors. CheckpointError when one of
+    its converters needs tensors of two shards (the shards cannot be written one by one) or an on-disk name would
+    come twice."""
+    from .formats import Entry
+
+    def run(entries):
+        meta = {e.key: torch.empty(e.shape, dtype=e.dtype, device="meta") for e in entries}
+        return {k: (tuple(t.shape), t.dtype) for k, t in to_disk(model, meta).items()}
+
+    out, seen = [], {}
+    for i, entries in enumerate(shards):
+        got = run(entries)
+        for k in got:
+            if k in seen:
+                raise CheckpointError(f"transformers' on-disk layout of {type(model).__name__} puts {k} in output "
+                                      f"shards {seen[k] + 1} and {i + 1}; nothing was written. Write one file (no "
+                                      "index), or the in-memory layout")
+            seen[k] = i
+        out.append([Entry(k, shape, dtype) for k, (shape, dtype) in got.items()])
+    whole = run([e for entries in shards for e in entries])
+    if whole != {e.key: (e.shape, e.dtype) for entries in out for e in entries}:
+        raise CheckpointError(f"transformers' reverse conversion of {type(model).__name__} combines tensors of "
+                              "different output shards; nothing was written. Write one file (no index), or the "
+                              "in-memory layout")
+    return out
 
 
 def _apply(model, conversions, state: dict, what: str) -> dict:
@@ -150,6 +187,10 @@ def reading_view(ck, model, needed: list[str]):
     if view.changed and sum(n in view.infos for n in needed) > sum(n in ck.infos for n in needed):
         return view
     return ck
+
+
+def is_transformers_model(model) -> bool:
+    return _is_transformers(model)
 
 
 def _is_transformers(model) -> bool:

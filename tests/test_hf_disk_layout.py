@@ -163,3 +163,81 @@ def test_cli_factory_form_reads_a_deepseek_v3_folder(tmp_path, mappings, capsys)
     p = fam.paddle_model(2)
     assign_weight(t, p)
     assert _equal(load(tmp_path / "out.pdparams"), state_as_torch(p, "paddle"))
+
+
+# -- writing transformers' on-disk layout from the factory form (out_layout="hf") ----------------------------------
+@pytest.mark.parametrize("name", ["qwen2_moe", "deepseek_v3"])
+def test_factory_form_writes_the_on_disk_layout_from_pretrained_loads(name, tmp_path, mappings):
+    """PaddleFormers' .pdparams -> a transformers .safetensors with out_layout="hf": the file holds what transformers'
+    own save_pretrained writes (per-expert keys, bit for bit), says padiff_lite_layout=hf, and from_pretrained on a
+    folder with it gives the PaddleFormers model's logits; our factory form reads it back unchanged."""
+    from safetensors import safe_open
+
+    import transformers
+
+    fam = hf.BY_NAME[name]
+    t = fam.torch_model(1)
+    t.save_pretrained(tmp_path / "hub")
+    hub = load_file(tmp_path / "hub" / "model.safetensors")
+    convert_checkpoint(tmp_path / "hub", tmp_path / "pf.pdparams", lambda: fam.torch_model(1),
+                       lambda: fam.paddle_model(2), mapping=mappings(name))
+    out = tmp_path / "folder" / "model.safetensors"
+    out.parent.mkdir()
+    report = convert_checkpoint(tmp_path / "pf.pdparams", out, lambda: fam.paddle_model(3), lambda: fam.torch_model(4),
+                                mapping=mappings(name), out_layout="hf")
+    assert any("written in transformers' on-disk layout" in n for n in report.notes)
+    written = load_file(out)
+    assert any(".experts.0.gate_proj.weight" in k for k in written)
+    assert _equal(written, hub)
+    with safe_open(str(out), "pt") as h:
+        assert h.metadata() == {"format": "pt", "padiff_lite_layout": "hf"}
+    t.config.save_pretrained(tmp_path / "folder")
+    loaded = getattr(transformers, type(t).__name__).from_pretrained(tmp_path / "folder", dtype=torch.float32).eval()
+    p = load_into(fam.paddle_model(3), "paddle", load(tmp_path / "pf.pdparams"))
+    x = fam.inputs()
+    assert np.abs(fam.forward_torch(loaded, x) - fam.forward_paddle(p, x)).max() < 1e-5
+    convert_checkpoint(out, tmp_path / "again.pdparams", lambda: fam.torch_model(1), lambda: fam.paddle_model(2),
+                       mapping=mappings(name))
+    assert _equal(load(tmp_path / "again.pdparams"), load(tmp_path / "pf.pdparams"))
+    # without out_layout: the in-memory layout, and the report says how to get the other
+    report = convert_checkpoint(tmp_path / "pf.pdparams", tmp_path / "memory.safetensors", lambda: fam.paddle_model(3),
+                                lambda: fam.torch_model(4), mapping=mappings(name))
+    assert any("--out-layout hf" in n for n in report.notes)
+    assert _equal(load_file(tmp_path / "memory.safetensors"), {k: v for k, v in t.state_dict().items()})
+
+
+def test_on_disk_layout_sharded_and_vl(tmp_path):
+    """A sharded Qwen2.5-VL hub folder rewritten with out_layout="hf": shard by shard, the same keys (model.layers.*,
+    visual.*) and bytes as transformers' own save; out_layout refused where it does not apply, nothing written."""
+    t = L.torch_qwen25vl()
+    t.save_pretrained(tmp_path / "hub", max_shard_size="100KB")
+    hub = {}
+    for f in sorted((tmp_path / "hub").glob("*.safetensors")):
+        hub.update(load_file(f))
+    convert_checkpoint(tmp_path / "hub", tmp_path / "out" / "model.safetensors.index.json", L.torch_qwen25vl,
+                       L.torch_qwen25vl, out_layout="hf")
+    shards = sorted((tmp_path / "out").glob("*.safetensors"))
+    assert len(shards) > 1
+    got = {}
+    for f in shards:
+        got.update(load_file(f))
+    assert _equal(got, hub)
+    with pytest.raises(CheckpointError, match="out_layout='hf' writes a transformers model's .safetensors"):
+        convert_checkpoint(tmp_path / "hub", tmp_path / "x.pt", L.torch_qwen25vl, L.torch_qwen25vl, out_layout="hf")
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_cli_out_layout(tmp_path, capsys):
+    """`padiff-lite convert HUB out.safetensors --base ... --raw ... --out-layout hf` writes the hub's tensors."""
+    from padiff_lite.cli import main
+
+    fam = hf.BY_NAME["qwen2_moe"]
+    fam.torch_model(1).save_pretrained(tmp_path / "hub")
+    (tmp_path / "models.py").write_text(
+        f"import sys\nsys.path.insert(0, {os.path.dirname(__file__)!r})\nimport hf_families as hf\n"
+        "def t():\n    return hf.BY_NAME['qwen2_moe'].torch_model(1)\n")
+    factory = f"{tmp_path / 'models.py'}:t"
+    assert main(["convert", str(tmp_path / "hub"), str(tmp_path / "out.safetensors"), "--base", factory, "--raw",
+                 factory, "--out-layout", "hf"]) == 0
+    assert "written in transformers' on-disk layout for Qwen2MoeForCausalLM" in capsys.readouterr().out
+    assert _equal(load_file(tmp_path / "out.safetensors"), load_file(tmp_path / "hub" / "model.safetensors"))
