@@ -12,7 +12,7 @@ folder keeps the tensors as they are (layout, dtype, bytes) and changes what the
    library cannot build is refused before anything is written;
 2. the weights are checked against both loaders without reading a tensor (:mod:`.library_loaders`):
    PaddleFormers' own rules run on the names and shapes (paddle's ``AOAEngine``, as ``from_pretrained`` runs
-   them): every tensor of its model must be produced with its shape, every tensor of the folder read (tied
+   them; for its paddlefleet classes the rules of their eager class, :mod:`.paddleformers_classes`): every tensor of its model must be produced with its shape, every tensor of the folder read (tied
    copies aside); transformers' model must hold as many values as the folder and, where transformers keeps its
    on-disk names, every key with its shape; what a library's save is known to write wrong is put right first
    where the right form is known (names, a fused tensor left in memory layout), each noted in the report;
@@ -39,9 +39,9 @@ from .errors import CheckpointError
 from .formats import INDEX_SUFFIX, TEMP_PREFIX, Entry, SafetensorsWriter, open_checkpoint, write_index
 from .layouts_on_disk import metadata_for
 from .library_configs import translate_config
-from .paddleformers_classes import DEPRECATED
 from .library_loaders import (Piece, build_config, build_without_storage, check_transformers, paddleformers_view,
                               source_key, source_nbytes, source_shape, written_names, written_shapes)
+from .paddleformers_classes import DEPRECATED
 
 log = logging.getLogger("padiff_lite.library_folders")
 
