@@ -10,7 +10,8 @@ The stage after pairing by name (names always go first: this only decides what t
 2. *Trace* (:mod:`padiff_lite.trace`). Both models run once on the example input with a hook on every
    atom; each side becomes the sequence of its atoms in the order of their first call.
 3. *Fit.* A base atom fits a raw atom when their classes are alike (same name, or a registered pair) and the
-   pair plans without a problem: every tensor has a partner and the shapes agree after the rule's transforms.
+   pair plans without a problem: every tensor has a partner and the shapes agree after the rule's transforms
+   (the check is the caller's ``fit``: this stage imports neither planning nor validation).
 4. *Align* (:func:`align`, pure). Atoms that fit exactly one atom of the other side, which fits only them,
    are paired whatever their order. The rest are aligned in call order (the longest order-keeping sequence
    of fitting pairs); when two alignments of that length pair differently, the layers involved are
@@ -24,10 +25,8 @@ from dataclasses import dataclass
 
 from .errors import AmbiguousPairingError, PairingError
 from .mapping import LayerEntry, Mapping
-from .pairing import LayerPair, Node, alike, own_only, pair_models, rule_for, walk
-from .proxy import create_model
+from .pairing import LayerPair, Node, alike, own_only, rule_for, walk
 from .settings import mismatches, weightless
-from .trace import record_calls
 
 
 # -- the pure step ---------------------------------------------------------------
@@ -127,35 +126,19 @@ def _describe(atom: Atom, adapter) -> str:
 
 
 # -- the stage -----------------------------------------------------------------------
-def execution_mapping(base, raw, inputs, pool=None, check_settings: bool = False) -> Mapping | None:
-    """Pair by execution what names leave open; a Mapping (``how="execution"``), or None when names pair
-    everything or only one side has anything left (then running the models cannot help).
+def mapping_from_calls(pairing, traces, fit, check_settings: bool = False) -> Mapping | None:
+    """Pair by execution what names left open in ``pairing`` (:class:`padiff_lite.pairing.Pairing`); a Mapping
+    (``how="execution"``), or None when names pair everything or only one side has anything left (then running the
+    models cannot help). :func:`padiff_lite.prepare.prepare` applies it to the same pairing.
 
-    ``inputs``: the forms ``auto_diff`` takes (a numpy array, a tuple of them, or ``({"x": base_tensor},
-    {"x": raw_tensor})``). Raises AmbiguousPairingError naming the candidates when call order, classes
-    and shapes do not decide, PairingError when a model fails on the input, and (``check_settings``) when
+    ``traces(base modules, raw modules)`` returns the two :class:`padiff_lite.trace.CallTrace` (from a run, or from
+    recorded calls such as a dump's report). ``fit(pair)`` is the fit check of one candidate layer pair (step 3):
+    ``(planning's own problems, every problem)`` of transferring that pair alone, given by the caller so that this
+    stage needs neither planning nor validation. Raises AmbiguousPairingError naming the candidates when call order,
+    classes and shapes do not decide, PairingError when a model fails on the input, and (``check_settings``) when
     weightless layers running between paired layers differ in their settings (:mod:`padiff_lite.settings`).
     """
-    from .compare import split_inputs  # the input forms auto_diff takes, read the same way
-
-    base, raw = create_model(base), create_model(raw)
-    split = []
-
-    def traces(modules_b, modules_r):
-        if not split:
-            split.extend(split_inputs(inputs, base, raw))
-        (bargs, bkw), (rargs, rkw) = split
-        return record_calls(base, modules_b, bargs, bkw), record_calls(raw, modules_r, rargs, rkw)
-
-    return mapping_from_calls(base, raw, traces, pool, check_settings)
-
-
-def mapping_from_calls(base, raw, traces, pool=None, check_settings: bool = False) -> Mapping | None:
-    """:func:`execution_mapping` with the call orders given: ``traces(base modules, raw modules)`` returns the two
-    :class:`padiff_lite.trace.CallTrace` (from a run, or from recorded calls such as a dump's report)."""
-    if pool is None:
-        from .special_init import init_pool as pool
-    pairing = pair_models(base, raw, pool)
+    base, raw = pairing.base, pairing.raw
     b_regions = [u.node for u in pairing.unpaired if u.side == "base"]
     r_regions = [u.node for u in pairing.unpaired if u.side == "raw"]
     open_ = bool(b_regions and r_regions)
@@ -176,8 +159,6 @@ def mapping_from_calls(base, raw, traces, pool=None, check_settings: bool = Fals
         bt.counts = {i: c for i, c in bt.counts.items() if i < nb}
         rt.counts = {j: c for j, c in rt.counts.items() if j < nr}
     bseq, rseq = [b_atoms[i] for i in bt.order], [r_atoms[j] for j in rt.order]
-    from .validate import pair_problems
-
     fit_cache: dict = {}
 
     def signature(atom, adapter):
@@ -193,10 +174,8 @@ def mapping_from_calls(base, raw, traces, pool=None, check_settings: bool = Fals
             return False  # a unit's children would be left behind by the default rule
         key = (type(b.node.module), type(r.node.module), signature(b, base.adapter), signature(r, raw.adapter))
         if key not in fit_cache:
-            fit_cache[key] = not pair_problems(base, raw, LayerPair(b.node, r.node, entry, "execution"))
+            fit_cache[key] = not fit(LayerPair(b.node, r.node, entry, "execution"))[1]
         return fit_cache[key]
-
-    from .plan import Plan, plan_pairs  # a later stage, used only here: planning one candidate pair
 
     refused: dict = {}
 
@@ -211,10 +190,8 @@ def mapping_from_calls(base, raw, traces, pool=None, check_settings: bool = Fals
         if entry is None or entry.kind != "mapping":
             return False
         if key not in refused:
-            pair = LayerPair(b.node, r.node, entry, "execution")
-            scratch = Plan(base, raw, [pair])
-            plan_pairs(scratch, [pair])
-            refused[key] = bool(scratch.problems) and pair_problems(base, raw, pair) == scratch.problems
+            planned, every = fit(LayerPair(b.node, r.node, entry, "execution"))
+            refused[key] = bool(planned) and every == planned
         return refused[key]
 
     result = align(len(bseq), len(rseq), fits)

@@ -14,8 +14,8 @@ from .errors import PadiffError
 from .layout_infer import resolve as resolve_layouts
 from .layout_infer import TRANSPOSED_LINEAR, forced_transpose, transposed_namesake, verify_transposes
 from .ops import COPY, EXPECT, FILL, TRANSPOSE, Op
-from .pairing import LayerPair, Unpaired, pair_models
-from .special_init import init_pool
+from .pairing import LayerPair, Pairing, Unpaired, pair_models
+from .special_init import registry
 from .tree import ModelTree
 
 # torch-only counters with no counterpart anywhere: dropped when met in a default pair
@@ -54,9 +54,15 @@ def pair_label(pair: LayerPair) -> str:
 def build_plan(base, raw, pool=None, mapping=None) -> Plan:
     """Pair and plan ``base`` -> ``raw`` (ProxyModels) with the rules of ``pool`` (default: the global
     ``init_pool``). ``mapping``: a :class:`padiff_lite.mapping.Mapping` (oriented base -> raw) pairing what
-    names leave open. Not validated: see :func:`padiff_lite.validate.check`."""
-    pool = init_pool if pool is None else pool
-    pairing = pair_models(base, raw, pool, mapping=mapping)
+    names leave open. Not validated: see :func:`padiff_lite.validate.check`. The entry points start from
+    :func:`padiff_lite.prepare.prepare` instead, which pairs once and plans from that pairing."""
+    return plan_from(pair_models(base, raw, registry(pool), mapping=mapping), mapping)
+
+
+def plan_from(pairing: Pairing, mapping=None) -> Plan:
+    """Plan a :class:`padiff_lite.pairing.Pairing` (names, then ``mapping`` already applied to it): every pair's
+    operations, the fused layouts it recognised decided, what is left unpaired listed."""
+    base, raw, pool = pairing.base, pairing.raw, pairing.pool
     plan = Plan(base, raw, pairing.pairs, unpaired=pairing.unpaired)
     if pairing.inferred:  # fused layouts recognised by structure: decided (by the shapes, a mapping, or a run)
         plan.notes += resolve_layouts(pairing.inferred.values(), base, raw, pool, mapping, pairing.matched)

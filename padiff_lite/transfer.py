@@ -8,15 +8,13 @@ import time
 
 from dataclasses import replace
 
-from .align import execution_mapping
 from . import optim_state, sched_state
 from .errors import InitError, TransferInterrupted
 from .execute import execute
 from .init import check_scheme, plan_init, scheme_name
 from .mapping import from_plan
-from .mapping import prepare as prepare_mapping
-from .plan import Plan, build_plan
-from .proxy import create_model
+from .plan import Plan
+from .prepare import prepare
 from .report import TransferReport, build_report
 from .validate import check, refuse
 
@@ -47,8 +45,7 @@ def _gc_paused(fn):
 def plan_transfer(base, raw, pool=None) -> Plan:
     """Pair, plan and validate without writing anything; the plan's ``problems`` say what is wrong (tensors
     without a partner are in ``missing``/``unexpected``, not problems)."""
-    base, raw = create_model(base), create_model(raw)
-    plan = build_plan(base, raw, pool)
+    plan = prepare(base, raw, pool=pool).plan
     return replace(plan, problems=check(plan, strict=False).problems)
 
 
@@ -58,13 +55,12 @@ def pair_layers(base, raw, example_inputs=None, mapping=None, strict: bool = Tru
     ``example_inputs``, or by ``mapping``), plan and validate, write nothing; return the
     :class:`padiff_lite.mapping.Mapping` (``.save(path)`` writes it). Raises TransferError as
     ``assign_weight`` would (with ``strict``, layers left unpaired are an error too)."""
-    base, raw = create_model(base), create_model(raw)
-    found = find_mapping(base, raw, example_inputs, mapping)
-    plan = build_plan(base, raw, pool, mapping=found)
-    checked = check(plan, strict=strict, found=found, mapping_given=mapping is not None,
-                    can_run=example_inputs is None and mapping is None)
+    prepared = prepare(base, raw, inputs=example_inputs, mapping=mapping, pool=pool, check_settings=True)
+    base, raw, plan = prepared.base, prepared.raw, prepared.plan
+    checked = check(plan, strict=strict, found=prepared.found, mapping_given=prepared.mapping_given,
+                    can_run=prepared.can_run)
     refuse(f"cannot pair {base.framework}:{base.name} -> {raw.framework}:{raw.name}", checked.problems)
-    return from_plan(plan, list(found.notes) if found is not None else [])
+    return from_plan(plan, prepared.notes)
 
 
 @_gc_paused
@@ -112,12 +108,10 @@ def assign_weight(base, raw, strict: bool = True, check_finite: bool = False, in
                 "every raw tensor must get a partner, so nothing is left to initialise. Pass strict=False"
             )
         check_scheme(init_unmatched, std)
-    base, raw = create_model(base), create_model(raw)
-    found = find_mapping(base, raw, example_inputs, mapping)
-    plan = build_plan(base, raw, pool, mapping=found)
-    return run_plan(plan, strict=strict, check_finite=check_finite, found=found, mapping_given=mapping is not None,
-                    can_run=example_inputs is None and mapping is None, init_unmatched=init_unmatched, std=std,
-                    started=t0, optimizers=optimizers, schedulers=schedulers)
+    prepared = prepare(base, raw, inputs=example_inputs, mapping=mapping, pool=pool, check_settings=True)
+    return run_plan(prepared.plan, strict=strict, check_finite=check_finite, found=prepared.found,
+                    mapping_given=prepared.mapping_given, can_run=prepared.can_run, init_unmatched=init_unmatched,
+                    std=std, started=t0, optimizers=optimizers, schedulers=schedulers)
 
 
 def run_plan(plan: Plan, *, strict: bool = True, check_finite: bool = False, found=None, mapping_given=False,
@@ -162,15 +156,3 @@ def run_plan(plan: Plan, *, strict: bool = True, check_finite: bool = False, fou
         log.debug("%s", note)
     return report
 
-
-def find_mapping(base, raw, example_inputs=None, mapping=None):
-    """The Mapping pairing what names leave open: ``mapping`` read and checked, or found by running both models
-    on ``example_inputs``; None with neither (or when names pair everything)."""
-    if mapping is not None and example_inputs is not None:
-        raise TypeError("assign_weight() takes mapping= or example_inputs=, not both: a mapping says the pairs, "
-                        "example inputs find them")
-    if mapping is not None:
-        return prepare_mapping(mapping, base, raw)
-    if example_inputs is not None:
-        return execution_mapping(base, raw, example_inputs, check_settings=True)
-    return None

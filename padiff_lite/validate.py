@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from . import layout, nonfinite
+from . import layout
 from .errors import TransferError
 from .mapping import check_tensors
 from .ops import AS_IS, FILL, RESHAPE, TRANSPOSE, CopyFacts, Op
@@ -194,17 +194,24 @@ def validate(plan: Plan, need_data: bool = True) -> Validation:
     return v
 
 
-def pair_problems(base, raw, pair: LayerPair) -> list[str]:
-    """What would be wrong with transferring this one layer pair (shapes after the rule's transforms, tensors
-    left without a partner on either side, a rule that refuses it); [] when it fits. Reads no values.
-    An imperative special init cannot be checked without running it: it fits."""
+def pair_fit(base, raw, pair: LayerPair) -> tuple[list[str], list[str]]:
+    """The fit check of one candidate layer pair (pairing by execution): ``(planning's own problems, every
+    problem)`` of transferring this pair alone - shapes after the rule's transforms, tensors left without a partner
+    on either side, a rule that refuses it; ``([], [])`` when it fits. Reads no values. An imperative special init
+    cannot be checked without running it: it fits."""
     plan = Plan(base, raw, [pair])
     plan_pairs(plan, [pair])
     if plan.imperative:
-        return []
-    return plan.problems + validate(plan, need_data=False).problems + \
+        return [], []
+    return list(plan.problems), plan.problems + validate(plan, need_data=False).problems + \
         [f"{pair_label(pair)}: base {p} has no partner" for p in plan.unexpected] + \
         [f"{pair_label(pair)}: raw {p} has no partner" for p in plan.missing]
+
+
+def pair_problems(base, raw, pair: LayerPair) -> list[str]:
+    """What would be wrong with transferring this one layer pair (:func:`pair_fit`'s every problem); [] when it
+    fits."""
+    return pair_fit(base, raw, pair)[1]
 
 
 def unpaired_problem(plan: Plan, found=None, can_run: bool = False) -> str:
@@ -232,6 +239,8 @@ def unpaired_problem(plan: Plan, found=None, can_run: bool = False) -> str:
 def nonfinite_problems(plan: Plan) -> list[str]:
     """``check_finite``: every base tensor that would be read (planned copies and special-init layers) holding
     NaN or Inf."""
+    from . import nonfinite  # imports torch: not at import time (dump checks run without a framework)
+
     ba = plan.base.adapter
     refs = {id(op.src.tensor): op.src for op in plan.ops if op.src is not None}
     for pair in plan.imperative:

@@ -5,7 +5,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ..errors import DiffInputError
+from .errors import DiffInputError
 
 INPUT_FORMS = (
     "accepted input forms: ({'x': base_tensor}, {'x': raw_tensor}) - keyword inputs for each model, base "
