@@ -14,7 +14,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from .errors import CheckpointError, PadiffError
+from .errors import CheckpointError, PadiffError, TransferError
 
 
 def cmd_demo(args) -> int:
@@ -268,30 +268,12 @@ def cmd_convert(args) -> int:
     try:
         report = convert_checkpoint(args.src, args.dst, args.base, args.raw, strict=args.strict,
                                     progress=progress, mapping=mapping, layout=args.layout)
-    except PadiffError as exc:
-        exc.args = (_cli_words(str(exc)),)  # the flags of this command, not the Python API's arguments
+    except TransferError as exc:
+        exc.args = (exc.render(cli=True),)  # the problems' fixes in this command's flags, not the Python API's
         raise
     if not args.quiet:
         print(report)
     return 0
-
-
-# Python-API advice in messages -> the command line's own options
-_CLI_WORDS = [
-    ("fix: pair the layers explicitly with set_layer_map, leave them out with update_black_list, or pass "
-     "strict=False to transfer what matches and list the rest",
-     "fix: pass --no-strict to convert what matches and list the rest"),
-    ("; build both models with the same sizes, or pair these layers differently with set_layer_map",
-     "; build both models with the same sizes"),
-    ("pass strict=False (--no-strict)", "pass --no-strict"),
-    ("strict=False", "--no-strict"),
-]
-
-
-def _cli_words(message: str) -> str:
-    for python, cli in _CLI_WORDS:
-        message = message.replace(python, cli)
-    return message
 
 
 def _add_convert(sub):

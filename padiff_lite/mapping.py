@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .errors import MappingError
+from .problems import Problem
 from .regular import read_json_bytes
 
 FORMAT = "padiff-lite mapping 1"
@@ -330,7 +331,7 @@ def plan_tensors(plan) -> list[TensorEntry]:
     return out
 
 
-def check_tensors(m: Mapping, plan) -> list[str]:
+def check_tensors(m: Mapping, plan) -> list[Problem]:
     """Problems where a loaded mapping's tensor entries differ from what ``plan`` does (none when it lists none)."""
     if not m.tensors:
         return []
@@ -340,9 +341,9 @@ def check_tensors(m: Mapping, plan) -> list[str]:
         return []
     lines = [f"the mapping says {TensorEntry(*k)} but the plan does not" for k in sorted(want - got, key=str)[:10]]
     lines += [f"the plan does {TensorEntry(*k)}, which the mapping does not list" for k in sorted(got - want, key=str)[:10]]
-    return [f"the mapping's tensors differ from what pairing and the rules give ({len(want ^ got)} entries): "
-            + "; ".join(lines) + "; the models or the rules changed since the mapping was made: make it again, "
-            "or drop its \"tensors\" list to pair by its layers only"]
+    return [Problem("", f"the mapping's tensors differ from what pairing and the rules give ({len(want ^ got)} "
+                    "entries): " + "; ".join(lines), "the models or the rules changed since the mapping was made: make "
+                    "it again, or drop its \"tensors\" list to pair by its layers only")]
 
 
 def _key(e: TensorEntry) -> tuple:

@@ -15,6 +15,7 @@ from .layout_infer import resolve as resolve_layouts
 from .layout_infer import TRANSPOSED_LINEAR, forced_transpose, transposed_namesake, verify_transposes
 from .ops import COPY, EXPECT, FILL, TRANSPOSE, Op
 from .pairing import LayerPair, Pairing, Unpaired, pair_models
+from .problems import Problem
 from .special_init import registry
 from .tree import ModelTree
 
@@ -33,7 +34,7 @@ class Plan:
     unpaired: list[Unpaired] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # raw tensors nothing will write
     unexpected: list[str] = field(default_factory=list)  # base tensors nothing will read
-    problems: list[str] = field(default_factory=list)  # planning's own (validation's: validate.check)
+    problems: list[Problem] = field(default_factory=list)  # planning's own (validation's: validate.check)
     notes: list[str] = field(default_factory=list)
     hints: list[str] = field(default_factory=list)  # how to fix unpaired tensors (for the strict error)
     caveats: dict = field(default_factory=dict)  # semantics weights cannot fix -> the pairs it applies to
@@ -188,10 +189,11 @@ def _plan_maps(plan: Plan, pair: LayerPair):
         maps = entry.maps(b.module, r.module)
     except Exception as exc:  # a rule that cannot describe this pair is a planning problem, not a crash
         if isinstance(exc, PadiffError):  # the rule refuses this pair and says why
-            plan.problems.append(f"{pair_label(pair)}: {exc} (rule {entry.key}, {entry.origin})")
+            plan.problems.append(Problem(pair_label(pair), f"{exc} (rule {entry.key}, {entry.origin})"))
         else:
-            plan.problems.append(f"{pair_label(pair)}: rule {entry.key} ({entry.origin}) failed: {type(exc).__name__}: {exc}; "
-                                 "fix the rule, or register another for this class pair with override=True")
+            plan.problems.append(Problem(pair_label(pair), f"rule {entry.key} ({entry.origin}) failed: "
+                                         f"{type(exc).__name__}: {exc}",
+                                         "fix the rule, or register another for this class pair with override=True"))
         return
     # the common case first: a tensor on each side; then the rule's fills, checks and absent tensors
     ops = plan.ops
@@ -209,7 +211,8 @@ def _plan_maps(plan: Plan, pair: LayerPair):
                 src_part = _resolved(plan.base.adapter, b.module, m.src, src, m.src_part)
                 dst_part = _resolved(plan.raw.adapter, r.module, m.dst, dst, m.dst_part)
             except ValueError as exc:
-                plan.problems.append(f"{pair_label(pair)}: rule {entry.key} ({entry.origin}): {exc}; fix the rule's Part")
+                plan.problems.append(Problem(pair_label(pair), f"rule {entry.key} ({entry.origin}): {exc}",
+                                             "fix the rule's Part"))
                 used_b.add(m.src)
                 used_r.add(m.dst)
                 continue
@@ -294,9 +297,9 @@ def _dedupe_targets(plan: Plan):
             first[key] = op
             kept.append(op)
         elif prev.dst.path == op.dst.path and (prev.src is None or op.src is None or prev.src.tensor is not op.src.tensor):
-            plan.problems.append(
-                f"{pair_label(op.pair)}: raw {op.dst.path}{op.dst_part or ''} and {prev.dst.path}{prev.dst_part or ''} overlap: "
-                f"two maps ({prev.describe()}; {op.describe()}) write the same values; fix the rule's maps")
+            plan.problems.append(Problem(
+                pair_label(op.pair), f"raw {op.dst.path}{op.dst_part or ''} and {prev.dst.path}{prev.dst_part or ''} "
+                f"overlap: two maps ({prev.describe()}; {op.describe()}) write the same values", "fix the rule's maps"))
         elif prev.src is not None and op.src is not None and prev.src.tensor is not op.src.tensor:
             plan.tied.append(f"{op.dst.path} is tied to {prev.dst.path}: it gets {prev.src.path}, not {op.src.path}")
             plan.tie_conflicts.append((prev, op))
@@ -324,9 +327,9 @@ def _check_parts(plan: Plan):
                      None)
         if clash:
             a, b = clash
-            plan.problems.append(
-                f"{pair_label(b.pair)}: raw {ref.path}{a.dst_part or ''} and {ref.path}{b.dst_part or ''} overlap: two maps "
-                f"({a.describe()}; {b.describe()}) write the same values; fix the rule's Parts")
+            plan.problems.append(Problem(
+                pair_label(b.pair), f"raw {ref.path}{a.dst_part or ''} and {ref.path}{b.dst_part or ''} overlap: two "
+                f"maps ({a.describe()}; {b.describe()}) write the same values", "fix the rule's Parts"))
             continue
         total = math.prod(shape)
         done = layout.covered(shape, [op.dst_part for op in ops])
