@@ -289,18 +289,18 @@ def check_paths(m: Mapping, base, raw):
     """MappingError naming every layer or tensor path of ``m`` that ``base`` / ``raw`` (ProxyModels) lacks."""
     mods = {"base": {p for p, _ in base.named_modules()}, "raw": {p for p, _ in raw.named_modules()}}
     tens = {"base": _tensor_names(base), "raw": _tensor_names(raw)} if m.tensors else {}
-    bad = []
+    bad = []  # (side, "layer" | "tensor", path)
     for e in m.layers:
         for side, path in (("base", e.base), ("raw", e.raw)):
             if path not in mods[side]:
-                bad.append(f"{side} layer {path or '<root>'}")
+                bad.append((side, "layer", path or "<root>"))
     for e in m.tensors:
         for side, path in (("base", e.base), ("raw", e.raw)):
             if path and path not in tens[side]:
-                bad.append(f"{side} tensor {path}")
+                bad.append((side, "tensor", path))
     if bad:
         names = {"base": f"{base.framework}:{base.name}", "raw": f"{raw.framework}:{raw.name}"}
-        shown = "; ".join(f"{b} (not in {names[b.split()[0]]})" for b in dict.fromkeys(bad))
+        shown = "; ".join(f"{side} {what} {path} (not in {names[side]})" for side, what, path in dict.fromkeys(bad))
         raise MappingError(f"the mapping names {len(bad)} path{'s' * (len(bad) != 1)} the models lack: {shown}; "
                            "the mapping was made for another architecture or size: make it again for these models "
                            "(`padiff-lite pair`, or assign_weight(..., example_inputs=...)) or fix the paths")

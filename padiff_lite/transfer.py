@@ -145,11 +145,11 @@ def run_plan(plan: Plan, *, strict: bool = True, check_finite: bool = False, fou
     report.notes += notes + (moves.notes if moves is not None else []) + (sched.notes if sched is not None else [])
     report._mapping = lambda: from_plan(plan, notes)
     if init is not None:
-        report.initialised = list(stats.initialised)
-        written = {line.split(": ", 1)[0] for line in report.initialised}
-        left = init.left + [f"{p}: init_unmatched={scheme_name(init_unmatched)!r} did not change it"
-                            for p in plan.missing if p not in written and not any(x.startswith(p + ": ") for x in init.left)]
-        report.notes += [f"left as built: {x}" for x in left]
+        report.initialised = [f"{p}: {rule}" for p, rule in stats.initialised]
+        written = {p for p, _ in stats.initialised} | {p for p, _ in init.left}
+        left = init.left + [(p, f"init_unmatched={scheme_name(init_unmatched)!r} did not change it")
+                            for p in plan.missing if p not in written]
+        report.notes += [f"left as built: {p}: {why}" for p, why in left]
     log.debug("transferred %d tensors (%d values) %s -> %s in %.3f s",
               report.tensors, report.elements, report.base, report.raw, report.seconds)
     for note in report.notes:
