@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 from .errors import AmbiguousPairingError, PairingError
 from .mapping import LayerEntry, Mapping
-from .pairing import LayerPair, Node, alike, own_only, rule_for, walk
+from .pairing import How, LayerPair, Node, alike, own_only, rule_for, walk
+from .special_init.registry import RuleKind, rule_label
 from .settings import mismatches, weightless
 
 
@@ -150,7 +151,7 @@ def mapping_from_calls(pairing, traces, fit, check_settings: bool = False) -> Ma
     b_atoms = atoms(pairing, "base", b_regions, r_regions) if open_ else []
     r_atoms = atoms(pairing, "raw", r_regions, b_regions) if open_ else []
     # with weightless layers to compare, the layers names paired run hooked too: they cut the calls into stretches
-    named = [p for p in pairing.pairs if p.how != "root"] if b_wl else []
+    named = [p for p in pairing.pairs if p.how != How.ROOT] if b_wl else []
     nb, nr = len(b_atoms), len(r_atoms)
     bt, rt = traces([a.node.module for a in b_atoms] + [p.base.module for p in named] + [m for _, m, _ in b_wl],
                     [a.node.module for a in r_atoms] + [p.raw.module for p in named] + [m for _, m, _ in r_wl])
@@ -174,7 +175,7 @@ def mapping_from_calls(pairing, traces, fit, check_settings: bool = False) -> Ma
             return False  # a unit's children would be left behind by the default rule
         key = (type(b.node.module), type(r.node.module), signature(b, base.adapter), signature(r, raw.adapter))
         if key not in fit_cache:
-            fit_cache[key] = not fit(LayerPair(b.node, r.node, entry, "execution"))[1]
+            fit_cache[key] = not fit(LayerPair(b.node, r.node, entry, How.EXECUTION))[1]
         return fit_cache[key]
 
     refused: dict = {}
@@ -187,10 +188,10 @@ def mapping_from_calls(pairing, traces, fit, check_settings: bool = False) -> Ma
             return False
         entry = rule_for(pairing, b.node, r.node)
         key = (type(b.node.module), type(r.node.module), id(b.node), id(r.node))
-        if entry is None or entry.kind != "mapping":
+        if entry is None or entry.kind != RuleKind.MAPPING:
             return False
         if key not in refused:
-            planned, every = fit(LayerPair(b.node, r.node, entry, "execution"))
+            planned, every = fit(LayerPair(b.node, r.node, entry, How.EXECUTION))
             refused[key] = bool(planned) and every == planned
         return refused[key]
 
@@ -245,11 +246,9 @@ def mapping_from_calls(pairing, traces, fit, check_settings: bool = False) -> Ma
         shared = [f"{seq_atoms[i].node.path} ({c} calls)" for i, c in trace.counts.items() if c > 1]
         if shared:
             notes.append(f"{side} layers that ran more than once (paired by their first call): " + ", ".join(shared))
-    mapping = Mapping(base.framework, base.name, raw.framework, raw.name, notes=notes, how="execution")
+    mapping = Mapping(base.framework, base.name, raw.framework, raw.name, notes=notes, how=How.EXECUTION)
     for i, j in result.pairs:
         b, r = bseq[i].node, rseq[j].node
-        entry = rule_for(pairing, b, r)
-        rule = "default" if entry is None else f"{'mapping' if entry.kind == 'mapping' else 'special init'} {entry.key}"
         mapping.layers.append(LayerEntry(b.path, r.path, type(b.module).__name__, type(r.module).__name__,
-                                         "execution", rule))
+                                         How.EXECUTION, rule_label(rule_for(pairing, b, r))))
     return mapping

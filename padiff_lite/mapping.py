@@ -32,6 +32,7 @@ from pathlib import Path
 from .errors import MappingError
 from .problems import Problem
 from .regular import read_json_bytes
+from .special_init.registry import rule_label
 
 FORMAT = "padiff-lite mapping 1"
 _FIX = "write it again with `padiff-lite pair` or report.mapping.save(path)"
@@ -312,10 +313,8 @@ def from_plan(plan, notes=()) -> Mapping:
     base, raw = plan.base, plan.raw
     m = Mapping(base.framework, base.name, raw.framework, raw.name, notes=list(notes))
     for pair in plan.pairs:
-        e = pair.entry
-        rule = "default" if e is None else f"{'mapping' if e.kind == 'mapping' else 'special init'} {e.key}"
         m.layers.append(LayerEntry(pair.base.path, pair.raw.path, type(pair.base.module).__name__,
-                                   type(pair.raw.module).__name__, pair.how, rule))
+                                   type(pair.raw.module).__name__, pair.how, rule_label(pair.entry)))
     m.tensors = plan_tensors(plan)
     for pair in plan.imperative:
         m.notes.append(f"{pair.base.path or '<root>'} -> {pair.raw.path or '<root>'}: its tensors are written by an "

@@ -17,6 +17,7 @@ from .ops import COPY, EXPECT, FILL, TRANSPOSE, Op
 from .pairing import LayerPair, Pairing, Unpaired, pair_models
 from .problems import Problem
 from .special_init import registry
+from .special_init.registry import RuleKind
 from .tree import ModelTree
 
 # torch-only counters with no counterpart anywhere: dropped when met in a default pair
@@ -87,7 +88,7 @@ def plan_pairs(plan: Plan, pairs):
     for pair in pairs:
         if pair.entry is None:
             _plan_default(plan, pair)
-        elif pair.entry.kind == "mapping":
+        elif pair.entry.kind == RuleKind.MAPPING:
             _plan_maps(plan, pair)
         else:
             plan.imperative.append(pair)
