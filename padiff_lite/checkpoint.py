@@ -123,10 +123,10 @@ def convert_checkpoint(src, dst, base_model=None, raw_model=None, strict: bool =
     raw, raw_built = build_model(raw_model, "raw")
     _check_frameworks(ck, base, dst, out_fmt, raw)
     layouts_on_disk.check_output(dst, out_fmt, raw)
-    prepared = prepare(base, raw, mapping=mapping, pool=pool)
+    prepared = prepare(base, raw, mapping=mapping, pool=pool, runnable=False)
     plan = prepared.plan
     layouts_on_disk.check_source(ck, plan, base, raw, layout)
-    checked = check(plan, need_data=False, strict=strict, found=prepared.found, mapping_given=prepared.mapping_given)
+    checked = check(plan, need_data=False, strict=strict, context=prepared.context)
     fp = resolve(ck, plan, strict, checked.problems)
     job = Runner(fp, base_built, raw_built)
     groups = fp.groups()

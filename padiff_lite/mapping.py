@@ -25,6 +25,7 @@ refused), at most :data:`.regular.MAX_JSON_BYTES`, and every field is checked fo
 """
 from __future__ import annotations
 
+import enum
 import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -128,6 +129,33 @@ class Mapping:
         lines += [f"  {e.base:<{w}}  -> {e.raw}  [{e.how}]" for e in self.layers]
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+
+class Paired(str, enum.Enum):
+    """What paired the layers names leave open."""
+
+    NAMES = "names"  # names alone; example inputs or a mapping could pair more (the strict error says how)
+    NAMES_ONLY = "names only"  # names alone where nothing can run (checkpoint conversion): no such hint
+    EXECUTION = "execution"  # running both models on example inputs
+    MAPPING = "mapping"  # a mapping given by the user: its tensors are checked against the plan
+
+    def __str__(self):
+        return self.value
+
+
+@dataclass(frozen=True)
+class Context:
+    """How the layers names leave open were paired: one value that validation's checks and hints read (instead of
+    flags threaded through every signature). ``mapping``: the Mapping that paired them (given, or found by
+    execution), None when nothing did."""
+
+    paired: Paired = Paired.NAMES_ONLY
+    mapping: Mapping | None = None
+
+    @property
+    def notes(self) -> list[str]:
+        """What pairing by execution noted (layers that never ran, or ran more than once)."""
+        return list(self.mapping.notes) if self.mapping is not None else []
 
 
 # -- reading -------------------------------------------------------------------

@@ -18,7 +18,7 @@ from functools import cached_property
 
 from .align import mapping_from_calls
 from .inputs import split_inputs
-from .mapping import Mapping
+from .mapping import Context, Mapping, Paired
 from .mapping import prepare as prepare_mapping
 from .pairing import Pairing, apply_mapping, pair_models
 from .plan import Plan, plan_from
@@ -30,18 +30,21 @@ from .validate import pair_fit
 
 @dataclass(eq=False)
 class Prepared:
-    """Two models paired once: ``pairing`` (names, then ``found``), ``found`` (the Mapping that paired what names
-    left open: given by the user, found by running the models, or None), and the ``plan`` made from that pairing
+    """Two models paired once: ``pairing`` (names, then what paired the layers they left open), ``context`` (what
+    that was, and its Mapping: validation's checks and hints read it), and the ``plan`` made from that pairing
     (built when first read; planning's own problems are in it, the callers' demands are validated by
-    :func:`padiff_lite.validate.check`)."""
+    :func:`padiff_lite.validate.check` with this ``context``)."""
 
     base: object  # ProxyModel
     raw: object  # ProxyModel
     pool: object  # the registry of rules used
     pairing: Pairing
-    found: Mapping | None = None
-    mapping_given: bool = False  # ``found`` came from the user
-    can_run: bool = False  # neither inputs nor a mapping were given: example inputs could pair open layers
+    context: Context = Context()
+
+    @property
+    def found(self) -> Mapping | None:
+        """The Mapping that paired what names left open: given by the user, found by running the models, or None."""
+        return self.context.mapping
 
     @cached_property
     def plan(self) -> Plan:
@@ -50,11 +53,11 @@ class Prepared:
     @property
     def notes(self) -> list[str]:
         """What pairing by execution noted (layers that never ran, or ran more than once)."""
-        return list(self.found.notes) if self.found is not None else []
+        return self.context.notes
 
 
 def prepare(base, raw, *, inputs=None, mapping=None, pool=None, keep_empty: bool = False,
-            check_settings: bool = False, traces=None) -> Prepared:
+            check_settings: bool = False, traces=None, runnable: bool = True) -> Prepared:
     """Pair ``base`` and ``raw`` (models or ProxyModels) once and return a :class:`Prepared`.
 
     inputs: an input both models accept (the forms of :mod:`padiff_lite.inputs`): when names leave layers open on
@@ -66,6 +69,8 @@ def prepare(base, raw, *, inputs=None, mapping=None, pool=None, keep_empty: bool
     keep_empty: also pair modules that hold no tensors (``pairing.matched``; what comparing outputs hooks).
     check_settings: with ``inputs``, also compare the settings of weightless layers (dropout, pooling) running
         between paired layers (:mod:`padiff_lite.settings`).
+    runnable: False where the models cannot run (checkpoint conversion): a refusal then does not suggest example
+        inputs.
     """
     if mapping is not None and inputs is not None:
         raise TypeError("assign_weight() takes mapping= or example_inputs=, not both: a mapping says the pairs, "
@@ -80,8 +85,13 @@ def prepare(base, raw, *, inputs=None, mapping=None, pool=None, keep_empty: bool
         found = mapping_from_calls(pairing, traces, functools.partial(pair_fit, base, raw), check_settings)
     if found is not None and found.layers:
         apply_mapping(pairing, found)
-    return Prepared(base, raw, pool, pairing, found, mapping_given=mapping is not None,
-                    can_run=inputs is None and mapping is None)
+    if mapping is not None:
+        paired = Paired.MAPPING
+    elif traces is not None:
+        paired = Paired.EXECUTION
+    else:
+        paired = Paired.NAMES if runnable else Paired.NAMES_ONLY
+    return Prepared(base, raw, pool, pairing, Context(paired, found))
 
 
 def _runner(base, raw, inputs):

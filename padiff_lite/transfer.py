@@ -12,7 +12,7 @@ from . import optim_state, sched_state
 from .errors import InitError, TransferInterrupted
 from .execute import execute
 from .init import check_scheme, plan_init, scheme_name
-from .mapping import from_plan
+from .mapping import Context, from_plan
 from .plan import Plan
 from .prepare import prepare
 from .report import TransferReport, build_report
@@ -57,8 +57,7 @@ def pair_layers(base, raw, example_inputs=None, mapping=None, strict: bool = Tru
     ``assign_weight`` would (with ``strict``, layers left unpaired are an error too)."""
     prepared = prepare(base, raw, inputs=example_inputs, mapping=mapping, pool=pool, check_settings=True)
     base, raw, plan = prepared.base, prepared.raw, prepared.plan
-    checked = check(plan, strict=strict, found=prepared.found, mapping_given=prepared.mapping_given,
-                    can_run=prepared.can_run)
+    checked = check(plan, strict=strict, context=prepared.context)
     refuse(f"cannot pair {base.framework}:{base.name} -> {raw.framework}:{raw.name}", checked.problems)
     return from_plan(plan, prepared.notes)
 
@@ -109,21 +108,19 @@ def assign_weight(base, raw, strict: bool = True, check_finite: bool = False, in
             )
         check_scheme(init_unmatched, std)
     prepared = prepare(base, raw, inputs=example_inputs, mapping=mapping, pool=pool, check_settings=True)
-    return run_plan(prepared.plan, strict=strict, check_finite=check_finite, found=prepared.found,
-                    mapping_given=prepared.mapping_given, can_run=prepared.can_run, init_unmatched=init_unmatched,
-                    std=std, started=t0, optimizers=optimizers, schedulers=schedulers)
+    return run_plan(prepared.plan, strict=strict, check_finite=check_finite, context=prepared.context,
+                    init_unmatched=init_unmatched, std=std, started=t0, optimizers=optimizers, schedulers=schedulers)
 
 
-def run_plan(plan: Plan, *, strict: bool = True, check_finite: bool = False, found=None, mapping_given=False,
-             can_run=False, init_unmatched=None, std: float = 0.02, started: float | None = None,
+def run_plan(plan: Plan, *, strict: bool = True, check_finite: bool = False, context: Context = Context(),
+             init_unmatched=None, std: float = 0.02, started: float | None = None,
              optimizers=None, schedulers=None) -> TransferReport:
     """Validate -> execute -> report for a built plan (``assign_weight``'s second half; ``auto_diff`` plans once
     and uses the plan for its gradients too). Arguments as for ``assign_weight``; ``found``: the Mapping the plan
     was built with."""
     t0 = time.perf_counter() if started is None else started
     base, raw = plan.base, plan.raw
-    checked = check(plan, strict=strict, check_finite=check_finite, found=found, mapping_given=mapping_given,
-                    can_run=can_run)
+    checked = check(plan, strict=strict, check_finite=check_finite, context=context)
     refuse(f"cannot transfer {base.framework}:{base.name} -> {raw.framework}:{raw.name}; nothing was written",
            checked.problems)
     init = plan_init(raw, init_unmatched, std, only=plan.missing) if init_unmatched is not None else None
@@ -141,7 +138,7 @@ def run_plan(plan: Plan, *, strict: bool = True, check_finite: bool = False, fou
                 undo()  # the model was put back: so are its optimizer state and schedule position
         raise
     report = build_report(plan, stats, time.perf_counter() - t0, checked.casts)
-    notes = list(found.notes) if found is not None else []
+    notes = context.notes
     report.notes += notes + (moves.notes if moves is not None else []) + (sched.notes if sched is not None else [])
     report._mapping = lambda: from_plan(plan, notes)
     if init is not None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from . import layout
 from .errors import TransferError
-from .mapping import check_tensors
+from .mapping import Context, Paired, check_tensors
 from .ops import AS_IS, FILL, RESHAPE, TRANSPOSE, CopyFacts, Op
 from .pairing import LayerPair
 from .plan import Plan, pair_label, plan_pairs
@@ -43,17 +43,17 @@ class Validation:
     alike: dict = field(default_factory=dict)
 
 
-def check(plan: Plan, *, need_data: bool = True, strict: bool = True, check_finite: bool = False, found=None,
-          mapping_given: bool = False, can_run: bool = False) -> Validation:
+def check(plan: Plan, *, need_data: bool = True, strict: bool = True, check_finite: bool = False,
+          context: Context = Context()) -> Validation:
     """Every check an entry point asks for, in one list: planning's own problems, :func:`validate`, the
-    mapping's tensors (``mapping_given``: ``found`` came from the user), ``strict`` (unpaired tensors, listed
-    first; ``can_run``: example inputs could pair them) and ``check_finite``."""
+    mapping's tensors (when the ``context`` says the user gave it), ``strict`` (unpaired tensors, listed first,
+    with the fixes the ``context`` allows) and ``check_finite``."""
     v = validate(plan, need_data)
     problems = list(plan.problems) + v.problems
-    if mapping_given and found is not None:
-        problems += check_tensors(found, plan)
+    if context.paired is Paired.MAPPING and context.mapping is not None:
+        problems += check_tensors(context.mapping, plan)
     if strict and (plan.missing or plan.unexpected):
-        problems.insert(0, unpaired_problem(plan, found, can_run))
+        problems.insert(0, unpaired_problem(plan, context))
     if check_finite:
         problems += nonfinite_problems(plan)
     v.problems = problems
@@ -215,7 +215,7 @@ def pair_problems(base, raw, pair: LayerPair) -> list[Problem]:
     return pair_fit(base, raw, pair)[1]
 
 
-def unpaired_problem(plan: Plan, found=None, can_run: bool = False) -> Problem:
+def unpaired_problem(plan: Plan, context: Context = Context()) -> Problem:
     """``strict``: one problem listing every tensor without a partner, and how to pair or leave them."""
     lines = []
     for u in plan.unpaired:
@@ -227,12 +227,11 @@ def unpaired_problem(plan: Plan, found=None, can_run: bool = False) -> Problem:
         lines.append("raw tensors with no base partner: " + ", ".join(rest_m))
     if rest_u:
         lines.append("base tensors with no raw partner: " + ", ".join(rest_u))
-    if found is not None:
-        lines += found.notes
+    lines += context.notes
     fix = ("pair the layers explicitly with set_layer_map, leave them out with update_black_list, "
            "or pass strict=False to transfer what matches and list the rest")
     cli_fix = "pass --no-strict to convert what matches and list the rest"
-    if can_run and {u.side for u in plan.unpaired} == {"base", "raw"}:
+    if context.paired is Paired.NAMES and {u.side for u in plan.unpaired} == {"base", "raw"}:
         fix = ("pass example_inputs=<an input both models accept> to pair the layers names leave open by the "
                "order they run (or mapping=<file> to reuse pairs found before); or " + fix)
         cli_fix = None

@@ -128,3 +128,25 @@ def test_checkpoint_conversion_uses_the_pool_given(tmp_path):
     load_into(b, "paddle", load(dst))
     ids = token_ids()
     np.testing.assert_allclose(run(b, "paddle", [ids])[0], run(a, "torch", [ids])[0], atol=5e-5)
+
+
+# -- the hint context: one value ------------------------------------------------------------------------------------
+def test_the_context_says_what_paired_the_open_layers_and_the_refusal_offers_what_fits_it(tmp_path):
+    from padiff_lite.mapping import Paired
+    from padiff_lite.prepare import prepare
+
+    a, b = cnn("torch"), cnn("paddle")
+    assert prepare(a, b).context.paired is Paired.NAMES
+    found = prepare(a, b, inputs=X)
+    assert found.context.paired is Paired.EXECUTION and found.found.layers
+    given = prepare(a, b, mapping=found.found)
+    assert given.context.paired is Paired.MAPPING and given.found.layer_paths == found.found.layer_paths
+    assert prepare(a, b, runnable=False).context.paired is Paired.NAMES_ONLY
+    with pytest.raises(TransferError) as e:
+        assign_weight(a, b)  # names leave layers open on both sides: example inputs could pair them
+    assert "pass example_inputs=" in str(e.value)
+    src = tmp_path / "cnn.safetensors"
+    save(state_as_torch(a, "torch"), src)
+    with pytest.raises(TransferError) as e:
+        convert_checkpoint(src, tmp_path / "out.pdparams", cnn("torch"), cnn("paddle"))  # nothing can run here
+    assert "structure differs" in str(e.value) and "example_inputs" not in str(e.value)

@@ -93,7 +93,7 @@ def auto_diff(base, raw, inputs, *, atol: float | None = None, rtol: float | Non
     if auto_init:
         from ..transfer import run_plan
 
-        report = run_plan(plan, found=mapping, mapping_given=mapping is not None, can_run=mapping is None)
+        report = run_plan(plan, context=prepared.context)
     hooked = _hooked(pairs)
     setup = Setup(base, raw, pairs, hooked, plan, tol, phase, training, single_step, interleave, loss_fns,
                   optimizers, notes)
