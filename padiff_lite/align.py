@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from .errors import AmbiguousPairingError, PairingError
 from .mapping import LayerEntry, Mapping
+from .problems import Problem
 from .pairing import How, LayerPair, Node, alike, own_only, rule_for, walk
 from .special_init.registry import RuleKind, rule_label
 from .settings import mismatches, weightless
@@ -212,10 +213,10 @@ def mapping_from_calls(pairing, traces, fit, check_settings: bool = False) -> Ma
             other_side = "raw" if side == "base" else "base"
             names = [theirs[o].node.path or "<root>" for o in others]
             cands.append((side, mine[k].node.path, names))
-            lines.append(f"{side} {_describe(mine[k], adapter)} fits {other_side} "
-                         + " and ".join(f"{other_side} {_describe(theirs[o], other_adapter)}" for o in others)
-                         + (" equally: classes, shapes and call order do not tell them apart" if len(others) > 1
-                            else ", but call orders cross"))
+            lines.append(Problem(f"{side} {_describe(mine[k], adapter)}", "fits " + " and ".join(
+                f"{other_side} {_describe(theirs[o], other_adapter)}" for o in others)
+                + (" equally: classes, shapes and call order do not tell them apart" if len(others) > 1
+                   else ", but call orders cross"), joint=" "))
         raise AmbiguousPairingError(
             f"cannot pair {base.framework}:{base.name} -> {raw.framework}:{raw.name} by execution: "
             f"{len(lines)} layer{'s' * (len(lines) != 1)} fit more than one candidate; nothing was written. Fix: pair "

@@ -94,7 +94,15 @@ class AmbiguousPairingError(PairingError):
 
 
 class MappingError(PadiffError, ValueError):
-    """A mapping (file or dict) is malformed, names paths a model lacks, or contradicts pairing by name."""
+    """A mapping (file or dict) is malformed, names paths a model lacks, or contradicts pairing by name.
+
+    ``problems``: one record per entry that does not fit, when the mapping was checked against the models."""
+
+    def __init__(self, message: str, problems: list | None = None):
+        self.problems = list(problems or [])
+        if self.problems:
+            message = message + "\n" + "\n".join("  - " + str(p) for p in self.problems)
+        super().__init__(message)
 
 
 class FactoryError(PadiffError, ValueError):

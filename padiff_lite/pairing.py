@@ -12,6 +12,7 @@ import enum
 from dataclasses import dataclass
 
 from .errors import LayerMapError
+from .problems import Problem
 from .layout_infer import find_groups, find_packed
 from .tree import ModelTree, Node, walk
 
@@ -269,17 +270,20 @@ def apply_mapping(pairing: Pairing, mapping):
                     continue
                 if named is not None:
                     other = named.raw.path if side == "base" else named.base.path
-                    problems.append(f"{side} {path or '<root>'} is already paired by {named.how} with "
-                                    f"{'raw' if side == 'base' else 'base'} {other or '<root>'} (names go first); "
-                                    "remove this entry, or rename the layers so that their names differ")
+                    problems.append(Problem(f"{side} {path or '<root>'}", f"is already paired by {named.how} with "
+                                            f"{'raw' if side == 'base' else 'base'} {other or '<root>'} (names go "
+                                            "first)", "remove this entry, or rename the layers so that their names "
+                                            "differ", joint=" "))
                 else:
-                    problems.append(f"{side} {path or '<root>'} is not a layer that pairing left open (left out by a "
-                                    "black/white list, or inside a layer transferred as a unit); remove this entry")
+                    problems.append(Problem(f"{side} {path or '<root>'}", "is not a layer that pairing left open (left "
+                                            "out by a black/white list, or inside a layer transferred as a unit)",
+                                            "remove this entry", joint=" "))
             continue
         for side, path in (("base", e.base), ("raw", e.raw)):
             if path in used[side]:
-                problems.append(f"{side} {path or '<root>'} is named twice (with {used[side][path]} and "
-                                f"{e.raw if side == 'base' else e.base}); a layer pairs with one layer")
+                problems.append(Problem(f"{side} {path or '<root>'}", f"is named twice (with {used[side][path]} and "
+                                        f"{e.raw if side == 'base' else e.base})", "a layer pairs with one layer",
+                                        joint=" "))
         used["base"].setdefault(e.base, e.raw)
         used["raw"].setdefault(e.raw, e.base)
         entry = rule_for(pairing, b, r)
@@ -289,7 +293,7 @@ def apply_mapping(pairing: Pairing, mapping):
     if problems:
         raise MappingError(f"the mapping does not fit {pairing.base.framework}:{pairing.base.name} -> "
                            f"{pairing.raw.framework}:{pairing.raw.name} ({len(problems)} problem"
-                           f"{'s' * (len(problems) != 1)}):\n" + "\n".join("  - " + p for p in problems))
+                           f"{'s' * (len(problems) != 1)}):", problems)
     if not added:
         return
     whole = {"base": {p.base.path for p in added if p.entry is not None},

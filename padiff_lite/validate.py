@@ -254,8 +254,8 @@ def nonfinite_problems(plan: Plan) -> list[Problem]:
             continue  # already a "holds no data" problem
         n = nonfinite.count(ba.torch_view(ref.tensor))  # one sum per tensor; counts only when it is not finite
         if n:
-            out.append(Problem("", f"base {ref.path} holds {n} NaN/Inf value{'s' * (n != 1)} (check_finite=True)",
-                               "fix the source weights or pass check_finite=False to copy them as they are"))
+            out.append(Problem(f"base {ref.path}", f"holds {n} NaN/Inf value{'s' * (n != 1)} (check_finite=True)",
+                               "fix the source weights or pass check_finite=False to copy them as they are", joint=" "))
     return out
 
 

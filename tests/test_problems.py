@@ -50,3 +50,22 @@ def test_a_problem_survives_pickling_with_its_fields():
     q = pickle.loads(pickle.dumps(p))
     assert (q.where, q.what, q.fix, q.cli_fix, str(q)) == (p.where, p.what, p.fix, p.cli_fix, str(p))
     assert q.render(cli=True) == "a (Linear) -> b (Linear): shape mismatch; --fix-it"
+
+
+def test_pairing_problems_are_records_too():
+    from padiff_lite import AmbiguousPairingError, MappingError
+    from test_exec_pairing import branches
+    from helpers import inputs_for
+
+    with pytest.raises(MappingError) as e:
+        assign_weight(branches("torch", shared=False), branches("paddle", shared=False), mapping={"left": "right"})
+    p = e.value.problems[0]
+    assert (p.where, p.fix) == ("base left", "remove this entry, or rename the layers so that their names differ")
+    assert str(p) == "base left is already paired by name with raw left (names go first); " + p.fix
+    assert str(p) in str(e.value)
+    with pytest.raises(AmbiguousPairingError) as e:
+        assign_weight(branches("torch", shared=True), branches("paddle", shared=False),
+                      example_inputs=inputs_for([(3, 4)])[0])
+    p = e.value.problems[0]
+    assert p.where.startswith("base branch (Linear: weight") and p.what.startswith("fits raw left (Linear")
+    assert " and raw right (Linear" in p.what  # each candidate named once with its side
