@@ -29,7 +29,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_rules(args) -> int:
-    from .special_init import init_pool
+    from .special_init import registry
 
     if args.markdown:
         from .rules_table import render
@@ -38,7 +38,7 @@ def cmd_rules(args) -> int:
         return 0
 
     rows = [("base", "raw", "kind", "what is transformed", "defined at")]
-    for e in init_pool.entries():
+    for e in registry().entries():
         k = e.key
         rows.append((f"{k.base_framework}.{k.base_class}", f"{k.raw_framework}.{k.raw_class}",
                      e.kind + (" (inverted)" if e.inverted else ""), e.note or "-", e.origin))

@@ -150,3 +150,22 @@ def test_the_context_says_what_paired_the_open_layers_and_the_refusal_offers_wha
     with pytest.raises(TransferError) as e:
         convert_checkpoint(src, tmp_path / "out.pdparams", cnn("torch"), cnn("paddle"))  # nothing can run here
     assert "structure differs" in str(e.value) and "example_inputs" not in str(e.value)
+
+
+def test_the_default_registry_is_chosen_in_one_place():
+    """Only special_init (its registry() and the plugins that register into it) names the global init_pool: every
+    other module takes pool= and asks registry(pool), so a registry of one's own reaches every stage."""
+    import ast
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parent.parent / "padiff_lite"
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        if path.parent.name == "special_init":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.ImportFrom) else
+                     [node.id] if isinstance(node, ast.Name) else [])
+            if "init_pool" in names:
+                found.append(f"{path.relative_to(package)}:{node.lineno}")
+    assert not found, f"the global registry named outside special_init (use special_init.registry(pool)): {found}"
