@@ -10,7 +10,8 @@ The stage after pairing by name (names always go first: this only decides what t
 2. *Trace* (:mod:`padiff_lite.trace`). Both models run once on the example input with a hook on every
    atom; each side becomes the sequence of its atoms in the order of their first call.
 3. *Fit.* A base atom fits a raw atom when their classes are alike (same name, or a registered pair) and the
-   pair plans without a problem: every tensor has a partner and the shapes agree after the rule's transforms.
+   pair plans without a problem: every tensor has a partner and the shapes agree after the rule's transforms
+   (the check is the caller's ``fit``: this stage imports neither planning nor validation).
 4. *Align* (:func:`align`, pure). Atoms that fit exactly one atom of the other side, which fits only them,
    are paired whatever their order. The rest are aligned in call order (the longest order-keeping sequence
    of fitting pairs); when two alignments of that length pair differently, the layers involved are
@@ -24,10 +25,10 @@ from dataclasses import dataclass
 
 from .errors import AmbiguousPairingError, PairingError
 from .mapping import LayerEntry, Mapping
-from .pairing import LayerPair, Node, alike, own_only, pair_models, rule_for, walk
-from .proxy import create_model
+from .problems import Problem
+from .pairing import How, LayerPair, Node, alike, own_only, rule_for, walk
+from .special_init.registry import RuleKind, rule_label
 from .settings import mismatches, weightless
-from .trace import record_calls
 
 
 # -- the pure step ---------------------------------------------------------------
@@ -127,35 +128,19 @@ def _describe(atom: Atom, adapter) -> str:
 
 
 # -- the stage -----------------------------------------------------------------------
-def execution_mapping(base, raw, inputs, pool=None, check_settings: bool = False) -> Mapping | None:
-    """Pair by execution what names leave open; a Mapping (``how="execution"``), or None when names pair
-    everything or only one side has anything left (then running the models cannot help).
+def mapping_from_calls(pairing, traces, fit, check_settings: bool = False) -> Mapping | None:
+    """Pair by execution what names left open in ``pairing`` (:class:`padiff_lite.pairing.Pairing`); a Mapping
+    (``how="execution"``), or None when names pair everything or only one side has anything left (then running the
+    models cannot help). :func:`padiff_lite.prepare.prepare` applies it to the same pairing.
 
-    ``inputs``: the forms ``auto_diff`` takes (a numpy array, a tuple of them, or ``({"x": base_tensor},
-    {"x": raw_tensor})``). Raises AmbiguousPairingError naming the candidates when call order, classes
-    and shapes do not decide, PairingError when a model fails on the input, and (``check_settings``) when
+    ``traces(base modules, raw modules)`` returns the two :class:`padiff_lite.trace.CallTrace` (from a run, or from
+    recorded calls such as a dump's report). ``fit(pair)`` is the fit check of one candidate layer pair (step 3):
+    ``(planning's own problems, every problem)`` of transferring that pair alone, given by the caller so that this
+    stage needs neither planning nor validation. Raises AmbiguousPairingError naming the candidates when call order,
+    classes and shapes do not decide, PairingError when a model fails on the input, and (``check_settings``) when
     weightless layers running between paired layers differ in their settings (:mod:`padiff_lite.settings`).
     """
-    from .compare import split_inputs  # the input forms auto_diff takes, read the same way
-
-    base, raw = create_model(base), create_model(raw)
-    split = []
-
-    def traces(modules_b, modules_r):
-        if not split:
-            split.extend(split_inputs(inputs, base, raw))
-        (bargs, bkw), (rargs, rkw) = split
-        return record_calls(base, modules_b, bargs, bkw), record_calls(raw, modules_r, rargs, rkw)
-
-    return mapping_from_calls(base, raw, traces, pool, check_settings)
-
-
-def mapping_from_calls(base, raw, traces, pool=None, check_settings: bool = False) -> Mapping | None:
-    """:func:`execution_mapping` with the call orders given: ``traces(base modules, raw modules)`` returns the two
-    :class:`padiff_lite.trace.CallTrace` (from a run, or from recorded calls such as a dump's report)."""
-    if pool is None:
-        from .special_init import init_pool as pool
-    pairing = pair_models(base, raw, pool)
+    base, raw = pairing.base, pairing.raw
     b_regions = [u.node for u in pairing.unpaired if u.side == "base"]
     r_regions = [u.node for u in pairing.unpaired if u.side == "raw"]
     open_ = bool(b_regions and r_regions)
@@ -167,7 +152,7 @@ def mapping_from_calls(base, raw, traces, pool=None, check_settings: bool = Fals
     b_atoms = atoms(pairing, "base", b_regions, r_regions) if open_ else []
     r_atoms = atoms(pairing, "raw", r_regions, b_regions) if open_ else []
     # with weightless layers to compare, the layers names paired run hooked too: they cut the calls into stretches
-    named = [p for p in pairing.pairs if p.how != "root"] if b_wl else []
+    named = [p for p in pairing.pairs if p.how != How.ROOT] if b_wl else []
     nb, nr = len(b_atoms), len(r_atoms)
     bt, rt = traces([a.node.module for a in b_atoms] + [p.base.module for p in named] + [m for _, m, _ in b_wl],
                     [a.node.module for a in r_atoms] + [p.raw.module for p in named] + [m for _, m, _ in r_wl])
@@ -176,8 +161,6 @@ def mapping_from_calls(base, raw, traces, pool=None, check_settings: bool = Fals
         bt.counts = {i: c for i, c in bt.counts.items() if i < nb}
         rt.counts = {j: c for j, c in rt.counts.items() if j < nr}
     bseq, rseq = [b_atoms[i] for i in bt.order], [r_atoms[j] for j in rt.order]
-    from .validate import pair_problems
-
     fit_cache: dict = {}
 
     def signature(atom, adapter):
@@ -193,10 +176,8 @@ def mapping_from_calls(base, raw, traces, pool=None, check_settings: bool = Fals
             return False  # a unit's children would be left behind by the default rule
         key = (type(b.node.module), type(r.node.module), signature(b, base.adapter), signature(r, raw.adapter))
         if key not in fit_cache:
-            fit_cache[key] = not pair_problems(base, raw, LayerPair(b.node, r.node, entry, "execution"))
+            fit_cache[key] = not fit(LayerPair(b.node, r.node, entry, How.EXECUTION))[1]
         return fit_cache[key]
-
-    from .plan import Plan, plan_pairs  # a later stage, used only here: planning one candidate pair
 
     refused: dict = {}
 
@@ -208,13 +189,11 @@ def mapping_from_calls(base, raw, traces, pool=None, check_settings: bool = Fals
             return False
         entry = rule_for(pairing, b.node, r.node)
         key = (type(b.node.module), type(r.node.module), id(b.node), id(r.node))
-        if entry is None or entry.kind != "mapping":
+        if entry is None or entry.kind != RuleKind.MAPPING:
             return False
         if key not in refused:
-            pair = LayerPair(b.node, r.node, entry, "execution")
-            scratch = Plan(base, raw, [pair])
-            plan_pairs(scratch, [pair])
-            refused[key] = bool(scratch.problems) and pair_problems(base, raw, pair) == scratch.problems
+            planned, every = fit(LayerPair(b.node, r.node, entry, How.EXECUTION))
+            refused[key] = bool(planned) and every == planned
         return refused[key]
 
     result = align(len(bseq), len(rseq), fits)
@@ -234,10 +213,10 @@ def mapping_from_calls(base, raw, traces, pool=None, check_settings: bool = Fals
             other_side = "raw" if side == "base" else "base"
             names = [theirs[o].node.path or "<root>" for o in others]
             cands.append((side, mine[k].node.path, names))
-            lines.append(f"{side} {_describe(mine[k], adapter)} fits {other_side} "
-                         + " and ".join(f"{other_side} {_describe(theirs[o], other_adapter)}" for o in others)
-                         + (" equally: classes, shapes and call order do not tell them apart" if len(others) > 1
-                            else ", but call orders cross"))
+            lines.append(Problem(f"{side} {_describe(mine[k], adapter)}", "fits " + " and ".join(
+                f"{other_side} {_describe(theirs[o], other_adapter)}" for o in others)
+                + (" equally: classes, shapes and call order do not tell them apart" if len(others) > 1
+                   else ", but call orders cross"), joint=" "))
         raise AmbiguousPairingError(
             f"cannot pair {base.framework}:{base.name} -> {raw.framework}:{raw.name} by execution: "
             f"{len(lines)} layer{'s' * (len(lines) != 1)} fit more than one candidate; nothing was written. Fix: pair "
@@ -268,11 +247,9 @@ def mapping_from_calls(base, raw, traces, pool=None, check_settings: bool = Fals
         shared = [f"{seq_atoms[i].node.path} ({c} calls)" for i, c in trace.counts.items() if c > 1]
         if shared:
             notes.append(f"{side} layers that ran more than once (paired by their first call): " + ", ".join(shared))
-    mapping = Mapping(base.framework, base.name, raw.framework, raw.name, notes=notes, how="execution")
+    mapping = Mapping(base.framework, base.name, raw.framework, raw.name, notes=notes, how=How.EXECUTION)
     for i, j in result.pairs:
         b, r = bseq[i].node, rseq[j].node
-        entry = rule_for(pairing, b, r)
-        rule = "default" if entry is None else f"{'mapping' if entry.kind == 'mapping' else 'special init'} {entry.key}"
         mapping.layers.append(LayerEntry(b.path, r.path, type(b.module).__name__, type(r.module).__name__,
-                                         "execution", rule))
+                                         How.EXECUTION, rule_label(rule_for(pairing, b, r))))
     return mapping

@@ -30,9 +30,9 @@ from .checkpoint_plan import FilePlan, Unit, build_model, nbytes, resolve
 from .errors import CheckpointError, TransferError
 from .execute import PARALLEL_MIN_ELEMENTS, Stats, no_grad, special_init_error
 from .formats import INDEX_SUFFIX, Checkpoint, format_of, open_checkpoint, streams, write_index, writer_for
-from .mapping import prepare as prepare_mapping
 from .ops import AS_IS, FILL, TRANSPOSE
-from .plan import build_plan, pair_label
+from .plan import pair_label
+from .prepare import prepare
 from .report import TransferReport, build_report
 from .validate import check
 from .workers import Pool
@@ -68,7 +68,7 @@ class CheckpointReport(TransferReport):
 # -- the conversion ----------------------------------------------------------
 def convert_checkpoint(src, dst, base_model=None, raw_model=None, strict: bool = True, progress=None,
                        mapping=None, *, layout: str | None = None, to: str | None = None, verify: bool = False,
-                       out_layout: str | None = None):
+                       out_layout: str | None = None, pool=None):
     """Convert the checkpoint ``src`` of ``base_model`` into ``dst`` for ``raw_model``.
 
     src: a .pt/.pth/.bin, .safetensors or .pdparams file, an HF index ``*.<suffix>.index.json`` or a
@@ -93,15 +93,17 @@ def convert_checkpoint(src, dst, base_model=None, raw_model=None, strict: bool =
     to: "paddleformers" or "transformers": ``src`` and ``dst`` are model folders and the models come from the
         folder's config.json (:func:`.library_folders.convert_folder`; base_model/raw_model are not given then);
         ``verify`` loads the written folder with the target library and compares outputs.
+    pool: the registry of rules to pair and plan with (default: the global ``init_pool``).
 
     Raises CheckpointError (file missing, corrupt, unknown suffix) or TransferError (the checkpoint does
     not fit the models); no output is left behind then, and the source is never written.
     """
     if to is not None:
-        if base_model is not None or raw_model is not None or layout is not None or mapping is not None \
-                or out_layout is not None:
-            raise CheckpointError("to= converts a model folder with the models its config.json names; do not pass "
-                                  "base_model/raw_model/layout/mapping/out_layout with it")
+        if base_model is not None or raw_model is not None or layout is not None or mapping is not None or \
+                out_layout is not None or pool is not None:
+            raise CheckpointError("to= converts a model folder with the models its config.json names (by the "
+                                  "library's own tables, not the rules of a pool); do not pass "
+                                  "base_model/raw_model/layout/mapping/out_layout/pool with it")
         from .library_folders import convert_folder
 
         return convert_folder(src, dst, to, verify=verify, progress=progress)
@@ -126,10 +128,10 @@ def convert_checkpoint(src, dst, base_model=None, raw_model=None, strict: bool =
     _check_frameworks(ck, base, dst, out_fmt, raw)
     layouts_on_disk.check_output(dst, out_fmt, raw)
     disk = _disk_layout(dst, out_fmt, raw, out_layout)
-    found = prepare_mapping(mapping, base, raw) if mapping is not None else None
-    plan = build_plan(base, raw, mapping=found)
+    prepared = prepare(base, raw, mapping=mapping, pool=pool, runnable=False)
+    plan = prepared.plan
     layouts_on_disk.check_source(ck, plan, base, raw, layout)
-    checked = check(plan, need_data=False, strict=strict, found=found, mapping_given=found is not None)
+    checked = check(plan, need_data=False, strict=strict, context=prepared.context)
     fp = resolve(ck, plan, strict, checked.problems)
     job = Runner(fp, base_built, raw_built)
     groups = fp.groups()

@@ -23,6 +23,7 @@ from .errors import CheckpointError, FactoryError
 from .factories import load_callable
 from .formats import Checkpoint, Entry, dtype_name
 from .plan import Plan
+from .problems import Problem
 from .proxy import ProxyModel, create_model
 from .tree import ModelTree
 from .validate import expect_problem, kind_problem, refuse
@@ -167,14 +168,17 @@ def resolve(ck: Checkpoint, plan: Plan, strict: bool, problems: list[str]) -> Fi
     known |= {legacy_name(n) for n in known if legacy_name(n)}
     extra = [k for k in ck.infos if k not in known]
     if strict:
-        fix = "check that --base is the model the checkpoint was saved from, or pass strict=False (--no-strict) to"
+        fix = "check that --base is the model the checkpoint was saved from, or pass {} to"
+        api, cli = "strict=False (--no-strict)", "--no-strict"
         if absent:
-            problems.append(f"{ck.path}: {len(absent)} tensor(s) the base model {base.name} needs are not in the "
-                            f"checkpoint: {_some(absent)}; {fix} convert what is there"
-                            f"{hf_disk_layout.missing_table_hint(base.model)}")
+            rest = f" convert what is there{hf_disk_layout.missing_table_hint(base.model)}"
+            problems.append(Problem(str(ck.path), f"{len(absent)} tensor(s) the base model {base.name} needs are not "
+                                    f"in the checkpoint: {_some(absent)}", fix.format(api) + rest,
+                                    fix.format(cli) + rest))
         if extra:
-            problems.append(f"{ck.path}: {len(extra)} key(s) in the checkpoint are not tensors of the base model "
-                            f"{base.name}: {_some(extra)}; {fix} leave them out")
+            problems.append(Problem(str(ck.path), f"{len(extra)} key(s) in the checkpoint are not tensors of the base "
+                                    f"model {base.name}: {_some(extra)}", fix.format(api) + " leave them out",
+                                    fix.format(cli) + " leave them out"))
     else:
         fp.unexpected += extra
         if absent:
@@ -221,22 +225,22 @@ def _find_key(ck: Checkpoint, names: list[str], legacy: list) -> str | None:
     return None
 
 
-def _shape_problem(ck: Checkpoint, key: str, ref, base) -> str | None:
+def _shape_problem(ck: Checkpoint, key: str, ref, base) -> Problem | None:
     fshape, mshape = ck.infos[key].shape, tuple(base.adapter.shape(ref.tensor))
     if fshape == mshape:
         return None
     fix = ("build the base model with the sizes the checkpoint was saved with" if len(fshape) != 2 or
            fshape[::-1] != mshape else f"the layout looks transposed: if {ck.path.name} was saved from the other "
            "framework's model, swap the base and raw models (--base/--raw)")
-    return (f"{ck.files[ck.infos[key].file]}: {key} is {list(fshape)} in the checkpoint but {ref.path} is "
-            f"{list(mshape)} in the base model {base.name}; {fix}")
+    return Problem(str(ck.files[ck.infos[key].file]), f"{key} is {list(fshape)} in the checkpoint but {ref.path} is "
+                   f"{list(mshape)} in the base model {base.name}", fix)
 
 
-def _build_units(fp: FilePlan, rnames: dict) -> list[str]:
+def _build_units(fp: FilePlan, rnames: dict) -> list[Problem]:
     """``fp.units`` from the plan (a target left with a gap or a source absent from the file is left out and
     listed as missing); the problems found: a file tensor of another dtype kind than its target."""
     plan, ck, ra = fp.plan, fp.ck, fp.plan.raw.adapter
-    problems: list[str] = []
+    problems: list[Problem] = []
     units: list[Unit] = []
     by_dst: dict[int, Unit] = {}
     for op in plan.ops:
@@ -272,8 +276,8 @@ def _build_units(fp: FilePlan, rnames: dict) -> list[str]:
             for op in unit.ops:
                 if op.src is not None:
                     src_key = fp.key[id(op.src.tensor)]
-                    problem = kind_problem(f"{ck.path}: {src_key}", dtype_name(ck.infos[src_key].dtype),
-                                           f"raw {op.dst.path}", dtype_name(raw_dtype), "a conversion")
+                    problem = kind_problem(src_key, dtype_name(ck.infos[src_key].dtype), f"raw {op.dst.path}",
+                                           dtype_name(raw_dtype), "a conversion", where=str(ck.path))
                     if problem:
                         problems.append(problem)
             shape = tuple(ra.shape(ref.tensor))

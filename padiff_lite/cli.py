@@ -14,7 +14,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from .errors import CheckpointError, PadiffError
+from .errors import CheckpointError, PadiffError, TransferError
 
 
 def cmd_demo(args) -> int:
@@ -29,7 +29,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_rules(args) -> int:
-    from .special_init import init_pool
+    from .special_init import registry
 
     if args.markdown:
         from .rules_table import render
@@ -38,7 +38,7 @@ def cmd_rules(args) -> int:
         return 0
 
     rows = [("base", "raw", "kind", "what is transformed", "defined at")]
-    for e in init_pool.entries():
+    for e in registry().entries():
         k = e.key
         rows.append((f"{k.base_framework}.{k.base_class}", f"{k.raw_framework}.{k.raw_class}",
                      e.kind + (" (inverted)" if e.inverted else ""), e.note or "-", e.origin))
@@ -269,30 +269,12 @@ def cmd_convert(args) -> int:
         report = convert_checkpoint(args.src, args.dst, args.base, args.raw, strict=args.strict,
                                     progress=progress, mapping=mapping, layout=args.layout,
                                     out_layout=args.out_layout)
-    except PadiffError as exc:
-        exc.args = (_cli_words(str(exc)),)  # the flags of this command, not the Python API's arguments
+    except TransferError as exc:
+        exc.args = (exc.render(cli=True),)  # the problems' fixes in this command's flags, not the Python API's
         raise
     if not args.quiet:
         print(report)
     return 0
-
-
-# Python-API advice in messages -> the command line's own options
-_CLI_WORDS = [
-    ("fix: pair the layers explicitly with set_layer_map, leave them out with update_black_list, or pass "
-     "strict=False to transfer what matches and list the rest",
-     "fix: pass --no-strict to convert what matches and list the rest"),
-    ("; build both models with the same sizes, or pair these layers differently with set_layer_map",
-     "; build both models with the same sizes"),
-    ("pass strict=False (--no-strict)", "pass --no-strict"),
-    ("strict=False", "--no-strict"),
-]
-
-
-def _cli_words(message: str) -> str:
-    for python, cli in _CLI_WORDS:
-        message = message.replace(python, cli)
-    return message
 
 
 def _add_convert(sub):

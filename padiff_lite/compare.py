@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .verify.diff import PHASES, auto_diff
-from .verify.inputs import INPUT_FORMS, split_inputs
+from .inputs import INPUT_FORMS, split_inputs
 from .verify.numerics import compare_arrays
 from .verify.results import DiffResult, GradDiff, LayerDiff, NotComparable, StepRecord, WeightDiff
 

@@ -13,14 +13,21 @@ class PadiffError(Exception):
 class TransferError(PadiffError):
     """A weight transfer could not be planned or carried out; the target was left untouched.
 
-    ``problems`` holds one line per problem found (all of them, not just the first).
+    ``problems`` holds one record per problem found (all of them, not just the first): a
+    :class:`padiff_lite.problems.Problem` (where, what, fix; its text is its Python-API rendering) or plain text.
     """
 
-    def __init__(self, message: str, problems: list[str] | None = None):
+    def __init__(self, message: str, problems: list | None = None):
+        self.head = message
         self.problems = list(problems or [])
-        if self.problems:
-            message = message + "\n" + "\n".join("  - " + p for p in self.problems)
-        super().__init__(message)
+        super().__init__(self.render())
+
+    def render(self, cli: bool = False) -> str:
+        """The message: the head and every problem, in the Python API's words or (``cli``) the command line's."""
+        if not self.problems:
+            return self.head
+        return self.head + "\n" + "\n".join("  - " + (p.render(cli) if hasattr(p, "render") else str(p))
+                                             for p in self.problems)
 
 
 class TransferInterrupted(KeyboardInterrupt):
@@ -87,7 +94,15 @@ class AmbiguousPairingError(PairingError):
 
 
 class MappingError(PadiffError, ValueError):
-    """A mapping (file or dict) is malformed, names paths a model lacks, or contradicts pairing by name."""
+    """A mapping (file or dict) is malformed, names paths a model lacks, or contradicts pairing by name.
+
+    ``problems``: one record per entry that does not fit, when the mapping was checked against the models."""
+
+    def __init__(self, message: str, problems: list | None = None):
+        self.problems = list(problems or [])
+        if self.problems:
+            message = message + "\n" + "\n".join("  - " + str(p) for p in self.problems)
+        super().__init__(message)
 
 
 class FactoryError(PadiffError, ValueError):

@@ -31,6 +31,7 @@ from .errors import InitError, TransferError, TransferInterrupted
 from .interrupts import held_signals
 from .ops import FILL, RESHAPE, TRANSPOSE, CallOp, CopyFacts, Fill, UndoRecord
 from .plan import Plan, pair_label
+from .problems import Problem
 from .workers import Pool
 
 log = logging.getLogger("padiff_lite")
@@ -62,7 +63,7 @@ class Stats:
     elements: int = 0
     bytes: int = 0
     nonfinite: dict = field(default_factory=dict)  # raw path -> count of NaN/Inf copied
-    initialised: list = field(default_factory=list)  # "path: rule" of every tensor an init op wrote
+    initialised: list = field(default_factory=list)  # (path, rule) of every tensor an init op wrote
     written: dict = field(default_factory=dict)  # id(pair) -> tensors its imperative special init wrote
     notes: list = field(default_factory=list)  # for report.notes (raw tensors a special init left as built)
     big_copies: dict = field(default_factory=dict)  # "kernel" | "torch" -> big copies (>= 1 M values) each path ran
@@ -459,7 +460,7 @@ def _run_imperative(plan: Plan, stats: Stats, saved: list, base_saved: list):
                 pair.entry.func(pair.base.module, pair.raw.module)
         except Exception as exc:
             changed = _changes(ba, base_before, pair.base.path, "base")
-            also = f"; it had also changed {', '.join(changed)}, which was restored" if changed else ""
+            also = f"; it had also changed {', '.join(map(str, changed))}, which was restored" if changed else ""
             raise special_init_error(pair, exc, f"the raw model was restored{also}") from exc
         changed = _changes(ba, base_before, pair.base.path, "base")
         if changed:
@@ -467,16 +468,16 @@ def _run_imperative(plan: Plan, stats: Stats, saved: list, base_saved: list):
                 f"{pair_label(pair)}: {init} changed the base model it reads from; both models were restored. A "
                 "special init must only read its base module (e.g. module.weight.detach().numpy()) and write "
                 "into its raw layer",
-                changed,
+                [c.problem() for c in changed],
             )
-        replaced = [c for c in _changes(ra, raw_before, pair.raw.path, "raw") if " -> " in c]
+        replaced = [c for c in _changes(ra, raw_before, pair.raw.path, "raw") if c.replaced]
         if replaced:
-            what = "replaced tensor objects" if all("same shape" in c for c in replaced) else "changed tensor shapes"
+            what = "replaced tensor objects" if all(c.old == c.new for c in replaced) else "changed tensor shapes"
             raise TransferError(
                 f"{pair_label(pair)}: {init} {what}: it replaced tensors instead of writing into them; the raw model was "
                 "restored. Optimisers and tied layers hold the original objects: a special init must write "
                 "values into the existing tensors (copy_/set_value), not replace them",
-                replaced,
+                [c.problem() for c in replaced],
             )
         before = {id(s.tensor): s for s in raw_before}
         written = []
@@ -506,18 +507,40 @@ def _snapshot(adapter, module) -> list[UndoRecord]:
             for owner, path, name, t in _tensors_under(adapter, module)]
 
 
-def _changes(adapter, saved: list[UndoRecord], prefix: str, side: str) -> list[str]:
-    """``"<side> path [shape] -> [shape]"`` for each tensor object replaced on its module, ``"<side> path:
-    values changed"`` for each whose values differ from its record."""
+@dataclass(frozen=True)
+class Change:
+    """A tensor a special init touched: ``path`` ("<side> dotted path"); ``old``/``new`` its shapes when the tensor
+    object was replaced on its module (``replaced``), None when its values changed in place."""
+
+    path: str
+    old: list | None = None
+    new: list | None = None
+
+    @property
+    def replaced(self) -> bool:
+        return self.old is not None
+
+    def problem(self) -> Problem:
+        if not self.replaced:
+            return Problem(self.path, "values changed")
+        same = " (a new tensor object of the same shape)" if self.old == self.new else ""
+        return Problem("", f"{self.path} {self.old} -> {self.new}{same}")
+
+    def __str__(self):
+        return str(self.problem())
+
+
+def _changes(adapter, saved: list[UndoRecord], prefix: str, side: str) -> list[Change]:
+    """A :class:`Change` for each tensor object replaced on its module and each whose values differ from its
+    record."""
     out = []
     for s in saved:
         path = f"{side} {prefix + '.' if prefix else ''}{s.path}"
         now = adapter.get_tensor(s.owner, s.name) if s.owner is not None else s.tensor
         if now is not None and now is not s.tensor:
-            old, new = list(adapter.shape(s.tensor)), list(adapter.shape(now))
-            out.append(f"{path} {old} -> {new}" + (" (a new tensor object of the same shape)" if old == new else ""))
+            out.append(Change(path, list(adapter.shape(s.tensor)), list(adapter.shape(now))))
         elif not _same_bits(adapter.torch_view(s.tensor), s.clone):
-            out.append(f"{path}: values changed")
+            out.append(Change(path))
     return out
 
 
@@ -545,8 +568,8 @@ def _restore(adapter, saved: list[UndoRecord]):
 
 
 # -- initialisation ops (planned by padiff_lite.init) ----------------------------
-def execute_init(adapter, ops) -> list[str]:
-    """Run init ops on one model; on any error every tensor written is restored. Returns "path: rule" lines."""
+def execute_init(adapter, ops) -> list[tuple[str, str]]:
+    """Run init ops on one model; on any error every tensor written is restored. Returns (path, rule) pairs."""
     saved: list[UndoRecord] = []
     try:
         return run_init(adapter, ops, saved)
@@ -556,7 +579,7 @@ def execute_init(adapter, ops) -> list[str]:
         raise
 
 
-def run_init(adapter, ops, saved) -> list[str]:
+def run_init(adapter, ops, saved) -> list[tuple[str, str]]:
     """Write each InitOp's values (drawn in torch's layout) and run each CallOp; ``saved`` gets undo records.
     A target some of whose elements share memory is refused before anything is written."""
     shared = [f"{op.dst.path} {list(adapter.shape(op.dst.tensor))} (strides {list(strides)})" for op in ops
@@ -566,7 +589,7 @@ def run_init(adapter, ops, saved) -> list[str]:
                         "made with expand or as_strided), so it cannot hold a value per element; nothing was "
                         "initialised. Give it memory of its own (register the buffer as tensor.clone(), or assign "
                         ".contiguous() to it) or leave it out with update_black_list")
-    done: list[str] = []
+    done: list[tuple[str, str]] = []
     for op in ops:
         if isinstance(op, CallOp):
             done += _run_call(adapter, op, saved)
@@ -583,7 +606,7 @@ def run_init(adapter, ops, saved) -> list[str]:
             if not adapter.is_direct(t):
                 adapter.write(t, direct)
         adapter.wrote([t])
-        done.append(f"{op.dst.path}: {op.rule}")
+        done.append((op.dst.path, op.rule))
     return done
 
 
@@ -621,7 +644,7 @@ def _tensors_under(adapter, module):
     return out
 
 
-def _run_call(adapter, op: CallOp, saved) -> list[str]:
+def _run_call(adapter, op: CallOp, saved) -> list[tuple[str, str]]:
     before = _snapshot(adapter, op.module)
     saved.extend(before)
     where = f"{op.path or '<root>'} ({type(op.module).__name__})"
@@ -643,7 +666,7 @@ def _run_call(adapter, op: CallOp, saved) -> list[str]:
         if _same_bits(adapter.torch_view(s.tensor), s.clone):
             continue
         if id(s.tensor) in targets:
-            done.append(f"{targets[id(s.tensor)]}: {op.name}")
+            done.append((targets[id(s.tensor)], op.name))
         else:
             adapter.write(s.tensor, s.clone)  # not a tensor to initialise: put it back
         changed.append(s.tensor)

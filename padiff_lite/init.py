@@ -71,7 +71,7 @@ class InitReport:
 @dataclass
 class InitPlan:
     ops: list = field(default_factory=list)  # InitOp | CallOp, in execution order
-    left: list[str] = field(default_factory=list)
+    left: list[tuple[str, str]] = field(default_factory=list)  # (path, why it is left as built)
 
 
 def check_scheme(scheme, std) -> None:
@@ -199,8 +199,8 @@ def plan_init(proxy, scheme, std=0.02, only=None) -> InitPlan:
             for ref in refs:
                 value = fresh.get(node.local(ref))
                 if value is None:
-                    plan.left.append(f"{ref.path}: {adapter.name} has no own initialisation for "
-                                     f"{type(node.module).__name__}.{node.local(ref)}")
+                    plan.left.append((ref.path, f"{adapter.name} has no own initialisation for "
+                                      f"{type(node.module).__name__}.{node.local(ref)}"))
                 else:
                     plan.ops.append(InitOp(ref, f"{adapter.name} default of {type(node.module).__name__}",
                                            Fill.VALUES, values=value))
@@ -208,7 +208,7 @@ def plan_init(proxy, scheme, std=0.02, only=None) -> InitPlan:
         for ref in refs:
             op = _rule_op(adapter, node.module, node.local(ref), ref, scheme, std)
             if isinstance(op, str):
-                plan.left.append(f"{ref.path}: {op}")
+                plan.left.append((ref.path, op))
             else:
                 op.rule = f"{scheme} {op.rule}"
                 plan.ops.append(op)
@@ -226,10 +226,10 @@ def init_weights(model, scheme="bert", std: float = 0.02) -> InitReport:
     proxy = create_model(model)
     plan = plan_init(proxy, scheme, std)
     done = execute_init(proxy.adapter, plan.ops)
-    left = plan.left + [f"{p}: the callable did not change it" for p in _unchanged(plan.ops, done)]
-    return InitReport(initialised=done, left=left)
+    left = plan.left + [(p, "the callable did not change it") for p in _unchanged(plan.ops, done)]
+    return InitReport(initialised=[f"{p}: {rule}" for p, rule in done], left=[f"{p}: {why}" for p, why in left])
 
 
 def _unchanged(ops, done) -> list[str]:
-    written = {d.split(": ", 1)[0] for d in done}
+    written = {p for p, _ in done}
     return [r.path for op in ops if isinstance(op, CallOp) for r in op.targets if r.path not in written]

@@ -25,12 +25,15 @@ refused), at most :data:`.regular.MAX_JSON_BYTES`, and every field is checked fo
 """
 from __future__ import annotations
 
+import enum
 import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .errors import MappingError
+from .problems import Problem
 from .regular import read_json_bytes
+from .special_init.registry import rule_label
 
 FORMAT = "padiff-lite mapping 1"
 _FIX = "write it again with `padiff-lite pair` or report.mapping.save(path)"
@@ -126,6 +129,33 @@ class Mapping:
         lines += [f"  {e.base:<{w}}  -> {e.raw}  [{e.how}]" for e in self.layers]
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+
+class Paired(str, enum.Enum):
+    """What paired the layers names leave open."""
+
+    NAMES = "names"  # names alone; example inputs or a mapping could pair more (the strict error says how)
+    NAMES_ONLY = "names only"  # names alone where nothing can run (checkpoint conversion): no such hint
+    EXECUTION = "execution"  # running both models on example inputs
+    MAPPING = "mapping"  # a mapping given by the user: its tensors are checked against the plan
+
+    def __str__(self):
+        return self.value
+
+
+@dataclass(frozen=True)
+class Context:
+    """How the layers names leave open were paired: one value that validation's checks and hints read (instead of
+    flags threaded through every signature). ``mapping``: the Mapping that paired them (given, or found by
+    execution), None when nothing did."""
+
+    paired: Paired = Paired.NAMES_ONLY
+    mapping: Mapping | None = None
+
+    @property
+    def notes(self) -> list[str]:
+        """What pairing by execution noted (layers that never ran, or ran more than once)."""
+        return list(self.mapping.notes) if self.mapping is not None else []
 
 
 # -- reading -------------------------------------------------------------------
@@ -288,18 +318,18 @@ def check_paths(m: Mapping, base, raw):
     """MappingError naming every layer or tensor path of ``m`` that ``base`` / ``raw`` (ProxyModels) lacks."""
     mods = {"base": {p for p, _ in base.named_modules()}, "raw": {p for p, _ in raw.named_modules()}}
     tens = {"base": _tensor_names(base), "raw": _tensor_names(raw)} if m.tensors else {}
-    bad = []
+    bad = []  # (side, "layer" | "tensor", path)
     for e in m.layers:
         for side, path in (("base", e.base), ("raw", e.raw)):
             if path not in mods[side]:
-                bad.append(f"{side} layer {path or '<root>'}")
+                bad.append((side, "layer", path or "<root>"))
     for e in m.tensors:
         for side, path in (("base", e.base), ("raw", e.raw)):
             if path and path not in tens[side]:
-                bad.append(f"{side} tensor {path}")
+                bad.append((side, "tensor", path))
     if bad:
         names = {"base": f"{base.framework}:{base.name}", "raw": f"{raw.framework}:{raw.name}"}
-        shown = "; ".join(f"{b} (not in {names[b.split()[0]]})" for b in dict.fromkeys(bad))
+        shown = "; ".join(f"{side} {what} {path} (not in {names[side]})" for side, what, path in dict.fromkeys(bad))
         raise MappingError(f"the mapping names {len(bad)} path{'s' * (len(bad) != 1)} the models lack: {shown}; "
                            "the mapping was made for another architecture or size: make it again for these models "
                            "(`padiff-lite pair`, or assign_weight(..., example_inputs=...)) or fix the paths")
@@ -311,10 +341,8 @@ def from_plan(plan, notes=()) -> Mapping:
     base, raw = plan.base, plan.raw
     m = Mapping(base.framework, base.name, raw.framework, raw.name, notes=list(notes))
     for pair in plan.pairs:
-        e = pair.entry
-        rule = "default" if e is None else f"{'mapping' if e.kind == 'mapping' else 'special init'} {e.key}"
         m.layers.append(LayerEntry(pair.base.path, pair.raw.path, type(pair.base.module).__name__,
-                                   type(pair.raw.module).__name__, pair.how, rule))
+                                   type(pair.raw.module).__name__, pair.how, rule_label(pair.entry)))
     m.tensors = plan_tensors(plan)
     for pair in plan.imperative:
         m.notes.append(f"{pair.base.path or '<root>'} -> {pair.raw.path or '<root>'}: its tensors are written by an "
@@ -330,7 +358,7 @@ def plan_tensors(plan) -> list[TensorEntry]:
     return out
 
 
-def check_tensors(m: Mapping, plan) -> list[str]:
+def check_tensors(m: Mapping, plan) -> list[Problem]:
     """Problems where a loaded mapping's tensor entries differ from what ``plan`` does (none when it lists none)."""
     if not m.tensors:
         return []
@@ -340,9 +368,9 @@ def check_tensors(m: Mapping, plan) -> list[str]:
         return []
     lines = [f"the mapping says {TensorEntry(*k)} but the plan does not" for k in sorted(want - got, key=str)[:10]]
     lines += [f"the plan does {TensorEntry(*k)}, which the mapping does not list" for k in sorted(got - want, key=str)[:10]]
-    return [f"the mapping's tensors differ from what pairing and the rules give ({len(want ^ got)} entries): "
-            + "; ".join(lines) + "; the models or the rules changed since the mapping was made: make it again, "
-            "or drop its \"tensors\" list to pair by its layers only"]
+    return [Problem("", f"the mapping's tensors differ from what pairing and the rules give ({len(want ^ got)} "
+                    "entries): " + "; ".join(lines), "the models or the rules changed since the mapping was made: make "
+                    "it again, or drop its \"tensors\" list to pair by its layers only")]
 
 
 def _key(e: TensorEntry) -> tuple:

@@ -206,8 +206,9 @@ def register_rules(pool=None):
 
     Calling it again is harmless; a different rule already registered for these classes is a RegistryError.
     """
-    if pool is None:
-        from .special_init import init_pool as pool
+    from .special_init import registry
+
+    pool = registry(pool)
     key = ("torch", "BertLMHead", "paddle", "BertLMHead")
     if key in pool and pool[key].func is bert_lm_head:
         return pool

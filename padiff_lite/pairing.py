@@ -8,11 +8,28 @@ registered pair). Whatever remains is reported, with dotted paths.
 """
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 from .errors import LayerMapError
+from .problems import Problem
 from .layout_infer import find_groups, find_packed
 from .tree import ModelTree, Node, walk
+
+
+class How(str, enum.Enum):
+    """How a layer pair was found. Equal to its value ("name", ...), which reports and mapping files show."""
+
+    ROOT = "root"  # the two models themselves
+    NAME = "name"  # namesake children
+    ORDER = "order"  # left-over children, alike, by position within their parents
+    LAYER_MAP = "layer_map"  # set_layer_map, in the order given
+    EXECUTION = "execution"  # the order the layers ran in (align.py)
+    MAPPING = "mapping"  # a mapping given by the user
+    INFERRED = "inferred"  # a fused group recognised by structure (layout_infer.py)
+
+    def __str__(self):
+        return self.value
 
 
 @dataclass(eq=False, slots=True)
@@ -20,7 +37,7 @@ class LayerPair:
     base: Node
     raw: Node
     entry: object  # SpecialInit or None for the default per-tensor rule
-    how: str  # "root" | "name" | "order" | "layer_map"
+    how: How
 
 
 @dataclass
@@ -73,10 +90,10 @@ class Pairing:
         rpaths = raw.path_of(raw.layer_map)
         btree = ModelTree(base, [id(m) for m in base.layer_map], self.keep_empty)
         rtree = ModelTree(raw, [id(m) for m in raw.layer_map], self.keep_empty)
-        self._match(btree.build(base.model), rtree.build(raw.model), "root")
+        self._match(btree.build(base.model), rtree.build(raw.model), How.ROOT)
         btree.exclude = rtree.exclude = set()
         for bm, bp, rm, rp in zip(base.layer_map, bpaths, raw.layer_map, rpaths):
-            self._match(btree.build(bm, bp), rtree.build(rm, rp), "layer_map")
+            self._match(btree.build(bm, bp), rtree.build(rm, rp), How.LAYER_MAP)
         return self
 
     def _run_auto(self):
@@ -92,7 +109,7 @@ class Pairing:
                     "order given) or auto_layer_map on both (pairs found by name)")
         btree = ModelTree(base, (), self.keep_empty)
         rtree = ModelTree(raw, (), self.keep_empty)
-        self._match(btree.build(base.model), rtree.build(raw.model), "root")
+        self._match(btree.build(base.model), rtree.build(raw.model), How.ROOT)
         return self
 
     def _rule(self, b: Node, r: Node):
@@ -102,7 +119,7 @@ class Pairing:
             self._rules[key] = self.pool.lookup(self.base.adapter, b.module, self.raw.adapter, r.module)
         return self._rules[key]
 
-    def _match(self, b: Node, r: Node, how: str):
+    def _match(self, b: Node, r: Node, how: How):
         key = (type(b.module), type(r.module))
         entry = self._rules[key] if key in self._rules else self._rule(b, r)
         pair = LayerPair(b, r, entry, how)
@@ -120,7 +137,7 @@ class Pairing:
                 left_b.append(child)
             else:
                 del rk[name]
-                self._match(child, other, "name")
+                self._match(child, other, How.NAME)
         left_r = list(rk.values())
         # Modules that carry no tensors (activations, pooling, dropout) pair among themselves, and only
         # for comparisons (keep_empty). They take no part in pairing by position unless a rule may give
@@ -132,7 +149,7 @@ class Pairing:
             empty_r = [n for n, w in zip(left_r, weighs_r) if not w]
             if len(empty_b) == len(empty_r) and all(map(self._alike, empty_b, empty_r)):
                 for bc, rc in zip(empty_b, empty_r):
-                    self._match(bc, rc, "order")
+                    self._match(bc, rc, How.ORDER)
         left_b = [n for n, w in zip(left_b, weighs_b) if w]
         left_r = [n for n, w in zip(left_r, weighs_r) if w]
         if len(left_b) != len(left_r):  # tied-only subtrees carry nothing new: let them go unpaired
@@ -153,7 +170,7 @@ class Pairing:
                 self.pairs.append(pair)
         if len(left_b) == len(left_r) and all(map(self._alike, left_b, left_r)):
             for bc, rc in zip(left_b, left_r):
-                self._match(bc, rc, "order")
+                self._match(bc, rc, How.ORDER)
         else:
             for side, nodes in (("base", left_b), ("raw", left_r)):
                 for n in nodes:
@@ -253,27 +270,30 @@ def apply_mapping(pairing: Pairing, mapping):
                     continue
                 if named is not None:
                     other = named.raw.path if side == "base" else named.base.path
-                    problems.append(f"{side} {path or '<root>'} is already paired by {named.how} with "
-                                    f"{'raw' if side == 'base' else 'base'} {other or '<root>'} (names go first); "
-                                    "remove this entry, or rename the layers so that their names differ")
+                    problems.append(Problem(f"{side} {path or '<root>'}", f"is already paired by {named.how} with "
+                                            f"{'raw' if side == 'base' else 'base'} {other or '<root>'} (names go "
+                                            "first)", "remove this entry, or rename the layers so that their names "
+                                            "differ", joint=" "))
                 else:
-                    problems.append(f"{side} {path or '<root>'} is not a layer that pairing left open (left out by a "
-                                    "black/white list, or inside a layer transferred as a unit); remove this entry")
+                    problems.append(Problem(f"{side} {path or '<root>'}", "is not a layer that pairing left open (left "
+                                            "out by a black/white list, or inside a layer transferred as a unit)",
+                                            "remove this entry", joint=" "))
             continue
         for side, path in (("base", e.base), ("raw", e.raw)):
             if path in used[side]:
-                problems.append(f"{side} {path or '<root>'} is named twice (with {used[side][path]} and "
-                                f"{e.raw if side == 'base' else e.base}); a layer pairs with one layer")
+                problems.append(Problem(f"{side} {path or '<root>'}", f"is named twice (with {used[side][path]} and "
+                                        f"{e.raw if side == 'base' else e.base})", "a layer pairs with one layer",
+                                        joint=" "))
         used["base"].setdefault(e.base, e.raw)
         used["raw"].setdefault(e.raw, e.base)
         entry = rule_for(pairing, b, r)
         if entry is None:
             b, r = own_only(b), own_only(r)
-        added.append(LayerPair(b, r, entry, mapping.how))
+        added.append(LayerPair(b, r, entry, How(mapping.how)))
     if problems:
         raise MappingError(f"the mapping does not fit {pairing.base.framework}:{pairing.base.name} -> "
                            f"{pairing.raw.framework}:{pairing.raw.name} ({len(problems)} problem"
-                           f"{'s' * (len(problems) != 1)}):\n" + "\n".join("  - " + p for p in problems))
+                           f"{'s' * (len(problems) != 1)}):", problems)
     if not added:
         return
     whole = {"base": {p.base.path for p in added if p.entry is not None},

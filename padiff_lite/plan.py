@@ -14,8 +14,10 @@ from .errors import PadiffError
 from .layout_infer import resolve as resolve_layouts
 from .layout_infer import TRANSPOSED_LINEAR, forced_transpose, transposed_namesake, verify_transposes
 from .ops import COPY, EXPECT, FILL, TRANSPOSE, Op
-from .pairing import LayerPair, Unpaired, pair_models
-from .special_init import init_pool
+from .pairing import LayerPair, Pairing, Unpaired, pair_models
+from .problems import Problem
+from .special_init import registry
+from .special_init.registry import RuleKind
 from .tree import ModelTree
 
 # torch-only counters with no counterpart anywhere: dropped when met in a default pair
@@ -33,7 +35,7 @@ class Plan:
     unpaired: list[Unpaired] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # raw tensors nothing will write
     unexpected: list[str] = field(default_factory=list)  # base tensors nothing will read
-    problems: list[str] = field(default_factory=list)  # planning's own (validation's: validate.check)
+    problems: list[Problem] = field(default_factory=list)  # planning's own (validation's: validate.check)
     notes: list[str] = field(default_factory=list)
     hints: list[str] = field(default_factory=list)  # how to fix unpaired tensors (for the strict error)
     caveats: dict = field(default_factory=dict)  # semantics weights cannot fix -> the pairs it applies to
@@ -54,9 +56,15 @@ def pair_label(pair: LayerPair) -> str:
 def build_plan(base, raw, pool=None, mapping=None) -> Plan:
     """Pair and plan ``base`` -> ``raw`` (ProxyModels) with the rules of ``pool`` (default: the global
     ``init_pool``). ``mapping``: a :class:`padiff_lite.mapping.Mapping` (oriented base -> raw) pairing what
-    names leave open. Not validated: see :func:`padiff_lite.validate.check`."""
-    pool = init_pool if pool is None else pool
-    pairing = pair_models(base, raw, pool, mapping=mapping)
+    names leave open. Not validated: see :func:`padiff_lite.validate.check`. The entry points start from
+    :func:`padiff_lite.prepare.prepare` instead, which pairs once and plans from that pairing."""
+    return plan_from(pair_models(base, raw, registry(pool), mapping=mapping), mapping)
+
+
+def plan_from(pairing: Pairing, mapping=None) -> Plan:
+    """Plan a :class:`padiff_lite.pairing.Pairing` (names, then ``mapping`` already applied to it): every pair's
+    operations, the fused layouts it recognised decided, what is left unpaired listed."""
+    base, raw, pool = pairing.base, pairing.raw, pairing.pool
     plan = Plan(base, raw, pairing.pairs, unpaired=pairing.unpaired)
     if pairing.inferred:  # fused layouts recognised by structure: decided (by the shapes, a mapping, or a run)
         plan.notes += resolve_layouts(pairing.inferred.values(), base, raw, pool, mapping, pairing.matched)
@@ -80,7 +88,7 @@ def plan_pairs(plan: Plan, pairs):
     for pair in pairs:
         if pair.entry is None:
             _plan_default(plan, pair)
-        elif pair.entry.kind == "mapping":
+        elif pair.entry.kind == RuleKind.MAPPING:
             _plan_maps(plan, pair)
         else:
             plan.imperative.append(pair)
@@ -182,10 +190,11 @@ def _plan_maps(plan: Plan, pair: LayerPair):
         maps = entry.maps(b.module, r.module)
     except Exception as exc:  # a rule that cannot describe this pair is a planning problem, not a crash
         if isinstance(exc, PadiffError):  # the rule refuses this pair and says why
-            plan.problems.append(f"{pair_label(pair)}: {exc} (rule {entry.key}, {entry.origin})")
+            plan.problems.append(Problem(pair_label(pair), f"{exc} (rule {entry.key}, {entry.origin})"))
         else:
-            plan.problems.append(f"{pair_label(pair)}: rule {entry.key} ({entry.origin}) failed: {type(exc).__name__}: {exc}; "
-                                 "fix the rule, or register another for this class pair with override=True")
+            plan.problems.append(Problem(pair_label(pair), f"rule {entry.key} ({entry.origin}) failed: "
+                                         f"{type(exc).__name__}: {exc}",
+                                         "fix the rule, or register another for this class pair with override=True"))
         return
     # the common case first: a tensor on each side; then the rule's fills, checks and absent tensors
     ops = plan.ops
@@ -203,7 +212,8 @@ def _plan_maps(plan: Plan, pair: LayerPair):
                 src_part = _resolved(plan.base.adapter, b.module, m.src, src, m.src_part)
                 dst_part = _resolved(plan.raw.adapter, r.module, m.dst, dst, m.dst_part)
             except ValueError as exc:
-                plan.problems.append(f"{pair_label(pair)}: rule {entry.key} ({entry.origin}): {exc}; fix the rule's Part")
+                plan.problems.append(Problem(pair_label(pair), f"rule {entry.key} ({entry.origin}): {exc}",
+                                             "fix the rule's Part"))
                 used_b.add(m.src)
                 used_r.add(m.dst)
                 continue
@@ -288,9 +298,9 @@ def _dedupe_targets(plan: Plan):
             first[key] = op
             kept.append(op)
         elif prev.dst.path == op.dst.path and (prev.src is None or op.src is None or prev.src.tensor is not op.src.tensor):
-            plan.problems.append(
-                f"{pair_label(op.pair)}: raw {op.dst.path}{op.dst_part or ''} and {prev.dst.path}{prev.dst_part or ''} overlap: "
-                f"two maps ({prev.describe()}; {op.describe()}) write the same values; fix the rule's maps")
+            plan.problems.append(Problem(
+                pair_label(op.pair), f"raw {op.dst.path}{op.dst_part or ''} and {prev.dst.path}{prev.dst_part or ''} "
+                f"overlap: two maps ({prev.describe()}; {op.describe()}) write the same values", "fix the rule's maps"))
         elif prev.src is not None and op.src is not None and prev.src.tensor is not op.src.tensor:
             plan.tied.append(f"{op.dst.path} is tied to {prev.dst.path}: it gets {prev.src.path}, not {op.src.path}")
             plan.tie_conflicts.append((prev, op))
@@ -318,9 +328,9 @@ def _check_parts(plan: Plan):
                      None)
         if clash:
             a, b = clash
-            plan.problems.append(
-                f"{pair_label(b.pair)}: raw {ref.path}{a.dst_part or ''} and {ref.path}{b.dst_part or ''} overlap: two maps "
-                f"({a.describe()}; {b.describe()}) write the same values; fix the rule's Parts")
+            plan.problems.append(Problem(
+                pair_label(b.pair), f"raw {ref.path}{a.dst_part or ''} and {ref.path}{b.dst_part or ''} overlap: two "
+                f"maps ({a.describe()}; {b.describe()}) write the same values", "fix the rule's Parts"))
             continue
         total = math.prod(shape)
         done = layout.covered(shape, [op.dst_part for op in ops])

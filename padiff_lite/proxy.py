@@ -107,9 +107,9 @@ class ProxyModel:
         """
         if side not in ("base", "raw"):
             raise ValueError(f"auto_layer_map() takes 'base' or 'raw', got {side!r}")
-        if pool is None:
-            from .special_init import init_pool as pool
+        from .special_init import registry
 
+        pool = registry(pool)
         classes = pool.classes_on(side, self.framework)
         picked, inside = [], []
         for path, mod in self.named_modules():

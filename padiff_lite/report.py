@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .ops import FILL
+from .special_init.registry import rule_label
 
 
 @dataclass(slots=True)  # one per layer pair
@@ -102,7 +103,7 @@ def build_report(plan, stats, seconds: float, casts=()) -> TransferReport:
         e = pair.entry
         rule = rules.get(id(e))
         if rule is None:
-            rule = rules[id(e)] = f"{'mapping' if e.kind == 'mapping' else 'special init'} {e.key}"
+            rule = rules[id(e)] = rule_label(e)
         records.append(PairRecord(pair.base.path, pair.raw.path, type(pair.base.module).__name__,
                                   type(pair.raw.module).__name__, rule, pair.how, counts.get(id(pair), 0)))
     return TransferReport(

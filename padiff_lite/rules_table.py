@@ -7,7 +7,7 @@ without a counterpart are listed in ``BY_PAIRING`` and ``OTHER`` below.
 """
 from __future__ import annotations
 
-from .special_init import init_pool
+from .special_init import registry
 
 REGENERATE = "python -m padiff_lite rules --markdown > docs/supported_layers.md"
 BUILTIN = "padiff_lite.special_init."
@@ -55,10 +55,11 @@ def _esc(text: str) -> str:
     return (text or "-").replace("|", "\\|").replace("\n", " ")
 
 
-def registered_pairs(pool=init_pool, builtin_only=True) -> list[tuple]:
-    """(torch class, paddle class, directions, entry) per registered torch<->paddle pair, one row per pair."""
+def registered_pairs(pool=None, builtin_only=True) -> list[tuple]:
+    """(torch class, paddle class, directions, entry) per registered torch<->paddle pair of ``pool`` (default: the
+    global registry), one row per pair."""
     rows = {}
-    for e in pool.entries():
+    for e in registry(pool).entries():
         k = e.key
         if {k.base_framework, k.raw_framework} != {"torch", "paddle"}:
             continue
@@ -76,7 +77,7 @@ def registered_pairs(pool=init_pool, builtin_only=True) -> list[tuple]:
     return sorted(out, key=lambda r: (_family(r[3]), r[0]))
 
 
-def render(pool=init_pool) -> str:
+def render(pool=None) -> str:
     lines = [
         "# Supported layers",
         "",

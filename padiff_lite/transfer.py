@@ -8,15 +8,13 @@ import time
 
 from dataclasses import replace
 
-from .align import execution_mapping
 from . import optim_state, sched_state
 from .errors import InitError, TransferInterrupted
 from .execute import execute
 from .init import check_scheme, plan_init, scheme_name
-from .mapping import from_plan
-from .mapping import prepare as prepare_mapping
-from .plan import Plan, build_plan
-from .proxy import create_model
+from .mapping import Context, from_plan
+from .plan import Plan
+from .prepare import prepare
 from .report import TransferReport, build_report
 from .validate import check, refuse
 
@@ -47,8 +45,7 @@ def _gc_paused(fn):
 def plan_transfer(base, raw, pool=None) -> Plan:
     """Pair, plan and validate without writing anything; the plan's ``problems`` say what is wrong (tensors
     without a partner are in ``missing``/``unexpected``, not problems)."""
-    base, raw = create_model(base), create_model(raw)
-    plan = build_plan(base, raw, pool)
+    plan = prepare(base, raw, pool=pool).plan
     return replace(plan, problems=check(plan, strict=False).problems)
 
 
@@ -58,13 +55,11 @@ def pair_layers(base, raw, example_inputs=None, mapping=None, strict: bool = Tru
     ``example_inputs``, or by ``mapping``), plan and validate, write nothing; return the
     :class:`padiff_lite.mapping.Mapping` (``.save(path)`` writes it). Raises TransferError as
     ``assign_weight`` would (with ``strict``, layers left unpaired are an error too)."""
-    base, raw = create_model(base), create_model(raw)
-    found = find_mapping(base, raw, example_inputs, mapping)
-    plan = build_plan(base, raw, pool, mapping=found)
-    checked = check(plan, strict=strict, found=found, mapping_given=mapping is not None,
-                    can_run=example_inputs is None and mapping is None)
+    prepared = prepare(base, raw, inputs=example_inputs, mapping=mapping, pool=pool, check_settings=True)
+    base, raw, plan = prepared.base, prepared.raw, prepared.plan
+    checked = check(plan, strict=strict, context=prepared.context)
     refuse(f"cannot pair {base.framework}:{base.name} -> {raw.framework}:{raw.name}", checked.problems)
-    return from_plan(plan, list(found.notes) if found is not None else [])
+    return from_plan(plan, prepared.notes)
 
 
 @_gc_paused
@@ -112,24 +107,20 @@ def assign_weight(base, raw, strict: bool = True, check_finite: bool = False, in
                 "every raw tensor must get a partner, so nothing is left to initialise. Pass strict=False"
             )
         check_scheme(init_unmatched, std)
-    base, raw = create_model(base), create_model(raw)
-    found = find_mapping(base, raw, example_inputs, mapping)
-    plan = build_plan(base, raw, pool, mapping=found)
-    return run_plan(plan, strict=strict, check_finite=check_finite, found=found, mapping_given=mapping is not None,
-                    can_run=example_inputs is None and mapping is None, init_unmatched=init_unmatched, std=std,
-                    started=t0, optimizers=optimizers, schedulers=schedulers)
+    prepared = prepare(base, raw, inputs=example_inputs, mapping=mapping, pool=pool, check_settings=True)
+    return run_plan(prepared.plan, strict=strict, check_finite=check_finite, context=prepared.context,
+                    init_unmatched=init_unmatched, std=std, started=t0, optimizers=optimizers, schedulers=schedulers)
 
 
-def run_plan(plan: Plan, *, strict: bool = True, check_finite: bool = False, found=None, mapping_given=False,
-             can_run=False, init_unmatched=None, std: float = 0.02, started: float | None = None,
+def run_plan(plan: Plan, *, strict: bool = True, check_finite: bool = False, context: Context = Context(),
+             init_unmatched=None, std: float = 0.02, started: float | None = None,
              optimizers=None, schedulers=None) -> TransferReport:
     """Validate -> execute -> report for a built plan (``assign_weight``'s second half; ``auto_diff`` plans once
     and uses the plan for its gradients too). Arguments as for ``assign_weight``; ``found``: the Mapping the plan
     was built with."""
     t0 = time.perf_counter() if started is None else started
     base, raw = plan.base, plan.raw
-    checked = check(plan, strict=strict, check_finite=check_finite, found=found, mapping_given=mapping_given,
-                    can_run=can_run)
+    checked = check(plan, strict=strict, check_finite=check_finite, context=context)
     refuse(f"cannot transfer {base.framework}:{base.name} -> {raw.framework}:{raw.name}; nothing was written",
            checked.problems)
     init = plan_init(raw, init_unmatched, std, only=plan.missing) if init_unmatched is not None else None
@@ -147,30 +138,18 @@ def run_plan(plan: Plan, *, strict: bool = True, check_finite: bool = False, fou
                 undo()  # the model was put back: so are its optimizer state and schedule position
         raise
     report = build_report(plan, stats, time.perf_counter() - t0, checked.casts)
-    notes = list(found.notes) if found is not None else []
+    notes = context.notes
     report.notes += notes + (moves.notes if moves is not None else []) + (sched.notes if sched is not None else [])
     report._mapping = lambda: from_plan(plan, notes)
     if init is not None:
-        report.initialised = list(stats.initialised)
-        written = {line.split(": ", 1)[0] for line in report.initialised}
-        left = init.left + [f"{p}: init_unmatched={scheme_name(init_unmatched)!r} did not change it"
-                            for p in plan.missing if p not in written and not any(x.startswith(p + ": ") for x in init.left)]
-        report.notes += [f"left as built: {x}" for x in left]
+        report.initialised = [f"{p}: {rule}" for p, rule in stats.initialised]
+        written = {p for p, _ in stats.initialised} | {p for p, _ in init.left}
+        left = init.left + [(p, f"init_unmatched={scheme_name(init_unmatched)!r} did not change it")
+                            for p in plan.missing if p not in written]
+        report.notes += [f"left as built: {p}: {why}" for p, why in left]
     log.debug("transferred %d tensors (%d values) %s -> %s in %.3f s",
               report.tensors, report.elements, report.base, report.raw, report.seconds)
     for note in report.notes:
         log.debug("%s", note)
     return report
 
-
-def find_mapping(base, raw, example_inputs=None, mapping=None):
-    """The Mapping pairing what names leave open: ``mapping`` read and checked, or found by running both models
-    on ``example_inputs``; None with neither (or when names pair everything)."""
-    if mapping is not None and example_inputs is not None:
-        raise TypeError("assign_weight() takes mapping= or example_inputs=, not both: a mapping says the pairs, "
-                        "example inputs find them")
-    if mapping is not None:
-        return prepare_mapping(mapping, base, raw)
-    if example_inputs is not None:
-        return execution_mapping(base, raw, example_inputs, check_settings=True)
-    return None

@@ -20,12 +20,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from . import layout, nonfinite
+from . import layout
 from .errors import TransferError
-from .mapping import check_tensors
+from .mapping import Context, Paired, check_tensors
 from .ops import AS_IS, FILL, RESHAPE, TRANSPOSE, CopyFacts, Op
 from .pairing import LayerPair
 from .plan import Plan, pair_label, plan_pairs
+from .problems import Problem
 
 _FLOATS = {"float16", "bfloat16", "float32", "float64"}
 _WIDTH = {"float16": 16, "bfloat16": 16, "float32": 32, "float64": 64}
@@ -37,29 +38,29 @@ class Validation:
     make, and for the executor the copies of whole tensors grouped by what they have in common (``alike``:
     :class:`.ops.CopyFacts` -> the ops, in plan order; small copies alike are moved together)."""
 
-    problems: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
     casts: list[str] = field(default_factory=list)
     alike: dict = field(default_factory=dict)
 
 
-def check(plan: Plan, *, need_data: bool = True, strict: bool = True, check_finite: bool = False, found=None,
-          mapping_given: bool = False, can_run: bool = False) -> Validation:
+def check(plan: Plan, *, need_data: bool = True, strict: bool = True, check_finite: bool = False,
+          context: Context = Context()) -> Validation:
     """Every check an entry point asks for, in one list: planning's own problems, :func:`validate`, the
-    mapping's tensors (``mapping_given``: ``found`` came from the user), ``strict`` (unpaired tensors, listed
-    first; ``can_run``: example inputs could pair them) and ``check_finite``."""
+    mapping's tensors (when the ``context`` says the user gave it), ``strict`` (unpaired tensors, listed first,
+    with the fixes the ``context`` allows) and ``check_finite``."""
     v = validate(plan, need_data)
     problems = list(plan.problems) + v.problems
-    if mapping_given and found is not None:
-        problems += check_tensors(found, plan)
+    if context.paired is Paired.MAPPING and context.mapping is not None:
+        problems += check_tensors(context.mapping, plan)
     if strict and (plan.missing or plan.unexpected):
-        problems.insert(0, unpaired_problem(plan, found, can_run))
+        problems.insert(0, unpaired_problem(plan, context))
     if check_finite:
         problems += nonfinite_problems(plan)
     v.problems = problems
     return v
 
 
-def refuse(what: str, problems: list[str]):
+def refuse(what: str, problems: list[Problem]):
     """Raise one TransferError listing every problem (nothing when there are none). ``what``: "cannot transfer
     a -> b; nothing was written", say."""
     if problems:
@@ -77,23 +78,23 @@ def dtype_family(dtype: str) -> str:
     return "int"
 
 
-def kind_problem(src: str, sd: str, dst: str, dd: str, what: str = "a transfer") -> str | None:
+def kind_problem(src: str, sd: str, dst: str, dd: str, what: str = "a transfer", where: str = "") -> Problem | None:
     """The problem of copying ``src`` (dtype ``sd``) into ``dst`` (``dd``) across dtype families, or None."""
     if dtype_family(sd) == dtype_family(dd):
         return None
-    return (f"{src} is {sd} but {dst} is {dd}; {what} does not change the kind of a tensor: build the raw model "
-            "with a matching dtype")
+    return Problem(where, f"{src} is {sd} but {dst} is {dd}",
+                   f"{what} does not change the kind of a tensor: build the raw model with a matching dtype")
 
 
-def expect_problem(op: Op, value, where: str, fix: str) -> str | None:
+def expect_problem(op: Op, value, where: str, fix: str) -> Problem | None:
     """The problem of a source (torch tensor ``value``, the op's part taken) that must equal ``op.value`` and
     does not, or None. ``where``: how to name the source; ``fix``: the last way out to offer."""
     import torch
 
     if bool(torch.all(layout.take(value, op.src_part) == op.value)):
         return None
-    return (f"{pair_label(op.pair)}: {where} has values other than {op.value}, and the raw layer has no tensor to "
-            f"hold them; give the raw layer that parameter (e.g. affine=True / weight_attr) or {fix}")
+    return Problem(pair_label(op.pair), f"{where} has values other than {op.value}, and the raw layer has no tensor "
+                   "to hold them", f"give the raw layer that parameter (e.g. affine=True / weight_attr) or {fix}")
 
 
 def validate(plan: Plan, need_data: bool = True) -> Validation:
@@ -130,8 +131,8 @@ def validate(plan: Plan, need_data: bool = True) -> Validation:
                 continue
         want = dshape if op.dst_part is None else layout.region_shape(dshape, op.dst_part)
         if want is None:
-            v.problems.append(f"{pair_label(op.pair)}: part {op.dst_part} does not fit raw {op.dst.path} of shape "
-                              f"{list(dshape)}; fix the rule's Part")
+            v.problems.append(Problem(pair_label(op.pair), f"part {op.dst_part} does not fit raw {op.dst.path} of "
+                                      f"shape {list(dshape)}", "fix the rule's Part"))
             continue
         if op.kind is FILL:
             continue
@@ -143,12 +144,12 @@ def validate(plan: Plan, need_data: bool = True) -> Validation:
             continue
         got = sshape if op.src_part is None else layout.region_shape(sshape, op.src_part)
         if got is None:
-            v.problems.append(f"{pair_label(op.pair)}: part {op.src_part} does not fit base {op.src.path} of shape "
-                              f"{list(sshape)}; fix the rule's Part")
+            v.problems.append(Problem(pair_label(op.pair), f"part {op.src_part} does not fit base {op.src.path} of "
+                                      f"shape {list(sshape)}", "fix the rule's Part"))
             continue
         if op.transform is TRANSPOSE:
             if len(got) != 2:
-                v.problems.append(f"{pair_label(op.pair)}: base {op.src.path} is {len(got)}-D, a transpose needs 2-D")
+                v.problems.append(Problem(pair_label(op.pair), f"base {op.src.path} is {len(got)}-D, a transpose needs 2-D"))
                 continue
             got = got[::-1]
         elif op.transform is RESHAPE and math.prod(got) == math.prod(want):
@@ -194,20 +195,27 @@ def validate(plan: Plan, need_data: bool = True) -> Validation:
     return v
 
 
-def pair_problems(base, raw, pair: LayerPair) -> list[str]:
-    """What would be wrong with transferring this one layer pair (shapes after the rule's transforms, tensors
-    left without a partner on either side, a rule that refuses it); [] when it fits. Reads no values.
-    An imperative special init cannot be checked without running it: it fits."""
+def pair_fit(base, raw, pair: LayerPair) -> tuple[list[Problem], list[Problem]]:
+    """The fit check of one candidate layer pair (pairing by execution): ``(planning's own problems, every
+    problem)`` of transferring this pair alone - shapes after the rule's transforms, tensors left without a partner
+    on either side, a rule that refuses it; ``([], [])`` when it fits. Reads no values. An imperative special init
+    cannot be checked without running it: it fits."""
     plan = Plan(base, raw, [pair])
     plan_pairs(plan, [pair])
     if plan.imperative:
-        return []
-    return plan.problems + validate(plan, need_data=False).problems + \
-        [f"{pair_label(pair)}: base {p} has no partner" for p in plan.unexpected] + \
-        [f"{pair_label(pair)}: raw {p} has no partner" for p in plan.missing]
+        return [], []
+    return list(plan.problems), plan.problems + validate(plan, need_data=False).problems + \
+        [Problem(pair_label(pair), f"base {p} has no partner") for p in plan.unexpected] + \
+        [Problem(pair_label(pair), f"raw {p} has no partner") for p in plan.missing]
 
 
-def unpaired_problem(plan: Plan, found=None, can_run: bool = False) -> str:
+def pair_problems(base, raw, pair: LayerPair) -> list[Problem]:
+    """What would be wrong with transferring this one layer pair (:func:`pair_fit`'s every problem); [] when it
+    fits."""
+    return pair_fit(base, raw, pair)[1]
+
+
+def unpaired_problem(plan: Plan, context: Context = Context()) -> Problem:
     """``strict``: one problem listing every tensor without a partner, and how to pair or leave them."""
     lines = []
     for u in plan.unpaired:
@@ -219,19 +227,22 @@ def unpaired_problem(plan: Plan, found=None, can_run: bool = False) -> str:
         lines.append("raw tensors with no base partner: " + ", ".join(rest_m))
     if rest_u:
         lines.append("base tensors with no raw partner: " + ", ".join(rest_u))
-    if found is not None:
-        lines += found.notes
+    lines += context.notes
     fix = ("pair the layers explicitly with set_layer_map, leave them out with update_black_list, "
            "or pass strict=False to transfer what matches and list the rest")
-    if can_run and {u.side for u in plan.unpaired} == {"base", "raw"}:
+    cli_fix = "pass --no-strict to convert what matches and list the rest"
+    if context.paired is Paired.NAMES and {u.side for u in plan.unpaired} == {"base", "raw"}:
         fix = ("pass example_inputs=<an input both models accept> to pair the layers names leave open by the "
                "order they run (or mapping=<file> to reuse pairs found before); or " + fix)
-    return "\n    ".join(["structure differs:"] + lines + plan.hints) + "\n    fix: " + fix
+        cli_fix = None
+    return Problem("", "\n    ".join(["structure differs:"] + lines + plan.hints), fix, cli_fix, sep="\n    fix: ")
 
 
-def nonfinite_problems(plan: Plan) -> list[str]:
+def nonfinite_problems(plan: Plan) -> list[Problem]:
     """``check_finite``: every base tensor that would be read (planned copies and special-init layers) holding
     NaN or Inf."""
+    from . import nonfinite  # imports torch: not at import time (dump checks run without a framework)
+
     ba = plan.base.adapter
     refs = {id(op.src.tensor): op.src for op in plan.ops if op.src is not None}
     for pair in plan.imperative:
@@ -243,25 +254,25 @@ def nonfinite_problems(plan: Plan) -> list[str]:
             continue  # already a "holds no data" problem
         n = nonfinite.count(ba.torch_view(ref.tensor))  # one sum per tensor; counts only when it is not finite
         if n:
-            out.append(f"base {ref.path} holds {n} NaN/Inf value{'s' * (n != 1)} (check_finite=True); "
-                       "fix the source weights or pass check_finite=False to copy them as they are")
+            out.append(Problem(f"base {ref.path}", f"holds {n} NaN/Inf value{'s' * (n != 1)} (check_finite=True)",
+                               "fix the source weights or pass check_finite=False to copy them as they are", joint=" "))
     return out
 
 
-def overlap_problem(where: str, path: str, shape, strides) -> str:
+def overlap_problem(where: str, path: str, shape, strides) -> Problem:
     """The problem of a destination some of whose elements share memory (it cannot hold a value per element)."""
-    return (f"{where}: raw {path} {list(shape)} has strides {list(strides)}: some of its elements share memory (a "
-            "tensor made with expand or as_strided), so it cannot hold the values of a copy; give it memory of its own "
-            "(register the buffer as tensor.clone(), or assign .contiguous() to it) or leave it out with "
-            "update_black_list")
+    return Problem(where, f"raw {path} {list(shape)} has strides {list(strides)}: some of its elements share memory (a "
+                   "tensor made with expand or as_strided), so it cannot hold the values of a copy",
+                   "give it memory of its own (register the buffer as tensor.clone(), or assign .contiguous() to it) or "
+                   "leave it out with update_black_list")
 
 
-def _no_data(where, side, adapter, ref) -> str:
+def _no_data(where, side, adapter, ref) -> Problem:
     fix = ("load real weights into the base model (for a meta-device or LazyGuard model: materialise it, "
            "e.g. to_empty() + load_state_dict, or build it outside LazyGuard)" if side == "base" else
            "materialise the raw model first (torch: model.to_empty(device='cpu'); paddle: build it outside "
            "LazyGuard or initialise its parameters)")
-    return f"{where}: {side} {ref.path} holds no data (device {adapter.device(ref.tensor)}); {fix}"
+    return Problem(where, f"{side} {ref.path} holds no data (device {adapter.device(ref.tensor)})", fix)
 
 
 def source_value(adapter, op: Op):
@@ -279,28 +290,28 @@ def _check_tie(plan: Plan, v: Validation, kept: Op, dropped: Op):
         a, b = a.reshape(-1), b.reshape(-1)
     if a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b):
         return
-    v.problems.append(
-        f"{pair_label(dropped.pair)}: raw {dropped.dst.path} is tied to {kept.dst.path} (one tensor), but base "
-        f"{kept.src.path} and {dropped.src.path} hold different values, so one of them would be lost; untie "
-        f"{dropped.dst.path} in the raw model, tie the base model the same way, or black-list one of the two"
-    )
+    v.problems.append(Problem(
+        pair_label(dropped.pair), f"raw {dropped.dst.path} is tied to {kept.dst.path} (one tensor), but base "
+        f"{kept.src.path} and {dropped.src.path} hold different values, so one of them would be lost",
+        f"untie {dropped.dst.path} in the raw model, tie the base model the same way, or black-list one of the two"))
 
 
-def _shape_problem(where: str, op: Op, sshape, dshape) -> str:
+def _shape_problem(where: str, op: Op, sshape, dshape) -> Problem:
     plain = op.transform is AS_IS
-    msg = (f"{where}: shape mismatch: base {op.src.path} {list(sshape)}"
-           f"{'' if plain else ' (' + op.transform + ')'} vs raw {op.dst.path} {list(dshape)}")
+    what = (f"shape mismatch: base {op.src.path} {list(sshape)}"
+            f"{'' if plain else ' (' + op.transform + ')'} vs raw {op.dst.path} {list(dshape)}")
     if plain and len(sshape) == 2 and tuple(sshape[::-1]) == tuple(dshape):
-        return msg + ("; the layouts look transposed: register a rule for this class pair "
-                      "(init_pool.register_maps with Map(..., 'transpose')) - padiff_lite never guesses a transpose")
-    return msg + "; build both models with the same sizes, or pair these layers differently with set_layer_map"
+        return Problem(where, what, "the layouts look transposed: register a rule for this class pair "
+                       "(init_pool.register_maps with Map(..., 'transpose')) - padiff_lite never guesses a transpose")
+    return Problem(where, what, "build both models with the same sizes, or pair these layers differently with "
+                   "set_layer_map", cli_fix="build both models with the same sizes")
 
 
 def _check_dtype(plan: Plan, v: Validation, op: Op, sd: str, dd: str):
     where = pair_label(op.pair)
-    problem = kind_problem(f"base {op.src.path}", sd, f"raw {op.dst.path}", dd)
+    problem = kind_problem(f"base {op.src.path}", sd, f"raw {op.dst.path}", dd, where=where)
     if problem:
-        v.problems.append(f"{where}: {problem}")
+        v.problems.append(problem)
         return
     family = dtype_family(sd)
     if family == "float" and (_WIDTH.get(sd, 0) < _WIDTH.get(dd, 0) or (sd, dd) == ("float16", "float32")):
@@ -327,9 +338,8 @@ def _check_range(plan: Plan, v: Validation, where: str, op: Op, sd: str, dd: str
         return
     lo, hi = src.min().item(), src.max().item()
     if lo < info.min or hi > info.max:
-        v.problems.append(
-            f"{where}: base {op.src.path} ({sd}) holds values in [{lo:g}, {hi:g}], outside the range of raw "
+        v.problems.append(Problem(
+            where, f"base {op.src.path} ({sd}) holds values in [{lo:g}, {hi:g}], outside the range of raw "
             f"{op.dst.path} ({dd}, [{info.min:g}, {info.max:g}]); the cast would "
-            f"{'turn them into Inf' if target.is_floating_point else 'wrap them around'}: build the raw model "
-            f"with dtype {sd}, or rescale the weights"
-        )
+            f"{'turn them into Inf' if target.is_floating_point else 'wrap them around'}",
+            f"build the raw model with dtype {sd}, or rescale the weights", sep=": "))

@@ -18,6 +18,11 @@ from .registry import InitKey, InitPool, Map, SpecialInit
 init_pool = InitPool()
 
 
+def registry(pool=None) -> InitPool:
+    """``pool``, or the global ``init_pool`` when None: the one place the default registry is chosen."""
+    return init_pool if pool is None else pool
+
+
 def add_special_init(base_framework, base_class, raw_framework, raw_class, func, override=False):
     """Register ``func(module, layer)`` at run time; it copies base ``module`` into raw ``layer``."""
     return init_pool.add(base_framework, base_class, raw_framework, raw_class, func, override=override)
@@ -48,4 +53,4 @@ def load_plugins(folder=None):
 
 load_plugins()
 
-__all__ = ["init_pool", "add_special_init", "Map", "Part", "features", "InitKey", "InitPool", "SpecialInit", "load_plugins"]
+__all__ = ["init_pool", "registry", "add_special_init", "Map", "Part", "features", "InitKey", "InitPool", "SpecialInit", "load_plugins"]

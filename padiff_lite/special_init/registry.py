@@ -11,6 +11,7 @@ Two kinds of entries share one key space, (base framework, base class, raw frame
 """
 from __future__ import annotations
 
+import enum
 import functools
 import inspect
 from dataclasses import dataclass, replace
@@ -89,11 +90,32 @@ class Map:
         return self.inverse()
 
 
+class RuleKind(str, enum.Enum):
+    """What a registered entry is: a mapping rule (a list of Maps, planned like any pair) or an imperative special
+    init (a function that copies the layer itself). Equal to its value ("mapping" / "imperative")."""
+
+    MAPPING = "mapping"
+    IMPERATIVE = "imperative"
+
+    def __str__(self):
+        return self.value
+
+    @property
+    def label(self) -> str:
+        """How reports and mappings name an entry of this kind ("mapping <key>", "special init <key>")."""
+        return "mapping" if self is RuleKind.MAPPING else "special init"
+
+
+def rule_label(entry) -> str:
+    """The rule column of reports and mappings: "default" (no entry), "mapping <key>" or "special init <key>"."""
+    return "default" if entry is None else f"{RuleKind(entry.kind).label} {entry.key}"
+
+
 @dataclass
 class SpecialInit:
     key: InitKey
     func: Callable
-    kind: str  # "imperative" | "mapping"
+    kind: RuleKind
     origin: str  # "module:line" where it was registered
     note: str = ""  # what the rule transforms, for the rules table
     caveat: str = ""  # semantics that weights cannot fix, copied into reports
@@ -165,7 +187,7 @@ class InitPool:
         """Register an imperative ``func(module, layer)`` that copies base ``module`` into raw ``layer``."""
         key = self._key(bf, bc, rf, rc)
         _check_signature(func, "special init", key)
-        self._add(SpecialInit(key, func, "imperative", _origin(func), note, caveat), override)
+        self._add(SpecialInit(key, func, RuleKind.IMPERATIVE, _origin(func), note, caveat), override)
         return func
 
     def register(self, bf, bc, rf, rc, override=False, note="", caveat=""):
@@ -187,9 +209,9 @@ class InitPool:
         def deco(func):
             _check_signature(func, "mapping rule", key)
             origin = _origin(func)
-            self._add(SpecialInit(key, func, "mapping", origin, note, caveat, caveat_when=caveat_when), override)
+            self._add(SpecialInit(key, func, RuleKind.MAPPING, origin, note, caveat, caveat_when=caveat_when), override)
             if both_directions and key.reversed() != key:
-                self._add(SpecialInit(key.reversed(), func, "mapping", origin, note, caveat, inverted=True,
+                self._add(SpecialInit(key.reversed(), func, RuleKind.MAPPING, origin, note, caveat, inverted=True,
                                       caveat_when=caveat_when), override)
             return func
 

@@ -6,12 +6,10 @@ backward and optimizer compared parameter by parameter through ``mapped``), and 
 """
 from __future__ import annotations
 
-from ..pairing import pair_models
-from ..plan import build_plan
+from ..inputs import per_step, split_inputs
+from ..prepare import prepare
 from ..proxy import create_model
-from ..special_init import init_pool
 from . import settings
-from .inputs import per_step, split_inputs
 from .numerics import ATOL, GRAD_RTOL, RTOL, Tolerance
 from .render import tree
 from .results import DiffResult, label
@@ -79,15 +77,15 @@ def auto_diff(base, raw, inputs, *, atol: float | None = None, rtol: float | Non
     base, raw = create_model(base), create_model(raw)
     items = per_step(inputs, steps)
     sides = [split_inputs(item, base, raw) for item in items]
-    from ..align import execution_mapping
-
-    mapping = execution_mapping(base, raw, items[0])  # layers names leave open, paired by the order they run
-    pool = init_pool if pool is None else pool
+    # one pairing (layers names leave open paired by the order they run), with the modules that hold no tensors
+    # (their outputs are compared too); one plan from it: the transfer runs it, gradients and weights are mapped by
+    # its operations
+    prepared = prepare(base, raw, inputs=items[0], pool=pool, keep_empty=True)
+    mapping, pairing = prepared.found, prepared.pairing
     plan = report = None
     needs_plan = auto_init or phase != "forward" or optimizers is not None
-    if needs_plan:  # one plan: the transfer runs it, gradients and weights are mapped by its operations
-        plan = build_plan(base, raw, pool, mapping=mapping)
-    pairing = pair_models(base, raw, pool, keep_empty=True, mapping=mapping)
+    if needs_plan:
+        plan = prepared.plan
     pairs = pairing.matched
     from .mapped import imperative_note, trainable_ops
 
@@ -95,7 +93,7 @@ def auto_diff(base, raw, inputs, *, atol: float | None = None, rtol: float | Non
     if auto_init:
         from ..transfer import run_plan
 
-        report = run_plan(plan, found=mapping, mapping_given=mapping is not None, can_run=mapping is None)
+        report = run_plan(plan, context=prepared.context)
     hooked = _hooked(pairs)
     setup = Setup(base, raw, pairs, hooked, plan, tol, phase, training, single_step, interleave, loss_fns,
                   optimizers, notes)
@@ -107,7 +105,7 @@ def auto_diff(base, raw, inputs, *, atol: float | None = None, rtol: float | Non
     if not result.ok and not training:  # which weights explain it, named to the part of a fused/packed tensor
         from .mapped import differing_weights
 
-        plan = plan if plan is not None else build_plan(base, raw, pool, mapping=mapping)
+        plan = prepared.plan
         result.weight_diffs = differing_weights(plan, tol)
         for w in result.weight_diffs[:5]:
             result.notes.append(f"raw {w.raw_param}{' ' + w.note if w.note else ''} does not hold base "

@@ -1,7 +1,7 @@
 """Compare two dumps (padiff_lite.verify.dump) in a process that imports neither framework.
 
 The two models are rebuilt as trees of plain objects from the structure each dump holds and paired by the same
-code as in memory (:func:`padiff_lite.pairing.pair_models`, :func:`padiff_lite.plan.build_plan`: names, layer
+code as in memory (:func:`padiff_lite.prepare.prepare`: pairing by names, layer
 maps, registered rules, positions), so a weight is compared with the tensor a transfer would have written it to,
 after the rule's transform (a Linear weight transposed between torch and paddle, a fused or packed tensor's
 part). Module calls are paired through the layer pairs (the k-th call of a base module with the k-th call of its
@@ -335,8 +335,9 @@ def check_dumps(base, raw, kinds=("report", "weights", "grads"), *, atol: float 
     if diff_phase not in ("forward", "backward", "both"):
         raise ValueError(f"diff_phase must be 'forward', 'backward' or 'both', got {diff_phase!r}")
     result = DumpCheck(str(base), str(raw), tuple(kinds), atol, rtol, compare_mode)
-    if pool is None:
-        from ..special_init import init_pool as pool
+    from ..special_init import registry
+
+    pool = registry(pool)
     leaves_b, leaves_r = leaf_folders(base), leaf_folders(raw)
     for key in sorted(set(leaves_b) | set(leaves_r), key=lambda k: (k[0] or -1, k[1] or -1)):
         if key not in leaves_b or key not in leaves_r:
@@ -392,22 +393,24 @@ class _Leaf:
     def _models(self, db: DumpFile, dr: DumpFile):
         return rebuild(db.meta), rebuild(dr.meta)
 
-    def _mapping(self, base, raw):
-        """Pairs for what names leave open, by the order the modules ran in the two reports (the in-memory
-        pairing by execution, on recorded calls); None without reports or when names pair everything."""
-        fb, fr = self.folders
-        if not (has_kind(fb, "report") and has_kind(fr, "report")):
-            return None
-        from ..align import mapping_from_calls
+    def _prepared(self, db: DumpFile, dr: DumpFile, keep_empty: bool = False):
+        """The two rebuilt models paired once: names, then (with both reports) the in-memory pairing by execution on
+        the recorded call orders for what names leave open. Ambiguous pairs are a problem of the result, and the
+        models are then paired by names alone."""
         from ..errors import AmbiguousPairingError
+        from ..prepare import prepare
 
-        calls_b, calls_r = DumpFile(fb, "report").meta["calls"], DumpFile(fr, "report").meta["calls"]
+        base, raw = self._models(db, dr)
+        fb, fr = self.folders
+        traces = None
+        if has_kind(fb, "report") and has_kind(fr, "report"):
+            calls_b, calls_r = DumpFile(fb, "report").meta["calls"], DumpFile(fr, "report").meta["calls"]
+            traces = lambda mb, mr: (_trace(calls_b, mb), _trace(calls_r, mr))  # noqa: E731
         try:
-            return mapping_from_calls(base, raw, lambda mb, mr: (_trace(calls_b, mb), _trace(calls_r, mr)),
-                                      self.pool)
+            return prepare(base, raw, traces=traces, pool=self.pool, keep_empty=keep_empty)
         except AmbiguousPairingError as exc:
             self.result.problems.append(f"step {self.step}, rank {self.rank}: {exc}")
-            return None
+            return prepare(base, raw, pool=self.pool, keep_empty=keep_empty)
 
     def _diff(self, stage, bpath, rpath, bcls, rcls, **kw) -> TensorDiff:
         return TensorDiff(stage, self.step, self.rank, bpath, rpath, bcls, rcls, **kw)
@@ -415,11 +418,10 @@ class _Leaf:
     # weights / gradients -------------------------------------------------------------------------------------
     def tensors(self, db: DumpFile, dr: DumpFile, kind: str):
         from ..ops import COPY
-        from ..plan import build_plan
 
         r = self.result
-        base, raw = self._models(db, dr)
-        plan = build_plan(base, raw, self.pool, mapping=self._mapping(base, raw))
+        plan = self._prepared(db, dr).plan
+        base, raw = plan.base, plan.raw
         where = f"{kind} of step {self.step}, rank {self.rank}"
         for u in plan.unpaired:
             r.problems.append(f"{where}: {u} has no counterpart: {', '.join(u.tensor_paths()[:6])}")
@@ -475,11 +477,9 @@ class _Leaf:
 
     # module calls -------------------------------------------------------------------------------------------
     def report(self, db: DumpFile, dr: DumpFile, diff_phase: str):
-        from ..pairing import pair_models
-
         r = self.result
-        base, raw = self._models(db, dr)
-        pairing = pair_models(base, raw, self.pool, keep_empty=True, mapping=self._mapping(base, raw))
+        pairing = self._prepared(db, dr, keep_empty=True).pairing
+        base, raw = pairing.base, pairing.raw
         calls_b = _calls_by_path(db.meta["calls"])
         calls_r = _calls_by_path(dr.meta["calls"])
         done_b, done_r, matched = set(), set(), []

@@ -1,11 +1,12 @@
-"""The input forms ``auto_diff`` accepts, turned into (args, kwargs) for each model, step by step."""
+"""The input forms ``auto_diff`` and ``example_inputs=`` accept, turned into (args, kwargs) for each model, step by
+step. Read by the front half (:mod:`.prepare`: pairing by execution runs both models on them) and by ``auto_diff``."""
 from __future__ import annotations
 
 from collections.abc import Mapping
 
 import numpy as np
 
-from ..errors import DiffInputError
+from .errors import DiffInputError
 
 INPUT_FORMS = (
     "accepted input forms: ({'x': base_tensor}, {'x': raw_tensor}) - keyword inputs for each model, base "
