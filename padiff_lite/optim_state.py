@@ -289,7 +289,7 @@ def prepare(plan, optimizers) -> Moves:
     moves.targets = list(targets.values())
     moves.notes += _setting_notes(bo, ro, plan)
     moved = sum(1 for t in moves.targets if not t.fresh)
-    steps = sorted({t.step for t in moves.targets if not t.fresh})
+    steps = sorted({t.step for t in moves.targets if not t.fresh}) if table.steps else []
     moves.notes.append(f"optimizer state: {table.kind} state of {moved} of {len(moves.targets)} raw parameters moved "
                        f"from base {fb} {type(bo).__name__} to raw {fr} {type(ro).__name__}"
                        + (f" (steps taken: {', '.join(map(str, steps))})" if steps else ""))

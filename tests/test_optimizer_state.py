@@ -49,6 +49,8 @@ def optimizer(fw, net, kind, lr=0.01, **kw):
             return torch.optim.Adam(net.parameters(), lr=lr, **kw)
         if kind == "momentum":
             return torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, **kw)
+        if kind == "nesterov":
+            return torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=0.01, **kw)
         return torch.optim.SGD(net.parameters(), lr=lr)
     if kind == "adamw":
         return paddle.optimizer.AdamW(learning_rate=lr, parameters=net.parameters(), weight_decay=0.01, **kw)
@@ -56,6 +58,9 @@ def optimizer(fw, net, kind, lr=0.01, **kw):
         return paddle.optimizer.Adam(learning_rate=lr, parameters=net.parameters(), **kw)
     if kind == "momentum":
         return paddle.optimizer.Momentum(learning_rate=lr, momentum=0.9, parameters=net.parameters(), **kw)
+    if kind == "nesterov":
+        return paddle.optimizer.Momentum(learning_rate=lr, momentum=0.9, use_nesterov=True, weight_decay=0.01,
+                                         parameters=net.parameters(), **kw)
     return paddle.optimizer.SGD(learning_rate=lr, parameters=net.parameters())
 
 
@@ -104,7 +109,7 @@ def assert_state_unchanged(opt, before):
 
 
 @pytest.mark.parametrize("raw_stepped", [False, True], ids=["raw fresh", "raw stepped"])
-@pytest.mark.parametrize("kind", ["adamw", "adam", "momentum"])
+@pytest.mark.parametrize("kind", ["adamw", "adam", "momentum", "nesterov"])
 @pytest.mark.parametrize("src,dst", DIRECTIONS, ids=DIRECTION_IDS)
 def test_training_continues_step_for_step_after_the_move(src, dst, kind, raw_stepped):
     a = model(src, 1)
@@ -134,6 +139,21 @@ def test_plain_sgd_has_no_state_and_moves(src, dst):
     train(src, a, opt_a, BATCHES[3:5])
     train(dst, b, opt_b, BATCHES[3:5])
     assert worst(a, b) < AGREE
+
+
+@pytest.mark.parametrize("src,dst", DIRECTIONS, ids=DIRECTION_IDS)
+def test_nesterov_on_one_side_only_is_reported(src, dst):
+    """torch SGD(nesterov=True) and paddle Momentum(use_nesterov=True) step alike (the test above); nesterov on one
+    side only is a different update: the state moves, the difference is a note and the runs then differ."""
+    a, b = model(src, 1), model(dst, 2)
+    opt_a, opt_b = optimizer(src, a, "nesterov"), optimizer(dst, b, "momentum", weight_decay=0.01)
+    train(src, a, opt_a, BATCHES[:3])
+    report = assign_weight(a, b, optimizers=(opt_a, opt_b))
+    lines = [n for n in report.notes if n.startswith("optimizer setting differs")]
+    assert len(lines) == 1 and "nesterov" in lines[0] and "True" in lines[0] and "False" in lines[0], report.notes
+    train(src, a, opt_a, BATCHES[3:6])
+    train(dst, b, opt_b, BATCHES[3:6])
+    assert worst(a, b) > 10 * AGREE
 
 
 def _stepped_pair(src, dst, base_kind, raw_kind, **raw_kw):
