@@ -22,6 +22,9 @@ AGREE = 1e-5  # measured: about 1e-7 (float32 rounding of two implementations)
 STATE_MATTERS = 1e-3  # measured: the run restarted with fresh state is off by about 1e-2
 
 
+KINDS = ["adamw", "adam", "momentum", "nesterov", "rmsprop", "rmsprop_centered", "adagrad"]
+
+
 def model(fw, seed):
     (torch.manual_seed if fw == "torch" else paddle.seed)(seed)
     nn = NN[fw]
@@ -51,6 +54,13 @@ def optimizer(fw, net, kind, lr=0.01, **kw):
             return torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, **kw)
         if kind == "nesterov":
             return torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=0.01, **kw)
+        if kind.startswith("rmsprop"):
+            centered = kind == "rmsprop_centered"
+            return torch.optim.RMSprop(net.parameters(), lr=lr, alpha=0.9, eps=1e-8, momentum=0 if centered else 0.5,
+                                       centered=centered, weight_decay=0.01, **kw)
+        if kind == "adagrad":
+            return torch.optim.Adagrad(net.parameters(), lr=lr, eps=1e-10, initial_accumulator_value=0.1,
+                                       weight_decay=0.01, **kw)
         return torch.optim.SGD(net.parameters(), lr=lr)
     if kind == "adamw":
         return paddle.optimizer.AdamW(learning_rate=lr, parameters=net.parameters(), weight_decay=0.01, **kw)
@@ -61,6 +71,13 @@ def optimizer(fw, net, kind, lr=0.01, **kw):
     if kind == "nesterov":
         return paddle.optimizer.Momentum(learning_rate=lr, momentum=0.9, use_nesterov=True, weight_decay=0.01,
                                          parameters=net.parameters(), **kw)
+    if kind.startswith("rmsprop"):  # epsilon inside the square root: torch's eps**2 is the nearest setting
+        centered = kind == "rmsprop_centered"
+        return paddle.optimizer.RMSProp(learning_rate=lr, rho=0.9, epsilon=1e-16, momentum=0 if centered else 0.5,
+                                        centered=centered, weight_decay=0.01, parameters=net.parameters(), **kw)
+    if kind == "adagrad":
+        return paddle.optimizer.Adagrad(learning_rate=lr, epsilon=1e-10, initial_accumulator_value=0.1,
+                                        weight_decay=0.01, parameters=net.parameters(), **kw)
     return paddle.optimizer.SGD(learning_rate=lr, parameters=net.parameters())
 
 
@@ -109,7 +126,7 @@ def assert_state_unchanged(opt, before):
 
 
 @pytest.mark.parametrize("raw_stepped", [False, True], ids=["raw fresh", "raw stepped"])
-@pytest.mark.parametrize("kind", ["adamw", "adam", "momentum", "nesterov"])
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("src,dst", DIRECTIONS, ids=DIRECTION_IDS)
 def test_training_continues_step_for_step_after_the_move(src, dst, kind, raw_stepped):
     a = model(src, 1)
@@ -154,6 +171,97 @@ def test_nesterov_on_one_side_only_is_reported(src, dst):
     train(src, a, opt_a, BATCHES[3:6])
     train(dst, b, opt_b, BATCHES[3:6])
     assert worst(a, b) > 10 * AGREE
+
+
+@pytest.mark.parametrize("src,dst", DIRECTIONS, ids=DIRECTION_IDS)
+def test_rmsprop_epsilon_placement_is_reported_with_its_size(src, dst):
+    """torch RMSprop divides by sqrt(v) + eps, paddle by sqrt(v + epsilon): with the nearest setting (paddle epsilon
+    = eps**2) the runs agree (above); with paddle's default 1e-6 the note says how far apart, and they drift."""
+    a, b = model(src, 1), model(dst, 2)
+    opt_a, opt_b = optimizer(src, a, "rmsprop"), optimizer(dst, b, "rmsprop")
+    (opt_a if src == "paddle" else opt_b)._epsilon = 1e-6  # paddle's default
+    train(src, a, opt_a, BATCHES[:3])
+    report = assign_weight(a, b, optimizers=(opt_a, opt_b))
+    lines = [n for n in report.notes if "RMSProp epsilon" in n]
+    assert len(lines) == 1 and "epsilon=1e-06" in lines[0] and "eps**2 (1e-16)" in lines[0], report.notes
+    gap = float(lines[0].split("differ by up to ")[1].split(" ")[0])
+    assert gap > 1e-3, lines[0]
+    assert not any(n.startswith("optimizer setting differs: epsilon") for n in report.notes), report.notes
+    train(src, a, opt_a, BATCHES[3:6])
+    train(dst, b, opt_b, BATCHES[3:6])
+    assert worst(a, b) > 10 * AGREE
+
+
+@pytest.mark.parametrize("src,dst", DIRECTIONS, ids=DIRECTION_IDS)
+def test_rmsprop_momentum_under_a_paddle_schedule_is_refused(src, dst):
+    """paddle's RMSProp multiplies each step's learning rate into its momentum, torch's the current one into the
+    whole buffer: with a changing rate no moved state continues alike."""
+    a, b, opt_a, opt_b = _stepped_pair(src, dst, "rmsprop", "rmsprop")
+    paddle_opt = opt_a if src == "paddle" else opt_b
+    paddle_opt._learning_rate = paddle.optimizer.lr.StepDecay(0.01, step_size=2)
+    model_before, state_before = snapshot(b), opt_state(opt_b)
+    with pytest.raises(TransferError, match="with a changing learning rate the two are different updates") as e:
+        assign_weight(a, b, optimizers=(opt_a, opt_b))
+    assert "StepDecay" in str(e.value)
+    assert_unchanged(b, model_before)
+    assert_state_unchanged(opt_b, state_before)
+
+
+@pytest.mark.parametrize("src,dst", DIRECTIONS, ids=DIRECTION_IDS)
+def test_adagrad_lr_decay_is_refused(src, dst):
+    a, b, opt_a, opt_b = _stepped_pair(src, dst, "adagrad", "adagrad")
+    (opt_a if src == "torch" else opt_b).param_groups[0]["lr_decay"] = 0.1
+    model_before, state_before = snapshot(b), opt_state(opt_b)
+    with pytest.raises(TransferError, match="lr_decay=0.1 has no counterpart in paddle's Adagrad"):
+        assign_weight(a, b, optimizers=(opt_a, opt_b))
+    assert_unchanged(b, model_before)
+    assert_state_unchanged(opt_b, state_before)
+
+
+def test_adagrad_parameters_paddle_never_stepped_start_at_the_initial_value_in_torch():
+    """torch builds Adagrad's state with the optimizer (sum = initial_accumulator_value, step 0): a parameter paddle
+    has no state for gets exactly that, not zeros and not a missing entry."""
+    a, b = model("paddle", 1), model("torch", 2)
+    opt_a, opt_b = optimizer("paddle", a, "adagrad"), optimizer("torch", b, "adagrad")
+    a.fc.weight.stop_gradient = True  # paddle never steps it: no accumulator
+    train("paddle", a, opt_a, BATCHES[:2])
+    a.fc.weight.stop_gradient = False
+    train("torch", b, opt_b, BATCHES[6:])
+    assign_weight(a, b, optimizers=(opt_a, opt_b))
+    st = opt_b.state[b.fc.weight]
+    assert float(st["step"]) == 0 and torch.all(st["sum"] == 0.1)
+    moved = opt_b.state[b.fc.bias]["sum"].numpy()
+    assert np.allclose(moved, opt_a._accumulators["moment"][a.fc.bias.name].numpy(), rtol=0, atol=0)
+    train("paddle", a, opt_a, BATCHES[3:6])
+    train("torch", b, opt_b, BATCHES[3:6])
+    assert worst(a, b) < AGREE
+
+
+@pytest.mark.parametrize("src,dst", DIRECTIONS, ids=DIRECTION_IDS)
+def test_lamb_is_refused_naming_that_torch_has_none(src, dst):
+    a, b = model(src, 1), model(dst, 2)
+    lamb = lambda net: paddle.optimizer.Lamb(learning_rate=0.01, parameters=net.parameters())  # noqa: E731
+    opt_a = lamb(a) if src == "paddle" else optimizer(src, a, "adamw")
+    opt_b = lamb(b) if dst == "paddle" else optimizer(dst, b, "adamw")
+    train(src, a, opt_a, BATCHES[:2])
+    train(dst, b, opt_b, BATCHES[6:])
+    model_before, state_before = snapshot(b), opt_state(opt_b)
+    with pytest.raises(TransferError, match="paddle Lamb: torch.optim has no Lamb"):
+        assign_weight(a, b, optimizers=(opt_a, opt_b))
+    assert_unchanged(b, model_before)
+    assert_state_unchanged(opt_b, state_before)
+
+
+@pytest.mark.parametrize("cls", ["Adamax", "NAdam", "RAdam"])
+def test_an_optimizer_both_have_but_not_covered_is_refused_by_name(cls):
+    a, b = model("torch", 1), model("paddle", 2)
+    opt_a = getattr(torch.optim, cls)(a.parameters(), lr=0.01)
+    opt_b = getattr(paddle.optimizer, cls)(learning_rate=0.01, parameters=b.parameters())
+    train("torch", a, opt_a, BATCHES[:1])
+    before = snapshot(b)
+    with pytest.raises(TransferError, match=f"both frameworks have {cls}, but padiff_lite does not move its state"):
+        assign_weight(a, b, optimizers=(opt_a, opt_b))
+    assert_unchanged(b, before)
 
 
 def _stepped_pair(src, dst, base_kind, raw_kind, **raw_kw):

@@ -66,6 +66,10 @@ def _read_torch(opt) -> OptimizerSettings:
                       ("amsgrad", "amsgrad")):
         if key in g0 and not (key == "momentum" and kind == "sgd"):
             general[name] = g0[key] if isinstance(g0[key], bool) else float(g0[key])
+    if cls == "RMSprop":
+        general["rho"], general["centered"] = float(g0["alpha"]), bool(g0["centered"])
+    if "initial_accumulator_value" in g0:
+        general["initial accumulator value"] = float(g0["initial_accumulator_value"])
     if g0.get("maximize"):
         general["maximize"] = True
     if g0.get("dampening"):
@@ -108,6 +112,10 @@ def _read_paddle(opt) -> OptimizerSettings:
         v = getattr(opt, attr, None)
         if v is not None:
             general[name] = v if isinstance(v, bool) else float(v)
+    if cls == "RMSProp":
+        general["rho"], general["centered"] = float(opt._rho), bool(opt._centered)
+    if hasattr(opt, "initial_accumulator_value"):
+        general["initial accumulator value"] = float(opt.initial_accumulator_value)
     if kind == "momentum":
         general.setdefault("nesterov", False)
     if kind in ("adam", "adamw"):
