@@ -71,6 +71,20 @@ def _framework(opt) -> str | None:
     return None
 
 
+def scaler_problem(obj, where: str) -> str | None:
+    """An AMP loss scaler given where an optimizer or scheduler belongs: why its state is not moved, and the fix."""
+    names = {c.__name__ for c in type(obj).__mro__}
+    if not names & {"GradScaler", "AmpScaler", "ShardedGradScaler"}:
+        return None
+    return (f"{where}: {type(obj).__module__}.{type(obj).__name__} is an AMP loss scaler, not an optimizer or "
+            "scheduler; assign_weight does not move a loss scale: torch's GradScaler and paddle's grow and back off "
+            "by different rules (torch: x growth_factor after growth_interval finite steps, x backoff_factor at "
+            "every overflow; paddle: incr_ratio after incr_every_n_steps, decr_ratio after "
+            "decr_every_n_nan_or_inf overflows), so no scaler state continues alike. Pass the optimizers "
+            "themselves, and start the raw scaler at the base's current scale (torch GradScaler(init_scale="
+            "base.get_scale()), paddle GradScaler(init_loss_scaling=float(base._scale)))")
+
+
 def _family(opt, fw: str) -> str:
     """The class name a table knows it by: torch's SGD with momentum is "SGD+momentum" (paddle's Momentum)."""
     cls = type(opt).__name__
@@ -286,7 +300,8 @@ def prepare(plan, optimizers) -> Moves:
     problems = []
     for side, opt, fw, proxy in (("base", bo, fb, base), ("raw", ro, fr, raw)):
         if fw is None:
-            problems.append(f"{side} optimizer: {type(opt).__name__} is neither a torch.optim.Optimizer nor a "
+            problems.append(scaler_problem(opt, f"{side} optimizer") or
+                            f"{side} optimizer: {type(opt).__name__} is neither a torch.optim.Optimizer nor a "
                             "paddle.optimizer.Optimizer; pass the optimizers themselves (base's first)")
         elif fw != proxy.framework:
             problems.append(f"{side} optimizer: a {fw} optimizer for the {proxy.framework} model {proxy.name}; "

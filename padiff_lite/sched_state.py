@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass, field
 
 from .errors import TransferError
+from .optim_state import scaler_problem
 
 AHEAD = 4  # a LambdaLR pair is compared at the moved position and this many steps after it
 
@@ -196,7 +197,8 @@ def prepare(schedulers, optimizers=None) -> SchedMove:
     problems = []
     for side, s, fw in (("base", bs, fb), ("raw", rs, fr)):
         if fw is None:
-            problems.append(f"{side} scheduler: {type(s).__name__} is neither a torch.optim.lr_scheduler scheduler "
+            problems.append(scaler_problem(s, f"{side} scheduler") or
+                            f"{side} scheduler: {type(s).__name__} is neither a torch.optim.lr_scheduler scheduler "
                             "nor a paddle.optimizer.lr.LRScheduler; pass the schedulers themselves (base's first)")
     if problems:
         raise TransferError("cannot move the learning-rate schedule; nothing was written", problems)

@@ -435,3 +435,56 @@ def test_the_step_count_is_read_back_from_paddles_float32_beta_powers(steps):
     for _ in range(steps):
         p1, p2 = np.float32(p1 * b1), np.float32(p2 * b2)
     assert _step_from_pows([float(p1), float(p2)], (0.9, 0.999)) == steps
+
+
+@pytest.mark.parametrize("where", ["optimizers", "schedulers"])
+@pytest.mark.parametrize("src,dst", DIRECTIONS, ids=DIRECTION_IDS)
+def test_an_amp_loss_scaler_is_refused_naming_why(src, dst, where):
+    """A loss scaler's state does not move (the two frameworks grow and back off by different rules): given in
+    place of the raw optimizer or scheduler it is refused by name, with the fix, and nothing changes."""
+    a, b, opt_a, opt_b = _stepped_pair(src, dst, "adamw", "adamw")
+    scaler = torch.amp.GradScaler("cpu") if dst == "torch" else paddle.amp.GradScaler()
+    model_before, state_before = snapshot(b), opt_state(opt_b)
+    kw = {"optimizers": (opt_a, scaler)} if where == "optimizers" else {"schedulers": (scaler, scaler)}
+    with pytest.raises(TransferError, match="is an AMP loss scaler") as e:
+        assign_weight(a, b, **kw)
+    assert "GradScaler" in str(e.value) and ("init_scale" in str(e.value) and "init_loss_scaling" in str(e.value))
+    assert_unchanged(b, model_before)
+    assert_state_unchanged(opt_b, state_before)
+
+
+@pytest.mark.parametrize("src,dst", DIRECTIONS, ids=DIRECTION_IDS)
+def test_paddle_master_weights_are_refused(src, dst):
+    """paddle's multi_precision=True keeps float32 master weights for bfloat16 parameters, and files the moments
+    under the master weight's name: moving only the moments would leave the master copy stale. Refused on either
+    side. (Paddle has no CPU bfloat16 matmul, so its state is built by the optimizer's own _create_accumulators
+    rather than by a step.)"""
+    torch.manual_seed(0)
+    paddle.seed(0)
+    tnet = torch.nn.Linear(4, 3).to(torch.bfloat16)
+    topt = torch.optim.AdamW(tnet.parameters(), lr=0.01)
+    tnet(torch.ones(2, 4, dtype=torch.bfloat16)).float().sum().backward()
+    topt.step()
+    pnet = paddle.nn.Linear(4, 3)
+    pnet.to(dtype="bfloat16")
+    popt = paddle.optimizer.AdamW(learning_rate=0.01, parameters=pnet.parameters(), multi_precision=True)
+    if src == "paddle":
+        popt._create_accumulators(paddle.static.default_main_program().global_block(), pnet.parameters())
+        assert popt._master_weights  # the state the refusal is about exists
+    a, b, opt_a, opt_b = (tnet, pnet, topt, popt) if src == "torch" else (pnet, tnet, popt, topt)
+    def everything():  # bfloat16 has no numpy type: compared as float32 (exact for bfloat16 values)
+        f32 = lambda t: t.detach().float().numpy() if isinstance(t, torch.Tensor) else t.astype("float32").numpy()  # noqa: E731
+        out = {("model", k): f32(v) for k, v in b.state_dict().items()}
+        if dst == "torch":
+            out.update({(i, k): f32(v) for i, p in enumerate(topt.param_groups[0]["params"])
+                        for k, v in topt.state.get(p, {}).items()})
+        else:
+            out.update({(k, n): f32(v) for k, d in popt._accumulators.items() for n, v in d.items()})
+        return out
+
+    before = everything()
+    side = "raw" if dst == "paddle" else "base"
+    with pytest.raises(TransferError, match=f"{side} \\(paddle AdamW\\): multi_precision=True keeps float32 master"):
+        assign_weight(a, b, optimizers=(opt_a, opt_b))
+    after = everything()
+    assert after.keys() == before.keys() and all(np.array_equal(after[k], before[k]) for k in before)
