@@ -226,3 +226,43 @@ def test_one_cycle_that_cycles_momentum_is_refused(src, dst):
     assert_unchanged(b, before)
     assert_state_unchanged(opt_b, state)
     assert _sched_state(dst, sched_b) == pos
+
+
+@pytest.mark.parametrize("src,dst", DIRECTIONS, ids=DIRECTION_IDS)
+def test_a_moved_run_passes_auto_diff(src, dst):
+    """Issue 29 item 4: AdamW with a linear warm-up trains 3 steps on one side; weights, optimizer state and
+    schedule position move; auto_diff (no transfer of its own) then trains both 3 more steps and compares every
+    layer, loss, gradient and weight: it reports agreement. The same with the weights alone moved is caught at the
+    optimizer stage of the first step."""
+    from padiff_lite import auto_diff
+
+    x, y = BATCHES[3]
+    loss = {"torch": lambda out: torch.nn.functional.cross_entropy(out, torch.from_numpy(y)),
+            "paddle": lambda out: paddle.nn.functional.cross_entropy(out, paddle.to_tensor(y))}
+
+    def stepper(fw, opt, sched):  # auto_diff steps framework optimizers, not schedulers: a callable does both
+        def step():
+            opt.step()
+            sched.step()
+            opt.zero_grad() if fw == "torch" else opt.clear_grad()
+        return step
+
+    results = {}
+    for moved in (True, False):
+        a, b = model(src, 1), model(dst, 2)
+        (opt_a, sched_a), (opt_b, sched_b) = setup(src, a, "warmup", n=6), setup(dst, b, "warmup", n=6)
+        train(src, a, opt_a, sched_a, BATCHES[:3])
+        if moved:
+            assign_weight(a, b, optimizers=(opt_a, opt_b), schedulers=(sched_a, sched_b))
+        else:
+            assign_weight(a, b)
+        r = auto_diff(a, b, x, auto_init=False, steps=3, loss_fns=(loss[src], loss[dst]),
+                      optimizers=(stepper(src, opt_a, sched_a), stepper(dst, opt_b, sched_b)))
+        results[moved] = (r, current_lr(src, opt_a), current_lr(dst, opt_b), sched_b.last_epoch, worst(a, b))
+    r, lr_a, lr_b, position, diff = results[True]
+    assert r.ok and r.step is None and len(r.steps) == 3, str(r)
+    assert all(w.ok for s in r.steps for w in s.weights) and len(r.steps[2].weights) == 6
+    assert math.isclose(lr_a, lr_b, rel_tol=1e-9) and position == 6
+    assert diff < AGREE
+    r, *_ = results[False]
+    assert not r.ok and r.step == 0 and r.stage == "optimizer", str(r)
