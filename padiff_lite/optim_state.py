@@ -38,6 +38,7 @@ class StateTable:
     lr_scaled: tuple = ()  # neutral names paddle keeps multiplied by each step's learning rate (RMSProp momentum)
     starts_at: tuple = ()  # ((neutral, torch group key, paddle attribute), ...): a fresh state's value (not zero);
     # torch creates this state when the optimizer is built, not at the first step
+    pows: tuple = ("beta1_pow_acc", "beta2_pow_acc")  # with steps: paddle's power accumulators, beta1's first
 
 
 ADAM = StateTable("Adam/AdamW", ("Adam", "AdamW"), ("Adam", "AdamW"),
@@ -53,9 +54,13 @@ RMSPROP = StateTable("RMSProp", ("RMSprop",), ("RMSProp",),
 # both: sum += g^2, p -= lr * g / (sqrt(sum) + eps); the sum starts at initial_accumulator_value
 ADAGRAD = StateTable("Adagrad", ("Adagrad",), ("Adagrad",), (("sum", "sum", "moment"),), torch_step=True,
                      starts_at=(("sum", "initial_accumulator_value", "initial_accumulator_value"),))
-TABLES = (ADAM, MOMENTUM, PLAIN_SGD, RMSPROP, ADAGRAD)
+# torch: u = max(b2*u, |g| + eps); paddle: u = max(b2*u + eps, |g|); both: p -= lr / (1 - b1**t) * m / u
+ADAMAX = StateTable("Adamax", ("Adamax",), ("Adamax",), (("m1", "exp_avg", "moment"), ("u", "exp_inf", "inf_norm")),
+                    steps=True, pows=("beta1_pow_acc",))
+TABLES = (ADAM, MOMENTUM, PLAIN_SGD, RMSPROP, ADAGRAD, ADAMAX)
 COVERED = ("torch Adam/AdamW <-> paddle Adam/AdamW", "torch SGD(momentum>0, nesterov or not) <-> paddle Momentum",
-           "torch SGD(momentum=0) <-> paddle SGD", "torch RMSprop <-> paddle RMSProp", "torch Adagrad <-> paddle Adagrad")
+           "torch SGD(momentum=0) <-> paddle SGD", "torch RMSprop <-> paddle RMSProp", "torch Adagrad <-> paddle Adagrad",
+           "torch Adamax <-> paddle Adamax")
 # optimizers one framework has and the other lacks (torch 2.13, paddle 3.3); both have the rest
 ONLY = {"torch": ("Adafactor", "Muon", "SparseAdam"), "paddle": ("Lamb",)}
 LIBRARY = {"torch": "torch.optim", "paddle": "paddle.optimizer"}
@@ -235,7 +240,7 @@ def _read(opt, fw: str, table: StateTable, adapter, p) -> _Source:
                 lr = _paddle_lr(opt, p)
                 src.tensors[neutral] = src.tensors[neutral].double() / lr if lr else _zeros(adapter.shape(t))
     if table.steps:
-        pows = [_paddle_acc(opt, name, p) for name in BETA_POWS]
+        pows = [_paddle_acc(opt, name, p) for name in table.pows]
         if all(t is not None for t in pows):
             values = [float(adapter.torch_view(t).reshape(-1)[0]) for t in pows]
             src.step = _step_from_pows(values, _betas(opt, fw, p))
@@ -439,6 +444,13 @@ def _formula_notes(table, bo, fb, ro, fr, targets) -> list[str]:
                    f"state the two divisors differ by up to {gap:.2g} relative"
                    + ("" if math.isclose(eps_p, eps_t ** 2, rel_tol=1e-6) else
                       f"; paddle epsilon = torch eps**2 ({eps_t ** 2:g}) makes them nearly equal"))
+    if table is ADAMAX:
+        eps_t, eps_p = float(topt.param_groups[0]["eps"]), float(popt._epsilon)
+        gap = max((float((max(eps_t, eps_p) / t.values["u"].double().clamp_min(1e-300)).max())
+                   for t in targets if not t.fresh and t.values["u"].numel()), default=0.0)
+        out.append(f"optimizer update differs (no state can fix it): Adamax epsilon: torch takes max(beta2 * u, "
+                   f"|g| + eps) (eps={eps_t:g}), paddle max(beta2 * u + epsilon, |g|) (epsilon={eps_p:g}); on the "
+                   f"moved state that is up to {min(gap, 1.0):.2g} of the norm u")
     if table.torch_step and fb == "paddle" and any(not t.fresh for t in targets):
         out.append(f"optimizer state: paddle {table.kind} counts no steps; torch's step counter (which its update "
                    "does not use here) starts again at 0")
@@ -452,7 +464,7 @@ def _state_tensors(moves: Moves, q) -> list:
     if moves.raw_fw == "torch":
         st = opt.state.get(q)
         return [] if st is None else [t for t in st.values() if hasattr(t, "clone")]
-    names = [acc for _, _, acc in table.tensors] + (list(BETA_POWS) if table.steps else [])
+    names = [acc for _, _, acc in table.tensors] + (list(table.pows) if table.steps else [])
     return [t for t in (_paddle_acc(opt, n, q) for n in names) if t is not None]
 
 
@@ -540,6 +552,6 @@ def _write_one(moves: Moves, t: _Target):
             value = value.double() * _paddle_lr(opt, q)
         adapter.write(_paddle_acc(opt, acc, q), value)
     if table.steps:
-        for name, beta in zip(BETA_POWS, _betas(opt, "paddle", q)):
+        for name, beta in zip(table.pows, _betas(opt, "paddle", q)):
             acc = _paddle_acc(opt, name, q)
             adapter.write(acc, torch.full(tuple(adapter.shape(acc)), beta ** (step + 1), dtype=torch.float64))
