@@ -321,8 +321,9 @@ def prepare(plan, optimizers) -> Moves:
     bparams, rparams = _params(bo, fb), _params(ro, fr)
     problems += _settings_problems(bo, fb, "base", base.adapter, bparams)
     problems += _settings_problems(ro, fr, "raw", raw.adapter, rparams)
-    problems += _family_problems(table, bo, fb, "base", bparams)
-    problems += _family_problems(table, ro, fr, "raw", rparams)
+    if fb != fr:  # within one framework the same update continues whatever these settings are
+        problems += _family_problems(table, bo, fb, "base", bparams)
+        problems += _family_problems(table, ro, fr, "raw", rparams)
     in_base = {id(p) for p in bparams}
     in_raw = {id(p): p for p in rparams}
     covered_by_ops = set()
