@@ -420,8 +420,6 @@ def _setting_notes(bo, ro, plan, table) -> list[str]:
 
 def _formula_notes(table, bo, fb, ro, fr, targets) -> list[str]:
     """Where the two frameworks' updates differ in a way no state can fix: said with its size on the moved state."""
-    import torch
-
     out = []
     if fb == fr:
         return out

@@ -199,6 +199,28 @@ def test_rmsprop_epsilon_placement_is_reported_with_its_size(src, dst):
 
 
 @pytest.mark.parametrize("src,dst", DIRECTIONS, ids=DIRECTION_IDS)
+def test_auto_diff_compares_rmsprop_epsilon_as_eps_squared(src, dst):
+    """auto_diff's settings check knows the epsilon placement: paddle epsilon = torch eps**2 is accepted and the
+    3 steps agree; the same number on both sides (1e-8, which looks alike) is refused naming eps**2."""
+    from padiff_lite import DiffInputError, auto_diff
+
+    x, y = BATCHES[0]
+    loss = {"torch": lambda out: torch.nn.functional.cross_entropy(out, torch.from_numpy(y)),
+            "paddle": lambda out: paddle.nn.functional.cross_entropy(out, paddle.to_tensor(y))}
+    a, b = model(src, 1), model(dst, 2)
+    opts = (optimizer(src, a, "rmsprop"), optimizer(dst, b, "rmsprop"))
+    r = auto_diff(a, b, x, steps=3, loss_fns=(loss[src], loss[dst]), optimizers=opts)
+    assert r.ok, str(r)
+    a, b = model(src, 1), model(dst, 2)
+    opts = (optimizer(src, a, "rmsprop"), optimizer(dst, b, "rmsprop"))
+    (opts[0] if src == "paddle" else opts[1])._epsilon = 1e-8  # torch's number, inside the square root
+    before = snapshot(b)
+    with pytest.raises(DiffInputError, match="the nearest paddle setting is epsilon = eps\\*\\*2 \\(1e-16\\)"):
+        auto_diff(a, b, x, steps=3, loss_fns=(loss[src], loss[dst]), optimizers=opts)
+    assert_unchanged(b, before)
+
+
+@pytest.mark.parametrize("src,dst", DIRECTIONS, ids=DIRECTION_IDS)
 def test_adamax_epsilon_placement_is_reported_with_its_size(src, dst):
     """torch Adamax adds eps to |g|, paddle to beta2 * u: the runs still agree to float rounding (above); the note
     says so with the size on the moved state rather than leaving it unsaid."""
