@@ -33,15 +33,37 @@ class StateTable:
     paddle_classes: tuple
     tensors: tuple  # ((neutral, torch key, paddle accumulator), ...)
     steps: bool = False  # Adam: torch "step" <-> paddle beta1_pow_acc / beta2_pow_acc = beta**(step + 1)
+    torch_step: bool = False  # torch keeps a "step" its update does not use here; paddle counts nothing
+    optional: tuple = ()  # ((torch key, torch group setting), ...): torch keeps the tensor only when it is on
+    lr_scaled: tuple = ()  # neutral names paddle keeps multiplied by each step's learning rate (RMSProp momentum)
+    starts_at: tuple = ()  # ((neutral, torch group key, paddle attribute), ...): a fresh state's value (not zero);
+    # torch creates this state when the optimizer is built, not at the first step
+    pows: tuple = ("beta1_pow_acc", "beta2_pow_acc")  # with steps: paddle's power accumulators, beta1's first
 
 
 ADAM = StateTable("Adam/AdamW", ("Adam", "AdamW"), ("Adam", "AdamW"),
                   (("m1", "exp_avg", "moment1"), ("m2", "exp_avg_sq", "moment2")), steps=True)
 MOMENTUM = StateTable("SGD with momentum", ("SGD+momentum",), ("Momentum",), (("buf", "momentum_buffer", "velocity"),))
 PLAIN_SGD = StateTable("SGD", ("SGD",), ("SGD",), ())
-TABLES = (ADAM, MOMENTUM, PLAIN_SGD)
-COVERED = ("torch Adam/AdamW <-> paddle Adam/AdamW", "torch SGD(momentum>0) <-> paddle Momentum",
-           "torch SGD(momentum=0) <-> paddle SGD")
+# torch: v = a*v + (1-a)*g^2, buf = mu*buf + g / (sqrt(v) + eps), p -= lr*buf
+# paddle: v = rho*v + (1-rho)*g^2, moment = mu*moment + lr * g / sqrt(v + eps), p -= moment  (moment = lr * buf)
+RMSPROP = StateTable("RMSProp", ("RMSprop",), ("RMSProp",),
+                     (("v", "square_avg", "mean_square"), ("buf", "momentum_buffer", "momentum"),
+                      ("mean", "grad_avg", "mean_grad")), torch_step=True,
+                     optional=(("momentum_buffer", "momentum"), ("grad_avg", "centered")), lr_scaled=("buf",))
+# both: sum += g^2, p -= lr * g / (sqrt(sum) + eps); the sum starts at initial_accumulator_value
+ADAGRAD = StateTable("Adagrad", ("Adagrad",), ("Adagrad",), (("sum", "sum", "moment"),), torch_step=True,
+                     starts_at=(("sum", "initial_accumulator_value", "initial_accumulator_value"),))
+# torch: u = max(b2*u, |g| + eps); paddle: u = max(b2*u + eps, |g|); both: p -= lr / (1 - b1**t) * m / u
+ADAMAX = StateTable("Adamax", ("Adamax",), ("Adamax",), (("m1", "exp_avg", "moment"), ("u", "exp_inf", "inf_norm")),
+                    steps=True, pows=("beta1_pow_acc",))
+TABLES = (ADAM, MOMENTUM, PLAIN_SGD, RMSPROP, ADAGRAD, ADAMAX)
+COVERED = ("torch Adam/AdamW <-> paddle Adam/AdamW", "torch SGD(momentum>0, nesterov or not) <-> paddle Momentum",
+           "torch SGD(momentum=0) <-> paddle SGD", "torch RMSprop <-> paddle RMSProp", "torch Adagrad <-> paddle Adagrad",
+           "torch Adamax <-> paddle Adamax")
+# optimizers one framework has and the other lacks (torch 2.13, paddle 3.3); both have the rest
+ONLY = {"torch": ("Adafactor", "Muon", "SparseAdam"), "paddle": ("Lamb",)}
+LIBRARY = {"torch": "torch.optim", "paddle": "paddle.optimizer"}
 BETA_POWS = ("beta1_pow_acc", "beta2_pow_acc")
 TINY = 1e-30  # below this a beta power no longer says the step (float32 underflows near 1e-45)
 
@@ -52,6 +74,20 @@ def _framework(opt) -> str | None:
     if hasattr(opt, "_parameter_list") and hasattr(opt, "_accumulators"):
         return "paddle"
     return None
+
+
+def scaler_problem(obj, where: str) -> str | None:
+    """An AMP loss scaler given where an optimizer or scheduler belongs: why its state is not moved, and the fix."""
+    names = {c.__name__ for c in type(obj).__mro__}
+    if not names & {"GradScaler", "AmpScaler", "ShardedGradScaler"}:
+        return None
+    return (f"{where}: {type(obj).__module__}.{type(obj).__name__} is an AMP loss scaler, not an optimizer or "
+            "scheduler; assign_weight does not move a loss scale: torch's GradScaler and paddle's grow and back off "
+            "by different rules (torch: x growth_factor after growth_interval finite steps, x backoff_factor at "
+            "every overflow; paddle: incr_ratio after incr_every_n_steps, decr_ratio after "
+            "decr_every_n_nan_or_inf overflows), so no scaler state continues alike. Pass the optimizers "
+            "themselves, and start the raw scaler at the base's current scale (torch GradScaler(init_scale="
+            "base.get_scale()), paddle GradScaler(init_loss_scaling=float(base._scale)))")
 
 
 def _family(opt, fw: str) -> str:
@@ -89,6 +125,12 @@ def _betas(opt, fw: str, p) -> tuple:
     return float(opt._beta1), float(opt._beta2)
 
 
+def _paddle_lr(opt, p) -> float:
+    """The learning rate paddle's next step gives parameter ``p`` (the optimizer's, times the parameter's own
+    scale)."""
+    return float(opt.get_lr()) * float((getattr(p, "optimize_attr", None) or {}).get("learning_rate", 1.0))
+
+
 def _acc_name(opt, name: str) -> str:
     return f"{opt._name}_{name}" if getattr(opt, "_name", None) is not None else name
 
@@ -123,6 +165,55 @@ def _settings_problems(opt, fw: str, side: str, adapter, params) -> list[str]:
     return out
 
 
+def _family_problems(table: StateTable, opt, fw: str, side: str, params) -> list[str]:
+    """Settings of a covered family that the other framework's update has no counterpart for."""
+    out = []
+    who = f"{side} ({fw} {type(opt).__name__})"
+    if table is RMSPROP and fw == "paddle" and float(getattr(opt, "_momentum", 0.0) or 0.0) > 0:
+        sched = getattr(opt, "_learning_rate", None)
+        if not isinstance(sched, (int, float)):
+            out.append(f"{who}: momentum={opt._momentum} with a learning rate driven by {type(sched).__name__}: "
+                       "paddle's RMSProp multiplies each step's learning rate into its momentum (moment = "
+                       "momentum * moment + lr * g / sqrt(v + eps)), torch's multiplies the whole buffer by the "
+                       "current rate (p -= lr * buf): with a changing learning rate the two are different updates "
+                       "and no moved state continues alike; use a constant learning rate or momentum=0")
+        elif any(_paddle_lr(opt, p) == 0 for p in params):
+            out.append(f"{who}: a learning rate of 0 with momentum={opt._momentum}: paddle's RMSProp keeps its "
+                       "momentum multiplied by the learning rate, so it cannot be converted; use a non-zero rate")
+    if table is ADAGRAD and fw == "torch":
+        decays = sorted({float(g.get("lr_decay", 0.0)) for g in opt.param_groups} - {0.0})
+        if decays:
+            out.append(f"{who}: lr_decay={decays[0]!r} has no counterpart in paddle's Adagrad (its rate does not "
+                       "decay with its own step count); use lr_decay=0 on torch (a paddle LRScheduler can decay "
+                       "the rate)")
+    return out
+
+
+def _fresh_value(table: StateTable, opt, fw: str, param, neutral: str, shape):
+    """What a state tensor holds before the first step: zeros, or Adagrad's initial_accumulator_value."""
+    z = _zeros(shape)
+    for name, torch_key, paddle_attr in table.starts_at:
+        if name == neutral:
+            value = _torch_group(opt, param).get(torch_key, 0.0) if fw == "torch" else getattr(opt, paddle_attr, 0.0)
+            z.fill_(float(value))
+    return z
+
+
+def _not_covered(fb: str, cb: str, fr: str, cr: str) -> str:
+    """Why no table fits, naming the class the other framework lacks when that is the reason."""
+    for fw, cls, other in ((fb, cb, fr), (fr, cr, fb)):
+        if fw != other and cls in ONLY.get(fw, ()):
+            return (f"{fw} {cls}: {LIBRARY[other]} has no {cls}, so no {other} optimizer continues a {cls} run "
+                    f"(optimizers: base {fb} {cb}, raw {fr} {cr}); keep training it with {fw}, or transfer the "
+                    "weights without optimizers= and start a covered optimizer fresh; covered: "
+                    + "; ".join(COVERED))
+    both = cb.lower() == cr.lower() and fb != fr
+    return (f"optimizers: base {fb} {cb}, raw {fr} {cr}: no table moves state between these"
+            + (f" (both frameworks have {cb}, but padiff_lite does not move its state yet)" if both else "")
+            + "; covered: " + "; ".join(COVERED) + ". Use a covered pair, or transfer the weights without "
+            "optimizers= and start the raw optimizer fresh")
+
+
 @dataclass
 class _Source:
     """A base parameter's state read into neutral form: torch tensors in the base layout, the step count."""
@@ -138,15 +229,18 @@ def _read(opt, fw: str, table: StateTable, adapter, p) -> _Source:
         for neutral, key, _ in table.tensors:
             if st.get(key) is not None:
                 src.tensors[neutral] = st[key].detach()
-        if table.steps and "step" in st:
+        if (table.steps or table.torch_step) and "step" in st:
             src.step = int(round(float(st["step"])))
         return src
     for neutral, _, acc in table.tensors:
         t = _paddle_acc(opt, acc, p)
         if t is not None:
             src.tensors[neutral] = adapter.torch_view(t)
+            if neutral in table.lr_scaled:  # a rate of 0 with momentum is refused; without, the buffer is unused
+                lr = _paddle_lr(opt, p)
+                src.tensors[neutral] = src.tensors[neutral].double() / lr if lr else _zeros(adapter.shape(t))
     if table.steps:
-        pows = [_paddle_acc(opt, name, p) for name in BETA_POWS]
+        pows = [_paddle_acc(opt, name, p) for name in table.pows]
         if all(t is not None for t in pows):
             values = [float(adapter.torch_view(t).reshape(-1)[0]) for t in pows]
             src.step = _step_from_pows(values, _betas(opt, fw, p))
@@ -211,7 +305,8 @@ def prepare(plan, optimizers) -> Moves:
     problems = []
     for side, opt, fw, proxy in (("base", bo, fb, base), ("raw", ro, fr, raw)):
         if fw is None:
-            problems.append(f"{side} optimizer: {type(opt).__name__} is neither a torch.optim.Optimizer nor a "
+            problems.append(scaler_problem(opt, f"{side} optimizer") or
+                            f"{side} optimizer: {type(opt).__name__} is neither a torch.optim.Optimizer nor a "
                             "paddle.optimizer.Optimizer; pass the optimizers themselves (base's first)")
         elif fw != proxy.framework:
             problems.append(f"{side} optimizer: a {fw} optimizer for the {proxy.framework} model {proxy.name}; "
@@ -221,13 +316,14 @@ def prepare(plan, optimizers) -> Moves:
     cb, cr = _family(bo, fb), _family(ro, fr)
     table = _table(fb, cb, fr, cr)
     if table is None:
-        problems.append(f"optimizers: base {fb} {cb}, raw {fr} {cr}: no table moves state between these; covered: "
-                        + "; ".join(COVERED) + ". Use a covered pair, or transfer the weights without optimizers= "
-                        "and start the raw optimizer fresh")
+        problems.append(_not_covered(fb, cb, fr, cr))
         raise TransferError("cannot move the optimizer state; nothing was written", problems)
     bparams, rparams = _params(bo, fb), _params(ro, fr)
     problems += _settings_problems(bo, fb, "base", base.adapter, bparams)
     problems += _settings_problems(ro, fr, "raw", raw.adapter, rparams)
+    if fb != fr:  # within one framework the same update continues whatever these settings are
+        problems += _family_problems(table, bo, fb, "base", bparams)
+        problems += _family_problems(table, ro, fr, "raw", rparams)
     in_base = {id(p) for p in bparams}
     in_raw = {id(p): p for p in rparams}
     covered_by_ops = set()
@@ -254,7 +350,8 @@ def prepare(plan, optimizers) -> Moves:
             shape = tuple(raw.adapter.shape(q))
             for neutral, _, _ in table.tensors:
                 now = current.tensors.get(neutral)
-                tgt.values[neutral] = (now.clone() if now is not None else _zeros(shape))
+                tgt.values[neutral] = (now.clone() if now is not None
+                                       else _fresh_value(table, ro, fr, q, neutral, shape))
         if op.kind is FILL:
             for value in tgt.values.values():
                 for region, _ in layout.pieces(value, None, "copy", value, op.dst_part):
@@ -281,15 +378,17 @@ def prepare(plan, optimizers) -> Moves:
         base_shape = tuple(base.adapter.shape(p))
         for neutral, value in tgt.values.items():
             s = src.tensors.get(neutral)
-            s = s if s is not None else _zeros(base_shape)
+            s = s if s is not None else (_fresh_value(table, ro, fr, q, neutral, base_shape) if not src.tensors
+                                         else _zeros(base_shape))
             for region, v in layout.pieces(s, op.src_part, op.transform, value, op.dst_part):
                 region.copy_(v)
     if problems:
         raise TransferError("cannot move the optimizer state; nothing was written", problems)
     moves.targets = list(targets.values())
-    moves.notes += _setting_notes(bo, ro, plan)
+    moves.notes += _setting_notes(bo, ro, plan, table)
+    moves.notes += _formula_notes(table, bo, fb, ro, fr, moves.targets)
     moved = sum(1 for t in moves.targets if not t.fresh)
-    steps = sorted({t.step for t in moves.targets if not t.fresh})
+    steps = sorted({t.step for t in moves.targets if not t.fresh}) if table.steps else []
     moves.notes.append(f"optimizer state: {table.kind} state of {moved} of {len(moves.targets)} raw parameters moved "
                        f"from base {fb} {type(bo).__name__} to raw {fr} {type(ro).__name__}"
                        + (f" (steps taken: {', '.join(map(str, steps))})" if steps else ""))
@@ -306,14 +405,55 @@ def _zeros(shape):
     return torch.zeros(shape, dtype=torch.float64)  # cast to the state's dtype when written
 
 
-def _setting_notes(bo, ro, plan) -> list[str]:
+def _setting_notes(bo, ro, plan, table) -> list[str]:
     """The hyperparameters that differ (learning rate, betas, eps, weight decay, ...): the user's to set alike."""
     from .verify.settings import optimizer_problems, read  # imported here: verify imports transfer
 
     sb, sr = read(bo), read(ro)
     sb.has_state = sr.has_state = False  # moving it is what this does
+    if table is RMSPROP and sb.framework != sr.framework:  # not the same epsilon: _formula_notes says it
+        sb.general.pop("epsilon", None)
+        sr.general.pop("epsilon", None)
     return [f"optimizer setting differs (left as it is): {line}"
             for line in optimizer_problems(sb, sr, [op for op in plan.ops if op.kind is COPY])]
+
+
+def _formula_notes(table, bo, fb, ro, fr, targets) -> list[str]:
+    """Where the two frameworks' updates differ in a way no state can fix: said with its size on the moved state."""
+    out = []
+    if fb == fr:
+        return out
+    topt = bo if fb == "torch" else ro
+    popt = ro if fb == "torch" else bo
+    if table is RMSPROP:
+        eps_t = float(topt.param_groups[0]["eps"])
+        eps_p = float(popt._epsilon)
+        centered = bool(topt.param_groups[0].get("centered"))
+        gap = 0.0
+        for t in targets:
+            if t.fresh:
+                continue
+            v = t.values["v"].double() - (t.values["mean"].double() ** 2 if centered else 0.0)
+            v = v.clamp_min(0.0)
+            den_t, den_p = v.sqrt() + eps_t, (v + eps_p).sqrt()
+            if v.numel():
+                gap = max(gap, float(((den_t - den_p).abs() / den_t).max()))
+        out.append(f"optimizer update differs (no state can fix it): RMSProp epsilon: torch divides by "
+                   f"sqrt(v) + eps (eps={eps_t:g}), paddle by sqrt(v + epsilon) (epsilon={eps_p:g}); on the moved "
+                   f"state the two divisors differ by up to {gap:.2g} relative"
+                   + ("" if math.isclose(eps_p, eps_t ** 2, rel_tol=1e-6) else
+                      f"; paddle epsilon = torch eps**2 ({eps_t ** 2:g}) makes them nearly equal"))
+    if table is ADAMAX:
+        eps_t, eps_p = float(topt.param_groups[0]["eps"]), float(popt._epsilon)
+        gap = max((float((max(eps_t, eps_p) / t.values["u"].double().clamp_min(1e-300)).max())
+                   for t in targets if not t.fresh and t.values["u"].numel()), default=0.0)
+        out.append(f"optimizer update differs (no state can fix it): Adamax epsilon: torch takes max(beta2 * u, "
+                   f"|g| + eps) (eps={eps_t:g}), paddle max(beta2 * u + epsilon, |g|) (epsilon={eps_p:g}); on the "
+                   f"moved state that is up to {min(gap, 1.0):.2g} of the norm u")
+    if table.torch_step and fb == "paddle" and any(not t.fresh for t in targets):
+        out.append(f"optimizer state: paddle {table.kind} counts no steps; torch's step counter (which its update "
+                   "does not use here) starts again at 0")
+    return out
 
 
 # -- writing -----------------------------------------------------------------------------------------------------
@@ -323,7 +463,7 @@ def _state_tensors(moves: Moves, q) -> list:
     if moves.raw_fw == "torch":
         st = opt.state.get(q)
         return [] if st is None else [t for t in st.values() if hasattr(t, "clone")]
-    names = [acc for _, _, acc in table.tensors] + (list(BETA_POWS) if table.steps else [])
+    names = [acc for _, _, acc in table.tensors] + (list(table.pows) if table.steps else [])
     return [t for t in (_paddle_acc(opt, n, q) for n in names) if t is not None]
 
 
@@ -377,14 +517,21 @@ def _write_one(moves: Moves, t: _Target):
     opt, table, q = moves.raw_opt, moves.table, t.param
     step = t.step or 0
     if moves.raw_fw == "torch":
-        if t.fresh:
+        if t.fresh and not table.starts_at:
             opt.state.pop(q, None)  # exactly the state of a parameter the optimizer has not stepped
             return
         st = opt.state[q]
+        group = _torch_group(opt, q)
         for neutral, key, _ in table.tensors:
+            if any(key == k and not group.get(setting) for k, setting in table.optional):
+                continue  # torch keeps it only with that setting on
             if st.get(key) is None:
                 st[key] = torch.zeros_like(q, memory_format=torch.preserve_format)
             st[key].detach().copy_(t.values[neutral])
+        if table.torch_step:
+            if "step" not in st or not hasattr(st["step"], "copy_"):
+                st["step"] = torch.zeros((), dtype=torch.float32, device=q.device if group.get("capturable") else "cpu")
+            st["step"].copy_(torch.tensor(float(step)))
         if table.steps:
             group = _torch_group(opt, q)
             on_param = group.get("capturable") or group.get("fused")
@@ -399,8 +546,11 @@ def _write_one(moves: Moves, t: _Target):
         opt._create_accumulators(paddle.static.default_main_program().global_block(), [q])
     adapter = moves.adapter
     for neutral, _, acc in table.tensors:
-        adapter.write(_paddle_acc(opt, acc, q), t.values[neutral])
+        value = t.values[neutral]
+        if neutral in table.lr_scaled:
+            value = value.double() * _paddle_lr(opt, q)
+        adapter.write(_paddle_acc(opt, acc, q), value)
     if table.steps:
-        for name, beta in zip(BETA_POWS, _betas(opt, "paddle", q)):
+        for name, beta in zip(table.pows, _betas(opt, "paddle", q)):
             acc = _paddle_acc(opt, name, q)
             adapter.write(acc, torch.full(tuple(adapter.shape(acc)), beta ** (step + 1), dtype=torch.float64))

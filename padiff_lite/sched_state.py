@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass, field
 
 from .errors import TransferError
+from .optim_state import scaler_problem
 
 AHEAD = 4  # a LambdaLR pair is compared at the moved position and this many steps after it
 
@@ -66,15 +67,35 @@ def _cosine(fw):
     return lambda s: {"base lr": _base(s, fw), "T_max": s.T_max, "eta_min": float(s.eta_min)}
 
 
+def _onecycle(fw):
+    """torch OneCycleLR / paddle OneCycleLR: the same phases (each ends at step pct * total - 1, the three-phase
+    middle one at 2 * pct * total - 2, the last at total - 1) and the same annealing, counted from last_epoch."""
+    def read(s):
+        if fw == "torch":
+            g = s.optimizer.param_groups[0]
+            ends = [float(p["end_step"]) for p in s._schedule_phases]
+            return {"start lr": float(g["initial_lr"]), "max lr": float(g["max_lr"]), "end lr": float(g["min_lr"]),
+                    "total steps": s.total_steps, "phase ends": ends, "anneal": s._anneal_func_type,
+                    "three phase": len(ends) == 3}
+        ends = [float(e) for e in s._step_config[1:len(s._lr_config)]]
+        return {"start lr": float(s._lr_config[0]), "max lr": float(s._lr_config[1]),
+                "end lr": float(s._lr_config[-1]), "total steps": s.total_steps, "phase ends": ends,
+                "anneal": "cos" if s.anneal_func.__name__ == "_cos_annealing" else "linear",
+                "three phase": len(ends) == 3}
+    return read
+
+
 TABLES = (
     SchedTable("lambda", ("LambdaLR",), ("LambdaDecay",)),
     SchedTable("step", ("StepLR",), ("StepDecay",), _step),
     SchedTable("multi-step", ("MultiStepLR",), ("MultiStepDecay",), _multistep),
     SchedTable("cosine annealing", ("CosineAnnealingLR",), ("CosineAnnealingDecay",), _cosine),
     SchedTable("linear warm-up", ("LinearLR",), ("LinearLR", "LinearWarmup"), _linear),
+    SchedTable("one-cycle", ("OneCycleLR",), ("OneCycleLR",), _onecycle),
 )
 COVERED = ("torch LambdaLR <-> paddle LambdaDecay", "StepLR <-> StepDecay", "MultiStepLR <-> MultiStepDecay",
-           "CosineAnnealingLR <-> CosineAnnealingDecay", "LinearLR <-> LinearLR / LinearWarmup (float learning rate)")
+           "CosineAnnealingLR <-> CosineAnnealingDecay", "LinearLR <-> LinearLR / LinearWarmup (float learning rate)",
+           "OneCycleLR <-> OneCycleLR (torch with cycle_momentum=False)")
 
 
 def _framework(s) -> str | None:
@@ -176,7 +197,8 @@ def prepare(schedulers, optimizers=None) -> SchedMove:
     problems = []
     for side, s, fw in (("base", bs, fb), ("raw", rs, fr)):
         if fw is None:
-            problems.append(f"{side} scheduler: {type(s).__name__} is neither a torch.optim.lr_scheduler scheduler "
+            problems.append(scaler_problem(s, f"{side} scheduler") or
+                            f"{side} scheduler: {type(s).__name__} is neither a torch.optim.lr_scheduler scheduler "
                             "nor a paddle.optimizer.lr.LRScheduler; pass the schedulers themselves (base's first)")
     if problems:
         raise TransferError("cannot move the learning-rate schedule; nothing was written", problems)
@@ -205,6 +227,12 @@ def prepare(schedulers, optimizers=None) -> SchedMove:
             problems.append(f"{side} scheduler: paddle LinearWarmup wraps a {type(s.learning_rate).__name__} "
                             "schedule, which has no torch LinearLR counterpart; only a float learning rate after "
                             "the warm-up is covered")
+    for side, s, fw in (("base", bs, fb), ("raw", rs, fr)):
+        if fw == "torch" and type(s).__name__ == "OneCycleLR" and s.cycle_momentum and fb != fr:
+            what = "Adam's beta1" if s.use_beta1 else "the momentum"
+            problems.append(f"{side} scheduler: torch OneCycleLR with cycle_momentum=True also cycles {what} "
+                            "every step; paddle's OneCycleLR cycles only the learning rate, so the runs would "
+                            "continue differently; build the torch OneCycleLR with cycle_momentum=False")
     if type(bs.last_epoch) is not int or bs.last_epoch < 0:
         problems.append(f"base scheduler: last_epoch={bs.last_epoch!r} is not a step count")
     if problems:

@@ -43,9 +43,21 @@ PAIRS = {
                lambda **k: PS.LinearLR(LR, total_steps=k.get("n", 4), start_factor=0.25, end_factor=1.0)),
     "warmup": (lambda o, **k: TS.LinearLR(o, start_factor=0.25, end_factor=1.0, total_iters=k.get("n", 4)),
                lambda **k: PS.LinearWarmup(LR, warmup_steps=k.get("n", 4), start_lr=LR * 0.25, end_lr=LR)),
+    # total 10, pct 0.4: phases end at steps 3 and 9: the moved steps 3, 4, 5 cross from the rise to the annealing
+    "onecycle": (lambda o, **k: TS.OneCycleLR(o, max_lr=LR, total_steps=k.get("n", 10), pct_start=0.4,
+                                              cycle_momentum=False, div_factor=25.0, final_div_factor=1e3),
+                 lambda **k: PS.OneCycleLR(LR, total_steps=k.get("n", 10), phase_pct=0.4, divide_factor=25.0,
+                                           end_learning_rate=LR / 25.0 / 1e3)),
+    # three phases ending at steps 3, 6 and 19
+    "onecycle3": (lambda o, **k: TS.OneCycleLR(o, max_lr=LR, total_steps=k.get("n", 20), pct_start=0.2,
+                                               anneal_strategy="linear", three_phase=True, cycle_momentum=False,
+                                               div_factor=25.0, final_div_factor=1e3),
+                  lambda **k: PS.OneCycleLR(LR, total_steps=k.get("n", 20), phase_pct=0.2, anneal_strategy="linear",
+                                            three_phase=True, divide_factor=25.0, end_learning_rate=LR / 25.0 / 1e3)),
 }
 # the setting that differs in the refusal test, per pair
-OTHER = {"lambda": other_lam, "step": 3, "multistep": [2, 5], "cosine": 7, "linear": 6, "warmup": 6}
+OTHER = {"lambda": other_lam, "step": 3, "multistep": [2, 5], "cosine": 7, "linear": 6, "warmup": 6,
+         "onecycle": 12, "onecycle3": 24}
 
 
 def setup(fw, net, pair, **kw):
@@ -127,7 +139,8 @@ def test_a_schedule_that_differs_is_refused_and_nothing_changes(src, dst, pair):
     if pair == "lambda":
         assert "at step 4" in msg, msg
     else:
-        base_value = {"step": 2, "multistep": [2, 4], "cosine": 5, "linear": 4, "warmup": 4}[pair]
+        base_value = {"step": 2, "multistep": [2, 4], "cosine": 5, "linear": 4, "warmup": 4, "onecycle": 10,
+                      "onecycle3": 20}[pair]
         assert f"{base_value!r}" in msg and f"{OTHER[pair]!r}" in msg, msg
     assert_unchanged(b, before)
     assert_state_unchanged(opt_b, state)
@@ -183,3 +196,73 @@ def test_schedulers_in_the_wrong_order_are_refused():
     with pytest.raises(TransferError, match="does not drive the base optimizer"):
         assign_weight(a, b, optimizers=(opt_a, opt_b), schedulers=(sched_b, sched_a))
     assert _sched_state("paddle", sched_b) == pos
+
+
+@pytest.mark.parametrize("pair", ["onecycle", "onecycle3"])
+def test_one_cycle_gives_the_same_rate_at_every_step_of_the_cycle(pair):
+    """paddle's OneCycleLR counts steps like torch's (phase ends at pct * total - 1, ...): the whole cycle, step by
+    step, on both sides."""
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=LR)
+    ts, ps = PAIRS[pair][0](opt), PAIRS[pair][1]()
+    rates = []
+    for _ in range(ts.total_steps):
+        rates.append((float(ts.get_last_lr()[0]), float(ps.last_lr)))
+        opt.step()
+        ts.step()
+        ps.step()
+    assert all(math.isclose(t, p, rel_tol=1e-9) for t, p in rates), rates
+    assert len({round(t, 9) for t, _ in rates}) > ts.total_steps // 2  # the rate moves: the test would see a shift
+
+
+@pytest.mark.parametrize("src,dst", DIRECTIONS, ids=DIRECTION_IDS)
+def test_one_cycle_that_cycles_momentum_is_refused(src, dst):
+    """torch's OneCycleLR cycles Adam's beta1 (or SGD's momentum) by default; paddle's cycles only the rate."""
+    a, b, opt_a, opt_b, sched_a, sched_b = _stepped(src, dst, "onecycle")
+    cycling = TS.OneCycleLR(opt_a if src == "torch" else opt_b, max_lr=LR, total_steps=10, pct_start=0.4)
+    sched_a, sched_b = (cycling, sched_b) if src == "torch" else (sched_a, cycling)
+    before, state, pos = snapshot(b), opt_state(opt_b), _sched_state(dst, sched_b)
+    with pytest.raises(TransferError, match="cycle_momentum=True also cycles Adam's beta1"):
+        assign_weight(a, b, optimizers=(opt_a, opt_b), schedulers=(sched_a, sched_b))
+    assert_unchanged(b, before)
+    assert_state_unchanged(opt_b, state)
+    assert _sched_state(dst, sched_b) == pos
+
+
+@pytest.mark.parametrize("src,dst", DIRECTIONS, ids=DIRECTION_IDS)
+def test_a_moved_run_passes_auto_diff(src, dst):
+    """Issue 29 item 4: AdamW with a linear warm-up trains 3 steps on one side; weights, optimizer state and
+    schedule position move; auto_diff (no transfer of its own) then trains both 3 more steps and compares every
+    layer, loss, gradient and weight: it reports agreement. The same with the weights alone moved is caught at the
+    optimizer stage of the first step."""
+    from padiff_lite import auto_diff
+
+    x, y = BATCHES[3]
+    loss = {"torch": lambda out: torch.nn.functional.cross_entropy(out, torch.from_numpy(y)),
+            "paddle": lambda out: paddle.nn.functional.cross_entropy(out, paddle.to_tensor(y))}
+
+    def stepper(fw, opt, sched):  # auto_diff steps framework optimizers, not schedulers: a callable does both
+        def step():
+            opt.step()
+            sched.step()
+            opt.zero_grad() if fw == "torch" else opt.clear_grad()
+        return step
+
+    results = {}
+    for moved in (True, False):
+        a, b = model(src, 1), model(dst, 2)
+        (opt_a, sched_a), (opt_b, sched_b) = setup(src, a, "warmup", n=6), setup(dst, b, "warmup", n=6)
+        train(src, a, opt_a, sched_a, BATCHES[:3])
+        if moved:
+            assign_weight(a, b, optimizers=(opt_a, opt_b), schedulers=(sched_a, sched_b))
+        else:
+            assign_weight(a, b)
+        r = auto_diff(a, b, x, auto_init=False, steps=3, loss_fns=(loss[src], loss[dst]),
+                      optimizers=(stepper(src, opt_a, sched_a), stepper(dst, opt_b, sched_b)))
+        results[moved] = (r, current_lr(src, opt_a), current_lr(dst, opt_b), sched_b.last_epoch, worst(a, b))
+    r, lr_a, lr_b, position, diff = results[True]
+    assert r.ok and r.step is None and len(r.steps) == 3, str(r)
+    assert all(w.ok for s in r.steps for w in s.weights) and len(r.steps[2].weights) == 6
+    assert math.isclose(lr_a, lr_b, rel_tol=1e-9) and position == 6
+    assert diff < AGREE
+    r, *_ = results[False]
+    assert not r.ok and r.step == 0 and r.stage == "optimizer", str(r)

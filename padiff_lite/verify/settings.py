@@ -66,6 +66,10 @@ def _read_torch(opt) -> OptimizerSettings:
                       ("amsgrad", "amsgrad")):
         if key in g0 and not (key == "momentum" and kind == "sgd"):
             general[name] = g0[key] if isinstance(g0[key], bool) else float(g0[key])
+    if cls == "RMSprop":
+        general["rho"], general["centered"] = float(g0["alpha"]), bool(g0["centered"])
+    if "initial_accumulator_value" in g0:
+        general["initial accumulator value"] = float(g0["initial_accumulator_value"])
     if g0.get("maximize"):
         general["maximize"] = True
     if g0.get("dampening"):
@@ -108,6 +112,10 @@ def _read_paddle(opt) -> OptimizerSettings:
         v = getattr(opt, attr, None)
         if v is not None:
             general[name] = v if isinstance(v, bool) else float(v)
+    if cls == "RMSProp":
+        general["rho"], general["centered"] = float(opt._rho), bool(opt._centered)
+    if hasattr(opt, "initial_accumulator_value"):
+        general["initial accumulator value"] = float(opt.initial_accumulator_value)
     if kind == "momentum":
         general.setdefault("nesterov", False)
     if kind in ("adam", "adamw"):
@@ -171,8 +179,16 @@ def optimizer_problems(pb: OptimizerSettings, pr: OptimizerSettings, ops) -> lis
                    f"momentum buffers are set), {who[1] if pb.has_state else who[0]} has not; start both optimizers "
                    "fresh, or carry the state over (paddle keeps beta1_pow_acc = beta1**(step + 1), torch a step "
                    "count)")
-    for key in sorted(set(pb.general) | set(pr.general)):
-        a, b = pb.general.get(key), pr.general.get(key)
+    general_b, general_r = dict(pb.general), dict(pr.general)
+    if pb.kind == "rmsprop" and pb.framework != pr.framework:  # torch sqrt(v) + eps, paddle sqrt(v + epsilon)
+        t, p = (general_b, general_r) if pb.framework == "torch" else (general_r, general_b)
+        eps_t, eps_p = t.pop("epsilon", None), p.pop("epsilon", None)
+        if eps_t is not None and eps_p is not None and _differs(eps_t ** 2, eps_p):
+            out.append(f"epsilon: torch RMSprop divides by sqrt(v) + eps (eps={eps_t:g}), paddle RMSProp by "
+                       f"sqrt(v + epsilon) (epsilon={eps_p:g}); the nearest paddle setting is epsilon = eps**2 "
+                       f"({eps_t ** 2:g})")
+    for key in sorted(set(general_b) | set(general_r)):
+        a, b = general_b.get(key), general_r.get(key)
         if a is None or b is None:
             if key in ("maximize", "dampening"):
                 out.append(f"{key}: {who[0]} {a}, {who[1]} {b}; the other framework has no such setting: remove it")
