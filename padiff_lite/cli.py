@@ -265,9 +265,11 @@ def cmd_convert(args) -> int:
     if args.verify:
         raise CheckpointError("--verify needs --to (a model folder the target library can load by itself)")
     mapping = load_mapping(args.map) if args.map is not None else None  # checked before any model is built
+    extra = {k: v for k, v in (("optimizer", args.optimizer), ("scheduler", args.scheduler),
+                               ("scheduler_out", args.scheduler_out)) if v is not None}
     try:
         report = convert_checkpoint(args.src, args.dst, args.base, args.raw, strict=args.strict,
-                                    progress=progress, mapping=mapping, layout=args.layout)
+                                    progress=progress, mapping=mapping, layout=args.layout, **extra)
     except PadiffError as exc:
         exc.args = (_cli_words(str(exc)),)  # the flags of this command, not the Python API's arguments
         raise
@@ -284,6 +286,8 @@ _CLI_WORDS = [
     ("; build both models with the same sizes, or pair these layers differently with set_layer_map",
      "; build both models with the same sizes"),
     ("pass strict=False (--no-strict)", "pass --no-strict"),
+    ("(optimizer=fn / --optimizer", "(--optimizer"),
+    ("(scheduler_out= / --scheduler-out)", "(--scheduler-out)"),
     ("strict=False", "--no-strict"),
 ]
 
@@ -319,6 +323,16 @@ def _add_convert(sub):
                    help="refuse tensors without a partner (default); --no-strict lists them and goes on")
     c.add_argument("--map", metavar="FILE", help="a mapping (JSON, from `padiff-lite pair`) pairing the layers "
                    "whose names differ; made once on small random-weight models of the same architecture")
+    c.add_argument("--optimizer", metavar="MODULE:CALLABLE",
+                   help="optimizer state (a .pdopt on one side): factory called with the raw model, returning the "
+                        "optimizer DST is for (or (optimizer, scheduler)); needed to write a torch optimizer file")
+    c.add_argument("--scheduler", metavar="FILE",
+                   help="optimizer state, torch -> paddle: the torch scheduler.state_dict() file whose position goes "
+                        "into the .pdopt's LR_Scheduler (paddle -> torch: a paddle scheduler file, when the .pdopt has "
+                        "none)")
+    c.add_argument("--scheduler-out", metavar="FILE",
+                   help="optimizer state, paddle -> torch: write the schedule's position as a torch "
+                        "scheduler.state_dict() file (the --optimizer factory returns the scheduler)")
     c.set_defaults(func=cmd_convert)
 
 

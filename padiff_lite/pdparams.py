@@ -623,6 +623,10 @@ class StreamWriter:
             self.memo[key] = len(self.memo)
         self.out.write(b"s")  # SETITEM
 
+    def add_value(self, key: str, value):
+        """A plain value (a dict of ints and floats, such as an LR scheduler's state) under ``key``."""
+        self.out.write(_opcodes(key) + _opcodes(value) + b"s")
+
     def alias(self, key: str, of: str):
         slot = self.memo[of]
         get = b"h" + bytes([slot]) if slot < 256 else b"j" + struct.pack("<I", slot)
