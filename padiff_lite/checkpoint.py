@@ -100,7 +100,13 @@ def convert_checkpoint(src, dst, base_model=None, raw_model=None, strict: bool =
             raise CheckpointError("to= converts a model folder with the models its config.json names; do not pass "
                                   "base_model/raw_model/layout/mapping with it")
         from .library_folders import convert_folder
+        from .trainer_folders import convert_trainer_folder, is_trainer_folder
 
+        if is_trainer_folder(src):
+            if verify:
+                raise CheckpointError(f"{src} is a trainer checkpoint (trainer_state.json): verify= is for model "
+                                      "folders; resume the converted checkpoint with the target library's Trainer")
+            return convert_trainer_folder(src, dst, to, progress=progress)
         return convert_folder(src, dst, to, verify=verify, progress=progress)
     from .optim_files import convert_optimizer, is_optimizer_conversion
 

@@ -159,9 +159,9 @@ def convert_optimizer(src, dst, base_model, raw_model, *, mapping=None, optimize
 
     report = OptimizerReport(str(src))
     if to_paddle:
-        side = _read_torch(src, base, report)
+        side = read_torch(src, base, report)
         if scheduler is not None:
-            side.schedule = _read_torch_schedule(Path(scheduler), report)
+            side.schedule = read_torch_schedule(Path(scheduler), report)
         target_opt, target_sched = _call_factory(optimizer, raw, "paddle") if optimizer is not None else (None, None)
         if target_opt is not None:
             _check_paddle_optimizer(target_opt, side, src)
@@ -200,7 +200,7 @@ def convert_optimizer(src, dst, base_model, raw_model, *, mapping=None, optimize
                 raise CheckpointError(f"scheduler_out={scheduler_out}: the optimizer factory returned no scheduler; "
                                       "return (optimizer, scheduler) so the torch scheduler's settings are written "
                                       "(torch's load_state_dict replaces them with the file's)")
-    targets = _targets(plan, side, raw, report)
+    targets = targets_for(plan, side, raw, report)
     finals = [dst] + ([Path(scheduler_out)] if scheduler_out is not None else [])
     sources = [src] + ([Path(scheduler)] if scheduler is not None else [])
     try:
@@ -285,7 +285,9 @@ def _table_for(keys: set, framework: str, where: str):
 
 
 # -- reading -----------------------------------------------------------------------------------------------------
-def _read_torch(src: Path, base, report) -> _Side:
+def read_torch(src: Path, base, report, groups_of_params=None) -> _Side:
+    """A torch optimizer file's state tied to ``base``'s parameters. ``groups_of_params``: the parameters of each
+    param group, in order, when the caller knows how the optimizer was built (a trainer's own grouping)."""
     obj = load_torch_object(src)
     if not (isinstance(obj, dict) and isinstance(obj.get("state"), dict) and isinstance(obj.get("param_groups"), list)):
         what = sorted(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
@@ -295,7 +297,16 @@ def _read_torch(src: Path, base, report) -> _Side:
     params = _torch_params(base)
     by_index = {}
     named = all(isinstance(g, dict) and "param_names" in g for g in groups)
-    if named:
+    if groups_of_params is not None and not named:
+        sizes = [len(g.get("params", [])) for g in groups]
+        want = [len(g) for g in groups_of_params]
+        if sizes != want:
+            raise CheckpointError(f"{src}: param groups of sizes {sizes}, but the trainer's grouping of {base.name} "
+                                  f"gives {want}; the file is not this model's trainer optimizer")
+        for gi, (g, ps) in enumerate(zip(groups, groups_of_params)):
+            for i, p in zip(g["params"], ps):
+                by_index[i] = (p, gi)
+    elif named:
         names = dict(base.model.named_parameters())
         for gi, g in enumerate(groups):
             for i, n in zip(g["params"], g["param_names"]):
@@ -369,7 +380,7 @@ def _pname(proxy, p) -> str:
     return names[0] if names else "?"
 
 
-def _read_torch_schedule(path: Path, report) -> dict:
+def read_torch_schedule(path: Path, report) -> dict:
     obj = load_torch_object(path)
     if not (isinstance(obj, dict) and "last_epoch" in obj and "_last_lr" in obj):
         what = sorted(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
@@ -555,7 +566,7 @@ class _Target:
     betas: tuple = ()
 
 
-def _targets(plan, side: _Side, raw, report) -> list:
+def targets_for(plan, side: _Side, raw, report) -> list:
     """Every raw parameter's new state, moved by the plan's COPY ops (parts and transforms as for the weight)."""
     table = side.table
     raw_params = list(raw.model.parameters())
@@ -619,27 +630,28 @@ def _float_dtype(p) -> np.dtype:
     return np.dtype(name if name in ("float32", "float64") else "float32")
 
 
+def paddle_rows(side: _Side, targets, key) -> list:
+    """The paddle accumulators of every target as ``[(file key, numpy array)]``: moments in the parameter's dtype,
+    then (Adam) the beta powers beta**(step + 1) as float32 ``[1]``. ``key(param, accumulator)`` names each."""
+    table, rows = side.table, []
+    for t in targets:
+        dt = _float_dtype(t.param)
+        for neutral, _, acc in table.tensors:
+            rows.append((key(t.param, acc), t.values[neutral].numpy().astype(dt)))
+    if table.steps:
+        default = next(iter(side.betas.values()))
+        for i, name in enumerate(optim_state.BETA_POWS):
+            for t in targets:
+                beta = (t.betas or default)[i]
+                rows.append((key(t.param, name), np.array([beta ** ((t.step or 0) + 1)], dtype=np.float32)))
+    return rows
+
+
 def _write_paddle(path: Path, raw, side: _Side, targets, report):
-    table = side.table
-    steps = set()
     with OutputFile(path) as fh:
         w = pdparams.StreamWriter(fh)
         w.start()
-        rows = []
-        for t in targets:
-            dt = _float_dtype(t.param)
-            for neutral, _, acc in table.tensors:
-                rows.append((f"{t.param.name}_{acc}_0", t.values[neutral].numpy().astype(dt)))
-        if table.steps:
-            for name_i, name in enumerate(optim_state.BETA_POWS):
-                for t in targets:
-                    if not t.betas:
-                        t.betas = next(iter(side.betas.values()))
-                    step = t.step or 0
-                    steps.add(step)
-                    rows.append((f"{t.param.name}_{name}_0",
-                                 np.array([t.betas[name_i] ** (step + 1)], dtype=np.float32)))
-        for key, a in rows:
+        for key, a in paddle_rows(side, targets, lambda p, acc: f"{p.name}_{acc}_0"):
             a = np.ascontiguousarray(a)
             w.add(key, a.reshape(-1).view(np.uint8).data if a.size else b"", a.shape, a.dtype)
         if side.schedule is not None:
