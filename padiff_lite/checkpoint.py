@@ -96,7 +96,8 @@ def convert_checkpoint(src, dst, base_model=None, raw_model=None, strict: bool =
     not fit the models); no output is left behind then, and the source is never written.
     """
     if to is not None:
-        if base_model is not None or raw_model is not None or layout is not None or mapping is not None:
+        if base_model is not None or raw_model is not None or layout is not None or mapping is not None \
+                or scheduler is not None or scheduler_out is not None:
             raise CheckpointError("to= converts a model folder with the models its config.json names; do not pass "
                                   "base_model/raw_model/layout/mapping with it")
         from .library_folders import convert_folder
@@ -106,7 +107,10 @@ def convert_checkpoint(src, dst, base_model=None, raw_model=None, strict: bool =
             if verify:
                 raise CheckpointError(f"{src} is a trainer checkpoint (trainer_state.json): verify= is for model "
                                       "folders; resume the converted checkpoint with the target library's Trainer")
-            return convert_trainer_folder(src, dst, to, progress=progress)
+            return convert_trainer_folder(src, dst, to, progress=progress, optimizer=optimizer)
+        if optimizer is not None:
+            raise CheckpointError(f"{src} is a model folder (no trainer_state): optimizer= is for optimizer state; "
+                                  "leave it out")
         return convert_folder(src, dst, to, verify=verify, progress=progress)
     from .optim_files import convert_optimizer, is_optimizer_conversion
 

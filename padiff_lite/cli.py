@@ -252,10 +252,11 @@ def cmd_convert(args) -> int:
 
     progress = False if args.quiet else None
     if args.to is not None:
-        if args.base or args.raw or args.map or args.layout:
+        if args.base or args.raw or args.map or args.layout or args.scheduler or args.scheduler_out:
             raise CheckpointError("--to converts a model folder with the models its config.json names; leave out "
-                                  "--base, --raw, --map and --layout")
-        report = convert_checkpoint(args.src, args.dst, to=args.to, verify=args.verify, progress=progress)
+                                  "--base, --raw, --map, --layout, --scheduler and --scheduler-out")
+        report = convert_checkpoint(args.src, args.dst, to=args.to, verify=args.verify, progress=progress,
+                                    optimizer=args.optimizer)
         if not args.quiet:
             print(report)
         return 0 if report.ok else 1
@@ -324,8 +325,9 @@ def _add_convert(sub):
     c.add_argument("--map", metavar="FILE", help="a mapping (JSON, from `padiff-lite pair`) pairing the layers "
                    "whose names differ; made once on small random-weight models of the same architecture")
     c.add_argument("--optimizer", metavar="MODULE:CALLABLE",
-                   help="optimizer state (a .pdopt on one side): factory called with the raw model, returning the "
-                        "optimizer DST is for (or (optimizer, scheduler)); needed to write a torch optimizer file")
+                   help="optimizer state (a .pdopt on one side, or a PaddleFormers trainer checkpoint --to "
+                        "transformers): factory called with the raw model, returning the optimizer DST is for (or "
+                        "(optimizer, scheduler)); needed to write a torch optimizer file")
     c.add_argument("--scheduler", metavar="FILE",
                    help="optimizer state, torch -> paddle: the torch scheduler.state_dict() file whose position goes "
                         "into the .pdopt's LR_Scheduler (paddle -> torch: a paddle scheduler file, when the .pdopt has "

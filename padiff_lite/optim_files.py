@@ -84,7 +84,7 @@ class OptimizerReport:
 
 
 @dataclass
-class _State:
+class State:
     """One parameter's state in neutral form: torch tensors in its side's layout, the step count."""
 
     tensors: dict = field(default_factory=dict)
@@ -92,7 +92,7 @@ class _State:
 
 
 @dataclass
-class _Side:
+class Side:
     """The state read from a file, tied to the base model's parameters (by ``id``)."""
 
     table: object = None
@@ -162,7 +162,7 @@ def convert_optimizer(src, dst, base_model, raw_model, *, mapping=None, optimize
         side = read_torch(src, base, report)
         if scheduler is not None:
             side.schedule = read_torch_schedule(Path(scheduler), report)
-        target_opt, target_sched = _call_factory(optimizer, raw, "paddle") if optimizer is not None else (None, None)
+        target_opt, target_sched = call_factory(optimizer, raw, "paddle") if optimizer is not None else (None, None)
         if target_opt is not None:
             _check_paddle_optimizer(target_opt, side, src)
     else:
@@ -171,21 +171,21 @@ def convert_optimizer(src, dst, base_model, raw_model, *, mapping=None, optimize
             if side.schedule is not None:
                 raise CheckpointError(f"{src} holds its schedule (LR_Scheduler); do not give another one "
                                       f"({scheduler})")
-            side.schedule = _read_paddle_schedule(Path(scheduler))
+            side.schedule = read_paddle_schedule(Path(scheduler))
         if optimizer is None:
             raise CheckpointError(f"{src} -> {dst}: a torch optimizer file holds the param groups with every "
                                   "hyperparameter, and torch's load_state_dict replaces the optimizer's settings with "
                                   "the file's, but a .pdopt holds none: pass the torch optimizer the run will load it "
                                   "into, as a factory called with the model (optimizer=fn / --optimizer "
                                   "MODULE:CALLABLE, returning the optimizer, or (optimizer, scheduler))")
-        target_opt, target_sched = _call_factory(optimizer, raw, "torch")
+        target_opt, target_sched = call_factory(optimizer, raw, "torch")
         if side.table.steps:
             betas = {tuple(float(b) for b in g["betas"]) for g in target_opt.param_groups}
             if len(betas) != 1:
                 raise CheckpointError(f"the torch optimizer's param groups have different betas {sorted(betas)}; a "
                                       "paddle optimizer has one pair, so its powers decode with one: use one")
             one = next(iter(betas))
-            _decode_steps(side, src, lambda pid: one, base.name)
+            decode_steps(side, src, lambda pid: one, base.name)
         if side.schedule is not None and scheduler_out is None:
             report.notes.append(f"{src}: the schedule's position (last_epoch {side.schedule['last_epoch']}, learning "
                                 f"rate {side.schedule['lr']:.6g}) was not written: name a torch scheduler file "
@@ -208,9 +208,9 @@ def convert_optimizer(src, dst, base_model, raw_model, *, mapping=None, optimize
             if to_paddle:
                 _write_paddle(out.tmp(dst), raw, side, targets, report)
             else:
-                _write_torch(out.tmp(dst), raw, side, targets, target_opt, report)
+                write_torch(out.tmp(dst), raw, side, targets, target_opt, report)
                 if scheduler_out is not None:
-                    _write_torch_schedule(out.tmp(Path(scheduler_out)), side.schedule, target_sched, report)
+                    write_torch_schedule(out.tmp(Path(scheduler_out)), side.schedule, target_sched, report)
             out.commit()
     except (OSError, RuntimeError) as exc:
         err = output_error(exc, dst)
@@ -233,7 +233,7 @@ def _build(spec, role: str, paddle_side: bool):
         return build_model(spec, role)
 
 
-def _call_factory(spec, raw, framework: str):
+def call_factory(spec, raw, framework: str):
     fn = load_factory(spec, "optimizer") if isinstance(spec, str) else spec
     if not callable(fn):
         raise CheckpointError(f"optimizer= must be a factory called with the {framework} model, got "
@@ -285,7 +285,7 @@ def _table_for(keys: set, framework: str, where: str):
 
 
 # -- reading -----------------------------------------------------------------------------------------------------
-def read_torch(src: Path, base, report, groups_of_params=None) -> _Side:
+def read_torch(src: Path, base, report, groups_of_params=None) -> Side:
     """A torch optimizer file's state tied to ``base``'s parameters. ``groups_of_params``: the parameters of each
     param group, in order, when the caller knows how the optimizer was built (a trainer's own grouping)."""
     obj = load_torch_object(src)
@@ -333,7 +333,7 @@ def read_torch(src: Path, base, report, groups_of_params=None) -> _Side:
         if not isinstance(st, dict):
             raise CheckpointError(f"{src}: state[{i!r}] is a {type(st).__name__}, not a dict of tensors")
         keys |= set(st)
-    side = _Side(groups=[{k: v for k, v in g.items() if k not in ("params", "param_names")} for g in groups])
+    side = Side(groups=[{k: v for k, v in g.items() if k not in ("params", "param_names")} for g in groups])
     if not obj["state"]:
         raise CheckpointError(f"{src}: the optimizer holds no state (it has not stepped, or it keeps none, like plain "
                               "SGD): there is nothing to convert; start the other side's optimizer fresh")
@@ -343,7 +343,7 @@ def read_torch(src: Path, base, report, groups_of_params=None) -> _Side:
             raise CheckpointError(f"{src}: state[{i!r}] belongs to no parameter of the param groups; the file is not "
                                   "one optimizer's state_dict()")
         p, gi = by_index[i]
-        s = _State()
+        s = State()
         for neutral, key, _ in side.table.tensors:
             t = st.get(key)
             if t is None:
@@ -425,7 +425,7 @@ def _parse_paddle(path: Path) -> dict:
         raise CheckpointError(f"{path}: {exc}") from None
 
 
-def _read_paddle_schedule(path: Path, obj=None) -> dict:
+def read_paddle_schedule(path: Path, obj=None) -> dict:
     obj = _parse_paddle(path) if obj is None else obj
     if not (isinstance(obj, dict) and "last_epoch" in obj and "last_lr" in obj):
         raise CheckpointError(f"{path}: not a paddle scheduler state (expected 'last_epoch' and 'last_lr', found "
@@ -439,15 +439,15 @@ def _read_paddle_schedule(path: Path, obj=None) -> dict:
     return {"last_epoch": epoch, "lr": float(lr), "settings": extra}
 
 
-def _read_paddle(src: Path, base, report) -> _Side:
+def _read_paddle(src: Path, base, report) -> Side:
     obj = _parse_paddle(src)
     if "master_weights" in obj:
         raise CheckpointError(f"{src}: master_weights: the paddle optimizer kept float32 master weights (AMP, "
                               "multi_precision=True); moving them is not supported: save from a float32 run with "
                               "multi_precision=False")
-    side = _Side()
+    side = Side()
     if SCHED_KEY in obj:
-        side.schedule = _read_paddle_schedule(src, obj[SCHED_KEY])
+        side.schedule = read_paddle_schedule(src, obj[SCHED_KEY])
     entries = {k: _paddle_value(v) for k, v in obj.items() if k not in (SCHED_KEY, STRUCTURED_KEY)}
     bad = [str(k) for k, v in entries.items() if not (isinstance(k, str) and isinstance(v, pdparams.ArrayRef))]
     if bad:
@@ -506,7 +506,7 @@ def _read_paddle(src: Path, base, report) -> _Side:
     for (pid, acc), key in found.items():
         p = by_id[pid]
         t = _array(src, entries[key], key)
-        s = side.states.setdefault(pid, _State())
+        s = side.states.setdefault(pid, State())
         if acc in optim_state.BETA_POWS:
             if t.numel() != 1:
                 raise CheckpointError(f"{src}: {key} has shape {list(t.shape)}; a beta power is one number")
@@ -521,7 +521,7 @@ def _read_paddle(src: Path, base, report) -> _Side:
     return side
 
 
-def _decode_steps(side: _Side, src, betas_of, base_name: str):
+def decode_steps(side: Side, src, betas_of, base_name: str):
     """paddle beta powers -> step counts with the target optimizer's betas; refused when they fit no step."""
     for pid, s in side.states.items():
         pw = side.pows.get(pid, {})
@@ -539,7 +539,7 @@ def _decode_steps(side: _Side, src, betas_of, base_name: str):
         s.step = step
 
 
-def _check_paddle_optimizer(opt, side: _Side, src):
+def _check_paddle_optimizer(opt, side: Side, src):
     cls = type(opt).__name__
     if cls not in side.table.paddle_classes:
         raise CheckpointError(f"{src}: holds {side.table.kind} state, but the paddle optimizer is {cls}; build a "
@@ -566,7 +566,7 @@ class _Target:
     betas: tuple = ()
 
 
-def targets_for(plan, side: _Side, raw, report) -> list:
+def targets_for(plan, side: Side, raw, report) -> list:
     """Every raw parameter's new state, moved by the plan's COPY ops (parts and transforms as for the weight)."""
     table = side.table
     raw_params = list(raw.model.parameters())
@@ -630,7 +630,7 @@ def _float_dtype(p) -> np.dtype:
     return np.dtype(name if name in ("float32", "float64") else "float32")
 
 
-def paddle_rows(side: _Side, targets, key) -> list:
+def paddle_rows(side: Side, targets, key) -> list:
     """The paddle accumulators of every target as ``[(file key, numpy array)]``: moments in the parameter's dtype,
     then (Adam) the beta powers beta**(step + 1) as float32 ``[1]``. ``key(param, accumulator)`` names each."""
     table, rows = side.table, []
@@ -647,7 +647,7 @@ def paddle_rows(side: _Side, targets, key) -> list:
     return rows
 
 
-def _write_paddle(path: Path, raw, side: _Side, targets, report):
+def _write_paddle(path: Path, raw, side: Side, targets, report):
     with OutputFile(path) as fh:
         w = pdparams.StreamWriter(fh)
         w.start()
@@ -665,7 +665,7 @@ def _write_paddle(path: Path, raw, side: _Side, targets, report):
     report.steps = sorted({t.step for t in targets if not t.fresh and t.step is not None})
 
 
-def _write_torch(path: Path, raw, side: _Side, targets, opt, report):
+def write_torch(path: Path, raw, side: Side, targets, opt, report):
     table = side.table
     tmpl = opt.state_dict()
     index = {}
@@ -699,7 +699,7 @@ def _write_torch(path: Path, raw, side: _Side, targets, opt, report):
     report.steps = sorted({t.step for t in targets if not t.fresh and t.step is not None})
 
 
-def _write_torch_schedule(path: Path, schedule: dict, sched, report):
+def write_torch_schedule(path: Path, schedule: dict, sched, report):
     tmpl = sched.state_dict()
     if "last_epoch" not in tmpl or "_last_lr" not in tmpl:
         raise CheckpointError(f"the factory's scheduler {type(sched).__name__} has no last_epoch/_last_lr in its "

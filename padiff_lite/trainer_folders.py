@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import shutil
 import uuid
 from dataclasses import dataclass, field
@@ -82,21 +83,26 @@ class TrainerFolderReport:
         return "\n".join(lines)
 
 
-def convert_trainer_folder(src, dst, to: str, progress=None) -> TrainerFolderReport:
+def convert_trainer_folder(src, dst, to: str, progress=None, optimizer=None) -> TrainerFolderReport:
+    """``to="paddleformers"``: SRC is a transformers Trainer checkpoint. ``to="transformers"``: SRC is a PaddleFormers
+    unified checkpoint; ``optimizer`` is then a factory called with the transformers model, returning the
+    (optimizer, scheduler) the resumed transformers Trainer builds (its param groups and hyperparameters are written:
+    torch's load_state_dict replaces the optimizer's settings with the file's, and a PaddleFormers checkpoint holds
+    none)."""
     src, dst = Path(src), Path(dst)
-    if to != "paddleformers":
-        raise CheckpointError(f"{src}: a PaddleFormers Trainer checkpoint -> transformers is not converted yet: its "
-                              "trainer_state.bin is a pickle of PaddleFormers' class (not read, it could run code) and "
-                              "torch's optimizer file needs hyperparameters a PaddleFormers checkpoint does not hold. "
-                              "Convert the model folder alone (copy config.json and the model safetensors into a "
-                              "folder of their own) and start the optimizer fresh")
+    if dst.exists() and not (dst.is_dir() and not any(dst.iterdir())):
+        raise CheckpointError(f"{dst} exists and is not an empty folder; a trainer checkpoint is written whole into a "
+                              "new (or empty) folder: choose another name or remove it")
+    if to == "transformers":
+        return _to_transformers(src, dst, optimizer)
+    if optimizer is not None:
+        raise CheckpointError("optimizer= is for a PaddleFormers -> transformers trainer checkpoint (the torch "
+                              "optimizer file needs the torch optimizer's settings); the PaddleFormers side builds its "
+                              "own from its TrainingArguments")
     missing = [n for n in HF_FILES if not (src / n).is_file()]
     if missing:
         raise CheckpointError(f"{src}: a transformers Trainer checkpoint holds {', '.join(HF_FILES)}; "
                               f"{', '.join(missing)} missing. Point at the checkpoint-N folder the Trainer wrote")
-    if dst.exists() and not (dst.is_dir() and not any(dst.iterdir())):
-        raise CheckpointError(f"{dst} exists and is not an empty folder; a trainer checkpoint is written whole into a "
-                              "new (or empty) folder: choose another name or remove it")
     state = _trainer_state_json(src / "trainer_state.json")
     report = TrainerFolderReport(str(src), str(dst), global_step=state["global_step"])
     tmp = dst.parent / temp_name(dst.name, uuid.uuid4().hex[:12])
@@ -275,4 +281,151 @@ def _trainer_state_bin(path: Path, state: dict, report):
     with open(path, "wb") as fh:
         pickle.dump(ts, fh, protocol=4)
         fh.flush()
+        os.fsync(fh.fileno())
+
+
+# -- PaddleFormers -> transformers ---------------------------------------------------------------------------------
+PF_FILES = ("config.json", PF_MODEL_INDEX, PF_OPT_INDEX, "scheduler.pdparams", "trainer_state.bin")
+PF_STATE = ("paddleformers.trainer.trainer_callback", "TrainerState")
+_ACC_COUNTER = re.compile(r"^(.+)/(\w+?)_(\d+)$")
+
+
+def _to_transformers(src: Path, dst: Path, optimizer) -> TrainerFolderReport:
+    if (src / "model_state").is_dir() or (src / "optimizer_state").is_dir():
+        raise CheckpointError(f"{src}: a PaddleFormers flex_checkpoint (model_state/, optimizer_state/ .distcp files "
+                              "whose metadata are pickled paddle classes) is not read; save the run with "
+                              "save_checkpoint_format='unified_checkpoint' (safetensors) and convert that")
+    missing = [n for n in PF_FILES if not (src / n).is_file()]
+    if missing:
+        raise CheckpointError(f"{src}: a PaddleFormers unified Trainer checkpoint holds {', '.join(PF_FILES)}; "
+                              f"{', '.join(missing)} missing. Save with save_checkpoint_format='unified_checkpoint' and "
+                              "point at its checkpoint-N folder")
+    if optimizer is None:
+        raise CheckpointError(f"{src} -> transformers: torch's optimizer.pt holds the param groups with every "
+                              "hyperparameter, and the transformers Trainer's load_state_dict replaces its optimizer's "
+                              "settings with the file's, but a PaddleFormers checkpoint holds none: pass the optimizer "
+                              "the resumed run builds, as a factory called with the transformers model returning "
+                              "(optimizer, scheduler) (optimizer= / --optimizer MODULE:CALLABLE)")
+    index = json.loads((src / PF_OPT_INDEX).read_text(encoding="utf-8"))
+    if not isinstance(index, dict) or not isinstance(index.get("weight_map"), dict):
+        raise CheckpointError(f"{src / PF_OPT_INDEX}: no weight_map; not a unified checkpoint's optimizer index")
+    if index.get("master_weights") or (src / "master_weights.safetensors.index.json").is_file():
+        raise CheckpointError(f"{src}: master_weights: the run kept float32 master weights (AMP); moving them is not "
+                              "supported: convert a float32 run (bf16=False, fp16=False)")
+    state = pdparams.parse(src / "trainer_state.bin", records=[PF_STATE])
+    if not isinstance(state, dict) or type(state.get("global_step")) is not int:
+        raise CheckpointError(f"{src / 'trainer_state.bin'}: no integer global_step; not a PaddleFormers TrainerState")
+    report = TrainerFolderReport(str(src), str(dst), global_step=state["global_step"])
+    tmp = dst.parent / temp_name(dst.name, uuid.uuid4().hex[:12])
+    from .library_folders import convert_folder
+
+    try:
+        report.model = convert_folder(src, tmp, "transformers", weights=PF_MODEL_INDEX)
+        report.optimizer = _optimizer_to_torch(src, tmp, optimizer, report)
+        _trainer_state_json_out(tmp / "trainer_state.json", state, report)
+        _sync(tmp)
+        if dst.is_dir():
+            dst.rmdir()
+        os.rename(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    report.notes.append("rng_state_0.pth was not carried over: paddle's and torch's random generators are different "
+                        "algorithms, so no state of one continues the other's stream; dropout masks and data shuffling "
+                        "after the resume differ from the run that never moved (transformers logs that it found no RNG "
+                        "file)")
+    report.notes.append("training_args.bin was not read (a pickle of PaddleFormers' TrainingArguments): the "
+                        "hyperparameters written are those of the optimizer factory; set the resumed run's "
+                        "TrainingArguments alike")
+    return report
+
+
+def _models(src_cfg: dict, dst_cfg: dict, to: str):
+    import paddleformers.transformers as pft
+    import transformers
+
+    cfg_t, cfg_p = (dst_cfg, src_cfg) if to == "transformers" else (src_cfg, dst_cfg)
+    arch_t, arch_p = cfg_t["architectures"][0], cfg_p["architectures"][0]
+    tcls, pcls = getattr(transformers, arch_t, None), getattr(pft, arch_p, None)
+    if tcls is None or pcls is None:
+        raise CheckpointError(f"{arch_t} / {arch_p} is not a class of transformers / PaddleFormers")
+    _, t_model = build_without_storage("transformers", tcls, cfg_t)
+    _, p_model = build_without_storage("paddleformers", pcls, cfg_p)
+    return t_model, p_model
+
+
+def _optimizer_to_torch(src: Path, tmp: Path, factory, report):
+    from .formats import open_checkpoint
+
+    cfg_p = json.loads((src / "config.json").read_text(encoding="utf-8"))
+    cfg_t = json.loads((tmp / "config.json").read_text(encoding="utf-8"))
+    t_model, p_model = _models(cfg_p, cfg_t, "transformers")
+    base, raw = create_model(p_model), create_model(t_model)
+    plan = build_plan(base, raw)
+    refuse(f"cannot convert the optimizer state of {src}; nothing was written",
+           check(plan, need_data=False, strict=True).problems)
+    opt_report = optim_files.OptimizerReport(str(src / PF_OPT_INDEX))
+    table = optim_files.optim_state.ADAM
+    accs = {a: n for n, _, a in table.tensors}
+    by_name = {}
+    for tid, names in names_by_tensor(base).items():
+        for n in names:
+            by_name[n] = tid
+    params = {id(p): p for p in p_model.parameters()}
+    ck = open_checkpoint(src / PF_OPT_INDEX)
+    side = optim_files.Side(table=table)
+    unknown = []
+    for key in ck.infos:
+        m = _ACC_COUNTER.match(key)
+        pid = by_name.get(m.group(1)) if m else None
+        acc = m.group(2) if m else None
+        if pid is None or (acc not in accs and acc not in optim_files.optim_state.BETA_POWS):
+            unknown.append(key)
+            continue
+        t = ck.get(key)
+        s = side.states.setdefault(pid, optim_files.State())
+        if acc in accs:
+            if tuple(t.shape) != tuple(params[pid].shape):
+                raise CheckpointError(f"{ck.path}: {key} has shape {list(t.shape)}, the parameter "
+                                      f"{list(params[pid].shape)}; the checkpoint is for another model")
+            s.tensors[accs[acc]] = t.to(torch.float64)
+        else:
+            side.pows.setdefault(pid, {})[acc] = float(t.reshape(-1)[0])
+    ck.release()
+    if unknown:
+        raise CheckpointError(f"{src / PF_OPT_INDEX}: {len(unknown)} entries are no AdamW accumulator of a parameter of "
+                              f"{type(p_model).__name__} ({', '.join(unknown[:4])}); only AdamW checkpoints of this "
+                              "model are converted")
+    opt, sched = optim_files.call_factory(factory, raw, "torch")
+    if sched is None:
+        raise CheckpointError("the optimizer factory returned no scheduler; return (optimizer, scheduler) as the "
+                              "transformers Trainer builds them, so the schedule's position is written")
+    betas = {tuple(float(b) for b in g["betas"]) for g in opt.param_groups}
+    if len(betas) != 1:
+        raise CheckpointError(f"the torch optimizer's param groups have different betas {sorted(betas)}; use one pair")
+    one = next(iter(betas))
+    optim_files.decode_steps(side, src / PF_OPT_INDEX, lambda pid: one, type(p_model).__name__)
+    steps = {s.step for s in side.states.values()}
+    if steps != {report.global_step}:
+        opt_report.notes.append(f"parameters took {sorted(steps)} optimizer steps, the trainer {report.global_step}")
+    side.schedule = optim_files.read_paddle_schedule(src / "scheduler.pdparams")
+    targets = optim_files.targets_for(plan, side, raw, opt_report)
+    optim_files.write_torch(tmp / "optimizer.pt", raw, side, targets, opt, opt_report)
+    optim_files.write_torch_schedule(tmp / "scheduler.pt", side.schedule, sched, opt_report)
+    opt_report.family = table.kind
+    opt_report.outputs = ["optimizer.pt", "scheduler.pt"]
+    return opt_report
+
+
+def _trainer_state_json_out(path: Path, state: dict, report):
+    from transformers.trainer_callback import TrainerState
+
+    fields = set(TrainerState.__dataclass_fields__)
+    values = {k: v for k, v in state.items() if k in fields and k not in ("is_local_process_zero",
+                                                                          "is_world_process_zero")}
+    consumed, step = state.get("consumed_samples"), state["global_step"]
+    if "train_batch_size" in fields and isinstance(consumed, int) and step and consumed % step == 0:
+        values["train_batch_size"] = consumed // step
+    TrainerState(**values).save_to_json(str(path))
+    with open(path, "rb+") as fh:
         os.fsync(fh.fileno())

@@ -102,7 +102,7 @@ class Items(paddle.io.Dataset):
 
 def test_transformers_trainer_checkpoint_resumes_in_paddleformers_trainer(tmp_path, monkeypatch):
     _datasets_stand_in()
-    from paddleformers.trainer import Trainer, TrainingArguments
+    from paddleformers.trainer import Trainer
 
     src = tmp_path / "checkpoint-3"
     t_model, opt, sched = hf_checkpoint(src)
@@ -121,12 +121,7 @@ def test_transformers_trainer_checkpoint_resumes_in_paddleformers_trainer(tmp_pa
         batches.append(kwargs["input_ids"].numpy().copy())
         return forward(self, *args, **kwargs)
     monkeypatch.setattr(type(p_model), "forward", recording)
-    args = TrainingArguments(output_dir=str(tmp_path / "pf-run"), per_device_train_batch_size=BATCH, max_steps=TOTAL,
-                             learning_rate=LR, warmup_steps=WARMUP, lr_scheduler_type="linear", weight_decay=WD,
-                             max_grad_norm=0.0, logging_steps=100, save_steps=1000, report_to="none", device="cpu",
-                             seed=0, amp_master_grad=False, save_checkpoint_format="unified_checkpoint",
-                             load_checkpoint_format="unified_checkpoint", dataloader_num_workers=0)
-    trainer = Trainer(model=p_model, args=args, train_dataset=Items())
+    trainer = Trainer(model=p_model, args=pf_args(tmp_path / "pf-run"), train_dataset=Items())
     trainer.train(resume_from_checkpoint=str(tmp_path / "pf-checkpoint-3"))
     assert trainer.state.global_step == TOTAL
     assert len(batches) == TOTAL - DONE
@@ -156,3 +151,80 @@ def test_refuses_a_trainer_folder_without_its_optimizer(tmp_path):
         convert_checkpoint(src, tmp_path / "out", to="paddleformers")
     assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".padiff-tmp-")]
+
+
+def pf_args(out, **kw):
+    from paddleformers.trainer import TrainingArguments
+
+    settings = dict(output_dir=str(out), per_device_train_batch_size=BATCH, max_steps=TOTAL, learning_rate=LR,
+                    warmup_steps=WARMUP, lr_scheduler_type="linear", weight_decay=WD, max_grad_norm=0.0,
+                    logging_steps=100, save_steps=1000, report_to="none", device="cpu", seed=0, amp_master_grad=False,
+                    save_checkpoint_format="unified_checkpoint", load_checkpoint_format="unified_checkpoint",
+                    dataloader_num_workers=0)
+    return TrainingArguments(**{**settings, **kw})
+
+
+def test_paddleformers_trainer_checkpoint_resumes_in_torch(tmp_path, monkeypatch):
+    """PaddleFormers' Trainer runs 5 steps and saves at step 3; the checkpoint is converted; transformers' model,
+    optimizer and schedule load it the way its Trainer's resume does (from_pretrained, load_state_dict of
+    optimizer.pt and scheduler.pt, TrainerState.load_from_json) and take steps 4 and 5 on PaddleFormers' batches."""
+    _datasets_stand_in()
+    from paddleformers.trainer import Trainer
+    from transformers.trainer_callback import TrainerState
+
+    p_model = L.paddle_llama(seed=1)
+    batches = []
+    forward = type(p_model).forward
+
+    def recording(self, *args, **kwargs):
+        batches.append(kwargs["input_ids"].numpy().copy())
+        return forward(self, *args, **kwargs)
+    monkeypatch.setattr(type(p_model), "forward", recording)
+    Trainer(model=p_model, args=pf_args(tmp_path / "pf", save_steps=DONE), train_dataset=Items()).train()
+    src = tmp_path / "pf" / f"checkpoint-{DONE}"
+    report = convert_checkpoint(src, tmp_path / "hf-checkpoint", to="transformers", optimizer=hf_optimizer)
+    assert report.optimizer.moved == report.optimizer.parameters and report.optimizer.steps == [DONE]
+    assert "rng_state_0.pth was not carried over" in str(report)
+
+    out = tmp_path / "hf-checkpoint"
+    t_model = transformers.LlamaForCausalLM.from_pretrained(out, attn_implementation="eager").train()
+    opt, sched = hf_optimizer(t_model)
+    opt.load_state_dict(torch.load(out / "optimizer.pt", weights_only=True))
+    sched.load_state_dict(torch.load(out / "scheduler.pt", weights_only=True))
+    assert TrainerState.load_from_json(str(out / "trainer_state.json")).global_step == DONE
+    fresh = copy.deepcopy(t_model)
+    f_opt, f_sched = hf_optimizer(fresh)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(DONE):
+            f_sched.step()
+    for ids in batches[DONE:]:
+        torch_step(t_model, opt, sched, ids)
+        torch_step(fresh, f_opt, f_sched, ids)
+    back = L.torch_llama(seed=4)
+    assign_weight(p_model, back)
+    want, got, other = back.state_dict(), t_model.state_dict(), fresh.state_dict()
+    moved = max(float((want[k] - got[k]).abs().max()) for k in want)
+    differs = max(float((want[k] - other[k]).abs().max()) for k in want)
+    assert moved < AGREE, f"torch's resumed run differs from PaddleFormers' by {moved:.2e}"
+    assert differs > STATE_MATTERS, f"a fresh optimizer differs by only {differs:.2e}"
+
+
+def test_paddleformers_checkpoint_to_transformers_needs_the_torch_optimizer(tmp_path):
+    src = tmp_path / "checkpoint-3"  # refused before any file is read: the names are enough
+    src.mkdir()
+    for name in ("config.json", "model.safetensors.index.json", "optimizer.safetensors.index.json",
+                 "scheduler.pdparams", "trainer_state.bin"):
+        (src / name).write_text("{}")
+    with pytest.raises(CheckpointError, match="--optimizer"):
+        convert_checkpoint(src, tmp_path / "out", to="transformers")
+    assert not (tmp_path / "out").exists()
+
+
+def test_refuses_a_flex_checkpoint(tmp_path):
+    src = tmp_path / "checkpoint-3"
+    (src / "model_state").mkdir(parents=True)
+    (src / "trainer_state.bin").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="unified_checkpoint"):
+        convert_checkpoint(src, tmp_path / "out", to="transformers", optimizer=hf_optimizer)
+    assert not (tmp_path / "out").exists()
