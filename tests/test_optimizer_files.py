@@ -22,6 +22,7 @@ import torch
 
 from test_optimizer_state import BATCHES, model, weights
 from padiff_lite import assign_weight, convert_checkpoint
+from test_parts import fused_pool  # noqa: F401 (the fixture)
 from padiff_lite.cli import main
 from padiff_lite.errors import CheckpointError
 
@@ -297,3 +298,38 @@ def test_refuses_other_betas(tmp_path):
     paddle.save(opt.state_dict(), str(tmp_path / "optimizer.pdopt"))
     _refused(tmp_path / "optimizer.pdopt", tmp_path / "optimizer.pt", paddle_model, torch_model,
              optimizer=lambda net: torch.optim.AdamW(net.parameters(), lr=LR), match="betas")
+
+
+# -- a fused qkv: the moments are cut like the weight, through files ---------------------------------------------
+@pytest.mark.parametrize("src", ["torch", "paddle"])
+def test_fused_qkv_moments_through_files(fused_pool, tmp_path, src):
+    from test_optimizer_state import _train_block, np_of, optimizer
+    from test_parts import FusedBlock, SplitBlock
+
+    dst = "paddle" if src == "torch" else "torch"
+    build = {"torch": SplitBlock, "paddle": FusedBlock}
+    a = build[src]()
+    opt_a = optimizer(src, a, "adamw")
+    _train_block(a, opt_a, 3)
+    files = {"torch": tmp_path / "optimizer.pt", "paddle": tmp_path / "optimizer.pdopt"}
+    if src == "torch":
+        torch.save(opt_a.state_dict(), files["torch"])
+    else:
+        paddle.save(opt_a.state_dict(), str(files["paddle"]))
+    report = convert_checkpoint(files[src], files[dst], build[src], build[dst],
+                                optimizer=(lambda net: optimizer("torch", net, "adamw")) if dst == "torch" else None)
+    assert report.moved == report.parameters
+    with paddle.utils.unique_name.guard():  # the loading side as a process of its own
+        b = build[dst]()
+        assign_weight(a, b)
+        opt_b = optimizer(dst, b, "adamw")
+        if dst == "paddle":
+            opt_b.set_state_dict(paddle.load(str(files["paddle"])))
+        else:
+            opt_b.load_state_dict(torch.load(files["torch"], weights_only=True))
+        _train_block(b, opt_b, 3)
+    _train_block(a, opt_a, 3)
+    back = build[src]()
+    assign_weight(b, back)  # into the source's layout, to compare weight by weight
+    diff = max(float(np.abs(np_of(v) - np_of(back.state_dict()[k])).max()) for k, v in a.state_dict().items())
+    assert diff < AGREE, f"{src} -> {dst}: {diff:.2e}"
