@@ -334,3 +334,15 @@ def test_fused_qkv_moments_through_files(fused_pool, tmp_path, src):
     assign_weight(b, back)  # into the source's layout, to compare weight by weight
     diff = max(float(np.abs(np_of(v) - np_of(back.state_dict()[k])).max()) for k, v in a.state_dict().items())
     assert diff < AGREE, f"{src} -> {dst}: {diff:.2e}"
+
+
+def test_refuses_a_paddle_optimizer_with_other_betas(tmp_path):
+    """torch -> paddle with the paddle optimizer named: its betas must be the torch run's (the powers are written for
+    those)."""
+    src = _torch_file(tmp_path, lambda net: make("torch", net, "adamw")[0])
+    msg = _refused(src, tmp_path / "o.pdopt", torch_model, paddle_model, match="betas",
+                   optimizer=lambda net: paddle.optimizer.AdamW(parameters=net.parameters()))
+    assert "(0.8, 0.99)" in msg
+    report = convert_checkpoint(src, tmp_path / "o.pdopt", torch_model, paddle_model,
+                                optimizer=lambda net: make("paddle", net, "adamw")[0])
+    assert report.moved == 6
