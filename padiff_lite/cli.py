@@ -304,7 +304,10 @@ def _add_convert(sub):
                        description="Convert SRC (a checkpoint of --base) into DST (a checkpoint of --raw). "
                                    "Formats by suffix: .pt/.pth/.bin, .safetensors, .pdparams; an HF index "
                                    "'*.safetensors.index.json' / '*.bin.index.json' (or its folder) reads shards "
-                                   "and writes shards plus an index.")
+                                   "and writes shards plus an index. A .pdopt on one side converts optimizer state "
+                                   "(torch optimizer.state_dict() file <-> paddle .pdopt, with --optimizer, "
+                                   "--scheduler, --scheduler-out). With --to, a trainer checkpoint folder "
+                                   "(trainer_state.json / trainer_state.bin) moves with its optimizer and schedule.")
     c.add_argument("src", help="checkpoint to read (file, index file or folder holding one)")
     c.add_argument("dst", help="checkpoint to write; its suffix picks the format")
     c.add_argument("--base", metavar="MODULE:CALLABLE",
