@@ -37,8 +37,9 @@ AGREE = 1e-5  # measured: 1.2e-7 after 2 more steps (a fresh optimizer: 1.8e-3)
 STATE_MATTERS = 1e-4
 
 
-def _datasets_stand_in():
-    """pyarrow (imported by datasets) needs numpy 2 here; the Trainers only look for datasets' classes."""
+def _datasets_stand_in(monkeypatch):
+    """pyarrow (imported by datasets) needs numpy 2 here; the Trainers only look for datasets' classes. The stand-in
+    leaves sys.modules with the test."""
     try:
         import datasets  # noqa: F401
     except ImportError:
@@ -46,7 +47,7 @@ def _datasets_stand_in():
         ds.Dataset = type("Dataset", (), {})
         ds.IterableDataset = type("IterableDataset", (), {})
         ds.__spec__ = importlib.machinery.ModuleSpec("datasets", None)
-        sys.modules["datasets"] = ds
+        monkeypatch.setitem(sys.modules, "datasets", ds)
 
 
 def item(i):
@@ -101,7 +102,7 @@ class Items(paddle.io.Dataset):
 
 
 def test_transformers_trainer_checkpoint_resumes_in_paddleformers_trainer(tmp_path, monkeypatch):
-    _datasets_stand_in()
+    _datasets_stand_in(monkeypatch)
     from paddleformers.trainer import Trainer
 
     src = tmp_path / "checkpoint-3"
@@ -168,7 +169,7 @@ def test_paddleformers_trainer_checkpoint_resumes_in_torch(tmp_path, monkeypatch
     """PaddleFormers' Trainer runs 5 steps and saves at step 3; the checkpoint is converted; transformers' model,
     optimizer and schedule load it the way its Trainer's resume does (from_pretrained, load_state_dict of
     optimizer.pt and scheduler.pt, TrainerState.load_from_json) and take steps 4 and 5 on PaddleFormers' batches."""
-    _datasets_stand_in()
+    _datasets_stand_in(monkeypatch)
     from paddleformers.trainer import Trainer
     from transformers.trainer_callback import TrainerState
 
