@@ -68,7 +68,8 @@ class CheckpointReport(TransferReport):
 # -- the conversion ----------------------------------------------------------
 def convert_checkpoint(src, dst, base_model=None, raw_model=None, strict: bool = True, progress=None,
                        mapping=None, *, layout: str | None = None, to: str | None = None, verify: bool = False,
-                       out_layout: str | None = None, pool=None):
+                       out_layout: str | None = None, pool=None, optimizer=None, scheduler=None,
+                       scheduler_out=None):
     """Convert the checkpoint ``src`` of ``base_model`` into ``dst`` for ``raw_model``.
 
     src: a .pt/.pth/.bin, .safetensors or .pdparams file, an HF index ``*.<suffix>.index.json`` or a
@@ -94,19 +95,43 @@ def convert_checkpoint(src, dst, base_model=None, raw_model=None, strict: bool =
         folder's config.json (:func:`.library_folders.convert_folder`; base_model/raw_model are not given then);
         ``verify`` loads the written folder with the target library and compares outputs.
     pool: the registry of rules to pair and plan with (default: the global ``init_pool``).
+    optimizer, scheduler, scheduler_out: optimizer-state files (a ``.pdopt`` on either side):
+        :func:`.optim_files.convert_optimizer` converts ``optimizer.state_dict()`` files torch <-> paddle.
 
     Raises CheckpointError (file missing, corrupt, unknown suffix) or TransferError (the checkpoint does
     not fit the models); no output is left behind then, and the source is never written.
     """
     if to is not None:
         if base_model is not None or raw_model is not None or layout is not None or mapping is not None or \
-                out_layout is not None or pool is not None:
+                out_layout is not None or pool is not None or scheduler is not None or scheduler_out is not None:
             raise CheckpointError("to= converts a model folder with the models its config.json names (by the "
                                   "library's own tables, not the rules of a pool); do not pass "
-                                  "base_model/raw_model/layout/mapping/out_layout/pool with it")
+                                  "base_model/raw_model/layout/mapping/out_layout/pool/scheduler with it")
         from .library_folders import convert_folder
+        from .trainer_folders import convert_trainer_folder, is_trainer_folder
 
+        if is_trainer_folder(src):
+            if verify:
+                raise CheckpointError(f"{src} is a trainer checkpoint (trainer_state.json): verify= is for model "
+                                      "folders; resume the converted checkpoint with the target library's Trainer")
+            return convert_trainer_folder(src, dst, to, progress=progress, optimizer=optimizer)
+        if optimizer is not None:
+            raise CheckpointError(f"{src} is a model folder (no trainer_state): optimizer= is for optimizer state; "
+                                  "leave it out")
         return convert_folder(src, dst, to, verify=verify, progress=progress)
+    from .optim_files import convert_optimizer, is_optimizer_conversion
+
+    if is_optimizer_conversion(src, dst):
+        if base_model is None or raw_model is None:
+            raise CheckpointError("an optimizer state file is converted with the models it is for: give base_model "
+                                  "and raw_model (--base/--raw)")
+        if not strict or layout is not None or verify:
+            raise CheckpointError("strict=False, layout= and verify= do not apply to optimizer state files")
+        return convert_optimizer(src, dst, base_model, raw_model, mapping=mapping, optimizer=optimizer,
+                                 scheduler=scheduler, scheduler_out=scheduler_out)
+    if optimizer is not None or scheduler is not None or scheduler_out is not None:
+        raise CheckpointError(f"optimizer=/scheduler=/scheduler_out= are for optimizer state files ({src} -> {dst}): "
+                              "name the paddle side .pdopt")
     if base_model is None or raw_model is None:
         raise CheckpointError("give base_model and raw_model (the models SRC and DST are for), or to= for a model "
                               "folder (padiff-lite convert SRC_DIR DST_DIR --to paddleformers|transformers)")

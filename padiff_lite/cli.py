@@ -252,10 +252,12 @@ def cmd_convert(args) -> int:
 
     progress = False if args.quiet else None
     if args.to is not None:
-        if args.base or args.raw or args.map or args.layout or args.out_layout:
+        if args.base or args.raw or args.map or args.layout or args.out_layout or args.scheduler or \
+                args.scheduler_out:
             raise CheckpointError("--to converts a model folder with the models its config.json names; leave out "
-                                  "--base, --raw, --map, --layout and --out-layout")
-        report = convert_checkpoint(args.src, args.dst, to=args.to, verify=args.verify, progress=progress)
+                                  "--base, --raw, --map, --layout, --out-layout, --scheduler and --scheduler-out")
+        report = convert_checkpoint(args.src, args.dst, to=args.to, verify=args.verify, progress=progress,
+                                    optimizer=args.optimizer)
         if not args.quiet:
             print(report)
         return 0 if report.ok else 1
@@ -265,10 +267,12 @@ def cmd_convert(args) -> int:
     if args.verify:
         raise CheckpointError("--verify needs --to (a model folder the target library can load by itself)")
     mapping = load_mapping(args.map) if args.map is not None else None  # checked before any model is built
+    extra = {k: v for k, v in (("optimizer", args.optimizer), ("scheduler", args.scheduler),
+                               ("scheduler_out", args.scheduler_out)) if v is not None}
     try:
         report = convert_checkpoint(args.src, args.dst, args.base, args.raw, strict=args.strict,
                                     progress=progress, mapping=mapping, layout=args.layout,
-                                    out_layout=args.out_layout)
+                                    out_layout=args.out_layout, **extra)
     except TransferError as exc:
         exc.args = (exc.render(cli=True),)  # the problems' fixes in this command's flags, not the Python API's
         raise
@@ -282,7 +286,10 @@ def _add_convert(sub):
                        description="Convert SRC (a checkpoint of --base) into DST (a checkpoint of --raw). "
                                    "Formats by suffix: .pt/.pth/.bin, .safetensors, .pdparams; an HF index "
                                    "'*.safetensors.index.json' / '*.bin.index.json' (or its folder) reads shards "
-                                   "and writes shards plus an index.")
+                                   "and writes shards plus an index. A .pdopt on one side converts optimizer state "
+                                   "(torch optimizer.state_dict() file <-> paddle .pdopt, with --optimizer, "
+                                   "--scheduler, --scheduler-out). With --to, a trainer checkpoint folder "
+                                   "(trainer_state.json / trainer_state.bin) moves with its optimizer and schedule.")
     c.add_argument("src", help="checkpoint to read (file, index file or folder holding one)")
     c.add_argument("dst", help="checkpoint to write; its suffix picks the format")
     c.add_argument("--base", metavar="MODULE:CALLABLE",
@@ -305,6 +312,17 @@ def _add_convert(sub):
                    help="refuse tensors without a partner (default); --no-strict lists them and goes on")
     c.add_argument("--map", metavar="FILE", help="a mapping (JSON, from `padiff-lite pair`) pairing the layers "
                    "whose names differ; made once on small random-weight models of the same architecture")
+    c.add_argument("--optimizer", metavar="MODULE:CALLABLE",
+                   help="optimizer state (a .pdopt on one side, or a PaddleFormers trainer checkpoint --to "
+                        "transformers): factory called with the raw model, returning the optimizer DST is for (or "
+                        "(optimizer, scheduler)); needed to write a torch optimizer file")
+    c.add_argument("--scheduler", metavar="FILE",
+                   help="optimizer state, torch -> paddle: the torch scheduler.state_dict() file whose position goes "
+                        "into the .pdopt's LR_Scheduler (paddle -> torch: a paddle scheduler file, when the .pdopt has "
+                        "none)")
+    c.add_argument("--scheduler-out", metavar="FILE",
+                   help="optimizer state, paddle -> torch: write the schedule's position as a torch "
+                        "scheduler.state_dict() file (the --optimizer factory returns the scheduler)")
     c.set_defaults(func=cmd_convert)
 
 

@@ -515,6 +515,15 @@ def _torch_load(f: Path, path: str, mmap: bool):
         raise _corrupt(f, exc, "torch") from None
 
 
+def load_torch_object(path) -> object:
+    """The object a ``torch.save`` file holds (an optimizer's or a scheduler's state dict), read as every torch
+    source is: a regular file, its pickles followed under bounds first, then ``torch.load(weights_only=True)``."""
+    f = Path(path)
+    with open_regular(f, CheckpointError, "checkpoint file") as fh:
+        _check_torch_pickles(f, fh)
+        return _torch_load(f, fd_path(fh, f), False)
+
+
 def _tensors_only(f, obj, kind, convert) -> dict:
     if isinstance(obj, dict) and not any(isinstance(v, kind) for v in obj.values()):
         for w in WRAPPER_KEYS:

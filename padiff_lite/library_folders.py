@@ -165,11 +165,12 @@ def _other_files(src: Path, weight_files: set) -> list[Path]:
 
 
 # -- the conversion -------------------------------------------------------------------
-def convert_folder(src, dst, to: str, verify: bool = False, progress=None) -> FolderReport:
+def convert_folder(src, dst, to: str, verify: bool = False, progress=None, weights=None) -> FolderReport:
     """Convert the model folder ``src`` (transformers' or PaddleFormers' save_pretrained) into the folder ``dst``
     that ``to``'s ``from_pretrained`` loads. See the module's docstring; CheckpointError when it cannot be done
     right (nothing is written then). ``progress`` is accepted for convert_checkpoint's signature; folder
-    conversion shows no bar yet (it logs the result)."""
+    conversion shows no bar yet (it logs the result). ``weights``: the model's file (or index) in ``src`` when the
+    folder holds other checkpoints too (a trainer checkpoint's optimizer.pt)."""
     t0 = time.perf_counter()
     if to not in TARGETS:
         raise CheckpointError(f"to={to!r}: choose one of {', '.join(TARGETS)}")
@@ -189,7 +190,7 @@ def convert_folder(src, dst, to: str, verify: bool = False, progress=None) -> Fo
                               "PaddleFormers imports it")
     model_type = cfg.get("model_type", "")
 
-    ck = open_checkpoint(src)
+    ck = open_checkpoint(src if weights is None else src / Path(weights).name)
     outside = [str(f) for f in ck.files if f.resolve().parent != src.resolve()]
     if outside:
         raise CheckpointError(f"{src}: weight file(s) {', '.join(outside)} are symbolic links out of the folder; copy "

@@ -257,6 +257,9 @@ def _step_from_pows(pows, betas) -> int:
     return int(math.ceil(math.log(TINY) / math.log(max(b for b in betas if 0 < b < 1))))
 
 
+step_from_pows = _step_from_pows  # public: the optimizer-file converter (optim_files.py) decodes paddle's powers too
+
+
 @dataclass
 class _Target:
     """What one raw parameter's state becomes: per neutral name the new value (a torch tensor in the raw layout),

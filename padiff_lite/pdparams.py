@@ -108,12 +108,32 @@ class _ArrayStub:
     ref: ArrayRef | None = None
 
 
-def parse(path: Path):
+class Record(dict):
+    """A plain-data object of an allowed class (``parse(records=...)``): its fields as a dict, its class's name."""
+
+    def __init__(self, cls: str):
+        super().__init__()
+        self.cls = cls
+
+
+class _RecordClass:
+    def __init__(self, name):
+        self.name = name
+
+    def __repr__(self):
+        return self.name
+
+
+def parse(path: Path, records=()):
     """The object pickled in ``path``, with every numpy array as an :class:`ArrayRef`; CheckpointError when the
-    file is not a pickle of plain data and arrays (nothing in it is executed or imported)."""
+    file is not a pickle of plain data and arrays (nothing in it is executed or imported). ``records``: ``(module,
+    class)`` pairs whose objects the file may hold as plain data (created without arguments, state set from a dict),
+    read as :class:`Record` (a trainer's state, say); nothing of those classes is imported."""
     try:
         with open_regular(path, CheckpointError, "checkpoint file") as fh:
-            return _Machine(fh, os.fstat(fh.fileno()).st_size).run()
+            machine = _Machine(fh, os.fstat(fh.fileno()).st_size)
+            machine.records = {tuple(r) for r in records}
+            return machine.run()
     except PickleBoundsError as exc:
         raise CheckpointError(f"{path}: refused to load: {exc}, which no paddle.save file does; nothing from the "
                               "file was run. Get the checkpoint from a trusted source or re-save it with "
@@ -141,6 +161,13 @@ class _Machine:
         self.marks: list[list] = []
         self.memo: dict = {}
         self.bounds = Bounds()
+
+    records: set = frozenset()
+
+    def _global(self, module: str, name: str):
+        if (module, name) in self.records:
+            return _RecordClass(f"{module}.{name}")
+        return _global(module, name)
 
     # -- reading the stream ----------------------------------------------------
     def _read(self, n: int) -> bytes:
@@ -300,12 +327,12 @@ class _Machine:
             elif op == b"c":  # GLOBAL "module\nname\n"
                 module = self.fh.readline(256).decode("utf-8").rstrip("\n")
                 name = self.fh.readline(256).decode("utf-8").rstrip("\n")
-                stack.append(_global(module, name))
+                stack.append(self._global(module, name))
             elif op == b"\x93":  # STACK_GLOBAL
                 name, module = stack.pop(), stack.pop()
                 if not isinstance(name, str) or not isinstance(module, str):
                     raise ValueError("STACK_GLOBAL with names that are not strings")
-                stack.append(_global(module, name))
+                stack.append(self._global(module, name))
             elif op == b"R":
                 args = stack.pop()
                 stack.append(_reduce(stack.pop(), args))
@@ -317,10 +344,13 @@ class _Machine:
                     stack.pop()
                 args = stack.pop()
                 cls = stack.pop()
-                if cls not in (dict, list, tuple, set, frozenset):
+                if isinstance(cls, _RecordClass) and args == ():
+                    stack.append(Record(cls.name))
+                elif cls not in (dict, list, tuple, set, frozenset):
                     raise _Refused(f"it asks to create an object of {cls!r} (pickle NEWOBJ), which a paddle state "
                                    "dict never holds")
-                stack.append(cls(*args))
+                else:
+                    stack.append(cls(*args))
             elif op in _CODE_OPCODES:
                 raise _Refused(f"it uses pickle opcode {op!r} at byte {self.fh.tell() - 1}, which paddle.save never "
                                "writes for a state dict (it builds objects or calls code)")
@@ -622,6 +652,10 @@ class StreamWriter:
             self.out.write(b"\x94")  # MEMOIZE: the array, for aliases written later
             self.memo[key] = len(self.memo)
         self.out.write(b"s")  # SETITEM
+
+    def add_value(self, key: str, value):
+        """A plain value (a dict of ints and floats, such as an LR scheduler's state) under ``key``."""
+        self.out.write(_opcodes(key) + _opcodes(value) + b"s")
 
     def alias(self, key: str, of: str):
         slot = self.memo[of]

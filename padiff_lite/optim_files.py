@@ -1,0 +1,738 @@
+"""Optimizer and scheduler checkpoint files: torch ``optimizer.state_dict()`` (``torch.save``) <-> paddle
+``optimizer.state_dict()`` (``paddle.save``, ``.pdopt``), with the model factories (or a mapping) saying which
+state belongs to which parameter, and the same plan as the weights (a transposed Linear's moments are transposed,
+a fused qkv's moments are cut like its weight).
+
+How state is tied to parameters:
+
+- torch keys each parameter's state by its index in the optimizer's ``param_groups`` (groups in order, then
+  parameters in order). A file whose groups carry ``param_names`` (optimizers built from ``named_parameters()``)
+  says which parameter each index is. Otherwise one group is read as ``model.parameters()`` in order (every
+  shape checked, the assumption said in the report); several groups without names cannot be told apart and are
+  refused. Writing a torch file takes the torch optimizer the run will load it into (``optimizer=``, a factory
+  called with the raw model): its param groups, with their hyperparameters, are the file's groups, because
+  ``load_state_dict`` replaces the groups' settings with the file's.
+- paddle keys each accumulator by ``<parameter name>_<accumulator>_<n>`` (``linear_0.w_0_moment1_0``), and the
+  parameter names are made by a per-process counter (``paddle.utils.unique_name``) when the layers are built. A
+  process that builds the model first gets the names a fresh build gives, so factories are called under a
+  fresh name generator (a model object passed in keeps its names). Structured names (``model.layers.0...`` with
+  ``.`` before the accumulator, PaddleFormers' checkpoints) are read too. A file whose names fit neither is
+  refused. Paddle saves no hyperparameters: betas come from the torch side.
+
+Counters: torch's per-parameter ``step`` <-> paddle's ``beta1_pow_acc`` / ``beta2_pow_acc`` = beta**(step + 1).
+Schedules: torch ``scheduler.state_dict()`` (its own file) <-> the ``.pdopt``'s ``LR_Scheduler`` entry
+(``last_epoch``, ``last_lr``); only the position moves, the settings are the user's (listed in the report).
+Output is written like every converter's: temporary files, renamed into place at the end (:mod:`.atomic`).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import layout, optim_state, pdparams
+from .atomic import AtomicOutput, output_error, terminate_like_interrupt
+from .checkpoint_plan import build_model, load_factory, names_by_tensor
+from .errors import CheckpointError
+from .formats import OutputFile, load_torch_object, numpy_to_torch
+from .ops import COPY, FILL
+from .prepare import prepare
+from .validate import check, refuse
+
+log = logging.getLogger("padiff_lite.optim_files")
+
+PADDLE_SUFFIX = ".pdopt"
+TORCH_SUFFIXES = (".pt", ".pth", ".bin")
+SCHED_KEY = "LR_Scheduler"
+STRUCTURED_KEY = "StructuredToParameterName@@"  # paddle.save adds it to every dict (a name table, empty here)
+_COUNTER = re.compile(r"^(.*)_(\d+)$")
+
+
+def is_optimizer_conversion(src, dst) -> bool:
+    """A ``.pdopt`` on either side makes a conversion an optimizer-state one."""
+    return Path(src).suffix == PADDLE_SUFFIX or Path(dst).suffix == PADDLE_SUFFIX
+
+
+@dataclass
+class OptimizerReport:
+    source: str
+    outputs: list = field(default_factory=list)
+    family: str = ""
+    parameters: int = 0  # raw parameters whose state was written
+    moved: int = 0  # of which with state from the source (others fresh)
+    steps: list = field(default_factory=list)
+    schedule: dict | None = None  # the position written (last_epoch, lr)
+    notes: list = field(default_factory=list)
+
+    def __str__(self):
+        lines = [f"optimizer state {self.source} -> {', '.join(self.outputs)}",
+                 f"  {self.family}: state of {self.moved} of {self.parameters} raw parameters moved"
+                 + (f" (steps taken: {', '.join(map(str, self.steps))})" if self.steps else "")]
+        if self.schedule is not None:
+            lines.append(f"  schedule position: step {self.schedule['last_epoch']}, learning rate "
+                         f"{self.schedule['lr']:.6g}")
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+@dataclass
+class State:
+    """One parameter's state in neutral form: torch tensors in its side's layout, the step count."""
+
+    tensors: dict = field(default_factory=dict)
+    step: int = 0
+
+
+@dataclass
+class Side:
+    """The state read from a file, tied to the base model's parameters (by ``id``)."""
+
+    table: object = None
+    states: dict = field(default_factory=dict)  # id(param) -> _State
+    betas: dict = field(default_factory=dict)  # id(param) -> (beta1, beta2) (torch source only)
+    groups: list = field(default_factory=list)  # torch source: the param groups' settings (for the report)
+    schedule: dict | None = None  # {"last_epoch": int, "lr": float, "settings": {...}}
+    pows: dict = field(default_factory=dict)  # paddle source: id(param) -> {beta power name: value}
+
+
+# -- entry point -------------------------------------------------------------------------------------------------
+def convert_optimizer(src, dst, base_model, raw_model, *, mapping=None, optimizer=None, scheduler=None,
+                      scheduler_out=None) -> OptimizerReport:
+    """Convert the optimizer checkpoint ``src`` (of ``base_model``'s optimizer) into ``dst`` for ``raw_model``.
+
+    src/dst: a torch file (``.pt``/``.pth``/``.bin``, ``torch.save(optimizer.state_dict())``) and a ``.pdopt``
+        (``paddle.save(optimizer.state_dict())``), one of each.
+    base_model, raw_model: as for :func:`convert_checkpoint` (structure only).
+    optimizer: a factory ``fn(raw_model) -> optimizer`` or ``-> (optimizer, scheduler)`` (or "module:callable")
+        building the optimizer the output is for. Needed when writing a torch file (its param groups and
+        hyperparameters are the file's); when writing a ``.pdopt`` it is checked against the source (class, betas).
+    scheduler: torch -> paddle: the torch ``scheduler.state_dict()`` file whose position goes into the ``.pdopt``'s
+        LR_Scheduler. paddle -> torch: a paddle scheduler file (``scheduler.pdparams``) when the ``.pdopt`` has none.
+    scheduler_out: paddle -> torch: where to write the torch scheduler state (the factory must return the scheduler).
+
+    Raises CheckpointError / TransferError naming the file, the key and the fix; nothing is written then.
+    """
+    src, dst = Path(src), Path(dst)
+    if src.suffix == PADDLE_SUFFIX and dst.suffix in TORCH_SUFFIXES:
+        direction = "paddle->torch"
+    elif src.suffix in TORCH_SUFFIXES and dst.suffix == PADDLE_SUFFIX:
+        direction = "torch->paddle"
+    else:
+        raise CheckpointError(f"{src} -> {dst}: an optimizer state converts between a torch file "
+                              f"({'/'.join(TORCH_SUFFIXES)}) and a paddle {PADDLE_SUFFIX} file; name one of each")
+    if not src.is_file():
+        raise CheckpointError(f"{src}: no such file; check the path")
+    for p in (scheduler, ):
+        if p is not None and not Path(p).is_file():
+            raise CheckpointError(f"{p}: no such scheduler file; check the path")
+    if scheduler_out is not None and direction == "torch->paddle":
+        raise CheckpointError(f"scheduler_out={scheduler_out}: a .pdopt holds its schedule (LR_Scheduler); give the "
+                              "torch scheduler file as scheduler= instead")
+    if scheduler is not None and direction == "paddle->torch" and Path(scheduler).suffix in TORCH_SUFFIXES:
+        raise CheckpointError(f"{scheduler}: reading paddle -> torch, the scheduler input is paddle's "
+                              "(scheduler.pdparams, or the .pdopt's LR_Scheduler); name the torch file to write as "
+                              "scheduler_out (--scheduler-out)")
+    if Path(dst).is_dir():
+        raise CheckpointError(f"{dst} is a folder; name the output file")
+    to_paddle = direction == "torch->paddle"
+    base, _ = _build(base_model, "base", paddle_side=not to_paddle)
+    raw, _ = _build(raw_model, "raw", paddle_side=to_paddle)
+    for proxy, role, want in ((base, "base", "paddle" if not to_paddle else "torch"),
+                              (raw, "raw", "paddle" if to_paddle else "torch")):
+        if proxy.framework != want:
+            raise CheckpointError(f"{src} -> {dst}: the {role} model {proxy.name} is a {proxy.framework} model, but "
+                                  f"the {role} side of this conversion is a {want} file; pass the {want} model as "
+                                  f"--{role} (the base model is the one {src.name} was saved for)")
+    prepared = prepare(base, raw, mapping=mapping, runnable=False)
+    plan = prepared.plan
+    checked = check(plan, need_data=False, strict=True, context=prepared.context)
+    refuse(f"cannot convert {src} ({base.framework}:{base.name} -> {raw.framework}:{raw.name}); nothing was written",
+           checked.problems)
+
+    report = OptimizerReport(str(src))
+    if to_paddle:
+        side = read_torch(src, base, report)
+        if scheduler is not None:
+            side.schedule = read_torch_schedule(Path(scheduler), report)
+        target_opt, target_sched = call_factory(optimizer, raw, "paddle") if optimizer is not None else (None, None)
+        if target_opt is not None:
+            _check_paddle_optimizer(target_opt, side, src)
+    else:
+        side = _read_paddle(src, base, report)
+        if scheduler is not None:
+            if side.schedule is not None:
+                raise CheckpointError(f"{src} holds its schedule (LR_Scheduler); do not give another one "
+                                      f"({scheduler})")
+            side.schedule = read_paddle_schedule(Path(scheduler))
+        if optimizer is None:
+            raise CheckpointError(f"{src} -> {dst}: a torch optimizer file holds the param groups with every "
+                                  "hyperparameter, and torch's load_state_dict replaces the optimizer's settings with "
+                                  "the file's, but a .pdopt holds none: pass the torch optimizer the run will load it "
+                                  "into, as a factory called with the model (optimizer=fn / --optimizer "
+                                  "MODULE:CALLABLE, returning the optimizer, or (optimizer, scheduler))")
+        target_opt, target_sched = call_factory(optimizer, raw, "torch")
+        if side.table.steps:
+            betas = {tuple(float(b) for b in g["betas"]) for g in target_opt.param_groups}
+            if len(betas) != 1:
+                raise CheckpointError(f"the torch optimizer's param groups have different betas {sorted(betas)}; a "
+                                      "paddle optimizer has one pair, so its powers decode with one: use one")
+            one = next(iter(betas))
+            decode_steps(side, src, lambda pid: one, base.name)
+        if side.schedule is not None and scheduler_out is None:
+            report.notes.append(f"{src}: the schedule's position (last_epoch {side.schedule['last_epoch']}, learning "
+                                f"rate {side.schedule['lr']:.6g}) was not written: name a torch scheduler file "
+                                "(scheduler_out= / --scheduler-out) to carry it over")
+        if scheduler_out is not None:
+            if side.schedule is None:
+                raise CheckpointError(f"{src} holds no LR_Scheduler entry (the paddle optimizer had a float learning "
+                                      "rate); there is no schedule position to write to "
+                                      f"{scheduler_out}: leave scheduler_out out, or give scheduler= a paddle "
+                                      "scheduler file")
+            if target_sched is None:
+                raise CheckpointError(f"scheduler_out={scheduler_out}: the optimizer factory returned no scheduler; "
+                                      "return (optimizer, scheduler) so the torch scheduler's settings are written "
+                                      "(torch's load_state_dict replaces them with the file's)")
+    targets = targets_for(plan, side, raw, report)
+    finals = [dst] + ([Path(scheduler_out)] if scheduler_out is not None else [])
+    sources = [src] + ([Path(scheduler)] if scheduler is not None else [])
+    try:
+        with terminate_like_interrupt(), AtomicOutput(finals, sources) as out:
+            if to_paddle:
+                _write_paddle(out.tmp(dst), raw, side, targets, report)
+            else:
+                write_torch(out.tmp(dst), raw, side, targets, target_opt, report)
+                if scheduler_out is not None:
+                    write_torch_schedule(out.tmp(Path(scheduler_out)), side.schedule, target_sched, report)
+            out.commit()
+    except (OSError, RuntimeError) as exc:
+        err = output_error(exc, dst)
+        if err is None:
+            raise
+        raise err from exc
+    report.outputs = [str(p) for p in finals]
+    log.info("converted optimizer state %s -> %s: %d parameters", src, dst, report.parameters)
+    return report
+
+
+# -- models and factories ----------------------------------------------------------------------------------------
+def _build(spec, role: str, paddle_side: bool):
+    """build_model; a paddle model made here gets the parameter names a fresh process gives it."""
+    if not paddle_side:
+        return build_model(spec, role)
+    import paddle
+
+    with paddle.utils.unique_name.guard():
+        return build_model(spec, role)
+
+
+def call_factory(spec, raw, framework: str):
+    fn = load_factory(spec, "optimizer") if isinstance(spec, str) else spec
+    if not callable(fn):
+        raise CheckpointError(f"optimizer= must be a factory called with the {framework} model, got "
+                              f"{type(fn).__name__}")
+    try:
+        made = fn(raw.model)
+    except Exception as exc:
+        raise CheckpointError(f"optimizer factory {getattr(fn, '__qualname__', fn)!r} raised "
+                              f"{type(exc).__name__}: {exc}; it is called with the {framework} model and must return "
+                              "its optimizer (or (optimizer, scheduler))") from exc
+    opt, sched = (made if isinstance(made, (tuple, list)) and len(made) == 2 else (made, None))
+    ok = (hasattr(opt, "param_groups") and hasattr(opt, "state")) if framework == "torch" else \
+        hasattr(opt, "_parameter_list")
+    if not ok:
+        raise CheckpointError(f"optimizer factory returned {type(opt).__name__}, not a {framework} optimizer "
+                              f"(the output file is for {framework})")
+    return opt, sched
+
+
+def _torch_params(proxy) -> list:
+    seen, out = set(), []
+    for p in proxy.model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            out.append(p)
+    return out
+
+
+def _table_for(keys: set, framework: str, where: str):
+    """The optim_state table whose per-parameter tensors are exactly ``keys`` (torch state keys / paddle
+    accumulator names, counters aside)."""
+    fits = []
+    for t in optim_state.TABLES:
+        if not t.tensors:
+            continue
+        names = {k for _, k, _ in t.tensors} if framework == "torch" else {a for _, _, a in t.tensors}
+        extra = {"step"} if framework == "torch" and t.steps else set(optim_state.BETA_POWS) if t.steps else set()
+        if keys and keys <= names | extra and names <= keys | set():
+            fits.append(t)
+    if len(fits) == 1:
+        return fits[0]
+    covered = "; ".join(optim_state.COVERED)
+    if not fits:
+        raise CheckpointError(f"{where}: its per-parameter state {sorted(keys)} is no optimizer this converter knows "
+                              f"(covered: {covered}); state such as AMSGrad's max_exp_avg_sq does not carry over: "
+                              "save it from a covered optimizer")
+    raise CheckpointError(f"{where}: its state {sorted(keys)} fits several optimizers ({', '.join(t.kind for t in fits)})"
+                          "; pass optimizer= to say which")
+
+
+# -- reading -----------------------------------------------------------------------------------------------------
+def read_torch(src: Path, base, report, groups_of_params=None) -> Side:
+    """A torch optimizer file's state tied to ``base``'s parameters. ``groups_of_params``: the parameters of each
+    param group, in order, when the caller knows how the optimizer was built (a trainer's own grouping)."""
+    obj = load_torch_object(src)
+    if not (isinstance(obj, dict) and isinstance(obj.get("state"), dict) and isinstance(obj.get("param_groups"), list)):
+        what = sorted(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
+        raise CheckpointError(f"{src}: not a torch optimizer state dict (expected the keys 'state' and 'param_groups', "
+                              f"found {what}); save optimizer.state_dict() with torch.save")
+    groups = obj["param_groups"]
+    params = _torch_params(base)
+    by_index = {}
+    named = all(isinstance(g, dict) and "param_names" in g for g in groups)
+    if groups_of_params is not None and not named:
+        sizes = [len(g.get("params", [])) for g in groups]
+        want = [len(g) for g in groups_of_params]
+        if sizes != want:
+            raise CheckpointError(f"{src}: param groups of sizes {sizes}, but the trainer's grouping of {base.name} "
+                                  f"gives {want}; the file is not this model's trainer optimizer")
+        for gi, (g, ps) in enumerate(zip(groups, groups_of_params)):
+            for i, p in zip(g["params"], ps):
+                by_index[i] = (p, gi)
+    elif named:
+        names = dict(base.model.named_parameters())
+        for gi, g in enumerate(groups):
+            for i, n in zip(g["params"], g["param_names"]):
+                if n not in names:
+                    raise CheckpointError(f"{src}: param_groups[{gi}] names parameter {n!r}, which the base model "
+                                          f"{base.name} does not have; pass the model the optimizer was built for")
+                by_index[i] = (names[n], gi)
+    elif len(groups) == 1:
+        idx = list(groups[0].get("params", []))
+        if len(idx) != len(params):
+            raise CheckpointError(f"{src}: its one param group holds {len(idx)} parameters, the base model {base.name} "
+                                  f"has {len(params)}; which index is which parameter cannot be known. Build the "
+                                  "optimizer from model.parameters() (or named_parameters(), whose names torch saves)")
+        by_index = {i: (p, 0) for i, p in zip(idx, params)}
+        report.notes.append(f"{src}: one param group without names: index k is read as the k-th of "
+                            f"{base.name}.parameters() (every state shape checked against it)")
+    else:
+        sizes = [len(g.get("params", [])) for g in groups]
+        raise CheckpointError(f"{src}: {len(groups)} param groups (sizes {sizes}) without param_names: which index "
+                              "is which parameter cannot be known from the file. Build the optimizer from "
+                              "named_parameters() groups (torch then saves param_names), or use one group")
+    keys = set()
+    for i, st in obj["state"].items():
+        if not isinstance(st, dict):
+            raise CheckpointError(f"{src}: state[{i!r}] is a {type(st).__name__}, not a dict of tensors")
+        keys |= set(st)
+    side = Side(groups=[{k: v for k, v in g.items() if k not in ("params", "param_names")} for g in groups])
+    if not obj["state"]:
+        raise CheckpointError(f"{src}: the optimizer holds no state (it has not stepped, or it keeps none, like plain "
+                              "SGD): there is nothing to convert; start the other side's optimizer fresh")
+    side.table = _table_for(keys, "torch", str(src))
+    for i, st in obj["state"].items():
+        if i not in by_index:
+            raise CheckpointError(f"{src}: state[{i!r}] belongs to no parameter of the param groups; the file is not "
+                                  "one optimizer's state_dict()")
+        p, gi = by_index[i]
+        s = State()
+        for neutral, key, _ in side.table.tensors:
+            t = st.get(key)
+            if t is None:
+                continue
+            if not isinstance(t, torch.Tensor) or tuple(t.shape) != tuple(p.shape):
+                raise CheckpointError(f"{src}: state[{i}][{key!r}] has shape "
+                                      f"{list(getattr(t, 'shape', []))}, but parameter {i} of {base.name} "
+                                      f"({_pname(base, p)}) is {list(p.shape)}; the file is for another model or its "
+                                      "parameters are in another order")
+            s.tensors[neutral] = t.detach().to(torch.float64) if t.dtype != torch.float64 else t.detach()
+        if side.table.steps:
+            if "step" not in st:
+                raise CheckpointError(f"{src}: state[{i}] has no 'step'; the file is not a torch Adam/AdamW state")
+            s.step = int(round(float(st["step"])))
+        side.states[id(p)] = s
+    for i, (p, gi) in by_index.items():
+        if side.table.steps:
+            betas = groups[gi].get("betas")
+            if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+                raise CheckpointError(f"{src}: param_groups[{gi}] has no betas; the file is not a torch Adam/AdamW "
+                                      "state")
+            side.betas[id(p)] = (float(betas[0]), float(betas[1]))
+    report.family = side.table.kind
+    settings = {k: v for k, v in side.groups[0].items() if isinstance(v, (int, float, tuple, list, bool))} \
+        if side.groups else {}
+    report.notes.append(f"hyperparameters are the paddle optimizer's to set alike (a .pdopt holds none); the torch "
+                        f"file's: {settings}" + (f" (and {len(side.groups) - 1} more groups)" if len(side.groups) > 1
+                                                 else ""))
+    return side
+
+
+def _pname(proxy, p) -> str:
+    names = names_by_tensor(proxy).get(id(p))
+    return names[0] if names else "?"
+
+
+def read_torch_schedule(path: Path, report) -> dict:
+    obj = load_torch_object(path)
+    if not (isinstance(obj, dict) and "last_epoch" in obj and "_last_lr" in obj):
+        what = sorted(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
+        raise CheckpointError(f"{path}: not a torch scheduler state dict (expected 'last_epoch' and '_last_lr', found "
+                              f"{what}); save scheduler.state_dict() with torch.save")
+    lrs = [float(x) for x in obj["_last_lr"]]
+    if not lrs or len(set(lrs)) > 1:
+        raise CheckpointError(f"{path}: _last_lr holds {lrs}; a paddle scheduler holds one learning rate, so the "
+                              "param groups must share it")
+    epoch = obj["last_epoch"]
+    if type(epoch) is not int or epoch < 0:
+        raise CheckpointError(f"{path}: last_epoch={epoch!r} is not a step count")
+    settings = {k: v for k, v in obj.items() if k not in ("last_epoch", "_last_lr", "_step_count", "verbose",
+                                                          "_get_lr_called_within_step", "_is_initial", "lr_lambdas")}
+    report.notes.append(f"the schedule's settings are the paddle scheduler's to set alike (only the position moves); "
+                        f"the torch file's: {settings}")
+    return {"last_epoch": epoch, "lr": lrs[0], "settings": settings}
+
+
+def _paddle_value(v):
+    if isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], str) and isinstance(v[1], pdparams.ArrayRef):
+        return v[1]  # paddle's reducer of a Tensor: (name, array)
+    return v
+
+
+def _array(path: Path, ref: pdparams.ArrayRef, key: str) -> torch.Tensor:
+    if pdparams.unsupported(ref) or ref.dtype.kind not in "fiu":
+        raise CheckpointError(f"{path}: {key} is not an array of numbers")
+    a = np.empty(ref.shape, dtype=ref.dtype)
+    pdparams.read_array(path, ref, memoryview(a.reshape(-1).view(np.uint8)) if a.size else memoryview(b""))
+    return numpy_to_torch(a)
+
+
+def _parse_paddle(path: Path) -> dict:
+    obj = pdparams.parse(path)
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not an optimizer state dict; save "
+                              "optimizer.state_dict() with paddle.save")
+    try:
+        return pdparams.unwrap_big_params(obj)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+
+
+def read_paddle_schedule(path: Path, obj=None) -> dict:
+    obj = _parse_paddle(path) if obj is None else obj
+    if not (isinstance(obj, dict) and "last_epoch" in obj and "last_lr" in obj):
+        raise CheckpointError(f"{path}: not a paddle scheduler state (expected 'last_epoch' and 'last_lr', found "
+                              f"{sorted(map(str, obj))[:8] if isinstance(obj, dict) else type(obj).__name__}); save "
+                              "scheduler.state_dict() with paddle.save")
+    epoch, lr = obj["last_epoch"], obj["last_lr"]
+    if type(epoch) is not int or epoch < 0 or not isinstance(lr, (int, float)):
+        raise CheckpointError(f"{path}: LR_Scheduler last_epoch={epoch!r}, last_lr={lr!r}: not a step count and a "
+                              "learning rate")
+    extra = {k: v for k, v in obj.items() if k not in ("last_epoch", "last_lr")}
+    return {"last_epoch": epoch, "lr": float(lr), "settings": extra}
+
+
+def _read_paddle(src: Path, base, report) -> Side:
+    obj = _parse_paddle(src)
+    if "master_weights" in obj:
+        raise CheckpointError(f"{src}: master_weights: the paddle optimizer kept float32 master weights (AMP, "
+                              "multi_precision=True); moving them is not supported: save from a float32 run with "
+                              "multi_precision=False")
+    side = Side()
+    if SCHED_KEY in obj:
+        side.schedule = read_paddle_schedule(src, obj[SCHED_KEY])
+    entries = {k: _paddle_value(v) for k, v in obj.items() if k not in (SCHED_KEY, STRUCTURED_KEY)}
+    bad = [str(k) for k, v in entries.items() if not (isinstance(k, str) and isinstance(v, pdparams.ArrayRef))]
+    if bad:
+        raise CheckpointError(f"{src}: entries that are not accumulator arrays: {', '.join(bad[:5])}; save "
+                              "optimizer.state_dict() with paddle.save")
+    if not entries:
+        raise CheckpointError(f"{src}: the optimizer holds no state (it has not stepped, or it keeps none, like plain "
+                              "SGD): there is nothing to convert; start the other side's optimizer fresh")
+    params = list(base.model.parameters())
+    cands = {}
+    for p in params:
+        cands.setdefault(p.name, p)
+    structured = {}
+    for tid, names in names_by_tensor(base).items():
+        for n in names:
+            structured[n] = tid
+    by_id = {id(p): p for p in params}
+    all_accs = sorted({a for t in optim_state.TABLES for _, _, a in t.tensors} | set(optim_state.BETA_POWS),
+                      key=len, reverse=True)
+    found: dict = {}  # (id(param), acc) -> key
+    unmatched = []
+    for key in entries:
+        m = _COUNTER.match(key)
+        stem = m.group(1) if m else key
+        hit = None
+        for acc in all_accs:
+            for sep in ("_", "."):
+                if stem.endswith(sep + acc):
+                    pname = stem[:-len(acc) - 1]
+                    p = cands.get(pname) if sep == "_" else by_id.get(structured.get(pname))
+                    if p is not None:
+                        hit = (p, acc)
+                        break
+            if hit:
+                break
+        if hit is None:
+            unmatched.append(key)
+            continue
+        if (id(hit[0]), hit[1]) in found:
+            raise CheckpointError(f"{src}: {key} and {found[(id(hit[0]), hit[1])]} are both the {hit[1]} of "
+                                  f"{_pname(base, hit[0])}; the file holds two optimizers' state")
+        found[(id(hit[0]), hit[1])] = key
+    if unmatched:
+        fresh = ", ".join(p.name for p in params[:3])
+        raise CheckpointError(
+            f"{src}: {len(unmatched)} entries name no parameter of the base model {base.name} "
+            f"({', '.join(unmatched[:4])}{' ...' if len(unmatched) > 4 else ''}). Paddle names accumulators after the "
+            f"parameters' names, which a process numbers as it builds layers; a fresh build of {base.name} gives "
+            f"{fresh} ... The file was saved in a process that built other layers first (or from another model): "
+            "pass that very model object (Python: convert_checkpoint(..., base_model=model)), or save the optimizer "
+            "from a process that builds this model first")
+    accs = {acc for (_, acc) in found}
+    side.table = _table_for(accs, "paddle", str(src))
+    report.family = side.table.kind
+    pows = {}
+    for (pid, acc), key in found.items():
+        p = by_id[pid]
+        t = _array(src, entries[key], key)
+        s = side.states.setdefault(pid, State())
+        if acc in optim_state.BETA_POWS:
+            if t.numel() != 1:
+                raise CheckpointError(f"{src}: {key} has shape {list(t.shape)}; a beta power is one number")
+            pows.setdefault(pid, {})[acc] = float(t.reshape(-1)[0])
+            continue
+        neutral = next(n for n, _, a in side.table.tensors if a == acc)
+        if tuple(t.shape) != tuple(p.shape):
+            raise CheckpointError(f"{src}: {key} has shape {list(t.shape)}, but {_pname(base, p)} ({p.name}) of "
+                                  f"{base.name} is {list(p.shape)}; the file is for another model")
+        s.tensors[neutral] = t.to(torch.float64)
+    side.pows = pows
+    return side
+
+
+def decode_steps(side: Side, src, betas_of, base_name: str):
+    """paddle beta powers -> step counts with the target optimizer's betas; refused when they fit no step."""
+    for pid, s in side.states.items():
+        pw = side.pows.get(pid, {})
+        if len(pw) != 2:
+            raise CheckpointError(f"{src}: a parameter of {base_name} has moments but not both beta powers "
+                                  f"({sorted(pw)}); the file is not one Adam/AdamW optimizer's state")
+        betas = betas_of(pid)
+        values = [pw[n] for n in optim_state.BETA_POWS]
+        step = optim_state.step_from_pows(values, betas)
+        for v, b, n in zip(values, betas, optim_state.BETA_POWS):
+            if v > optim_state.TINY and not math.isclose(v, b ** (step + 1), rel_tol=1e-4):
+                raise CheckpointError(f"{src}: {n}={v!r} is not {b}**(step + 1) for the step {step} the other power "
+                                      f"gives; the betas of the torch optimizer ({betas}) are not the paddle run's: "
+                                      "build it with the same betas")
+        s.step = step
+
+
+def _check_paddle_optimizer(opt, side: Side, src):
+    cls = type(opt).__name__
+    if cls not in side.table.paddle_classes:
+        raise CheckpointError(f"{src}: holds {side.table.kind} state, but the paddle optimizer is {cls}; build a "
+                              f"{' or '.join(side.table.paddle_classes)}")
+    if side.table.steps:
+        have = (float(opt._beta1), float(opt._beta2))
+        for b in set(side.betas.values()):
+            if not all(math.isclose(x, y, rel_tol=1e-9) for x, y in zip(b, have)):
+                raise CheckpointError(f"{src}: the torch run's betas are {b}, the paddle optimizer's {have}; build it "
+                                      "with the same betas (the beta powers written are for the torch run's)")
+    if getattr(opt, "_name", None):
+        raise CheckpointError(f"the paddle optimizer has name={opt._name!r}, which prefixes its accumulators' names; "
+                              "build it without name= (the file is written with paddle's default names)")
+
+
+# -- planning the target state -----------------------------------------------------------------------------------
+@dataclass
+class _Target:
+    param: object
+    path: str
+    values: dict = field(default_factory=dict)
+    step: int | None = None
+    fresh: bool = True
+    betas: tuple = ()
+
+
+def targets_for(plan, side: Side, raw, report) -> list:
+    """Every raw parameter's new state, moved by the plan's COPY ops (parts and transforms as for the weight)."""
+    table = side.table
+    raw_params = list(raw.model.parameters())
+    if raw.framework == "torch":
+        raw_params = _torch_params(raw)
+    in_raw = {id(p) for p in raw_params}
+    for pair in plan.imperative:
+        refuse("cannot convert the optimizer state; nothing was written",
+               [f"{pair.raw.path or '<root>'} ({type(pair.raw.module).__name__}) is written by an imperative special "
+                "init, which says nothing of how its optimizer state maps; register it as a mapping rule "
+                "(init_pool.register_maps) to move its state"])
+    targets: dict = {}
+    problems = []
+    for op in plan.ops:
+        if op.dst is None or id(op.dst.tensor) not in in_raw:
+            continue
+        q = op.dst.tensor
+        tgt = targets.get(id(q))
+        if tgt is None:
+            tgt = targets[id(q)] = _Target(q, op.dst.path)
+            for neutral, _, _ in table.tensors:
+                tgt.values[neutral] = torch.zeros(tuple(q.shape), dtype=torch.float64)
+        if op.kind is FILL or op.kind is not COPY:
+            continue
+        src_state = side.states.get(id(op.src.tensor))
+        if src_state is None:
+            continue
+        tgt.fresh = False
+        if tgt.step is not None and tgt.step != src_state.step:
+            problems.append(f"raw {op.dst.path} is made of base parameters that took different numbers of steps "
+                            f"({tgt.step} and {src_state.step} for {op.src.path}); one step count cannot hold both")
+        tgt.step = src_state.step
+        if id(op.src.tensor) in side.betas:
+            tgt.betas = side.betas[id(op.src.tensor)]
+        shape = tuple(op.src.tensor.shape)
+        for neutral, value in tgt.values.items():
+            s = src_state.tensors.get(neutral)
+            s = s if s is not None else torch.zeros(shape, dtype=torch.float64)
+            for region, v in layout.pieces(s, op.src_part, op.transform, value, op.dst_part):
+                region.copy_(v)
+    refuse("cannot convert the optimizer state; nothing was written", problems)
+    out = [targets[id(p)] for p in raw_params if id(p) in targets]
+    left = [p for p in raw_params if id(p) not in targets]
+    if left:
+        report.notes.append(f"{len(left)} raw parameters are written by no copy of the plan; they get fresh state")
+        for p in left:
+            t = _Target(p, _pname(raw, p))
+            t.values = {n: torch.zeros(tuple(p.shape), dtype=torch.float64) for n, _, _ in table.tensors}
+            out.append(t)
+    report.parameters = len(out)
+    report.moved = sum(1 for t in out if not t.fresh)
+    return out
+
+
+# -- writing -----------------------------------------------------------------------------------------------------
+def _float_dtype(p) -> np.dtype:
+    name = str(p.dtype).replace("paddle.", "").replace("torch.", "")
+    if name in ("float16", "bfloat16"):
+        raise CheckpointError(f"parameter {getattr(p, 'name', '')} is {name}: its optimizer state lives in float32 "
+                              "master weights (AMP), which this converter does not move; convert a float32 model")
+    return np.dtype(name if name in ("float32", "float64") else "float32")
+
+
+def paddle_rows(side: Side, targets, key) -> list:
+    """The paddle accumulators of every target as ``[(file key, numpy array)]``: moments in the parameter's dtype,
+    then (Adam) the beta powers beta**(step + 1) as float32 ``[1]``. ``key(param, accumulator)`` names each."""
+    table, rows = side.table, []
+    for t in targets:
+        dt = _float_dtype(t.param)
+        for neutral, _, acc in table.tensors:
+            rows.append((key(t.param, acc), t.values[neutral].numpy().astype(dt)))
+    if table.steps:
+        default = next(iter(side.betas.values()))
+        for i, name in enumerate(optim_state.BETA_POWS):
+            for t in targets:
+                beta = (t.betas or default)[i]
+                rows.append((key(t.param, name), np.array([beta ** ((t.step or 0) + 1)], dtype=np.float32)))
+    return rows
+
+
+def _write_paddle(path: Path, raw, side: Side, targets, report):
+    with OutputFile(path) as fh:
+        w = pdparams.StreamWriter(fh)
+        w.start()
+        for key, a in paddle_rows(side, targets, lambda p, acc: f"{p.name}_{acc}_0"):
+            a = np.ascontiguousarray(a)
+            w.add(key, a.reshape(-1).view(np.uint8).data if a.size else b"", a.shape, a.dtype)
+        if side.schedule is not None:
+            w.add_value(SCHED_KEY, {"last_epoch": side.schedule["last_epoch"], "last_lr": side.schedule["lr"]})
+            report.schedule = {"last_epoch": side.schedule["last_epoch"], "lr": side.schedule["lr"]}
+        else:
+            report.notes.append("no scheduler file was given: the .pdopt has no LR_Scheduler entry; a paddle optimizer "
+                                "driven by an LRScheduler (other than LambdaDecay) needs one: give scheduler=")
+        w.finish()
+        fh.commit()
+    report.steps = sorted({t.step for t in targets if not t.fresh and t.step is not None})
+
+
+def write_torch(path: Path, raw, side: Side, targets, opt, report):
+    table = side.table
+    tmpl = opt.state_dict()
+    index = {}
+    k = 0
+    for g in opt.param_groups:
+        for p in g["params"]:
+            index[id(p)] = k
+            k += 1
+    groups = copy.deepcopy(tmpl["param_groups"])
+    missing = [t.path for t in targets if id(t.param) not in index and not t.fresh]
+    if missing:
+        raise CheckpointError(f"the torch optimizer from the factory does not hold {', '.join(missing[:5])}, whose "
+                              "state the file has; build it over every trainable parameter of the model it is given")
+    state = {}
+    for t in targets:
+        if t.fresh or id(t.param) not in index:
+            continue
+        dt = t.param.dtype if t.param.dtype in (torch.float32, torch.float64) else torch.float32
+        st = {}
+        if table.steps:
+            st["step"] = torch.tensor(float(t.step or 0), dtype=torch.float32)
+        for neutral, key, _ in table.tensors:
+            st[key] = t.values[neutral].to(dt).contiguous()
+        state[index[id(t.param)]] = st
+    if side.schedule is not None:
+        for g in groups:
+            g["lr"] = side.schedule["lr"]
+    with OutputFile(path) as fh:
+        torch.save({"state": state, "param_groups": groups}, fh)
+        fh.commit()
+    report.steps = sorted({t.step for t in targets if not t.fresh and t.step is not None})
+
+
+def write_torch_schedule(path: Path, schedule: dict, sched, report):
+    tmpl = sched.state_dict()
+    if "last_epoch" not in tmpl or "_last_lr" not in tmpl:
+        raise CheckpointError(f"the factory's scheduler {type(sched).__name__} has no last_epoch/_last_lr in its "
+                              "state_dict(); it is not a torch LR scheduler")
+    out = dict(tmpl)
+    epoch, lr = schedule["last_epoch"], schedule["lr"]
+    out["last_epoch"] = epoch
+    out["_step_count"] = epoch + 1
+    out["_last_lr"] = [lr for _ in tmpl["_last_lr"]]
+    expected = _torch_lr_at(sched, epoch)
+    if expected is not None and not math.isclose(expected, lr, rel_tol=1e-6, abs_tol=1e-12):
+        raise CheckpointError(f"the torch scheduler {type(sched).__name__} from the factory gives learning rate "
+                              f"{expected!r} at step {epoch}, the paddle file says {lr!r}: the schedules differ; "
+                              "build the torch scheduler with the paddle run's settings")
+    with OutputFile(path) as fh:
+        torch.save(out, fh)
+        fh.commit()
+    report.schedule = {"last_epoch": epoch, "lr": lr}
+    if expected is None:
+        report.notes.append(f"the torch scheduler {type(sched).__name__} has no closed form: its learning rate at "
+                            f"step {epoch} was not checked against the paddle file's {lr:.6g}")
+
+
+def _torch_lr_at(sched, epoch: int):
+    """What the (fresh) torch scheduler gives at ``epoch``, without stepping it; None when it cannot say."""
+    s = copy.copy(sched)
+    s.__dict__ = dict(sched.__dict__)
+    s.last_epoch = epoch
+    if type(s).__name__ == "LambdaLR":
+        return float(s.base_lrs[0]) * float(s.lr_lambdas[0](epoch))
+    if hasattr(s, "_get_closed_form_lr"):
+        with contextlib.suppress(Exception):
+            return float(s._get_closed_form_lr()[0])
+    return None
+
+
+__all__ = ["OptimizerReport", "convert_optimizer", "is_optimizer_conversion"]
