@@ -256,3 +256,49 @@ def test_moe_checkpoint_converts_without_storage_with_the_mapping_of_a_run(name,
     converted, expected = load(tmp_path / "out.pdparams"), state_as_torch(p, "paddle")
     assert converted.keys() == expected.keys()
     assert all(torch.equal(converted[k], expected[k]) for k in expected)
+
+
+class TorchMaskedAttn(TorchAttn):
+    """TorchAttn taking a required ``attention_mask`` (additive); a missing mask means attending both ways."""
+
+    def forward(self, x, attention_mask):
+        b, s, _ = x.shape
+        q = self.q_proj(x).view(b, s, 4, 8).transpose(1, 2)
+        k = self.k_proj(x).view(b, s, 2, 8).transpose(1, 2).repeat_interleave(2, 1)
+        v = self.v_proj(x).view(b, s, 2, 8).transpose(1, 2).repeat_interleave(2, 1)
+        scores = q @ k.transpose(-1, -2) / 8 ** 0.5
+        if attention_mask is not None:
+            scores = scores + attention_mask
+        return (torch.softmax(scores, -1) @ v).transpose(1, 2).reshape(b, s, 32)
+
+
+class PaddleMaskedAttn(PaddleAttn):
+    """PaddleAttn taking a required ``attention_mask``; a missing mask means causal (as PaddleFormers' sdpa path)."""
+
+    def forward(self, x, attention_mask):
+        b, s, _ = x.shape
+        y = self.qkv_proj(x).reshape([b, s, 2, 32])
+        q = y[..., :16].reshape([b, s, 4, 8]).transpose([0, 2, 1, 3])
+        k = y[..., 16:24].transpose([0, 2, 1, 3]).repeat_interleave(2, 1)
+        v = y[..., 24:].transpose([0, 2, 1, 3]).repeat_interleave(2, 1)
+        scores = q @ k.transpose([0, 1, 3, 2]) / 8 ** 0.5
+        if attention_mask is None:
+            attention_mask = paddle.triu(paddle.full([s, s], -1e9), 1)
+        scores = scores + attention_mask
+        return (paddle.nn.functional.softmax(scores, -1) @ v).transpose([0, 2, 1, 3]).reshape([b, s, 32])
+
+
+@pytest.mark.parametrize("direction", ["torch->paddle", "paddle->torch"])
+def test_a_unit_is_run_with_an_explicit_causal_mask(direction):
+    """The two libraries read a missing mask differently (transformers' eager attention and PaddleFormers' eager one
+    attend both ways, PaddleFormers' sdpa one causally): the unit gets an explicit causal mask, so the layout is
+    decided whatever each side does without one."""
+    t, p = TorchMaskedAttn(), PaddleMaskedAttn()
+    report = assign_weight(t, p) if direction == "torch->paddle" else assign_weight(p, t)
+    x = np.random.default_rng(0).standard_normal((2, 5, 16)).astype("float32")
+    mask = np.triu(np.full((5, 5), -1e9, "float32"), 1)
+    diff = float(np.abs(t(torch.from_numpy(x), torch.from_numpy(mask)).detach().numpy()
+                        - p(paddle.to_tensor(x), None).numpy()).max())
+    assert diff < 1e-5
+    assert any("grouped per KV head [q heads | k | v] (4 heads, 2 KV heads, head_dim 8)" in n and
+               "agree on a random input" in n for n in report.notes), report.notes
