@@ -435,26 +435,30 @@ def _causal_mask(batch: int, seq: int):
     return np.broadcast_to(np.where(upper, np.float32(-1e9), np.float32(0)), (batch, 1, seq, seq)).copy()
 
 
-def _call_args(module, x, cos_sin, mask=None):
+def _call_args(module, x, cos_sin, mask=None, own=False):
     """``(args, kwargs)`` calling ``module`` on ``x``: the first parameter gets ``x``, ``position_embeddings``
-    ``cos_sin``, a required attention mask ``mask`` (an explicit causal mask), other required parameters None."""
+    ``cos_sin``, an attention mask ``mask`` (an explicit causal mask) when it is required or ``own`` (the unit holds
+    the fused projections itself: an attention, whose mask is the additive ``[B, 1, S, S]`` kind in every library;
+    an enclosing layer's optional mask may be of another kind and is left out), other required parameters None."""
     args, kwargs = [x], {}
     params = [p for p in inspect.signature(module.forward).parameters.values()
               if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     for p in params[1:]:
         if p.name == "position_embeddings" and cos_sin is not None:
             kwargs[p.name] = cos_sin
+        elif p.name in MASK_NAMES and (own or p.default is inspect.Parameter.empty):
+            kwargs[p.name] = mask
         elif p.default is inspect.Parameter.empty:
-            kwargs[p.name] = mask if p.name in MASK_NAMES else None
+            kwargs[p.name] = None
     return args, kwargs
 
 
-def _run_unit(proxy, module, x_np, cos_sin_np):
+def _run_unit(proxy, module, x_np, cos_sin_np, own=False):
     adapter = proxy.adapter
     x = adapter.to_tensor(x_np)
     cs = tuple(adapter.to_tensor(a) for a in cos_sin_np) if cos_sin_np is not None else None
     mask = adapter.to_tensor(_causal_mask(*x_np.shape[:2])) if x_np.ndim == 3 else None
-    args, kwargs = _call_args(module, x, cs, mask)
+    args, kwargs = _call_args(module, x, cs, mask, own)
     adapter.set_training(module, False)
     out = _first_tensor(adapter, adapter.forward(module, tuple(args), kwargs, False))
     if out is None:
@@ -523,8 +527,8 @@ def _run_candidates(entry, pair, base, raw, pool, decided, group):
         ran.append(cand)
         _copy_plan(sub)
         try:
-            a = _run_unit(sub.base, bm, x, cos_sin)
-            b = _run_unit(sub.raw, rm, x, cos_sin)
+            a = _run_unit(sub.base, bm, x, cos_sin, pair is group)
+            b = _run_unit(sub.raw, rm, x, cos_sin, pair is group)
         except Exception as exc:  # the unit cannot run on its own with these inputs: say so
             crashed.append(cand)
             results.append(f"{cand.name}: the unit failed to run on a random input ({type(exc).__name__}: {exc})")

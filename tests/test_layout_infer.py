@@ -302,3 +302,38 @@ def test_a_unit_is_run_with_an_explicit_causal_mask(direction):
     assert diff < 1e-5
     assert any("grouped per KV head [q heads | k | v] (4 heads, 2 KV heads, head_dim 8)" in n and
                "agree on a random input" in n for n in report.notes), report.notes
+
+
+# -- the registered transformers <-> PaddleFormers layouts are the ones inference finds --------------------------
+def _without_fused_registrations(pool):
+    """The registry without the class-keyed fused layouts of special_init/init_hf_*.py (ERNIE's MoE block rule, a
+    renamed tensor and a forward that cannot run on a CPU, stays)."""
+    for e in list(pool.entries()):
+        if "init_hf_" in e.origin and "SparseMoeBlock" not in e.key.base_class:
+            pool.remove(*e.key)
+
+
+@pytest.mark.parametrize("name", ["ernie4_5", "ernie4_5_moe", "gemma3_text", "qwen3_vl_text"])
+def test_registered_layouts_are_what_inference_finds(name, scoped_pool):
+    """The registrations are data on top of inference: without them the same tensors are written to the same parts
+    (each decided by running its unit); they stay so that a conversion, where nothing runs, needs no mapping."""
+    family = hf.BY_NAME[name]
+    registered = assign_weight(family.torch_model(1), family.paddle_model(2))
+    _without_fused_registrations(scoped_pool)
+    inferred = assign_weight(family.torch_model(1), family.paddle_model(2))
+    assert set(inferred.mapping.tensors) == set(registered.mapping.tensors)
+    assert any("layout inferred" in n and "agree on a random input" in n for n in inferred.notes)
+    assert not any("layout inferred" in n and "q_proj/k_proj/v_proj" in n for n in registered.notes)
+
+
+def test_qwen25vl_attention_stays_registered_its_unit_needs_multimodal_rotary(scoped_pool):
+    """Qwen2.5-VL's attention rotates with three position sections (mrope): a random single-section input cannot run
+    it, so without its registration the layout is refused, naming the candidates and why (nothing written)."""
+    family = hf.BY_NAME["qwen2_5_vl_text"]
+    _without_fused_registrations(scoped_pool)
+    t, p = family.torch_model(1), family.paddle_model(2)
+    before = p.layers[0].self_attn.qkv_proj.weight.numpy().copy()
+    with pytest.raises(PairingError, match=r"Qwen2_5_VLAttention.*\(1\) concatenated \[q \| k \| v\]; \(2\) grouped "
+                                           r"per KV head.*failed to run on a random input"):
+        assign_weight(t, p)
+    np.testing.assert_array_equal(p.layers[0].self_attn.qkv_proj.weight.numpy(), before)
