@@ -41,6 +41,7 @@ def test_gated_attention_is_inferred_and_paddleformers_eager_attention_attends_b
 
 @pytest.mark.parametrize("direction", ["torch->paddle", "paddle->torch"])
 def test_auto_diff_locates_a_spoiled_weight(direction):
+    """torch->paddle: a gate block inside the fused qkv_proj; paddle->torch: the linear attention's decay."""
     t, p = FAMILY.torch_model(1), FAMILY.paddle_model(2)
     base, raw = (t, p) if direction == "torch->paddle" else (p, t)
     assign_weight(base, raw)
@@ -68,3 +69,21 @@ def test_auto_diff_locates_a_spoiled_weight(direction):
     assert all(ld.ok or "not counted" in ld.note for ld in result.layers if ld.order < f.order)
     [w] = result.weight_diffs
     assert (w.base_param, w.raw_param) == expected and part in w.note
+
+
+def test_auto_diff_names_the_moe_block_of_a_spoiled_expert():
+    """The experts (packed against one module each) are compared only through their MoE block: that block is named,
+    not its router, which returns another form of the same result as layer 0's router did."""
+    t, p = FAMILY.torch_model(1), FAMILY.paddle_model(2)
+    assign_weight(t, p)
+    for expert in p.model.layers[1].mlp.experts:
+        w = expert.down_proj.weight
+        w.set_value(w.numpy() * 1.05)
+    result = auto_diff(t, p, {"input_ids": FAMILY.inputs()["input_ids"]}, auto_init=False)
+    f = result.first_diff
+    assert not result.ok and (f.base_path, f.raw_path) == ("model.layers.1.mlp", "model.layers.1.mlp")
+    assert f.inputs_agree is True
+    router = next(ld for ld in result.layers if ld.base_path == "model.layers.1.mlp.gate")
+    assert "as another call of Qwen3NextTopKRouter -> Linear did" in router.note
+    assert sorted(w.raw_param for w in result.weight_diffs) == [
+        f"model.layers.1.mlp.experts.{e}.down_proj.weight" for e in range(4)]

@@ -176,6 +176,7 @@ class Session:
         # An enclosing layer that agrees absorbs them (the two return different forms of one result: a
         # router's probabilities against a Linear's logits); one that differs confirms them.
         self.unconfirmed: list = []
+        self.forms: set = set()  # class pairs seen returning another form of the same result
 
     # -- base side -------------------------------------------------------------------
     def on_base(self, idx, k, args, kwargs, output):
@@ -296,7 +297,8 @@ class Session:
 
     def _settle(self, pair, ld):
         """The differing calls inside ``pair`` (its paths enclose theirs) are absorbed when ``ld`` agrees (noted on
-        them, not a divergence), confirmed when it differs."""
+        them, not a divergence), confirmed when it differs, unless an earlier call of the same class pair was absorbed
+        (a router of another layer: this one returns the other form too, the difference is elsewhere in ``pair``)."""
         def inside(path, outer):
             return path != outer and (not outer or path.startswith(outer + "."))
 
@@ -306,9 +308,14 @@ class Session:
             if not (inside(u.base_path, pair.base.path) and inside(u.raw_path, pair.raw.path)):
                 kept.append(entry)
             elif ld.ok:
+                self.forms.add((u.base_class, u.raw_class))
                 u.note = ((u.note + "; ") if u.note else "") + (
                     f"differs, but the enclosing {label(ld.base_path)} -> {label(ld.raw_path)} agrees: the two layers "
                     "return different forms of the same result" + ABSORBED)
+            elif (u.base_class, u.raw_class) in self.forms:
+                u.note = ((u.note + "; ") if u.note else "") + (
+                    f"differs as another call of {u.base_class} -> {u.raw_class} did whose enclosing layer agreed: "
+                    "taken as the other form of the same result" + ABSORBED)
             else:
                 self._confirm(entry)
         self.unconfirmed = kept
