@@ -129,28 +129,44 @@ class InferredLayout:
 
 
 # -- finding the groups (pure: names, shapes, attributes) --------------------------------------------
+def _read(obj, names):
+    for n in names:
+        v = getattr(obj, n, None)
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return v
+    return None
+
+
+HEAD_DIM_NAMES = ("head_dim", "attention_head_size", "head_size")
+HEADS_NAMES = ("num_heads", "num_attention_heads", "n_heads", "n_head")
+
+
 def _heads(modules, q_out: int, k_out: int) -> list[tuple[int, int, int]]:
     """(heads, KV heads, head_dim) the parents' attributes or configs give and the shapes allow; else every
     head size that divides the shapes."""
-    def read(obj, names):
-        for n in names:
-            v = getattr(obj, n, None)
-            if isinstance(v, int) and not isinstance(v, bool) and v > 0:
-                return v
-        return None
-
     for m in modules:
         for obj in (m, getattr(m, "config", None)):
             if obj is None:
                 continue
-            d = read(obj, ("head_dim", "attention_head_size", "head_size"))
-            nh = read(obj, ("num_heads", "num_attention_heads", "n_heads", "n_head"))
+            d = _read(obj, HEAD_DIM_NAMES)
+            nh = _read(obj, HEADS_NAMES)
             if d is None and nh and q_out % nh == 0:
                 d = q_out // nh
             if d and q_out % d == 0 and k_out % d == 0:
                 return [(q_out // d, k_out // d, d)]
     g = math.gcd(q_out, k_out)
     return [(q_out // d, k_out // d, d) for d in range(8, g + 1) if g % d == 0 and (q_out // d) % (k_out // d) == 0]
+
+
+def _gated_heads(modules, blocks: int, d: int) -> int | None:
+    """The number of attention heads when the query projection holds twice as many head-sized blocks (a query and
+    an output gate per head, ``[query | gate]``, as Qwen3-Next's gated attention), else None."""
+    for m in modules:
+        for obj in (m, getattr(m, "config", None)):
+            nh = _read(obj, HEADS_NAMES) if obj is not None else None
+            if nh and 2 * nh == blocks and _read(obj, HEAD_DIM_NAMES) in (None, d):
+                return nh
+    return None
 
 
 def _maps(split: list, fused: Linear, parts, split_is_base: bool) -> tuple:
@@ -181,7 +197,9 @@ def qkv_candidates(q, k, v, fused, split_is_base, modules) -> list[Candidate]:
     add("concatenated [q | k | v]", tuple(stacked(q.out, k.out, v.out)), d0)
     for nh, nkv, d in heads:
         shape = "interleaved per head [q | k | v]" if nh == nkv else "grouped per KV head [q heads | k | v]"
-        add(f"{shape} ({nh} heads, {nkv} KV heads, head_dim {d})", tuple(grouped_qkv(nh, nkv, d)), d)
+        gated = _gated_heads(modules, nh, d) if len(heads) == 1 else None
+        count = f"{nh} heads" if gated is None else f"{nh} query blocks: {gated} heads, each [query | gate]"
+        add(f"{shape} ({count}, {nkv} KV heads, head_dim {d})", tuple(grouped_qkv(nh, nkv, d)), d)
     return out
 
 
@@ -404,25 +422,43 @@ def _first_tensor(adapter, out):
     return None
 
 
-def _call_args(module, x, cos_sin):
+MASK_NAMES = ("attention_mask", "attn_mask", "mask")
+
+
+def _causal_mask(batch: int, seq: int):
+    """An explicit additive causal mask ``[batch, 1, seq, seq]`` (0 on and below the diagonal, -1e9 above): the
+    libraries read a *missing* mask differently (transformers' eager attention and PaddleFormers' eager attention
+    attend both ways, PaddleFormers' sdpa attention causally), an explicit one alike."""
+    import numpy as np
+
+    upper = np.triu(np.ones((seq, seq), dtype=bool), 1)
+    return np.broadcast_to(np.where(upper, np.float32(-1e9), np.float32(0)), (batch, 1, seq, seq)).copy()
+
+
+def _call_args(module, x, cos_sin, mask=None, own=False):
     """``(args, kwargs)`` calling ``module`` on ``x``: the first parameter gets ``x``, ``position_embeddings``
-    ``cos_sin``, other required parameters None (an attention mask: none)."""
+    ``cos_sin``, an attention mask ``mask`` (an explicit causal mask) when it is required or ``own`` (the unit holds
+    the fused projections itself: an attention, whose mask is the additive ``[B, 1, S, S]`` kind in every library;
+    an enclosing layer's optional mask may be of another kind and is left out), other required parameters None."""
     args, kwargs = [x], {}
     params = [p for p in inspect.signature(module.forward).parameters.values()
               if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     for p in params[1:]:
         if p.name == "position_embeddings" and cos_sin is not None:
             kwargs[p.name] = cos_sin
+        elif p.name in MASK_NAMES and (own or p.default is inspect.Parameter.empty):
+            kwargs[p.name] = mask
         elif p.default is inspect.Parameter.empty:
             kwargs[p.name] = None
     return args, kwargs
 
 
-def _run_unit(proxy, module, x_np, cos_sin_np):
+def _run_unit(proxy, module, x_np, cos_sin_np, own=False):
     adapter = proxy.adapter
     x = adapter.to_tensor(x_np)
     cs = tuple(adapter.to_tensor(a) for a in cos_sin_np) if cos_sin_np is not None else None
-    args, kwargs = _call_args(module, x, cs)
+    mask = adapter.to_tensor(_causal_mask(*x_np.shape[:2])) if x_np.ndim == 3 else None
+    args, kwargs = _call_args(module, x, cs, mask, own)
     adapter.set_training(module, False)
     out = _first_tensor(adapter, adapter.forward(module, tuple(args), kwargs, False))
     if out is None:
@@ -491,8 +527,8 @@ def _run_candidates(entry, pair, base, raw, pool, decided, group):
         ran.append(cand)
         _copy_plan(sub)
         try:
-            a = _run_unit(sub.base, bm, x, cos_sin)
-            b = _run_unit(sub.raw, rm, x, cos_sin)
+            a = _run_unit(sub.base, bm, x, cos_sin, pair is group)
+            b = _run_unit(sub.raw, rm, x, cos_sin, pair is group)
         except Exception as exc:  # the unit cannot run on its own with these inputs: say so
             crashed.append(cand)
             results.append(f"{cand.name}: the unit failed to run on a random input ({type(exc).__name__}: {exc})")

@@ -533,6 +533,40 @@ def _moe(name):
                         "layouts inferred by structure (no plugin)")
 
 
+# ---------------------------------------------------------------- Qwen3-Next
+def _qwen3_next():
+    """Layer 0 linear attention (gated delta net: ``in_proj_qkvz``, ``in_proj_ba``, depthwise ``conv1d``, ``A_log``,
+    ``dt_bias``, a gated RMSNorm), layer 1 full attention with an output gate (``q_proj`` holds per head
+    ``[query | gate]``; PaddleFormers fuses it into ``qkv_proj`` grouped per KV head), both layers MoE (packed experts
+    on the transformers side, a shared expert with its sigmoid gate), zero-centred RMSNorms (``1 + w``) on both
+    sides, partial rotary (a quarter of head_dim).
+
+    PaddleFormers 1.2's ``Qwen3NextModel`` hands its full-attention layers no mask (``causal_mask = None``): its
+    default eager attention then attends both ways, its sdpa attention causally (as transformers' model does). The
+    PaddleFormers side is built with ``_attn_implementation = "sdpa"`` so the two models compute the same function."""
+    kw = dict(_COMMON, head_dim=HEAD_DIM, tie_word_embeddings=False, attention_dropout=0.0,
+              layer_types=["linear_attention", "full_attention"], linear_conv_kernel_dim=4, linear_key_head_dim=16,
+              linear_value_head_dim=16, linear_num_key_heads=2, linear_num_value_heads=4, num_experts=MOE_EXPERTS,
+              num_experts_per_tok=MOE_K, moe_intermediate_size=MOE_INTER, shared_expert_intermediate_size=48,
+              norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[], partial_rotary_factor=0.25)
+
+    def tm(seed=0):
+        return _noisy(_torch_build(transformers.Qwen3NextForCausalLM,
+                                   transformers.Qwen3NextConfig(**kw, rope_parameters=_rope()), seed), seed)
+
+    def pm(seed=0):
+        from paddleformers.transformers.qwen3_next.configuration import Qwen3NextConfig
+        from paddleformers.transformers.qwen3_next.modeling import Qwen3NextForCausalLM
+
+        config = Qwen3NextConfig(**kw, rope_theta=10000.0)
+        config._attn_implementation = "sdpa"  # see the docstring: eager attends both ways in this model
+        return _noisy(_paddle_build(Qwen3NextForCausalLM, config, seed), seed)
+
+    return Family(name="qwen3_next", torch_model=tm, paddle_model=pm, **_LM, inferred=True,
+                  notes="PaddleFormers built with sdpa attention (its model passes no causal mask); gated attention's "
+                        "q/k/v, packed experts, router and shared expert inferred by structure (no plugin)")
+
+
 # ---------------------------------------------------------------- registry
 FAMILIES = [
     _llama(tied=False),
@@ -553,5 +587,6 @@ FAMILIES = [
     _moe("qwen3_moe"),
     _moe("deepseek_v3"),
     _moe("glm4_moe"),
+    _qwen3_next(),
 ]
 BY_NAME = {f.name: f for f in FAMILIES}

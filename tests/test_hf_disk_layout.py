@@ -29,7 +29,7 @@ def _equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("name", ["qwen2_moe", "deepseek_v3", "qwen2"])
+@pytest.mark.parametrize("name", ["qwen2_moe", "deepseek_v3", "qwen3_next", "qwen2"])
 def test_a_save_pretrained_folder_reads_into_memory_and_writes_back(name, tmp_path):
     t = hf.BY_NAME[name].torch_model(1)
     disk = _saved(t, tmp_path)
@@ -68,7 +68,7 @@ def mappings():
     return get
 
 
-@pytest.mark.parametrize("name", ["qwen2_moe", "deepseek_v3"])
+@pytest.mark.parametrize("name", ["qwen2_moe", "deepseek_v3", "qwen3_next"])
 def test_convert_reads_a_save_pretrained_folder_into_paddleformers(name, tmp_path, mappings):
     """Per-expert on-disk keys are combined by transformers' own converters while converting: the .pdparams equals
     assign_weight's result bit for bit, and PaddleFormers' model loaded from it gives the transformers logits."""

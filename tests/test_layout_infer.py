@@ -256,3 +256,84 @@ def test_moe_checkpoint_converts_without_storage_with_the_mapping_of_a_run(name,
     converted, expected = load(tmp_path / "out.pdparams"), state_as_torch(p, "paddle")
     assert converted.keys() == expected.keys()
     assert all(torch.equal(converted[k], expected[k]) for k in expected)
+
+
+class TorchMaskedAttn(TorchAttn):
+    """TorchAttn taking a required ``attention_mask`` (additive); a missing mask means attending both ways."""
+
+    def forward(self, x, attention_mask):
+        b, s, _ = x.shape
+        q = self.q_proj(x).view(b, s, 4, 8).transpose(1, 2)
+        k = self.k_proj(x).view(b, s, 2, 8).transpose(1, 2).repeat_interleave(2, 1)
+        v = self.v_proj(x).view(b, s, 2, 8).transpose(1, 2).repeat_interleave(2, 1)
+        scores = q @ k.transpose(-1, -2) / 8 ** 0.5
+        if attention_mask is not None:
+            scores = scores + attention_mask
+        return (torch.softmax(scores, -1) @ v).transpose(1, 2).reshape(b, s, 32)
+
+
+class PaddleMaskedAttn(PaddleAttn):
+    """PaddleAttn taking a required ``attention_mask``; a missing mask means causal (as PaddleFormers' sdpa path)."""
+
+    def forward(self, x, attention_mask):
+        b, s, _ = x.shape
+        y = self.qkv_proj(x).reshape([b, s, 2, 32])
+        q = y[..., :16].reshape([b, s, 4, 8]).transpose([0, 2, 1, 3])
+        k = y[..., 16:24].transpose([0, 2, 1, 3]).repeat_interleave(2, 1)
+        v = y[..., 24:].transpose([0, 2, 1, 3]).repeat_interleave(2, 1)
+        scores = q @ k.transpose([0, 1, 3, 2]) / 8 ** 0.5
+        if attention_mask is None:
+            attention_mask = paddle.triu(paddle.full([s, s], -1e9), 1)
+        scores = scores + attention_mask
+        return (paddle.nn.functional.softmax(scores, -1) @ v).transpose([0, 2, 1, 3]).reshape([b, s, 32])
+
+
+@pytest.mark.parametrize("direction", ["torch->paddle", "paddle->torch"])
+def test_a_unit_is_run_with_an_explicit_causal_mask(direction):
+    """The two libraries read a missing mask differently (transformers' eager attention and PaddleFormers' eager one
+    attend both ways, PaddleFormers' sdpa one causally): the unit gets an explicit causal mask, so the layout is
+    decided whatever each side does without one."""
+    t, p = TorchMaskedAttn(), PaddleMaskedAttn()
+    report = assign_weight(t, p) if direction == "torch->paddle" else assign_weight(p, t)
+    x = np.random.default_rng(0).standard_normal((2, 5, 16)).astype("float32")
+    mask = np.triu(np.full((5, 5), -1e9, "float32"), 1)
+    diff = float(np.abs(t(torch.from_numpy(x), torch.from_numpy(mask)).detach().numpy()
+                        - p(paddle.to_tensor(x), None).numpy()).max())
+    assert diff < 1e-5
+    assert any("grouped per KV head [q heads | k | v] (4 heads, 2 KV heads, head_dim 8)" in n and
+               "agree on a random input" in n for n in report.notes), report.notes
+
+
+# -- the registered transformers <-> PaddleFormers layouts are the ones inference finds --------------------------
+def _without_fused_registrations(pool):
+    """The registry without the class-keyed fused layouts of special_init/init_hf_*.py (ERNIE's MoE block rule, a
+    renamed tensor and a forward that cannot run on a CPU, stays)."""
+    for e in list(pool.entries()):
+        if "init_hf_" in e.origin and "SparseMoeBlock" not in e.key.base_class:
+            pool.remove(*e.key)
+
+
+@pytest.mark.parametrize("name", ["ernie4_5", "ernie4_5_moe", "gemma3_text", "qwen3_vl_text"])
+def test_registered_layouts_are_what_inference_finds(name, scoped_pool):
+    """The registrations are data on top of inference: without them the same tensors are written to the same parts
+    (each decided by running its unit); they stay so that a conversion, where nothing runs, needs no mapping."""
+    family = hf.BY_NAME[name]
+    registered = assign_weight(family.torch_model(1), family.paddle_model(2))
+    _without_fused_registrations(scoped_pool)
+    inferred = assign_weight(family.torch_model(1), family.paddle_model(2))
+    assert set(inferred.mapping.tensors) == set(registered.mapping.tensors)
+    assert any("layout inferred" in n and "agree on a random input" in n for n in inferred.notes)
+    assert not any("layout inferred" in n and "q_proj/k_proj/v_proj" in n for n in registered.notes)
+
+
+def test_qwen25vl_attention_stays_registered_its_unit_needs_multimodal_rotary(scoped_pool):
+    """Qwen2.5-VL's attention rotates with three position sections (mrope): a random single-section input cannot run
+    it, so without its registration the layout is refused, naming the candidates and why (nothing written)."""
+    family = hf.BY_NAME["qwen2_5_vl_text"]
+    _without_fused_registrations(scoped_pool)
+    t, p = family.torch_model(1), family.paddle_model(2)
+    before = p.layers[0].self_attn.qkv_proj.weight.numpy().copy()
+    with pytest.raises(PairingError, match=r"Qwen2_5_VLAttention.*\(1\) concatenated \[q \| k \| v\]; \(2\) grouped "
+                                           r"per KV head.*failed to run on a random input"):
+        assign_weight(t, p)
+    np.testing.assert_array_equal(p.layers[0].self_attn.qkv_proj.weight.numpy(), before)

@@ -13,6 +13,7 @@ from . import settings
 from .numerics import ATOL, GRAD_RTOL, RTOL, Tolerance
 from .render import tree
 from .results import DiffResult, label
+from .session import ABSORBED
 from .training import Setup, run_step
 
 PHASES = ("forward", "backward", "both")
@@ -154,6 +155,11 @@ def _result(setup: Setup, records, report, pairing, hooked, plan) -> DiffResult:
         result.notes.append(
             f"{label(pair.base.path)} -> {label(pair.raw.path)}: called more often on the {side} side; the extra "
             "calls were not compared (a fused fast path or a module reused differently)")
+    absorbed = sorted({label(ld.base_path) for ld in result.layers if not ld.ok and ld.note.endswith(ABSORBED)})
+    if absorbed:
+        result.notes.append(f"{len(absorbed)} layer(s) differ while the layer enclosing them agrees (they return "
+                            f"another form of the same result; not counted as divergences): {', '.join(absorbed[:6])}"
+                            + (f" and {len(absorbed) - 6} more" if len(absorbed) > 6 else ""))
     if result.not_comparable:
         names = sorted({label(nc.base_path) for nc in result.not_comparable})
         shown_names = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")

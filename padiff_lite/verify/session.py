@@ -17,7 +17,7 @@ from .. import output_align
 from ..errors import DiffError
 from ..stream import BaseFailed, Stash
 from .numerics import Tolerance, compare, compare_gradient
-from .results import LayerDiff, NotComparable
+from .results import LayerDiff, NotComparable, label
 from .aligned import compare_aligned
 
 # a model that registers a gradient hook inside forward cannot run without autograd (torch and paddle words)
@@ -143,6 +143,9 @@ def substitute(obj, node, adapter):
     return obj
 
 
+ABSORBED = " (not counted as a divergence)"
+
+
 class Session:
     """One forward comparison: the base side stashes each hooked call's outputs, the raw side compares and
     drops them. ``compare_layers=False`` runs both models without comparing their layers (backward phase)."""
@@ -169,6 +172,11 @@ class Session:
         self._grad_hooks: list = []
         self.output_grads: list[LayerDiff] = []  # single_step backward, in backward order
         self.arrived: dict = {}  # single_step: (pair, call) -> how the inputs raw computed differ from base's
+        # differing calls whose enclosing paired layer has not finished yet: (LayerDiff, (pair, call), raw inputs).
+        # An enclosing layer that agrees absorbs them (the two return different forms of one result: a
+        # router's probabilities against a Linear's logits); one that differs confirms them.
+        self.unconfirmed: list = []
+        self.forms: set = set()  # class pairs seen returning another form of the same result
 
     # -- base side -------------------------------------------------------------------
     def on_base(self, idx, k, args, kwargs, output):
@@ -271,13 +279,52 @@ class Session:
         ld = LayerDiff(pair.base.path, pair.raw.path, *classes, k, order, c.output, c.base_shape, c.raw_shape,
                        c.max_abs, c.max_rel, c.mismatched, c.total, note=c.note, raw_output=c.raw_output)
         self.layers.append(ld)
+        self._settle(pair, ld)
         if not ld.ok and (self.first is None or order < self.first.order):  # (ties: the inputs' record first)
-            self.first = ld  # raw runs in its own call order: keep the earliest in the base's order
-            self.first_key = (idx, k)
-            self.first_raw_inputs = output_align.capture_inputs(args, kwargs, self.raw.adapter)
+            raw_inputs = output_align.capture_inputs(args, kwargs, self.raw.adapter)
+            if self.single_step:  # its enclosing layer gets base's outputs: its agreeing would prove nothing
+                self._confirm((ld, (idx, k), raw_inputs))
+            else:
+                self.unconfirmed.append((ld, (idx, k), raw_inputs))
         if self.single_step:  # what comes after this layer gets base's output, so only its own code is judged
             return substitute(output, bnode, self.raw.adapter)
         return None
+
+    def _confirm(self, entry):
+        ld, key, raw_inputs = entry
+        if self.first is None or ld.order < self.first.order:  # raw runs in its own call order: the earliest in base's
+            self.first, self.first_key, self.first_raw_inputs = ld, key, raw_inputs
+
+    def _settle(self, pair, ld):
+        """The differing calls inside ``pair`` (its paths enclose theirs) are absorbed when ``ld`` agrees (noted on
+        them, not a divergence), confirmed when it differs, unless an earlier call of the same class pair was absorbed
+        (a router of another layer: this one returns the other form too, the difference is elsewhere in ``pair``)."""
+        def inside(path, outer):
+            return path != outer and (not outer or path.startswith(outer + "."))
+
+        kept = []
+        for entry in self.unconfirmed:
+            u = entry[0]
+            if not (inside(u.base_path, pair.base.path) and inside(u.raw_path, pair.raw.path)):
+                kept.append(entry)
+            elif ld.ok:
+                self.forms.add((u.base_class, u.raw_class))
+                u.note = ((u.note + "; ") if u.note else "") + (
+                    f"differs, but the enclosing {label(ld.base_path)} -> {label(ld.raw_path)} agrees: the two layers "
+                    "return different forms of the same result" + ABSORBED)
+            elif (u.base_class, u.raw_class) in self.forms:
+                u.note = ((u.note + "; ") if u.note else "") + (
+                    f"differs as another call of {u.base_class} -> {u.raw_class} did whose enclosing layer agreed: "
+                    "taken as the other form of the same result" + ABSORBED)
+            else:
+                self._confirm(entry)
+        self.unconfirmed = kept
+
+    def finish(self):
+        """After the forward: differing calls no enclosing compared layer judged count as divergences."""
+        for entry in self.unconfirmed:
+            self._confirm(entry)
+        self.unconfirmed = []
 
     def release(self):
         """Drop the tensor hooks of a single-step backward (after both backward passes ran)."""

@@ -101,6 +101,7 @@ def run_step(setup: Setup, step: int, sides) -> StepRecord:
         for n in fnotes:
             if n not in setup.notes:
                 setup.notes.append(n)
+        session.finish()
         rec.layers = sorted(session.layers, key=lambda ld: ld.order)
         rec.not_comparable = sorted(session.not_comparable, key=lambda nc: nc.order)
         setup.peak_held_bytes = max(setup.peak_held_bytes, session.stash.peak)
