@@ -25,11 +25,13 @@ from pathlib import Path
 import torch
 
 from . import fastcopy, layout, layouts_on_disk, nonfinite
-from .atomic import NAME_MAX, AtomicOutput, output_error, terminate_like_interrupt
+from .formats.output import NAME_MAX, AtomicOutput, output_error, terminate_like_interrupt
 from .checkpoint_plan import FilePlan, Unit, build_model, nbytes, resolve
 from .errors import CheckpointError, TransferError
 from .execute import PARALLEL_MIN_ELEMENTS, Stats, no_grad, special_init_error
-from .formats import INDEX_SUFFIX, Checkpoint, format_of, open_checkpoint, streams, write_index, writer_for
+from .formats.common import INDEX_SUFFIX, format_of
+from .formats.files import Checkpoint, open_checkpoint, streams, writer_for
+from .formats.index import write_index
 from .mapping import prepare as prepare_mapping
 from .ops import AS_IS, FILL, TRANSPOSE
 from .plan import build_plan, pair_label

@@ -21,7 +21,8 @@ from . import hf_disk_layout
 from .adapters import ADAPTERS, adapter_for
 from .errors import CheckpointError, FactoryError
 from .factories import load_callable
-from .formats import Checkpoint, Entry, dtype_name
+from .formats.common import Entry, dtype_name
+from .formats.files import Checkpoint
 from .plan import Plan
 from .proxy import ProxyModel, create_model
 from .tree import ModelTree

@@ -182,7 +182,7 @@ class HubView:
     def __init__(self, ck, model, conversions):
         from dataclasses import replace
 
-        from .formats import TensorInfo
+        from .formats.common import TensorInfo
 
         self.ck, self.model = ck, model
         self.renamed: dict[str, str] = {}  # in-memory name -> on-disk key (one-to-one)

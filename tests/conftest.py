@@ -5,7 +5,7 @@ import warnings
 
 warnings.filterwarnings("ignore", message="No ccache found")
 sys.path.insert(0, os.path.dirname(__file__))
-# commit records of sharded outputs (padiff_lite.atomic.journal_dir) go to a folder of this run, not the user's
+# commit records of sharded outputs (padiff_lite.formats.output.journal_dir) go to a folder of this run, not the user's
 # ~/.local/state; subprocesses of the tests inherit it
 os.environ["PADIFF_LITE_STATE_DIR"] = tempfile.mkdtemp(prefix="padiff-lite-state-")
 

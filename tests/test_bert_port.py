@@ -93,7 +93,7 @@ def test_a_mapping_found_on_random_models_converts_checkpoints_both_ways_bit_exa
     assert back.keys() == original.keys()
     assert all(torch.equal(back[k], original[k]) for k in original)
     # and the paddle checkpoint computes what the trained torch model computes
-    from padiff_lite.formats import open_checkpoint
+    from padiff_lite.formats.files import open_checkpoint
 
     port = bp.paddle_bert()
     ck = open_checkpoint(tmp_path / "bert.pdparams")

@@ -16,7 +16,7 @@ from ckpt_helpers import save, state_as_torch, trained_conv_lstm
 
 from padiff_lite import CheckpointError, convert_checkpoint, create_model, models
 from padiff_lite.cli import main
-from padiff_lite.formats import open_checkpoint, read_state
+from padiff_lite.formats.files import open_checkpoint, read_state
 from padiff_lite.models import conv_lstm_paddle, conv_lstm_torch
 
 FACT = {"torch": "padiff_lite.models:conv_lstm_torch", "paddle": "padiff_lite.models:conv_lstm_paddle"}

@@ -19,8 +19,9 @@ import torch
 from ckpt_helpers import load, save, save_sharded, state_as_torch
 
 from padiff_lite import CheckpointError, convert_checkpoint
-from padiff_lite.atomic import clean_folder
-from padiff_lite.formats import TEMP_PREFIX, open_checkpoint
+from padiff_lite.formats.output import clean_folder
+from padiff_lite.formats.common import TEMP_PREFIX
+from padiff_lite.formats.files import open_checkpoint
 from padiff_lite.models import conv_lstm, conv_lstm_paddle, conv_lstm_torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -164,7 +165,7 @@ def test_not_enough_free_space_is_refused_before_writing(tmp_path):
 @pytest.mark.parametrize("suffix", [".safetensors", ".pdparams"])
 def test_disk_full_while_writing_is_one_clear_error(tmp_path, monkeypatch, suffix):
     """The free-space check passed (another process filled the disk meanwhile): ENOSPC itself is reported."""
-    from padiff_lite.atomic import AtomicOutput
+    from padiff_lite.formats.output import AtomicOutput
 
     monkeypatch.setattr(AtomicOutput, "_check_space", lambda self, folder: None)
     tnet, pnet = _big_source(tmp_path)
@@ -177,7 +178,7 @@ def test_disk_full_while_writing_is_one_clear_error(tmp_path, monkeypatch, suffi
 
 
 def test_disk_full_torch_output(tmp_path, monkeypatch):
-    from padiff_lite.atomic import AtomicOutput
+    from padiff_lite.formats.output import AtomicOutput
 
     monkeypatch.setattr(AtomicOutput, "_check_space", lambda self, folder: None)
     tnet, _ = _big_source(tmp_path)

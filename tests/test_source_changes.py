@@ -22,7 +22,7 @@ from ckpt_helpers import assert_same_outputs, digest, load, load_into, save, sav
     trained_conv_lstm
 
 from padiff_lite import CheckpointError, convert_checkpoint
-from padiff_lite.formats import Checkpoint
+from padiff_lite.formats.files import Checkpoint
 from padiff_lite.models import conv_lstm, conv_lstm_paddle, conv_lstm_torch
 
 HERE = Path(__file__).resolve().parent

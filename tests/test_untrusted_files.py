@@ -23,7 +23,7 @@ import torch
 from ckpt_helpers import save, state_as_torch, trained_conv_lstm
 
 from padiff_lite import CheckpointError, MappingError
-from padiff_lite.formats import open_checkpoint, read_state
+from padiff_lite.formats.files import open_checkpoint, read_state
 from padiff_lite.mapping import load as load_mapping
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -34,9 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 from .pickle_bounds import Bounds, PickleBoundsError
-from .regular import open_regular
+from ..regular import open_regular
 
 __all__ = ["ArrayRef", "parse", "read_array", "unwrap_big_params"]
 

@@ -28,6 +28,7 @@ import contextlib
 import errno
 import json
 import logging
+import mmap
 import os
 import re
 import secrets
@@ -36,10 +37,12 @@ import signal
 import socket
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .errors import CheckpointError
-from .formats import INDEX_SUFFIX, TEMP_PREFIX, read_index
+from ..errors import CheckpointError
+from .common import INDEX_SUFFIX, TEMP_PREFIX
+from .index import read_index
 
 log = logging.getLogger("padiff_lite.atomic")
 
@@ -530,3 +533,114 @@ class AtomicOutput:
             with contextlib.suppress(OSError):
                 shutil.rmtree(self.staging[0])
         return False
+
+
+class OutputFile:
+    """A write-only file for large outputs: bytes are gathered in page-aligned chunks, written by a background
+    thread (so writing overlaps with producing the next bytes) with ``O_DIRECT`` where the filesystem allows it.
+
+    ``O_DIRECT`` skips the page cache: a buffered write first has to get a fresh page-cache page for every
+    4 KiB, and on this kind of VM a first touch of memory runs at 0.2-2 GB/s, slower than the disk itself.
+    Where ``O_DIRECT`` is refused (tmpfs, some network filesystems) the same code writes buffered.
+    ``commit()`` writes the rest and fsyncs; ``close()`` alone (after an error) just closes.
+    """
+
+    CHUNK = 8 << 20  # bytes per write; two chunks are in memory (16 MiB: no faster on these disks, +16 MB of peak)
+    ALIGN = 4096
+
+    def __init__(self, path: Path, direct: bool = True):
+        self.path = Path(path)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
+        self.direct = direct and hasattr(os, "O_DIRECT")
+        try:
+            self.fd = os.open(self.path, flags | (os.O_DIRECT if self.direct else 0), 0o666)
+        except OSError:
+            if not self.direct:
+                raise
+            self.direct = False
+            self.fd = os.open(self.path, flags, 0o666)
+        self.bufs = [mmap.mmap(-1, self.CHUNK) for _ in range(2)]  # anonymous maps are page-aligned
+        self.pending: list = [None, None]
+        self.cur, self.fill, self.offset = 0, 0, 0  # chunk being filled, bytes in it, file offset of it
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="padiff-write")
+        self.lock = threading.Lock()
+        self.closed = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.close()
+        return False
+
+    def tell(self) -> int:
+        return self.offset + self.fill
+
+    def flush(self):  # torch.save calls it; data reaches the disk in commit()
+        pass
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        done = 0
+        while done < len(view):
+            buf = self.bufs[self.cur]
+            n = min(self.CHUNK - self.fill, len(view) - done)
+            buf[self.fill:self.fill + n] = view[done:done + n]
+            self.fill += n
+            done += n
+            if self.fill == self.CHUNK:
+                self._submit(self.CHUNK)
+        return len(view)
+
+    def _submit(self, length: int):
+        """Hand the current chunk (its first ``length`` bytes) to the writer thread and start the other one."""
+        self.pending[self.cur] = self.pool.submit(self._pwrite, self.cur, length, self.offset)
+        self.offset += self.fill
+        self.cur, self.fill = 1 - self.cur, 0
+        if self.pending[self.cur] is not None:  # wait until the other chunk is on disk before refilling it
+            self.pending[self.cur].result()
+            self.pending[self.cur] = None
+
+    def _pwrite(self, i: int, length: int, offset: int):
+        view = memoryview(self.bufs[i])[:length]
+        done = 0
+        while done < length:
+            try:
+                n = os.pwrite(self.fd, view[done:], offset + done)
+            except OSError as exc:
+                if not (self.direct and exc.errno == 22):  # EINVAL: this filesystem takes no O_DIRECT writes
+                    raise
+                import fcntl
+
+                fcntl.fcntl(self.fd, fcntl.F_SETFL, fcntl.fcntl(self.fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+                with self.lock:
+                    self.direct = False
+                continue
+            done += n
+        view.release()
+
+    def commit(self):
+        """Write what is left, set the file's exact size and fsync it."""
+        size = self.tell()
+        if self.fill:
+            tail = self.fill
+            if self.direct:  # O_DIRECT writes whole blocks: pad with zeros, cut back by ftruncate below
+                pad = -tail % self.ALIGN
+                self.bufs[self.cur][tail:tail + pad] = bytes(pad)
+                tail += pad
+            self._submit(tail)
+        for i, f in enumerate(self.pending):
+            if f is not None:
+                f.result()
+                self.pending[i] = None
+        os.ftruncate(self.fd, size)
+        os.fsync(self.fd)
+
+    def close(self):
+        if self.closed:
+            return
+        self.closed = True
+        self.pool.shutdown(wait=True)
+        os.close(self.fd)
+        for b in self.bufs:
+            b.close()
