@@ -25,13 +25,14 @@ from pathlib import Path
 import torch
 
 from . import fastcopy, layout, layouts_on_disk, nonfinite
-from .formats.output import NAME_MAX, AtomicOutput, output_error, terminate_like_interrupt
 from .checkpoint_plan import FilePlan, Unit, build_model, nbytes, resolve
 from .errors import CheckpointError, TransferError
 from .execute import PARALLEL_MIN_ELEMENTS, Stats, no_grad, special_init_error
 from .formats.common import INDEX_SUFFIX, format_of
 from .formats.files import Checkpoint, open_checkpoint, streams, writer_for
 from .formats.index import write_index
+from .formats.output import NAME_MAX, AtomicOutput, output_error
+from .interrupts import terminate_like_interrupt
 from .mapping import prepare as prepare_mapping
 from .ops import AS_IS, FILL, TRANSPOSE
 from .plan import build_plan, pair_label

@@ -491,7 +491,7 @@ def main(argv=None) -> int:
                 raise
             print(f"padiff-lite: error: {_exit_from_user_code(exc)}", file=sys.stderr)
             return 2
-    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP during a conversion (atomic.Interrupted)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP during a conversion (interrupts.Interrupted)
         if debug:
             raise
         signum = getattr(exc, "signum", signal.SIGINT)

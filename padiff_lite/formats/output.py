@@ -33,7 +33,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import socket
 import tempfile
 import threading
@@ -41,6 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..errors import CheckpointError
+from ..interrupts import uninterrupted
 from .common import INDEX_SUFFIX, TEMP_PREFIX
 from .index import read_index
 
@@ -49,15 +49,6 @@ log = logging.getLogger("padiff_lite.atomic")
 NAME_MAX = 255  # bytes in one file name (Linux, macOS)
 _TEMP = re.compile(re.escape(TEMP_PREFIX) + r"(\d+)-([0-9a-f]{8})-")
 _RECORD = re.compile(r"(\d+)-([0-9a-f]{8})\.json")
-SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
-
-
-class Interrupted(KeyboardInterrupt):
-    """SIGTERM or SIGHUP during a conversion, raised like Ctrl-C's KeyboardInterrupt so the same clean-up runs."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
 
 
 def temp_name(name: str, token: str) -> str:
@@ -149,73 +140,6 @@ def _locked(folder: Path):
         yield
     finally:
         os.close(fd)  # releases the lock
-
-
-# A signal that arrived during a conversion (see terminate_like_interrupt): noted first, then raised. The note is
-# what makes it impossible to lose: a raise can be swallowed (a handler runs between any two bytecodes, inside a
-# __del__ or a weakref callback too, where exceptions are printed and dropped), the note cannot, and the commit
-# and the end of the conversion check it.
-_arrived: list[int] = []
-_deferring = [0]  # > 0 while a commit runs: a signal is only noted, and raised once the commit is done
-
-
-def _raise_arrived():
-    if _arrived:
-        raise Interrupted(_arrived[0])
-
-
-@contextlib.contextmanager
-def _signals_held():
-    """SIGINT/SIGTERM/SIGHUP wait until the block is done (a commit runs to its end); SIGKILL cannot be held.
-    Blocked at the OS for this thread, and a signal already on its way to Python (its handler not yet run) is only
-    noted; it is raised when the block ends. A signal noted before the block is raised before it starts."""
-    _raise_arrived()
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
-    _deferring[0] += 1
-    try:
-        yield
-    finally:
-        _deferring[0] -= 1
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-    _raise_arrived()  # the commit is complete: the output is whole, and the interruption is not lost
-
-
-@contextlib.contextmanager
-def terminate_like_interrupt():
-    """SIGINT, SIGTERM and SIGHUP raise :class:`Interrupted` (a KeyboardInterrupt) while the block runs, so a
-    killed conversion cleans up as Ctrl-C does. Each arrival is noted before it is raised, and the block raises
-    any noted one at its end: a raise swallowed on the way cannot turn an interrupted conversion into exit 0.
-    Only in the main thread, and not over a handler set from Python."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    saved = {}
-
-    def handler(signum, frame):
-        if signum not in _arrived:
-            _arrived.append(signum)
-        if not _deferring[0]:
-            raise Interrupted(signum)
-
-    del _arrived[:]
-    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
-        sig = getattr(signal, name, None)
-        if sig is None:
-            continue
-        current = signal.getsignal(sig)
-        # None: a handler set outside Python (paddle's crash reporter, which dies without cleaning up)
-        if current in (signal.SIG_DFL, None) or (sig == signal.SIGINT and current is signal.default_int_handler):
-            saved[sig] = signal.signal(sig, handler)
-    try:
-        yield
-        _raise_arrived()
-    finally:
-        for sig, old in saved.items():
-            signal.signal(sig, signal.SIG_DFL if old is None else old)
-        del _arrived[:]
 
 
 def journal_dir(create: bool = True) -> Path | None:
@@ -449,7 +373,7 @@ class AtomicOutput:
         self.writers.append(writer)
 
     def commit(self):
-        with _signals_held():
+        with uninterrupted():
             if self.staging is not None:
                 tmp_top, top = self.staging
                 with _locked(top.parent):
