@@ -89,7 +89,7 @@ def child_convert(src: str, dst: str, direction: str, layers: int):
     fs, fd = direction.split("->")
     base = functools.partial(llama, fs, layers=layers, **CONFIG)
     raw = functools.partial(llama, fd, layers=layers, **CONFIG)
-    from padiff_lite.checkpoint_plan import build_model
+    from padiff_lite.factories import build_model
 
     # the baseline: interpreter + torch + paddle + padiff_lite, and the models' structure built once (torch's
     # meta-device init imports torch._dynamo the first time: ~100 MB that has nothing to do with the weights)

@@ -25,9 +25,10 @@ from pathlib import Path
 import torch
 
 from . import fastcopy, layout, layouts_on_disk, nonfinite
-from .checkpoint_plan import FilePlan, Unit, build_model, nbytes, resolve
+from .checkpoint_plan import FilePlan, Unit, nbytes, resolve
 from .errors import CheckpointError, TransferError
 from .execute import PARALLEL_MIN_ELEMENTS, Stats, no_grad, special_init_error
+from .factories import build_model
 from .formats.common import INDEX_SUFFIX, format_of
 from .formats.files import Checkpoint, open_checkpoint, streams, writer_for
 from .formats.index import write_index
