@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from . import layout, nonfinite
+from . import layout
 from .errors import TransferError
 from .mapping import check_tensors
 from .ops import AS_IS, FILL, RESHAPE, TRANSPOSE, CopyFacts, Op
@@ -232,6 +232,8 @@ def unpaired_problem(plan: Plan, found=None, can_run: bool = False) -> str:
 def nonfinite_problems(plan: Plan) -> list[str]:
     """``check_finite``: every base tensor that would be read (planned copies and special-init layers) holding
     NaN or Inf."""
+    from . import nonfinite  # here, not at import: it needs torch, and the rest of validation runs on plain data
+
     ba = plan.base.adapter
     refs = {id(op.src.tensor): op.src for op in plan.ops if op.src is not None}
     for pair in plan.imperative:
@@ -312,14 +314,14 @@ def _check_dtype(plan: Plan, v: Validation, op: Op, sd: str, dd: str):
 
 def _check_range(plan: Plan, v: Validation, where: str, op: Op, sd: str, dd: str):
     """A narrowing cast must not turn finite values into Inf or wrap integers around (only narrowing ops pay this)."""
-    import torch
+    if not plan.base.adapter.readable(op.src.tensor):
+        return  # no data to look at (the no-data problem is reported where data is needed)
+    import torch  # here: values to look at are torch views, and planning without data needs no framework
 
     target = getattr(torch, dd, None)
     if target is None:
         return
     info = torch.finfo(target) if target.is_floating_point else torch.iinfo(target)
-    if not plan.base.adapter.readable(op.src.tensor):
-        return  # no data to look at (the no-data problem is reported where data is needed)
     src = source_value(plan.base.adapter, op)
     if src.is_floating_point():
         src = src[torch.isfinite(src)]  # NaN/Inf are reported as non-finite, not as out of range
