@@ -6,8 +6,11 @@ Then tensor readers and snapshots, and the small models several files build.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import paddle
+import pytest
 import torch
 
 from padiff_lite import assign_weight
@@ -69,6 +72,29 @@ def assert_unchanged(model, snap):
     assert now.keys() == snap.keys()
     for k in snap:
         assert np.array_equal(now[k], snap[k], equal_nan=True), f"{k} was changed"
+
+
+def _files_of(path) -> dict | None:
+    """A file's or a folder's bytes (folder: relative path -> bytes, every file under it); None when absent."""
+    path = Path(path)
+    if path.is_dir():
+        return {str(f.relative_to(path)): f.read_bytes() for f in sorted(path.rglob("*")) if f.is_file()}
+    return {"": path.read_bytes()} if path.exists() else None
+
+
+def assert_refused(fn, exc_type, *models_or_files, match=None):
+    """``fn()`` raises ``exc_type`` (its message matching ``match``, a regular expression, when given) and leaves
+    every model (torch or paddle: each tensor, bit for bit) and every file or folder given (str or Path: each
+    file's bytes; an absent one stays absent) as it was. Returns the exception for more checks."""
+    snaps = [_files_of(x) if isinstance(x, (str, Path)) else snapshot(x) for x in models_or_files]
+    with pytest.raises(exc_type, match=match) as caught:
+        fn()
+    for x, snap in zip(models_or_files, snaps):
+        if isinstance(x, (str, Path)):
+            assert _files_of(x) == snap, f"{x} was changed by a refused call"
+        else:
+            assert_unchanged(x, snap)
+    return caught.value
 
 
 # -- reading and writing single tensors ---------------------------------------------------------------------
