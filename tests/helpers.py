@@ -156,19 +156,22 @@ def special_init_key(src, torch_class, paddle_class):
 
 
 # -- small models shared by several test files --------------------------------------------------------------
-class Head(paddle.nn.Layer):
-    """Paddle head with a torch-layout weight [out, in] (no registered rule: needs a special init)."""
+class LMHead(paddle.nn.Layer):
+    """The one LM-head toy: a PaddleFormers-style paddle head, weight [vocab, hidden] in torch's layout applied with
+    ``transpose_y`` (not a Linear, no registered rule: a special init or a layout must move it); ``bias`` adds one."""
 
-    def __init__(self, i, o):
+    def __init__(self, hidden, vocab, bias=False):
         super().__init__()
-        self.weight = self.create_parameter([o, i])
+        self.weight = self.create_parameter([vocab, hidden])
+        self.bias = self.create_parameter([vocab], is_bias=True) if bias else None
 
     def forward(self, x):
-        return paddle.matmul(x, self.weight, transpose_y=True)
+        out = paddle.matmul(x, self.weight, transpose_y=True)
+        return out if self.bias is None else out + self.bias
 
 
 def headed(fw, tie=False):
-    """embed [11, 6] -> mid Linear(6, 6) -> two heads to 11 (torch Linear, paddle ``Head``); ``tie`` ties the
+    """embed [11, 6] -> mid Linear(6, 6) -> two heads to 11 (torch Linear, paddle ``LMHead``); ``tie`` ties the
     torch head to the embedding."""
 
     class Headed(Base(fw)):
@@ -177,8 +180,8 @@ def headed(fw, tie=False):
             nn = NN[fw]
             self.embed = nn.Embedding(11, 6)
             self.mid = nn.Linear(6, 6)
-            self.head = nn.Linear(6, 11, bias=False) if fw == "torch" else Head(6, 11)
-            self.head2 = nn.Linear(6, 11, bias=False) if fw == "torch" else Head(6, 11)
+            self.head = nn.Linear(6, 11, bias=False) if fw == "torch" else LMHead(6, 11)
+            self.head2 = nn.Linear(6, 11, bias=False) if fw == "torch" else LMHead(6, 11)
             if tie:
                 self.head.weight = self.embed.weight
 

@@ -57,7 +57,7 @@ def test_check_finite_refuses_before_writing(src, dst):
 
 
 def test_non_finite_values_reach_special_inits_flagged_and_check_finite_covers_them(scoped_pool):
-    add_special_init("torch", "Linear", "paddle", "Head",
+    add_special_init("torch", "Linear", "paddle", "LMHead",
                      lambda m, l: l.weight.set_value(m.weight.detach().numpy()))
     a, b = headed("torch"), headed("paddle")
     with torch.no_grad():

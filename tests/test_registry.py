@@ -5,22 +5,11 @@ import paddle
 import pytest
 import torch
 
-from helpers import assert_refused, inputs_for
+from helpers import LMHead, assert_refused, inputs_for
 from padiff_lite import (PluginImportError, RegistryError, TransferError, add_special_init, assign_weight,
                          create_model, init_pool)
 from padiff_lite.models import run
 from padiff_lite.special_init import Map, load_plugins
-
-
-class LMHead(paddle.nn.Layer):
-    """A PaddleFormers-style head: weight [vocab, hidden], applied with transpose_y (not a Linear)."""
-
-    def __init__(self, hidden, vocab):
-        super().__init__()
-        self.weight = self.create_parameter([vocab, hidden])
-
-    def forward(self, h):
-        return paddle.matmul(h, self.weight, transpose_y=True)
 
 
 def lm(fw):
