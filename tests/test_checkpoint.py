@@ -11,9 +11,9 @@ from ckpt_helpers import (SUFFIX, assert_same_outputs, digest, load, load_into, 
                           state_as_torch, trained_conv_lstm)
 from helpers import DIRECTIONS, assert_refused, max_abs_diff, tensors_to_write
 
+from fixtures.models import conv_lstm, conv_lstm_paddle, conv_lstm_torch
 from padiff_lite import CheckpointError, TransferError, convert_checkpoint
-from padiff_lite.models import (attention_net, conv_lstm, conv_lstm_paddle, conv_lstm_torch, llama, llama_paddle,
-                                llama_torch, run)
+from padiff_lite.models import attention_net, llama, llama_paddle, llama_torch, run
 from padiff_lite.special_init import init_pool
 
 FACTORY = {"torch": conv_lstm_torch, "paddle": conv_lstm_paddle}

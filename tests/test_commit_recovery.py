@@ -14,10 +14,10 @@ import pytest
 import torch
 from ckpt_helpers import load, save_sharded, state_as_torch
 
+from fixtures.models import conv_lstm, conv_lstm_torch
 from padiff_lite import CheckpointError, convert_checkpoint
 from padiff_lite.formats.output import clean_folder, journal_dir, temp_name
 from padiff_lite.formats.common import TEMP_PREFIX
-from padiff_lite.models import conv_lstm, conv_lstm_torch
 
 DEAD = 4194305  # above Linux's pid limit: a process that is gone
 INDEX = "model.safetensors.index.json"

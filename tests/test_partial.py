@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from helpers import DIRECTION_IDS, DIRECTIONS, NN, Base, assert_refused, assert_unchanged, np_of, snapshot, tensors
+from fixtures.bert import token_ids
 from padiff_lite import InitError, TransferError, assign_weight
 from padiff_lite.models import run
-from padiff_lite.models_bert import (HEAD_DIM, HIDDEN, SEGMENTS, bert_classifier, bert_pretraining, register_rules,
-                                     token_ids)
+from padiff_lite.models_bert import (HEAD_DIM, HIDDEN, SEGMENTS, bert_classifier, bert_pretraining, register_rules)
 
 NEW = ["bert.embeddings.segment_embeddings.weight", "classifier.dense.weight", "classifier.dense.bias",
        "classifier.LayerNorm.weight", "classifier.LayerNorm.bias", "classifier.out.weight", "classifier.out.bias"]
