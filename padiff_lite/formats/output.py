@@ -20,7 +20,11 @@ or removed: recovery acts only on names carrying our temporary prefix and the to
 folder, inside the output folder, never on a source, and only for a process that is gone. Old shards are
 removed only when they are named like a shard of the index being replaced (``<stem>-NNNNN-of-NNNNN<suffix>``).
 Temporary files of processes that are gone are removed by the next conversion into the folder, except those a
-final index still names; readers never take them for a checkpoint.
+final index still names; readers never take them for a checkpoint. Signals are held during a commit by the same
+helper as the in-memory executor's (:func:`..interrupts.uninterrupted`).
+
+Each file's bytes go through :class:`OutputFile` (page-aligned chunks written by a background thread, ``O_DIRECT``
+where the filesystem allows it).
 """
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
-"""Reading ``.pdparams`` files without running them.
+"""The pickle of ``.pdparams`` files: read without running it, and written as a stream.
 
 A ``.pdparams`` file is a pickle (``paddle.save`` pickles a dict of numpy arrays), and ``paddle.load`` is
-plain ``pickle.load``: a file can run any code when it is loaded. This module never calls pickle. It
-interprets the pickle opcodes itself and allows only what ``paddle.save`` writes for a state dict:
+plain ``pickle.load``: a file can run any code when it is loaded. This module never calls pickle to read. Its
+:class:`Unpickler` interprets the pickle opcodes itself, one method per opcode found through a dispatch table (as
+CPython's own ``pickle._Unpickler`` does), and allows only what ``paddle.save`` writes for a state dict:
 
 - plain values: dicts (``collections.OrderedDict`` too), lists, tuples, sets, str, bytes, int, float, bool, None;
 - numpy arrays (``numpy.core.multiarray._reconstruct`` + ``numpy.ndarray``, or ``_frombuffer`` of protocol 5)
