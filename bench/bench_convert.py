@@ -89,7 +89,7 @@ def child_convert(src: str, dst: str, direction: str, layers: int):
     fs, fd = direction.split("->")
     base = functools.partial(llama, fs, layers=layers, **CONFIG)
     raw = functools.partial(llama, fd, layers=layers, **CONFIG)
-    from padiff_lite.checkpoint_plan import build_model
+    from padiff_lite.factories import build_model
 
     # the baseline: interpreter + torch + paddle + padiff_lite, and the models' structure built once (torch's
     # meta-device init imports torch._dynamo the first time: ~100 MB that has nothing to do with the weights)
@@ -119,7 +119,7 @@ def _sample_check(src_index: Path, out_index: Path, transposed: bool):
     """A few tensors of the output against the source, bit for bit (Linear weights transposed)."""
     import torch
 
-    from padiff_lite.formats import open_checkpoint
+    from padiff_lite.formats.files import open_checkpoint
 
     src, out = open_checkpoint(src_index), open_checkpoint(out_index)
     keys = ["embed_tokens.weight", "layers.0.self_attn.q_proj.weight", "layers.0.mlp.down_proj.weight",
@@ -171,7 +171,7 @@ def main():
     if not cold:
         print("cold-cache rows skipped: /proc/sys/vm/drop_caches is not writable (needs root)", file=sys.stderr)
     for direction, s, o in runs:
-        from padiff_lite.formats import open_checkpoint
+        from padiff_lite.formats.files import open_checkpoint
 
         in_files = open_checkpoint(s).files
         for cache in (["cold", "warm"] if cold else ["warm"]):

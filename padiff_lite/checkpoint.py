@@ -25,11 +25,15 @@ from pathlib import Path
 import torch
 
 from . import fastcopy, hf_disk_layout, layout, layouts_on_disk, nonfinite
-from .atomic import NAME_MAX, AtomicOutput, output_error, terminate_like_interrupt
-from .checkpoint_plan import FilePlan, Unit, build_model, nbytes, resolve
+from .checkpoint_plan import FilePlan, Unit, nbytes, resolve
 from .errors import CheckpointError, TransferError
 from .execute import PARALLEL_MIN_ELEMENTS, Stats, no_grad, special_init_error
-from .formats import INDEX_SUFFIX, Checkpoint, format_of, open_checkpoint, streams, write_index, writer_for
+from .factories import build_model
+from .formats.common import INDEX_SUFFIX, format_of
+from .formats.files import Checkpoint, open_checkpoint, streams, writer_for
+from .formats.index import write_index
+from .formats.output import NAME_MAX, AtomicOutput, output_error
+from .interrupts import terminate_like_interrupt
 from .ops import AS_IS, FILL, TRANSPOSE
 from .plan import pair_label
 from .prepare import prepare

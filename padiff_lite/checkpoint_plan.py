@@ -10,96 +10,22 @@ the source file they read, with the output entries each writes.
 """
 from __future__ import annotations
 
-import contextlib
-import logging
 import math
 from dataclasses import dataclass, field
 
 import torch
 
 from . import hf_disk_layout
-from .adapters import ADAPTERS, adapter_for
-from .errors import CheckpointError, FactoryError
-from .factories import load_callable
-from .formats import Checkpoint, Entry, dtype_name
+from .formats.common import Entry, dtype_name
+from .formats.files import Checkpoint
 from .plan import Plan
 from .problems import Problem
-from .proxy import ProxyModel, create_model
 from .tree import ModelTree
 from .validate import expect_problem, kind_problem, refuse
 
-log = logging.getLogger("padiff_lite.checkpoint")
 
 # names old checkpoints used for normalisation layers' weight/bias (TF-era BERT: LayerNorm.gamma/beta)
 LEGACY_NAMES = {"weight": "gamma", "bias": "beta"}
-
-
-# -- models from classes, factories or "module:callable" -------------------------
-def load_factory(spec: str, what: str = "model"):
-    """The callable named by ``"package.module:callable"`` or ``"path/to/file.py:callable"`` (see factories.py)."""
-    try:
-        return load_callable(spec, what)
-    except FactoryError as exc:
-        raise CheckpointError(str(exc)) from exc
-
-
-def _build_contexts():
-    """Ways to build a model, most frugal first: no storage at all; torch without storage but paddle with it
-    (some paddle layers, LSTM's flatten_parameters, cannot be built lazily); with storage."""
-    yield "without storage", lambda: _all(*(a.no_storage() for a in ADAPTERS.values()))
-    yield "torch on meta, paddle with storage", lambda: _all(ADAPTERS["torch"].no_storage())
-    yield "with storage", contextlib.nullcontext
-
-
-@contextlib.contextmanager
-def _all(*contexts):
-    with contextlib.ExitStack() as stack:
-        for c in contexts:
-            stack.enter_context(c)
-        yield
-
-
-def _name_of(spec) -> str:
-    inner = getattr(spec, "func", spec)  # functools.partial
-    return getattr(inner, "__qualname__", type(inner).__name__)
-
-
-def build_model(spec, role: str) -> tuple[ProxyModel, bool]:
-    """(ProxyModel, built here?) from a model, a ProxyModel, a class, a factory or "module:callable"."""
-    name = spec if isinstance(spec, str) else _name_of(spec)
-    if isinstance(spec, str):
-        spec = load_factory(spec)
-    if isinstance(spec, ProxyModel):
-        return spec, False
-    adapter = adapter_for(spec)
-    if adapter is not None and adapter.is_module(spec):
-        return create_model(spec), False
-    if not callable(spec):
-        raise CheckpointError(f"{role}_model must be a model, a class or a zero-argument factory, got "
-                              f"{type(spec).__name__}")
-    last = None
-    for how, ctx in _build_contexts():
-        try:
-            with ctx():
-                model = spec()
-            break
-        except SystemExit as exc:  # sys.exit()/exit() in the factory: an error of the factory, never a success
-            raise CheckpointError(f"{role} model factory {name}() called sys.exit({exc.code!r}); it must return the "
-                                  "model (raise an exception to report a problem), not exit. Nothing was written"
-                                  ) from None
-        except Exception as exc:  # try the next, less frugal way; the last failure is reported
-            log.debug("building %s %s failed: %s: %s", name, how, type(exc).__name__, exc)
-            last = exc
-    else:
-        raise CheckpointError(f"{role} model factory {name}() raised {type(last).__name__}: {last}; "
-                              "it must build the model with no arguments") from last
-    adapter = adapter_for(model)
-    if adapter is None or not adapter.is_module(model):
-        raise CheckpointError(f"{role} model factory {name}() returned {type(model).__name__}, not a "
-                              "torch.nn.Module or paddle.nn.Layer")
-    if how != "without storage":
-        log.info("%s model %s was built %s (%s cannot be built without it)", role, name, how, adapter.name)
-    return create_model(model), True
 
 
 # -- what to compute -----------------------------------------------------------

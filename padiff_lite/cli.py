@@ -63,24 +63,15 @@ def _load_callable(spec: str, flag: str):
 
 
 def _build(spec: str, flag: str):
-    from .errors import DiffInputError
+    """The model ``spec`` builds (factories.build); DiffInputError (one line, exit 2) when it cannot."""
+    from .errors import DiffInputError, FactoryError
+    from .factories import build
 
-    build = _load_callable(spec, flag)
+    factory = _load_callable(spec, flag)
     try:
-        model = build()
-    except SystemExit as exc:
-        raise DiffInputError(f"{flag} {spec}() called sys.exit({exc.code!r}); the callable must return the model "
-                             "(raise an exception to report a problem), not exit") from None
-    except Exception as exc:
-        raise DiffInputError(f"{flag} {spec}() raised {type(exc).__name__}: {exc}; the callable must build the "
-                             "model with no arguments") from exc
-    from .adapters import adapter_for
-
-    adapter = adapter_for(model)
-    if adapter is None or not adapter.is_module(model):
-        raise DiffInputError(f"{flag} {spec}() returned {type(model).__module__}.{type(model).__name__}, not a "
-                             "torch.nn.Module or paddle.nn.Layer; the callable must return the model itself")
-    return model
+        return build(factory, f"{flag} {spec}")
+    except FactoryError as exc:
+        raise DiffInputError(str(exc)) from exc.__cause__
 
 
 def _cpu_ready(model, flag: str):
@@ -495,7 +486,7 @@ def main(argv=None) -> int:
                 raise
             print(f"padiff-lite: error: {_exit_from_user_code(exc)}", file=sys.stderr)
             return 2
-    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP during a conversion (atomic.Interrupted)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP during a conversion (interrupts.Interrupted)
         if debug:
             raise
         signum = getattr(exc, "signum", signal.SIGINT)

@@ -68,7 +68,7 @@ def disk_shards(model, shards: list[list]) -> list[list]:
     shard of in-memory entries, found by running its reverse conversion on meta tensors. CheckpointError when one of
     its converters needs tensors of two shards (the shards cannot be written one by one) or an on-disk name would
     come twice."""
-    from .formats import Entry
+    from .formats.common import Entry
 
     def run(entries):
         meta = {e.key: torch.empty(e.shape, dtype=e.dtype, device="meta") for e in entries}
@@ -223,7 +223,7 @@ class HubView:
     def __init__(self, ck, model, conversions):
         from dataclasses import replace
 
-        from .formats import TensorInfo
+        from .formats.common import TensorInfo
 
         self.ck, self.model = ck, model
         self.renamed: dict[str, str] = {}  # in-memory name -> on-disk key (one-to-one)

@@ -34,9 +34,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import paddleformers_classes, paddleformers_cpu
-from .atomic import AtomicOutput, output_error, terminate_like_interrupt
 from .errors import CheckpointError
-from .formats import INDEX_SUFFIX, TEMP_PREFIX, Entry, SafetensorsWriter, open_checkpoint, write_index
+from .formats.common import INDEX_SUFFIX, TEMP_PREFIX, Entry
+from .formats.files import open_checkpoint
+from .formats.index import write_index
+from .formats.output import AtomicOutput, output_error
+from .formats.safetensors import SafetensorsWriter
+from .interrupts import terminate_like_interrupt
 from .layouts_on_disk import metadata_for
 from .library_configs import translate_config
 from .library_loaders import (Piece, build_config, build_without_storage, check_transformers, paddleformers_view,

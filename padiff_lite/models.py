@@ -1,4 +1,5 @@
-"""Small model pairs built the same way in torch and paddle, for the demo, the CLI and the tests.
+"""Small model pairs built the same way in torch and paddle, for the demo, the CLI and the README's examples (models
+only the tests use are in ``tests/fixtures/``).
 
 Each builder takes a framework name ("torch" or "paddle") and returns an untrained model in
 eval mode. ``PAIRS`` lists them with an input shape.
@@ -178,49 +179,11 @@ def _flatten(out):
 
 
 # no-argument builders for `python -m padiff_lite check --base ... --raw ...` (the builders above default to torch)
-def paddle_mlp():
-    return mlp("paddle")
-
-
 def paddle_tiny_net():
     return tiny_net("paddle")
 
 
-# -- checkpoint conversion: a conv + batch-norm + LSTM + linear net and a Llama-like decoder --------------
-def conv_lstm(framework="torch"):
-    """Conv2d -> BatchNorm2d -> pooled over height -> 2-layer bidirectional LSTM over width -> Linear."""
-
-    class ConvLSTM(_base(framework)):
-        def __init__(self):
-            super().__init__()
-            nn = _nn(framework)
-            conv = nn.Conv2d if framework == "torch" else nn.Conv2D
-            bn = nn.BatchNorm2d if framework == "torch" else nn.BatchNorm2D
-            self.conv = conv(3, 8, 3, padding=1)
-            self.bn = bn(8)
-            self.rnn = _lstm(framework, 8, 12, 2, True)
-            self.head = nn.Linear(24, 5)
-
-        def forward(self, x):  # x: [batch, 3, height, width]
-            h = self.bn(self.conv(x)).mean(2)  # [batch, 8, width]
-            h = h.transpose(1, 2) if framework == "torch" else h.transpose([0, 2, 1])
-            out, _ = self.rnn(h)
-            return self.head(out)
-
-    return _eval(ConvLSTM())
-
-
-CONV_LSTM_INPUT = (2, 3, 6, 9)
-
-
-def conv_lstm_torch():
-    return conv_lstm("torch")
-
-
-def conv_lstm_paddle():
-    return conv_lstm("paddle")
-
-
+# -- a Llama-like decoder (README, bench/bench_convert.py) ------------------------------------------------
 LLAMA_SMALL = dict(vocab=256, dim=64, layers=2, hidden=160, heads=4)
 
 

@@ -192,15 +192,6 @@ def bert_classifier(fw="torch"):
     return model
 
 
-def token_ids(batch=2, length=12, seed=0):
-    """Token ids as int64 numpy, with padding (id PAD) at the end of the second sequence."""
-    import numpy as np
-
-    ids = np.random.default_rng(seed).integers(2, VOCAB, size=(batch, length)).astype("int64")
-    ids[-1, length // 2:] = PAD
-    return ids
-
-
 def register_rules(pool=None):
     """Register the BertLMHead rule (both directions) in ``pool`` (default: the global ``init_pool``).
 

@@ -37,11 +37,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import layout, optim_state, pdparams
-from .atomic import AtomicOutput, output_error, terminate_like_interrupt
-from .checkpoint_plan import build_model, load_factory, names_by_tensor
+from . import layout, optim_state
+from .checkpoint_plan import names_by_tensor
 from .errors import CheckpointError
-from .formats import OutputFile, load_torch_object, numpy_to_torch
+from .factories import build_model, load_factory
+from .formats import pdparams_pickle as pdparams
+from .formats.common import numpy_to_torch
+from .formats.output import AtomicOutput, OutputFile, output_error
+from .formats.torchfile import load_object as load_torch_object
+from .interrupts import terminate_like_interrupt
 from .ops import COPY, FILL
 from .prepare import prepare
 from .validate import check, refuse

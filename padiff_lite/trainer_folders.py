@@ -39,11 +39,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import optim_files, pdparams
-from .atomic import temp_name
+from . import optim_files
 from .checkpoint_plan import names_by_tensor
 from .errors import CheckpointError
-from .formats import Entry, OutputFile, SafetensorsWriter
+from .formats import pdparams_pickle as pdparams
+from .formats.common import Entry
+from .formats.output import OutputFile, temp_name
+from .formats.safetensors import SafetensorsWriter
 from .library_loaders import build_without_storage
 from .prepare import prepare
 from .proxy import create_model
@@ -356,7 +358,7 @@ def _models(src_cfg: dict, dst_cfg: dict, to: str):
 
 
 def _optimizer_to_torch(src: Path, tmp: Path, factory, report):
-    from .formats import open_checkpoint
+    from .formats.files import open_checkpoint
 
     cfg_p = json.loads((src / "config.json").read_text(encoding="utf-8"))
     cfg_t = json.loads((tmp / "config.json").read_text(encoding="utf-8"))

@@ -323,14 +323,14 @@ def _check_dtype(plan: Plan, v: Validation, op: Op, sd: str, dd: str):
 
 def _check_range(plan: Plan, v: Validation, where: str, op: Op, sd: str, dd: str):
     """A narrowing cast must not turn finite values into Inf or wrap integers around (only narrowing ops pay this)."""
-    import torch
+    if not plan.base.adapter.readable(op.src.tensor):
+        return  # no data to look at (the no-data problem is reported where data is needed)
+    import torch  # here: values to look at are torch views, and planning without data needs no framework
 
     target = getattr(torch, dd, None)
     if target is None:
         return
     info = torch.finfo(target) if target.is_floating_point else torch.iinfo(target)
-    if not plan.base.adapter.readable(op.src.tensor):
-        return  # no data to look at (the no-data problem is reported where data is needed)
     src = source_value(plan.base.adapter, op)
     if src.is_floating_point():
         src = src[torch.isfinite(src)]  # NaN/Inf are reported as non-finite, not as out of range

@@ -15,8 +15,9 @@ import torch
 from helpers import inputs_for, max_abs_diff
 from safetensors.torch import save_file as torch_save_file
 
-from padiff_lite.formats import numpy_to_torch, torch_to_numpy
-from padiff_lite.models import CONV_LSTM_INPUT, conv_lstm, run, warm_up
+from fixtures.models import CONV_LSTM_INPUT, conv_lstm
+from padiff_lite.formats.common import numpy_to_torch, torch_to_numpy
+from padiff_lite.models import run, warm_up
 
 SUFFIX = {"pt": ".pt", "pth": ".pth", "bin": ".bin", "safetensors": ".safetensors", "pdparams": ".pdparams"}
 

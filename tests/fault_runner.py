@@ -9,7 +9,8 @@ import os
 import signal
 import sys
 
-from padiff_lite import atomic, checkpoint
+from padiff_lite import checkpoint
+from padiff_lite.formats import output as atomic
 from padiff_lite.cli import main
 
 point, n, sig = sys.argv[1], int(sys.argv[2]), getattr(signal, "SIG" + sys.argv[3])

@@ -6,8 +6,11 @@ Then tensor readers and snapshots, and the small models several files build.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import paddle
+import pytest
 import torch
 
 from padiff_lite import assign_weight
@@ -71,6 +74,29 @@ def assert_unchanged(model, snap):
         assert np.array_equal(now[k], snap[k], equal_nan=True), f"{k} was changed"
 
 
+def _files_of(path) -> dict | None:
+    """A file's or a folder's bytes (folder: relative path -> bytes, every file under it); None when absent."""
+    path = Path(path)
+    if path.is_dir():
+        return {str(f.relative_to(path)): f.read_bytes() for f in sorted(path.rglob("*")) if f.is_file()}
+    return {"": path.read_bytes()} if path.exists() else None
+
+
+def assert_refused(fn, exc_type, *models_or_files, match=None):
+    """``fn()`` raises ``exc_type`` (its message matching ``match``, a regular expression, when given) and leaves
+    every model (torch or paddle: each tensor, bit for bit) and every file or folder given (str or Path: each
+    file's bytes; an absent one stays absent) as it was. Returns the exception for more checks."""
+    snaps = [_files_of(x) if isinstance(x, (str, Path)) else snapshot(x) for x in models_or_files]
+    with pytest.raises(exc_type, match=match) as caught:
+        fn()
+    for x, snap in zip(models_or_files, snaps):
+        if isinstance(x, (str, Path)):
+            assert _files_of(x) == snap, f"{x} was changed by a refused call"
+        else:
+            assert_unchanged(x, snap)
+    return caught.value
+
+
 # -- reading and writing single tensors ---------------------------------------------------------------------
 def np_of(t):
     """A torch or paddle tensor as numpy (torch: a view of its memory, not a copy)."""
@@ -130,19 +156,22 @@ def special_init_key(src, torch_class, paddle_class):
 
 
 # -- small models shared by several test files --------------------------------------------------------------
-class Head(paddle.nn.Layer):
-    """Paddle head with a torch-layout weight [out, in] (no registered rule: needs a special init)."""
+class LMHead(paddle.nn.Layer):
+    """The one LM-head toy: a PaddleFormers-style paddle head, weight [vocab, hidden] in torch's layout applied with
+    ``transpose_y`` (not a Linear, no registered rule: a special init or a layout must move it); ``bias`` adds one."""
 
-    def __init__(self, i, o):
+    def __init__(self, hidden, vocab, bias=False):
         super().__init__()
-        self.weight = self.create_parameter([o, i])
+        self.weight = self.create_parameter([vocab, hidden])
+        self.bias = self.create_parameter([vocab], is_bias=True) if bias else None
 
     def forward(self, x):
-        return paddle.matmul(x, self.weight, transpose_y=True)
+        out = paddle.matmul(x, self.weight, transpose_y=True)
+        return out if self.bias is None else out + self.bias
 
 
 def headed(fw, tie=False):
-    """embed [11, 6] -> mid Linear(6, 6) -> two heads to 11 (torch Linear, paddle ``Head``); ``tie`` ties the
+    """embed [11, 6] -> mid Linear(6, 6) -> two heads to 11 (torch Linear, paddle ``LMHead``); ``tie`` ties the
     torch head to the embedding."""
 
     class Headed(Base(fw)):
@@ -151,8 +180,8 @@ def headed(fw, tie=False):
             nn = NN[fw]
             self.embed = nn.Embedding(11, 6)
             self.mid = nn.Linear(6, 6)
-            self.head = nn.Linear(6, 11, bias=False) if fw == "torch" else Head(6, 11)
-            self.head2 = nn.Linear(6, 11, bias=False) if fw == "torch" else Head(6, 11)
+            self.head = nn.Linear(6, 11, bias=False) if fw == "torch" else LMHead(6, 11)
+            self.head2 = nn.Linear(6, 11, bias=False) if fw == "torch" else LMHead(6, 11)
             if tie:
                 self.head.weight = self.embed.weight
 

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from padiff_lite.cli import main
-from padiff_lite.formats import Checkpoint
+from padiff_lite.formats.files import Checkpoint
 
 sync = Path(sys.argv[1])
 args = sys.argv[sys.argv.index("--") + 1:]

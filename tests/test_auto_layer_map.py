@@ -7,7 +7,7 @@ import paddle
 import pytest
 import torch
 
-from helpers import DIRECTION_IDS, DIRECTIONS
+from helpers import DIRECTION_IDS, DIRECTIONS, LMHead
 from padiff_lite import LayerMapError, assign_weight, create_model
 from padiff_lite.models import run
 
@@ -46,17 +46,6 @@ def test_same_shaped_layers_defined_in_another_order_meet_their_namesakes(src, d
     assert {(p.base_path, p.raw_path) for p in report.pairs if p.base_path} == {("head", "head"), ("body", "body")}
 
 
-class PaddleLMHead(paddle.nn.Layer):
-    """PaddleFormers-style LM head: its own class (no rule), weight [vocab, hidden] in torch's layout."""
-
-    def __init__(self, hidden, vocab):
-        super().__init__()
-        self.weight = self.create_parameter([vocab, hidden])
-
-    def forward(self, x):
-        return paddle.matmul(x, self.weight, transpose_y=True)
-
-
 class TorchLM(torch.nn.Module):
     def __init__(self):
         super().__init__()
@@ -73,7 +62,7 @@ class PaddleLM(paddle.nn.Layer):
         super().__init__()
         self.embed = paddle.nn.Embedding(16, 8)
         self.norm = paddle.nn.LayerNorm(8)
-        self.lm_head = PaddleLMHead(8, 16)
+        self.lm_head = LMHead(8, 16)
 
     def forward(self, ids):
         return self.lm_head(self.norm(self.embed(ids)))

@@ -9,11 +9,11 @@ import pytest
 import torch
 from ckpt_helpers import (SUFFIX, assert_same_outputs, digest, load, load_into, save, save_sharded,
                           state_as_torch, trained_conv_lstm)
-from helpers import DIRECTIONS, max_abs_diff, tensors_to_write
+from helpers import DIRECTIONS, assert_refused, max_abs_diff, tensors_to_write
 
+from fixtures.models import conv_lstm, conv_lstm_paddle, conv_lstm_torch
 from padiff_lite import CheckpointError, TransferError, convert_checkpoint
-from padiff_lite.models import (attention_net, conv_lstm, conv_lstm_paddle, conv_lstm_torch, llama, llama_paddle,
-                                llama_torch, run)
+from padiff_lite.models import attention_net, llama, llama_paddle, llama_torch, run
 from padiff_lite.special_init import init_pool
 
 FACTORY = {"torch": conv_lstm_torch, "paddle": conv_lstm_paddle}
@@ -107,8 +107,8 @@ def test_missing_shard_is_reported_and_nothing_is_written(tmp_path):
     out.mkdir()
     index = save_sharded(state_as_torch(a, "torch"), src, "model", ".safetensors", shards=3)
     (src / "model-00002-of-00003.safetensors").unlink()
-    with pytest.raises(CheckpointError, match=r"model-00002-of-00003\.safetensors.*copy every shard"):
-        convert_checkpoint(index, out / "model.safetensors", conv_lstm_torch, conv_lstm_paddle)
+    assert_refused(lambda: convert_checkpoint(index, out / "model.safetensors", conv_lstm_torch, conv_lstm_paddle),
+                   CheckpointError, src, out, match=r"model-00002-of-00003\.safetensors.*copy every shard")
     assert list(out.iterdir()) == []
 
 
@@ -246,8 +246,8 @@ def test_factory_that_fails_is_a_checkpoint_error(tmp_path):
     def broken():
         raise RuntimeError("config.json not found")
 
-    with pytest.raises(CheckpointError, match=r"raw model factory .*broken\(\) raised RuntimeError: config.json not found"):
-        convert_checkpoint(tmp_path / "good.pt", tmp_path / "o.pdparams", conv_lstm_torch, broken)
+    assert_refused(lambda: convert_checkpoint(tmp_path / "good.pt", tmp_path / "o.pdparams", conv_lstm_torch, broken),
+                   CheckpointError, tmp_path, match=r"raw model factory .*broken\(\) raised RuntimeError: config.json not found")
     with pytest.raises(CheckpointError, match=r"cannot import module 'no_such_module'"):
         convert_checkpoint(tmp_path / "good.pt", tmp_path / "o.pdparams", "no_such_module:build", conv_lstm_paddle)
     assert not (tmp_path / "o.pdparams").exists()

@@ -11,7 +11,8 @@ from safetensors.torch import save_file
 
 from padiff_lite import CheckpointError, convert_checkpoint
 from padiff_lite import nonfinite
-from padiff_lite.formats import OutputFile, open_checkpoint
+from padiff_lite.formats.files import open_checkpoint
+from padiff_lite.formats.output import OutputFile
 from padiff_lite.models import llama
 
 

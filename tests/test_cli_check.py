@@ -79,13 +79,13 @@ def test_check_exits_2_with_one_line_on_errors(runs):
 
 # in-process: the same entry point, without paying for a new interpreter each time
 def test_check_argument_errors_exit_2(capsys):
-    assert main(["check", "--base", "padiff_lite.models:mlp", "--raw", "padiff_lite.models:paddle_mlp",
+    assert main(["check", "--base", "padiff_lite.models:mlp", "--raw", "fixtures.models:paddle_mlp",
                  "--input-shape", "4,x"]) == 2
     assert "--input-shape '4,x': expected positive integers" in capsys.readouterr().err
-    assert main(["check", "--base", "padiff_lite.models", "--raw", "padiff_lite.models:paddle_mlp",
+    assert main(["check", "--base", "padiff_lite.models", "--raw", "fixtures.models:paddle_mlp",
                  "--input-shape", "4,16"]) == 2
     assert "expected MODULE:CALLABLE" in capsys.readouterr().err
-    assert main(["check", "--base", "padiff_lite.models:mlp", "--raw", "padiff_lite.models:paddle_mlp",
+    assert main(["check", "--base", "padiff_lite.models:mlp", "--raw", "fixtures.models:paddle_mlp",
                  "--input-shape", "4,15"]) == 2  # the models take 16 features
     assert "DiffError: the torch model Sequential failed on the given inputs" in capsys.readouterr().err
 
@@ -107,8 +107,8 @@ def test_load_weights_reads_a_state_dict_into_the_model(tmp_path, framework, suf
     np.testing.assert_array_equal(models.run(fresh.model, framework, [x])[0], models.run(trained, framework, [x])[0])
 
 
-@pytest.mark.parametrize("base,raw,suffix", [("padiff_lite.models:mlp", "padiff_lite.models:paddle_mlp", ".pt"),
-                                              ("padiff_lite.models:paddle_mlp", "padiff_lite.models:mlp", ".pdparams")])
+@pytest.mark.parametrize("base,raw,suffix", [("padiff_lite.models:mlp", "fixtures.models:paddle_mlp", ".pt"),
+                                              ("fixtures.models:paddle_mlp", "padiff_lite.models:mlp", ".pdparams")])
 def test_check_with_weights(tmp_path, capsys, base, raw, suffix):
     path = str(tmp_path / f"w{suffix}")
     _save("torch" if suffix == ".pt" else "paddle", path)

@@ -98,9 +98,9 @@ def test_errors_exit_2_with_one_line(factories, capsys, tmp_path):
 def test_a_factory_returning_no_model_exits_2_without_traceback_from_the_command_line(tmp_path):
     plain = tmp_path / "plain.py"  # no transformers import: the interpreter starts faster
     plain.write_text("def not_a_model():\n    return 42\n")
-    env = dict(os.environ, PYTHONPATH=ROOT)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "tests")]))
     p = subprocess.run([sys.executable, "-m", "padiff_lite", "check", "--base", f"{plain}:not_a_model",
-                        "--raw", "padiff_lite.models:paddle_mlp", "--input-shape", "4,16"],
+                        "--raw", "fixtures.models:paddle_mlp", "--input-shape", "4,16"],
                        env=env, cwd=ROOT, text=True, capture_output=True, timeout=180)
     assert p.returncode == 2, p.stdout + p.stderr
     assert "Traceback" not in p.stderr and "returned builtins.int, not a torch.nn.Module" in p.stderr

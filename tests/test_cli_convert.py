@@ -11,15 +11,16 @@ import pytest
 from ckpt_helpers import assert_same_outputs, digest, load, load_into, save, save_sharded, state_as_torch, \
     trained_conv_lstm
 
+from fixtures.models import conv_lstm
 from padiff_lite.cli import main
-from padiff_lite.models import conv_lstm
 
 ROOT = Path(__file__).resolve().parents[1]
-FACT = {"torch": "padiff_lite.models:conv_lstm_torch", "paddle": "padiff_lite.models:conv_lstm_paddle"}
+FACT = {"torch": "fixtures.models:conv_lstm_torch", "paddle": "fixtures.models:conv_lstm_paddle"}
 
 
 def _cli(*args, cwd):
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    path = [str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]  # tests/: fixtures.models
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(path))
     return subprocess.run([sys.executable, "-m", "padiff_lite", *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
 

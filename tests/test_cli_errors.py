@@ -12,12 +12,13 @@ from pathlib import Path
 import torch
 from ckpt_helpers import assert_same_outputs, load, load_into, save, state_as_torch, trained_conv_lstm
 
+from fixtures.models import conv_lstm
 from padiff_lite import checkpoint
 from padiff_lite.cli import main
-from padiff_lite.models import conv_lstm, llama
+from padiff_lite.models import llama
 
 ROOT = Path(__file__).resolve().parents[1]
-T, P = "padiff_lite.models:conv_lstm_torch", "padiff_lite.models:conv_lstm_paddle"
+T, P = "fixtures.models:conv_lstm_torch", "fixtures.models:conv_lstm_paddle"
 
 
 def _one_error_line(err: str) -> str:
@@ -59,7 +60,7 @@ def test_no_strict_summary_cannot_be_missed_and_hints_name_cli_flags(tmp_path, c
 def test_check_factory_returning_a_non_model_exits_2(tmp_path, capsys, monkeypatch):
     (tmp_path / "bad_factories.py").write_text("def not_a_model():\n    return {'weight': 1}\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    rc = main(["check", "--base", "bad_factories:not_a_model", "--raw", "padiff_lite.models:paddle_mlp",
+    rc = main(["check", "--base", "bad_factories:not_a_model", "--raw", "fixtures.models:paddle_mlp",
                "--input-shape", "4,16"])
     line = _one_error_line(capsys.readouterr().err)
     assert rc == 2 and "returned builtins.dict, not a torch.nn.Module or paddle.nn.Layer" in line
@@ -73,7 +74,7 @@ def test_check_weights_reads_safetensors_and_wrapped_state_dicts(tmp_path, capsy
     save(state, tmp_path / "w.safetensors")
     torch.save({"model": state, "epoch": 3}, tmp_path / "wrapped.pt")
     for f in ("w.safetensors", "wrapped.pt"):
-        rc = main(["check", "--base", "padiff_lite.models:mlp", "--raw", "padiff_lite.models:paddle_mlp",
+        rc = main(["check", "--base", "padiff_lite.models:mlp", "--raw", "fixtures.models:paddle_mlp",
                    "--input-shape", "4,16", "--weights", str(tmp_path / f)])
         assert rc == 0 and ": OK" in capsys.readouterr().out, f
 
@@ -113,11 +114,11 @@ def test_subprocess_output_is_ours_and_a_planted_module_does_not_run(tmp_path):
     (tmp_path / "six.py").write_text("open('PLANTED_RAN', 'w').close()\n")
     (tmp_path / "my_models.py").write_text(textwrap.dedent("""
         import six  # a real dependency: must be the installed one
-        from padiff_lite.models import conv_lstm_torch, conv_lstm_paddle
+        from fixtures.models import conv_lstm_paddle, conv_lstm_torch
     """))
     a = trained_conv_lstm("torch")
     save(state_as_torch(a, "torch"), tmp_path / "w.pt")
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
     r = subprocess.run([sys.executable, "-P", "-c", "import sys; from padiff_lite.cli import main; sys.exit(main())",
                         "convert", "w.pt", "o.pdparams", "--base", "my_models:conv_lstm_torch",
                         "--raw", "my_models:conv_lstm_paddle"], cwd=tmp_path, env=env, capture_output=True,

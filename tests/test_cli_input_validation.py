@@ -14,8 +14,8 @@ from padiff_lite import MappingError
 from padiff_lite.cli import main
 from padiff_lite.mapping import Mapping
 
-T, P = "padiff_lite.models:conv_lstm_torch", "padiff_lite.models:conv_lstm_paddle"
-MLP = ["--base", "padiff_lite.models:mlp", "--raw", "padiff_lite.models:paddle_mlp"]
+T, P = "fixtures.models:conv_lstm_torch", "fixtures.models:conv_lstm_paddle"
+MLP = ["--base", "padiff_lite.models:mlp", "--raw", "fixtures.models:paddle_mlp"]
 
 
 def _one_line(capsys) -> str:

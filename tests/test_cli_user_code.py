@@ -18,13 +18,13 @@ from pathlib import Path
 import pytest
 from ckpt_helpers import save, state_as_torch
 
+from fixtures.models import conv_lstm
 from padiff_lite.cli import main
-from padiff_lite.models import conv_lstm
 
 ROOT = Path(__file__).resolve().parents[1]
 FACTORIES = textwrap.dedent("""
     import sys
-    from padiff_lite.models import conv_lstm_torch, conv_lstm_paddle
+    from fixtures.models import conv_lstm_paddle, conv_lstm_torch
 
     def exits_zero():
         sys.exit(0)
@@ -42,7 +42,7 @@ FACTORIES = textwrap.dedent("""
 
 
 def _run(args, cwd, module=True, env_extra=None):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), **(env_extra or {}))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]), **(env_extra or {}))
     cmd = [sys.executable, "-m", "padiff_lite", *args] if module else [*args]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
@@ -78,7 +78,7 @@ def _main(args, capsys):
 def test_a_factory_that_exits_is_an_error(work, capsys, command, factory):
     args = {"convert": ["convert", "w.pt", "o.pdparams"],
             "check": ["check", "--input-shape", "2,3,8,8"], "pair": ["pair", "--input-shape", "2,3,8,8"]}[command]
-    rc, line = _main([*args, "--base", "padiff_lite.models:conv_lstm_torch", "--raw", factory], capsys)
+    rc, line = _main([*args, "--base", "fixtures.models:conv_lstm_torch", "--raw", factory], capsys)
     assert rc == 2
     assert "called sys.exit(" in line and factory.split(":")[1] in line
     assert sorted(p.name for p in work.iterdir() if p.suffix != ".pyc" and p.name != "__pycache__") == \
@@ -86,7 +86,7 @@ def test_a_factory_that_exits_is_an_error(work, capsys, command, factory):
 
 
 def test_exit_inside_a_model_during_check_is_an_error(work, capsys):
-    rc, line = _main(["check", "--input-shape", "2,3,8,8", "--base", "padiff_lite.models:conv_lstm_torch",
+    rc, line = _main(["check", "--input-shape", "2,3,8,8", "--base", "fixtures.models:conv_lstm_torch",
                       "--raw", "facts:exits_in_forward"], capsys)
     assert rc == 2
     assert "facts.py:" in line and "called sys.exit(0)" in line
@@ -94,7 +94,7 @@ def test_exit_inside_a_model_during_check_is_an_error(work, capsys):
 
 def test_a_module_that_exits_on_import_is_an_error(work, capsys):
     (work / "exits_on_import.py").write_text("import sys\nsys.exit(0)\n")
-    rc, line = _main(["convert", "w.pt", "o.pdparams", "--base", "padiff_lite.models:conv_lstm_torch",
+    rc, line = _main(["convert", "w.pt", "o.pdparams", "--base", "fixtures.models:conv_lstm_torch",
                       "--raw", "exits_on_import:build"], capsys)
     assert rc == 2
     assert "exits_on_import" in line and "must not exit when imported" in line
@@ -112,9 +112,9 @@ def test_a_planted_library_in_the_working_folder_is_not_imported(tmp_path, how, 
     if how == "console script" and not _script():
         pytest.skip("the padiff-lite console script is not installed in this environment (pip install -e . makes it)")
     (tmp_path / "numpy.py").write_text("open('PLANTED_RAN', 'w').close()\nraise ImportError('planted')\n")
-    (tmp_path / "my_models.py").write_text("import numpy\nfrom padiff_lite.models import conv_lstm_paddle\n")
+    (tmp_path / "my_models.py").write_text("import numpy\nfrom fixtures.models import conv_lstm_paddle\n")
     save(state_as_torch(conv_lstm("torch"), "torch"), tmp_path / "w.pt")
-    args = ["convert", "w.pt", "o.pdparams", "--base", "padiff_lite.models:conv_lstm_torch", "--raw", factory]
+    args = ["convert", "w.pt", "o.pdparams", "--base", "fixtures.models:conv_lstm_torch", "--raw", factory]
     r = _run(args, tmp_path) if how == "python -m" else _run([_script(), *args], tmp_path, module=False)
     assert r.returncode == 0, r.stderr
     assert not (tmp_path / "PLANTED_RAN").exists()
@@ -144,7 +144,7 @@ def test_ctrl_c_while_a_framework_imports_is_one_line(tmp_path, framework):
     the command runs); nothing else runs after it."""
     (tmp_path / "run.py").write_text(INTERRUPT_AT_IMPORT)
     r = _run([sys.executable, "run.py", f"{framework}.nn", "check", "--input-shape", "2,3,8,8",
-              "--base", "padiff_lite.models:conv_lstm_torch", "--raw", "padiff_lite.models:conv_lstm_paddle"],
+              "--base", "fixtures.models:conv_lstm_torch", "--raw", "fixtures.models:conv_lstm_paddle"],
              tmp_path, module=False)
     assert r.returncode == 130, r.stderr
     assert "interrupted by SIGINT" in _one_error_line(r)

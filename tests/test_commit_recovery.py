@@ -1,6 +1,6 @@
 """Recovery of a killed sharded commit acts only on what padiff_lite itself created (issue 28, item 1).
 
-A commit record lives in this user's private state folder (``atomic.journal_dir``), never in a checkpoint: an
+A commit record lives in this user's private state folder (``formats.output.journal_dir``), never in a checkpoint: an
 index from someone else - in the source folder or in the output folder - cannot make a conversion rename,
 remove or rewrite any file. These tests plant such files the way an attacker would and run real conversions."""
 from __future__ import annotations
@@ -14,10 +14,10 @@ import pytest
 import torch
 from ckpt_helpers import load, save_sharded, state_as_torch
 
+from fixtures.models import conv_lstm, conv_lstm_torch
 from padiff_lite import CheckpointError, convert_checkpoint
-from padiff_lite.atomic import clean_folder, journal_dir, temp_name
-from padiff_lite.formats import TEMP_PREFIX
-from padiff_lite.models import conv_lstm, conv_lstm_torch
+from padiff_lite.formats.output import clean_folder, journal_dir, temp_name
+from padiff_lite.formats.common import TEMP_PREFIX
 
 DEAD = 4194305  # above Linux's pid limit: a process that is gone
 INDEX = "model.safetensors.index.json"

@@ -249,6 +249,29 @@ def test_held_signals_delivers_after_the_block_and_a_second_signal_at_once():
     assert result == [[]]  # off the main thread nothing is changed
 
 
+
+def test_a_commit_holds_every_arrival_and_a_conversion_raises_it_afterwards():
+    """The file writers' commit holds with the same helper: Ctrl-C twice does not cut it; SIGTERM inside a
+    conversion becomes Interrupted once the block is done."""
+    from padiff_lite.interrupts import Interrupted, held_signals, terminate_like_interrupt, uninterrupted
+
+    steps = []
+    with pytest.raises(KeyboardInterrupt):
+        with held_signals(twice_now=False) as held:
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
+            steps.append(list(held))
+    assert steps == [[signal.SIGINT]] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(Interrupted) as caught:
+        with terminate_like_interrupt():
+            with uninterrupted():
+                signal.raise_signal(signal.SIGTERM)
+                signal.raise_signal(signal.SIGINT)
+                steps.append("commit done")
+            steps.append("not reached")
+    assert steps[-1] == "commit done" and caught.value.signum in (signal.SIGTERM, signal.SIGINT)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
 # -- faults before the copies: the inits are undone ------------------------------------------------
 class Gain(torch.nn.Module):
     def __init__(self):

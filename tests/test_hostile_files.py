@@ -14,12 +14,12 @@ import pytest
 import torch
 from ckpt_helpers import save, state_as_torch, trained_conv_lstm
 
-from padiff_lite import CheckpointError, convert_checkpoint, create_model, models
+from fixtures.models import conv_lstm, conv_lstm_paddle, conv_lstm_torch
+from padiff_lite import CheckpointError, convert_checkpoint, create_model
 from padiff_lite.cli import main
-from padiff_lite.formats import open_checkpoint, read_state
-from padiff_lite.models import conv_lstm_paddle, conv_lstm_torch
+from padiff_lite.formats.files import open_checkpoint, read_state
 
-FACT = {"torch": "padiff_lite.models:conv_lstm_torch", "paddle": "padiff_lite.models:conv_lstm_paddle"}
+FACT = {"torch": "fixtures.models:conv_lstm_torch", "paddle": "fixtures.models:conv_lstm_paddle"}
 
 
 class Payload:
@@ -41,7 +41,7 @@ class EvilFirst(dict):
 
 
 def _paddle_state():
-    return {k: v.numpy() for k, v in models.conv_lstm("paddle").state_dict().items()}
+    return {k: v.numpy() for k, v in conv_lstm("paddle").state_dict().items()}
 
 
 def _payload_files(tmp_path, marker):
@@ -64,7 +64,7 @@ def _payload_files(tmp_path, marker):
     files[p.name] = p
     for suffix in (".pt", ".bin"):  # torch files: torch.save with a payload next to the tensors
         p = tmp_path / f"torch_payload{suffix}"
-        torch.save({**state_as_torch(models.conv_lstm("torch"), "torch"), "evil": Payload(marker)}, p)
+        torch.save({**state_as_torch(conv_lstm("torch"), "torch"), "evil": Payload(marker)}, p)
         files[p.name] = p
         p = tmp_path / f"plain_pickle{suffix}"  # a legacy (non-zip) pickle
         with open(p, "wb") as fh:
@@ -95,7 +95,7 @@ def test_no_payload_runs_from_any_reader(tmp_path):
             assert "system" in msg, (name, msg)  # the object the file asks for is named
         with pytest.raises(CheckpointError):
             read_state(path)
-        proxy = create_model(models.conv_lstm("paddle" if paddle_file else "torch"))
+        proxy = create_model(conv_lstm("paddle" if paddle_file else "torch"))
         with pytest.raises(CheckpointError):
             proxy.adapter.load_weights(proxy.model, str(path))
         assert not out.exists()
@@ -105,7 +105,7 @@ def test_no_payload_runs_from_any_reader(tmp_path):
 def test_check_weights_refuses_a_payload_with_exit_2(tmp_path, capsys):
     marker = tmp_path / "MARKER"
     path = _payload_files(tmp_path, marker)["payload_then_weights_p4.pdparams"]
-    rc = main(["check", "--base", "padiff_lite.models:paddle_mlp", "--raw", "padiff_lite.models:mlp",
+    rc = main(["check", "--base", "fixtures.models:paddle_mlp", "--raw", "padiff_lite.models:mlp",
                "--input-shape", "4,16", "--weights", str(path)])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "refused to load" in err[0] and "posix.system" in err[0]

@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from helpers import NN, np_of, snapshot, tensors
+from fixtures.bert import token_ids
 from padiff_lite import InitError, init_weights
 from padiff_lite.models import run
-from padiff_lite.models_bert import HEAD_DIM, HIDDEN, PAD, bert_classifier, bert_pretraining, token_ids
+from padiff_lite.models_bert import HEAD_DIM, HIDDEN, PAD, bert_classifier, bert_pretraining
 
 FWS = ["torch", "paddle"]
 

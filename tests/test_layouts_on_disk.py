@@ -16,9 +16,9 @@ from safetensors.numpy import save_file as np_save_file
 
 import library_models as L
 from ckpt_helpers import load, save, state_as_torch, trained_conv_lstm
+from fixtures.models import conv_lstm_paddle, conv_lstm_torch
 from padiff_lite import convert_checkpoint
 from padiff_lite.errors import CheckpointError
-from padiff_lite.models import conv_lstm_paddle, conv_lstm_torch
 
 FACTORIES = {False: (L.llama_torch, L.llama_paddle), True: (L.square_llama_torch, L.square_llama_paddle)}
 

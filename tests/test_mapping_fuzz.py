@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 from padiff_lite import CheckpointError, MappingError
-from padiff_lite.formats import open_checkpoint, read_state
+from padiff_lite.formats.files import open_checkpoint, read_state
 from padiff_lite.mapping import FORMAT, Mapping
 from padiff_lite.mapping import load as load_mapping
 

@@ -18,14 +18,15 @@ import pytest
 import torch
 from ckpt_helpers import load, save, save_sharded, state_as_torch
 
+from fixtures.models import conv_lstm, conv_lstm_paddle, conv_lstm_torch
 from padiff_lite import CheckpointError, convert_checkpoint
-from padiff_lite.atomic import clean_folder
-from padiff_lite.formats import TEMP_PREFIX, open_checkpoint
-from padiff_lite.models import conv_lstm, conv_lstm_paddle, conv_lstm_torch
+from padiff_lite.formats.output import clean_folder
+from padiff_lite.formats.common import TEMP_PREFIX
+from padiff_lite.formats.files import open_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNNER = Path(__file__).resolve().parent / "fault_runner.py"
-T = "padiff_lite.models:conv_lstm_torch"
+T = "fixtures.models:conv_lstm_torch"
 INDEX = "model.safetensors.index.json"
 SHARDS = [f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)]
 
@@ -164,7 +165,7 @@ def test_not_enough_free_space_is_refused_before_writing(tmp_path):
 @pytest.mark.parametrize("suffix", [".safetensors", ".pdparams"])
 def test_disk_full_while_writing_is_one_clear_error(tmp_path, monkeypatch, suffix):
     """The free-space check passed (another process filled the disk meanwhile): ENOSPC itself is reported."""
-    from padiff_lite.atomic import AtomicOutput
+    from padiff_lite.formats.output import AtomicOutput
 
     monkeypatch.setattr(AtomicOutput, "_check_space", lambda self, folder: None)
     tnet, pnet = _big_source(tmp_path)
@@ -177,7 +178,7 @@ def test_disk_full_while_writing_is_one_clear_error(tmp_path, monkeypatch, suffi
 
 
 def test_disk_full_torch_output(tmp_path, monkeypatch):
-    from padiff_lite.atomic import AtomicOutput
+    from padiff_lite.formats.output import AtomicOutput
 
     monkeypatch.setattr(AtomicOutput, "_check_space", lambda self, folder: None)
     tnet, _ = _big_source(tmp_path)
@@ -226,7 +227,7 @@ def test_two_runs_racing_into_one_new_folder(tmp_path):
     torch.manual_seed(0)
     save(state_as_torch(conv_lstm("torch"), "torch"), tmp_path / "w.safetensors")
     runs = [_cli("-m", "padiff_lite", "--quiet", "convert", tmp_path / "w.safetensors",
-                 tmp_path / "new" / f"o{i}.pdparams", "--base", T, "--raw", "padiff_lite.models:conv_lstm_paddle",
+                 tmp_path / "new" / f"o{i}.pdparams", "--base", T, "--raw", "fixtures.models:conv_lstm_paddle",
                  cwd=tmp_path) for i in range(2)]
     results = [(p.wait(timeout=300), p.stderr.read()) for p in runs]
     for rc, err in results:

@@ -4,7 +4,7 @@ import paddle
 import pytest
 import torch
 
-from helpers import DIRECTION_IDS, DIRECTIONS, NN, Base, assert_unchanged, snapshot
+from helpers import DIRECTION_IDS, DIRECTIONS, NN, Base, assert_refused
 from padiff_lite import LayerMapError, TransferError, assign_weight, create_model
 
 
@@ -30,13 +30,10 @@ def stack(fw, n, extra_param_at=None, name="blocks"):
 @pytest.mark.parametrize("src,dst", DIRECTIONS, ids=DIRECTION_IDS)
 def test_different_list_lengths_name_every_extra_layer(src, dst):
     a, b = stack(src, 5), stack(dst, 3)
-    snap = snapshot(b)
-    with pytest.raises(TransferError) as e:
-        assign_weight(a, b)
-    msg = str(e.value)
+    e = assert_refused(lambda: assign_weight(a, b), TransferError, b)
+    msg = str(e)
     assert "unpaired base blocks.3 (Linear, 2 tensors)" in msg and "unpaired base blocks.4 (Linear, 2 tensors)" in msg
     assert "nothing was written" in msg and "set_layer_map" in msg and "strict=False" in msg
-    assert_unchanged(b, snap)
     a, b = stack(src, 2), stack(dst, 4)  # and the other way round: raw layers that would get nothing
     with pytest.raises(TransferError, match=r"(?s)unpaired raw blocks\.2 .*unpaired raw blocks\.3 "):
         assign_weight(a, b)
@@ -45,13 +42,10 @@ def test_different_list_lengths_name_every_extra_layer(src, dst):
 @pytest.mark.parametrize("src,dst", DIRECTIONS, ids=DIRECTION_IDS)
 def test_parameters_only_on_one_side_are_all_listed_for_both_sides(src, dst):
     a, b = stack(src, 3, extra_param_at=0), stack(dst, 3, extra_param_at=2)
-    snap = snapshot(b)
-    with pytest.raises(TransferError) as e:
-        assign_weight(a, b)
-    msg = str(e.value)
+    e = assert_refused(lambda: assign_weight(a, b), TransferError, b)
+    msg = str(e)
     assert "raw tensors with no base partner: blocks.2.gain" in msg
     assert "base tensors with no raw partner: blocks.0.gain" in msg
-    assert_unchanged(b, snap)
     report = assign_weight(a, b, strict=False)  # the escape hatch: transfer what matches, list the rest
     assert report.missing == ["blocks.2.gain"] and report.unexpected == ["blocks.0.gain"]
 
@@ -59,13 +53,10 @@ def test_parameters_only_on_one_side_are_all_listed_for_both_sides(src, dst):
 @pytest.mark.parametrize("src,dst", DIRECTIONS, ids=DIRECTION_IDS)
 def test_layers_only_on_one_side_on_both_sides_are_all_listed(src, dst):
     a, b = stack(src, 2, name="blocks"), stack(dst, 3, name="layers")
-    snap = snapshot(b)
-    with pytest.raises(TransferError) as e:
-        assign_weight(a, b)
-    msg = str(e.value)
+    e = assert_refused(lambda: assign_weight(a, b), TransferError, b)
+    msg = str(e)
     assert "unpaired base blocks (" in msg and "unpaired raw layers (" in msg
-    assert len(e.value.problems) == 1 and "fix:" in e.value.problems[0]
-    assert_unchanged(b, snap)
+    assert len(e.problems) == 1 and "fix:" in e.problems[0]
 
 
 def test_layer_map_arguments_are_checked():
@@ -91,9 +82,6 @@ def test_layer_maps_of_different_lengths(src, dst):
     a, b = create_model(stack(src, 3)), create_model(stack(dst, 3))
     a.set_layer_map(list(a.model.blocks))
     b.set_layer_map(list(b.model.blocks)[:2])
-    snap = snapshot(b.model)
-    with pytest.raises(LayerMapError) as e:
-        assign_weight(a, b)
-    assert f"Stack ({src}) has 3" in str(e.value) and f"Stack ({dst}) has 2" in str(e.value)
-    assert "same number of modules" in str(e.value)
-    assert_unchanged(b.model, snap)
+    e = assert_refused(lambda: assign_weight(a, b), LayerMapError, b.model)
+    assert f"Stack ({src}) has 3" in str(e) and f"Stack ({dst}) has 2" in str(e)
+    assert "same number of modules" in str(e)

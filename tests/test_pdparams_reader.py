@@ -13,7 +13,7 @@ from ckpt_helpers import load, load_into, save, state_as_torch
 from helpers import max_abs_diff
 
 from padiff_lite import convert_checkpoint, create_model
-from padiff_lite.formats import open_checkpoint, read_state
+from padiff_lite.formats.files import open_checkpoint, read_state
 from padiff_lite.models import llama, llama_paddle, llama_torch, run
 
 

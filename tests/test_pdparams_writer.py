@@ -7,8 +7,10 @@ import paddle
 import pytest
 import torch
 
-from padiff_lite import pdparams
-from padiff_lite.formats import Entry, PdparamsWriter, read_state
+from padiff_lite.formats import pdparams_pickle as pdparams
+from padiff_lite.formats.common import Entry
+from padiff_lite.formats.files import read_state
+from padiff_lite.formats.pdparams import PdparamsWriter
 
 ARRAYS = {
     "a.weight": np.random.default_rng(0).standard_normal((3, 5)).astype("float32"),

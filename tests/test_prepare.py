@@ -14,7 +14,8 @@ from padiff_lite import TransferError, assign_weight, auto_diff, pair_layers, pl
 from padiff_lite import pairing as pairing_module
 from padiff_lite.checkpoint import convert_checkpoint
 from padiff_lite.models import run
-from padiff_lite.models_bert import bert_pretraining, register_rules, token_ids
+from fixtures.bert import token_ids
+from padiff_lite.models_bert import bert_pretraining, register_rules
 from padiff_lite.special_init import InitPool, Map, init_pool
 from test_exec_pairing import CNN_INPUT, cnn
 

@@ -21,9 +21,9 @@ import pytest
 from ckpt_helpers import assert_same_outputs, digest, load, load_into, save, save_sharded, state_as_torch, \
     trained_conv_lstm
 
+from fixtures.models import conv_lstm, conv_lstm_paddle, conv_lstm_torch
 from padiff_lite import CheckpointError, convert_checkpoint
-from padiff_lite.formats import Checkpoint
-from padiff_lite.models import conv_lstm, conv_lstm_paddle, conv_lstm_torch
+from padiff_lite.formats.files import Checkpoint
 
 HERE = Path(__file__).resolve().parent
 FACTORY = {"torch": conv_lstm_torch, "paddle": conv_lstm_paddle}
@@ -145,9 +145,9 @@ def test_the_command_line_exits_2_with_one_line_when_a_shard_is_replaced_mid_con
     _, index, state = sharded_source(tmp_path, "torch", ".safetensors")
     sync = tmp_path / "sync"
     sync.mkdir()
-    env = dict(os.environ, PYTHONPATH=str(HERE.parent) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parent), str(HERE), os.environ.get("PYTHONPATH", "")]))
     args = ["convert", str(index), str(tmp_path / "out" / "model.safetensors"),
-            "--base", "padiff_lite.models:conv_lstm_torch", "--raw", "padiff_lite.models:conv_lstm_paddle"]
+            "--base", "fixtures.models:conv_lstm_torch", "--raw", "fixtures.models:conv_lstm_paddle"]
     proc = subprocess.Popen([sys.executable, str(HERE / "source_change_runner.py"), str(sync), "--", *args],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -8,27 +8,15 @@ import paddle
 import pytest
 import torch
 
-from helpers import DIRECTION_IDS, DIRECTIONS, assert_unchanged, inputs_for, np_of, snapshot, write
+from helpers import DIRECTION_IDS, DIRECTIONS, LMHead, assert_unchanged, inputs_for, np_of, snapshot, write
 from padiff_lite import TransferError, assign_weight
 from padiff_lite.models import run
-
-
-class Head(paddle.nn.Layer):
-    """A paddle layer holding a torch-layout weight [out, in] and a bias: no rule, a special init moves it."""
-
-    def __init__(self, i, o):
-        super().__init__()
-        self.weight = self.create_parameter([o, i])
-        self.bias = self.create_parameter([o], is_bias=True)
-
-    def forward(self, x):
-        return paddle.matmul(x, self.weight, transpose_y=True) + self.bias
 
 
 def model(fw):
     if fw == "torch":
         return torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 5))
-    return paddle.nn.Sequential(paddle.nn.Linear(4, 6), paddle.nn.Tanh(), Head(6, 5))
+    return paddle.nn.Sequential(paddle.nn.Linear(4, 6), paddle.nn.Tanh(), LMHead(6, 5, bias=True))
 
 
 def value(t):
@@ -46,7 +34,7 @@ def new_parameter(like):
 @pytest.fixture
 def register(register_special_init):
     """register(src, fn): fn(module, layer) becomes the special init of the head pair for that direction."""
-    return lambda src, fn: register_special_init(src, "Linear", "Head", fn)
+    return lambda src, fn: register_special_init(src, "Linear", "LMHead", fn)
 
 
 def copy_head(module, layer):
@@ -81,7 +69,8 @@ def test_an_init_that_changes_its_base_is_refused_and_both_models_restored(src, 
     with pytest.raises(TransferError) as e:
         assign_weight(a, b)
     msg = str(e.value)
-    assert f"special init {src}.{'Linear' if src == 'torch' else 'Head'} -> " in msg and "test_special_init_guards" in msg
+    head = "Linear" if src == "torch" else "LMHead"
+    assert f"special init {src}.{head} -> " in msg and "test_special_init_guards" in msg
     if raises:
         assert "raised ValueError: after touching the base" in msg and "changed base 2.weight: values changed" in msg
     else:
@@ -142,7 +131,7 @@ def test_tensors_an_init_skips_are_reported_as_left_as_built_not_counted(src, ds
     np.testing.assert_array_equal(value(b[2].weight), value(a[2].weight))
     np.testing.assert_array_equal(value(b[2].bias), bias_before)
     assert report.pairs[-1].tensors == 1 and report.tensors == 3  # 2 by the Linear rule, 1 by the init
-    key = f"{src}.{'Linear' if src == 'torch' else 'Head'} -> {dst}.{'Head' if dst == 'paddle' else 'Linear'}"
+    key = f"{src}.{'Linear' if src == 'torch' else 'LMHead'} -> {dst}.{'LMHead' if dst == 'paddle' else 'Linear'}"
     left = [n for n in report.notes if "left as built" in n]
     assert left == [f"2.bias: left as built by special init {key} (test_special_init_guards:{_line(init)}): "
                     "the init did not write it"]

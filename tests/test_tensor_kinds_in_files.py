@@ -9,9 +9,9 @@ import pytest
 import torch
 from ckpt_helpers import assert_same_outputs, load, load_into, save, trained_conv_lstm
 
+from fixtures.models import conv_lstm, conv_lstm_paddle, conv_lstm_torch
 from padiff_lite import CheckpointError, convert_checkpoint, create_model
-from padiff_lite.formats import open_checkpoint, read_state
-from padiff_lite.models import conv_lstm, conv_lstm_paddle, conv_lstm_torch
+from padiff_lite.formats.files import open_checkpoint, read_state
 
 
 def test_a_pt_of_parameters_converts_and_the_outputs_agree(tmp_path):

@@ -23,11 +23,12 @@ import torch
 from ckpt_helpers import save, state_as_torch, trained_conv_lstm
 
 from padiff_lite import CheckpointError, MappingError
-from padiff_lite.formats import open_checkpoint, read_state
+from padiff_lite.formats.files import open_checkpoint, read_state
 from padiff_lite.mapping import load as load_mapping
 
 ROOT = Path(__file__).resolve().parents[1]
-T, P = "padiff_lite.models:conv_lstm_torch", "padiff_lite.models:conv_lstm_paddle"
+TEST_PATH = os.pathsep.join([str(ROOT), str(ROOT / "tests")])  # the package and fixtures.models
+T, P = "fixtures.models:conv_lstm_torch", "fixtures.models:conv_lstm_paddle"
 
 
 # -- crafting hostile pickles by hand, opcode by opcode -------------------------------------------------------
@@ -64,7 +65,7 @@ def _run_cli(argvs: list[list[str]], cwd: Path, timeout: float = 120):
               "    print('RC', rc, flush=True)\n"
               "    print('END', file=sys.stderr, flush=True)\n")
     r = subprocess.run([sys.executable, "-c", script, json.dumps(argvs)], cwd=cwd, capture_output=True, text=True,
-                       timeout=timeout, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                       timeout=timeout, env=dict(os.environ, PYTHONPATH=TEST_PATH))
     assert r.returncode == 0, f"the process died (status {r.returncode}):\n{r.stderr[-3000:]}"
     codes = [int(line.split()[1]) for line in r.stdout.splitlines() if line.startswith("RC ")]
     errors = [[ln for ln in block.splitlines() if ln.startswith("padiff-lite: error:")]

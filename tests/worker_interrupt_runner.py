@@ -138,7 +138,7 @@ def main(runs):
 def main_convert(runs, folder):
     """The conversion's big transpose (the lm_head) is cut into pieces for the copy threads (fastcopy.copy_counting)."""
     from padiff_lite import convert_checkpoint, fastcopy
-    from padiff_lite.formats import read_state
+    from padiff_lite.formats.files import read_state
 
     torch.manual_seed(1)
     src = os.path.join(folder, "model.safetensors")

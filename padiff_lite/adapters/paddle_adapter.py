@@ -378,7 +378,7 @@ class PaddleAdapter(Adapter):
         import paddle
         import torch
 
-        from ..formats import read_for_model
+        from ..formats.files import read_for_model
 
         own = model.state_dict()
         dtypes = {k: (tuple(v.shape), getattr(torch, str(v.dtype).split(".")[-1], torch.float32)) for k, v in own.items()}

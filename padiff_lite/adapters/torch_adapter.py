@@ -225,7 +225,7 @@ class TorchAdapter(Adapter):
     def load_weights(self, model, path: str):
         """Load a state dict file (.pt/.pth/.bin, .safetensors, an index) into ``model``, strictly, with the package's
         safe readers (torch files with weights_only=True)."""
-        from ..formats import read_for_model
+        from ..formats.files import read_for_model
 
         own = {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
         model.load_state_dict(read_for_model(path, "torch", own, type(model).__name__), strict=True)

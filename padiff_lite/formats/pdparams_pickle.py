@@ -1,8 +1,9 @@
-"""Reading ``.pdparams`` files without running them.
+"""The pickle of ``.pdparams`` files: read without running it, and written as a stream.
 
 A ``.pdparams`` file is a pickle (``paddle.save`` pickles a dict of numpy arrays), and ``paddle.load`` is
-plain ``pickle.load``: a file can run any code when it is loaded. This module never calls pickle. It
-interprets the pickle opcodes itself and allows only what ``paddle.save`` writes for a state dict:
+plain ``pickle.load``: a file can run any code when it is loaded. This module never calls pickle to read. Its
+:class:`Unpickler` interprets the pickle opcodes itself, one method per opcode found through a dispatch table (as
+CPython's own ``pickle._Unpickler`` does), and allows only what ``paddle.save`` writes for a state dict:
 
 - plain values: dicts (``collections.OrderedDict`` too), lists, tuples, sets, str, bytes, int, float, bool, None;
 - numpy arrays (``numpy.core.multiarray._reconstruct`` + ``numpy.ndarray``, or ``_frombuffer`` of protocol 5)
@@ -34,9 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 from .pickle_bounds import Bounds, PickleBoundsError
-from .regular import open_regular
+from ..regular import open_regular
 
 __all__ = ["ArrayRef", "parse", "read_array", "unwrap_big_params"]
 
@@ -131,7 +132,7 @@ def parse(path: Path, records=()):
     read as :class:`Record` (a trainer's state, say); nothing of those classes is imported."""
     try:
         with open_regular(path, CheckpointError, "checkpoint file") as fh:
-            machine = _Machine(fh, os.fstat(fh.fileno()).st_size)
+            machine = Unpickler(fh, os.fstat(fh.fileno()).st_size)
             machine.records = {tuple(r) for r in records}
             return machine.run()
     except PickleBoundsError as exc:
@@ -152,8 +153,23 @@ def parse(path: Path, records=()):
                               "suffix says: re-create or re-download it") from None
 
 
-class _Machine:
-    """The pickle opcodes protocols 2-5 use for plain data, interpreted without importing or calling anything."""
+class _Stop(Exception):
+    """STOP reached: the pickled object is complete."""
+
+    def __init__(self, value):
+        super().__init__()
+        self.value = value
+
+
+class Unpickler:
+    """The pickle opcodes protocols 2-5 use for plain data, interpreted without importing or calling anything.
+
+    As CPython's own ``pickle._Unpickler``: ``dispatch`` maps each opcode byte to the method that interprets it; an
+    opcode with no entry is refused (those that build objects or call code by name, the others as not a pickle
+    ``paddle.save`` writes)."""
+
+    dispatch: dict = {}
+    records: set = frozenset()  # (module, class) pairs read as Record
 
     def __init__(self, fh, size: int):
         self.fh, self.size = fh, size
@@ -161,13 +177,6 @@ class _Machine:
         self.marks: list[list] = []
         self.memo: dict = {}
         self.bounds = Bounds()
-
-    records: set = frozenset()
-
-    def _global(self, module: str, name: str):
-        if (module, name) in self.records:
-            return _RecordClass(f"{module}.{name}")
-        return _global(module, name)
 
     # -- reading the stream ----------------------------------------------------
     def _read(self, n: int) -> bytes:
@@ -199,163 +208,266 @@ class _Machine:
 
     # -- the machine -----------------------------------------------------------
     def run(self):
-        read, stack = self._read, None
         head = self.fh.read(4)
         if head[:2] == b"PK":
             raise ValueError("this is a zip archive (torch.save writes those): name a torch file .pt/.pth/.bin")
         if head[:1] != b"\x80":
             raise ValueError("the file does not start like a pickle of protocol 2 or later")
         self.fh.seek(0)
-        step = self.bounds.step
-        while True:
-            stack = self.stack
-            op = read(1)
-            name = _NAMES.get(op)
-            if name is None:
-                raise ValueError(f"byte {op!r} at {self.fh.tell() - 1} is not a pickle opcode")
-            if name not in _MEMO_OPS:  # the bounds first: nothing is built that passes them
-                step(name)
-            if op == b"\x80":  # PROTO
-                proto = read(1)[0]
-                if not 2 <= proto <= 5:
-                    raise ValueError(f"pickle protocol {proto} (paddle.save writes 2-4)")
-            elif op == b"\x95":  # FRAME: a hint for buffering, the opcodes follow inline
-                read(8)
-            elif op == b".":  # STOP
-                if len(stack) != 1 or self.marks:
-                    raise ValueError("the pickle stops with an unbalanced stack")
-                return _finish(stack[0])
-            elif op == b"(":
-                self.marks.append(stack)
-                self.stack = []
-            elif op == b"0":
-                stack.pop()
-            elif op == b"1":
-                self._pop_mark()
-            elif op == b"2":
-                stack.append(stack[-1])
-            elif op == b"N":
-                stack.append(None)
-            elif op == b"\x88":
-                stack.append(True)
-            elif op == b"\x89":
-                stack.append(False)
-            elif op == b"J":
-                stack.append(struct.unpack("<i", read(4))[0])
-            elif op == b"K":
-                stack.append(read(1)[0])
-            elif op == b"M":
-                stack.append(struct.unpack("<H", read(2))[0])
-            elif op == b"\x8a":  # LONG1
-                stack.append(int.from_bytes(read(read(1)[0]), "little", signed=True))
-            elif op == b"\x8b":  # LONG4
-                stack.append(int.from_bytes(read(self._length(4, "<i")), "little", signed=True))
-            elif op == b"G":
-                stack.append(struct.unpack(">d", read(8))[0])
-            elif op == b"X":
-                stack.append(self._text(self._length(4, "<I")))
-            elif op == b"\x8c":
-                stack.append(self._text(read(1)[0]))
-            elif op == b"\x8d":
-                stack.append(self._text(self._length(8, "<Q")))
-            elif op == b"B":
-                stack.append(self._blob(self._length(4, "<I")))
-            elif op == b"C":
-                stack.append(self._blob(read(1)[0]))
-            elif op in (b"\x8e", b"\x96"):  # BINBYTES8, BYTEARRAY8
-                stack.append(self._blob(self._length(8, "<Q")))
-            elif op == b"}":
-                stack.append({})
-            elif op == b"]":
-                stack.append([])
-            elif op == b")":
-                stack.append(())
-            elif op == b"\x8f":
-                stack.append(set())
-            elif op == b"t":
-                stack = self._pop_mark()
-                self.stack.append(tuple(stack))
-            elif op in (b"\x85", b"\x86", b"\x87"):
-                n = op[0] - 0x84
-                items = tuple(stack[-n:])
-                del stack[-n:]
-                stack.append(items)
-            elif op == b"l":
-                items = self._pop_mark()
-                self.stack.append(items)
-            elif op == b"d":
-                items = self._pop_mark()
-                self.stack.append(dict(zip(items[::2], items[1::2])))
-            elif op == b"\x91":  # FROZENSET
-                self.stack.append(frozenset(self._pop_mark()))
-            elif op == b"a":
-                value = stack.pop()
-                _container(stack[-1], list).append(value)
-            elif op == b"e":
-                items = self._pop_mark()
-                _container(self.stack[-1], list).extend(items)
-            elif op == b"s":
-                value, key = stack.pop(), stack.pop()
-                _container(stack[-1], dict)[_key(key)] = value
-            elif op == b"u":
-                items = self._pop_mark()
-                target = _container(self.stack[-1], dict)
-                for k, v in zip(items[::2], items[1::2]):
-                    target[_key(k)] = v
-            elif op == b"\x90":  # ADDITEMS
-                items = self._pop_mark()
-                _container(self.stack[-1], set).update(_key(k) for k in items)
-            elif op == b"q":
-                i = read(1)[0]
-                step(name, i)
-                self.memo[i] = stack[-1]
-            elif op == b"r":
-                i = struct.unpack("<I", read(4))[0]
-                step(name, i)
-                self.memo[i] = stack[-1]
-            elif op == b"\x94":
-                step(name)
-                self.memo[len(self.memo)] = stack[-1]
-            elif op == b"h":
-                i = read(1)[0]
-                step(name, i)
-                stack.append(self.memo[i])
-            elif op == b"j":
-                i = struct.unpack("<I", read(4))[0]
-                step(name, i)
-                stack.append(self.memo[i])
-            elif op == b"c":  # GLOBAL "module\nname\n"
-                module = self.fh.readline(256).decode("utf-8").rstrip("\n")
-                name = self.fh.readline(256).decode("utf-8").rstrip("\n")
-                stack.append(self._global(module, name))
-            elif op == b"\x93":  # STACK_GLOBAL
-                name, module = stack.pop(), stack.pop()
-                if not isinstance(name, str) or not isinstance(module, str):
-                    raise ValueError("STACK_GLOBAL with names that are not strings")
-                stack.append(self._global(module, name))
-            elif op == b"R":
-                args = stack.pop()
-                stack.append(_reduce(stack.pop(), args))
-            elif op == b"b":
-                state = stack.pop()
-                _build(stack[-1], state)
-            elif op == b"\x81" or op == b"\x92":  # NEWOBJ / NEWOBJ_EX
-                if op == b"\x92":
-                    stack.pop()
-                args = stack.pop()
-                cls = stack.pop()
-                if isinstance(cls, _RecordClass) and args == ():
-                    stack.append(Record(cls.name))
-                elif cls not in (dict, list, tuple, set, frozenset):
-                    raise _Refused(f"it asks to create an object of {cls!r} (pickle NEWOBJ), which a paddle state "
-                                   "dict never holds")
-                else:
-                    stack.append(cls(*args))
-            elif op in _CODE_OPCODES:
-                raise _Refused(f"it uses pickle opcode {op!r} at byte {self.fh.tell() - 1}, which paddle.save never "
-                               "writes for a state dict (it builds objects or calls code)")
-            else:
-                raise ValueError(f"byte {op!r} at {self.fh.tell() - 1} is not a pickle opcode paddle.save writes")
+        read, step, dispatch = self._read, self.bounds.step, self.dispatch
+        try:
+            while True:
+                op = read(1)
+                name = _NAMES.get(op)
+                if name is None:
+                    raise ValueError(f"byte {op!r} at {self.fh.tell() - 1} is not a pickle opcode")
+                if name not in _MEMO_OPS:  # the bounds first: nothing is built that passes them
+                    step(name)
+                handler = dispatch.get(op[0])
+                if handler is None:
+                    self._unknown(op)
+                handler(self)
+        except _Stop as stop:
+            return _finish(stop.value)
+
+    def _unknown(self, op: bytes):
+        if op in _CODE_OPCODES:
+            raise _Refused(f"it uses pickle opcode {op!r} at byte {self.fh.tell() - 1}, which paddle.save never "
+                           "writes for a state dict (it builds objects or calls code)")
+        raise ValueError(f"byte {op!r} at {self.fh.tell() - 1} is not a pickle opcode paddle.save writes")
+
+    # -- framing and the stack -------------------------------------------------
+    def load_proto(self):
+        proto = self._read(1)[0]
+        if not 2 <= proto <= 5:
+            raise ValueError(f"pickle protocol {proto} (paddle.save writes 2-4)")
+
+    def load_frame(self):  # a hint for buffering, the opcodes follow inline
+        self._read(8)
+
+    def load_stop(self):
+        if len(self.stack) != 1 or self.marks:
+            raise ValueError("the pickle stops with an unbalanced stack")
+        raise _Stop(self.stack[0])
+
+    def load_mark(self):
+        self.marks.append(self.stack)
+        self.stack = []
+
+    def load_pop(self):
+        self.stack.pop()
+
+    def load_pop_mark(self):
+        self._pop_mark()
+
+    def load_dup(self):
+        self.stack.append(self.stack[-1])
+
+    # -- plain values ----------------------------------------------------------
+    def load_none(self):
+        self.stack.append(None)
+
+    def load_true(self):
+        self.stack.append(True)
+
+    def load_false(self):
+        self.stack.append(False)
+
+    def load_binint(self):
+        self.stack.append(struct.unpack("<i", self._read(4))[0])
+
+    def load_binint1(self):
+        self.stack.append(self._read(1)[0])
+
+    def load_binint2(self):
+        self.stack.append(struct.unpack("<H", self._read(2))[0])
+
+    def load_long1(self):
+        self.stack.append(int.from_bytes(self._read(self._read(1)[0]), "little", signed=True))
+
+    def load_long4(self):
+        self.stack.append(int.from_bytes(self._read(self._length(4, "<i")), "little", signed=True))
+
+    def load_binfloat(self):
+        self.stack.append(struct.unpack(">d", self._read(8))[0])
+
+    def load_binunicode(self):
+        self.stack.append(self._text(self._length(4, "<I")))
+
+    def load_short_binunicode(self):
+        self.stack.append(self._text(self._read(1)[0]))
+
+    def load_binunicode8(self):
+        self.stack.append(self._text(self._length(8, "<Q")))
+
+    def load_binbytes(self):
+        self.stack.append(self._blob(self._length(4, "<I")))
+
+    def load_short_binbytes(self):
+        self.stack.append(self._blob(self._read(1)[0]))
+
+    def load_binbytes8(self):  # BINBYTES8 and BYTEARRAY8
+        self.stack.append(self._blob(self._length(8, "<Q")))
+
+    # -- containers ------------------------------------------------------------
+    def load_empty_dict(self):
+        self.stack.append({})
+
+    def load_empty_list(self):
+        self.stack.append([])
+
+    def load_empty_tuple(self):
+        self.stack.append(())
+
+    def load_empty_set(self):
+        self.stack.append(set())
+
+    def load_tuple(self):
+        items = self._pop_mark()
+        self.stack.append(tuple(items))
+
+    def _tuple_of(self, n: int):
+        stack = self.stack
+        items = tuple(stack[-n:])
+        del stack[-n:]
+        stack.append(items)
+
+    def load_tuple1(self):
+        self._tuple_of(1)
+
+    def load_tuple2(self):
+        self._tuple_of(2)
+
+    def load_tuple3(self):
+        self._tuple_of(3)
+
+    def load_list(self):
+        items = self._pop_mark()
+        self.stack.append(items)
+
+    def load_dict(self):
+        items = self._pop_mark()
+        self.stack.append(dict(zip(items[::2], items[1::2])))
+
+    def load_frozenset(self):
+        self.stack.append(frozenset(self._pop_mark()))
+
+    def load_append(self):
+        value = self.stack.pop()
+        _container(self.stack[-1], list).append(value)
+
+    def load_appends(self):
+        items = self._pop_mark()
+        _container(self.stack[-1], list).extend(items)
+
+    def load_setitem(self):
+        stack = self.stack
+        value, key = stack.pop(), stack.pop()
+        _container(stack[-1], dict)[_key(key)] = value
+
+    def load_setitems(self):
+        items = self._pop_mark()
+        target = _container(self.stack[-1], dict)
+        for k, v in zip(items[::2], items[1::2]):
+            target[_key(k)] = v
+
+    def load_additems(self):
+        items = self._pop_mark()
+        _container(self.stack[-1], set).update(_key(k) for k in items)
+
+    # -- the memo (bounded: a memo read is where a "billion laughs" multiplies) ---------------------------------
+    def _put(self, name: str, i: int):
+        self.bounds.step(name, i)
+        self.memo[i] = self.stack[-1]
+
+    def _get(self, name: str, i: int):
+        self.bounds.step(name, i)
+        self.stack.append(self.memo[i])
+
+    def load_binput(self):
+        self._put("BINPUT", self._read(1)[0])
+
+    def load_long_binput(self):
+        self._put("LONG_BINPUT", struct.unpack("<I", self._read(4))[0])
+
+    def load_memoize(self):
+        self.bounds.step("MEMOIZE")
+        self.memo[len(self.memo)] = self.stack[-1]
+
+    def load_binget(self):
+        self._get("BINGET", self._read(1)[0])
+
+    def load_long_binget(self):
+        self._get("LONG_BINGET", struct.unpack("<I", self._read(4))[0])
+
+    # -- names and calls: only those of _ALLOWED, interpreted (never imported or called) ---------------------
+    def _global(self, module: str, name: str):
+        if (module, name) in self.records:
+            return _RecordClass(f"{module}.{name}")
+        return _global(module, name)
+
+    def load_global(self):  # "module\nname\n"
+        module = self.fh.readline(256).decode("utf-8").rstrip("\n")
+        name = self.fh.readline(256).decode("utf-8").rstrip("\n")
+        self.stack.append(self._global(module, name))
+
+    def load_stack_global(self):
+        stack = self.stack
+        name, module = stack.pop(), stack.pop()
+        if not isinstance(name, str) or not isinstance(module, str):
+            raise ValueError("STACK_GLOBAL with names that are not strings")
+        stack.append(self._global(module, name))
+
+    def load_reduce(self):
+        stack = self.stack
+        args = stack.pop()
+        stack.append(_reduce(stack.pop(), args))
+
+    def load_build(self):
+        state = self.stack.pop()
+        _build(self.stack[-1], state)
+
+    def load_newobj(self):
+        stack = self.stack
+        args = stack.pop()
+        cls = stack.pop()
+        if isinstance(cls, _RecordClass) and args == ():
+            stack.append(Record(cls.name))
+            return
+        if cls not in (dict, list, tuple, set, frozenset):
+            raise _Refused(f"it asks to create an object of {cls!r} (pickle NEWOBJ), which a paddle state "
+                           "dict never holds")
+        stack.append(cls(*args))
+
+    def load_newobj_ex(self):
+        self.stack.pop()  # keyword arguments: the classes allowed take none that matter
+        self.load_newobj()
+
+
+# opcode name (pickletools) -> method; the byte of each comes from pickletools, as the names do
+_DISPATCH = {
+    "PROTO": Unpickler.load_proto, "FRAME": Unpickler.load_frame, "STOP": Unpickler.load_stop,
+    "MARK": Unpickler.load_mark, "POP": Unpickler.load_pop, "POP_MARK": Unpickler.load_pop_mark,
+    "DUP": Unpickler.load_dup, "NONE": Unpickler.load_none, "NEWTRUE": Unpickler.load_true,
+    "NEWFALSE": Unpickler.load_false, "BININT": Unpickler.load_binint, "BININT1": Unpickler.load_binint1,
+    "BININT2": Unpickler.load_binint2, "LONG1": Unpickler.load_long1, "LONG4": Unpickler.load_long4,
+    "BINFLOAT": Unpickler.load_binfloat, "BINUNICODE": Unpickler.load_binunicode,
+    "SHORT_BINUNICODE": Unpickler.load_short_binunicode, "BINUNICODE8": Unpickler.load_binunicode8,
+    "BINBYTES": Unpickler.load_binbytes, "SHORT_BINBYTES": Unpickler.load_short_binbytes,
+    "BINBYTES8": Unpickler.load_binbytes8, "BYTEARRAY8": Unpickler.load_binbytes8,
+    "EMPTY_DICT": Unpickler.load_empty_dict, "EMPTY_LIST": Unpickler.load_empty_list,
+    "EMPTY_TUPLE": Unpickler.load_empty_tuple, "EMPTY_SET": Unpickler.load_empty_set,
+    "TUPLE": Unpickler.load_tuple, "TUPLE1": Unpickler.load_tuple1, "TUPLE2": Unpickler.load_tuple2,
+    "TUPLE3": Unpickler.load_tuple3, "LIST": Unpickler.load_list, "DICT": Unpickler.load_dict,
+    "FROZENSET": Unpickler.load_frozenset, "APPEND": Unpickler.load_append, "APPENDS": Unpickler.load_appends,
+    "SETITEM": Unpickler.load_setitem, "SETITEMS": Unpickler.load_setitems, "ADDITEMS": Unpickler.load_additems,
+    "BINPUT": Unpickler.load_binput, "LONG_BINPUT": Unpickler.load_long_binput, "MEMOIZE": Unpickler.load_memoize,
+    "BINGET": Unpickler.load_binget, "LONG_BINGET": Unpickler.load_long_binget, "GLOBAL": Unpickler.load_global,
+    "STACK_GLOBAL": Unpickler.load_stack_global, "REDUCE": Unpickler.load_reduce, "BUILD": Unpickler.load_build,
+    "NEWOBJ": Unpickler.load_newobj, "NEWOBJ_EX": Unpickler.load_newobj_ex,
+}
+Unpickler.dispatch = {op.code.encode("latin-1")[0]: _DISPATCH[op.name] for op in pickletools.opcodes
+                      if op.name in _DISPATCH}
 
 
 def _global(module: str, name: str):
