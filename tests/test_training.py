@@ -263,6 +263,8 @@ def test_an_optimizer_difference_behind_callables_is_located_at_the_optimizer_st
     assert s.first_diff is None and s.loss_ok and all(g.ok for g in s.grads) and not all(w.ok for w in s.weights)
     assert r.steps[1].stage == "forward"  # the weights differ from then on
     assert "stage optimizer: weight base 8." in str(r) or "stage optimizer: weight base" in str(r)
+    w = s.first_weight_diff
+    assert w.after_step and "after the optimizer step" in str(w) and "difference / update (L2)" in str(w)
 
 
 def test_adam_on_a_vanishing_gradient_is_explained():

@@ -134,5 +134,5 @@ def differing_weights(plan, tol: Tolerance) -> list:
             found.append(WeightDiff(pair.base.path, pair.raw.path, type(pair.base.module).__name__,
                                     type(pair.raw.module).__name__, op.src.path, op.dst.path, tuple(b.shape),
                                     tuple(r.shape), f.max_abs, f.max_rel, f.mismatched, f.total, ", ".join(note),
-                                    f.scale, f.norm_rel))
+                                    f.scale, f.norm_rel, after_step=False))
     return found

@@ -94,13 +94,21 @@ class GradDiff:
 
 @dataclass
 class WeightDiff(GradDiff):
-    """A parameter after the optimizer step: the base value (mapped to the raw layout) against the raw one."""
+    """A parameter compared with its partner: after an optimizer step of a training run (``StepRecord.weights``),
+    or, when a plain comparison's outputs differ, as it stands against what the transfer writes from base
+    (``DiffResult.weight_diffs``, ``after_step`` False)."""
+
+    after_step: bool = True
 
     def __str__(self):
+        if self.after_step:
+            where, judged = "after the optimizer step", f", difference / update (L2) {self.norm_rel:.3g}"
+        else:
+            where, judged = "as the transfer maps it (no optimizer step ran)", ""
         return (f"weight base {self.base_param} {list(self.base_shape)} vs raw {self.raw_param} "
-                f"{list(self.raw_shape)} after the optimizer step{' (' + self.note + ')' if self.note else ''}: "
-                f"max abs diff {self.max_abs_diff:.3g}, max rel diff {self.max_rel_diff:.3g}, difference / update "
-                f"(L2) {self.norm_rel:.3g}" + (", outside tolerance" if self.mismatched else ""))
+                f"{list(self.raw_shape)} {where}{' (' + self.note + ')' if self.note else ''}: "
+                f"max abs diff {self.max_abs_diff:.3g}, max rel diff {self.max_rel_diff:.3g}{judged}"
+                + (", outside tolerance" if self.mismatched else ""))
 
 
 @dataclass
