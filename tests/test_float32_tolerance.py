@@ -102,3 +102,34 @@ def test_mean_mode_through_auto_diff(src, dst):
     r = auto_diff(a, b, np.random.default_rng(4).standard_normal((4, 16)).astype("float32"), compare_mode="mean")
     assert r.ok and r.compare_mode == "mean" and all(ld.total == 1 for ld in r.layers), str(r)
     assert "means compared" in str(r).splitlines()[0]
+
+
+@pytest.mark.parametrize("direction", ["torch->paddle", "paddle->torch"])
+def test_a_half_percent_gradient_bug_in_one_parameter_is_located_at_the_backward_stage(direction):
+    """Gradients are compared value by value (``|d| <= atol + 1e-3 * S + 4 * noise``): a backward that scales one
+    parameter's gradient by 1.005 (the forward untouched) is named with its path, while every other gradient of the
+    correct float32 port agrees; the noise floor of each gradient is measured by the reference run. (Default
+    initialisation: with the fixture's statistics, ReLUs near their kink make most gradients of this input move by
+    ~1% under a few ulps, and a 0.5% change is then within what float32 can resolve, so it is not flagged.)"""
+    torch.manual_seed(0)
+    paddle.seed(0)
+    a, b = TorchResNet50().eval(), paddle.vision.models.resnet50(num_classes=10)
+    b.eval()
+    assign_weight(a, b)
+    if direction == "paddle->torch":
+        a, b = b, a
+    x = np.random.default_rng(2).standard_normal((2, 3, 32, 32)).astype("float32")
+    w = b.layer3[2].conv2.weight
+    handle = w.register_hook(lambda g: g * 1.005)
+    try:
+        r = auto_diff(a, b, x, auto_init=False, diff_phase="both")
+    finally:
+        handle.remove()
+    assert (r.step, r.stage) == (0, "backward") and r.first_diff is None and r.mismatched == 0, str(r)
+    bad = [g for g in r.grads if not g.ok]
+    assert [(g.base_param, g.raw_param) for g in bad] == [("layer3.2.conv2.weight", "layer3.2.conv2.weight")]
+    [g] = bad
+    assert 4e-3 < g.max_rel_diff < 6e-3 and g.noise < 1e-4 and g.norm_rel < 6e-3  # the L2 rule (2e-2) passed it
+    assert "layer3.2.conv2.weight" in str(r) and "backward" in str(r)
+    ok = [x for x in r.grads if x.ok]
+    assert len(ok) == 160 and max(x.max_rel_diff for x in ok) < 1e-4

@@ -78,7 +78,8 @@ class GradDiff:
     total: int
     note: str = ""  # the layout mapping applied, or which side had no gradient
     scale: float = 0.0  # the largest magnitude of the two tensors compared
-    norm_rel: float = 0.0  # ||raw - base|| / max(||base||, ||raw||): what gradients are judged by ("strict")
+    norm_rel: float = 0.0  # ||raw - base|| / max(||base||, ||raw||) (gradients), or / ||update|| (weights)
+    noise: float = 0.0  # gradients: how far float32 moves base's gradient (max |reference - base| / scale)
 
     @property
     def ok(self) -> bool:
@@ -87,8 +88,8 @@ class GradDiff:
     def __str__(self):
         return (f"grad of base {self.base_param} {list(self.base_shape)} vs raw {self.raw_param} "
                 f"{list(self.raw_shape)}{' (' + self.note + ')' if self.note else ''}: max abs diff "
-                f"{self.max_abs_diff:.3g}, max rel diff {self.max_rel_diff:.3g}, relative L2 difference "
-                f"{self.norm_rel:.3g}" + (", outside tolerance" if self.mismatched else ""))
+                f"{self.max_abs_diff:.3g}, max rel diff {self.max_rel_diff:.3g} (float32 noise of this gradient "
+                f"{self.noise:.3g}), {self.mismatched} of {self.total} values outside tolerance")
 
 
 

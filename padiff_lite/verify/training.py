@@ -16,7 +16,8 @@ from .. import output_align
 from ..errors import DiffError, DiffInputError
 from . import settings
 from .aligned import compare_final, inputs_agree
-from .mapped import compare_mapped, weights_before
+from .mapped import compare_mapped, trainable_ops, weights_before
+from .reference import reference_grads
 from .numerics import Tolerance, compare
 from .results import StepRecord
 from .session import Session, backward, inputs_at, needs_autograd
@@ -85,6 +86,7 @@ def run_step(setup: Setup, step: int, sides) -> StepRecord:
     base, raw, tol = setup.base, setup.raw, setup.tol
     rec = StepRecord(step)
     grad = setup.need_backward
+    reference = _reference(setup, step, sides) if setup.grads_compared and tol.mode == "strict" else None
     try:
         session, (bout, rout) = _forward(setup, grad, sides)
     except DiffError as exc:
@@ -133,7 +135,8 @@ def run_step(setup: Setup, step: int, sides) -> StepRecord:
         rec.first_output_grad_diff = next((g for g in rec.output_grads if not g.ok), None)
         order = {(setup.pairs[i].base.path, setup.pairs[i].raw.path): o for i, o in session.call_order.items()}
         if setup.grads_compared:
-            rec.grads = compare_mapped(setup.plan, tol, order)
+            rec.grads = compare_mapped(setup.plan, tol, order, reference=reference)
+            del reference
             rec.first_grad_diff = next((g for g in rec.grads if not g.ok), None)
         if setup.optimizers is not None:
             before = weights_before(setup.plan)
@@ -153,6 +156,21 @@ def run_step(setup: Setup, step: int, sides) -> StepRecord:
         if note and note not in setup.notes:
             setup.notes.append(note)
     return rec
+
+
+def _reference(setup: Setup, step: int, sides):
+    """Base's gradients with its weights moved by a few ulps (``reference.py``), or None when that run fails (the
+    step's own run then reports the failure; gradients are judged without a noise floor)."""
+    (bargs, bkw), _ = sides
+    loss_fn = setup.loss_fns[0] if setup.loss_fns is not None else None
+    try:
+        return reference_grads(setup.base, trainable_ops(setup.plan), bargs, bkw, eval_mode=not setup.training,
+                               loss_fn=loss_fn, seed=step)
+    except Exception as exc:  # noqa: BLE001 - the same inputs run again right after and raise there, named
+        note = f"gradients judged without their float32 noise floor: base's reference run failed ({type(exc).__name__})"
+        if note not in setup.notes:
+            setup.notes.append(note)
+        return None
 
 
 def vanishing_gradient_note(rec: StepRecord) -> str | None:
