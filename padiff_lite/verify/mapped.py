@@ -58,12 +58,26 @@ def _max_finite(a) -> float:
     return float(a.max()) if a.size else 0.0
 
 
+def grad_noise(plan, reference: list | None) -> list | None:
+    """Each trainable op's gradient noise relative to its scale (max |reference - base| / max |base|, in
+    ``trainable_ops`` order), read before the optimizer step; None without a reference run."""
+    if reference is None:
+        return None
+    out = []
+    for op, ref in zip(trainable_ops(plan), reference):
+        g = plan.base.adapter.grad(op.src.tensor)
+        top = _max_finite(g) if g is not None else 0.0
+        out.append(_max_finite(g - ref) / top if top > 0 and ref is not None and ref.shape == g.shape else 0.0)
+    return out
+
+
 def compare_mapped(plan, tol: Tolerance, call_order: dict, before: list | None = None,
-                   reference: list | None = None) -> list:
+                   reference: list | None = None, step_noise: list | None = None) -> list:
     """Each trainable copy op's base gradient (or, given base's weights ``before`` the optimizer step, its weight
     after it), in the raw layout, against the raw one; in backward order (the last layer to run forward first).
     ``reference``: base's gradients from ``reference.reference_grads`` (in ``trainable_ops`` order), whose distance
-    from base's gradients is each gradient's float32 noise floor."""
+    from base's gradients is each gradient's float32 noise floor. ``step_noise`` (``grad_noise``): the same,
+    relative, for judging weights after the step."""
     ba, ra = plan.base.adapter, plan.raw.adapter
     weights = before is not None
     read_b = (lambda t: ba.snapshot(t)) if weights else ba.grad
@@ -104,7 +118,8 @@ def compare_mapped(plan, tol: Tolerance, call_order: dict, before: list | None =
             f = compare(mapped, gr, tol)
         elif weights:
             update, _ = to_raw_layout(gb - before[i], op, gr.shape)
-            f = compare_step(mapped, gr, update, tol, floor, tol.step_rtol)
+            f = compare_step(mapped, gr, update, tol, floor, tol.step_rtol,
+                             step_noise[i] if step_noise is not None else 0.0)
         else:
             noise = 0.0
             ref = reference[i] if reference is not None else None
@@ -116,8 +131,10 @@ def compare_mapped(plan, tol: Tolerance, call_order: dict, before: list | None =
         d = kind(pair.base.path, pair.raw.path, type(pair.base.module).__name__, type(pair.raw.module).__name__,
                  op.src.path, op.dst.path, tuple(gb.shape) if gb is not None else (), tuple(gr.shape),
                  f.max_abs, f.max_rel, f.mismatched, f.total, ", ".join(note), f.scale, f.norm_rel)
-        if not weights:
-            d.noise = f.noise
+        d.noise = f.noise
+        if weights:
+            top = _norm(mapped)
+            d.drift = _norm(mapped - gr) / top if top > 0 and mapped.shape == gr.shape else 0.0
         found.append((call_order.get((pair.base.path, pair.raw.path), -1), len(found), d))
     found.sort(key=lambda t: (-t[0], t[1]))
     return [d for *_, d in found]

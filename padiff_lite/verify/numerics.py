@@ -13,13 +13,18 @@ Two modes (``auto_diff(compare_mode=...)``):
   atol + rtol * |mean(base)|`` (PaDiff's ``np.allclose`` of the means). A tensor is one value here: it
   agrees or not; differences that cancel in the mean (permuted channels, a sign flip) are not seen.
 
+When ``auto_diff`` compares gradients or trains, each layer output's tolerance also gets ``NOISE_FACTOR`` times its
+float32 noise floor (how far base's output moves when its weights move by a few ulps, ``verify/reference.py``): a
+BatchNorm with batch statistics over a few values divides rounding by a small spread (a correct ResNet-50 in train
+mode, 2 images of 64x64: 6e-4 of S in layer4; float64: 2e-10).
+
 NaN and Inf are compared by position in both modes: NaN meets NaN, Inf meets Inf of the same sign; any other
 pairing with a non-finite value is a mismatch and makes both maxima infinite.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -41,7 +46,8 @@ GRAD_FLOOR = 1e-6
 NOISE_FACTOR = 4.0
 # Weights after an optimizer step are judged against the step itself: the difference of the two updated weights, in
 # L2 norm, within STEP_RTOL of the norm of base's update (w_after - w_before), floored at STEP_FLOOR of the model's
-# largest update norm. An optimizer set up differently (learning rate, betas, epsilon, weight decay) changes every
+# largest update norm, or within NOISE_FACTOR times the relative float32 noise of the gradient the step followed when
+# that is larger (a step cannot agree better than its gradient). An optimizer set up differently (learning rate, betas, epsilon, weight decay) changes every
 # update by its own relative amount; Adam's division by each gradient's own size turns gradient noise into
 # differences of a few elements only. Against the weights themselves a 10% learning-rate mistake would be a 1e-4
 # effect.
@@ -60,6 +66,13 @@ class Tolerance:
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"compare_mode must be one of {MODES}, got {self.mode!r}")
+
+
+def widened(tol: Tolerance, noise: float) -> Tolerance:
+    """``tol`` with NOISE_FACTOR times a measured float32 noise floor (an absolute value) added to its atol."""
+    if not (noise > 0 and math.isfinite(noise)) or tol.mode != "strict":  # NaN/Inf noise widens nothing
+        return tol
+    return replace(tol, atol=tol.atol + NOISE_FACTOR * noise)
 
 
 @dataclass
@@ -130,15 +143,19 @@ def compare_gradient(base, raw, tol: Tolerance, floor: float, rtol: float, noise
     return f
 
 
-def compare_step(base_after, raw_after, base_update, tol: Tolerance, floor: float, rtol: float) -> Figures:
-    """Two weights after an optimizer step ("strict", see above): ``norm_rel`` is ||raw - base|| / ||update||."""
+def compare_step(base_after, raw_after, base_update, tol: Tolerance, floor: float, rtol: float,
+                 noise: float = 0.0) -> Figures:
+    """Two weights after an optimizer step ("strict", see above): ``norm_rel`` is ||raw - base|| / ||update||, within
+    ``max(rtol, NOISE_FACTOR * noise)``, ``noise`` the relative float32 noise of the gradient the step was made from
+    (a step cannot agree better than the gradient it follows; 0 when not measured)."""
     f = compare(base_after, raw_after, Tolerance(tol.atol, rtol, "strict"))
     if f.max_abs == math.inf or f.total == 0:
         return f
     nd = float(np.linalg.norm(np.asarray(base_after, dtype=np.float64) - np.asarray(raw_after, dtype=np.float64)))
     nu = float(np.linalg.norm(np.asarray(base_update, dtype=np.float64)))
     f.norm_rel = nd / nu if nu > 0 else (0.0 if nd == 0 else math.inf)
-    ok = nd <= tol.atol * math.sqrt(f.total) + rtol * max(nu, floor)
+    f.noise = noise
+    ok = nd <= tol.atol * math.sqrt(f.total) + max(rtol, NOISE_FACTOR * noise) * max(nu, floor)
     f.mismatched = 0 if ok else max(1, f.mismatched)
     return f
 

@@ -30,6 +30,7 @@ class LayerDiff:
     inputs_agree: bool | None = None  # only for the first divergence; None when the inputs hold no tensors
     note: str = ""  # how the outputs were aligned (broadcast, merged dimensions, fields left out)
     raw_output: str = ""  # the raw output the shapes refer to, when it is not at the same place as the base one
+    noise: float = 0.0  # float32 noise floor of this output (max |reference - base|, absolute; 0: not measured)
 
     @property
     def ok(self) -> bool:
@@ -100,6 +101,7 @@ class WeightDiff(GradDiff):
     (``DiffResult.weight_diffs``, ``after_step`` False)."""
 
     after_step: bool = True
+    drift: float = 0.0  # after a step: ||raw - base|| / ||base|| of the weight itself
 
     def __str__(self):
         if self.after_step:

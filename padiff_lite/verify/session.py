@@ -16,9 +16,9 @@ from collections.abc import Mapping
 from .. import output_align
 from ..errors import DiffError
 from ..stream import BaseFailed, Stash
-from .numerics import Tolerance, compare, compare_gradient
+from .numerics import Tolerance, compare, compare_gradient, widened
 from .results import LayerDiff, NotComparable
-from .aligned import compare_aligned
+from .aligned import compare_aligned, noise_of
 
 # a model that registers a gradient hook inside forward cannot run without autograd (torch and paddle words)
 _HOOK_NEEDS_GRAD = re.compile(r"register (a )?hook on a tensor that (doesn't require grad|stop gradient)", re.I)
@@ -148,8 +148,10 @@ class Session:
     drops them. ``compare_layers=False`` runs both models without comparing their layers (backward phase)."""
 
     def __init__(self, base, raw, pairs, hooked, tol: Tolerance, *, interleave: bool, grad: bool,
-                 eval_mode: bool, single_step: bool = False, compare_layers: bool = True):
+                 eval_mode: bool, single_step: bool = False, compare_layers: bool = True,
+                 reference_outputs: dict | None = None):
         self.base, self.raw, self.pairs = base, raw, pairs
+        self.reference_outputs = reference_outputs or {}  # (pair, call) -> base's output with its weights moved
         self.hooked = hooked if compare_layers or single_step else (hooked[0], [])  # base: the call order only
         self.tol = tol
         self.grad, self.eval_mode, self.single_step, self.compare_layers = grad, eval_mode, single_step, compare_layers
@@ -263,13 +265,15 @@ class Session:
             if self.first is None or order <= self.first.order:
                 self.first, self.first_key, self.first_raw_inputs = ld, (idx, k), None
         al = output_align.align(bnode, rnode)
-        c = compare_aligned(al, self.tol)
+        noise = noise_of(bnode, self.reference_outputs.pop((idx, k), None))
+        c = compare_aligned(al, widened(self.tol, noise))
         if c is None:
             self.not_comparable.append(NotComparable(pair.base.path, pair.raw.path, *classes, k, order, al.reason(),
                                                      str(bnode), str(rnode)))
             return
         ld = LayerDiff(pair.base.path, pair.raw.path, *classes, k, order, c.output, c.base_shape, c.raw_shape,
-                       c.max_abs, c.max_rel, c.mismatched, c.total, note=c.note, raw_output=c.raw_output)
+                       c.max_abs, c.max_rel, c.mismatched, c.total, note=c.note, raw_output=c.raw_output,
+                       noise=noise)
         self.layers.append(ld)
         if not ld.ok and (self.first is None or order < self.first.order):  # (ties: the inputs' record first)
             self.first = ld  # raw runs in its own call order: keep the earliest in the base's order
