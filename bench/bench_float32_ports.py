@@ -143,7 +143,7 @@ def hf_loss(fw, family, labels):
     import hf_families as H
 
     def f(out):
-        v = H._first(out, "logits", "last_hidden_state", "pooler_output")
+        v = H._first(out, "logits", "pooler_output", "last_hidden_state")
         if labels is not None and v.ndim == 3 and v.shape[-1] == H.VOCAB:
             if fw == "torch":
                 return torch.nn.functional.cross_entropy(v.reshape(-1, v.shape[-1]), torch.from_numpy(labels).reshape(-1))

@@ -153,8 +153,9 @@ def run_step(setup: Setup, step: int, sides) -> StepRecord:
             settings.step(setup.optimizers[1])
             rec.weights = compare_mapped(setup.plan, tol, order, before, step_noise=noise)
             setup.drift = {}
-            for w in rec.weights:
-                setup.drift[w.base_param] = max(setup.drift.get(w.base_param, 0.0), w.drift)
+            if rec.first_diff is None and rec.loss_ok and all(x.ok for x in rec.grads + rec.weights):
+                for w in rec.weights:  # a step that agreed: what it left apart is float32's doing
+                    setup.drift[w.base_param] = max(setup.drift.get(w.base_param, 0.0), w.drift)
             del before, reference
             rec.first_weight_diff = next((w for w in rec.weights if not w.ok), None)
     finally:
