@@ -47,7 +47,8 @@ def auto_diff(base, raw, inputs, *, atol: float | None = None, rtol: float | Non
         divergence); gradients value by value too, within ``atol + rtol_g * S`` plus 4 times how far base's own
         gradient moves when its weights move by a few ulps (one more forward and backward of base per step: the
         float32 noise floor of each gradient on these inputs, ``verify/reference.py``); weights after an optimizer
-        step by the L2 norm of their difference against base's update. ``"mean"`` compares the tensors' means as
+        step by the L2 norm of their difference against base's update (and their gradient's noise). That reference
+        run also gives every layer output and the loss a noise floor when gradients are compared or training. ``"mean"`` compares the tensors' means as
         PaDiff does (``verify/numerics.py``). Defaults: atol 1e-7, rtol 1e-4 (gradients 1e-3 of their scale,
         weights after a step 2e-2 of the update's norm); an rtol given applies to gradients and steps too.
     auto_init: transfer base -> raw with ``assign_weight`` first.
