@@ -113,3 +113,45 @@ def test_a_spoiled_sibling_confirms_the_other_form_too(direction):
     assert result.first_diff.base_path == "block.gate"
     assert not next(ld for ld in result.layers if ld.base_path == "block.proj").ok
     assert [w.base_param for w in result.weight_diffs] == ["block.proj.weight"]
+
+
+class TorchDiluted(torch.nn.Module):
+    """The enclosing layer scales its child's contribution down, so a small difference in the child stays inside the
+    enclosing layer's tolerance."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = torch.nn.Linear(8, 8)
+
+    def forward(self, x):
+        return x + 1e-4 * self.inner(x)
+
+
+class PaddleDiluted(paddle.nn.Layer):
+    def __init__(self):
+        super().__init__()
+        self.inner = paddle.nn.Linear(8, 8)
+
+    def forward(self, x):
+        return x + 1e-4 * self.inner(x)
+
+
+@pytest.mark.parametrize("direction", ["torch->paddle", "paddle->torch"])
+def test_a_small_difference_inside_an_agreeing_layer_is_still_a_divergence(direction):
+    torch.manual_seed(0)
+    paddle.seed(1)
+    t, p = TorchDiluted(), PaddleDiluted()
+    base, raw = (t, p) if direction == "torch->paddle" else (p, t)
+    assign_weight(base, raw)
+    w = raw.inner.weight
+    if isinstance(w, torch.Tensor):
+        with torch.no_grad():
+            w.mul_(1.001)  # a weight spoiled by 1e-3: the child differs by ~1e-3 of its scale, its parent agrees
+    else:
+        w.set_value(w.numpy() * 1.001)
+    result = auto_diff(base, raw, X, auto_init=False)
+    root = next(ld for ld in result.layers if ld.base_path == "")
+    assert root.ok  # the enclosing layer hides it
+    assert not result.ok and result.first_diff is not None and result.first_diff.base_path == "inner", str(result)
+    assert 1e-4 < result.first_diff.max_rel_diff < 1e-2
+    assert "another form" not in result.first_diff.note

@@ -107,6 +107,9 @@ def test_a_spoiled_fused_weight_is_located_in_its_unit(direction):
                                                "model.layers.1.self_attn.v_proj.weight")
         assert w.note == "base part [48:64,112:128 dim 1], transposed" and 0 < w.mismatched <= 1024
     assert any(f"raw {w.raw_param}" in n and "does not hold base" in n for n in result.notes)
+    # no optimizer ran: the entry says it is the weight as the transfer maps it, not one after a step
+    assert not w.after_step and "as the transfer maps it (no optimizer step ran)" in str(w)
+    assert "optimizer step:" not in str(w) and "after the optimizer step" not in str(w)
 
 
 # -- small hand-made units: layouts the shapes cannot tell, told (or not) by running --------------------------

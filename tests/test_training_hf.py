@@ -82,3 +82,24 @@ def test_a_different_warmup_is_found_at_the_optimizer_stage():
     s = r.steps[0]
     assert s.first_diff is None and s.loss_ok and all(g.ok for g in s.grads)
     assert "stage optimizer: weight base" in str(r)
+
+
+@pytest.mark.parametrize("src,dst", [("torch", "paddle"), ("paddle", "torch")], ids=["hf->pf", "pf->hf"])
+def test_a_wrong_backward_is_found_at_the_gradients_while_the_forward_agrees(src, dst):
+    """The raw model's backward scales one weight's gradient by 1.01 (a hook; the forward is untouched): every
+    layer output and the loss agree, and the backward stage names that parameter, and only it."""
+    a, b = build(src, 0), build(dst, 1)
+    name = "model.layers.1.mlp.down_proj.weight"
+    w = dict(b.named_parameters())[name]
+    handle = w.register_hook(lambda g: g * 1.01)
+    try:
+        r = auto_diff(a, b, IDS, loss_fns=(loss_of(src), loss_of(dst)),
+                      optimizers=(adamw_with_warmup(src, a), adamw_with_warmup(dst, b)), steps=2)
+    finally:
+        handle.remove()
+    assert (r.step, r.stage) == (0, "backward"), str(r)
+    s = r.steps[0]
+    assert s.first_diff is None and s.mismatched == 0 and s.loss_ok and all(ld.ok for ld in s.layers)
+    assert [g.raw_param for g in s.grads if not g.ok] == [name]
+    assert r.first_grad_diff.raw_param == name and 9e-3 < r.first_grad_diff.max_rel_diff < 1.1e-2
+    assert f"raw {name}" in str(r)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from .. import output_align
 from ..errors import OutputStructureError
 from .numerics import Tolerance, compare, same_value
@@ -87,3 +89,22 @@ def inputs_agree(bnode, rnode, tol: Tolerance):
     if not pairs:
         return None
     return all(compare(*output_align.fitted(p.base, p.raw, p.how), tol).ok for p in pairs)
+
+
+def noise_of(clean, ref) -> float:
+    """The largest |clean - ref| over the floating tensors found at the same place with the same shape in two
+    captured trees (0.0 when none): how far rounding-sized changes move this output."""
+    if clean is None or ref is None:
+        return 0.0
+    theirs = dict(output_align.tensors(ref, "out"))
+    worst = 0.0
+    for where, a in output_align.tensors(clean, "out"):
+        b = theirs.get(where)
+        if b is None or b.shape != a.shape or a.dtype.kind not in "fc" or b.dtype.kind not in "fc":
+            continue
+        with np.errstate(invalid="ignore", over="ignore"):
+            d = np.abs(a.astype(np.float64) - b.astype(np.float64))
+        d = d[np.isfinite(d)]
+        if d.size:
+            worst = max(worst, float(d.max()))
+    return worst

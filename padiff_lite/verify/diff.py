@@ -10,7 +10,7 @@ from ..inputs import per_step, split_inputs
 from ..prepare import prepare
 from ..proxy import create_model
 from . import settings
-from .numerics import ATOL, GRAD_RTOL, RTOL, Tolerance
+from .numerics import ATOL, GRAD_RTOL, RTOL, STEP_RTOL, Tolerance
 from .render import tree
 from .results import DiffResult, label
 from .session import ABSORBED
@@ -43,9 +43,13 @@ def auto_diff(base, raw, inputs, *, atol: float | None = None, rtol: float | Non
         of N such items, one per step.
     atol, rtol, compare_mode: ``"strict"`` compares every value, ``|raw - base| <= atol + rtol * S`` with ``S``
         the tensor's largest magnitude (scaled by the tensor, so float32 accumulation in deep layers is no
-        divergence), and gradients by the L2 norm of their difference; ``"mean"`` compares the tensors' means as
-        PaDiff does (``verify/numerics.py``). Defaults: atol 1e-7, rtol 1e-4 (gradients 2e-2 of their norm); an
-        rtol given applies to gradients too.
+        divergence); gradients value by value too, within ``atol + rtol_g * S`` plus 4 times how far base's own
+        gradient moves when its weights move by a few ulps (one more forward and backward of base per step: the
+        float32 noise floor of each gradient on these inputs, ``verify/reference.py``); weights after an optimizer
+        step by the L2 norm of their difference against base's update (and their gradient's noise). That reference
+        run also gives every layer output and the loss a noise floor when gradients are compared or training. ``"mean"`` compares the tensors' means as
+        PaDiff does (``verify/numerics.py``). Defaults: atol 1e-7, rtol 1e-4 (gradients 1e-3 of their scale,
+        weights after a step 2e-2 of the update's norm); an rtol given applies to gradients and steps too.
     auto_init: transfer base -> raw with ``assign_weight`` first.
     diff_phase: "forward" (layer outputs), "backward" (gradients only) or "both". Default: "forward", or "both"
         when training. Without a loss the backward pass starts from the mean of the outputs (PaDiff's seed).
@@ -71,7 +75,7 @@ def auto_diff(base, raw, inputs, *, atol: float | None = None, rtol: float | Non
     if phase not in PHASES:
         raise ValueError(f"diff_phase must be one of {PHASES}, got {diff_phase!r}")
     tol = Tolerance(ATOL if atol is None else atol, RTOL if rtol is None else rtol, compare_mode,
-                    GRAD_RTOL if rtol is None else rtol)
+                    GRAD_RTOL if rtol is None else rtol, STEP_RTOL if rtol is None else rtol)
     loss_fns = _pair_of(loss_fns, "loss_fns", callable, "callables")
     optimizers = _pair_of(optimizers, "optimizers", lambda o: callable(o) or settings.is_framework_optimizer(o),
                           "torch/paddle optimizers or callables")

@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import layout
 from ..ops import COPY, RESHAPE, TRANSPOSE
-from .numerics import GRAD_FLOOR, Tolerance, compare, compare_gradient, compare_step
+from .numerics import GRAD_FLOOR, STEP_FLOOR, Tolerance, compare, compare_gradient, compare_step
 from .results import GradDiff, WeightDiff, label
 
 
@@ -52,21 +52,49 @@ def _norm(a) -> float:
     return float(np.linalg.norm(np.where(np.isfinite(a), a, 0).astype(np.float64))) if a is not None and a.size else 0.0
 
 
-def compare_mapped(plan, tol: Tolerance, call_order: dict, before: list | None = None) -> list:
+def _max_finite(a) -> float:
+    a = np.abs(np.asarray(a, dtype=np.float64))
+    a = a[np.isfinite(a)]
+    return float(a.max()) if a.size else 0.0
+
+
+def grad_noise(plan, reference: list | None) -> list | None:
+    """Each trainable op's gradient noise relative to its scale (max |reference - base| / max |base|, in
+    ``trainable_ops`` order), read before the optimizer step; None without a reference run."""
+    if reference is None:
+        return None
+    out = []
+    for op, ref in zip(trainable_ops(plan), reference):
+        g = plan.base.adapter.grad(op.src.tensor)
+        top = _max_finite(g) if g is not None else 0.0
+        out.append(_max_finite(g - ref) / top if top > 0 and ref is not None and ref.shape == g.shape else 0.0)
+    return out
+
+
+def compare_mapped(plan, tol: Tolerance, call_order: dict, before: list | None = None,
+                   reference: list | None = None, step_noise: list | None = None) -> list:
     """Each trainable copy op's base gradient (or, given base's weights ``before`` the optimizer step, its weight
-    after it), in the raw layout, against the raw one; in backward order (the last layer to run forward first)."""
+    after it), in the raw layout, against the raw one; in backward order (the last layer to run forward first).
+    ``reference``: base's gradients from ``reference.reference_grads`` (in ``trainable_ops`` order), whose distance
+    from base's gradients is each gradient's float32 noise floor. ``step_noise`` (``grad_noise``): the same,
+    relative, for judging weights after the step."""
     ba, ra = plan.base.adapter, plan.raw.adapter
     weights = before is not None
     read_b = (lambda t: ba.snapshot(t)) if weights else ba.grad
     read_r = (lambda t: ra.snapshot(t)) if weights else ra.grad
     kind = WeightDiff if weights else GradDiff
     ops = trainable_ops(plan)
-    by_norm = tol.mode == "strict"
+    strict = tol.mode == "strict"
     floor = 0.0
-    if by_norm:  # a first pass for the model's largest gradient (update) norm: GRAD_FLOOR
+    if strict:  # a first pass: the model's largest update norm (STEP_FLOOR) or gradient value (GRAD_FLOOR)
         for i, op in enumerate(ops):
-            floor = max(floor, _norm(ba.snapshot(op.src.tensor) - before[i]) if weights else _norm(ba.grad(op.src.tensor)))
-        floor *= GRAD_FLOOR
+            if weights:
+                floor = max(floor, _norm(ba.snapshot(op.src.tensor) - before[i]))
+            else:
+                g = ba.grad(op.src.tensor)
+                floor = max(floor, float(np.abs(np.where(np.isfinite(g), g, 0)).max()) if g is not None and g.size
+                            else 0.0)
+        floor *= STEP_FLOOR if weights else GRAD_FLOOR
     found = []
     for i, op in enumerate(ops):
         gb, gr = read_b(op.src.tensor), read_r(op.dst.tensor)
@@ -86,17 +114,27 @@ def compare_mapped(plan, tol: Tolerance, call_order: dict, before: list | None =
         if gr is None:
             gr = np.zeros_like(mapped)
             note.append("no gradient on the raw side")
-        if not by_norm:
+        if not strict:
             f = compare(mapped, gr, tol)
         elif weights:
             update, _ = to_raw_layout(gb - before[i], op, gr.shape)
-            f = compare_step(mapped, gr, update, tol, floor, tol.grad_rtol)
+            f = compare_step(mapped, gr, update, tol, floor, tol.step_rtol,
+                             step_noise[i] if step_noise is not None else 0.0)
         else:
-            f = compare_gradient(mapped, gr, tol, floor, tol.grad_rtol)
+            noise = 0.0
+            ref = reference[i] if reference is not None else None
+            if gb is not None and ref is not None and ref.shape == gb.shape:
+                moved, _ = to_raw_layout(gb - ref, op, gr.shape)
+                noise = _max_finite(moved)
+            f = compare_gradient(mapped, gr, tol, floor, tol.grad_rtol, noise)
         pair = op.pair
         d = kind(pair.base.path, pair.raw.path, type(pair.base.module).__name__, type(pair.raw.module).__name__,
                  op.src.path, op.dst.path, tuple(gb.shape) if gb is not None else (), tuple(gr.shape),
                  f.max_abs, f.max_rel, f.mismatched, f.total, ", ".join(note), f.scale, f.norm_rel)
+        d.noise = f.noise
+        if weights:
+            top = _norm(mapped)
+            d.drift = _norm(mapped - gr) / top if top > 0 and mapped.shape == gr.shape else 0.0
         found.append((call_order.get((pair.base.path, pair.raw.path), -1), len(found), d))
     found.sort(key=lambda t: (-t[0], t[1]))
     return [d for *_, d in found]
@@ -134,5 +172,5 @@ def differing_weights(plan, tol: Tolerance) -> list:
             found.append(WeightDiff(pair.base.path, pair.raw.path, type(pair.base.module).__name__,
                                     type(pair.raw.module).__name__, op.src.path, op.dst.path, tuple(b.shape),
                                     tuple(r.shape), f.max_abs, f.max_rel, f.mismatched, f.total, ", ".join(note),
-                                    f.scale, f.norm_rel))
+                                    f.scale, f.norm_rel, after_step=False))
     return found

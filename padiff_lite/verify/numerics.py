@@ -13,34 +13,46 @@ Two modes (``auto_diff(compare_mode=...)``):
   atol + rtol * |mean(base)|`` (PaDiff's ``np.allclose`` of the means). A tensor is one value here: it
   agrees or not; differences that cancel in the mean (permuted channels, a sign flip) are not seen.
 
+When ``auto_diff`` compares gradients or trains, each layer output's tolerance also gets ``NOISE_FACTOR`` times its
+float32 noise floor (how far base's output moves when its weights move by a few ulps, ``verify/reference.py``): a
+BatchNorm with batch statistics over a few values divides rounding by a small spread (a correct ResNet-50 in train
+mode, 2 images of 64x64: 6e-4 of S in layer4; float64: 2e-10).
+
 NaN and Inf are compared by position in both modes: NaN meets NaN, Inf meets Inf of the same sign; any other
 pairing with a non-finite value is a mismatch and makes both maxima infinite.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 MODES = ("strict", "mean")
 ATOL = 1e-7  # below float32's resolution of values of order 1: only decides for tensors that are ~0 on both sides
 RTOL = 1e-4  # of the tensor's largest magnitude; float32 ports of deep networks stay under 1e-5 (docs/design.md)
-# Gradients are sums over the batch and the positions; in float32 a sum that nearly cancels keeps the rounding of
-# its large terms, and activations near a ReLU's kink flip with 1e-6 forward noise. A correct float32 ResNet-50
-# port shows single gradient values off by 4% of the tensor's largest (max-scaled), while the whole tensor is off
-# by at most 0.5% in L2 norm (224x224 input; float64: 2e-8). So in "strict" mode a gradient agrees when
-# ||raw - base|| <= atol * sqrt(n) + GRAD_RTOL * max(||base||, ||raw||, floor) (L2 norms), the floor being
-# GRAD_FLOOR of the model's largest gradient norm (a gradient that is ~0 on both sides, e.g. a bias right
-# before a normalization layer, holds only noise). Backward bugs (a factor 2, a missing 1/sqrt(d), a sign, a
-# detached branch) are off by 50% and more. An rtol given by the caller is used for gradients too.
-GRAD_RTOL = 2e-2
-GRAD_FLOOR = 1e-3
-# Weights after an optimizer step are judged the same way against the step itself: the difference of the two
-# updated weights, in L2 norm, against the norm of base's update (w_after - w_before), with GRAD_RTOL and the
-# same floor. An optimizer set up differently (learning rate, betas, epsilon, weight decay) changes every update
-# by its own relative amount; Adam's division by each gradient's own size turns gradient noise into differences of
-# a few elements only. Against the weights themselves a 10% learning-rate mistake would be a 1e-4 effect.
+# Gradients ("strict"): every value, as the forward, |raw - base| <= atol + GRAD_RTOL * S + NOISE_FACTOR * N + floor,
+# S the tensor's largest magnitude and N the float32 noise floor of that gradient: how far base's own gradient moves
+# when its weights are moved by a few ulps (verify/reference.py). Gradients are sums over the batch and the
+# positions; where such sums nearly cancel (BatchNorm with batch statistics over few values) or a ReLU / top-k choice
+# flips under 1e-6 of noise, rounding alone moves single values by several % of S in a correct port (ResNet-50,
+# train mode, 2 images of 64x64: 30% of S; float64: 3e-10), while well-conditioned gradients agree to ~1e-6 of S.
+# N measures which case a tensor is in, on these inputs; GRAD_RTOL is what remains when N is ~0 (a backward bug
+# of 0.5% in one tensor is 5e-3 of S there). The floor, GRAD_FLOOR of the model's largest gradient value, keeps a
+# gradient that is ~0 on both sides (float noise of a theoretically zero gradient) from counting. Without the
+# reference run (compare_mode="mean", or it failed), N is 0.
+GRAD_RTOL = 1e-3
+GRAD_FLOOR = 1e-6
+NOISE_FACTOR = 4.0
+# Weights after an optimizer step are judged against the step itself: the difference of the two updated weights, in
+# L2 norm, within STEP_RTOL of the norm of base's update (w_after - w_before), floored at STEP_FLOOR of the model's
+# largest update norm, or within NOISE_FACTOR times the relative float32 noise of the gradient the step followed when
+# that is larger (a step cannot agree better than its gradient). An optimizer set up differently (learning rate, betas, epsilon, weight decay) changes every
+# update by its own relative amount; Adam's division by each gradient's own size turns gradient noise into
+# differences of a few elements only. Against the weights themselves a 10% learning-rate mistake would be a 1e-4
+# effect.
+STEP_RTOL = 2e-2
+STEP_FLOOR = 1e-3
 
 
 @dataclass(frozen=True)
@@ -48,11 +60,19 @@ class Tolerance:
     atol: float = ATOL
     rtol: float = RTOL
     mode: str = "strict"
-    grad_rtol: float = GRAD_RTOL  # gradients, by L2 norm ("strict")
+    grad_rtol: float = GRAD_RTOL  # gradients, of the tensor's largest magnitude, on top of their noise floor
+    step_rtol: float = STEP_RTOL  # weights after an optimizer step, of the update's L2 norm
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"compare_mode must be one of {MODES}, got {self.mode!r}")
+
+
+def widened(tol: Tolerance, noise: float) -> Tolerance:
+    """``tol`` with NOISE_FACTOR times a measured float32 noise floor (an absolute value) added to its atol."""
+    if not (noise > 0 and math.isfinite(noise)) or tol.mode != "strict":  # NaN/Inf noise widens nothing
+        return tol
+    return replace(tol, atol=tol.atol + NOISE_FACTOR * noise)
 
 
 @dataclass
@@ -65,6 +85,7 @@ class Figures:
     total: int  # values compared (strict), or 1 (mean: one mean per tensor)
     scale: float = 0.0  # the larger of the two tensors' largest finite magnitudes (strict)
     norm_rel: float = 0.0  # ||raw - base|| / max(||base||, ||raw||) (gradients)
+    noise: float = 0.0  # the gradient's float32 noise floor (max |reference - base|), relative to ``scale``
 
     @property
     def ok(self) -> bool:
@@ -108,31 +129,33 @@ def compare(base, raw, tol: Tolerance) -> Figures:
     return Figures(worst_abs, worst_rel, n, base.size, scale)
 
 
-def compare_gradient(base, raw, tol: Tolerance, floor: float, rtol: float) -> Figures:
-    """Two gradients in "strict" mode (see GRAD_RTOL): judged by the L2 norm of their difference; ``mismatched``
-    counts the values outside ``atol + rtol * S`` when the norms say they differ (0 when they agree)."""
-    f = compare(base, raw, Tolerance(tol.atol, rtol, "strict"))
+def compare_gradient(base, raw, tol: Tolerance, floor: float, rtol: float, noise: float = 0.0) -> Figures:
+    """Two gradients in "strict" mode (see GRAD_RTOL): every value within ``atol + rtol * S + NOISE_FACTOR * noise
+    + floor``, ``noise`` the largest value of the gradient's float32 noise (0 when not measured). ``norm_rel`` is
+    reported too."""
+    f = compare(base, raw, Tolerance(tol.atol + NOISE_FACTOR * noise + floor, rtol, "strict"))
     if f.max_abs == math.inf or f.total == 0:
         return f
-    nb = float(np.linalg.norm(np.asarray(base, dtype=np.float64)))
-    nr = float(np.linalg.norm(np.asarray(raw, dtype=np.float64)))
-    nd = float(np.linalg.norm(np.asarray(base, dtype=np.float64) - np.asarray(raw, dtype=np.float64)))
-    big = max(nb, nr)
-    f.norm_rel = nd / big if big > 0 else 0.0
-    ok = nd <= tol.atol * math.sqrt(f.total) + rtol * max(big, floor)
-    f.mismatched = 0 if ok else max(1, f.mismatched)
+    b, r = np.asarray(base, dtype=np.float64), np.asarray(raw, dtype=np.float64)
+    big = max(float(np.linalg.norm(b)), float(np.linalg.norm(r)))
+    f.norm_rel = float(np.linalg.norm(b - r)) / big if big > 0 else 0.0
+    f.noise = noise / f.scale if f.scale > 0 else 0.0
     return f
 
 
-def compare_step(base_after, raw_after, base_update, tol: Tolerance, floor: float, rtol: float) -> Figures:
-    """Two weights after an optimizer step ("strict", see above): ``norm_rel`` is ||raw - base|| / ||update||."""
+def compare_step(base_after, raw_after, base_update, tol: Tolerance, floor: float, rtol: float,
+                 noise: float = 0.0) -> Figures:
+    """Two weights after an optimizer step ("strict", see above): ``norm_rel`` is ||raw - base|| / ||update||, within
+    ``max(rtol, NOISE_FACTOR * noise)``, ``noise`` the relative float32 noise of the gradient the step was made from
+    (a step cannot agree better than the gradient it follows; 0 when not measured)."""
     f = compare(base_after, raw_after, Tolerance(tol.atol, rtol, "strict"))
     if f.max_abs == math.inf or f.total == 0:
         return f
     nd = float(np.linalg.norm(np.asarray(base_after, dtype=np.float64) - np.asarray(raw_after, dtype=np.float64)))
     nu = float(np.linalg.norm(np.asarray(base_update, dtype=np.float64)))
     f.norm_rel = nd / nu if nu > 0 else (0.0 if nd == 0 else math.inf)
-    ok = nd <= tol.atol * math.sqrt(f.total) + rtol * max(nu, floor)
+    f.noise = noise
+    ok = nd <= tol.atol * math.sqrt(f.total) + max(rtol, NOISE_FACTOR * noise) * max(nu, floor)
     f.mismatched = 0 if ok else max(1, f.mismatched)
     return f
 

@@ -30,6 +30,7 @@ class LayerDiff:
     inputs_agree: bool | None = None  # only for the first divergence; None when the inputs hold no tensors
     note: str = ""  # how the outputs were aligned (broadcast, merged dimensions, fields left out)
     raw_output: str = ""  # the raw output the shapes refer to, when it is not at the same place as the base one
+    noise: float = 0.0  # float32 noise floor of this output (max |reference - base|, absolute; 0: not measured)
 
     @property
     def ok(self) -> bool:
@@ -78,7 +79,8 @@ class GradDiff:
     total: int
     note: str = ""  # the layout mapping applied, or which side had no gradient
     scale: float = 0.0  # the largest magnitude of the two tensors compared
-    norm_rel: float = 0.0  # ||raw - base|| / max(||base||, ||raw||): what gradients are judged by ("strict")
+    norm_rel: float = 0.0  # ||raw - base|| / max(||base||, ||raw||) (gradients), or / ||update|| (weights)
+    noise: float = 0.0  # gradients: how far float32 moves base's gradient (max |reference - base| / scale)
 
     @property
     def ok(self) -> bool:
@@ -87,20 +89,29 @@ class GradDiff:
     def __str__(self):
         return (f"grad of base {self.base_param} {list(self.base_shape)} vs raw {self.raw_param} "
                 f"{list(self.raw_shape)}{' (' + self.note + ')' if self.note else ''}: max abs diff "
-                f"{self.max_abs_diff:.3g}, max rel diff {self.max_rel_diff:.3g}, relative L2 difference "
-                f"{self.norm_rel:.3g}" + (", outside tolerance" if self.mismatched else ""))
+                f"{self.max_abs_diff:.3g}, max rel diff {self.max_rel_diff:.3g} (float32 noise of this gradient "
+                f"{self.noise:.3g}), {self.mismatched} of {self.total} values outside tolerance")
 
 
 
 @dataclass
 class WeightDiff(GradDiff):
-    """A parameter after the optimizer step: the base value (mapped to the raw layout) against the raw one."""
+    """A parameter compared with its partner: after an optimizer step of a training run (``StepRecord.weights``),
+    or, when a plain comparison's outputs differ, as it stands against what the transfer writes from base
+    (``DiffResult.weight_diffs``, ``after_step`` False)."""
+
+    after_step: bool = True
+    drift: float = 0.0  # after a step: ||raw - base|| / ||base|| of the weight itself
 
     def __str__(self):
+        if self.after_step:
+            where, judged = "after the optimizer step", f", difference / update (L2) {self.norm_rel:.3g}"
+        else:
+            where, judged = "as the transfer maps it (no optimizer step ran)", ""
         return (f"weight base {self.base_param} {list(self.base_shape)} vs raw {self.raw_param} "
-                f"{list(self.raw_shape)} after the optimizer step{' (' + self.note + ')' if self.note else ''}: "
-                f"max abs diff {self.max_abs_diff:.3g}, max rel diff {self.max_rel_diff:.3g}, difference / update "
-                f"(L2) {self.norm_rel:.3g}" + (", outside tolerance" if self.mismatched else ""))
+                f"{list(self.raw_shape)} {where}{' (' + self.note + ')' if self.note else ''}: "
+                f"max abs diff {self.max_abs_diff:.3g}, max rel diff {self.max_rel_diff:.3g}{judged}"
+                + (", outside tolerance" if self.mismatched else ""))
 
 
 @dataclass

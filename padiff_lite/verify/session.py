@@ -16,9 +16,9 @@ from collections.abc import Mapping
 from .. import output_align
 from ..errors import DiffError
 from ..stream import BaseFailed, Stash
-from .numerics import Tolerance, compare, compare_gradient
+from .numerics import Tolerance, compare, compare_gradient, widened
 from .results import LayerDiff, NotComparable, label
-from .aligned import compare_aligned
+from .aligned import compare_aligned, noise_of
 
 # a model that registers a gradient hook inside forward cannot run without autograd (torch and paddle words)
 _HOOK_NEEDS_GRAD = re.compile(r"register (a )?hook on a tensor that (doesn't require grad|stop gradient)", re.I)
@@ -144,6 +144,14 @@ def substitute(obj, node, adapter):
 
 
 ABSORBED = " (not counted as a divergence)"
+# a differing layer inside an agreeing one is taken as "another form of the same result" (a router's probabilities
+# against a Linear's logits) only when it differs grossly: by this much of its output's scale, or in shape. A small
+# difference (a weight spoiled by 1e-3) whose effect the enclosing layer's tolerance hides is still a divergence.
+GROSS = 0.1
+
+
+def _gross(u) -> bool:
+    return tuple(u.base_shape) != tuple(u.raw_shape) or not u.max_rel_diff < GROSS  # NaN counts as gross
 
 
 class Session:
@@ -151,8 +159,10 @@ class Session:
     drops them. ``compare_layers=False`` runs both models without comparing their layers (backward phase)."""
 
     def __init__(self, base, raw, pairs, hooked, tol: Tolerance, *, interleave: bool, grad: bool,
-                 eval_mode: bool, single_step: bool = False, compare_layers: bool = True):
+                 eval_mode: bool, single_step: bool = False, compare_layers: bool = True,
+                 reference_outputs: dict | None = None):
         self.base, self.raw, self.pairs = base, raw, pairs
+        self.reference_outputs = reference_outputs or {}  # (pair, call) -> base's output with its weights moved
         self.hooked = hooked if compare_layers or single_step else (hooked[0], [])  # base: the call order only
         self.tol = tol
         self.grad, self.eval_mode, self.single_step, self.compare_layers = grad, eval_mode, single_step, compare_layers
@@ -271,13 +281,15 @@ class Session:
             if self.first is None or order <= self.first.order:
                 self.first, self.first_key, self.first_raw_inputs = ld, (idx, k), None
         al = output_align.align(bnode, rnode)
-        c = compare_aligned(al, self.tol)
+        noise = noise_of(bnode, self.reference_outputs.pop((idx, k), None))
+        c = compare_aligned(al, widened(self.tol, noise))
         if c is None:
             self.not_comparable.append(NotComparable(pair.base.path, pair.raw.path, *classes, k, order, al.reason(),
                                                      str(bnode), str(rnode)))
             return
         ld = LayerDiff(pair.base.path, pair.raw.path, *classes, k, order, c.output, c.base_shape, c.raw_shape,
-                       c.max_abs, c.max_rel, c.mismatched, c.total, note=c.note, raw_output=c.raw_output)
+                       c.max_abs, c.max_rel, c.mismatched, c.total, note=c.note, raw_output=c.raw_output,
+                       noise=noise)
         self.layers.append(ld)
         self._settle(pair, ld)
         if not ld.ok and (self.first is None or order < self.first.order):  # (ties: the inputs' record first)
@@ -296,8 +308,8 @@ class Session:
             self.first, self.first_key, self.first_raw_inputs = ld, key, raw_inputs
 
     def _settle(self, pair, ld):
-        """The differing calls inside ``pair`` (its paths enclose theirs) are absorbed when ``ld`` agrees (noted on
-        them, not a divergence), confirmed when it differs, unless an earlier call of the same class pair was absorbed
+        """The differing calls inside ``pair`` (its paths enclose theirs) are absorbed when ``ld`` agrees and they
+        differ grossly (:data:`GROSS`; noted on them, not a divergence), confirmed otherwise, unless an earlier call of the same class pair was absorbed
         (a router of another layer: this one returns the other form too, the difference is elsewhere in ``pair``)."""
         def inside(path, outer):
             return path != outer and (not outer or path.startswith(outer + "."))
@@ -307,12 +319,12 @@ class Session:
             u = entry[0]
             if not (inside(u.base_path, pair.base.path) and inside(u.raw_path, pair.raw.path)):
                 kept.append(entry)
-            elif ld.ok:
+            elif ld.ok and _gross(u):
                 self.forms.add((u.base_class, u.raw_class))
                 u.note = ((u.note + "; ") if u.note else "") + (
                     f"differs, but the enclosing {label(ld.base_path)} -> {label(ld.raw_path)} agrees: the two layers "
                     "return different forms of the same result" + ABSORBED)
-            elif (u.base_class, u.raw_class) in self.forms:
+            elif (u.base_class, u.raw_class) in self.forms and _gross(u):
                 u.note = ((u.note + "; ") if u.note else "") + (
                     f"differs as another call of {u.base_class} -> {u.raw_class} did whose enclosing layer agreed: "
                     "taken as the other form of the same result" + ABSORBED)

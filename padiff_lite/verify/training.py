@@ -15,9 +15,10 @@ import numpy as np
 from .. import output_align
 from ..errors import DiffError, DiffInputError
 from . import settings
-from .aligned import compare_final, inputs_agree
-from .mapped import compare_mapped, weights_before
-from .numerics import Tolerance, compare
+from .aligned import compare_final, inputs_agree, noise_of
+from .mapped import compare_mapped, grad_noise, trainable_ops, weights_before
+from .reference import reference_run
+from .numerics import Tolerance, compare, widened
 from .results import StepRecord
 from .session import Session, backward, inputs_at, needs_autograd
 
@@ -43,6 +44,9 @@ class Setup:
     peak_held_bytes: int = 0
     interleaved: bool = False
     only: dict = field(default_factory=dict)  # pair index -> the side that called it more often
+    # base parameter path -> ||raw - base|| / ||base|| after the last optimizer step that agreed: the next step's
+    # reference run moves that weight by as much (reference.py), so differences a previous step left are floored
+    drift: dict = field(default_factory=dict)
 
     @property
     def forward_compared(self) -> bool:
@@ -57,11 +61,12 @@ class Setup:
         return self.grads_compared or self.optimizers is not None
 
 
-def _forward(setup: Setup, grad: bool, sides) -> tuple:
+def _forward(setup: Setup, grad: bool, sides, reference=None) -> tuple:
     (bargs, bkw), (rargs, rkw) = sides
     session = Session(setup.base, setup.raw, setup.pairs, setup.hooked, setup.tol, interleave=setup.interleave,
                       grad=grad, eval_mode=not setup.training, single_step=setup.single_step,
-                      compare_layers=setup.forward_compared)
+                      compare_layers=setup.forward_compared,
+                      reference_outputs=reference.outputs if reference is not None else None)
     return session, session.run(bargs, bkw, rargs, rkw)
 
 
@@ -85,19 +90,23 @@ def run_step(setup: Setup, step: int, sides) -> StepRecord:
     base, raw, tol = setup.base, setup.raw, setup.tol
     rec = StepRecord(step)
     grad = setup.need_backward
+    reference = (_reference(setup, step, sides)
+                 if tol.mode == "strict" and setup.plan is not None and (setup.grads_compared or setup.training)
+                 else None)
     try:
-        session, (bout, rout) = _forward(setup, grad, sides)
+        session, (bout, rout) = _forward(setup, grad, sides, reference)
     except DiffError as exc:
         if grad or not needs_autograd(exc):
             raise
         setup.notes.append("a model registers a gradient hook inside forward: the forward ran with autograd on")
         grad = True
-        session, (bout, rout) = _forward(setup, True, sides)
+        session, (bout, rout) = _forward(setup, True, sides, reference)
     try:
         bfinal, rfinal = output_align.capture(bout, base.adapter), output_align.capture(rout, raw.adapter)
         setup.finals = (str(bfinal), str(rfinal))
+        final_noise = noise_of(bfinal, reference.final) if reference is not None else 0.0
         rec.max_abs_diff, rec.max_rel_diff, rec.mismatched, rec.total, fnotes = compare_final(
-            bfinal, rfinal, base, raw, tol)
+            bfinal, rfinal, base, raw, widened(tol, final_noise))
         for n in fnotes:
             if n not in setup.notes:
                 setup.notes.append(n)
@@ -124,7 +133,8 @@ def run_step(setup: Setup, step: int, sides) -> StepRecord:
             bseed, lb = _loss(base, setup.loss_fns[0], bout, 0)
             rseed, lr = _loss(raw, setup.loss_fns[1], rout, 1)
             rec.loss = (lb, lr)
-            rec.loss_ok = compare(np.float64(lb), np.float64(lr), tol).ok
+            loss_noise = abs(reference.loss - lb) if reference is not None and reference.loss is not None else 0.0
+            rec.loss_ok = compare(np.float64(lb), np.float64(lr), widened(tol, loss_noise)).ok
         del bfinal, rfinal
         if setup.need_backward:
             backward(base, bseed)
@@ -134,14 +144,20 @@ def run_step(setup: Setup, step: int, sides) -> StepRecord:
         rec.first_output_grad_diff = next((g for g in rec.output_grads if not g.ok), None)
         order = {(setup.pairs[i].base.path, setup.pairs[i].raw.path): o for i, o in session.call_order.items()}
         if setup.grads_compared:
-            rec.grads = compare_mapped(setup.plan, tol, order)
+            rec.grads = compare_mapped(setup.plan, tol, order,
+                                       reference=reference.grads if reference is not None else None)
             rec.first_grad_diff = next((g for g in rec.grads if not g.ok), None)
         if setup.optimizers is not None:
             before = weights_before(setup.plan)
+            noise = grad_noise(setup.plan, reference.grads if reference is not None else None)
             settings.step(setup.optimizers[0])
             settings.step(setup.optimizers[1])
-            rec.weights = compare_mapped(setup.plan, tol, order, before)
-            del before
+            rec.weights = compare_mapped(setup.plan, tol, order, before, step_noise=noise)
+            setup.drift = {}
+            if rec.first_diff is None and rec.loss_ok and all(x.ok for x in rec.grads + rec.weights):
+                for w in rec.weights:  # a step that agreed: what it left apart is float32's doing
+                    setup.drift[w.base_param] = max(setup.drift.get(w.base_param, 0.0), w.drift)
+            del before, reference
             rec.first_weight_diff = next((w for w in rec.weights if not w.ok), None)
     finally:
         session.release()
@@ -154,6 +170,24 @@ def run_step(setup: Setup, step: int, sides) -> StepRecord:
         if note and note not in setup.notes:
             setup.notes.append(note)
     return rec
+
+
+def _reference(setup: Setup, step: int, sides):
+    """Base run with its weights moved by a few ulps (``reference.py``): the float32 noise floor of every layer
+    output and gradient; None when that run fails (the step's own run then reports the failure; everything is
+    judged without a noise floor)."""
+    (bargs, bkw), _ = sides
+    loss_fn = setup.loss_fns[0] if setup.loss_fns is not None else None
+    hooked = setup.hooked[0] if setup.forward_compared else []
+    try:
+        return reference_run(setup.base, trainable_ops(setup.plan), hooked, bargs, bkw,
+                             eval_mode=not setup.training, loss_fn=loss_fn, grads=setup.need_backward, seed=step,
+                             drift=setup.drift)
+    except Exception as exc:  # noqa: BLE001 - the same inputs run again right after and raise there, named
+        note = f"compared without float32 noise floors: base's reference run failed ({type(exc).__name__})"
+        if note not in setup.notes:
+            setup.notes.append(note)
+        return None
 
 
 def vanishing_gradient_note(rec: StepRecord) -> str | None:

@@ -28,6 +28,16 @@ import padiff_alias
 padiff_alias.install()
 """
 
+# torchvision (test_resnet18 imports it): the registry's CUDA wheel installed with --no-deps into its own folder
+# (tests/vision_twins.py). Its C++ operators do not load against the CPU torch, so its operator registrations are
+# replaced by an empty module; only the Python model code is used. Put on the path of PaDiff's test processes only
+# (none of them imports transformers, which that wheel would break).
+TORCHVISION = Path(os.environ.get("PADIFF_LITE_TORCHVISION", Path(sys.prefix) / "torchvision-py"))
+CONFTEST_TORCHVISION = """import types
+sys.modules.setdefault("torchvision._meta_registrations", types.ModuleType("torchvision._meta_registrations"))
+sys.path.append({folder!r})
+"""
+
 
 def run_file(work: Path, name: str, timeout: float) -> dict:
     """{'passed', 'failed', 'errors', 'skipped', 'cases': [(test, outcome, message)]} of one test file."""
@@ -78,7 +88,13 @@ def main(argv=None) -> int:
     try:
         for f in files:
             shutil.copy(tests / f, work / f)
-        (work / "conftest.py").write_text(CONFTEST)
+        conftest = CONFTEST
+        if (TORCHVISION / "torchvision").is_dir():
+            conftest += CONFTEST_TORCHVISION.format(folder=str(TORCHVISION))
+        else:
+            print(f"torchvision not found in {TORCHVISION} (set PADIFF_LITE_TORCHVISION): test_resnet18 will fail "
+                  "to import it", flush=True)
+        (work / "conftest.py").write_text(conftest)
         for f in files:
             res = run_file(work, f, args.timeout)
             for k in totals:

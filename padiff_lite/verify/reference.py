@@ -1,0 +1,93 @@
+"""How far float32 itself moves base's gradients: the noise floor each gradient is judged against.
+
+A correct float32 port differs from its base by rounding: a few units in the last place per operation, grown by the
+model's own conditioning. Where the conditioning is good, gradients agree to ~1e-6 of their scale and a backward bug
+of 0.5% stands out; where it is bad, rounding alone moves gradients by far more (a ResNet-50 trained with batch
+statistics over two images: 30% of a tensor's scale, float64 agrees to 3e-10; a ReLU or a top-k choice flipped by
+1e-6 of noise: a few % of a weight gradient). No fixed tolerance fits both, so base is run once more with every
+trainable weight moved by ``PERTURB`` (a few float32 ulps, random signs) and the gradients that run gives are kept:
+their distance from base's own gradients is what rounding-sized changes do to this model on these inputs, tensor by
+tensor. After a training step that agreed, the two models' weights are apart by what that step's float32 noise left
+(amplified by the optimizer); the next step's reference moves each weight by at least as much, relative to its norm. ``numerics.compare_gradient`` allows a multiple of it on top of its scale-aware tolerance. The same run gives
+each layer output's noise floor (how far it moved), which the forward comparison adds to its tolerance likewise: a
+BatchNorm with batch statistics over a few values divides rounding by a small spread.
+
+The extra run leaves base as it was: every own tensor of every module (weights, BatchNorm statistics and counters) is
+copied before and written back after, and base's gradients are cleared.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import output_align
+from .session import backward, run_model
+
+# relative change of each weight: 2**-18 ~ 3.8e-6 ~ 32 float32 ulps, the size of the per-layer rounding differences
+# measured between torch and paddle in deep layers (forward, 1e-6 .. 1e-5 of the tensor's scale)
+PERTURB = 2.0 ** -18
+
+
+def own_tensors(proxy) -> list:
+    """Every own tensor of every module of ``proxy`` (parameters and buffers), each once."""
+    seen, out = set(), []
+    for _, module in proxy.named_modules():
+        for _, t, _, _ in proxy.adapter.own_tensors(module):
+            if id(t) not in seen:
+                seen.add(id(t))
+                out.append(t)
+    return out
+
+
+@dataclass
+class Reference:
+    """What base gave with its weights moved by ``PERTURB``: its gradients (one per op, None where there is none;
+    None when gradients are not compared), each hooked call's output and the model's output (captured trees)."""
+
+    grads: list | None
+    outputs: dict = field(default_factory=dict)  # (pair index, call number) -> output_align.Node
+    final: object = None
+    loss: float | None = None  # loss_fn's value on the reference outputs
+
+
+def reference_run(proxy, ops, hooked, args, kwargs, *, eval_mode: bool, loss_fn=None, grads: bool = True,
+                  seed: int = 0, drift: dict | None = None) -> Reference:
+    """Base run forward (and backward from ``loss_fn``'s loss, or its outputs' mean, when ``grads``) with its
+    trainable weights moved by ``PERTURB`` (or by ``drift[parameter path]``, relative, when larger: how far the two
+    models' weights already are apart after earlier steps that agreed), the outputs of the ``hooked``
+    [(pair index, module)] captured; the model is put back as it was."""
+    import torch
+
+    adapter = proxy.adapter
+    tensors = own_tensors(proxy)
+    saved = [adapter.snapshot(t) for t in tensors]
+    rng = np.random.default_rng(seed)
+    trainable = {}
+    for op in ops:
+        trainable[id(op.src.tensor)] = max(trainable.get(id(op.src.tensor), PERTURB), (drift or {}).get(op.src.path, 0.0))
+    ref = Reference(None)
+
+    def keep(idx, k, _a, _kw, output):
+        ref.outputs[(idx, k)] = output_align.capture(output, adapter)
+
+    try:
+        for t, value in zip(tensors, saved):
+            if id(t) in trainable and value.dtype.kind == "f":
+                signs = rng.integers(0, 2, value.shape).astype(value.dtype) * 2 - 1
+                adapter.write(t, torch.from_numpy(value * (1 + signs * value.dtype.type(trainable[id(t)]))))
+        out = run_model(proxy, hooked, args, kwargs, grad=grads, eval_mode=eval_mode, on_call=keep)
+        ref.final = output_align.capture(out, adapter)
+        loss = loss_fn(out) if loss_fn is not None else None
+        if loss is not None and adapter.is_tensor(loss):
+            value = np.asarray(adapter.snapshot(loss), dtype=np.float64).reshape(-1)
+            ref.loss = float(value[0]) if value.size == 1 else None
+        if grads:
+            backward(proxy, loss if loss is not None else out)
+            ref.grads = [adapter.grad(op.src.tensor) for op in ops]
+        del out
+        return ref
+    finally:
+        adapter.clear_grads(proxy.model)
+        for t, value in zip(tensors, saved):
+            adapter.write(t, torch.from_numpy(value))
