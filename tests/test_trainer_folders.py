@@ -29,7 +29,7 @@ from padiff_lite import assign_weight, convert_checkpoint
 from padiff_lite.errors import CheckpointError
 
 LR, WARMUP, TOTAL, DONE, BATCH, WD, ITEMS = 1e-3, 2, 5, 3, 2, 0.01, 16
-AGREE = 1e-5  # measured: see the report of the test run (max |diff| after the 2 resumed steps)
+AGREE = 1e-5  # measured: 1.2e-7 both directions after the 2 resumed steps (a fresh optimizer: 1.1e-3)
 STATE_MATTERS = 1e-4
 
 
