@@ -244,9 +244,16 @@ def call_factory(spec, raw, framework: str):
     try:
         made = fn(raw.model)
     except Exception as exc:
+        hint = ""
+        if "meta" in str(exc):
+            hint = ("; the model it gets is built without storage (on the meta device: no weights are read for "
+                    "this), so build the optimizer over its parameters without moving or running it (for a "
+                    "transformers Trainer's own: Trainer.get_optimizer_cls_and_kwargs(args, model) over the "
+                    "get_decay_parameter_names grouping, and transformers.get_scheduler; constructing a Trainer "
+                    "moves the model)")
         raise CheckpointError(f"optimizer factory {getattr(fn, '__qualname__', fn)!r} raised "
                               f"{type(exc).__name__}: {exc}; it is called with the {framework} model and must return "
-                              "its optimizer (or (optimizer, scheduler))") from exc
+                              f"its optimizer (or (optimizer, scheduler)){hint}") from exc
     opt, sched = (made if isinstance(made, (tuple, list)) and len(made) == 2 else (made, None))
     ok = (hasattr(opt, "param_groups") and hasattr(opt, "state")) if framework == "torch" else \
         hasattr(opt, "_parameter_list")

@@ -422,11 +422,17 @@ def _optimizer_to_torch(src: Path, tmp: Path, factory, report):
 
 
 def _trainer_state_json_out(path: Path, state: dict, report):
-    from transformers.trainer_callback import TrainerState
+    from transformers.trainer_callback import TrainerControl, TrainerState
 
     fields = set(TrainerState.__dataclass_fields__)
     values = {k: v for k, v in state.items() if k in fields and k not in ("is_local_process_zero",
-                                                                          "is_world_process_zero")}
+                                                                          "is_world_process_zero",
+                                                                          "stateful_callbacks")}
+    if "stateful_callbacks" in fields:
+        # transformers' Trainer, resumed, updates state.stateful_callbacks["TrainerControl"] when it saves the next
+        # checkpoint (a KeyError without it); a control with nothing pending, as restore_callback_states_from_checkpoint
+        # would restore it
+        values["stateful_callbacks"] = {"TrainerControl": TrainerControl().state()}
     consumed, step = state.get("consumed_samples"), state["global_step"]
     if "train_batch_size" in fields and isinstance(consumed, int) and step and consumed % step == 0:
         values["train_batch_size"] = consumed // step

@@ -1,25 +1,23 @@
-"""Trainer checkpoint folders (issue 29 item 3): a transformers Trainer checkpoint -> a PaddleFormers Trainer
-checkpoint that PaddleFormers' own ``Trainer.train(resume_from_checkpoint=...)`` continues.
+"""Trainer checkpoint folders (issue 29 item 3): a checkpoint written by one library's real ``Trainer`` is converted
+and the other library's real ``Trainer.train(resume_from_checkpoint=...)`` continues it, on a CPU.
 
-transformers' Trainer does not run here (it needs ``accelerate``, not installed), so its checkpoint is written with
-the pieces its ``_save_checkpoint`` uses: ``save_pretrained``, ``torch.save(optimizer.state_dict())`` of AdamW over
-the Trainer's own parameter grouping (``get_parameter_names`` with its weight-decay rule), the state of
-``get_linear_schedule_with_warmup``, ``TrainerState.save_to_json`` and an ``rng_state.pth``. PaddleFormers' Trainer
-does run on a CPU (with ``unified_checkpoint`` files and ``amp_master_grad=False``); both libraries import
-``datasets``, whose pyarrow here needs numpy 2 (numpy 1.26 is installed), so an empty stand-in module is put in its
-place (neither Trainer uses it with a map-style dataset of our own).
+Both Trainers run a tiny Llama with AdamW and a linear warm-up for 5 steps in a fixed data order (transformers:
+``train_sampling_strategy="sequential"``; PaddleFormers: ``dataloader_shuffle=False``) and save at step 3; the
+checkpoint-3 of one is converted and resumed by the other for steps 4 and 5; the result is compared, weight by weight,
+with the run that never moved (the one that wrote the checkpoint, as it went on). For contrast, transformers' Trainer
+resumes the same checkpoint with a fresh optimizer state in ``optimizer.pt``.
 
-A tiny Llama trains 3 steps with AdamW and a linear warm-up in torch; the folder is converted; PaddleFormers' Trainer
-resumes it for steps 4 and 5; torch continues on the very items PaddleFormers' loader gave; every weight is
-compared. A fresh optimizer at step 3 visibly differs.
+The two models' losses are not written alike: transformers' ``LlamaForCausalLM`` shifts the labels (token t predicts
+label t+1) and its Trainer divides the summed loss by the count of labels != -100 before the shift; PaddleFormers'
+takes label t for token t and divides by its own count. So each side gets the labels that make the same loss:
+``[-100, ids[1:]]`` for transformers, ``[ids[1:], -100]`` for PaddleFormers. Neither Trainer finds an RNG file it can
+use after the move (the converter does not carry it over; both log that and go on); the tiny Llama has no dropout and
+the data order is fixed, so nothing random is drawn after the resume.
 """
 from __future__ import annotations
 
-import copy
-import importlib.machinery
-import sys
-import types
-import warnings
+import functools
+import shutil
 
 import numpy as np
 import pytest
@@ -27,131 +25,45 @@ import torch
 
 import library_models as L
 import paddle
-import transformers
 from padiff_lite import assign_weight, convert_checkpoint
 from padiff_lite.errors import CheckpointError
-from padiff_lite.trainer_folders import DECAY_EXCLUDED
 
-LR, WARMUP, TOTAL, DONE, BATCH, WD = 1e-3, 2, 5, 3, 2, 0.01
-AGREE = 1e-5  # measured: 1.2e-7 after 2 more steps (a fresh optimizer: 1.8e-3)
+LR, WARMUP, TOTAL, DONE, BATCH, WD, ITEMS = 1e-3, 2, 5, 3, 2, 0.01, 16
+AGREE = 1e-5  # measured: 1.2e-7 both directions after the 2 resumed steps (a fresh optimizer: 1.1e-3)
 STATE_MATTERS = 1e-4
 
 
-def _datasets_stand_in(monkeypatch):
-    """pyarrow (imported by datasets) needs numpy 2 here; the Trainers only look for datasets' classes. The stand-in
-    leaves sys.modules with the test."""
-    try:
-        import datasets  # noqa: F401
-    except ImportError:
-        ds = types.ModuleType("datasets")
-        ds.Dataset = type("Dataset", (), {})
-        ds.IterableDataset = type("IterableDataset", (), {})
-        ds.__spec__ = importlib.machinery.ModuleSpec("datasets", None)
-        monkeypatch.setitem(sys.modules, "datasets", ds)
+def ids_of(i):
+    return L.ids(1, 7, seed=100 + i)[0]
 
 
-def item(i):
-    ids = L.ids(1, 7, seed=100 + i)[0]
-    return {"input_ids": ids, "labels": ids}
-
-
-def torch_step(model, opt, sched, ids):
-    ids = torch.from_numpy(ids)
-    logits = model(input_ids=ids).logits
-    # PaddleFormers' criterion takes the labels as given (no shift): the same loss here
-    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids.reshape(-1))
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    sched.step()
-
-
-def hf_optimizer(model):
-    """AdamW over the transformers Trainer's grouping (decay parameters first), with its linear warm-up."""
-    from transformers.trainer_pt_utils import get_parameter_names
-
-    decay = set(get_parameter_names(model, [torch.nn.LayerNorm], DECAY_EXCLUDED))
-    named = list(model.named_parameters())
-    opt = torch.optim.AdamW([{"params": [p for n, p in named if n in decay], "weight_decay": WD},
-                             {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0}], lr=LR)
-    return opt, transformers.get_linear_schedule_with_warmup(opt, WARMUP, TOTAL)
-
-
-def hf_checkpoint(folder):
-    from transformers.trainer_callback import TrainerState
-
-    model = L.torch_llama().train()
-    opt, sched = hf_optimizer(model)
-    for s in range(DONE):
-        torch_step(model, opt, sched, np.stack([item(BATCH * s + k)["input_ids"] for k in range(BATCH)]))
-    model.save_pretrained(folder)
-    torch.save(opt.state_dict(), folder / "optimizer.pt")
-    torch.save(sched.state_dict(), folder / "scheduler.pt")
-    TrainerState(global_step=DONE, max_steps=TOTAL, epoch=DONE * BATCH / 16, num_train_epochs=1,
-                 train_batch_size=BATCH).save_to_json(str(folder / "trainer_state.json"))
-    torch.save({"cpu": torch.get_rng_state()}, folder / "rng_state.pth")
-    return model, opt, sched
-
-
-class Items(paddle.io.Dataset):
+class HFItems(torch.utils.data.Dataset):
     def __len__(self):
-        return 16
+        return ITEMS
 
     def __getitem__(self, i):
-        return item(int(i))
+        ids = ids_of(i)
+        return {"input_ids": torch.from_numpy(ids), "labels": torch.from_numpy(np.concatenate([[-100], ids[1:]]))}
 
 
-def test_transformers_trainer_checkpoint_resumes_in_paddleformers_trainer(tmp_path, monkeypatch):
-    _datasets_stand_in(monkeypatch)
-    from paddleformers.trainer import Trainer
+class PFItems(paddle.io.Dataset):
+    def __len__(self):
+        return ITEMS
 
-    src = tmp_path / "checkpoint-3"
-    t_model, opt, sched = hf_checkpoint(src)
-    fresh = copy.deepcopy(t_model)
-    report = convert_checkpoint(src, tmp_path / "pf-checkpoint-3", to="paddleformers")
-    text = str(report)
-    assert report.optimizer.moved == report.optimizer.parameters == len(list(t_model.parameters()))
-    assert report.optimizer.steps == [DONE] and report.global_step == DONE
-    assert "rng_state.pth was not carried over" in text
-
-    p_model = L.paddle_llama(seed=9)
-    batches = []  # what PaddleFormers' Trainer feeds (its resumed loader's order is its own business)
-    forward = type(p_model).forward
-
-    def recording(self, *args, **kwargs):
-        batches.append(kwargs["input_ids"].numpy().copy())
-        return forward(self, *args, **kwargs)
-    monkeypatch.setattr(type(p_model), "forward", recording)
-    trainer = Trainer(model=p_model, args=pf_args(tmp_path / "pf-run"), train_dataset=Items())
-    trainer.train(resume_from_checkpoint=str(tmp_path / "pf-checkpoint-3"))
-    assert trainer.state.global_step == TOTAL
-    assert len(batches) == TOTAL - DONE
-
-    f_opt, f_sched = hf_optimizer(fresh)  # the same continuation with a fresh optimizer, for contrast
-    with warnings.catch_warnings():  # the schedule moved ahead without its optimizer, on purpose
-        warnings.simplefilter("ignore")
-        for _ in range(DONE):
-            f_sched.step()
-    for ids in batches:
-        torch_step(t_model, opt, sched, ids)
-        torch_step(fresh, f_opt, f_sched, ids)
-    back = L.torch_llama(seed=4)
-    assign_weight(p_model, back)
-    want, got, other = t_model.state_dict(), back.state_dict(), fresh.state_dict()
-    moved = max(float((want[k] - got[k]).abs().max()) for k in want)
-    differs = max(float((other[k] - got[k]).abs().max()) for k in want)
-    assert moved < AGREE, f"PaddleFormers' resumed run differs from torch's by {moved:.2e}"
-    assert differs > STATE_MATTERS, f"a fresh optimizer differs by only {differs:.2e}"
+    def __getitem__(self, i):
+        ids = ids_of(int(i))
+        return {"input_ids": ids, "labels": np.concatenate([ids[1:], [-100]])}
 
 
-def test_refuses_a_trainer_folder_without_its_optimizer(tmp_path):
-    src = tmp_path / "checkpoint-3"
-    hf_checkpoint(src)
-    (src / "optimizer.pt").unlink()
-    with pytest.raises(CheckpointError, match="optimizer.pt missing"):
-        convert_checkpoint(src, tmp_path / "out", to="paddleformers")
-    assert not (tmp_path / "out").exists()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".padiff-tmp-")]
+def hf_args(out, **kw):
+    from transformers import TrainingArguments
+
+    settings = dict(output_dir=str(out), per_device_train_batch_size=BATCH, max_steps=TOTAL, learning_rate=LR,
+                    warmup_steps=WARMUP, lr_scheduler_type="linear", weight_decay=WD, max_grad_norm=0.0,
+                    optim="adamw_torch", logging_steps=100, save_strategy="steps", save_steps=1000, report_to="none",
+                    use_cpu=True, seed=0, train_sampling_strategy="sequential", dataloader_num_workers=0,
+                    disable_tqdm=True)
+    return TrainingArguments(**{**settings, **kw})
 
 
 def pf_args(out, **kw):
@@ -161,54 +73,156 @@ def pf_args(out, **kw):
                     warmup_steps=WARMUP, lr_scheduler_type="linear", weight_decay=WD, max_grad_norm=0.0,
                     logging_steps=100, save_steps=1000, report_to="none", device="cpu", seed=0, amp_master_grad=False,
                     save_checkpoint_format="unified_checkpoint", load_checkpoint_format="unified_checkpoint",
-                    dataloader_num_workers=0)
+                    dataloader_num_workers=0, dataloader_shuffle=False, disable_tqdm=True)
     return TrainingArguments(**{**settings, **kw})
 
 
-def test_paddleformers_trainer_checkpoint_resumes_in_torch(tmp_path, monkeypatch):
-    """PaddleFormers' Trainer runs 5 steps and saves at step 3; the checkpoint is converted; transformers' model,
-    optimizer and schedule load it the way its Trainer's resume does (from_pretrained, load_state_dict of
-    optimizer.pt and scheduler.pt, TrainerState.load_from_json) and take steps 4 and 5 on PaddleFormers' batches."""
-    _datasets_stand_in(monkeypatch)
-    from paddleformers.trainer import Trainer
-    from transformers.trainer_callback import TrainerState
+def hf_optimizer_factory(out):
+    """The (optimizer, scheduler) transformers' Trainer builds for these arguments (its create_optimizer_and_scheduler
+    step by step: the model handed over is on the meta device, which a Trainer would try to move): what a
+    PaddleFormers checkpoint is written into (param groups and hyperparameters)."""
+    def build(model):
+        from transformers import Trainer, get_scheduler
 
-    p_model = L.paddle_llama(seed=1)
-    batches = []
-    forward = type(p_model).forward
+        args = hf_args(out)
+        decay = set(Trainer.get_decay_parameter_names(None, model))
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        groups = [{"params": [p for n, p in named if n in decay], "weight_decay": args.weight_decay},
+                  {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0}]
+        cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+        opt = cls(groups, **kwargs)
+        return opt, get_scheduler(args.lr_scheduler_type, opt, num_warmup_steps=args.get_warmup_steps(TOTAL),
+                                  num_training_steps=TOTAL)
+    return build
 
-    def recording(self, *args, **kwargs):
-        batches.append(kwargs["input_ids"].numpy().copy())
+
+def recording(monkeypatch, model, to_numpy):
+    """The input_ids each forward call of the model's class gets, in order."""
+    batches, forward = [], type(model).forward
+
+    @functools.wraps(forward)  # transformers' Trainer drops the batch keys its forward's signature does not name
+    def record(self, *args, **kwargs):
+        batches.append(to_numpy(kwargs["input_ids"]).copy())
         return forward(self, *args, **kwargs)
-    monkeypatch.setattr(type(p_model), "forward", recording)
-    Trainer(model=p_model, args=pf_args(tmp_path / "pf", save_steps=DONE), train_dataset=Items()).train()
-    src = tmp_path / "pf" / f"checkpoint-{DONE}"
-    report = convert_checkpoint(src, tmp_path / "hf-checkpoint", to="transformers", optimizer=hf_optimizer)
+    monkeypatch.setattr(type(model), "forward", record)
+    return batches
+
+
+def hf_train(model, out, resume=None, monkeypatch=None, **kw):
+    from transformers import Trainer
+
+    batches = recording(monkeypatch, model, lambda t: t.numpy()) if monkeypatch else None
+    trainer = Trainer(model=model, args=hf_args(out, **kw), train_dataset=HFItems())
+    trainer.train(resume_from_checkpoint=None if resume is None else str(resume))
+    assert trainer.state.global_step == TOTAL
+    return trainer, batches
+
+
+def pf_train(model, out, resume=None, monkeypatch=None, **kw):
+    from paddleformers.trainer import Trainer
+
+    batches = recording(monkeypatch, model, lambda t: t.numpy()) if monkeypatch else None
+    trainer = Trainer(model=model, args=pf_args(out, **kw), train_dataset=PFItems())
+    trainer.train(resume_from_checkpoint=None if resume is None else str(resume))
+    assert trainer.state.global_step == TOTAL
+    return trainer, batches
+
+
+def with_fresh_optimizer(src, dst):
+    """A copy of a transformers checkpoint whose optimizer.pt holds a new AdamW's (empty) state: the resume that
+    keeps the weights and the schedule but restarts the moments."""
+    shutil.copytree(src, dst)
+    model = L.torch_llama(seed=4)
+    opt, _ = hf_optimizer_factory(dst.parent / "fresh-args")(model)
+    torch.save(opt.state_dict(), dst / "optimizer.pt")
+    return dst
+
+
+def max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+@pytest.fixture(scope="module")
+def hf_run(tmp_path_factory):
+    """transformers' Trainer: 5 steps, checkpoint at step 3 (the run that never moves)."""
+    out = tmp_path_factory.mktemp("hf-run")
+    trainer, _ = hf_train(L.torch_llama(), out, save_steps=DONE)
+    return out / f"checkpoint-{DONE}", {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def pf_run(tmp_path_factory):
+    """PaddleFormers' Trainer: 5 steps, checkpoint at step 3 (the run that never moves)."""
+    out = tmp_path_factory.mktemp("pf-run")
+    trainer, _ = pf_train(L.paddle_llama(seed=1), out, save_steps=DONE)
+    back = L.torch_llama(seed=4)
+    assign_weight(trainer.model, back)
+    return out / f"checkpoint-{DONE}", back.state_dict()
+
+
+def test_transformers_trainer_checkpoint_resumes_in_paddleformers_trainer(tmp_path, monkeypatch, hf_run):
+    src, never_moved = hf_run
+    assert {"model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json", "rng_state.pth"} <= {
+        p.name for p in src.iterdir()}
+    report = convert_checkpoint(src, tmp_path / "pf-checkpoint", to="paddleformers")
+    n_params = len(list(L.torch_llama().parameters()))
+    assert report.optimizer.moved == report.optimizer.parameters == n_params
+    assert report.optimizer.steps == [DONE] and report.global_step == DONE
+    assert "rng_state.pth was not carried over" in str(report)
+
+    p_model = L.paddle_llama(seed=9)  # other weights: the resume loads the checkpoint's
+    pf_trainer, pf_batches = pf_train(p_model, tmp_path / "pf", resume=tmp_path / "pf-checkpoint",
+                                      monkeypatch=monkeypatch)
+    assert len(pf_batches) == TOTAL - DONE
+    for s, got in enumerate(pf_batches):  # the items the run that never moved took at steps 4 and 5
+        assert np.array_equal(got, np.stack([ids_of(BATCH * (DONE + s) + k) for k in range(BATCH)]))
+    back = L.torch_llama(seed=4)
+    assign_weight(p_model, back)
+    moved = max_diff(never_moved, back.state_dict())
+
+    fresh, _ = hf_train(L.torch_llama(seed=4), tmp_path / "fresh",
+                        resume=with_fresh_optimizer(src, tmp_path / "fresh-checkpoint"))
+    differs = max_diff(never_moved, fresh.model.state_dict())
+    print(f"transformers -> PaddleFormers Trainer: max |diff| {moved:.2e} after {TOTAL - DONE} resumed steps "
+          f"(a fresh optimizer: {differs:.2e})")
+    assert moved < AGREE, f"PaddleFormers' resumed run differs from transformers' by {moved:.2e}"
+    assert differs > STATE_MATTERS, f"a fresh optimizer differs by only {differs:.2e}"
+    assert float(pf_trainer.lr_scheduler.get_lr()) == pytest.approx(0.0, abs=1e-12)  # the linear decay's end
+
+
+def test_paddleformers_trainer_checkpoint_resumes_in_transformers_trainer(tmp_path, monkeypatch, pf_run):
+    src, never_moved = pf_run
+    out = tmp_path / "hf-checkpoint"
+    report = convert_checkpoint(src, out, to="transformers", optimizer=hf_optimizer_factory(tmp_path / "args"))
     assert report.optimizer.moved == report.optimizer.parameters and report.optimizer.steps == [DONE]
     assert "rng_state_0.pth was not carried over" in str(report)
 
-    out = tmp_path / "hf-checkpoint"
-    t_model = transformers.LlamaForCausalLM.from_pretrained(out, attn_implementation="eager").train()
-    opt, sched = hf_optimizer(t_model)
-    opt.load_state_dict(torch.load(out / "optimizer.pt", weights_only=True))
-    sched.load_state_dict(torch.load(out / "scheduler.pt", weights_only=True))
-    assert TrainerState.load_from_json(str(out / "trainer_state.json")).global_step == DONE
-    fresh = copy.deepcopy(t_model)
-    f_opt, f_sched = hf_optimizer(fresh)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for _ in range(DONE):
-            f_sched.step()
-    for ids in batches[DONE:]:
-        torch_step(t_model, opt, sched, ids)
-        torch_step(fresh, f_opt, f_sched, ids)
-    back = L.torch_llama(seed=4)
-    assign_weight(p_model, back)
-    want, got, other = back.state_dict(), t_model.state_dict(), fresh.state_dict()
-    moved = max(float((want[k] - got[k]).abs().max()) for k in want)
-    differs = max(float((want[k] - other[k]).abs().max()) for k in want)
-    assert moved < AGREE, f"torch's resumed run differs from PaddleFormers' by {moved:.2e}"
+    t_model = L.torch_llama(seed=4)  # other weights: the resume loads the checkpoint's
+    trainer, hf_batches = hf_train(t_model, tmp_path / "hf", resume=out, monkeypatch=monkeypatch)
+    assert len(hf_batches) == TOTAL - DONE
+    for s, got in enumerate(hf_batches):
+        assert np.array_equal(got, np.stack([ids_of(BATCH * (DONE + s) + k) for k in range(BATCH)]))
+    moved = max_diff(never_moved, trainer.model.state_dict())
+    monkeypatch.undo()
+
+    fresh, _ = hf_train(L.torch_llama(seed=4), tmp_path / "fresh",
+                        resume=with_fresh_optimizer(out, tmp_path / "fresh-checkpoint"))
+    differs = max_diff(never_moved, fresh.model.state_dict())
+    print(f"PaddleFormers -> transformers Trainer: max |diff| {moved:.2e} after {TOTAL - DONE} resumed steps "
+          f"(a fresh optimizer: {differs:.2e})")
+    assert moved < AGREE, f"transformers' resumed run differs from PaddleFormers' by {moved:.2e}"
     assert differs > STATE_MATTERS, f"a fresh optimizer differs by only {differs:.2e}"
+    assert trainer.lr_scheduler.get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_refuses_a_trainer_folder_without_its_optimizer(tmp_path, hf_run):
+    src = shutil.copytree(hf_run[0], tmp_path / f"checkpoint-{DONE}")
+    (src / "optimizer.pt").unlink()
+    with pytest.raises(CheckpointError, match="optimizer.pt missing"):
+        convert_checkpoint(src, tmp_path / "out", to="paddleformers")
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".padiff-tmp-")]
 
 
 def test_paddleformers_checkpoint_to_transformers_needs_the_torch_optimizer(tmp_path):
@@ -227,5 +241,19 @@ def test_refuses_a_flex_checkpoint(tmp_path):
     (src / "model_state").mkdir(parents=True)
     (src / "trainer_state.bin").write_bytes(b"")
     with pytest.raises(CheckpointError, match="unified_checkpoint"):
-        convert_checkpoint(src, tmp_path / "out", to="transformers", optimizer=hf_optimizer)
+        convert_checkpoint(src, tmp_path / "out", to="transformers", optimizer=hf_optimizer_factory(tmp_path / "args"))
     assert not (tmp_path / "out").exists()
+
+
+def test_a_factory_that_moves_the_meta_model_is_told_how_to_build_the_optimizer(tmp_path, pf_run):
+    """Constructing transformers' Trainer moves the model to its device; the converter's model has no storage."""
+    def via_trainer(model):
+        from transformers import Trainer
+
+        trainer = Trainer(model=model, args=hf_args(tmp_path / "args"))
+        trainer.create_optimizer_and_scheduler(num_training_steps=TOTAL)
+        return trainer.optimizer, trainer.lr_scheduler
+    with pytest.raises(CheckpointError, match="meta device.*get_optimizer_cls_and_kwargs"):
+        convert_checkpoint(pf_run[0], tmp_path / "out", to="transformers", optimizer=via_trainer)
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".padiff-tmp-")]
