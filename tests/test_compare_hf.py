@@ -145,3 +145,28 @@ def test_interleaved_and_sequential_runs_agree_and_interleaving_holds_less(hf, s
     assert inter.first_diff.inputs_agree is seq.first_diff.inputs_agree is True
     biggest = 2 * 9 * 128 * 4  # the largest output: the logits (float32)
     assert inter.peak_held_bytes <= 3 * biggest < seq.peak_held_bytes
+
+
+# the families whose fused / packed layouts are inferred by structure (no registered rule): a correct port is OK and a
+# spoiled attention output projection is the first divergence, both directions
+INFERRED = ["qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "deepseek_v3", "glm4_moe"]
+
+
+@pytest.mark.parametrize("src,dst", DIRECTIONS, ids=DIRECTION_IDS)
+@pytest.mark.parametrize("name", INFERRED)
+def test_inferred_families_are_ok_and_a_spoiled_weight_is_located(hf, name, src, dst):
+    m = hf(name)
+    base, raw = m[src], m[dst]
+    result = auto_diff(base, raw, _inputs(name))  # transfers first (layouts inferred), then compares
+    assert result.ok, str(result)
+    assert result.max_abs_diff < 1e-4
+    path = "model.layers.1.self_attn.o_proj"
+    _scale(_get(raw, path), 1.01)
+    try:
+        spoiled = auto_diff(base, raw, _inputs(name), auto_init=False)
+    finally:
+        _scale(_get(raw, path), 1 / 1.01)
+    f = spoiled.first_diff
+    assert not spoiled.ok and f is not None, str(spoiled)
+    assert (f.base_path, f.raw_path) == (path, path), str(spoiled)
+    assert f.inputs_agree is True
