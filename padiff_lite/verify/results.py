@@ -187,7 +187,7 @@ class DiffResult:
 
     def to_html(self, path) -> str:
         """Write one self-contained HTML page (model tree, per-layer chart, steps) to ``path``; returns the path."""
-        from ..html_report import write_html
+        from .html import write_html
 
         return write_html(self, path)
 
