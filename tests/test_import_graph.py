@@ -136,8 +136,6 @@ KNOWN_HIDDEN = {
     (f"{NAME}.layout_infer", f"{NAME}.pairing"),
     (f"{NAME}.layout_infer", f"{NAME}.plan"),
     (f"{NAME}.layout_infer", f"{NAME}.validate"),
-    # DiffResult.__str__ renders with verify.render, which reads the result records
-    (f"{NAME}.verify.results", f"{NAME}.verify.render"),
 }
 
 

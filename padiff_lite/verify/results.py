@@ -3,11 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .render import label, render
+
 STAGES = ("forward", "loss", "backward", "optimizer")
-
-
-def label(path: str) -> str:
-    return path or "<root>"
 
 
 @dataclass
@@ -200,6 +198,4 @@ class DiffResult:
         return self.ok
 
     def __str__(self):
-        from .render import render
-
         return "\n".join(render(self))
