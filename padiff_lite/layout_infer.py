@@ -320,6 +320,46 @@ def _expert_tensors(adapter, node) -> dict | None:
     return out
 
 
+def _packed_options(name: str, rest: tuple, first: dict) -> list:
+    """How the packed tensor ``name`` (``rest``: its shape after the expert axis) can hold one expert's tensors
+    (``first``: :func:`_expert_tensors` of an expert): ``[(label, [(expert local name, (blocks, axis) or None,
+    transform)])]``, one entry per orientation and, for a fused gate/up, per order of the halves."""
+    role, leaf = _role(name), ("bias" if "bias" in name else "weight")
+    same = [k for k, v in first.items() if v[0] == role and v[1] == leaf]
+    split = [k for k, v in first.items() if v[1] == leaf and role == "gate_up" and v[0] in ("gate", "up")]
+    opts = []
+    if len(same) == 1:
+        k = same[0]
+        _, _, tshape, transposed = first[k]
+        for label, orient in (("[E, out, in]", tshape), ("[E, in, out]", tshape[::-1])):
+            if rest == orient and len(rest) == 2:
+                flip = (label == "[E, in, out]") != transposed
+                opts.append((f"{name} {label}", [(k, None, "transpose" if flip else "copy")]))
+            elif rest == orient and len(rest) == 1 and label == "[E, out, in]":
+                opts.append((f"{name} [E, out]", [(k, None, "copy")]))
+    elif len(split) == 2:
+        g = next(k for k in split if first[k][0] == "gate")
+        u = next(k for k in split if first[k][0] == "up")
+        (_, _, gs, gt), (_, _, us, ut) = first[g], first[u]
+        if gs == us and len(rest) == 2:
+            for label, axis, orient in (("[E, out, in]", 0, (2 * gs[0], gs[1])),
+                                        ("[E, in, out]", 1, (gs[1], 2 * gs[0]))):
+                if rest != orient:
+                    continue
+                m = gs[0]
+                halves = {"[gate | up]": (((0, m),), ((m, 2 * m),)),
+                          "[up | gate]": (((m, 2 * m),), ((0, m),)),
+                          "interleaved": (tuple((2 * i, 2 * i + 1) for i in range(m)),
+                                          tuple((2 * i + 1, 2 * i + 2) for i in range(m)))}
+                for order, (gb, ub) in halves.items():
+                    steps = []
+                    for k, blocks, transposed in ((g, gb, gt), (u, ub, ut)):
+                        flip = (label == "[E, in, out]") != transposed
+                        steps.append((k, (blocks, axis), "transpose" if flip else "copy"))
+                    opts.append((f"{name} {label} {order}", steps))
+    return opts
+
+
 def find_packed(pairing, b, r, left_b: list, left_r: list):
     """Experts packed in ``[E, ...]`` tensors on one side (own tensors of ``b`` or ``r``) against E alike expert
     modules on the other (leftover children). Returns ``(groups, consumed own refs, left_b, left_r)``."""
@@ -343,41 +383,7 @@ def find_packed(pairing, b, r, left_b: list, left_r: list):
         options = []  # per packed tensor: [(label, [(expert local name, Part on the packed entry or None, transform)])]
         covered = set()
         for ref in refs:
-            name = packed.local(ref)
-            rest = tuple(pa.shape(ref.tensor))[1:]
-            role, leaf = _role(name), ("bias" if "bias" in name else "weight")
-            same = [k for k, v in first.items() if v[0] == role and v[1] == leaf]
-            split = [k for k, v in first.items() if v[1] == leaf and role == "gate_up" and v[0] in ("gate", "up")]
-            opts = []
-            if len(same) == 1:
-                k = same[0]
-                _, _, tshape, transposed = first[k]
-                for label, orient in (("[E, out, in]", tshape), ("[E, in, out]", tshape[::-1])):
-                    if rest == orient and len(rest) == 2:
-                        flip = (label == "[E, in, out]") != transposed
-                        opts.append((f"{name} {label}", [(k, None, "transpose" if flip else "copy")]))
-                    elif rest == orient and len(rest) == 1 and label == "[E, out, in]":
-                        opts.append((f"{name} [E, out]", [(k, None, "copy")]))
-            elif len(split) == 2:
-                g = next(k for k in split if first[k][0] == "gate")
-                u = next(k for k in split if first[k][0] == "up")
-                (_, _, gs, gt), (_, _, us, ut) = first[g], first[u]
-                if gs == us and len(rest) == 2:
-                    for label, axis, orient in (("[E, out, in]", 0, (2 * gs[0], gs[1])),
-                                                ("[E, in, out]", 1, (gs[1], 2 * gs[0]))):
-                        if rest != orient:
-                            continue
-                        m = gs[0]
-                        halves = {"[gate | up]": (((0, m),), ((m, 2 * m),)),
-                                  "[up | gate]": (((m, 2 * m),), ((0, m),)),
-                                  "interleaved": (tuple((2 * i, 2 * i + 1) for i in range(m)),
-                                                  tuple((2 * i + 1, 2 * i + 2) for i in range(m)))}
-                        for order, (gb, ub) in halves.items():
-                            steps = []
-                            for k, blocks, transposed in ((g, gb, gt), (u, ub, ut)):
-                                flip = (label == "[E, in, out]") != transposed
-                                steps.append((k, (blocks, axis), "transpose" if flip else "copy"))
-                            opts.append((f"{name} {label} {order}", steps))
+            opts = _packed_options(packed.local(ref), tuple(pa.shape(ref.tensor))[1:], first)
             if opts:
                 options.append((ref, opts))
                 covered.update(k for _, steps in opts for k, _, _ in steps)
