@@ -86,12 +86,9 @@ def auto_diff(base, raw, inputs, *, atol: float | None = None, rtol: float | Non
     # (their outputs are compared too); one plan from it: the transfer runs it, gradients and weights are mapped by
     # its operations
     prepared = prepare(base, raw, inputs=items[0], pool=pool, keep_empty=True)
-    mapping, pairing = prepared.found, prepared.pairing
-    plan = report = None
-    needs_plan = auto_init or phase != "forward" or optimizers is not None
-    if needs_plan:
-        plan = prepared.plan
-    pairs = pairing.matched
+    plan = prepared.plan if auto_init or phase != "forward" or optimizers is not None else None
+    report = None
+    pairs = prepared.pairing.matched
     from .mapped import imperative_note, trainable_ops
 
     notes = settings.check(base, raw, pairs, trainable_ops(plan) if plan is not None else [], optimizers, training)
@@ -107,18 +104,22 @@ def auto_diff(base, raw, inputs, *, atol: float | None = None, rtol: float | Non
         raw.adapter.clear_grads(raw.model)
     records = [run_step(setup, s, side) for s, side in enumerate(sides)]
     result = _result(setup, records, report, {i for i, _ in hooked[0]}, plan)
-    if not result.ok and not training:  # which weights explain it, named to the part of a fused/packed tensor
-        from .mapped import differing_weights
-
-        plan = prepared.plan
-        result.weight_diffs = differing_weights(plan, tol)
-        for w in result.weight_diffs[:5]:
-            result.notes.append(f"raw {w.raw_param}{' ' + w.note if w.note else ''} does not hold base "
-                                f"{w.base_param} as the transfer maps it: max abs diff {w.max_abs_diff:.3g}, "
-                                f"{w.mismatched} of {w.total} values")
-        if len(result.weight_diffs) > 5:
-            result.notes.append(f"... and {len(result.weight_diffs) - 5} more tensors (result.weight_diffs)")
+    if not result.ok and not training:
+        _weights_explaining(result, prepared.plan, tol)
     return result
+
+
+def _weights_explaining(result: DiffResult, plan, tol: Tolerance):
+    """Which weights explain a difference, named to the part of a fused/packed tensor: ``weight_diffs`` and notes."""
+    from .mapped import differing_weights
+
+    result.weight_diffs = differing_weights(plan, tol)
+    for w in result.weight_diffs[:5]:
+        result.notes.append(f"raw {w.raw_param}{' ' + w.note if w.note else ''} does not hold base "
+                            f"{w.base_param} as the transfer maps it: max abs diff {w.max_abs_diff:.3g}, "
+                            f"{w.mismatched} of {w.total} values")
+    if len(result.weight_diffs) > 5:
+        result.notes.append(f"... and {len(result.weight_diffs) - 5} more tensors (result.weight_diffs)")
 
 
 def _hooked(pairs):
