@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 # public name -> the module that defines it
 _EXPORTS = {
     "CheckpointReport": "checkpoint", "convert_checkpoint": "checkpoint",
-    "DiffResult": "compare", "auto_diff": "compare",
+    "DiffResult": "verify", "auto_diff": "verify",
     "AmbiguousPairingError": "errors", "CheckpointError": "errors", "DiffError": "errors", "DiffInputError": "errors",
     "InitError": "errors", "LayerMapError": "errors", "MappingError": "errors", "OutputStructureError": "errors",
     "PadiffError": "errors", "PairingError": "errors", "PluginImportError": "errors", "RegistryError": "errors",

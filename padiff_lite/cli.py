@@ -195,7 +195,7 @@ def cmd_check(args) -> int:
     """
     import numpy as np
 
-    from .compare import auto_diff
+    from .verify import auto_diff
     from .errors import DiffInputError
     from .proxy import create_model
 

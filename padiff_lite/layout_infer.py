@@ -1,4 +1,4 @@
-"""Fused layouts recognised by structure, not by class, and decided by running the unit.
+"""Fused layouts recognised by structure, not by class: a pairing step.
 
 When pairing by name leaves tensors open under a paired module because one side fuses what the other splits,
 this module looks at the leftover children (their attribute names and shapes) for the standard fusions:
@@ -8,32 +8,29 @@ this module looks at the leftover children (their attribute names and shapes) fo
   head (for each KV head: its group's query heads, its key head, its value head; PaddleFormers' ``qkv_proj``),
   which for as many KV heads as heads is the per-head interleave ``[q_h | k_h | v_h]``;
 - *gate/up*: two projections (``gate_proj``/``up_proj``) against one (``up_gate_proj``, ``gate_up_proj``);
-  layouts ``[gate | up]``, ``[up | gate]`` and interleaved rows ``[g0, u0, g1, u1, ...]``.
+  layouts ``[gate | up]``, ``[up | gate]`` and interleaved rows ``[g0, u0, g1, u1, ...]``;
+- *packed experts*: N alike expert modules against ``[E, ...]`` tensors, in either orientation.
 
 Heads come from the modules (``num_heads``, ``num_key_value_heads``, ``head_dim`` and the like) or their
 ``config``; without them every head size that divides the shapes is a candidate.
 
-Each group becomes one layer pair (the two parents, restricted to the group's children) whose entry is an
-:class:`InferredLayout`: plain data, its candidates as ``Map`` lists in names local to the parents. One entry
-serves every pair of the same signature (classes, names and shapes), so a model's 80 layers are decided once.
-:func:`resolve` decides each entry before planning: the only candidate the shapes allow; or the one whose
-tensors a given mapping lists (a mapping written by an earlier run: how ``convert`` reuses a layout where
-nothing can run); or the one candidate under which the unit's two copies, given the same random weights
-through the plan, give the same outputs on a random input. None or several: refused, the candidates named.
-An inferred layout is reported as such (the plan's notes, the mapping's rule column).
+Each group becomes one :class:`Group` (the two parents, restricted to the group's children) whose entry is an
+:class:`InferredLayout`: plain data, its candidates as ``Map`` lists in names local to the parents; pairing makes a
+layer pair of it. One entry serves every group of the same signature (classes, names and shapes), so a model's 80
+layers are decided once. Deciding is a planning step, :mod:`padiff_lite.layout_decide`; while it plans private
+copies of a unit under one candidate, :func:`forcing` makes the entries recognised here come out decided.
 """
 from __future__ import annotations
 
+import contextlib
 import contextvars
-import copy
-import inspect
 import math
 from dataclasses import dataclass, field
 
-from .errors import AmbiguousPairingError, PairingError
 from .layout import Part, features
 from .special_init.maps import grouped_qkv, stacked
 from .special_init.registry import Map
+from .tree import Node
 
 ORIGIN = "padiff_lite.layout_infer"
 
@@ -42,6 +39,17 @@ _FORCED: contextvars.ContextVar[dict] = contextvars.ContextVar("padiff_lite_forc
 
 QKV_ROLES = {"q": ("q", "query", "wq", "q_lin"), "k": ("k", "key", "wk", "k_lin"), "v": ("v", "value", "wv", "v_lin")}
 GATE_UP_ROLES = {"gate": ("gate", "w1", "gate_lin"), "up": ("up", "w3", "up_lin")}
+
+
+@contextlib.contextmanager
+def forcing(choices: dict):
+    """Within the block, an entry recognised with a signature in ``choices`` (signature -> candidate name) comes out
+    decided that way (``how`` "forced"), and ``("transposed", key)`` marks a namesake copy tried transposed."""
+    token = _FORCED.set({**_FORCED.get(), **choices})
+    try:
+        yield
+    finally:
+        _FORCED.reset(token)
 
 
 def _stem(name: str) -> str:
@@ -74,7 +82,8 @@ class Linear:
     transposed: bool  # weight stored [in, out] (paddle's Linear)
 
 
-def _linear(adapter, name, node) -> Linear | None:
+def as_linear(adapter, name, node) -> Linear | None:
+    """``node`` as a :class:`Linear` named ``name``, or None when it is not a plain projection."""
     if node.children or not node.own:
         return None
     refs = {node.local(r): r for r in node.own}
@@ -126,6 +135,16 @@ class InferredLayout:
 
     def describe(self) -> str:
         return f"layout inferred ({self.how}): {self.what} {self.chosen.name}"
+
+
+@dataclass(frozen=True)
+class Group:
+    """One fused group found: the two parents restricted to it (``base``, ``raw``: tree Nodes) and its ``entry``;
+    pairing makes it a layer pair (and adds that pair to ``entry.pairs``)."""
+
+    base: Node
+    raw: Node
+    entry: InferredLayout
 
 
 # -- finding the groups (pure: names, shapes, attributes) --------------------------------------------
@@ -227,15 +246,12 @@ def match_roles(linears: list[Linear], roles: dict) -> dict | None:
 
 
 def find_groups(pairing, b, r, left_b: list, left_r: list) -> tuple[list, list, list]:
-    """The fused groups among the leftover children of the paired ``b`` and ``r``: ``(pairs, left_b, left_r)``,
-    one LayerPair (parents restricted to the group) per group, and the leftovers no group took."""
-    from .pairing import LayerPair
-    from .tree import Node
-
+    """The fused groups among the leftover children of the paired ``b`` and ``r``: ``(groups, left_b, left_r)``,
+    one :class:`Group` (parents restricted to the group) per group, and the leftovers no group took."""
     sides = {"base": (pairing.base.adapter, b, left_b), "raw": (pairing.raw.adapter, r, left_r)}
-    lin = {side: [x for x in (_linear(ad, n.path.rpartition(".")[2], n) for n in left) if x is not None]
+    lin = {side: [x for x in (as_linear(ad, n.path.rpartition(".")[2], n) for n in left) if x is not None]
            for side, (ad, _, left) in sides.items()}
-    pairs, taken = [], set()
+    groups, taken = [], set()
     for split_side, fused_side in (("base", "raw"), ("raw", "base")):
         for kind, roles, is_fused in (("q/k/v", QKV_ROLES, is_fused_qkv), ("gate/up", GATE_UP_ROLES, is_fused_gate_up)):
             split = match_roles([x for x in lin[split_side] if id(x.node) not in taken], roles)
@@ -273,287 +289,9 @@ def find_groups(pairing, b, r, left_b: list, left_r: list) -> tuple[list, list, 
                 kids = [(n.path.rpartition(".")[2], n) for n in nodes[side]]
                 restricted.append(Node(parent.path, parent.module, [], kids, sum(n.count for _, n in kids),
                                        sum(n.fresh for _, n in kids), parent.on, False))
-            pair = LayerPair(restricted[0], restricted[1], entry, "inferred")
-            entry.pairs.append(pair)
-            pairs.append(pair)
+            groups.append(Group(restricted[0], restricted[1], entry))
             taken.update(id(n) for ns in nodes.values() for n in ns)
-    return pairs, [n for n in left_b if id(n) not in taken], [n for n in left_r if id(n) not in taken]
-
-
-# -- deciding ----------------------------------------------------------------------------------------
-def _label(pair) -> str:
-    b, r = pair.base, pair.raw
-    return f"{b.path or '<root>'} ({type(b.module).__name__}) -> {r.path or '<root>'} ({type(r.module).__name__})"
-
-
-def resolve(entries, base, raw, pool, mapping=None, matched=()) -> list[str]:
-    """Decide every undecided entry (module docstring); returns the notes saying what was inferred and how.
-    ``matched``: every layer pair of the pairing (a unit that cannot run alone is run through its nearest paired
-    ancestor that can: experts through their MoE block). Raises PairingError (none agrees, or the unit cannot run)
-    / AmbiguousPairingError (several agree)."""
-    notes = []
-    entries = list(entries)
-    for entry in entries:
-        if entry.chosen is None:
-            first = entry.pairs[0]
-            if len(entry.candidates) == 1:
-                entry.chosen, entry.how = entry.candidates[0], "the only layout the shapes allow"
-            elif mapping is not None and mapping.tensors:
-                entry.chosen, entry.how = _by_mapping(entry, first, base, raw, mapping)
-            else:
-                decided = {e.signature: e.chosen.name for e in entries if e.chosen is not None}
-                units = [first] + sorted(
-                    (p for p in matched if p.entry is None and _inside(first.base.path, p.base.path)
-                     and _inside(first.raw.path, p.raw.path) and p.base.path != first.base.path),
-                    key=lambda p: -len(p.base.path))[:2]
-                entry.chosen, entry.how = _by_running(entry, units, base, raw, pool, decided)
-        if entry.how != "forced":
-            where = _label(entry.pairs[0]) + (f" and {len(entry.pairs) - 1} more" if len(entry.pairs) > 1 else "")
-            notes.append(f"{where}: {entry.describe()}")
-    return notes
-
-
-def _inside(path: str, ancestor: str) -> bool:
-    return not ancestor or path == ancestor or path.startswith(ancestor + ".")
-
-
-def _candidate_names(entry) -> str:
-    return "; ".join(f"({i + 1}) {c.name}" for i, c in enumerate(entry.candidates))
-
-
-def _by_mapping(entry, pair, base, raw, mapping):
-    from .mapping import plan_tensors
-    from .plan import Plan, plan_pairs
-
-    want = {(e.base, e.raw, str(e.transform), e.base_part, e.raw_part) for e in mapping.tensors}
-    fits = []
-    for cand in entry.candidates:
-        trial = InferredLayout(entry.what, entry.signature, [cand], entry.inp, cand, "trial")
-        scratch = Plan(base, raw)
-        plan_pairs(scratch, [type(pair)(pair.base, pair.raw, trial, pair.how)])
-        got = {(e.base, e.raw, str(e.transform), e.base_part, e.raw_part) for e in plan_tensors(scratch)}
-        if got and got <= want:
-            fits.append(cand)
-    if len(fits) == 1:
-        return fits[0], "as the mapping's tensors say"
-    raise PairingError(
-        f"{_label(pair)}: {entry.what} fit {len(entry.candidates)} layouts ({_candidate_names(entry)}) and the mapping's "
-        f"tensors match {len(fits)} of them; make the mapping again for these models (assign_weight(...).mapping.save "
-        "or `padiff-lite pair` on small random-weight models), or register a rule for this class pair "
-        "(init_pool.register_maps)")
-
-
-def _width(adapter, node) -> int:
-    """The input width of a unit without a fused projection of its own: the in-features of its first Linear-like
-    descendant (torch layout)."""
-    from .tree import walk
-
-    for n in walk(node):
-        lin = _linear(adapter, "", n)
-        if lin is not None:
-            return lin.inp
-    return 0
-
-
-def _randomise(adapter, module, seed: int):
-    """Give every tensor of ``module`` (a private copy) random values: weights ~ N(0, 1/fan), 1-D tensors 1 + noise
-    (so a layout that swaps norms or biases cannot pass by their 0/1 initialisation)."""
-    import torch
-
-    gen = torch.Generator().manual_seed(seed)
-    for _, m in _modules(adapter, module):
-        for _, t, _, _ in adapter.own_tensors(m):
-            if t is None or not adapter.readable(t):
-                continue
-            view, direct = adapter.writable_view(t)
-            if not view.is_floating_point():
-                continue
-            shape = tuple(view.shape)
-            noise = torch.randn(shape, generator=gen)
-            value = noise / math.sqrt(shape[-1]) if len(shape) > 1 else 1.0 + 0.3 * noise
-            with torch.no_grad():
-                view.copy_(value.to(view.dtype))
-            if not direct:
-                adapter.write(t, view)
-
-
-def _modules(adapter, module, path=""):
-    yield path, module
-    for name, child in adapter.named_children(module):
-        yield from _modules(adapter, child, f"{path}.{name}" if path else name)
-
-
-def _copy_plan(plan):
-    """Run ``plan``'s copies and fills into the raw copy (private copies of the unit only: never a user's model)."""
-    import torch
-
-    from . import layout
-    from .ops import COPY, FILL
-
-    ba, ra = plan.base.adapter, plan.raw.adapter
-    with torch.no_grad():
-        for pair in plan.imperative:
-            pair.entry.func(pair.base.module, pair.raw.module)
-        for op in plan.ops:
-            dst, direct = ra.writable_view(op.dst.tensor)
-            if op.kind is COPY:
-                for region, value in layout.pieces(ba.torch_view(op.src.tensor), op.src_part, op.transform, dst,
-                                                   op.dst_part):
-                    region.copy_(value.to(region.dtype))
-            elif op.kind is FILL:
-                for region in layout.cut(dst, op.dst_part):
-                    region.fill_(op.value)
-            if not direct:
-                ra.write(op.dst.tensor, dst)
-
-
-def _first_tensor(adapter, out):
-    """The unit's output tensor: the output itself, or the first tensor of a tuple, list or dict."""
-    if adapter.is_tensor(out):
-        return out
-    if isinstance(out, dict):
-        out = list(out.values())
-    elif not isinstance(out, (tuple, list)):
-        return None
-    for x in out:
-        t = _first_tensor(adapter, x) if x is not None else None
-        if t is not None:
-            return t
-    return None
-
-
-MASK_NAMES = ("attention_mask", "attn_mask", "mask")
-
-
-def _causal_mask(batch: int, seq: int):
-    """An explicit additive causal mask ``[batch, 1, seq, seq]`` (0 on and below the diagonal, -1e9 above): the
-    libraries read a *missing* mask differently (transformers' eager attention and PaddleFormers' eager attention
-    attend both ways, PaddleFormers' sdpa attention causally), an explicit one alike."""
-    import numpy as np
-
-    upper = np.triu(np.ones((seq, seq), dtype=bool), 1)
-    return np.broadcast_to(np.where(upper, np.float32(-1e9), np.float32(0)), (batch, 1, seq, seq)).copy()
-
-
-def _call_args(module, x, cos_sin, mask=None, own=False):
-    """``(args, kwargs)`` calling ``module`` on ``x``: the first parameter gets ``x``, ``position_embeddings``
-    ``cos_sin``, an attention mask ``mask`` (an explicit causal mask) when it is required or ``own`` (the unit holds
-    the fused projections itself: an attention, whose mask is the additive ``[B, 1, S, S]`` kind in every library;
-    an enclosing layer's optional mask may be of another kind and is left out), other required parameters None."""
-    args, kwargs = [x], {}
-    params = [p for p in inspect.signature(module.forward).parameters.values()
-              if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-    for p in params[1:]:
-        if p.name == "position_embeddings" and cos_sin is not None:
-            kwargs[p.name] = cos_sin
-        elif p.name in MASK_NAMES and (own or p.default is inspect.Parameter.empty):
-            kwargs[p.name] = mask
-        elif p.default is inspect.Parameter.empty:
-            kwargs[p.name] = None
-    return args, kwargs
-
-
-def _run_unit(proxy, module, x_np, cos_sin_np, own=False):
-    adapter = proxy.adapter
-    x = adapter.to_tensor(x_np)
-    cs = tuple(adapter.to_tensor(a) for a in cos_sin_np) if cos_sin_np is not None else None
-    mask = adapter.to_tensor(_causal_mask(*x_np.shape[:2])) if x_np.ndim == 3 else None
-    args, kwargs = _call_args(module, x, cs, mask, own)
-    adapter.set_training(module, False)
-    out = _first_tensor(adapter, adapter.forward(module, tuple(args), kwargs, False))
-    if out is None:
-        raise PairingError(f"{type(module).__name__} returned no tensor")
-    return adapter.snapshot(out)
-
-
-def _by_running(entry, units, base, raw, pool, decided):
-    """Run the first of ``units`` (the group's pair, then its paired ancestors) that runs on both sides."""
-    failures = []
-    for unit in units:
-        chosen, how = _run_candidates(entry, unit, base, raw, pool, decided, entry.pairs[0])
-        if chosen is not None:
-            return chosen, how
-        failures.append(f"{_label(unit)}: {how}")  # this unit cannot tell: its ancestor may
-    raise PairingError(
-        f"{_label(entry.pairs[0])}: {entry.what} fit {len(entry.candidates)} layout{'s' * (len(entry.candidates) != 1)} "
-        f"({_candidate_names(entry)}) and running the units around it on a random input did not single one out: "
-        f"{' | '.join(failures)}. Nothing was written. Fix: register a rule for this class pair "
-        "(init_pool.register_maps), or pass mapping= naming the tensors")
-
-
-def _run_candidates(entry, pair, base, raw, pool, decided, group):
-    """``(candidate, how)`` when running ``pair``'s copies singles one out; ``(None, why)`` when this unit cannot
-    tell (it does not run, its outputs are of another form, or none agrees); raises when several agree."""
-    import numpy as np
-
-    from .plan import build_plan
-    from .proxy import create_model
-
-    label = _label(group)
-    readable = all(proxy.adapter.readable(ref.tensor) for proxy, node in ((base, pair.base), (raw, pair.raw))
-                   for ref in node.subtree_tensors().values())
-    if not readable:
-        raise PairingError(
-            f"{label}: {entry.what} fit {len(entry.candidates)} layouts ({_candidate_names(entry)}) and the models hold "
-            "no data, so the unit cannot be run to tell them apart (checkpoint conversion); pass mapping= a mapping made "
-            "on small random-weight models of this architecture (assign_weight(...).mapping.save(path) or `padiff-lite "
-            "pair`): it records the layout; or register a rule for this class pair (init_pool.register_maps)")
-    rng = np.random.default_rng(0)
-    width = entry.inp or _width(base.adapter, pair.base)
-    if not width:
-        return None, "no input width known"
-    x = rng.standard_normal((2, 5, width)).astype("float32")
-    agree, results, ran, crashed = [], [], [], []
-    for cand in entry.candidates:
-        cos_sin = None
-        if cand.head_dim:
-            ang = rng.standard_normal((2, 5, cand.head_dim // 2)).astype("float32")
-            ang = np.concatenate([ang, ang], -1)
-            cos_sin = (np.cos(ang), np.sin(ang))
-        bm, rm = copy.deepcopy(pair.base.module), copy.deepcopy(pair.raw.module)
-        _randomise(base.adapter, bm, 1)
-        _randomise(raw.adapter, rm, 2)
-        token = _FORCED.set({**_FORCED.get(), **decided, entry.signature: cand.name})
-        try:
-            sub = build_plan(create_model(bm), create_model(rm), pool)
-        finally:
-            _FORCED.reset(token)
-        from .validate import check
-
-        problems = sub.problems or check(sub, strict=True).problems
-        if problems or sub.missing:
-            results.append(f"{cand.name}: the unit does not plan ({'; '.join(problems) or 'missing ' + ', '.join(sub.missing)})")
-            continue
-        ran.append(cand)
-        _copy_plan(sub)
-        try:
-            a = _run_unit(sub.base, bm, x, cos_sin, pair is group)
-            b = _run_unit(sub.raw, rm, x, cos_sin, pair is group)
-        except Exception as exc:  # the unit cannot run on its own with these inputs: say so
-            crashed.append(cand)
-            results.append(f"{cand.name}: the unit failed to run on a random input ({type(exc).__name__}: {exc})")
-            continue
-        if a.shape != b.shape:
-            crashed.append(cand)  # outputs of another form: not comparable here (an ancestor may be)
-            results.append(f"{cand.name}: outputs of shapes {list(a.shape)} and {list(b.shape)}")
-            continue
-        diff = float(np.abs(a.astype("float64") - b).max()) if a.size else 0.0
-        scale = float(np.abs(a).max()) if a.size else 0.0
-        results.append(f"{cand.name}: max |diff| {diff:.3g} (outputs up to {scale:.3g})")
-        if diff <= 1e-5 + 1e-4 * scale:
-            agree.append(cand)
-    if ran and len(crashed) == len(ran):
-        return None, results[-1].split(": ", 1)[1]
-    if len(agree) == 1:
-        where = "" if pair is group else f" (run through {pair.base.path or '<root>'})"
-        return agree[0], (f"the one candidate of {len(entry.candidates)} whose unit outputs agree on a random "
-                          f"input{where}")
-    if not agree:
-        return None, "agrees under none of them: " + "; ".join(results)
-    msg = (f"{label}: {entry.what} fit {len(entry.candidates)} layouts and running the unit on a random input "
-           f"agrees under {len(agree)} of them: " + "; ".join(results) + ". Nothing was written. Fix: register a rule "
-           "for this class pair (init_pool.register_maps), or pass mapping= naming the tensors")
-    raise AmbiguousPairingError(msg, [msg], [("base", group.base.path, [c.name for c in agree])])
+    return groups, [n for n in left_b if id(n) not in taken], [n for n in left_r if id(n) not in taken]
 
 
 # -- packed experts: N expert modules <-> one [E, ...] tensor per projection ---------------------------------
@@ -582,13 +320,50 @@ def _expert_tensors(adapter, node) -> dict | None:
     return out
 
 
+def _packed_options(name: str, rest: tuple, first: dict) -> list:
+    """How the packed tensor ``name`` (``rest``: its shape after the expert axis) can hold one expert's tensors
+    (``first``: :func:`_expert_tensors` of an expert): ``[(label, [(expert local name, (blocks, axis) or None,
+    transform)])]``, one entry per orientation and, for a fused gate/up, per order of the halves."""
+    role, leaf = _role(name), ("bias" if "bias" in name else "weight")
+    same = [k for k, v in first.items() if v[0] == role and v[1] == leaf]
+    split = [k for k, v in first.items() if v[1] == leaf and role == "gate_up" and v[0] in ("gate", "up")]
+    opts = []
+    if len(same) == 1:
+        k = same[0]
+        _, _, tshape, transposed = first[k]
+        for label, orient in (("[E, out, in]", tshape), ("[E, in, out]", tshape[::-1])):
+            if rest == orient and len(rest) == 2:
+                flip = (label == "[E, in, out]") != transposed
+                opts.append((f"{name} {label}", [(k, None, "transpose" if flip else "copy")]))
+            elif rest == orient and len(rest) == 1 and label == "[E, out, in]":
+                opts.append((f"{name} [E, out]", [(k, None, "copy")]))
+    elif len(split) == 2:
+        g = next(k for k in split if first[k][0] == "gate")
+        u = next(k for k in split if first[k][0] == "up")
+        (_, _, gs, gt), (_, _, us, ut) = first[g], first[u]
+        if gs == us and len(rest) == 2:
+            for label, axis, orient in (("[E, out, in]", 0, (2 * gs[0], gs[1])),
+                                        ("[E, in, out]", 1, (gs[1], 2 * gs[0]))):
+                if rest != orient:
+                    continue
+                m = gs[0]
+                halves = {"[gate | up]": (((0, m),), ((m, 2 * m),)),
+                          "[up | gate]": (((m, 2 * m),), ((0, m),)),
+                          "interleaved": (tuple((2 * i, 2 * i + 1) for i in range(m)),
+                                          tuple((2 * i + 1, 2 * i + 2) for i in range(m)))}
+                for order, (gb, ub) in halves.items():
+                    steps = []
+                    for k, blocks, transposed in ((g, gb, gt), (u, ub, ut)):
+                        flip = (label == "[E, in, out]") != transposed
+                        steps.append((k, (blocks, axis), "transpose" if flip else "copy"))
+                    opts.append((f"{name} {label} {order}", steps))
+    return opts
+
+
 def find_packed(pairing, b, r, left_b: list, left_r: list):
     """Experts packed in ``[E, ...]`` tensors on one side (own tensors of ``b`` or ``r``) against E alike expert
-    modules on the other (leftover children). Returns ``(pairs, consumed own refs, left_b, left_r)``."""
+    modules on the other (leftover children). Returns ``(groups, consumed own refs, left_b, left_r)``."""
     from itertools import product
-
-    from .pairing import LayerPair
-    from .tree import Node
 
     for packed_side, packed, experts in (("base", b, left_r), ("raw", r, left_b)):
         other_side = "raw" if packed_side == "base" else "base"
@@ -608,41 +383,7 @@ def find_packed(pairing, b, r, left_b: list, left_r: list):
         options = []  # per packed tensor: [(label, [(expert local name, Part on the packed entry or None, transform)])]
         covered = set()
         for ref in refs:
-            name = packed.local(ref)
-            rest = tuple(pa.shape(ref.tensor))[1:]
-            role, leaf = _role(name), ("bias" if "bias" in name else "weight")
-            same = [k for k, v in first.items() if v[0] == role and v[1] == leaf]
-            split = [k for k, v in first.items() if v[1] == leaf and role == "gate_up" and v[0] in ("gate", "up")]
-            opts = []
-            if len(same) == 1:
-                k = same[0]
-                _, _, tshape, transposed = first[k]
-                for label, orient in (("[E, out, in]", tshape), ("[E, in, out]", tshape[::-1])):
-                    if rest == orient and len(rest) == 2:
-                        flip = (label == "[E, in, out]") != transposed
-                        opts.append((f"{name} {label}", [(k, None, "transpose" if flip else "copy")]))
-                    elif rest == orient and len(rest) == 1 and label == "[E, out, in]":
-                        opts.append((f"{name} [E, out]", [(k, None, "copy")]))
-            elif len(split) == 2:
-                g = next(k for k in split if first[k][0] == "gate")
-                u = next(k for k in split if first[k][0] == "up")
-                (_, _, gs, gt), (_, _, us, ut) = first[g], first[u]
-                if gs == us and len(rest) == 2:
-                    for label, axis, orient in (("[E, out, in]", 0, (2 * gs[0], gs[1])),
-                                                ("[E, in, out]", 1, (gs[1], 2 * gs[0]))):
-                        if rest != orient:
-                            continue
-                        m = gs[0]
-                        halves = {"[gate | up]": (((0, m),), ((m, 2 * m),)),
-                                  "[up | gate]": (((m, 2 * m),), ((0, m),)),
-                                  "interleaved": (tuple((2 * i, 2 * i + 1) for i in range(m)),
-                                                  tuple((2 * i + 1, 2 * i + 2) for i in range(m)))}
-                        for order, (gb, ub) in halves.items():
-                            steps = []
-                            for k, blocks, transposed in ((g, gb, gt), (u, ub, ut)):
-                                flip = (label == "[E, in, out]") != transposed
-                                steps.append((k, (blocks, axis), "transpose" if flip else "copy"))
-                            opts.append((f"{name} {label} {order}", steps))
+            opts = _packed_options(packed.local(ref), tuple(pa.shape(ref.tensor))[1:], first)
             if opts:
                 options.append((ref, opts))
                 covered.update(k for _, steps in opts for k, _, _ in steps)
@@ -681,14 +422,13 @@ def find_packed(pairing, b, r, left_b: list, left_r: list):
         p_node = Node(packed.path, packed.module, used, [], len(used), len(used), packed.on, False)
         e_node = Node((r if split_is_base else b).path, (r if split_is_base else b).module, [], kids,
                       sum(e.count for e in experts), sum(e.fresh for e in experts), True, False)
-        pair = LayerPair(p_node, e_node, entry, "inferred") if split_is_base else LayerPair(e_node, p_node, entry,
-                                                                                            "inferred")
-        entry.pairs.append(pair)
+        group = Group(p_node, e_node, entry) if split_is_base else Group(e_node, p_node, entry)
         ids = {id(e) for e in experts}
-        return ([pair], used, [x for x in left_b if id(x) not in ids], [x for x in left_r if id(x) not in ids])
+        return ([group], used, [x for x in left_b if id(x) not in ids], [x for x in left_r if id(x) not in ids])
     return [], [], left_b, left_r
 
 
+# -- namesakes of transposed shapes ---------------------------------------------------------------------------
 TRANSPOSED_LINEAR = "transposed: one side is a Linear stored [in, out]"
 TRANSPOSED_BY_RUN = "transposed: the shapes allow nothing else and running the unit agrees"
 
@@ -696,38 +436,6 @@ TRANSPOSED_BY_RUN = "transposed: the shapes allow nothing else and running the u
 def forced_transpose(key: str) -> bool:
     """Whether a verification's sub-plan is trying the transposed copy of the namesake ``key``."""
     return bool(_FORCED.get().get(("transposed", key)))
-
-
-def verify_transposes(plan, pool, matched, mapping=None):
-    """Namesakes whose shapes are each other's transpose with no Linear on either side (``plan.pending``): copied
-    transposed when running the nearest unit that runs agrees; otherwise left as they are (validation then refuses
-    the shapes and says to register a rule), what was tried in the plan's hints. A ``mapping`` whose tensors say
-    these copies are transposed (made by an earlier run) decides where nothing can run."""
-    from .errors import PadiffError
-    from .ops import TRANSPOSE
-
-    said = {(e.base, e.raw) for e in mapping.tensors if str(e.transform) == "transpose"} if mapping is not None else set()
-    for key, ops in plan.pending.items():
-        first = ops[0].pair
-        if said and all((op.src.path, op.dst.path) in said for op in ops):  # a mapping made by an earlier run
-            for op in ops:
-                op.transform = TRANSPOSE
-            plan.inferred.setdefault(f"{key}: layout inferred (transposed, as the mapping's tensors say)", []).extend(
-                op.pair for op in ops)
-            continue
-        entry = InferredLayout(key, ("transposed", key), [Candidate("transposed", ())], 0)
-        entry.pairs = [op.pair for op in ops]
-        units = [first] + sorted((p for p in matched if p.entry is None and p is not first
-                                  and _inside(first.base.path, p.base.path) and _inside(first.raw.path, p.raw.path)
-                                  and p.base.path != first.base.path), key=lambda p: -len(p.base.path))[:2]
-        try:
-            _by_running(entry, units, plan.base, plan.raw, pool, {})
-        except PadiffError as exc:
-            plan.hints.append(f"{_label(first)}: {key} look transposed and the unit did not confirm it ({exc})")
-            continue
-        for op in ops:
-            op.transform = TRANSPOSE
-        plan.inferred.setdefault(f"{key}: layout inferred ({TRANSPOSED_BY_RUN})", []).extend(op.pair for op in ops)
 
 
 def transposed_namesake(ba, bmod, ra, rmod, leaf: str, bshape, rshape) -> str:

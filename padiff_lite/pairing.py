@@ -160,14 +160,11 @@ class Pairing:
             packed, used, left_b, left_r = find_packed(self, b, r, left_b, left_r)
             if packed:
                 self._take_own(pair, used)
-                self.matched.extend(packed)
-                self.pairs.extend(packed)
+                self._add_inferred(packed)
         if left_b and left_r and not (len(left_b) == len(left_r) and all(map(self._alike, left_b, left_r))):
             # one side fuses what the other splits (q/k/v, gate/up): recognised by names and shapes
             fused, left_b, left_r = find_groups(self, b, r, left_b, left_r)
-            for pair in fused:
-                self.matched.append(pair)
-                self.pairs.append(pair)
+            self._add_inferred(fused)
         if len(left_b) == len(left_r) and all(map(self._alike, left_b, left_r)):
             for bc, rc in zip(left_b, left_r):
                 self._match(bc, rc, How.ORDER)
@@ -176,6 +173,14 @@ class Pairing:
                 for n in nodes:
                     if n.count:  # a module with nothing to transfer is not missing anything
                         self.unpaired.append(Unpaired(side, n.path, type(n.module).__name__, n.fresh, n))
+
+    def _add_inferred(self, groups: list):
+        """The fused groups ``layout_infer`` recognised, each a layer pair of its ``InferredLayout`` entry."""
+        for group in groups:
+            pair = LayerPair(group.base, group.raw, group.entry, How.INFERRED)
+            group.entry.pairs.append(pair)
+            self.matched.append(pair)
+            self.pairs.append(pair)
 
     def _take_own(self, pair: LayerPair, used: list):
         """Leave ``used`` (own tensors another pair moves) out of ``pair``'s own tensors; drop the pair when nothing

@@ -10,9 +10,8 @@ import math
 from dataclasses import dataclass, field
 
 from . import layout
-from .errors import PadiffError
-from .layout_infer import resolve as resolve_layouts
-from .layout_infer import TRANSPOSED_LINEAR, forced_transpose, transposed_namesake, verify_transposes
+from .errors import PadiffError, PairingError
+from .layout_infer import TRANSPOSED_LINEAR, forced_transpose, transposed_namesake
 from .ops import COPY, EXPECT, FILL, TRANSPOSE, Op
 from .pairing import LayerPair, Pairing, Unpaired, pair_models
 from .problems import Problem
@@ -53,26 +52,39 @@ def pair_label(pair: LayerPair) -> str:
 
 
 # -- building ------------------------------------------------------------------
-def build_plan(base, raw, pool=None, mapping=None) -> Plan:
+def build_plan(base, raw, pool=None, mapping=None, decider=None) -> Plan:
     """Pair and plan ``base`` -> ``raw`` (ProxyModels) with the rules of ``pool`` (default: the global
     ``init_pool``). ``mapping``: a :class:`padiff_lite.mapping.Mapping` (oriented base -> raw) pairing what
-    names leave open. Not validated: see :func:`padiff_lite.validate.check`. The entry points start from
-    :func:`padiff_lite.prepare.prepare` instead, which pairs once and plans from that pairing."""
-    return plan_from(pair_models(base, raw, registry(pool), mapping=mapping), mapping)
+    names leave open; ``decider``: as :func:`plan_from`. Not validated: see :func:`padiff_lite.validate.check`. The
+    entry points start from :func:`padiff_lite.prepare.prepare` instead, which pairs once, plans from that pairing
+    and gives planning its decider."""
+    return plan_from(pair_models(base, raw, registry(pool), mapping=mapping), mapping, decider)
 
 
-def plan_from(pairing: Pairing, mapping=None) -> Plan:
+def plan_from(pairing: Pairing, mapping=None, decider=None) -> Plan:
     """Plan a :class:`padiff_lite.pairing.Pairing` (names, then ``mapping`` already applied to it): every pair's
-    operations, the fused layouts it recognised decided, what is left unpaired listed."""
-    base, raw, pool = pairing.base, pairing.raw, pairing.pool
+    operations, the fused layouts it recognised decided, what is left unpaired listed.
+
+    ``decider`` (a :class:`padiff_lite.layout_decide.Decider`, given by :mod:`padiff_lite.prepare`) decides the fused
+    layouts pairing recognised (by the shapes, a mapping, or running the unit) and confirms namesakes only the shapes
+    say are transposed. Without one, an undecided fused layout is refused and such namesakes are left as they are
+    (validation refuses their shapes)."""
+    base, raw = pairing.base, pairing.raw
     plan = Plan(base, raw, pairing.pairs, unpaired=pairing.unpaired)
-    if pairing.inferred:  # fused layouts recognised by structure: decided (by the shapes, a mapping, or a run)
-        plan.notes += resolve_layouts(pairing.inferred.values(), base, raw, pool, mapping, pairing.matched)
+    if pairing.inferred:  # fused layouts recognised by structure
+        if decider is None:
+            _refuse_undecided(pairing.inferred.values())
+        else:
+            plan.notes += decider.layouts(pairing.inferred.values(), base, raw, mapping, pairing.matched)
     for u in pairing.unpaired:
         (plan.unexpected if u.side == "base" else plan.missing).extend(u.tensor_paths())
     plan_pairs(plan, pairing.pairs)
     if plan.pending:
-        verify_transposes(plan, pool, pairing.matched, mapping)
+        if decider is not None:
+            decider.transposes(plan, pairing.matched, mapping)
+        else:
+            plan.hints += [f"{pair_label(ops[0].pair)}: {key} look transposed; planned without running the unit, "
+                           "so not confirmed (padiff_lite.prepare runs it)" for key, ops in plan.pending.items()]
     _dedupe_targets(plan)
     _check_parts(plan)
     plan.notes += [_caveat_note(caveat, pairs) for caveat, pairs in plan.caveats.items()]
@@ -80,6 +92,16 @@ def plan_from(pairing: Pairing, mapping=None) -> Plan:
     plan.missing = _in_model_order(raw, plan.missing)
     plan.unexpected = _in_model_order(base, plan.unexpected)
     return plan
+
+
+def _refuse_undecided(entries):
+    undecided = [e for e in entries if e.chosen is None]
+    if undecided:
+        e = undecided[0]
+        raise PairingError(
+            f"{pair_label(e.pairs[0])}: {e.what} fit {len(e.candidates)} layouts and this plan was made without "
+            "deciding them. Nothing was written. Fix: plan through padiff_lite.prepare.prepare(base, raw).plan, which "
+            "decides them (by the shapes, a mapping, or running the unit)")
 
 
 def plan_pairs(plan: Plan, pairs):

@@ -8,6 +8,7 @@ their executor or their comparison.
 
 This module wires the stages together: pairing by execution (:mod:`.align`) gets its fit check
 (:func:`padiff_lite.validate.pair_fit`) and its call traces (:mod:`.trace`, on the inputs read by :mod:`.inputs`)
+from here, and deciding fused layouts (:mod:`.layout_decide`, a step of planning) gets its planner and validator
 from here, so no stage imports a later one.
 """
 from __future__ import annotations
@@ -18,14 +19,15 @@ from functools import cached_property
 
 from .align import mapping_from_calls
 from .inputs import split_inputs
+from .layout_decide import Decider
 from .mapping import Context, Mapping, Paired
 from .mapping import prepare as prepare_mapping
 from .pairing import Pairing, apply_mapping, pair_models
-from .plan import Plan, plan_from
+from .plan import Plan, plan_from, plan_pairs
 from .proxy import create_model
 from .special_init import registry
 from .trace import record_calls
-from .validate import pair_fit
+from .validate import check, pair_fit
 
 
 @dataclass(eq=False)
@@ -48,7 +50,7 @@ class Prepared:
 
     @cached_property
     def plan(self) -> Plan:
-        return plan_from(self.pairing, self.found)
+        return plan_from(self.pairing, self.found, decider(self.pool))
 
     @property
     def notes(self) -> list[str]:
@@ -105,3 +107,24 @@ def _runner(base, raw, inputs):
         return record_calls(base, modules_b, bargs, bkw), record_calls(raw, modules_r, rargs, rkw)
 
     return traces
+
+
+def decider(pool) -> Decider:
+    """What decides fused layouts while planning (:class:`padiff_lite.layout_decide.Decider`), given its planner (a
+    unit's private copies paired and planned with ``pool``'s rules, deciding the same way) and its validator (strict)."""
+
+    def plan_models(base_module, raw_module) -> Plan:
+        return plan_from(pair_models(create_model(base_module), create_model(raw_module), pool), None, made)
+
+    made = Decider(plan_models, _plan_problems, _plan_of)
+    return made
+
+
+def _plan_problems(plan: Plan) -> list:
+    return plan.problems or check(plan, strict=True).problems
+
+
+def _plan_of(base, raw, pairs) -> Plan:
+    plan = Plan(base, raw)
+    plan_pairs(plan, pairs)
+    return plan

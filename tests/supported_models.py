@@ -109,7 +109,8 @@ def main():
                 "`paddlefleet_ops`, which do not install on a CPU machine: `tests/hf_families.py` puts test-only "
                 "stand-ins for both in `sys.modules` (the model code that runs is PaddleFormers'). *Registered* rules "
                 "are keyed by class (`padiff_lite/special_init/init_*.py`); *inferred* layouts are recognised by "
-                "structure and decided by running the unit (`padiff_lite/layout_infer.py`), with no per-family code. "
+                "structure and decided by running the unit (`padiff_lite/layout_infer.py`, "
+                "`padiff_lite/layout_decide.py`), with no per-family code. "
                 "BERT, GPT-2, T5, BART, ViT and CLIP are not in paddleformers 1.2.", "",
             "Registered layouts are data (`fused.layouts(qkv=..., gate_up=...)` names the candidate inference would "
             "choose), kept so that a checkpoint conversion, where nothing can run, needs no mapping; the note after "

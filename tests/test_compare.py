@@ -11,7 +11,7 @@ import torch
 from helpers import DIRECTION_IDS, DIRECTIONS, SEQ_NAME, deep, inputs_for, tensors_to_write
 from padiff_lite import (DiffError, DiffInputError, OutputStructureError, assign_weight, auto_diff, create_model,
                          models)
-from padiff_lite.compare import compare_arrays
+from padiff_lite.verify import compare_arrays
 
 X = inputs_for([(4, 16)])[0]
 

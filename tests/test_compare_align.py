@@ -13,7 +13,7 @@ import torch
 
 from helpers import DIRECTION_IDS, DIRECTIONS, inputs_for
 from padiff_lite import DiffError, assign_weight, auto_diff, models
-from padiff_lite.compare import compare_arrays
+from padiff_lite.verify import compare_arrays
 from padiff_lite.verify import numerics
 
 X = inputs_for([(3, 5, 8)])[0]  # [batch, seq, hidden]

@@ -203,7 +203,7 @@ def test_training_options_reach_padiff_lite_or_are_refused_by_name():
     training comparison); without them it refuses by name instead of comparing something else."""
     import inspect
 
-    from padiff_lite.compare import auto_diff as lite
+    from padiff_lite.verify import auto_diff as lite
     from padiff_lite.errors import DiffInputError
 
     x = _x()

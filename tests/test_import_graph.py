@@ -128,17 +128,8 @@ def test_module_level_imports_have_no_cycle():
 
 
 # Function-level imports that still close a cycle, each with why; nothing else may. Remove an entry when its
-# cycle is gone (the test below fails when a listed import no longer exists).
-KNOWN_HIDDEN = {
-    # layout_infer is both a pairing step (recognising fused groups, building LayerPairs) and a planning step
-    # (deciding a layout by planning and running private copies of a unit): splitting it in two modules, the
-    # second given its planner by prepare as pairing by execution is given its fit check, is still to do
-    (f"{NAME}.layout_infer", f"{NAME}.pairing"),
-    (f"{NAME}.layout_infer", f"{NAME}.plan"),
-    (f"{NAME}.layout_infer", f"{NAME}.validate"),
-    # DiffResult.__str__ renders with verify.render, which reads the result records
-    (f"{NAME}.verify.results", f"{NAME}.verify.render"),
-}
+# cycle is gone (the test below fails when a listed import no longer exists). None is left.
+KNOWN_HIDDEN: set[tuple[str, str]] = set()
 
 
 def test_function_level_imports_hide_no_cycle():

@@ -2,13 +2,15 @@
 
 - ``results``: the records a comparison returns (``DiffResult``, ``StepRecord``, layer / gradient / weight diffs);
 - ``numerics``: how two tensors are compared (modes, default tolerances);
-- ``inputs``: the input forms, per model and per step;
-- ``aligned``: comparing two captured outputs of possibly different form (``output_align``);
+- ``output_align``: a module's output captured as a small tree, and two such trees aligned whatever their form;
+- ``aligned``: comparing two captured outputs of possibly different form;
+- ``stream``: handing each base call's outputs to raw's matching call;
 - ``session``: running both models with hooks, layer by layer (single-step feeding too);
 - ``mapped``: gradients and weights compared through the transfer plan's operations;
 - ``settings``: the optimizer and train/eval settings check before a training comparison;
 - ``training``: one step (forward, loss, backward, optimizer) and the stage where it first differs;
-- ``render``: the text report; ``diff``: ``auto_diff`` composing them.
+- ``render``: the text report; ``html``: the HTML page; ``diff``: ``auto_diff`` composing them;
+- ``dump``, ``dump_check``: offline dumps and comparing them.
 """
 from .diff import PHASES, auto_diff
 from .numerics import MODES, Tolerance, compare_arrays

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import output_align
+from . import output_align
 from ..errors import OutputStructureError
 from .numerics import Tolerance, compare, same_value
 

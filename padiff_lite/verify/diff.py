@@ -11,8 +11,8 @@ from ..prepare import prepare
 from ..proxy import create_model
 from . import settings
 from .numerics import ATOL, GRAD_RTOL, RTOL, STEP_RTOL, Tolerance
-from .render import tree
-from .results import DiffResult, label
+from .render import label
+from .results import DiffResult, LayerDiff, TreeLine
 from .session import ABSORBED
 from .training import Setup, run_step
 
@@ -86,12 +86,9 @@ def auto_diff(base, raw, inputs, *, atol: float | None = None, rtol: float | Non
     # (their outputs are compared too); one plan from it: the transfer runs it, gradients and weights are mapped by
     # its operations
     prepared = prepare(base, raw, inputs=items[0], pool=pool, keep_empty=True)
-    mapping, pairing = prepared.found, prepared.pairing
-    plan = report = None
-    needs_plan = auto_init or phase != "forward" or optimizers is not None
-    if needs_plan:
-        plan = prepared.plan
-    pairs = pairing.matched
+    plan = prepared.plan if auto_init or phase != "forward" or optimizers is not None else None
+    report = None
+    pairs = prepared.pairing.matched
     from .mapped import imperative_note, trainable_ops
 
     notes = settings.check(base, raw, pairs, trainable_ops(plan) if plan is not None else [], optimizers, training)
@@ -106,19 +103,23 @@ def auto_diff(base, raw, inputs, *, atol: float | None = None, rtol: float | Non
         base.adapter.clear_grads(base.model)
         raw.adapter.clear_grads(raw.model)
     records = [run_step(setup, s, side) for s, side in enumerate(sides)]
-    result = _result(setup, records, report, pairing, {i for i, _ in hooked[0]}, plan)
-    if not result.ok and not training:  # which weights explain it, named to the part of a fused/packed tensor
-        from .mapped import differing_weights
-
-        plan = prepared.plan
-        result.weight_diffs = differing_weights(plan, tol)
-        for w in result.weight_diffs[:5]:
-            result.notes.append(f"raw {w.raw_param}{' ' + w.note if w.note else ''} does not hold base "
-                                f"{w.base_param} as the transfer maps it: max abs diff {w.max_abs_diff:.3g}, "
-                                f"{w.mismatched} of {w.total} values")
-        if len(result.weight_diffs) > 5:
-            result.notes.append(f"... and {len(result.weight_diffs) - 5} more tensors (result.weight_diffs)")
+    result = _result(setup, records, report, {i for i, _ in hooked[0]}, plan)
+    if not result.ok and not training:
+        _weights_explaining(result, prepared.plan, tol)
     return result
+
+
+def _weights_explaining(result: DiffResult, plan, tol: Tolerance):
+    """Which weights explain a difference, named to the part of a fused/packed tensor: ``weight_diffs`` and notes."""
+    from .mapped import differing_weights
+
+    result.weight_diffs = differing_weights(plan, tol)
+    for w in result.weight_diffs[:5]:
+        result.notes.append(f"raw {w.raw_param}{' ' + w.note if w.note else ''} does not hold base "
+                            f"{w.base_param} as the transfer maps it: max abs diff {w.max_abs_diff:.3g}, "
+                            f"{w.mismatched} of {w.total} values")
+    if len(result.weight_diffs) > 5:
+        result.notes.append(f"... and {len(result.weight_diffs) - 5} more tensors (result.weight_diffs)")
 
 
 def _hooked(pairs):
@@ -135,7 +136,7 @@ def _hooked(pairs):
     return hooked_b, hooked_r
 
 
-def _result(setup: Setup, records, report, pairing, hooked, plan) -> DiffResult:
+def _result(setup: Setup, records, report, hooked, plan) -> DiffResult:
     base, raw, tol = setup.base, setup.raw, setup.tol
     first = next((r for r in records if r.stage is not None), None)
     shown = first or records[0]
@@ -175,5 +176,46 @@ def _result(setup: Setup, records, report, pairing, hooked, plan) -> DiffResult:
         n = imperative_note(plan)
         if n:
             result.notes.append(n)
-    result.tree = tree(pairing, setup.pairs, result, hooked)
+    result.tree = _tree(setup.pairs, result, hooked)
     return result
+
+
+def _tree(pairs, result: DiffResult, hooked: set[int]) -> list[TreeLine]:
+    """The model tree the report shows: every pair in the base model's order, with what its calls showed."""
+    preorder: dict[int, int] = {}
+
+    def walk(node):
+        preorder.setdefault(id(node), len(preorder))
+        for _, child in node.children:
+            walk(child)
+
+    for pair in pairs:
+        if pair.how in ("root", "layer_map"):
+            walk(pair.base)
+    status: dict[tuple, str] = {}
+    worst: dict[tuple, LayerDiff] = {}
+    for ld in result.layers:
+        key = (ld.base_path, ld.raw_path)
+        if not ld.ok and (key not in worst or ld.max_abs_diff > worst[key].max_abs_diff):
+            worst[key] = ld
+        status.setdefault(key, "ok")
+    unaligned = {(nc.base_path, nc.raw_path) for nc in result.not_comparable}
+    lines = []
+    ordered = sorted(range(len(pairs)), key=lambda i: preorder.get(id(pairs[i].base), 1 << 30))
+    for i in ordered:
+        pair = pairs[i]
+        key = (pair.base.path, pair.raw.path)
+        if key in worst:
+            s = f"DIFF max abs {worst[key].max_abs_diff:.3g}"
+        elif key in status:
+            s = "ok"
+        elif key in unaligned:
+            s = "not comparable"
+        elif i in hooked:
+            s = "not called"
+        else:
+            s = "not compared"
+        depth = 0 if not pair.base.path else pair.base.path.count(".") + 1
+        lines.append(TreeLine(depth, pair.base.path, pair.raw.path, type(pair.base.module).__name__,
+                               type(pair.raw.module).__name__, s))
+    return lines

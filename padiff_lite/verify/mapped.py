@@ -14,7 +14,8 @@ import numpy as np
 from .. import layout
 from ..ops import COPY, RESHAPE, TRANSPOSE
 from .numerics import GRAD_FLOOR, STEP_FLOOR, Tolerance, compare, compare_gradient, compare_step
-from .results import GradDiff, WeightDiff, label
+from .render import label
+from .results import GradDiff, WeightDiff
 
 
 def to_raw_layout(g, op, shape):

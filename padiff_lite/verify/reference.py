@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import output_align
+from . import output_align
 from .session import backward, run_model
 
 # relative change of each weight: 2**-18 ~ 3.8e-6 ~ 32 float32 ulps, the size of the per-layer rounding differences

@@ -1,47 +1,19 @@
-"""The text report of a comparison (``str(DiffResult)``) and the model tree it shows."""
+"""The text report of a comparison (``str(DiffResult)``) and the model tree it shows.
+
+The functions take the records (``verify.results``) as they are given and import nothing of the package: the
+records render themselves with them, so the results import the rendering, never the other way round.
+"""
 from __future__ import annotations
 
-from .results import DiffResult, LayerDiff, TreeLine, label
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .results import DiffResult, LayerDiff, TreeLine
 
 
-def tree(pairing, pairs, result: DiffResult, hooked: set[int]) -> list[TreeLine]:
-    preorder: dict[int, int] = {}
-
-    def walk(node):
-        preorder.setdefault(id(node), len(preorder))
-        for _, child in node.children:
-            walk(child)
-
-    for pair in pairs:
-        if pair.how in ("root", "layer_map"):
-            walk(pair.base)
-    status: dict[tuple, str] = {}
-    worst: dict[tuple, LayerDiff] = {}
-    for ld in result.layers:
-        key = (ld.base_path, ld.raw_path)
-        if not ld.ok and (key not in worst or ld.max_abs_diff > worst[key].max_abs_diff):
-            worst[key] = ld
-        status.setdefault(key, "ok")
-    unaligned = {(nc.base_path, nc.raw_path) for nc in result.not_comparable}
-    lines = []
-    ordered = sorted(range(len(pairs)), key=lambda i: preorder.get(id(pairs[i].base), 1 << 30))
-    for i in ordered:
-        pair = pairs[i]
-        key = (pair.base.path, pair.raw.path)
-        if key in worst:
-            s = f"DIFF max abs {worst[key].max_abs_diff:.3g}"
-        elif key in status:
-            s = "ok"
-        elif key in unaligned:
-            s = "not comparable"
-        elif i in hooked:
-            s = "not called"
-        else:
-            s = "not compared"
-        depth = 0 if not pair.base.path else pair.base.path.count(".") + 1
-        lines.append(TreeLine(depth, pair.base.path, pair.raw.path, type(pair.base.module).__name__,
-                               type(pair.raw.module).__name__, s))
-    return lines
+def label(path: str) -> str:
+    """A dotted path as reports show it: the root module's empty path is ``<root>``."""
+    return path or "<root>"
 
 
 _MAX_TREE = 40

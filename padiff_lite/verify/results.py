@@ -3,11 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .render import label, render
+
 STAGES = ("forward", "loss", "backward", "optimizer")
-
-
-def label(path: str) -> str:
-    return path or "<root>"
 
 
 @dataclass
@@ -187,7 +185,7 @@ class DiffResult:
 
     def to_html(self, path) -> str:
         """Write one self-contained HTML page (model tree, per-layer chart, steps) to ``path``; returns the path."""
-        from ..html_report import write_html
+        from .html import write_html
 
         return write_html(self, path)
 
@@ -200,6 +198,4 @@ class DiffResult:
         return self.ok
 
     def __str__(self):
-        from .render import render
-
         return "\n".join(render(self))

@@ -13,11 +13,12 @@ import re
 import threading
 from collections.abc import Mapping
 
-from .. import output_align
+from . import output_align
 from ..errors import DiffError
-from ..stream import BaseFailed, Stash
+from .stream import BaseFailed, Stash
 from .numerics import Tolerance, compare, compare_gradient, widened
-from .results import LayerDiff, NotComparable, label
+from .render import label
+from .results import LayerDiff, NotComparable
 from .aligned import compare_aligned, noise_of
 
 # a model that registers a gradient hook inside forward cannot run without autograd (torch and paddle words)

@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass, field
 
 from ..errors import DiffInputError
-from .results import label
+from .render import label
 
 
 @dataclass

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import output_align
+from . import output_align
 from ..errors import DiffError, DiffInputError
 from . import settings
 from .aligned import compare_final, inputs_agree, noise_of

@@ -48,7 +48,7 @@ def assign_weight(base_model, raw_model):
 
 
 def _lite_keywords() -> set:
-    from ...compare import auto_diff as lite
+    from ...verify import auto_diff as lite
 
     return set(inspect.signature(lite).parameters)
 
@@ -60,7 +60,7 @@ def auto_diff(base_model, raw_model, inputs, loss_fns=None, optimizers=None, **k
 
     padiff_lite's :class:`DiffResult` is logged and kept in :func:`last_result`. The reports of both models are
     also dumped under ``<dump_path>/auto_diff``, as PaDiff does."""
-    from ...compare import auto_diff as lite
+    from ...verify import auto_diff as lite
 
     unknown = set(kwargs) - _OPTIONS
     if unknown:
