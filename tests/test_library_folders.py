@@ -517,3 +517,24 @@ def test_qwen3_next_folders(tmp_path):
            "model.layers.0.mlp.experts.0.gate_proj.weight" in text
     assert "self_attn.qkv_proj" in text and "cause: PaddleFormers 1.2's save_pretrained of Qwen3-Next" in text
     assert not (tmp_path / "hf2").exists()
+
+
+def test_config_translation_for_qwen3_next_and_vl_text_configs():
+    """PaddleFormers gets sdpa for Qwen3-Next unless the config says otherwise, and transformers never gets
+    PaddleFormers' _attn_implementation; a text_config's rope_theta comes from its rope_parameters (an existing value
+    is kept). Outputs are compared in test_qwen3_next_folders and test_vl_model_folders_both_ways."""
+    from padiff_lite.library_configs import translate_config
+
+    out, _ = translate_config({"model_type": "qwen3_next", "rope_parameters": {"rope_theta": 1e4}}, "paddleformers")
+    assert out["_attn_implementation"] == "sdpa" and out["rope_theta"] == 1e4
+    out, _ = translate_config({"model_type": "qwen3_next", "_attn_implementation": "eager"}, "paddleformers")
+    assert out["_attn_implementation"] == "eager"
+    out, changes = translate_config({"model_type": "qwen3_next", "_attn_implementation": "sdpa"}, "transformers")
+    assert "_attn_implementation" not in out and "_attn_implementation dropped (the other library's)" in changes
+    out, _ = translate_config({"model_type": "llama"}, "paddleformers")
+    assert "_attn_implementation" not in out
+    text = {"rope_parameters": {"rope_type": "default", "rope_theta": 5e3}}
+    out, _ = translate_config({"model_type": "qwen3_vl", "text_config": text}, "paddleformers")
+    assert out["text_config"]["rope_theta"] == 5e3 and "rope_theta" not in text  # the source dict is left alone
+    out, _ = translate_config({"model_type": "qwen3_vl", "text_config": dict(text, rope_theta=7.0)}, "paddleformers")
+    assert out["text_config"]["rope_theta"] == 7.0
