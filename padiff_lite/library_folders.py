@@ -13,8 +13,8 @@ folder keeps the tensors as they are (layout, dtype, bytes) and changes what the
 2. the weights are checked against both loaders without reading a tensor (:mod:`.library_loaders`):
    PaddleFormers' own rules run on the names and shapes (paddle's ``AOAEngine``, as ``from_pretrained`` runs
    them; for its paddlefleet classes the rules of their eager class, :mod:`.paddleformers_classes`): every tensor of its model must be produced with its shape, every tensor of the folder read (tied
-   copies aside); transformers' model must hold as many values as the folder and, where transformers keeps its
-   on-disk names, every key with its shape; what a library's save is known to write wrong is put right first
+   copies aside); transformers' model must hold as many values as the folder and every key with its shape (its
+   in-memory names, or the names its own save_pretrained writes where it renames on disk); what a library's save is known to write wrong is put right first
    where the right form is known (names, a fused tensor left in memory layout), each noted in the report;
 3. ``config.json`` is translated (:mod:`.library_configs`), ``generation_config.json`` and the tokenizer
    files are copied, the weights are written shard by shard like the source (header metadata says
@@ -43,8 +43,9 @@ from .formats.safetensors import SafetensorsWriter
 from .interrupts import terminate_like_interrupt
 from .layouts_on_disk import metadata_for
 from .library_configs import translate_config
-from .library_loaders import (Piece, build_config, build_without_storage, check_transformers, paddleformers_view,
-                              source_key, source_nbytes, source_shape, written_names, written_shapes)
+from .library_loaders import (UPSTREAM_SAVE_INCOMPLETE, Piece, build_config, build_without_storage,
+                              check_transformers, paddleformers_view, source_key, source_nbytes, source_shape,
+                              written_names, written_shapes)
 from .paddleformers_classes import DEPRECATED
 
 log = logging.getLogger("padiff_lite.library_folders")
@@ -147,9 +148,38 @@ def read_config(src: Path) -> dict:
         raise CheckpointError(f"{p}: not valid JSON ({exc}); re-create or re-download it") from None
     archs = cfg.get("architectures") if isinstance(cfg, dict) else None
     if not isinstance(archs, list) or not archs or not isinstance(archs[0], str):
+        if isinstance(cfg, dict) and "paddleformers_version" in cfg and _sub_config_architecture(cfg):
+            return cfg  # PaddleFormers' save put it into text_config: settled once its classes are imported
         raise CheckpointError(f"{p} names no 'architectures' (e.g. [\"LlamaForCausalLM\"]); add the model class "
                               "there, as save_pretrained writes it")
     return cfg
+
+
+def _sub_config_architecture(cfg: dict) -> str | None:
+    sub = cfg.get("text_config")
+    archs = sub.get("architectures") if isinstance(sub, dict) else None
+    return archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str) else None
+
+
+def _settle_architecture(cfg: dict, pf, src: Path, notes: list):
+    """PaddleFormers 1.2's save_pretrained of Qwen3-VL writes no top-level ``architectures`` and puts the model's class
+    into ``text_config.architectures``: that class is taken when PaddleFormers has it and its config's model_type is
+    the folder's (anything else is refused as a config without architectures)."""
+    if cfg.get("architectures"):
+        return
+    arch = _sub_config_architecture(cfg)
+    try:
+        cls = getattr(pf, arch, None)
+    except ImportError:
+        cls = None
+    model_type = getattr(getattr(cls, "config_class", None), "model_type", None)
+    if cls is None or not model_type or model_type != cfg.get("model_type"):
+        raise CheckpointError(f"{src / 'config.json'} names no 'architectures' (e.g. [\"LlamaForCausalLM\"]); add the "
+                              "model class there, as save_pretrained writes it")
+    cfg["architectures"] = [arch]
+    notes.append(f"architectures = [{arch!r}] taken from text_config.architectures: PaddleFormers' save_pretrained "
+                 f"wrote the model class there and none at the top level (its config's model_type {model_type!r} is "
+                 "the folder's)")
 
 
 def _other_files(src: Path, weight_files: set) -> list[Path]:
@@ -183,6 +213,8 @@ def convert_folder(src, dst, to: str, verify: bool = False, progress=None, weigh
     final = dst.with_name(dst.name + UNVERIFIED_SUFFIX) if verify else dst
     _check_destination(src, dst, final)
     transformers, pf = _libraries()
+    arch_notes: list[str] = []
+    _settle_architecture(cfg, pf, src, arch_notes)
     source_lib = "transformers" if to == "paddleformers" else "paddleformers"
     arch = cfg["architectures"][0]
     t_cls = _class(transformers, "transformers", arch, src)
@@ -208,7 +240,7 @@ def convert_folder(src, dst, to: str, verify: bool = False, progress=None, weigh
         out_cfg["architectures"] = [t_cls.__name__] + list(out_cfg["architectures"][1:])
         changes.append(f"architectures = [{t_cls.__name__!r}] (PaddleFormers' eager {arch} is transformers' "
                        f"{t_cls.__name__})")
-    report = FolderReport(str(src), str(final), to, arch, config_changes=changes, notes=list(pfc.notes))
+    report = FolderReport(str(src), str(final), to, arch, config_changes=arch_notes + changes, notes=list(pfc.notes))
     writer = "paddleformers" if "paddleformers_version" in cfg else "transformers" if "transformers_version" in cfg \
         else None
     if writer == to:
@@ -237,9 +269,11 @@ def convert_folder(src, dst, to: str, verify: bool = False, progress=None, weigh
     problems += t_problems
     report.notes += notes + t_notes
     if problems:
+        cause = UPSTREAM_SAVE_INCOMPLETE.get((writer or source_lib, model_type))
         raise CheckpointError(f"{src}: the weights do not fit what the libraries' loaders read ({arch}, "
                               f"transformers {_version('transformers')}, paddleformers {_version('paddleformers')}); "
-                              "nothing was written:\n" + "\n".join("  - " + p for p in problems))
+                              "nothing was written:\n" + "\n".join("  - " + p for p in problems)
+                              + (f"\n  cause: {cause}" if cause else ""))
     if to == "paddleformers":
         on = paddleformers_cpu.fused_flags_on(out_cfg)  # as the folder leaves them (absent fuse_rms_norm: on)
         if on:

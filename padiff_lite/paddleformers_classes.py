@@ -35,6 +35,11 @@ HF_READERS = {
     "DeepseekV3ForCausalLM": ("DeepseekV3Config", "deepseek_v3"),
 }
 HF_READERS_CHECKED = ("1.2.",)
+# paddlefleet classes whose module does not import without paddlefleet but whose eager class does (PaddleFormers
+# versions of HF_READERS_CHECKED): architecture -> where the two classes' loading rules were compared
+EAGER_ONLY = {"Qwen3VLForConditionalGeneration": "in paddleformers 1.2's source, the loading rules of "
+              "modeling_fleet's Qwen3VLForConditionalGeneration read the same file names as the eager class's: "
+              "model.language_model.*, model.visual.*, lm_head.weight"}
 
 
 @dataclass
@@ -60,6 +65,9 @@ def resolve(pf, arch: str, version: str, src) -> PaddleFormersClass:
     try:
         cls = getattr(pf, arch, None)
     except ImportError as exc:
+        eager = _eager_only(pf, arch, version, exc)
+        if eager is not None:
+            return eager
         return _unimportable(pf, arch, version, src, exc)
     if cls is None:
         raise CheckpointError(f"{src / 'config.json'} names the architecture {arch}, which paddleformers {version} "
@@ -76,6 +84,24 @@ def resolve(pf, arch: str, version: str, src) -> PaddleFormersClass:
                      " (load it with either class)")
         cls = eager
     return PaddleFormersClass(arch, cls, cls.config_class, cls.__name__, notes)
+
+
+def _eager_only(pf, arch: str, version: str, exc: Exception) -> PaddleFormersClass | None:
+    """PaddleFormers' class for ``arch`` whose paddlefleet module does not import (Qwen3-VL's
+    ``Qwen3VLForConditionalGeneration`` lives in ``modeling_fleet``), while its eager ``<arch>Deprecated`` does, for
+    the versions :data:`EAGER_ONLY` was checked with: the eager class checks and loads the folder (noted)."""
+    if arch not in EAGER_ONLY or not version.startswith(HF_READERS_CHECKED):
+        return None
+    try:
+        eager = getattr(pf, arch + DEPRECATED, None)
+    except ImportError:
+        return None
+    if eager is None:
+        return None
+    note = (f"PaddleFormers' {arch} is a paddlefleet model whose module cannot be imported here ({_cause(exc)}); "
+            f"its eager {eager.__name__} reads the HuggingFace-layout folder: the folder was checked against that "
+            f"class's rules, and --verify loads it with that class ({EAGER_ONLY[arch]})")
+    return PaddleFormersClass(arch, eager, eager.config_class, eager.__name__, [note])
 
 
 def _unimportable(pf, arch: str, version: str, src, exc: Exception) -> PaddleFormersClass:

@@ -126,3 +126,49 @@ def torch_qwen25vl(seed=0):
     cfg._attn_implementation = "eager"
     torch.manual_seed(seed)
     return noisy_torch(Qwen2_5_VLForConditionalGeneration(cfg), seed)
+
+
+def _vl_kwargs(family):
+    """text / vision sizes of tests/hf_families.py for a whole Qwen3-VL or GLM-OCR (transformers' config keys)."""
+    vision = dict(depth=2, hidden_size=H.V_HIDDEN, intermediate_size=48, num_heads=H.V_HEADS, in_channels=3,
+                  patch_size=H.V_PATCH, spatial_merge_size=H.V_MERGE, temporal_patch_size=H.V_TPATCH,
+                  out_hidden_size=H.HIDDEN, hidden_act="silu")
+    if family == "qwen3_vl":
+        text = dict(H._COMMON, head_dim=H.HEAD_DIM, tie_word_embeddings=False, attention_dropout=0.0,
+                    rope_parameters=dict(H._rope(), mrope_section=H.MROPE, mrope_interleaved=True))
+        vision.update(num_position_embeddings=64, deepstack_visual_indexes=[1])
+        tokens = dict(image_token_id=120, video_token_id=121, vision_start_token_id=122)
+    else:
+        text = dict(H._COMMON, attention_dropout=0.0, pad_token_id=0,
+                    rope_parameters=dict(H._rope(), mrope_section=H.MROPE))
+        vision.update(image_size=8 * H.V_PATCH, attention_bias=True)
+        tokens = dict(image_token_id=120, video_token_id=121, image_start_token_id=122, image_end_token_id=123)
+    return text, vision, tokens
+
+
+def torch_vl(family, seed=0):
+    """A whole transformers Qwen3-VL (``family="qwen3_vl"``) or GLM-OCR (``"glm_ocr"``): text decoder, vision tower,
+    merger; tiny sizes of tests/hf_families.py."""
+    text, vision, tokens = _vl_kwargs(family)
+    cfg_cls, cls = ((transformers.Qwen3VLConfig, transformers.Qwen3VLForConditionalGeneration) if family == "qwen3_vl"
+                    else (transformers.GlmOcrConfig, transformers.GlmOcrForConditionalGeneration))
+    cfg = cfg_cls(text_config=text, vision_config=vision, tie_word_embeddings=False, **tokens)
+    cfg._attn_implementation = "eager"
+    torch.manual_seed(seed)
+    return noisy_torch(cls(cfg), seed)
+
+
+def paddle_vl(family, seed=0):
+    """The same for PaddleFormers (Qwen3-VL: its eager Qwen3VLForConditionalGenerationDeprecated)."""
+    import paddleformers.transformers as pf
+
+    text, vision, tokens = _vl_kwargs(family)
+    text = dict(text, rope_theta=10000.0, **({} if family == "qwen3_vl" else {"mrope_section": H.MROPE}))
+    cfg_cls, cls = ((pf.Qwen3VLConfig, pf.Qwen3VLForConditionalGenerationDeprecated) if family == "qwen3_vl"
+                    else (pf.GlmOcrConfig, pf.GlmOcrForConditionalGeneration))
+    cfg = cfg_cls(text_config=text, vision_config=vision, tie_word_embeddings=False, **tokens)
+    for c in (cfg, getattr(cfg, "text_config", None), getattr(cfg, "vision_config", None)):
+        if c is not None:
+            H._paddle_prepare(c)
+    paddle.seed(seed)
+    return noisy_paddle(cls(cfg), seed)

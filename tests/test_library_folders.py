@@ -427,3 +427,114 @@ def _eval_logits(model):
     with paddle.no_grad():
         out = model(input_ids=paddle.to_tensor(_ids()))
     return np.asarray(out.logits.astype("float32").numpy())
+
+
+# -- Qwen3-Next, Qwen3-VL and GLM-OCR (whole models) ----------------------------------------------------------------
+def _image_features(library, model):
+    """The merged image features of the model's own vision tower and merger (get_image_features) on the pixel
+    patches of tests/hf_families.py, as one float32 array: the text-only logits do not read the vision weights."""
+    v = H._vision_inputs()
+    if library == "transformers":
+        with torch.no_grad():
+            out = model.model.get_image_features(torch.from_numpy(v["hidden_states"]), torch.from_numpy(v["grid_thw"]))
+        feats = out.pooler_output
+        return np.concatenate([f.float().numpy() for f in feats]) if isinstance(feats, (list, tuple)) \
+            else feats.float().numpy()
+    import paddle
+
+    with paddle.no_grad():
+        out = model.model.get_image_features(paddle.to_tensor(v["hidden_states"]), paddle.to_tensor(v["grid_thw"]))
+    feats = out[0] if isinstance(out, tuple) else out.pooler_output
+    feats = feats if isinstance(feats, (list, tuple)) else [feats]
+    return np.concatenate([np.asarray(f.astype("float32").numpy()) for f in feats])
+
+
+VL = {"qwen3_vl": ("Qwen3VLForConditionalGeneration", "Qwen3VLForConditionalGenerationDeprecated"),
+      "glm_ocr": ("GlmOcrForConditionalGeneration", "GlmOcrForConditionalGeneration")}
+
+
+@pytest.mark.parametrize("family", sorted(VL))
+def test_vl_model_folders_both_ways(tmp_path, family):
+    """The whole model a user's folder holds (text decoder, vision tower, merger), both ways: logits on text-only
+    token ids (below the image/video token ids) and the image features, each within TOL. Qwen3-VL: PaddleFormers'
+    Qwen3VLForConditionalGeneration is a paddlefleet class (its module imports paddlefleet), the folder is checked and
+    loaded with its eager class; PaddleFormers' text config needs rope_theta (its default is 1e6: PaddleFormers reading
+    transformers' folder itself is 0.04 off) and its own save writes no top-level architectures."""
+    t_arch, p_arch = VL[family]
+    x = _ids() % 100 + 1
+    t = L.torch_vl(family)
+    src = _saved(tmp_path, "transformers", t, "hf")
+    report = convert_checkpoint(src, tmp_path / "pf", to="paddleformers")
+    assert "text_config.rope_theta = 10000.0 (from text_config.rope_parameters)" in report.config_changes
+    p = load("paddleformers", p_arch, tmp_path / "pf")
+    figures = {"hf->pf logits": np.abs(run("paddleformers", p, x) - run("transformers", t, x)).max(),
+               "hf->pf image": np.abs(_image_features("paddleformers", p) - _image_features("transformers", t)).max()}
+    if family == "qwen3_vl":
+        assert any("its eager Qwen3VLForConditionalGenerationDeprecated reads" in n for n in report.notes)
+        wrong = load("paddleformers", p_arch, src)  # PaddleFormers on transformers' folder as it is: rope_theta 1e6
+        assert np.abs(run("paddleformers", wrong, x) - run("transformers", t, x)).max() > 1e-3
+
+    p = L.paddle_vl(family)
+    back = _saved(tmp_path, "paddleformers", p, "pfs")
+    report = convert_checkpoint(back, tmp_path / "hf2", to="transformers")
+    cfg = json.loads((tmp_path / "hf2" / "config.json").read_text())
+    assert cfg["architectures"] == [t_arch]
+    if family == "qwen3_vl":
+        assert "architectures" not in json.loads((back / "config.json").read_text())
+        assert any("taken from text_config.architectures" in c for c in report.config_changes)
+    got = load("transformers", t_arch, tmp_path / "hf2")
+    _as_saved(p, back)
+    figures["pf->hf logits"] = np.abs(run("transformers", got, x) - run("paddleformers", p, x)).max()
+    figures["pf->hf image"] = np.abs(_image_features("transformers", got) - _image_features("paddleformers", p)).max()
+    print(family, {k: f"{v:.2g}" for k, v in figures.items()})
+    assert all(v < TOL for v in figures.values()), figures
+
+
+def test_qwen3_next_folders(tmp_path):
+    """transformers -> PaddleFormers: the folder's config asks PaddleFormers for sdpa attention (its Qwen3NextModel
+    gives full-attention layers no causal mask; eager then attends both ways, 0.86 off), so PaddleFormers'
+    from_pretrained as a user calls it gives transformers' logits, and --verify passes. PaddleFormers -> transformers:
+    its save_pretrained leaves the fused q/k/v and gate/up tensors in its memory layout under its own names: refused,
+    naming the missing tensors and the upstream cause; nothing written."""
+    fam = H.BY_NAME["qwen3_next"]
+    t = fam.torch_model(0)
+    src = _saved(tmp_path, "transformers", t, "hf")
+    report = convert_checkpoint(src, tmp_path / "pf", to="paddleformers", verify=True)
+    assert report.verified and report.max_diff < TOL, report.max_diff
+    assert any(c.startswith("_attn_implementation = 'sdpa' (PaddleFormers 1.2's Qwen3NextModel gives")
+               for c in report.config_changes)
+    p = pf.Qwen3NextForCausalLM.from_pretrained(str(tmp_path / "pf"), dtype="float32")  # as a user loads it
+    assert p.config._attn_implementation == "sdpa"
+    p.config.fuse_rms_norm = False
+    diff = np.abs(fam.forward_paddle(p.eval(), {"input_ids": _ids()}) - fam.forward_torch(t, {"input_ids": _ids()}))
+    assert diff.max() < TOL, diff.max()
+
+    back = _saved(tmp_path, "paddleformers", fam.paddle_model(0), "pfs")
+    with pytest.raises(CheckpointError) as err:
+        convert_checkpoint(back, tmp_path / "hf2", to="transformers")
+    text = str(err.value)
+    assert "tensor(s) transformers' Qwen3NextForCausalLM needs are not in the folder: " \
+           "model.layers.0.mlp.experts.0.gate_proj.weight" in text
+    assert "self_attn.qkv_proj" in text and "cause: PaddleFormers 1.2's save_pretrained of Qwen3-Next" in text
+    assert not (tmp_path / "hf2").exists()
+
+
+def test_config_translation_for_qwen3_next_and_vl_text_configs():
+    """PaddleFormers gets sdpa for Qwen3-Next unless the config says otherwise, and transformers never gets
+    PaddleFormers' _attn_implementation; a text_config's rope_theta comes from its rope_parameters (an existing value
+    is kept). Outputs are compared in test_qwen3_next_folders and test_vl_model_folders_both_ways."""
+    from padiff_lite.library_configs import translate_config
+
+    out, _ = translate_config({"model_type": "qwen3_next", "rope_parameters": {"rope_theta": 1e4}}, "paddleformers")
+    assert out["_attn_implementation"] == "sdpa" and out["rope_theta"] == 1e4
+    out, _ = translate_config({"model_type": "qwen3_next", "_attn_implementation": "eager"}, "paddleformers")
+    assert out["_attn_implementation"] == "eager"
+    out, changes = translate_config({"model_type": "qwen3_next", "_attn_implementation": "sdpa"}, "transformers")
+    assert "_attn_implementation" not in out and "_attn_implementation dropped (the other library's)" in changes
+    out, _ = translate_config({"model_type": "llama"}, "paddleformers")
+    assert "_attn_implementation" not in out
+    text = {"rope_parameters": {"rope_type": "default", "rope_theta": 5e3}}
+    out, _ = translate_config({"model_type": "qwen3_vl", "text_config": text}, "paddleformers")
+    assert out["text_config"]["rope_theta"] == 5e3 and "rope_theta" not in text  # the source dict is left alone
+    out, _ = translate_config({"model_type": "qwen3_vl", "text_config": dict(text, rope_theta=7.0)}, "paddleformers")
+    assert out["text_config"]["rope_theta"] == 7.0
