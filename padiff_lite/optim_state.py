@@ -165,28 +165,44 @@ def _settings_problems(opt, fw: str, side: str, adapter, params) -> list[str]:
     return out
 
 
+def rmsprop_momentum_problem(who: str, momentum: float, scheduled: str | None, lr: float | None) -> str | None:
+    """paddle RMSProp keeps its momentum multiplied by each step's learning rate: refused with a scheduled rate
+    (``scheduled``: what drives it) or a rate of 0. Shared by the in-memory move and the file converter."""
+    if not momentum > 0:
+        return None
+    if scheduled:
+        return (f"{who}: momentum={momentum} with a learning rate driven by {scheduled}: "
+                "paddle's RMSProp multiplies each step's learning rate into its momentum (moment = "
+                "momentum * moment + lr * g / sqrt(v + eps)), torch's multiplies the whole buffer by the "
+                "current rate (p -= lr * buf): with a changing learning rate the two are different updates "
+                "and no moved state continues alike; use a constant learning rate or momentum=0")
+    if lr is not None and lr == 0:
+        return (f"{who}: a learning rate of 0 with momentum={momentum}: paddle's RMSProp keeps its "
+                "momentum multiplied by the learning rate, so it cannot be converted; use a non-zero rate")
+    return None
+
+
+def adagrad_decay_problem(who: str, lr_decays) -> str | None:
+    """torch Adagrad's lr_decay (a decay by its own step count) has no paddle counterpart."""
+    decays = sorted({float(d) for d in lr_decays} - {0.0})
+    if not decays:
+        return None
+    return (f"{who}: lr_decay={decays[0]!r} has no counterpart in paddle's Adagrad (its rate does not "
+            "decay with its own step count); use lr_decay=0 on torch (a paddle LRScheduler can decay the rate)")
+
+
 def _family_problems(table: StateTable, opt, fw: str, side: str, params) -> list[str]:
     """Settings of a covered family that the other framework's update has no counterpart for."""
-    out = []
     who = f"{side} ({fw} {type(opt).__name__})"
-    if table is RMSPROP and fw == "paddle" and float(getattr(opt, "_momentum", 0.0) or 0.0) > 0:
+    found = []
+    if table is RMSPROP and fw == "paddle":
         sched = getattr(opt, "_learning_rate", None)
-        if not isinstance(sched, (int, float)):
-            out.append(f"{who}: momentum={opt._momentum} with a learning rate driven by {type(sched).__name__}: "
-                       "paddle's RMSProp multiplies each step's learning rate into its momentum (moment = "
-                       "momentum * moment + lr * g / sqrt(v + eps)), torch's multiplies the whole buffer by the "
-                       "current rate (p -= lr * buf): with a changing learning rate the two are different updates "
-                       "and no moved state continues alike; use a constant learning rate or momentum=0")
-        elif any(_paddle_lr(opt, p) == 0 for p in params):
-            out.append(f"{who}: a learning rate of 0 with momentum={opt._momentum}: paddle's RMSProp keeps its "
-                       "momentum multiplied by the learning rate, so it cannot be converted; use a non-zero rate")
+        scheduled = None if isinstance(sched, (int, float)) else type(sched).__name__
+        lr = 0.0 if any(_paddle_lr(opt, p) == 0 for p in params) else None
+        found.append(rmsprop_momentum_problem(who, float(getattr(opt, "_momentum", 0.0) or 0.0), scheduled, lr))
     if table is ADAGRAD and fw == "torch":
-        decays = sorted({float(g.get("lr_decay", 0.0)) for g in opt.param_groups} - {0.0})
-        if decays:
-            out.append(f"{who}: lr_decay={decays[0]!r} has no counterpart in paddle's Adagrad (its rate does not "
-                       "decay with its own step count); use lr_decay=0 on torch (a paddle LRScheduler can decay "
-                       "the rate)")
-    return out
+        found.append(adagrad_decay_problem(who, [g.get("lr_decay", 0.0) for g in opt.param_groups]))
+    return [f for f in found if f]
 
 
 def _fresh_value(table: StateTable, opt, fw: str, param, neutral: str, shape):
@@ -423,37 +439,43 @@ def _setting_notes(bo, ro, plan, table) -> list[str]:
 
 def _formula_notes(table, bo, fb, ro, fr, targets) -> list[str]:
     """Where the two frameworks' updates differ in a way no state can fix: said with its size on the moved state."""
-    out = []
     if fb == fr:
-        return out
+        return []
     topt = bo if fb == "torch" else ro
     popt = ro if fb == "torch" else bo
+    group = topt.param_groups[0]
+    return formula_notes(table, float(group.get("eps", 0.0)), float(getattr(popt, "_epsilon", 0.0)),
+                         bool(group.get("centered")), [t.values for t in targets if not t.fresh], fb == "paddle")
+
+
+def formula_notes(table, eps_t: float, eps_p: float | None, centered: bool, values, from_paddle: bool) -> list[str]:
+    """The notes of :func:`_formula_notes` from plain values (``values``: each moved parameter's neutral state;
+    ``eps_p`` None: the paddle optimizer's epsilon is not known, as in a .pdopt). Shared with the file converter."""
+    out = []
     if table is RMSPROP:
-        eps_t = float(topt.param_groups[0]["eps"])
-        eps_p = float(popt._epsilon)
-        centered = bool(topt.param_groups[0].get("centered"))
-        gap = 0.0
-        for t in targets:
-            if t.fresh:
-                continue
-            v = t.values["v"].double() - (t.values["mean"].double() ** 2 if centered else 0.0)
-            v = v.clamp_min(0.0)
-            den_t, den_p = v.sqrt() + eps_t, (v + eps_p).sqrt()
-            if v.numel():
-                gap = max(gap, float(((den_t - den_p).abs() / den_t).max()))
+        gap = None
+        if eps_p is not None:
+            gap = 0.0
+            for vals in values:
+                v = vals["v"].double() - (vals["mean"].double() ** 2 if centered else 0.0)
+                v = v.clamp_min(0.0)
+                den_t, den_p = v.sqrt() + eps_t, (v + eps_p).sqrt()
+                if v.numel():
+                    gap = max(gap, float(((den_t - den_p).abs() / den_t).max()))
         out.append(f"optimizer update differs (no state can fix it): RMSProp epsilon: torch divides by "
-                   f"sqrt(v) + eps (eps={eps_t:g}), paddle by sqrt(v + epsilon) (epsilon={eps_p:g}); on the moved "
-                   f"state the two divisors differ by up to {gap:.2g} relative"
-                   + ("" if math.isclose(eps_p, eps_t ** 2, rel_tol=1e-6) else
+                   f"sqrt(v) + eps (eps={eps_t:g}), paddle by sqrt(v + epsilon) ("
+                   + (f"epsilon={eps_p:g}); on the moved state the two divisors differ by up to {gap:.2g} relative"
+                      if eps_p is not None else "its epsilon is the paddle optimizer's")
+                   + ("" if eps_p is not None and math.isclose(eps_p, eps_t ** 2, rel_tol=1e-6) else
                       f"; paddle epsilon = torch eps**2 ({eps_t ** 2:g}) makes them nearly equal"))
     if table is ADAMAX:
-        eps_t, eps_p = float(topt.param_groups[0]["eps"]), float(popt._epsilon)
-        gap = max((float((max(eps_t, eps_p) / t.values["u"].double().clamp_min(1e-300)).max())
-                   for t in targets if not t.fresh and t.values["u"].numel()), default=0.0)
+        gap = max((float((max(eps_t, eps_p or 0.0) / vals["u"].double().clamp_min(1e-300)).max())
+                   for vals in values if vals["u"].numel()), default=0.0)
         out.append(f"optimizer update differs (no state can fix it): Adamax epsilon: torch takes max(beta2 * u, "
-                   f"|g| + eps) (eps={eps_t:g}), paddle max(beta2 * u + epsilon, |g|) (epsilon={eps_p:g}); on the "
-                   f"moved state that is up to {min(gap, 1.0):.2g} of the norm u")
-    if table.torch_step and fb == "paddle" and any(not t.fresh for t in targets):
+                   f"|g| + eps) (eps={eps_t:g}), paddle max(beta2 * u + epsilon, |g|) ("
+                   + (f"epsilon={eps_p:g}" if eps_p is not None else "its epsilon is the paddle optimizer's")
+                   + f"); on the moved state that is up to {min(gap, 1.0):.2g} of the norm u")
+    if table.torch_step and from_paddle and values:
         out.append(f"optimizer state: paddle {table.kind} counts no steps; torch's step counter (which its update "
                    "does not use here) starts again at 0")
     return out
@@ -557,3 +579,9 @@ def _write_one(moves: Moves, t: _Target):
         for name, beta in zip(table.pows, _betas(opt, "paddle", q)):
             acc = _paddle_acc(opt, name, q)
             adapter.write(acc, torch.full(tuple(adapter.shape(acc)), beta ** (step + 1), dtype=torch.float64))
+
+
+# public: the optimizer-file converter (optim_files.py) runs the same checks on the optimizers its factories build
+family_problems = _family_problems
+settings_problems = _settings_problems
+params_of = _params
