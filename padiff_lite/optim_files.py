@@ -617,8 +617,9 @@ def _check_family(side: Side, src, out_fw: str, target_opt, raw, scheduled):
         problems += optim_state.family_problems(table, target_opt, out_fw, "raw", params)
     if table is optim_state.RMSPROP:
         torch_groups = side.groups if out_fw == "paddle" else target_opt.param_groups
-        where = f"{src} (torch groups)" if out_fw == "paddle" else "the factory's torch RMSprop"
-        for g in torch_groups:
+        for i, g in enumerate(torch_groups):
+            where = (f"{src}: param_groups[{i}]['momentum']" if out_fw == "paddle" else
+                     f"the factory's torch RMSprop, param_groups[{i}]['momentum']")
             momentum = float(g.get("momentum", 0.0) or 0.0)
             lr = g.get("lr")
             problems.append(optim_state.rmsprop_momentum_problem(where, momentum, scheduled,
@@ -658,7 +659,7 @@ def _check_schedules(schedule: dict, path: Path, paddle_sched, side: Side):
             problems = sched_state.check_settings(table, _TorchSchedView(schedule["state"], side.groups), "torch",
                                                   paddle_sched, "paddle", epoch, names=names)
         except (AttributeError, KeyError, TypeError, IndexError) as exc:
-            problems = [f"{path}: not a torch {table.torch_classes[0]} state ({exc}), but the factory's paddle "
+            problems = [f"{path}: not a torch {table.torch_classes[0]} state ({str(exc).strip(chr(39))}), but the factory's paddle "
                         f"scheduler is a {cls}; build the paddle counterpart of the torch run's scheduler"]
     if problems:
         raise CheckpointError(f"cannot convert {path}; nothing was written: " + "; ".join(problems))
@@ -671,6 +672,9 @@ class _TorchSchedView:
     def __init__(self, state: dict, groups: list):
         self.__dict__.update(state)
         self.optimizer = type("Groups", (), {"param_groups": groups})()
+
+    def __getattr__(self, name):  # only for what the state dict lacks
+        raise AttributeError(f"no {name!r} in the file")
 
 
 # -- planning the target state -----------------------------------------------------------------------------------
