@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import layout, optim_state, sched_state
+from . import optim_state, sched_state
 from .checkpoint_plan import names_by_tensor
 from .errors import CheckpointError
 from .factories import build_model, load_factory
@@ -47,7 +47,6 @@ from .formats.common import numpy_to_torch
 from .formats.output import AtomicOutput, OutputFile, output_error
 from .formats.torchfile import load_object as load_torch_object
 from .interrupts import terminate_like_interrupt
-from .ops import COPY, FILL
 from .prepare import prepare
 from .validate import check, refuse
 
@@ -90,12 +89,7 @@ class OptimizerReport:
         return "\n".join(lines)
 
 
-@dataclass
-class State:
-    """One parameter's state in neutral form: torch tensors in its side's layout, the step count."""
-
-    tensors: dict = field(default_factory=dict)
-    step: int = 0
+State = optim_state.Source  # one parameter's state in neutral form: torch tensors in its side's layout, the step
 
 
 @dataclass
@@ -583,8 +577,8 @@ def decode_steps(side: Side, src, betas_of, base_name: str):
         betas = betas_of(pid)
         values = [pw[n] for n in names]
         step = optim_state.step_from_pows(values, betas)
-        for v, b, n in zip(values, betas, names):
-            if v > optim_state.TINY and not math.isclose(v, b ** (step + 1), rel_tol=1e-4):
+        for v, want, b, n in zip(values, optim_state.pow_values(side.table, betas, step), betas, names):
+            if v > optim_state.TINY and not math.isclose(v, want, rel_tol=1e-4):
                 raise CheckpointError(f"{src}: {n}={v!r} is not {b}**(step + 1) for the step {step} the other power "
                                       f"gives; the betas of the torch optimizer ({betas}) are not the paddle run's: "
                                       "build it with the same betas")
@@ -677,20 +671,9 @@ class _TorchSchedView:
         raise AttributeError(f"no {name!r} in the file")
 
 
-# -- planning the target state -----------------------------------------------------------------------------------
-@dataclass
-class _Target:
-    param: object
-    path: str
-    values: dict = field(default_factory=dict)
-    step: int | None = None
-    fresh: bool = True
-    betas: tuple = ()
-    lr: float | None = None  # torch source: the learning rate of the source parameter's group
-
-
+# -- planning the target state ---------------------------------------------------------------------------------
 def targets_for(plan, side: Side, raw, report) -> list:
-    """Every raw parameter's new state, moved by the plan's COPY ops (parts and transforms as for the weight)."""
+    """Every raw parameter's new state, moved by the plan's ops as in memory (:func:`optim_state.move_by_ops`)."""
     table = side.table
     raw_params = list(raw.model.parameters())
     if raw.framework == "torch":
@@ -701,49 +684,41 @@ def targets_for(plan, side: Side, raw, report) -> list:
                [f"{pair.raw.path or '<root>'} ({type(pair.raw.module).__name__}) is written by an imperative special "
                 "init, which says nothing of how its optimizer state maps; register it as a mapping rule "
                 "(init_pool.register_maps) to move its state"])
-    targets: dict = {}
-    problems = []
-    for op in plan.ops:
-        if op.dst is None or id(op.dst.tensor) not in in_raw:
-            continue
+
+    def new_target(op):
         q = op.dst.tensor
-        tgt = targets.get(id(q))
-        if tgt is None:
-            tgt = targets[id(q)] = _Target(q, op.dst.path)
-            for neutral, _, _ in table.tensors:
-                tgt.values[neutral] = torch.zeros(tuple(q.shape), dtype=torch.float64)
-        if op.kind is FILL or op.kind is not COPY:
-            continue
-        src_state = side.states.get(id(op.src.tensor))
-        if src_state is None:
-            continue
-        tgt.fresh = False
-        if tgt.step is not None and tgt.step != src_state.step:
-            problems.append(f"raw {op.dst.path} is made of base parameters that took different numbers of steps "
-                            f"({tgt.step} and {src_state.step} for {op.src.path}); one step count cannot hold both")
-        tgt.step = src_state.step
-        if id(op.src.tensor) in side.betas:
-            tgt.betas = side.betas[id(op.src.tensor)]
-        if side.lrs.get(id(op.src.tensor)) is not None:
-            tgt.lr = side.lrs[id(op.src.tensor)]
-        shape = tuple(op.src.tensor.shape)
-        for neutral, value in tgt.values.items():
-            s = src_state.tensors.get(neutral)
-            s = s if s is not None else torch.zeros(shape, dtype=torch.float64)
-            for region, v in layout.pieces(s, op.src_part, op.transform, value, op.dst_part):
-                region.copy_(v)
+        return optim_state.Target(q, op.dst.path, {n: _fresh(side, n, tuple(q.shape)) for n, _, _ in table.tensors})
+
+    def source(op):
+        pid = id(op.src.tensor)
+        s = side.states.get(pid)
+        if s is None:
+            return optim_state.Source()
+        if pid in side.betas:
+            s.extra["betas"] = side.betas[pid]
+        if side.lrs.get(pid) is not None:
+            s.extra["lr"] = side.lrs[pid]
+        return s
+
+    problems = []
+    targets = optim_state.move_by_ops(plan.ops, in_raw, new_target, source,
+                                      lambda op, neutral, shape: _fresh(side, neutral, shape), problems)
     refuse("cannot convert the optimizer state; nothing was written", problems)
     out = [targets[id(p)] for p in raw_params if id(p) in targets]
     left = [p for p in raw_params if id(p) not in targets]
     if left:
         report.notes.append(f"{len(left)} raw parameters are written by no copy of the plan; they get fresh state")
         for p in left:
-            t = _Target(p, _pname(raw, p))
-            t.values = {n: torch.zeros(tuple(p.shape), dtype=torch.float64) for n, _, _ in table.tensors}
-            out.append(t)
+            out.append(optim_state.Target(p, _pname(raw, p), {n: _fresh(side, n, tuple(p.shape))
+                                                              for n, _, _ in table.tensors}))
     report.parameters = len(out)
     report.moved = sum(1 for t in out if not t.fresh)
     return out
+
+
+def _fresh(side: Side, neutral: str, shape) -> torch.Tensor:
+    """A state tensor before the first step: zeros, or (torch Adagrad file) its initial_accumulator_value."""
+    return torch.full(shape, side.starts.get(neutral, 0.0), dtype=torch.float64)
 
 
 # -- writing -----------------------------------------------------------------------------------------------------
@@ -761,19 +736,15 @@ def paddle_rows(side: Side, targets, key) -> list:
     table, rows = side.table, []
     for t in targets:
         dt = _float_dtype(t.param)
-        for neutral, _, acc in table.tensors:
-            value = t.values[neutral]
-            if t.fresh and neutral in side.starts:  # paddle loads every accumulator it makes from the file
-                value = torch.full_like(value, side.starts[neutral])
-            if neutral in table.lr_scaled:  # paddle keeps it multiplied by the learning rate (RMSProp momentum)
-                value = value * (t.lr or 0.0)
+        for neutral, _, acc in table.tensors:  # paddle loads every accumulator it makes from the file: all written
+            value = optim_state.to_paddle_form(table, neutral, t.values[neutral], t.extra.get("lr") or 0.0)
             rows.append((key(t.param, acc), value.numpy().astype(dt)))
     if table.steps:
         default = next(iter(side.betas.values()))
         for i, name in enumerate(table.pows):
             for t in targets:
-                beta = (t.betas or default)[i]
-                rows.append((key(t.param, name), np.array([beta ** ((t.step or 0) + 1)], dtype=np.float32)))
+                value = optim_state.pow_values(table, t.extra.get("betas") or default, t.step or 0)[i]
+                rows.append((key(t.param, name), np.array([value], dtype=np.float32)))
     return rows
 
 
@@ -824,11 +795,11 @@ def write_torch(path: Path, raw, side: Side, targets, opt, report):
         if table.steps or table.torch_step:
             st["step"] = torch.tensor(float(t.step or 0), dtype=torch.float32)
         for neutral, key, _ in table.tensors:
-            if any(key == k and not group.get(setting) for k, setting in table.optional):
-                continue  # torch keeps it only with that setting on
+            if not optim_state.kept_by_torch(table, key, group):
+                continue
             value = t.values[neutral]
-            if neutral in table.lr_scaled and side.paddle_scaled:
-                value = value / float(group["lr"])  # a rate of 0 with momentum is refused before
+            if side.paddle_scaled:  # read from a .pdopt: RMSProp's momentum still holds paddle's learning rate
+                value = optim_state.from_paddle_form(table, neutral, value, float(group["lr"]))
             st[key] = value.to(dt).contiguous()
         state[index[id(t.param)]] = st
     if side.schedule is not None:

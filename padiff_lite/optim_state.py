@@ -231,15 +231,16 @@ def _not_covered(fb: str, cb: str, fr: str, cr: str) -> str:
 
 
 @dataclass
-class _Source:
+class Source:
     """A base parameter's state read into neutral form: torch tensors in the base layout, the step count."""
 
     tensors: dict = field(default_factory=dict)  # neutral name -> torch tensor (absent: zeros)
     step: int = 0
+    extra: dict = field(default_factory=dict)  # what else a reader knows (a file's betas, learning rate)
 
 
-def _read(opt, fw: str, table: StateTable, adapter, p) -> _Source:
-    src = _Source()
+def _read(opt, fw: str, table: StateTable, adapter, p) -> Source:
+    src = Source()
     if fw == "torch":
         st = opt.state.get(p) or {}
         for neutral, key, _ in table.tensors:
@@ -252,9 +253,7 @@ def _read(opt, fw: str, table: StateTable, adapter, p) -> _Source:
         t = _paddle_acc(opt, acc, p)
         if t is not None:
             src.tensors[neutral] = adapter.torch_view(t)
-            if neutral in table.lr_scaled:  # a rate of 0 with momentum is refused; without, the buffer is unused
-                lr = _paddle_lr(opt, p)
-                src.tensors[neutral] = src.tensors[neutral].double() / lr if lr else _zeros(adapter.shape(t))
+            src.tensors[neutral] = from_paddle_form(table, neutral, src.tensors[neutral], _paddle_lr(opt, p))
     if table.steps:
         pows = [_paddle_acc(opt, name, p) for name in table.pows]
         if all(t is not None for t in pows):
@@ -277,7 +276,7 @@ step_from_pows = _step_from_pows  # public: the optimizer-file converter (optim_
 
 
 @dataclass
-class _Target:
+class Target:
     """What one raw parameter's state becomes: per neutral name the new value (a torch tensor in the raw layout),
     the step, and the ops' source parameters that decided it."""
 
@@ -286,6 +285,7 @@ class _Target:
     values: dict = field(default_factory=dict)
     step: int | None = None
     fresh: bool = True  # every source had no state: the raw state is reset to a fresh one
+    extra: dict = field(default_factory=dict)  # the first source's extra
 
 
 @dataclass
@@ -345,7 +345,6 @@ def prepare(plan, optimizers) -> Moves:
         problems += _family_problems(table, ro, fr, "raw", rparams)
     in_base = {id(p) for p in bparams}
     in_raw = {id(p): p for p in rparams}
-    covered_by_ops = set()
     for pair in plan.imperative:
         for p in pair.raw.module.parameters():
             if id(p) in in_raw:
@@ -356,51 +355,31 @@ def prepare(plan, optimizers) -> Moves:
     moves = Moves(table, ro, fr, raw.adapter)
     if problems:
         raise TransferError("cannot move the optimizer state; nothing was written", problems)
-    targets: dict = {}
     sources: dict = {}
-    for op in plan.ops:
-        if op.dst is None or id(op.dst.tensor) not in in_raw:
-            continue
+
+    def new_target(op):
         q = op.dst.tensor
-        tgt = targets.get(id(q))
-        if tgt is None:
-            tgt = targets[id(q)] = _Target(q, op.dst.path)
-            current = _read(ro, fr, table, raw.adapter, q)
-            shape = tuple(raw.adapter.shape(q))
-            for neutral, _, _ in table.tensors:
-                now = current.tensors.get(neutral)
-                tgt.values[neutral] = (now.clone() if now is not None
-                                       else _fresh_value(table, ro, fr, q, neutral, shape))
-        if op.kind is FILL:
-            for value in tgt.values.values():
-                for region, _ in layout.pieces(value, None, "copy", value, op.dst_part):
-                    region.zero_()
-            continue
-        if op.kind is not COPY:
-            continue
+        tgt = Target(q, op.dst.path)
+        current = _read(ro, fr, table, raw.adapter, q)
+        shape = tuple(raw.adapter.shape(q))
+        for neutral, _, _ in table.tensors:
+            now = current.tensors.get(neutral)
+            tgt.values[neutral] = now.clone() if now is not None else _fresh_value(table, ro, fr, q, neutral, shape)
+        return tgt
+
+    def source(op):
         p = op.src.tensor
         if id(p) not in in_base:
             moves.notes.append(f"optimizer state: base {op.src.path} is not in the base optimizer; raw {op.dst.path} "
                                "gets fresh state there")
-            src = _Source()
-        else:
-            if id(p) not in sources:
-                sources[id(p)] = _read(bo, fb, table, base.adapter, p)
-            src = sources[id(p)]
-        if src.tensors:
-            tgt.fresh = False
-        if tgt.step is not None and tgt.step != src.step:
-            problems.append(f"optimizer state: raw {op.dst.path} is made of base parameters that took different "
-                            f"numbers of steps ({tgt.step} and {src.step} for {op.src.path}); one step count "
-                            "cannot hold both: step them alike before moving")
-        tgt.step = src.step if tgt.step is None else max(tgt.step, src.step)
-        base_shape = tuple(base.adapter.shape(p))
-        for neutral, value in tgt.values.items():
-            s = src.tensors.get(neutral)
-            s = s if s is not None else (_fresh_value(table, ro, fr, q, neutral, base_shape) if not src.tensors
-                                         else _zeros(base_shape))
-            for region, v in layout.pieces(s, op.src_part, op.transform, value, op.dst_part):
-                region.copy_(v)
+            return Source()
+        if id(p) not in sources:
+            sources[id(p)] = _read(bo, fb, table, base.adapter, p)
+        return sources[id(p)]
+
+    targets = move_by_ops(plan.ops, in_raw, new_target, source,
+                          lambda op, neutral, shape: _fresh_value(table, ro, fr, op.dst.tensor, neutral, shape),
+                          problems)
     if problems:
         raise TransferError("cannot move the optimizer state; nothing was written", problems)
     moves.targets = list(targets.values())
@@ -416,6 +395,69 @@ def prepare(plan, optimizers) -> Moves:
         moves.notes.append(f"optimizer state: {len(left)} raw optimizer parameters are written by no copy; "
                            "their state was left as it was")
     return moves
+
+
+def move_by_ops(ops, in_raw, new_target, source, fresh_value, problems) -> dict:
+    """Every raw parameter's new state, moved by the plan's own operations: a COPY moves each state tensor with the
+    weight's parts and transform (:func:`layout.pieces`), a FILL zeroes its part. Shared by the in-memory move and
+    the file converter. ``new_target(op)``: the raw parameter's :class:`Target` with its starting values;
+    ``source(op)``: the base parameter's :class:`Source` (empty: it has no state, the part gets ``fresh_value(op,
+    neutral, shape)``); steps that differ within one raw parameter are added to ``problems``.
+    Returns ``{id(raw parameter): Target}``."""
+    targets: dict = {}
+    for op in ops:
+        if op.dst is None or id(op.dst.tensor) not in in_raw:
+            continue
+        tgt = targets.get(id(op.dst.tensor))
+        if tgt is None:
+            tgt = targets[id(op.dst.tensor)] = new_target(op)
+        if op.kind is FILL:
+            for value in tgt.values.values():
+                for region, _ in layout.pieces(value, None, "copy", value, op.dst_part):
+                    region.zero_()
+            continue
+        if op.kind is not COPY:
+            continue
+        src = source(op)
+        if src.tensors:
+            tgt.fresh = False
+        if tgt.step is not None and tgt.step != src.step:
+            problems.append(f"optimizer state: raw {op.dst.path} is made of base parameters that took different "
+                            f"numbers of steps ({tgt.step} and {src.step} for {op.src.path}); one step count "
+                            "cannot hold both: step them alike before moving")
+        tgt.step = src.step if tgt.step is None else max(tgt.step, src.step)
+        for k, v in src.extra.items():
+            tgt.extra.setdefault(k, v)
+        base_shape = tuple(op.src.tensor.shape)
+        for neutral, value in tgt.values.items():
+            s = src.tensors.get(neutral)
+            s = s if s is not None else (fresh_value(op, neutral, base_shape) if not src.tensors
+                                         else _zeros(base_shape))
+            for region, v in layout.pieces(s, op.src_part, op.transform, value, op.dst_part):
+                region.copy_(v)
+    return targets
+
+
+def pow_values(table: StateTable, betas, step: int) -> list:
+    """paddle's beta powers after ``step`` steps, beta**(step + 1) (the powers of the next step), per table.pows."""
+    return [beta ** (step + 1) for _, beta in zip(table.pows, betas)]
+
+
+def to_paddle_form(table: StateTable, neutral: str, value, lr: float):
+    """A state tensor as paddle keeps it: RMSProp's momentum multiplied by the learning rate."""
+    return value.double() * lr if neutral in table.lr_scaled else value
+
+
+def from_paddle_form(table: StateTable, neutral: str, value, lr: float):
+    """The inverse of :func:`to_paddle_form` (a rate of 0 with momentum is refused before; without, unused)."""
+    if neutral not in table.lr_scaled:
+        return value
+    return value.double() / lr if lr else _zeros(tuple(value.shape))
+
+
+def kept_by_torch(table: StateTable, key: str, group: dict) -> bool:
+    """torch keeps some state only with a setting on (RMSprop's momentum_buffer, grad_avg)."""
+    return not any(key == k and not group.get(setting) for k, setting in table.optional)
 
 
 def _zeros(shape):
@@ -536,7 +578,7 @@ def _restore(moves: Moves, saved):
         moves.adapter.write(s, c)
 
 
-def _write_one(moves: Moves, t: _Target):
+def _write_one(moves: Moves, t: Target):
     import torch
 
     opt, table, q = moves.raw_opt, moves.table, t.param
@@ -548,8 +590,8 @@ def _write_one(moves: Moves, t: _Target):
         st = opt.state[q]
         group = _torch_group(opt, q)
         for neutral, key, _ in table.tensors:
-            if any(key == k and not group.get(setting) for k, setting in table.optional):
-                continue  # torch keeps it only with that setting on
+            if not kept_by_torch(table, key, group):
+                continue
             if st.get(key) is None:
                 st[key] = torch.zeros_like(q, memory_format=torch.preserve_format)
             st[key].detach().copy_(t.values[neutral])
@@ -571,14 +613,11 @@ def _write_one(moves: Moves, t: _Target):
         opt._create_accumulators(paddle.static.default_main_program().global_block(), [q])
     adapter = moves.adapter
     for neutral, _, acc in table.tensors:
-        value = t.values[neutral]
-        if neutral in table.lr_scaled:
-            value = value.double() * _paddle_lr(opt, q)
-        adapter.write(_paddle_acc(opt, acc, q), value)
+        adapter.write(_paddle_acc(opt, acc, q), to_paddle_form(table, neutral, t.values[neutral], _paddle_lr(opt, q)))
     if table.steps:
-        for name, beta in zip(table.pows, _betas(opt, "paddle", q)):
+        for name, value in zip(table.pows, pow_values(table, _betas(opt, "paddle", q), step)):
             acc = _paddle_acc(opt, name, q)
-            adapter.write(acc, torch.full(tuple(adapter.shape(acc)), beta ** (step + 1), dtype=torch.float64))
+            adapter.write(acc, torch.full(tuple(adapter.shape(acc)), value, dtype=torch.float64))
 
 
 # public: the optimizer-file converter (optim_files.py) runs the same checks on the optimizers its factories build
