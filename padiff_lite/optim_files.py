@@ -187,6 +187,14 @@ def convert_optimizer(src, dst, base_model, raw_model, *, mapping=None, optimize
                                   "into, as a factory called with the model (optimizer=fn / --optimizer "
                                   "MODULE:CALLABLE, returning the optimizer, or (optimizer, scheduler))")
         target_opt, target_sched = call_factory(optimizer, raw, "torch")
+        family = optim_state.family_of(target_opt, "torch")
+        if family not in side.table.torch_classes:
+            raise CheckpointError(f"{src}: holds {side.table.kind} state, but the factory's torch optimizer is "
+                                  f"{family}; build a torch {' or '.join(side.table.torch_classes)} (covered: "
+                                  + "; ".join(optim_state.COVERED) + ")")
+        if target_sched is not None and sched_state.table_for("torch", type(target_sched).__name__) is None:
+            raise CheckpointError(f"the factory's torch scheduler is a {type(target_sched).__name__}; no table moves a "
+                                  "paddle schedule's position into it; covered: " + "; ".join(sched_state.COVERED))
         _check_family(side, src, "torch", target_opt, raw, scheduled="the LR_Scheduler of the .pdopt (a paddle "
                       "LRScheduler)" if side.schedule is not None else None)
         if target_sched is not None:

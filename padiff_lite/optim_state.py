@@ -624,3 +624,4 @@ def _write_one(moves: Moves, t: Target):
 family_problems = _family_problems
 settings_problems = _settings_problems
 params_of = _params
+family_of = _family

@@ -204,3 +204,49 @@ def test_refuses_a_torch_schedule_file_of_another_kind(tmp_path):
                    scheduler=tmp_path / "scheduler.pt", optimizer=lambda net: setup("paddle", net, "step"),
                    match="not a torch StepLR state")
     assert "no 'step_size' in the file" in msg
+
+
+def test_refuses_a_torch_optimizer_or_scheduler_of_another_kind(tmp_path):
+    """paddle -> torch: the factory's torch optimizer must be the file's family, its scheduler a covered one."""
+    src = _saved(tmp_path, "paddle", lambda net: optimizer("paddle", net, "adamax"))
+    msg = _refused(src, tmp_path / "o.pt", paddle_model, torch_model, match="holds Adamax state",
+                   optimizer=lambda net: optimizer("torch", net, "adam"))
+    assert "build a torch Adamax" in msg
+
+    def exponential(net):
+        o = optimizer("torch", net, "adamax")
+        return o, torch.optim.lr_scheduler.ExponentialLR(o, 0.9)
+    _refused(src, tmp_path / "o.pt", paddle_model, torch_model, optimizer=exponential, match="ExponentialLR")
+
+
+def torch_adamax_step(net):
+    o = optimizer("torch", net, "adamax", lr=0.01)
+    return o, torch.optim.lr_scheduler.StepLR(o, step_size=2, gamma=0.5)
+
+
+def test_cli_converts_paddle_adamax_and_its_schedule_to_torch(tmp_path, capsys):
+    from pathlib import Path
+
+    from padiff_lite.cli import main
+
+    here = Path(__file__).resolve()
+    other = Path(__file__).resolve().parent / "test_optimizer_files.py"
+    a = fresh_paddle(1)
+    sched_a = paddle.optimizer.lr.StepDecay(0.01, step_size=2, gamma=0.5)
+    opt_a = optimizer("paddle", a, "adamax", lr=sched_a)
+    train_sched("paddle", a, opt_a, sched_a, BATCHES[:3])
+    paddle.save(opt_a.state_dict(), str(tmp_path / "optimizer.pdopt"))
+    assert main(["convert", str(tmp_path / "optimizer.pdopt"), str(tmp_path / "optimizer.pt"), "--base",
+                 f"{other}:paddle_model", "--raw", f"{other}:torch_model", "--optimizer", f"{here}:torch_adamax_step",
+                 "--scheduler-out", str(tmp_path / "scheduler.pt")]) == 0
+    out = capsys.readouterr().out
+    assert "Adamax: state of 6 of 6 raw parameters moved (steps taken: 3)" in out, out
+    b = model("torch", 2)
+    assign_weight(a, b)
+    opt_b, sched_b = torch_adamax_step(b)
+    opt_b.load_state_dict(torch.load(tmp_path / "optimizer.pt", weights_only=True))
+    sched_b.load_state_dict(torch.load(tmp_path / "scheduler.pt", weights_only=True))
+    lrs_a = train_sched("paddle", a, opt_a, sched_a, BATCHES[3:6])
+    lrs_b = train_sched("torch", b, opt_b, sched_b, BATCHES[3:6])
+    assert lrs_a == pytest.approx(lrs_b, rel=1e-12)
+    assert worst(b, a) < AGREE
