@@ -31,13 +31,14 @@ import copy
 import logging
 import math
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import layout, optim_state
+from . import optim_state, sched_state
 from .checkpoint_plan import names_by_tensor
 from .errors import CheckpointError
 from .factories import build_model, load_factory
@@ -46,7 +47,6 @@ from .formats.common import numpy_to_torch
 from .formats.output import AtomicOutput, OutputFile, output_error
 from .formats.torchfile import load_object as load_torch_object
 from .interrupts import terminate_like_interrupt
-from .ops import COPY, FILL
 from .prepare import prepare
 from .validate import check, refuse
 
@@ -57,6 +57,9 @@ TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 SCHED_KEY = "LR_Scheduler"
 STRUCTURED_KEY = "StructuredToParameterName@@"  # paddle.save adds it to every dict (a name table, empty here)
 _COUNTER = re.compile(r"^(.*)_(\d+)$")
+# paddle accumulators of settings whose state does not carry over: named in the refusal
+NOT_MOVED = {"moment2_max": "the paddle optimizer ran with amsgrad=True, whose running maximum (moment2_max) is "
+                            "not moved; use amsgrad=False on both sides"}
 
 
 def is_optimizer_conversion(src, dst) -> bool:
@@ -86,12 +89,7 @@ class OptimizerReport:
         return "\n".join(lines)
 
 
-@dataclass
-class State:
-    """One parameter's state in neutral form: torch tensors in its side's layout, the step count."""
-
-    tensors: dict = field(default_factory=dict)
-    step: int = 0
+State = optim_state.Source  # one parameter's state in neutral form: torch tensors in its side's layout, the step
 
 
 @dataclass
@@ -104,6 +102,9 @@ class Side:
     groups: list = field(default_factory=list)  # torch source: the param groups' settings (for the report)
     schedule: dict | None = None  # {"last_epoch": int, "lr": float, "settings": {...}}
     pows: dict = field(default_factory=dict)  # paddle source: id(param) -> {beta power name: value}
+    lrs: dict = field(default_factory=dict)  # torch source: id(param) -> its group's learning rate (lr_scaled state)
+    starts: dict = field(default_factory=dict)  # torch source: neutral -> a fresh state's value (Adagrad)
+    paddle_scaled: bool = False  # paddle source: lr_scaled state is still multiplied by the learning rate
 
 
 # -- entry point -------------------------------------------------------------------------------------------------
@@ -168,6 +169,10 @@ def convert_optimizer(src, dst, base_model, raw_model, *, mapping=None, optimize
         target_opt, target_sched = call_factory(optimizer, raw, "paddle") if optimizer is not None else (None, None)
         if target_opt is not None:
             _check_paddle_optimizer(target_opt, side, src)
+        _check_family(side, src, "paddle", target_opt, raw, scheduled=f"the schedule of {scheduler}"
+                      if scheduler is not None else None)
+        if target_sched is not None and side.schedule is not None:
+            _check_schedules(side.schedule, Path(scheduler), target_sched, side)
     else:
         side = _read_paddle(src, base, report)
         if scheduler is not None:
@@ -182,6 +187,21 @@ def convert_optimizer(src, dst, base_model, raw_model, *, mapping=None, optimize
                                   "into, as a factory called with the model (optimizer=fn / --optimizer "
                                   "MODULE:CALLABLE, returning the optimizer, or (optimizer, scheduler))")
         target_opt, target_sched = call_factory(optimizer, raw, "torch")
+        family = optim_state.family_of(target_opt, "torch")
+        if family not in side.table.torch_classes:
+            raise CheckpointError(f"{src}: holds {side.table.kind} state, but the factory's torch optimizer is "
+                                  f"{family}; build a torch {' or '.join(side.table.torch_classes)} (covered: "
+                                  + "; ".join(optim_state.COVERED) + ")")
+        if target_sched is not None and sched_state.table_for("torch", type(target_sched).__name__) is None:
+            raise CheckpointError(f"the factory's torch scheduler is a {type(target_sched).__name__}; no table moves a "
+                                  "paddle schedule's position into it; covered: " + "; ".join(sched_state.COVERED))
+        _check_family(side, src, "torch", target_opt, raw, scheduled="the LR_Scheduler of the .pdopt (a paddle "
+                      "LRScheduler)" if side.schedule is not None else None)
+        if target_sched is not None:
+            problem = sched_state.cycle_momentum_problem(f"the factory's torch {type(target_sched).__name__}",
+                                                         target_sched)
+            if problem:
+                raise CheckpointError(f"{problem}; nothing was written")
         if side.table.steps:
             betas = {tuple(float(b) for b in g["betas"]) for g in target_opt.param_groups}
             if len(betas) != 1:
@@ -204,6 +224,7 @@ def convert_optimizer(src, dst, base_model, raw_model, *, mapping=None, optimize
                                       "return (optimizer, scheduler) so the torch scheduler's settings are written "
                                       "(torch's load_state_dict replaces them with the file's)")
     targets = targets_for(plan, side, raw, report)
+    report.notes += _formula_notes(side, target_opt, to_paddle, targets)
     finals = [dst] + ([Path(scheduler_out)] if scheduler_out is not None else [])
     sources = [src] + ([Path(scheduler)] if scheduler is not None else [])
     try:
@@ -279,9 +300,14 @@ def _table_for(keys: set, framework: str, where: str):
     for t in optim_state.TABLES:
         if not t.tensors:
             continue
-        names = {k for _, k, _ in t.tensors} if framework == "torch" else {a for _, _, a in t.tensors}
-        extra = {"step"} if framework == "torch" and t.steps else set(optim_state.BETA_POWS) if t.steps else set()
-        if keys and keys <= names | extra and names <= keys | set():
+        if framework == "torch":
+            names = {k for _, k, _ in t.tensors}
+            required = names - {k for k, _ in t.optional}  # kept only with a setting on
+            extra = {"step"} if t.steps or t.torch_step else set()
+        else:
+            names = required = {a for _, _, a in t.tensors}
+            extra = set(t.pows) if t.steps else set()
+        if keys and keys <= names | extra and required <= keys:
             fits.append(t)
     if len(fits) == 1:
         return fits[0]
@@ -366,16 +392,26 @@ def read_torch(src: Path, base, report, groups_of_params=None) -> Side:
             s.tensors[neutral] = t.detach().to(torch.float64) if t.dtype != torch.float64 else t.detach()
         if side.table.steps:
             if "step" not in st:
-                raise CheckpointError(f"{src}: state[{i}] has no 'step'; the file is not a torch Adam/AdamW state")
+                raise CheckpointError(f"{src}: state[{i}] has no 'step'; the file is not a torch "
+                                      f"{side.table.kind} state")
             s.step = int(round(float(st["step"])))
         side.states[id(p)] = s
     for i, (p, gi) in by_index.items():
+        lr = groups[gi].get("lr")
+        side.lrs[id(p)] = float(lr) if isinstance(lr, (int, float)) or hasattr(lr, "item") else None
         if side.table.steps:
             betas = groups[gi].get("betas")
             if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
                 raise CheckpointError(f"{src}: param_groups[{gi}] has no betas; the file is not a torch Adam/AdamW "
                                       "state")
             side.betas[id(p)] = (float(betas[0]), float(betas[1]))
+    for neutral, key, _ in side.table.starts_at:
+        side.starts[neutral] = float(side.groups[0].get(key, 0.0)) if side.groups else 0.0
+    problem = (optim_state.adagrad_decay_problem(f"{src} (torch {side.table.kind}, param_groups[*]['lr_decay'])",
+                                                 [g.get("lr_decay", 0.0) for g in side.groups])
+               if side.table is optim_state.ADAGRAD else None)
+    if problem:
+        raise CheckpointError(f"{problem}; nothing was written")
     report.family = side.table.kind
     settings = {k: v for k, v in side.groups[0].items() if isinstance(v, (int, float, tuple, list, bool))} \
         if side.groups else {}
@@ -405,9 +441,12 @@ def read_torch_schedule(path: Path, report) -> dict:
         raise CheckpointError(f"{path}: last_epoch={epoch!r} is not a step count")
     settings = {k: v for k, v in obj.items() if k not in ("last_epoch", "_last_lr", "_step_count", "verbose",
                                                           "_get_lr_called_within_step", "_is_initial", "lr_lambdas")}
+    problem = sched_state.cycle_momentum_problem(f"{path}", _TorchSchedView(obj, []))
+    if problem:
+        raise CheckpointError(f"{problem}; nothing was written")
     report.notes.append(f"the schedule's settings are the paddle scheduler's to set alike (only the position moves); "
                         f"the torch file's: {settings}")
-    return {"last_epoch": epoch, "lr": lrs[0], "settings": settings}
+    return {"last_epoch": epoch, "lr": lrs[0], "settings": settings, "state": obj}
 
 
 def _paddle_value(v):
@@ -475,8 +514,8 @@ def _read_paddle(src: Path, base, report) -> Side:
         for n in names:
             structured[n] = tid
     by_id = {id(p): p for p in params}
-    all_accs = sorted({a for t in optim_state.TABLES for _, _, a in t.tensors} | set(optim_state.BETA_POWS),
-                      key=len, reverse=True)
+    all_accs = sorted({a for t in optim_state.TABLES for _, _, a in t.tensors} | set(optim_state.BETA_POWS)
+                      | set(NOT_MOVED), key=len, reverse=True)
     found: dict = {}  # (id(param), acc) -> key
     unmatched = []
     for key in entries:
@@ -510,7 +549,11 @@ def _read_paddle(src: Path, base, report) -> Side:
             "pass that very model object (Python: convert_checkpoint(..., base_model=model)), or save the optimizer "
             "from a process that builds this model first")
     accs = {acc for (_, acc) in found}
+    for acc in sorted(accs & set(NOT_MOVED)):
+        key = next(k for (_, a), k in found.items() if a == acc)
+        raise CheckpointError(f"{src}: {key}: {NOT_MOVED[acc]}; nothing was written")
     side.table = _table_for(accs, "paddle", str(src))
+    side.paddle_scaled = bool(side.table.lr_scaled)
     report.family = side.table.kind
     pows = {}
     for (pid, acc), key in found.items():
@@ -533,16 +576,17 @@ def _read_paddle(src: Path, base, report) -> Side:
 
 def decode_steps(side: Side, src, betas_of, base_name: str):
     """paddle beta powers -> step counts with the target optimizer's betas; refused when they fit no step."""
+    names = side.table.pows
     for pid, s in side.states.items():
         pw = side.pows.get(pid, {})
-        if len(pw) != 2:
-            raise CheckpointError(f"{src}: a parameter of {base_name} has moments but not both beta powers "
-                                  f"({sorted(pw)}); the file is not one Adam/AdamW optimizer's state")
+        if set(pw) != set(names):
+            raise CheckpointError(f"{src}: a parameter of {base_name} has moments but beta powers {sorted(pw)}, not "
+                                  f"{list(names)}; the file is not one {side.table.kind} optimizer's state")
         betas = betas_of(pid)
-        values = [pw[n] for n in optim_state.BETA_POWS]
+        values = [pw[n] for n in names]
         step = optim_state.step_from_pows(values, betas)
-        for v, b, n in zip(values, betas, optim_state.BETA_POWS):
-            if v > optim_state.TINY and not math.isclose(v, b ** (step + 1), rel_tol=1e-4):
+        for v, want, b, n in zip(values, optim_state.pow_values(side.table, betas, step), betas, names):
+            if v > optim_state.TINY and not math.isclose(v, want, rel_tol=1e-4):
                 raise CheckpointError(f"{src}: {n}={v!r} is not {b}**(step + 1) for the step {step} the other power "
                                       f"gives; the betas of the torch optimizer ({betas}) are not the paddle run's: "
                                       "build it with the same betas")
@@ -565,19 +609,79 @@ def _check_paddle_optimizer(opt, side: Side, src):
                               "build it without name= (the file is written with paddle's default names)")
 
 
-# -- planning the target state -----------------------------------------------------------------------------------
-@dataclass
-class _Target:
-    param: object
-    path: str
-    values: dict = field(default_factory=dict)
-    step: int | None = None
-    fresh: bool = True
-    betas: tuple = ()
+def _check_family(side: Side, src, out_fw: str, target_opt, raw, scheduled):
+    """What optim_state refuses in memory for this family, on the file's settings and the factory's optimizer
+    (torch Adagrad's lr_decay, paddle RMSProp's momentum with a scheduled or zero rate, AMSGrad)."""
+    table, problems = side.table, []
+    if target_opt is not None:
+        params = optim_state.params_of(target_opt, out_fw)
+        problems += optim_state.settings_problems(target_opt, out_fw, "raw", raw.adapter, params)
+        problems += optim_state.family_problems(table, target_opt, out_fw, "raw", params)
+    if table is optim_state.RMSPROP:
+        torch_groups = side.groups if out_fw == "paddle" else target_opt.param_groups
+        for i, g in enumerate(torch_groups):
+            where = (f"{src}: param_groups[{i}]['momentum']" if out_fw == "paddle" else
+                     f"the factory's torch RMSprop, param_groups[{i}]['momentum']")
+            momentum = float(g.get("momentum", 0.0) or 0.0)
+            lr = g.get("lr")
+            problems.append(optim_state.rmsprop_momentum_problem(where, momentum, scheduled,
+                                                                 float(lr) if lr is not None else None))
+    problems = list(dict.fromkeys(p for p in problems if p))
+    if problems:
+        raise CheckpointError(f"cannot convert {src}; nothing was written: " + "; ".join(problems))
 
 
+def _formula_notes(side: Side, target_opt, to_paddle: bool, targets) -> list:
+    if side.table not in (optim_state.RMSPROP, optim_state.ADAMAX, optim_state.ADAGRAD):
+        return []
+    group = (side.groups[0] if side.groups else {}) if to_paddle else target_opt.param_groups[0]
+    eps_p = float(target_opt._epsilon) if to_paddle and target_opt is not None else None
+    return optim_state.formula_notes(side.table, float(group.get("eps", 0.0)), eps_p, bool(group.get("centered")),
+                                     [t.values for t in targets if not t.fresh], not to_paddle)
+
+
+def _check_schedules(schedule: dict, path: Path, paddle_sched, side: Side):
+    """torch -> paddle with the paddle scheduler named (the factory returned it): the torch file's schedule read by
+    sched_state's tables, as in memory, and compared with it. A lambda's function is not in the file: the paddle
+    one is checked at the file's position."""
+    cls = type(paddle_sched).__name__
+    table = sched_state.table_for("paddle", cls)
+    if table is None:
+        raise CheckpointError(f"the factory's paddle scheduler is a {cls}; no table moves a torch schedule's position "
+                              "into it; covered: " + "; ".join(sched_state.COVERED))
+    epoch, lr = schedule["last_epoch"], schedule["lr"]
+    names = (f"{path} ({table.torch_classes[0]})", cls)
+    if table.settings is None:
+        got = float(paddle_sched.base_lr) * float(paddle_sched.lr_lambda(epoch))
+        problems = [] if math.isclose(got, lr, rel_tol=1e-6, abs_tol=1e-12) else [
+            f"schedule differs: at step {epoch} {path} has learning rate {lr!r}, the paddle {cls} gives {got!r}; "
+            "build it with the same function and base learning rate"]
+    else:
+        try:
+            problems = sched_state.check_settings(table, _TorchSchedView(schedule["state"], side.groups), "torch",
+                                                  paddle_sched, "paddle", epoch, names=names)
+        except (AttributeError, KeyError, TypeError, IndexError) as exc:
+            problems = [f"{path}: not a torch {table.torch_classes[0]} state ({str(exc).strip(chr(39))}), but the factory's paddle "
+                        f"scheduler is a {cls}; build the paddle counterpart of the torch run's scheduler"]
+    if problems:
+        raise CheckpointError(f"cannot convert {path}; nothing was written: " + "; ".join(problems))
+
+
+class _TorchSchedView:
+    """A torch scheduler's state_dict() read as the scheduler (attributes), its optimizer's param groups from the
+    optimizer file: what sched_state's tables read."""
+
+    def __init__(self, state: dict, groups: list):
+        self.__dict__.update(state)
+        self.optimizer = type("Groups", (), {"param_groups": groups})()
+
+    def __getattr__(self, name):  # only for what the state dict lacks
+        raise AttributeError(f"no {name!r} in the file")
+
+
+# -- planning the target state ---------------------------------------------------------------------------------
 def targets_for(plan, side: Side, raw, report) -> list:
-    """Every raw parameter's new state, moved by the plan's COPY ops (parts and transforms as for the weight)."""
+    """Every raw parameter's new state, moved by the plan's ops as in memory (:func:`optim_state.move_by_ops`)."""
     table = side.table
     raw_params = list(raw.model.parameters())
     if raw.framework == "torch":
@@ -588,47 +692,41 @@ def targets_for(plan, side: Side, raw, report) -> list:
                [f"{pair.raw.path or '<root>'} ({type(pair.raw.module).__name__}) is written by an imperative special "
                 "init, which says nothing of how its optimizer state maps; register it as a mapping rule "
                 "(init_pool.register_maps) to move its state"])
-    targets: dict = {}
-    problems = []
-    for op in plan.ops:
-        if op.dst is None or id(op.dst.tensor) not in in_raw:
-            continue
+
+    def new_target(op):
         q = op.dst.tensor
-        tgt = targets.get(id(q))
-        if tgt is None:
-            tgt = targets[id(q)] = _Target(q, op.dst.path)
-            for neutral, _, _ in table.tensors:
-                tgt.values[neutral] = torch.zeros(tuple(q.shape), dtype=torch.float64)
-        if op.kind is FILL or op.kind is not COPY:
-            continue
-        src_state = side.states.get(id(op.src.tensor))
-        if src_state is None:
-            continue
-        tgt.fresh = False
-        if tgt.step is not None and tgt.step != src_state.step:
-            problems.append(f"raw {op.dst.path} is made of base parameters that took different numbers of steps "
-                            f"({tgt.step} and {src_state.step} for {op.src.path}); one step count cannot hold both")
-        tgt.step = src_state.step
-        if id(op.src.tensor) in side.betas:
-            tgt.betas = side.betas[id(op.src.tensor)]
-        shape = tuple(op.src.tensor.shape)
-        for neutral, value in tgt.values.items():
-            s = src_state.tensors.get(neutral)
-            s = s if s is not None else torch.zeros(shape, dtype=torch.float64)
-            for region, v in layout.pieces(s, op.src_part, op.transform, value, op.dst_part):
-                region.copy_(v)
+        return optim_state.Target(q, op.dst.path, {n: _fresh(side, n, tuple(q.shape)) for n, _, _ in table.tensors})
+
+    def source(op):
+        pid = id(op.src.tensor)
+        s = side.states.get(pid)
+        if s is None:
+            return optim_state.Source()
+        if pid in side.betas:
+            s.extra["betas"] = side.betas[pid]
+        if side.lrs.get(pid) is not None:
+            s.extra["lr"] = side.lrs[pid]
+        return s
+
+    problems = []
+    targets = optim_state.move_by_ops(plan.ops, in_raw, new_target, source,
+                                      lambda op, neutral, shape: _fresh(side, neutral, shape), problems)
     refuse("cannot convert the optimizer state; nothing was written", problems)
     out = [targets[id(p)] for p in raw_params if id(p) in targets]
     left = [p for p in raw_params if id(p) not in targets]
     if left:
         report.notes.append(f"{len(left)} raw parameters are written by no copy of the plan; they get fresh state")
         for p in left:
-            t = _Target(p, _pname(raw, p))
-            t.values = {n: torch.zeros(tuple(p.shape), dtype=torch.float64) for n, _, _ in table.tensors}
-            out.append(t)
+            out.append(optim_state.Target(p, _pname(raw, p), {n: _fresh(side, n, tuple(p.shape))
+                                                              for n, _, _ in table.tensors}))
     report.parameters = len(out)
     report.moved = sum(1 for t in out if not t.fresh)
     return out
+
+
+def _fresh(side: Side, neutral: str, shape) -> torch.Tensor:
+    """A state tensor before the first step: zeros, or (torch Adagrad file) its initial_accumulator_value."""
+    return torch.full(shape, side.starts.get(neutral, 0.0), dtype=torch.float64)
 
 
 # -- writing -----------------------------------------------------------------------------------------------------
@@ -646,14 +744,15 @@ def paddle_rows(side: Side, targets, key) -> list:
     table, rows = side.table, []
     for t in targets:
         dt = _float_dtype(t.param)
-        for neutral, _, acc in table.tensors:
-            rows.append((key(t.param, acc), t.values[neutral].numpy().astype(dt)))
+        for neutral, _, acc in table.tensors:  # paddle loads every accumulator it makes from the file: all written
+            value = optim_state.to_paddle_form(table, neutral, t.values[neutral], t.extra.get("lr") or 0.0)
+            rows.append((key(t.param, acc), value.numpy().astype(dt)))
     if table.steps:
         default = next(iter(side.betas.values()))
-        for i, name in enumerate(optim_state.BETA_POWS):
+        for i, name in enumerate(table.pows):
             for t in targets:
-                beta = (t.betas or default)[i]
-                rows.append((key(t.param, name), np.array([beta ** ((t.step or 0) + 1)], dtype=np.float32)))
+                value = optim_state.pow_values(table, t.extra.get("betas") or default, t.step or 0)[i]
+                rows.append((key(t.param, name), np.array([value], dtype=np.float32)))
     return rows
 
 
@@ -689,16 +788,27 @@ def write_torch(path: Path, raw, side: Side, targets, opt, report):
     if missing:
         raise CheckpointError(f"the torch optimizer from the factory does not hold {', '.join(missing[:5])}, whose "
                               "state the file has; build it over every trainable parameter of the model it is given")
+    group_of = {id(p): g for g in opt.param_groups for p in g["params"]}
     state = {}
     for t in targets:
-        if t.fresh or id(t.param) not in index:
+        if id(t.param) not in index:
             continue
+        if t.fresh:
+            if table.starts_at and index[id(t.param)] in tmpl["state"]:  # torch builds this state eagerly
+                state[index[id(t.param)]] = copy.deepcopy(tmpl["state"][index[id(t.param)]])
+            continue
+        group = group_of[id(t.param)]
         dt = t.param.dtype if t.param.dtype in (torch.float32, torch.float64) else torch.float32
         st = {}
-        if table.steps:
+        if table.steps or table.torch_step:
             st["step"] = torch.tensor(float(t.step or 0), dtype=torch.float32)
         for neutral, key, _ in table.tensors:
-            st[key] = t.values[neutral].to(dt).contiguous()
+            if not optim_state.kept_by_torch(table, key, group):
+                continue
+            value = t.values[neutral]
+            if side.paddle_scaled:  # read from a .pdopt: RMSProp's momentum still holds paddle's learning rate
+                value = optim_state.from_paddle_form(table, neutral, value, float(group["lr"]))
+            st[key] = value.to(dt).contiguous()
         state[index[id(t.param)]] = st
     if side.schedule is not None:
         for g in groups:
@@ -740,6 +850,10 @@ def _torch_lr_at(sched, epoch: int):
     s.last_epoch = epoch
     if type(s).__name__ == "LambdaLR":
         return float(s.base_lrs[0]) * float(s.lr_lambdas[0](epoch))
+    if type(s).__name__ == "OneCycleLR":  # its get_lr is a closed form of last_epoch (it warns outside step())
+        with warnings.catch_warnings(), contextlib.suppress(Exception):
+            warnings.simplefilter("ignore")
+            return float(s.get_lr()[0])
     if hasattr(s, "_get_closed_form_lr"):
         with contextlib.suppress(Exception):
             return float(s._get_closed_form_lr()[0])

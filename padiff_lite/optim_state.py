@@ -165,28 +165,44 @@ def _settings_problems(opt, fw: str, side: str, adapter, params) -> list[str]:
     return out
 
 
+def rmsprop_momentum_problem(who: str, momentum: float, scheduled: str | None, lr: float | None) -> str | None:
+    """paddle RMSProp keeps its momentum multiplied by each step's learning rate: refused with a scheduled rate
+    (``scheduled``: what drives it) or a rate of 0. Shared by the in-memory move and the file converter."""
+    if not momentum > 0:
+        return None
+    if scheduled:
+        return (f"{who}: momentum={momentum} with a learning rate driven by {scheduled}: "
+                "paddle's RMSProp multiplies each step's learning rate into its momentum (moment = "
+                "momentum * moment + lr * g / sqrt(v + eps)), torch's multiplies the whole buffer by the "
+                "current rate (p -= lr * buf): with a changing learning rate the two are different updates "
+                "and no moved state continues alike; use a constant learning rate or momentum=0")
+    if lr is not None and lr == 0:
+        return (f"{who}: a learning rate of 0 with momentum={momentum}: paddle's RMSProp keeps its "
+                "momentum multiplied by the learning rate, so it cannot be converted; use a non-zero rate")
+    return None
+
+
+def adagrad_decay_problem(who: str, lr_decays) -> str | None:
+    """torch Adagrad's lr_decay (a decay by its own step count) has no paddle counterpart."""
+    decays = sorted({float(d) for d in lr_decays} - {0.0})
+    if not decays:
+        return None
+    return (f"{who}: lr_decay={decays[0]!r} has no counterpart in paddle's Adagrad (its rate does not "
+            "decay with its own step count); use lr_decay=0 on torch (a paddle LRScheduler can decay the rate)")
+
+
 def _family_problems(table: StateTable, opt, fw: str, side: str, params) -> list[str]:
     """Settings of a covered family that the other framework's update has no counterpart for."""
-    out = []
     who = f"{side} ({fw} {type(opt).__name__})"
-    if table is RMSPROP and fw == "paddle" and float(getattr(opt, "_momentum", 0.0) or 0.0) > 0:
+    found = []
+    if table is RMSPROP and fw == "paddle":
         sched = getattr(opt, "_learning_rate", None)
-        if not isinstance(sched, (int, float)):
-            out.append(f"{who}: momentum={opt._momentum} with a learning rate driven by {type(sched).__name__}: "
-                       "paddle's RMSProp multiplies each step's learning rate into its momentum (moment = "
-                       "momentum * moment + lr * g / sqrt(v + eps)), torch's multiplies the whole buffer by the "
-                       "current rate (p -= lr * buf): with a changing learning rate the two are different updates "
-                       "and no moved state continues alike; use a constant learning rate or momentum=0")
-        elif any(_paddle_lr(opt, p) == 0 for p in params):
-            out.append(f"{who}: a learning rate of 0 with momentum={opt._momentum}: paddle's RMSProp keeps its "
-                       "momentum multiplied by the learning rate, so it cannot be converted; use a non-zero rate")
+        scheduled = None if isinstance(sched, (int, float)) else type(sched).__name__
+        lr = 0.0 if any(_paddle_lr(opt, p) == 0 for p in params) else None
+        found.append(rmsprop_momentum_problem(who, float(getattr(opt, "_momentum", 0.0) or 0.0), scheduled, lr))
     if table is ADAGRAD and fw == "torch":
-        decays = sorted({float(g.get("lr_decay", 0.0)) for g in opt.param_groups} - {0.0})
-        if decays:
-            out.append(f"{who}: lr_decay={decays[0]!r} has no counterpart in paddle's Adagrad (its rate does not "
-                       "decay with its own step count); use lr_decay=0 on torch (a paddle LRScheduler can decay "
-                       "the rate)")
-    return out
+        found.append(adagrad_decay_problem(who, [g.get("lr_decay", 0.0) for g in opt.param_groups]))
+    return [f for f in found if f]
 
 
 def _fresh_value(table: StateTable, opt, fw: str, param, neutral: str, shape):
@@ -215,15 +231,16 @@ def _not_covered(fb: str, cb: str, fr: str, cr: str) -> str:
 
 
 @dataclass
-class _Source:
+class Source:
     """A base parameter's state read into neutral form: torch tensors in the base layout, the step count."""
 
     tensors: dict = field(default_factory=dict)  # neutral name -> torch tensor (absent: zeros)
     step: int = 0
+    extra: dict = field(default_factory=dict)  # what else a reader knows (a file's betas, learning rate)
 
 
-def _read(opt, fw: str, table: StateTable, adapter, p) -> _Source:
-    src = _Source()
+def _read(opt, fw: str, table: StateTable, adapter, p) -> Source:
+    src = Source()
     if fw == "torch":
         st = opt.state.get(p) or {}
         for neutral, key, _ in table.tensors:
@@ -236,9 +253,7 @@ def _read(opt, fw: str, table: StateTable, adapter, p) -> _Source:
         t = _paddle_acc(opt, acc, p)
         if t is not None:
             src.tensors[neutral] = adapter.torch_view(t)
-            if neutral in table.lr_scaled:  # a rate of 0 with momentum is refused; without, the buffer is unused
-                lr = _paddle_lr(opt, p)
-                src.tensors[neutral] = src.tensors[neutral].double() / lr if lr else _zeros(adapter.shape(t))
+            src.tensors[neutral] = from_paddle_form(table, neutral, src.tensors[neutral], _paddle_lr(opt, p))
     if table.steps:
         pows = [_paddle_acc(opt, name, p) for name in table.pows]
         if all(t is not None for t in pows):
@@ -261,7 +276,7 @@ step_from_pows = _step_from_pows  # public: the optimizer-file converter (optim_
 
 
 @dataclass
-class _Target:
+class Target:
     """What one raw parameter's state becomes: per neutral name the new value (a torch tensor in the raw layout),
     the step, and the ops' source parameters that decided it."""
 
@@ -270,6 +285,7 @@ class _Target:
     values: dict = field(default_factory=dict)
     step: int | None = None
     fresh: bool = True  # every source had no state: the raw state is reset to a fresh one
+    extra: dict = field(default_factory=dict)  # the first source's extra
 
 
 @dataclass
@@ -329,7 +345,6 @@ def prepare(plan, optimizers) -> Moves:
         problems += _family_problems(table, ro, fr, "raw", rparams)
     in_base = {id(p) for p in bparams}
     in_raw = {id(p): p for p in rparams}
-    covered_by_ops = set()
     for pair in plan.imperative:
         for p in pair.raw.module.parameters():
             if id(p) in in_raw:
@@ -340,51 +355,31 @@ def prepare(plan, optimizers) -> Moves:
     moves = Moves(table, ro, fr, raw.adapter)
     if problems:
         raise TransferError("cannot move the optimizer state; nothing was written", problems)
-    targets: dict = {}
     sources: dict = {}
-    for op in plan.ops:
-        if op.dst is None or id(op.dst.tensor) not in in_raw:
-            continue
+
+    def new_target(op):
         q = op.dst.tensor
-        tgt = targets.get(id(q))
-        if tgt is None:
-            tgt = targets[id(q)] = _Target(q, op.dst.path)
-            current = _read(ro, fr, table, raw.adapter, q)
-            shape = tuple(raw.adapter.shape(q))
-            for neutral, _, _ in table.tensors:
-                now = current.tensors.get(neutral)
-                tgt.values[neutral] = (now.clone() if now is not None
-                                       else _fresh_value(table, ro, fr, q, neutral, shape))
-        if op.kind is FILL:
-            for value in tgt.values.values():
-                for region, _ in layout.pieces(value, None, "copy", value, op.dst_part):
-                    region.zero_()
-            continue
-        if op.kind is not COPY:
-            continue
+        tgt = Target(q, op.dst.path)
+        current = _read(ro, fr, table, raw.adapter, q)
+        shape = tuple(raw.adapter.shape(q))
+        for neutral, _, _ in table.tensors:
+            now = current.tensors.get(neutral)
+            tgt.values[neutral] = now.clone() if now is not None else _fresh_value(table, ro, fr, q, neutral, shape)
+        return tgt
+
+    def source(op):
         p = op.src.tensor
         if id(p) not in in_base:
             moves.notes.append(f"optimizer state: base {op.src.path} is not in the base optimizer; raw {op.dst.path} "
                                "gets fresh state there")
-            src = _Source()
-        else:
-            if id(p) not in sources:
-                sources[id(p)] = _read(bo, fb, table, base.adapter, p)
-            src = sources[id(p)]
-        if src.tensors:
-            tgt.fresh = False
-        if tgt.step is not None and tgt.step != src.step:
-            problems.append(f"optimizer state: raw {op.dst.path} is made of base parameters that took different "
-                            f"numbers of steps ({tgt.step} and {src.step} for {op.src.path}); one step count "
-                            "cannot hold both: step them alike before moving")
-        tgt.step = src.step if tgt.step is None else max(tgt.step, src.step)
-        base_shape = tuple(base.adapter.shape(p))
-        for neutral, value in tgt.values.items():
-            s = src.tensors.get(neutral)
-            s = s if s is not None else (_fresh_value(table, ro, fr, q, neutral, base_shape) if not src.tensors
-                                         else _zeros(base_shape))
-            for region, v in layout.pieces(s, op.src_part, op.transform, value, op.dst_part):
-                region.copy_(v)
+            return Source()
+        if id(p) not in sources:
+            sources[id(p)] = _read(bo, fb, table, base.adapter, p)
+        return sources[id(p)]
+
+    targets = move_by_ops(plan.ops, in_raw, new_target, source,
+                          lambda op, neutral, shape: _fresh_value(table, ro, fr, op.dst.tensor, neutral, shape),
+                          problems)
     if problems:
         raise TransferError("cannot move the optimizer state; nothing was written", problems)
     moves.targets = list(targets.values())
@@ -400,6 +395,69 @@ def prepare(plan, optimizers) -> Moves:
         moves.notes.append(f"optimizer state: {len(left)} raw optimizer parameters are written by no copy; "
                            "their state was left as it was")
     return moves
+
+
+def move_by_ops(ops, in_raw, new_target, source, fresh_value, problems) -> dict:
+    """Every raw parameter's new state, moved by the plan's own operations: a COPY moves each state tensor with the
+    weight's parts and transform (:func:`layout.pieces`), a FILL zeroes its part. Shared by the in-memory move and
+    the file converter. ``new_target(op)``: the raw parameter's :class:`Target` with its starting values;
+    ``source(op)``: the base parameter's :class:`Source` (empty: it has no state, the part gets ``fresh_value(op,
+    neutral, shape)``); steps that differ within one raw parameter are added to ``problems``.
+    Returns ``{id(raw parameter): Target}``."""
+    targets: dict = {}
+    for op in ops:
+        if op.dst is None or id(op.dst.tensor) not in in_raw:
+            continue
+        tgt = targets.get(id(op.dst.tensor))
+        if tgt is None:
+            tgt = targets[id(op.dst.tensor)] = new_target(op)
+        if op.kind is FILL:
+            for value in tgt.values.values():
+                for region, _ in layout.pieces(value, None, "copy", value, op.dst_part):
+                    region.zero_()
+            continue
+        if op.kind is not COPY:
+            continue
+        src = source(op)
+        if src.tensors:
+            tgt.fresh = False
+        if tgt.step is not None and tgt.step != src.step:
+            problems.append(f"optimizer state: raw {op.dst.path} is made of base parameters that took different "
+                            f"numbers of steps ({tgt.step} and {src.step} for {op.src.path}); one step count "
+                            "cannot hold both: step them alike before moving")
+        tgt.step = src.step if tgt.step is None else max(tgt.step, src.step)
+        for k, v in src.extra.items():
+            tgt.extra.setdefault(k, v)
+        base_shape = tuple(op.src.tensor.shape)
+        for neutral, value in tgt.values.items():
+            s = src.tensors.get(neutral)
+            s = s if s is not None else (fresh_value(op, neutral, base_shape) if not src.tensors
+                                         else _zeros(base_shape))
+            for region, v in layout.pieces(s, op.src_part, op.transform, value, op.dst_part):
+                region.copy_(v)
+    return targets
+
+
+def pow_values(table: StateTable, betas, step: int) -> list:
+    """paddle's beta powers after ``step`` steps, beta**(step + 1) (the powers of the next step), per table.pows."""
+    return [beta ** (step + 1) for _, beta in zip(table.pows, betas)]
+
+
+def to_paddle_form(table: StateTable, neutral: str, value, lr: float):
+    """A state tensor as paddle keeps it: RMSProp's momentum multiplied by the learning rate."""
+    return value.double() * lr if neutral in table.lr_scaled else value
+
+
+def from_paddle_form(table: StateTable, neutral: str, value, lr: float):
+    """The inverse of :func:`to_paddle_form` (a rate of 0 with momentum is refused before; without, unused)."""
+    if neutral not in table.lr_scaled:
+        return value
+    return value.double() / lr if lr else _zeros(tuple(value.shape))
+
+
+def kept_by_torch(table: StateTable, key: str, group: dict) -> bool:
+    """torch keeps some state only with a setting on (RMSprop's momentum_buffer, grad_avg)."""
+    return not any(key == k and not group.get(setting) for k, setting in table.optional)
 
 
 def _zeros(shape):
@@ -423,37 +481,43 @@ def _setting_notes(bo, ro, plan, table) -> list[str]:
 
 def _formula_notes(table, bo, fb, ro, fr, targets) -> list[str]:
     """Where the two frameworks' updates differ in a way no state can fix: said with its size on the moved state."""
-    out = []
     if fb == fr:
-        return out
+        return []
     topt = bo if fb == "torch" else ro
     popt = ro if fb == "torch" else bo
+    group = topt.param_groups[0]
+    return formula_notes(table, float(group.get("eps", 0.0)), float(getattr(popt, "_epsilon", 0.0)),
+                         bool(group.get("centered")), [t.values for t in targets if not t.fresh], fb == "paddle")
+
+
+def formula_notes(table, eps_t: float, eps_p: float | None, centered: bool, values, from_paddle: bool) -> list[str]:
+    """The notes of :func:`_formula_notes` from plain values (``values``: each moved parameter's neutral state;
+    ``eps_p`` None: the paddle optimizer's epsilon is not known, as in a .pdopt). Shared with the file converter."""
+    out = []
     if table is RMSPROP:
-        eps_t = float(topt.param_groups[0]["eps"])
-        eps_p = float(popt._epsilon)
-        centered = bool(topt.param_groups[0].get("centered"))
-        gap = 0.0
-        for t in targets:
-            if t.fresh:
-                continue
-            v = t.values["v"].double() - (t.values["mean"].double() ** 2 if centered else 0.0)
-            v = v.clamp_min(0.0)
-            den_t, den_p = v.sqrt() + eps_t, (v + eps_p).sqrt()
-            if v.numel():
-                gap = max(gap, float(((den_t - den_p).abs() / den_t).max()))
+        gap = None
+        if eps_p is not None:
+            gap = 0.0
+            for vals in values:
+                v = vals["v"].double() - (vals["mean"].double() ** 2 if centered else 0.0)
+                v = v.clamp_min(0.0)
+                den_t, den_p = v.sqrt() + eps_t, (v + eps_p).sqrt()
+                if v.numel():
+                    gap = max(gap, float(((den_t - den_p).abs() / den_t).max()))
         out.append(f"optimizer update differs (no state can fix it): RMSProp epsilon: torch divides by "
-                   f"sqrt(v) + eps (eps={eps_t:g}), paddle by sqrt(v + epsilon) (epsilon={eps_p:g}); on the moved "
-                   f"state the two divisors differ by up to {gap:.2g} relative"
-                   + ("" if math.isclose(eps_p, eps_t ** 2, rel_tol=1e-6) else
+                   f"sqrt(v) + eps (eps={eps_t:g}), paddle by sqrt(v + epsilon) ("
+                   + (f"epsilon={eps_p:g}); on the moved state the two divisors differ by up to {gap:.2g} relative"
+                      if eps_p is not None else "its epsilon is the paddle optimizer's")
+                   + ("" if eps_p is not None and math.isclose(eps_p, eps_t ** 2, rel_tol=1e-6) else
                       f"; paddle epsilon = torch eps**2 ({eps_t ** 2:g}) makes them nearly equal"))
     if table is ADAMAX:
-        eps_t, eps_p = float(topt.param_groups[0]["eps"]), float(popt._epsilon)
-        gap = max((float((max(eps_t, eps_p) / t.values["u"].double().clamp_min(1e-300)).max())
-                   for t in targets if not t.fresh and t.values["u"].numel()), default=0.0)
+        gap = max((float((max(eps_t, eps_p or 0.0) / vals["u"].double().clamp_min(1e-300)).max())
+                   for vals in values if vals["u"].numel()), default=0.0)
         out.append(f"optimizer update differs (no state can fix it): Adamax epsilon: torch takes max(beta2 * u, "
-                   f"|g| + eps) (eps={eps_t:g}), paddle max(beta2 * u + epsilon, |g|) (epsilon={eps_p:g}); on the "
-                   f"moved state that is up to {min(gap, 1.0):.2g} of the norm u")
-    if table.torch_step and fb == "paddle" and any(not t.fresh for t in targets):
+                   f"|g| + eps) (eps={eps_t:g}), paddle max(beta2 * u + epsilon, |g|) ("
+                   + (f"epsilon={eps_p:g}" if eps_p is not None else "its epsilon is the paddle optimizer's")
+                   + f"); on the moved state that is up to {min(gap, 1.0):.2g} of the norm u")
+    if table.torch_step and from_paddle and values:
         out.append(f"optimizer state: paddle {table.kind} counts no steps; torch's step counter (which its update "
                    "does not use here) starts again at 0")
     return out
@@ -514,7 +578,7 @@ def _restore(moves: Moves, saved):
         moves.adapter.write(s, c)
 
 
-def _write_one(moves: Moves, t: _Target):
+def _write_one(moves: Moves, t: Target):
     import torch
 
     opt, table, q = moves.raw_opt, moves.table, t.param
@@ -526,8 +590,8 @@ def _write_one(moves: Moves, t: _Target):
         st = opt.state[q]
         group = _torch_group(opt, q)
         for neutral, key, _ in table.tensors:
-            if any(key == k and not group.get(setting) for k, setting in table.optional):
-                continue  # torch keeps it only with that setting on
+            if not kept_by_torch(table, key, group):
+                continue
             if st.get(key) is None:
                 st[key] = torch.zeros_like(q, memory_format=torch.preserve_format)
             st[key].detach().copy_(t.values[neutral])
@@ -549,11 +613,15 @@ def _write_one(moves: Moves, t: _Target):
         opt._create_accumulators(paddle.static.default_main_program().global_block(), [q])
     adapter = moves.adapter
     for neutral, _, acc in table.tensors:
-        value = t.values[neutral]
-        if neutral in table.lr_scaled:
-            value = value.double() * _paddle_lr(opt, q)
-        adapter.write(_paddle_acc(opt, acc, q), value)
+        adapter.write(_paddle_acc(opt, acc, q), to_paddle_form(table, neutral, t.values[neutral], _paddle_lr(opt, q)))
     if table.steps:
-        for name, beta in zip(table.pows, _betas(opt, "paddle", q)):
+        for name, value in zip(table.pows, pow_values(table, _betas(opt, "paddle", q), step)):
             acc = _paddle_acc(opt, name, q)
-            adapter.write(acc, torch.full(tuple(adapter.shape(acc)), beta ** (step + 1), dtype=torch.float64))
+            adapter.write(acc, torch.full(tuple(adapter.shape(acc)), value, dtype=torch.float64))
+
+
+# public: the optimizer-file converter (optim_files.py) runs the same checks on the optimizers its factories build
+family_problems = _family_problems
+settings_problems = _settings_problems
+params_of = _params
+family_of = _family

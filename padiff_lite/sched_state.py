@@ -186,6 +186,45 @@ def _lambda_values(s, fw, epochs) -> list:
     return [[float(s.base_lr) * float(s.lr_lambda(e))] for e in epochs]
 
 
+def table_for(fw: str, cls: str) -> SchedTable | None:
+    """The table that knows ``cls`` of framework ``fw`` (each names one class per framework but paddle's warm-up)."""
+    return next((t for t in TABLES if cls in (t.torch_classes if fw == "torch" else t.paddle_classes)), None)
+
+
+def cycle_momentum_problem(who: str, s) -> str | None:
+    """torch OneCycleLR with cycle_momentum=True: paddle has no counterpart. ``s``: a scheduler or its state."""
+    if not getattr(s, "cycle_momentum", False) or not hasattr(s, "total_steps") or not hasattr(s, "use_beta1"):
+        return None
+    what = "Adam's beta1" if s.use_beta1 else "the momentum"
+    return (f"{who}: torch OneCycleLR with cycle_momentum=True also cycles {what} every step; paddle's OneCycleLR "
+            "cycles only the learning rate, so the runs would continue differently; build the torch OneCycleLR with "
+            "cycle_momentum=False")
+
+
+def check_settings(table: SchedTable, bs, fb: str, rs, fr: str, epoch: int, names=None) -> list[str]:
+    """The schedules' settings compared by ``table`` (a lambda: evaluated at ``epoch`` and AHEAD steps on). ``bs``
+    and ``rs`` are schedulers or objects with their attributes (a torch state_dict() read back from a file);
+    ``names``: what to call them (default: their class names)."""
+    cb, cr = names or (type(bs).__name__, type(rs).__name__)
+    problems = []
+    if table.settings is None:
+        epochs = list(range(epoch, epoch + AHEAD + 1))
+        vb, vr = _lambda_values(bs, fb, epochs), _lambda_values(rs, fr, epochs)
+        for e, a, b in zip(epochs, vb, vr):
+            if not all(math.isclose(x, y, rel_tol=1e-6, abs_tol=1e-12) for x in a for y in b):
+                problems.append(f"schedule differs: at step {e} the base {cb} gives learning rate {a[0]!r}, the raw "
+                                f"{cr} {b[0]!r}; build the raw schedule with the same function and base learning "
+                                "rate")
+                break
+        return problems
+    sb, sr = table.settings(fb)(bs), table.settings(fr)(rs)
+    for k in sb:
+        if not _same(sb[k], sr[k]):
+            problems.append(f"schedule setting differs: {k}: base {fb} {cb} {sb[k]!r}, raw {fr} {cr} {sr[k]!r}; "
+                            "the schedule is yours to set alike, only its position moves")
+    return problems
+
+
 def prepare(schedulers, optimizers=None) -> SchedMove:
     """Read both schedulers and check them (and that each drives its side's optimizer); raise TransferError
     naming every difference. Nothing is written."""
@@ -228,31 +267,15 @@ def prepare(schedulers, optimizers=None) -> SchedMove:
                             "schedule, which has no torch LinearLR counterpart; only a float learning rate after "
                             "the warm-up is covered")
     for side, s, fw in (("base", bs, fb), ("raw", rs, fr)):
-        if fw == "torch" and type(s).__name__ == "OneCycleLR" and s.cycle_momentum and fb != fr:
-            what = "Adam's beta1" if s.use_beta1 else "the momentum"
-            problems.append(f"{side} scheduler: torch OneCycleLR with cycle_momentum=True also cycles {what} "
-                            "every step; paddle's OneCycleLR cycles only the learning rate, so the runs would "
-                            "continue differently; build the torch OneCycleLR with cycle_momentum=False")
+        if fw == "torch" and fb != fr:
+            problems.append(cycle_momentum_problem(f"{side} scheduler", s))
+    problems = [p for p in problems if p]
     if type(bs.last_epoch) is not int or bs.last_epoch < 0:
         problems.append(f"base scheduler: last_epoch={bs.last_epoch!r} is not a step count")
     if problems:
         raise TransferError("cannot move the learning-rate schedule; nothing was written", problems)
     epoch, lr = bs.last_epoch, _lr(bs, fb)
-    if table.settings is None:
-        epochs = list(range(epoch, epoch + AHEAD + 1))
-        vb, vr = _lambda_values(bs, fb, epochs), _lambda_values(rs, fr, epochs)
-        for e, a, b in zip(epochs, vb, vr):
-            if not all(math.isclose(x, y, rel_tol=1e-6, abs_tol=1e-12) for x in a for y in b):
-                problems.append(f"schedule differs: at step {e} the base {cb} gives learning rate {a[0]!r}, the raw "
-                                f"{cr} {b[0]!r}; build the raw schedule with the same function and base learning "
-                                "rate")
-                break
-    else:
-        sb, sr = table.settings(fb)(bs), table.settings(fr)(rs)
-        for k in sb:
-            if not _same(sb[k], sr[k]):
-                problems.append(f"schedule setting differs: {k}: base {fb} {cb} {sb[k]!r}, raw {fr} {cr} {sr[k]!r}; "
-                                "the schedule is yours to set alike, only its position moves")
+    problems += check_settings(table, bs, fb, rs, fr, epoch)
     if problems:
         raise TransferError("cannot move the learning-rate schedule; nothing was written", problems)
     move = SchedMove(rs, fr, epoch, lr)
