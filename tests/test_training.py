@@ -360,3 +360,109 @@ def test_a_different_loss_is_located_at_the_loss_stage_and_padiff_pairs_feed_eac
     assert (r.step, r.stage) == (0, "loss") and r.steps[0].first_diff is None, str(r)
     lb, lr = r.steps[0].loss
     assert abs(lr - lb) > 1e-3 and f"base loss {lb:.8g}, raw loss {lr:.8g}" in str(r)
+
+
+# -- the seed without a loss: what both models return ----------------------------------------------
+def two_heads(fw, extra_output: bool):
+    """lin1 -> ReLU -> lin2; returns {"pooled": lin2's output} and, when ``extra_output``, also {"hidden": lin1's}
+    (as a vision tower returning last_hidden_state beside pooler_output against one returning the pooled part)."""
+    nn = NN[fw]
+
+    class TwoHeads(Base(fw)):
+        def __init__(self):
+            super().__init__()
+            self.lin1, self.lin2 = nn.Linear(4, 8), nn.Linear(8, 3)
+
+        def forward(self, x):
+            h = self.lin1(x)
+            out = {"pooled": self.lin2(h.relu() if fw == "torch" else paddle.nn.functional.relu(h))}
+            if extra_output:
+                out["hidden"] = h
+            return out
+
+    return TwoHeads()
+
+
+X4 = np.random.default_rng(2).standard_normal((5, 4)).astype("float32")
+
+
+@pytest.mark.parametrize("extra_on", ["base", "raw"])
+@pytest.mark.parametrize("src,dst", DIRECTIONS, ids=DIRECTION_IDS)
+def test_without_a_loss_the_seed_is_the_mean_of_what_both_models_return(src, dst, extra_on):
+    """One side returns a tensor more ("hidden"): the backward starts from the mean of the tensors both return
+    ("pooled"), on both sides, so a correct port agrees; the tensor left out is named. The gradients are those of
+    pooled's mean (lin2's bias: 1/3 per value) and their float32 noise floor comes from the same seed."""
+    a, b = two_heads(src, extra_on == "base"), two_heads(dst, extra_on == "raw")
+    r = auto_diff(a, b, X4, diff_phase="both")
+    assert r.ok, str(r)
+    grads = {g.base_param: g for g in r.grads}
+    assert len(grads) == 4 and all(g.ok for g in grads.values())
+    assert grads["lin2.bias"].scale == pytest.approx(1 / 3, rel=1e-6)
+    assert grads["lin1.weight"].max_rel_diff < 1e-5 and grads["lin1.weight"].noise < 1e-4
+    assert any("left out of the seed" in n and f"{extra_on} out['hidden']" in n for n in r.notes), r.notes
+
+
+@pytest.mark.parametrize("fw", ["torch", "paddle"])
+def test_per_place_gradients_sum_to_the_gradient_of_their_joint_seed(fw):
+    """``backward_each`` (the reference run's gradients, one output tensor at a time) is linear: the sum over
+    "pooled" and "hidden" equals the gradient of a backward from both at once."""
+    from padiff_lite.proxy import create_model
+    from padiff_lite.verify.session import backward, backward_each
+
+    m = create_model(two_heads(fw, True))
+    x = torch.from_numpy(X4) if fw == "torch" else paddle.to_tensor(X4)
+    params = [p for _, p in m.model.named_parameters()]
+    read = lambda: [m.adapter.grad(p) for p in params]  # noqa: E731
+    each = backward_each(m, m.model(x), read)
+    assert set(each) == {"out['pooled']", "out['hidden']"}
+    backward(m, m.model(x))
+    joint = read()
+    m.adapter.clear_grads(m.model)
+    assert each["out['hidden']"][2] is None and each["out['hidden']"][3] is None  # lin2 takes no part in "hidden"
+    for j, s0, s1 in zip(joint, each["out['pooled']"], each["out['hidden']"]):
+        total = s0 if s1 is None else s0 + s1
+        assert np.abs(total - j).max() <= 1e-6 * np.abs(j).max()
+
+
+# -- a parameter without a gradient on one side, an all-zero one on the other -----------------------
+def with_spare(fw, uses_spare: bool):
+    """lin1 -> lin2, and a ``spare`` Linear that only the model with ``uses_spare`` calls, adding 0 times its output
+    (its gradient is all zeros there, None on the other side)."""
+    nn = NN[fw]
+
+    class WithSpare(Base(fw)):
+        def __init__(self):
+            super().__init__()
+            self.lin1, self.lin2, self.spare = nn.Linear(4, 8), nn.Linear(8, 3), nn.Linear(4, 3)
+
+        def forward(self, x):
+            y = self.lin2(self.lin1(x))
+            return y + 0.0 * self.spare(x) if uses_spare else y
+
+    return WithSpare()
+
+
+@pytest.mark.parametrize("zero_on", ["base", "raw"])
+@pytest.mark.parametrize("src,dst", DIRECTIONS, ids=DIRECTION_IDS)
+def test_a_weight_without_a_gradient_on_one_side_is_named_with_that_cause(src, dst, zero_on):
+    """AdamW skips a parameter without a gradient but decays one whose gradient is zero: the two training runs part
+    there (a real difference, as an expert no token reached: a packed tensor against one module per expert). The
+    optimizer stage names the spare layer's weights and the cause, whichever side had which."""
+    a, b = with_spare(src, zero_on == "base"), with_spare(dst, zero_on == "raw")
+    lr, wd = 0.05, 0.1
+    r = auto_diff(a, b, X4, loss_fns=(lambda o: o.mean(), lambda o: o.mean()),
+                  optimizers=(optimizer(src, a, "adamw", lr=lr, wd=wd), optimizer(dst, b, "adamw", lr=lr, wd=wd)))
+    assert (r.step, r.stage) == (0, "optimizer"), str(r)
+    s = r.steps[0]
+    assert s.first_diff is None and s.loss_ok and all(g.ok for g in s.grads)
+    bad = {w.raw_param: w for w in s.weights if not w.ok}
+    # (paddle's Linear starts its bias at 0, which decay leaves at 0: spare.bias differs when torch built base)
+    assert set(bad) == ({"spare.weight", "spare.bias"} if src == "torch" else {"spare.weight"})
+    none_fw, zero_fw = (dst, src) if zero_on == "base" else (src, dst)
+    cause = f"not updated by {none_fw}'s optimizer (no gradient), updated by weight decay in {zero_fw}"
+    w = bad["spare.weight"]
+    assert w.cause.startswith(cause) and cause in str(r)
+    # the side with a zero gradient was decoupled-decayed by lr * wd: the difference is that much of the weight
+    spare = dict((b if zero_on == "base" else a).named_parameters())["spare.weight"]
+    assert w.max_abs_diff == pytest.approx(lr * wd * np.abs(np_of(spare)).max(), rel=1e-3)
+    assert not any("~0 on both sides" in n for n in r.notes)  # not the vanishing-gradient explanation

@@ -125,9 +125,10 @@ class RunningAdapter(Protocol):
 
     def forward(self, model, args, kwargs, grad: bool) -> Any: ...
 
-    def backward_mean(self, tensors) -> bool:
+    def backward_mean(self, tensors, retain: bool = False) -> bool:
         """Backward from the sum of the means of every floating tensor that needs a gradient (PaDiff's seed, so a
-        gradient does not grow with the output's size); False when there is none."""
+        gradient does not grow with the output's size), the graph kept for another backward when ``retain``; False
+        when there is none."""
 
     def needs_grad(self, t) -> bool:
         """Whether autograd tracks ``t`` (torch ``requires_grad``, paddle ``not stop_gradient``)."""

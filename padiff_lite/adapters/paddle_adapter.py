@@ -348,14 +348,15 @@ class PaddleAdapter(Adapter):
             for layer in flipped:
                 layer.training = False
 
-    def backward_mean(self, tensors) -> bool:
-        """Backward from the sum of the means of every floating tensor that needs a gradient; False when none."""
+    def backward_mean(self, tensors, retain: bool = False) -> bool:
+        """Backward from the sum of the means of every floating tensor that needs a gradient (the graph kept for
+        another backward when ``retain``); False when none."""
         import paddle
 
         terms = [t.astype("float32").mean() for t in tensors if t.is_floating_point() and not t.stop_gradient]
         if not terms:
             return False
-        paddle.add_n(terms).backward()
+        paddle.add_n(terms).backward(retain_graph=retain)
         return True
 
     def needs_grad(self, t) -> bool:

@@ -200,12 +200,13 @@ class TorchAdapter(Adapter):
         with torch.set_grad_enabled(grad):
             return model(*args, **kwargs)
 
-    def backward_mean(self, tensors) -> bool:
-        """Backward from the sum of the means of every floating tensor that needs a gradient; False when none."""
+    def backward_mean(self, tensors, retain: bool = False) -> bool:
+        """Backward from the sum of the means of every floating tensor that needs a gradient (the graph kept for
+        another backward when ``retain``); False when none."""
         terms = [t.float().mean() for t in tensors if t.is_floating_point() and t.requires_grad]
         if not terms:
             return False
-        torch.stack(terms).sum().backward()
+        torch.stack(terms).sum().backward(retain_graph=retain)
         return True
 
     def needs_grad(self, t) -> bool:

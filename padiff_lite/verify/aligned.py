@@ -51,7 +51,8 @@ def compare_aligned(al: output_align.Alignment, tol: Tolerance) -> Compared | No
 
 
 def compare_final(bfinal, rfinal, base, raw, tol: Tolerance):
-    """(max abs, max rel, mismatched, total, notes) of the models' own outputs."""
+    """(max abs, max rel, mismatched, total, notes, places) of the models' own outputs; ``places``: the
+    (base place, raw place) of every pair of tensors compared (what both models return: the backward seed)."""
     al = output_align.align(bfinal, rfinal)
     notes = []
     c = compare_aligned(al, tol)
@@ -78,7 +79,8 @@ def compare_final(bfinal, rfinal, base, raw, tol: Tolerance):
                      + ", ".join(p.base_where if p.base_where == p.raw_where else f"{p.base_where} with {p.raw_where}"
                                  for p in al.pairs if p.how != "value")
                      + "".join(f"; {n}" for n in extra))
-    return c.max_abs, c.max_rel, c.mismatched, c.total, notes
+    places = [(p.base_where, p.raw_where) for p in al.pairs if p.how != "value"]
+    return c.max_abs, c.max_rel, c.mismatched, c.total, notes, places
 
 
 def inputs_agree(bnode, rnode, tol: Tolerance):

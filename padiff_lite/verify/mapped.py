@@ -44,6 +44,60 @@ def trainable_ops(plan):
             and (ba.needs_grad(op.src.tensor) or ra.needs_grad(op.dst.tensor))]
 
 
+def _state(g) -> str:
+    """How a gradient stands: "none" (no gradient at all), "zero" (every value 0) or "some"."""
+    if g is None:
+        return "none"
+    return "zero" if not np.any(g) else "some"
+
+
+def gradient_states(plan) -> list:
+    """Before an optimizer step, for each trainable op (``trainable_ops`` order): (base state, raw state, raw weight)
+    of the op's region of each side's gradient (``_state``: a packed tensor's part is judged alone), with raw's
+    weight region (a numpy copy) where one side has no gradient and the other an all-zero one, else None: an
+    optimizer skips a parameter without a gradient but applies weight decay (and earlier momentum) to one whose
+    gradient is zero, so the two runs may part there (an expert no token reached: one packed tensor against one
+    module per expert)."""
+    ba, ra = plan.base.adapter, plan.raw.adapter
+    import torch
+
+    out = []
+    for op in trainable_ops(plan):
+        gb, gr = ba.grad(op.src.tensor), ra.grad(op.dst.tensor)
+        if gb is not None and op.src_part is not None:
+            gb = layout.take(torch.from_numpy(np.ascontiguousarray(gb)), op.src_part).numpy()
+        if gr is not None and op.dst_part is not None:
+            gr = _raw_part(gr, op)
+        bs, rs = _state(gb), _state(gr)
+        raw_before = None
+        if {bs, rs} == {"none", "zero"}:
+            raw_before = ra.snapshot(op.dst.tensor)
+            if op.dst_part is not None:
+                raw_before = _raw_part(raw_before, op)
+        out.append((bs, rs, raw_before))
+    return out
+
+
+def gradless_cause(plan, state, update, raw_before, raw_after, first_step: bool) -> str:
+    """Why a weight differs after a step when one side had no gradient for it and the other an all-zero one (and
+    only that side's weight moved): empty otherwise. ``update``: base's update in the raw layout."""
+    bs, rs, _ = state
+    if raw_before is None or {bs, rs} != {"none", "zero"}:
+        return ""
+    base_moved = bool(np.any(update != 0))
+    raw_moved = raw_before.shape != raw_after.shape or not np.array_equal(raw_before, raw_after)
+    if bs == "none" and rs == "zero" and not base_moved and raw_moved:
+        none_fw, zero_fw = plan.base.framework, plan.raw.framework
+    elif rs == "none" and bs == "zero" and not raw_moved and base_moved:
+        none_fw, zero_fw = plan.raw.framework, plan.base.framework
+    else:
+        return ""
+    how = "weight decay" if first_step else "weight decay or the momentum of earlier steps"
+    return (f"not updated by {none_fw}'s optimizer (no gradient), updated by {how} in {zero_fw} (an all-zero "
+            f"gradient): a real difference of the two training runs (a part of the model no input reached has no "
+            f"gradient in {none_fw} but a zero one in {zero_fw}, e.g. an unused expert in one packed tensor)")
+
+
 def weights_before(plan) -> list:
     """Base's trainable weights before an optimizer step (numpy copies, in ``trainable_ops`` order)."""
     return [plan.base.adapter.snapshot(op.src.tensor) for op in trainable_ops(plan)]
@@ -73,12 +127,14 @@ def grad_noise(plan, reference: list | None) -> list | None:
 
 
 def compare_mapped(plan, tol: Tolerance, call_order: dict, before: list | None = None,
-                   reference: list | None = None, step_noise: list | None = None) -> list:
+                   reference: list | None = None, step_noise: list | None = None, states: list | None = None,
+                   first_step: bool = True) -> list:
     """Each trainable copy op's base gradient (or, given base's weights ``before`` the optimizer step, its weight
     after it), in the raw layout, against the raw one; in backward order (the last layer to run forward first).
     ``reference``: base's gradients from ``reference.reference_grads`` (in ``trainable_ops`` order), whose distance
     from base's gradients is each gradient's float32 noise floor. ``step_noise`` (``grad_noise``): the same,
-    relative, for judging weights after the step."""
+    relative, for judging weights after the step. ``states`` (``gradient_states``, read before the step): a weight
+    that differs where one side had no gradient and the other a zero one gets that cause (``WeightDiff.cause``)."""
     ba, ra = plan.base.adapter, plan.raw.adapter
     weights = before is not None
     read_b = (lambda t: ba.snapshot(t)) if weights else ba.grad
@@ -136,6 +192,9 @@ def compare_mapped(plan, tol: Tolerance, call_order: dict, before: list | None =
         if weights:
             top = _norm(mapped)
             d.drift = _norm(mapped - gr) / top if top > 0 and mapped.shape == gr.shape else 0.0
+            if states is not None and f.mismatched:
+                update, _ = to_raw_layout(gb - before[i], op, gr.shape)
+                d.cause = gradless_cause(plan, states[i], update, states[i][2], gr, first_step)
         found.append((call_order.get((pair.base.path, pair.raw.path), -1), len(found), d))
     found.sort(key=lambda t: (-t[0], t[1]))
     return [d for *_, d in found]

@@ -73,6 +73,26 @@ def capture(obj, adapter) -> Node:
     return Node("object", type(obj).__name__)
 
 
+def live_tensors(obj, adapter, where: str = "out") -> list:
+    """Every tensor of ``obj`` itself (not a copy) with its place, named and ordered as ``tensors(capture(obj))``
+    names them: what a place found by ``align`` refers to in the live output (a backward seed)."""
+    if adapter.is_tensor(obj):
+        return [(where, obj)]
+    if isinstance(obj, Mapping):
+        items, keyed = [(k, obj[k]) for k in obj], True
+    elif isinstance(obj, (tuple, list)):
+        items, keyed = list(enumerate(obj)), False
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        items, keyed = [(f.name, getattr(obj, f.name)) for f in dataclasses.fields(obj)], False
+    else:
+        return []
+    out = []
+    for k, v in items:
+        sub = f"{where}[{k}]" if isinstance(k, int) else (f"{where}[{k!r}]" if keyed else f"{where}.{k}")
+        out += live_tensors(v, adapter, sub)
+    return out
+
+
 def capture_inputs(args, kwargs, adapter) -> Node:
     """A module's inputs: positional ones under 0, 1, ...; keyword ones under their names."""
     items = [(i, capture(a, adapter)) for i, a in enumerate(args)]

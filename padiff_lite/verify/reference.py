@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import output_align
-from .session import backward, run_model
+from .session import backward, backward_each, run_model
 
 # relative change of each weight: 2**-18 ~ 3.8e-6 ~ 32 float32 ulps, the size of the per-layer rounding differences
 # measured between torch and paddle in deep layers (forward, 1e-6 .. 1e-5 of the tensor's scale)
@@ -49,6 +49,23 @@ class Reference:
     outputs: dict = field(default_factory=dict)  # (pair index, call number) -> output_align.Node
     final: object = None
     loss: float | None = None  # loss_fn's value on the reference outputs
+    # without a loss function: the gradients (one per op) of each output tensor's mean on its own, by place
+    # ("out['pooler_output']"); the seed is chosen later, from what both models return (``grads_for``)
+    grads_by_place: dict | None = None
+
+    def grads_for(self, places) -> list | None:
+        """The gradients of a backward seeded by the means of the output tensors at ``places`` (the sum of each
+        place's: a gradient is linear in its seed); ``grads`` when the run had a loss function."""
+        if self.grads_by_place is None:
+            return self.grads
+        chosen = [self.grads_by_place[w] for w in dict.fromkeys(places) if w in self.grads_by_place]
+        if not chosen:
+            return None
+        out = []
+        for per_op in zip(*chosen):
+            got = [g for g in per_op if g is not None]
+            out.append(None if not got else got[0] if len(got) == 1 else sum(got[1:], got[0].copy()))
+        return out
 
 
 def reference_run(proxy, ops, hooked, args, kwargs, *, eval_mode: bool, loss_fn=None, grads: bool = True,
@@ -82,9 +99,11 @@ def reference_run(proxy, ops, hooked, args, kwargs, *, eval_mode: bool, loss_fn=
         if loss is not None and adapter.is_tensor(loss):
             value = np.asarray(adapter.snapshot(loss), dtype=np.float64).reshape(-1)
             ref.loss = float(value[0]) if value.size == 1 else None
-        if grads:
-            backward(proxy, loss if loss is not None else out)
+        if grads and loss is not None:
+            backward(proxy, loss)
             ref.grads = [adapter.grad(op.src.tensor) for op in ops]
+        elif grads:
+            ref.grads_by_place = backward_each(proxy, out, lambda: [adapter.grad(op.src.tensor) for op in ops])
         del out
         return ref
     finally:

@@ -102,7 +102,7 @@ def _stage_detail(r: DiffResult) -> str:
     if r.stage == "optimizer":
         w = s.first_weight_diff if s is not None else r.first_weight_diff
         return (f"weight base {w.base_param} -> raw {w.raw_param} after the optimizer step, while the gradients "
-                "agreed (the optimizers' settings or state differ)")
+                "agreed " + (f"({w.cause.split(': ')[0]})" if w.cause else "(the optimizers' settings or state differ)"))
     return ""
 
 

@@ -100,6 +100,8 @@ class WeightDiff(GradDiff):
 
     after_step: bool = True
     drift: float = 0.0  # after a step: ||raw - base|| / ||base|| of the weight itself
+    # after a step, why it differs when known: one side had no gradient (not updated), the other a zero one
+    cause: str = ""
 
     def __str__(self):
         if self.after_step:
@@ -109,7 +111,7 @@ class WeightDiff(GradDiff):
         return (f"weight base {self.base_param} {list(self.base_shape)} vs raw {self.raw_param} "
                 f"{list(self.raw_shape)} {where}{' (' + self.note + ')' if self.note else ''}: "
                 f"max abs diff {self.max_abs_diff:.3g}, max rel diff {self.max_rel_diff:.3g}{judged}"
-                + (", outside tolerance" if self.mismatched else ""))
+                + (", outside tolerance" if self.mismatched else "") + (f": {self.cause}" if self.cause else ""))
 
 
 @dataclass

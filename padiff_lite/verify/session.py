@@ -98,18 +98,40 @@ def collect_tensors(obj, adapter, out):
             collect_tensors(getattr(obj, f.name), adapter, out)
 
 
-def backward(proxy, seed) -> None:
-    """Backward through ``proxy`` from the mean of each floating tensor in ``seed`` (an output, or a loss)."""
+def backward(proxy, seed, retain: bool = False) -> bool:
+    """Backward through ``proxy`` from the mean of each floating tensor in ``seed`` (an output, or a loss, or a list of
+    the output's tensors both models return); ``retain`` keeps the graph for another backward. Refused when nothing
+    in ``seed`` needs a gradient."""
+    return _backward(proxy, seed, retain, refuse=True)
+
+
+def _backward(proxy, seed, retain: bool, refuse: bool) -> bool:
     leaves = []
     collect_tensors(seed, proxy.adapter, leaves)
     try:
-        ran = proxy.adapter.backward_mean(leaves)
+        ran = proxy.adapter.backward_mean(leaves, retain)
     except Exception as exc:
         raise DiffError(f"backward through the {proxy.framework} model {proxy.name} failed: "
                         f"{type(exc).__name__}: {exc}") from exc
-    if not ran:
+    if not ran and refuse:
         raise DiffError(f"the {proxy.framework} model {proxy.name} returned no floating tensor that needs a "
                         "gradient; a gradient comparison needs trainable parameters, use diff_phase='forward'")
+    return ran
+
+
+def backward_each(proxy, out, read) -> dict:
+    """A backward from each tensor of the output ``out`` on its own (the graph kept between them), ``read()`` (the
+    gradients wanted) after each, the gradients cleared before the next: {place: what ``read`` returned} for the
+    tensors that need a gradient, places named as ``output_align.tensors`` names them. By linearity the gradient of
+    a seed made of some of these places is the sum of theirs."""
+    from .output_align import live_tensors
+
+    found = {}
+    for where, t in live_tensors(out, proxy.adapter):
+        if _backward(proxy, [t], True, refuse=False):
+            found[where] = read()
+        proxy.adapter.clear_grads(proxy.model)
+    return found
 
 
 def substitute(obj, node, adapter):

@@ -16,7 +16,7 @@ from . import output_align
 from ..errors import DiffError, DiffInputError
 from . import settings
 from .aligned import compare_final, inputs_agree, noise_of
-from .mapped import compare_mapped, grad_noise, trainable_ops, weights_before
+from .mapped import compare_mapped, grad_noise, gradient_states, trainable_ops, weights_before
 from .reference import reference_run
 from .numerics import Tolerance, compare, widened
 from .results import StepRecord
@@ -105,7 +105,7 @@ def run_step(setup: Setup, step: int, sides) -> StepRecord:
         bfinal, rfinal = output_align.capture(bout, base.adapter), output_align.capture(rout, raw.adapter)
         setup.finals = (str(bfinal), str(rfinal))
         final_noise = noise_of(bfinal, reference.final) if reference is not None else 0.0
-        rec.max_abs_diff, rec.max_rel_diff, rec.mismatched, rec.total, fnotes = compare_final(
+        rec.max_abs_diff, rec.max_rel_diff, rec.mismatched, rec.total, fnotes, places = compare_final(
             bfinal, rfinal, base, raw, widened(tol, final_noise))
         for n in fnotes:
             if n not in setup.notes:
@@ -128,13 +128,21 @@ def run_step(setup: Setup, step: int, sides) -> StepRecord:
             if session.first_raw_inputs is not None:
                 rec.first_diff.inputs_agree = inputs_agree(binputs, session.first_raw_inputs, tol)
         session.base_inputs.clear()
-        bseed, rseed = bout, rout
-        if setup.loss_fns is not None:
+        bseed = rseed = ref_grads = None
+        if setup.loss_fns is None:  # the outputs' mean, over what both models return (PaDiff's seed, but a field
+            # only one side returns, e.g. last_hidden_state beside pooler_output, would seed one backward only)
+            bseed, rseed, seed_note = _common_seed(base, raw, bout, rout, places)
+            if seed_note and setup.need_backward and seed_note not in setup.notes:
+                setup.notes.append(seed_note)
+            if reference is not None:
+                ref_grads = reference.grads_for(dict.fromkeys(b for b, _ in places))
+        else:
             bseed, lb = _loss(base, setup.loss_fns[0], bout, 0)
             rseed, lr = _loss(raw, setup.loss_fns[1], rout, 1)
             rec.loss = (lb, lr)
             loss_noise = abs(reference.loss - lb) if reference is not None and reference.loss is not None else 0.0
             rec.loss_ok = compare(np.float64(lb), np.float64(lr), widened(tol, loss_noise)).ok
+            ref_grads = reference.grads if reference is not None else None
         del bfinal, rfinal
         if setup.need_backward:
             backward(base, bseed)
@@ -144,15 +152,16 @@ def run_step(setup: Setup, step: int, sides) -> StepRecord:
         rec.first_output_grad_diff = next((g for g in rec.output_grads if not g.ok), None)
         order = {(setup.pairs[i].base.path, setup.pairs[i].raw.path): o for i, o in session.call_order.items()}
         if setup.grads_compared:
-            rec.grads = compare_mapped(setup.plan, tol, order,
-                                       reference=reference.grads if reference is not None else None)
+            rec.grads = compare_mapped(setup.plan, tol, order, reference=ref_grads)
             rec.first_grad_diff = next((g for g in rec.grads if not g.ok), None)
         if setup.optimizers is not None:
             before = weights_before(setup.plan)
-            noise = grad_noise(setup.plan, reference.grads if reference is not None else None)
+            noise = grad_noise(setup.plan, ref_grads)
+            states = gradient_states(setup.plan)
             settings.step(setup.optimizers[0])
             settings.step(setup.optimizers[1])
-            rec.weights = compare_mapped(setup.plan, tol, order, before, step_noise=noise)
+            rec.weights = compare_mapped(setup.plan, tol, order, before, step_noise=noise, states=states,
+                                         first_step=step == 0)
             setup.drift = {}
             if rec.first_diff is None and rec.loss_ok and all(x.ok for x in rec.grads + rec.weights):
                 for w in rec.weights:  # a step that agreed: what it left apart is float32's doing
@@ -166,10 +175,26 @@ def run_step(setup: Setup, step: int, sides) -> StepRecord:
             raw.adapter.clear_grads(raw.model)
     rec.stage = stage_of(rec)
     if rec.stage == "optimizer":
-        note = vanishing_gradient_note(rec)
+        note = gradless_note(rec) or vanishing_gradient_note(rec)
         if note and note not in setup.notes:
             setup.notes.append(note)
     return rec
+
+
+def _common_seed(base, raw, bout, rout, places):
+    """(base seed, raw seed, note): the tensors of each model's output at the compared ``places`` (each once), and a
+    note naming the output tensors left out of the seed (None when none)."""
+    bwant, rwant = dict.fromkeys(b for b, _ in places), dict.fromkeys(r for _, r in places)
+    blive, rlive = output_align.live_tensors(bout, base.adapter), output_align.live_tensors(rout, raw.adapter)
+    bseed = [t for w, t in blive if w in bwant]
+    rseed = [t for w, t in rlive if w in rwant]
+    left = ([f"base {w}" for w, t in blive if w not in bwant and base.adapter.needs_grad(t)]
+            + [f"raw {w}" for w, t in rlive if w not in rwant and raw.adapter.needs_grad(t)])
+    note = None
+    if left:
+        note = ("the backward pass without a loss starts from the mean of the output tensors both models return, "
+                f"compared above; left out of the seed: {', '.join(left)}")
+    return bseed, rseed, note
 
 
 def _reference(setup: Setup, step: int, sides):
@@ -188,6 +213,16 @@ def _reference(setup: Setup, step: int, sides):
         if note not in setup.notes:
             setup.notes.append(note)
         return None
+
+
+def gradless_note(rec: StepRecord) -> str | None:
+    """The weights that differ after the step because one side had no gradient for them and the other a zero one."""
+    found = [w for w in rec.weights if not w.ok and w.cause]
+    if not found:
+        return None
+    names = ", ".join(f"{w.raw_param}{' (' + w.note + ')' if 'part' in w.note else ''}" for w in found[:4])
+    more = f" and {len(found) - 4} more" if len(found) > 4 else ""
+    return f"step {rec.step}: {names}{more}: {found[0].cause}"
 
 
 def vanishing_gradient_note(rec: StepRecord) -> str | None:
