@@ -87,6 +87,7 @@ def _loss(proxy, fn, out, which):
 
 
 def run_step(setup: Setup, step: int, sides) -> StepRecord:
+    """One step: forward (layer by layer), the loss, backward, the optimizer step; each stage compared."""
     base, raw, tol = setup.base, setup.raw, setup.tol
     rec = StepRecord(step)
     grad = setup.need_backward
@@ -102,48 +103,8 @@ def run_step(setup: Setup, step: int, sides) -> StepRecord:
         grad = True
         session, (bout, rout) = _forward(setup, True, sides, reference)
     try:
-        bfinal, rfinal = output_align.capture(bout, base.adapter), output_align.capture(rout, raw.adapter)
-        setup.finals = (str(bfinal), str(rfinal))
-        final_noise = noise_of(bfinal, reference.final) if reference is not None else 0.0
-        rec.max_abs_diff, rec.max_rel_diff, rec.mismatched, rec.total, fnotes, places = compare_final(
-            bfinal, rfinal, base, raw, widened(tol, final_noise))
-        for n in fnotes:
-            if n not in setup.notes:
-                setup.notes.append(n)
-        session.finish()
-        rec.layers = sorted(session.layers, key=lambda ld: ld.order)
-        rec.not_comparable = sorted(session.not_comparable, key=lambda nc: nc.order)
-        setup.peak_held_bytes = max(setup.peak_held_bytes, session.stash.peak)
-        setup.interleaved = session.interleave
-        for idx, side in session.only.items():
-            setup.only.setdefault(idx, side)
-        if session.first is not None:
-            rec.first_diff = session.first
-            idx, k = session.first_key
-            if session.keep_inputs:
-                binputs = session.base_inputs.get((idx, k))
-            else:
-                (bargs, bkw), _ = sides
-                binputs = inputs_at(base, setup.pairs[idx].base.module, k, bargs, bkw, eval_mode=not setup.training)
-            if session.first_raw_inputs is not None:
-                rec.first_diff.inputs_agree = inputs_agree(binputs, session.first_raw_inputs, tol)
-        session.base_inputs.clear()
-        bseed = rseed = ref_grads = None
-        if setup.loss_fns is None:  # the outputs' mean, over what both models return (PaDiff's seed, but a field
-            # only one side returns, e.g. last_hidden_state beside pooler_output, would seed one backward only)
-            bseed, rseed, seed_note = _common_seed(base, raw, bout, rout, places)
-            if seed_note and setup.need_backward and seed_note not in setup.notes:
-                setup.notes.append(seed_note)
-            if reference is not None:
-                ref_grads = reference.grads_for(dict.fromkeys(b for b, _ in places))
-        else:
-            bseed, lb = _loss(base, setup.loss_fns[0], bout, 0)
-            rseed, lr = _loss(raw, setup.loss_fns[1], rout, 1)
-            rec.loss = (lb, lr)
-            loss_noise = abs(reference.loss - lb) if reference is not None and reference.loss is not None else 0.0
-            rec.loss_ok = compare(np.float64(lb), np.float64(lr), widened(tol, loss_noise)).ok
-            ref_grads = reference.grads if reference is not None else None
-        del bfinal, rfinal
+        places = _forward_stage(setup, rec, session, sides, (bout, rout), reference)
+        bseed, rseed, ref_grads = _seeds(setup, rec, (bout, rout), places, reference)
         if setup.need_backward:
             backward(base, bseed)
             backward(raw, rseed)
@@ -155,19 +116,7 @@ def run_step(setup: Setup, step: int, sides) -> StepRecord:
             rec.grads = compare_mapped(setup.plan, tol, order, reference=ref_grads)
             rec.first_grad_diff = next((g for g in rec.grads if not g.ok), None)
         if setup.optimizers is not None:
-            before = weights_before(setup.plan)
-            noise = grad_noise(setup.plan, ref_grads)
-            states = gradient_states(setup.plan)
-            settings.step(setup.optimizers[0])
-            settings.step(setup.optimizers[1])
-            rec.weights = compare_mapped(setup.plan, tol, order, before, step_noise=noise, states=states,
-                                         first_step=step == 0)
-            setup.drift = {}
-            if rec.first_diff is None and rec.loss_ok and all(x.ok for x in rec.grads + rec.weights):
-                for w in rec.weights:  # a step that agreed: what it left apart is float32's doing
-                    setup.drift[w.base_param] = max(setup.drift.get(w.base_param, 0.0), w.drift)
-            del before, reference
-            rec.first_weight_diff = next((w for w in rec.weights if not w.ok), None)
+            _optimizer_stage(setup, rec, step, order, ref_grads)
     finally:
         session.release()
         if grad:
@@ -179,6 +128,75 @@ def run_step(setup: Setup, step: int, sides) -> StepRecord:
         if note and note not in setup.notes:
             setup.notes.append(note)
     return rec
+
+
+def _forward_stage(setup: Setup, rec: StepRecord, session, sides, outs, reference) -> list:
+    """The final outputs and every hooked layer into ``rec`` (and the first divergence's inputs judged); returns the
+    places of the final outputs both models return."""
+    base, raw, tol = setup.base, setup.raw, setup.tol
+    bfinal, rfinal = output_align.capture(outs[0], base.adapter), output_align.capture(outs[1], raw.adapter)
+    setup.finals = (str(bfinal), str(rfinal))
+    final_noise = noise_of(bfinal, reference.final) if reference is not None else 0.0
+    rec.max_abs_diff, rec.max_rel_diff, rec.mismatched, rec.total, fnotes, places = compare_final(
+        bfinal, rfinal, base, raw, widened(tol, final_noise))
+    for n in fnotes:
+        if n not in setup.notes:
+            setup.notes.append(n)
+    session.finish()
+    rec.layers = sorted(session.layers, key=lambda ld: ld.order)
+    rec.not_comparable = sorted(session.not_comparable, key=lambda nc: nc.order)
+    setup.peak_held_bytes = max(setup.peak_held_bytes, session.stash.peak)
+    setup.interleaved = session.interleave
+    for idx, side in session.only.items():
+        setup.only.setdefault(idx, side)
+    if session.first is not None:
+        rec.first_diff = session.first
+        idx, k = session.first_key
+        if session.keep_inputs:
+            binputs = session.base_inputs.get((idx, k))
+        else:
+            (bargs, bkw), _ = sides
+            binputs = inputs_at(base, setup.pairs[idx].base.module, k, bargs, bkw, eval_mode=not setup.training)
+        if session.first_raw_inputs is not None:
+            rec.first_diff.inputs_agree = inputs_agree(binputs, session.first_raw_inputs, tol)
+    session.base_inputs.clear()
+    return places
+
+
+def _seeds(setup: Setup, rec: StepRecord, outs, places, reference) -> tuple:
+    """(base seed, raw seed, reference gradients): the losses (compared into ``rec``), or without loss functions the
+    outputs' mean over what both models return (PaDiff's seed, but a field only one side returns, e.g.
+    last_hidden_state beside pooler_output, would seed one backward only)."""
+    base, raw, tol = setup.base, setup.raw, setup.tol
+    bout, rout = outs
+    if setup.loss_fns is None:
+        bseed, rseed, seed_note = _common_seed(base, raw, bout, rout, places)
+        if seed_note and setup.need_backward and seed_note not in setup.notes:
+            setup.notes.append(seed_note)
+        ref_grads = reference.grads_for(dict.fromkeys(b for b, _ in places)) if reference is not None else None
+        return bseed, rseed, ref_grads
+    bseed, lb = _loss(base, setup.loss_fns[0], bout, 0)
+    rseed, lr = _loss(raw, setup.loss_fns[1], rout, 1)
+    rec.loss = (lb, lr)
+    loss_noise = abs(reference.loss - lb) if reference is not None and reference.loss is not None else 0.0
+    rec.loss_ok = compare(np.float64(lb), np.float64(lr), widened(tol, loss_noise)).ok
+    return bseed, rseed, (reference.grads if reference is not None else None)
+
+
+def _optimizer_stage(setup: Setup, rec: StepRecord, step: int, order, ref_grads) -> None:
+    """Both optimizers step; every weight compared after the step (against what it was before) into ``rec``."""
+    before = weights_before(setup.plan)
+    noise = grad_noise(setup.plan, ref_grads)
+    states = gradient_states(setup.plan)
+    settings.step(setup.optimizers[0])
+    settings.step(setup.optimizers[1])
+    rec.weights = compare_mapped(setup.plan, setup.tol, order, before, step_noise=noise, states=states,
+                                 first_step=step == 0)
+    setup.drift = {}
+    if rec.first_diff is None and rec.loss_ok and all(x.ok for x in rec.grads + rec.weights):
+        for w in rec.weights:  # a step that agreed: what it left apart is float32's doing
+            setup.drift[w.base_param] = max(setup.drift.get(w.base_param, 0.0), w.drift)
+    rec.first_weight_diff = next((w for w in rec.weights if not w.ok), None)
 
 
 def _common_seed(base, raw, bout, rout, places):

@@ -1,4 +1,4 @@
-"""No function of padiff_lite/formats/ is over 80 lines (issue 24): each does one job a reader can hold in view.
+"""No function of padiff_lite/formats/ or padiff_lite/verify/ is over 80 lines (issue 24): each does one job a reader can hold in view.
 
 Declarative tables (the opcode dispatch, the dtype tables) are module-level data, not functions, so they do not
 count. Read with ``ast``: nothing is imported.
@@ -7,6 +7,7 @@ import ast
 from pathlib import Path
 
 FORMATS = Path(__file__).resolve().parents[2] / "padiff_lite" / "formats"
+VERIFY = Path(__file__).resolve().parents[2] / "padiff_lite" / "verify"
 LIMIT = 80
 
 
@@ -34,6 +35,13 @@ def test_no_function_in_formats_is_over_80_lines():
     assert len(lengths) > 100  # every module was read
     long = {name: n for name, n in lengths.items() if n > LIMIT}
     assert not long, f"functions over {LIMIT} lines in padiff_lite/formats/ (split them by job): {long}"
+
+
+def test_no_function_in_verify_is_over_80_lines():
+    lengths = function_lengths(VERIFY)
+    assert len(lengths) > 100  # every module was read
+    long = {name: n for name, n in lengths.items() if n > LIMIT}
+    assert not long, f"functions over {LIMIT} lines in padiff_lite/verify/ (split them by job): {long}"
 
 
 def test_the_measure_counts_decorators_docstrings_and_nested_functions(tmp_path):
