@@ -555,6 +555,11 @@ def _read_paddle(src: Path, base, report) -> Side:
     side.table = _table_for(accs, "paddle", str(src))
     side.paddle_scaled = bool(side.table.lr_scaled)
     report.family = side.table.kind
+    if side.table is optim_state.ADAM:  # paddle Lamb keeps the very same accumulators, and a .pdopt names no class
+        report.notes.append(f"{src}: read as Adam/AdamW state (moment1, moment2, beta powers): a .pdopt does not record "
+                            "its optimizer's class, and paddle's Lamb keeps the same accumulators. If this file came "
+                            "from paddle Lamb (torch.optim has no Lamb), its moments now continue under the torch "
+                            "optimizer you gave, whose update differs from Lamb's layer-wise trust ratio")
     pows = {}
     for (pid, acc), key in found.items():
         p = by_id[pid]

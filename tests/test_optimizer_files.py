@@ -346,3 +346,26 @@ def test_refuses_a_paddle_optimizer_with_other_betas(tmp_path):
     report = convert_checkpoint(src, tmp_path / "o.pdopt", torch_model, paddle_model,
                                 optimizer=lambda net: make("paddle", net, "adamw")[0])
     assert report.moved == 6
+
+
+def test_a_pdopt_of_adam_accumulators_says_it_was_read_as_adam_state(tmp_path):
+    """A .pdopt names no optimizer class and paddle Lamb keeps Adam's accumulators: a Lamb file converts (its moments
+    are Adam's moments) and the report says under which assumption, rather than treating it silently as Adam's."""
+    a = fresh_paddle(1)
+    opt_a = paddle.optimizer.Lamb(learning_rate=LR, parameters=a.parameters(), beta1=0.8, beta2=0.99,
+                                  lamb_weight_decay=0.0)
+    x, y = BATCHES[0]
+    loss = paddle.nn.functional.cross_entropy(a(paddle.to_tensor(x)), paddle.to_tensor(y))
+    loss.backward()
+    opt_a.step()
+    paddle.save(opt_a.state_dict(), str(tmp_path / "optimizer.pdopt"))
+    report = convert_checkpoint(tmp_path / "optimizer.pdopt", tmp_path / "optimizer.pt", paddle_model, torch_model,
+                                optimizer=torch_adamw)
+    assert report.moved == report.parameters == 6, str(report)
+    assert any("paddle's Lamb keeps the same accumulators" in n for n in report.notes), report.notes
+    # the moments moved are Lamb's own: the first moment of every parameter equals (1 - beta1) * its gradient
+    state = torch.load(tmp_path / "optimizer.pt", weights_only=True)["state"]
+    grads = [p.grad.numpy() for p in a.parameters()]
+    m1 = sorted(float(np.abs(v["exp_avg"].numpy()).sum()) for v in state.values())
+    expect = sorted(float(np.abs(0.2 * g).sum()) for g in grads)
+    assert np.allclose(m1, expect, rtol=1e-5)
