@@ -44,7 +44,7 @@ from .checkpoint_plan import names_by_tensor
 from .errors import CheckpointError
 from .formats import pdparams_pickle as pdparams
 from .formats.common import Entry
-from .formats.output import OutputFile, temp_name
+from .formats.output import OutputFile, sync_folder, temp_name
 from .formats.safetensors import SafetensorsWriter
 from .library_loaders import build_without_storage
 from .prepare import prepare
@@ -107,23 +107,15 @@ def convert_trainer_folder(src, dst, to: str, progress=None, optimizer=None) -> 
                               f"{', '.join(missing)} missing. Point at the checkpoint-N folder the Trainer wrote")
     state = _trainer_state_json(src / "trainer_state.json")
     report = TrainerFolderReport(str(src), str(dst), global_step=state["global_step"])
-    tmp = dst.parent / temp_name(dst.name, uuid.uuid4().hex[:12])
     from .library_folders import convert_folder
 
-    try:
+    with _committed_folder(dst) as tmp:
         report.model = convert_folder(src, tmp, to, weights=_model_weights(src))
         with contextlib.suppress(FileNotFoundError):
             (tmp / "trainer_state.json").unlink()  # copied as an "other file"; PaddleFormers reads trainer_state.bin
         _unified_model_files(tmp)
         report.optimizer = _optimizer(src, tmp, report)
         _trainer_state_bin(tmp / "trainer_state.bin", state, report)
-        _sync(tmp)
-        if dst.is_dir():
-            dst.rmdir()
-        os.rename(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     report.notes.append("rng_state.pth was not carried over: torch's and paddle's random generators are different "
                         "algorithms, so no state of one continues the other's stream; dropout masks and data shuffling "
                         "after the resume differ from the run that never moved (PaddleFormers logs that it found no "
@@ -184,12 +176,20 @@ def _json(path: Path, data: dict):
         os.fsync(fh.fileno())
 
 
-def _sync(folder: Path):
-    fd = os.open(folder, os.O_RDONLY)
+@contextlib.contextmanager
+def _committed_folder(dst: Path):
+    """A temporary folder beside ``dst`` to write into, renamed into place once the body completes (an empty ``dst``
+    is replaced); removed, with ``dst`` as it was, when the body raises."""
+    tmp = dst.parent / temp_name(dst.name, uuid.uuid4().hex[:12])
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        yield tmp
+        sync_folder(tmp)
+        if dst.is_dir():
+            dst.rmdir()
+        os.rename(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _decay_names(model) -> set:
@@ -319,20 +319,12 @@ def _to_transformers(src: Path, dst: Path, optimizer) -> TrainerFolderReport:
     if not isinstance(state, dict) or type(state.get("global_step")) is not int:
         raise CheckpointError(f"{src / 'trainer_state.bin'}: no integer global_step; not a PaddleFormers TrainerState")
     report = TrainerFolderReport(str(src), str(dst), global_step=state["global_step"])
-    tmp = dst.parent / temp_name(dst.name, uuid.uuid4().hex[:12])
     from .library_folders import convert_folder
 
-    try:
+    with _committed_folder(dst) as tmp:
         report.model = convert_folder(src, tmp, "transformers", weights=PF_MODEL_INDEX)
         report.optimizer = _optimizer_to_torch(src, tmp, optimizer, report)
         _trainer_state_json_out(tmp / "trainer_state.json", state, report)
-        _sync(tmp)
-        if dst.is_dir():
-            dst.rmdir()
-        os.rename(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     report.notes.append("rng_state_0.pth was not carried over: paddle's and torch's random generators are different "
                         "algorithms, so no state of one continues the other's stream; dropout masks and data shuffling "
                         "after the resume differ from the run that never moved (transformers logs that it found no RNG "

@@ -114,7 +114,8 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _sync_folder(folder: Path):
+def sync_folder(folder: Path):
+    """A folder's entries on disk (where the file system can; an fsync a folder does not support is skipped)."""
     with contextlib.suppress(OSError):
         fd = os.open(folder, os.O_RDONLY)
         try:
@@ -125,12 +126,12 @@ def _sync_folder(folder: Path):
 
 def _fsync_dir(folder: Path):
     """The output folder's entries on disk (a step of the commit)."""
-    _sync_folder(folder)
+    sync_folder(folder)
 
 
 def _fsync_record(record: Path):
     """The commit record is on disk (its folder's entry too) before the index switch relies on it."""
-    _sync_folder(record.parent)
+    sync_folder(record.parent)
 
 
 @contextlib.contextmanager
