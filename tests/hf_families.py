@@ -152,6 +152,16 @@ def _first(out, *names):
     return out
 
 
+def causal_lm_loss(fw, out, labels):
+    """Cross-entropy of a causal LM's ``logits`` (the output's first field otherwise) against ``labels`` (numpy)."""
+    v = _first(out, "logits")
+    if fw == "torch":
+        return torch.nn.functional.cross_entropy(v.reshape(-1, v.shape[-1]), torch.from_numpy(labels).reshape(-1))
+    import paddle
+
+    return paddle.nn.functional.cross_entropy(v.reshape([-1, v.shape[-1]]), paddle.to_tensor(labels).reshape([-1]))
+
+
 def _fwd_torch(field):
     def f(model, inputs):
         with torch.no_grad():

@@ -19,17 +19,7 @@ LR, WARMUP = 1e-3, 2
 
 
 def loss_of(fw):
-    if fw == "torch":
-        def f(out):
-            logits = H._first(out, "logits")
-            return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                                     torch.from_numpy(LABELS).reshape(-1))
-    else:
-        def f(out):
-            logits = H._first(out, "logits")
-            return paddle.nn.functional.cross_entropy(logits.reshape([-1, logits.shape[-1]]),
-                                                      paddle.to_tensor(LABELS).reshape([-1]))
-    return f
+    return lambda out: H.causal_lm_loss(fw, out, LABELS)
 
 
 def adamw_with_warmup(fw, model, warmup=WARMUP):
@@ -108,12 +98,9 @@ def test_a_wrong_backward_is_found_at_the_gradients_while_the_forward_agrees(src
 def hf_loss(fw, labels):
     """Cross-entropy on a causal LM's logits; the mean of the output for the others (a vision tower)."""
     def f(out):
-        v = H._first(out, "logits", "pooler_output", "last_hidden_state")
         if labels is None:
-            return v.mean()
-        if fw == "torch":
-            return torch.nn.functional.cross_entropy(v.reshape(-1, v.shape[-1]), torch.from_numpy(labels).reshape(-1))
-        return paddle.nn.functional.cross_entropy(v.reshape([-1, v.shape[-1]]), paddle.to_tensor(labels).reshape([-1]))
+            return H._first(out, "logits", "pooler_output", "last_hidden_state").mean()
+        return H.causal_lm_loss(fw, out, labels)
     return f
 
 

@@ -103,6 +103,9 @@ class RunningAdapter(Protocol):
     def grad(self, t) -> Any:
         """A numpy copy of ``t``'s gradient, or None."""
 
+    def write_grad(self, t, value) -> None:
+        """Write a torch tensor ``value`` into ``t``'s existing gradient, in place."""
+
     def is_training(self, module) -> bool: ...
 
     def set_training(self, module, training: bool) -> None: ...
@@ -191,6 +194,10 @@ class Adapter:
         """A numpy copy of ``t``'s gradient, or None (``snapshot`` is each framework's own)."""
         g = getattr(t, "grad", None)
         return None if g is None else self.snapshot(g)
+
+    def write_grad(self, t, value) -> None:
+        """Write a torch tensor ``value`` (same shape) into ``t``'s existing gradient, in place."""
+        self.write(t.grad, value)
 
     def is_training(self, module) -> bool:
         return module.training

@@ -32,7 +32,7 @@ def _pair_of(value, name, accept, what):
 def auto_diff(base, raw, inputs, *, atol: float | None = None, rtol: float | None = None, auto_init: bool = True,
               diff_phase: str | None = None, loss_fns=None, optimizers=None, steps: int = 1,
               compare_mode: str = "strict", single_step: bool = False, pool=None,
-              interleave: bool = True) -> DiffResult:
+              interleave: bool = True, isolate_steps: bool = True) -> DiffResult:
     """Run ``base`` and ``raw`` on the same inputs and compare every paired layer; with ``loss_fns``,
     ``optimizers`` or ``steps``, train both side by side and compare the loss, every gradient and every weight.
 
@@ -64,6 +64,8 @@ def auto_diff(base, raw, inputs, *, atol: float | None = None, rtol: float | Non
     pool: the registry of rules to pair, transfer and map gradients with (default: the global ``init_pool``).
     interleave: run base in a second thread, a layer ahead of raw, so that only about one layer's outputs are
         held at a time (forward-only comparisons; the results are the same).
+    isolate_steps: once a step's gradients agree, raw's optimizer steps on base's (mapped), so each step is judged
+        alone; False lets the runs part by rounding (carried into later noise floors, docs/design.md).
 
     Returns a :class:`DiffResult` (true when everything agrees): ``step`` and ``stage`` name the first
     difference, ``steps`` holds every step's loss, layers, gradients and weights. Raises
@@ -98,7 +100,7 @@ def auto_diff(base, raw, inputs, *, atol: float | None = None, rtol: float | Non
         report = run_plan(plan, context=prepared.context)
     hooked = _hooked(pairs)
     setup = Setup(base, raw, pairs, hooked, plan, tol, phase, training, single_step, interleave, loss_fns,
-                  optimizers, notes)
+                  optimizers, notes, isolate_steps=isolate_steps)
     if setup.need_backward:
         base.adapter.clear_grads(base.model)
         raw.adapter.clear_grads(raw.model)
@@ -155,6 +157,12 @@ def _result(setup: Setup, records, report, hooked, plan) -> DiffResult:
         result.notes.append("single step: each raw layer was given the inputs (and, backward, the output gradients) "
                             "of its base layer and passed base's outputs on, so the final outputs compared are not "
                             "an end-to-end run; compare without single_step for that")
+    isolated = [r.step for r in records if r.isolated]
+    if isolated:
+        result.notes.append(
+            f"steps isolated: after its gradients agreed, raw's optimizer stepped on base's gradients (carried "
+            f"through the transfer plan) in {len(isolated)} of {len(records)} steps, so each step is judged on its "
+            "own code; isolate_steps=False lets the two runs train apart")
     for idx, side in setup.only.items():
         pair = setup.pairs[idx]
         result.notes.append(

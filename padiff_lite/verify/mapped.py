@@ -13,7 +13,8 @@ import numpy as np
 
 from .. import layout
 from ..ops import COPY, RESHAPE, TRANSPOSE
-from .numerics import GRAD_FLOOR, STEP_FLOOR, Tolerance, compare, compare_gradient, compare_step
+from .numerics import (GRAD_FLOOR, ISOLATED_STEP_RTOL, NOISE_FACTOR, STEP_FLOOR, Tolerance, compare,
+                       compare_gradient, compare_step)
 from .render import label
 from .results import GradDiff, WeightDiff
 
@@ -99,8 +100,14 @@ def gradless_cause(plan, state, update, raw_before, raw_after, first_step: bool)
 
 
 def weights_before(plan) -> list:
-    """Base's trainable weights before an optimizer step (numpy copies, in ``trainable_ops`` order)."""
-    return [plan.base.adapter.snapshot(op.src.tensor) for op in trainable_ops(plan)]
+    """Both sides' trainable weights before an optimizer step, in ``trainable_ops`` order: (base's weight, raw's
+    region of the op) as numpy copies."""
+    ba, ra = plan.base.adapter, plan.raw.adapter
+    out = []
+    for op in trainable_ops(plan):
+        r = ra.snapshot(op.dst.tensor)
+        out.append((ba.snapshot(op.src.tensor), _raw_part(r, op) if r is not None and op.dst_part is not None else r))
+    return out
 
 
 def _norm(a) -> float:
@@ -113,26 +120,70 @@ def _max_finite(a) -> float:
     return float(a.max()) if a.size else 0.0
 
 
-def grad_noise(plan, reference: list | None) -> list | None:
-    """Each trainable op's gradient noise relative to its scale (max |reference - base| / max |base|, in
-    ``trainable_ops`` order), read before the optimizer step; None without a reference run."""
+def grad_noise(plan, reference: list | None, raw_reference: list | None = None) -> list | None:
+    """For judging each trainable op's weight after the optimizer step (read before it, in ``trainable_ops`` order):
+    ``(judged, rho)`` in the raw layout, ``judged`` the values whose base gradient is larger than ``NOISE_FACTOR``
+    times its float32 noise and ``rho`` that noise relative to the gradient over those values (the larger of the L2
+    ratio and the root mean square of the values' ratios: a plain step follows the first, Adam's per-value scaling
+    the second); ``(None, 0.0)`` where it is not measured. The noise of a value is the largest of its distance from
+    the reference run's gradient, from raw's gradient (the two gradients agreed: their difference is noise as
+    well), raw's own reference distance (``raw_reference``, raw's whole gradients), and the root mean square of the
+    reference distance over the tensor. None without base's reference run."""
     if reference is None:
         return None
+    ba, ra = plan.base.adapter, plan.raw.adapter
     out = []
-    for op, ref in zip(trainable_ops(plan), reference):
-        g = plan.base.adapter.grad(op.src.tensor)
-        top = _max_finite(g) if g is not None else 0.0
-        out.append(_max_finite(g - ref) / top if top > 0 and ref is not None and ref.shape == g.shape else 0.0)
+    ops = trainable_ops(plan)
+    raw_refs = raw_reference if raw_reference is not None else [None] * len(ops)
+    for op, ref, rref in zip(ops, reference, raw_refs):
+        g, gr = ba.grad(op.src.tensor), ra.grad(op.dst.tensor)
+        if g is None or ref is None or ref.shape != g.shape or g.dtype.kind != "f":
+            out.append((None, 0.0))
+            continue
+        shape = None
+        if gr is not None:
+            gr = _raw_part(gr, op) if op.dst_part is not None else gr
+            shape = gr.shape
+        gb = to_raw_layout(g, op, shape)[0].astype(np.float64)
+        moved = np.abs(to_raw_layout(ref, op, gb.shape)[0].astype(np.float64) - gb)
+        noise = np.maximum(moved, math.sqrt(float(np.mean(np.square(moved)))) if moved.size else 0.0)
+        if gr is not None and gr.shape == gb.shape:
+            noise = np.maximum(noise, np.abs(gr.astype(np.float64) - gb))
+            if rref is not None:
+                rref = _raw_part(rref, op) if op.dst_part is not None else rref
+                if rref.shape == gr.shape:
+                    noise = np.maximum(noise, np.abs(rref.astype(np.float64) - gr))
+        judged = np.abs(gb) > NOISE_FACTOR * noise
+        if not judged.any():
+            out.append((judged, 0.0))
+            continue
+        n, a = noise[judged], np.abs(gb[judged])
+        out.append((judged, max(float(np.linalg.norm(n) / np.linalg.norm(a)), math.sqrt(float(np.mean(np.square(n / a)))))))
     return out
+
+
+def _gradient_floor(op, gb, gr, ref, raw_ref) -> float:
+    """How far each side's own reference run moved this op's gradient (its largest value; raw's region of raw's):
+    the larger of the two."""
+    noise = 0.0
+    if gb is not None and ref is not None and ref.shape == gb.shape:
+        moved, _ = to_raw_layout(gb - ref, op, gr.shape)
+        noise = _max_finite(moved)
+    if raw_ref is not None:
+        raw_ref = _raw_part(raw_ref, op) if op.dst_part is not None else raw_ref
+        if raw_ref.shape == gr.shape:
+            noise = max(noise, _max_finite(gr - raw_ref))
+    return noise
 
 
 def compare_mapped(plan, tol: Tolerance, call_order: dict, before: list | None = None,
                    reference: list | None = None, step_noise: list | None = None, states: list | None = None,
-                   first_step: bool = True) -> list:
+                   first_step: bool = True, isolated: bool = False, raw_reference: list | None = None) -> list:
     """Each trainable copy op's base gradient (or, given base's weights ``before`` the optimizer step, its weight
     after it), in the raw layout, against the raw one; in backward order (the last layer to run forward first).
-    ``reference``: base's gradients from ``reference.reference_grads`` (in ``trainable_ops`` order), whose distance
-    from base's gradients is each gradient's float32 noise floor. ``step_noise`` (``grad_noise``): the same,
+    ``reference``: base's gradients from ``reference.reference_run`` (in ``trainable_ops`` order), whose distance
+    from base's gradients is each gradient's float32 noise floor; ``raw_reference`` raw's own (whole tensors), the
+    floor the larger of the two. ``step_noise`` (``grad_noise``): the same,
     relative, for judging weights after the step. ``states`` (``gradient_states``, read before the step): a weight
     that differs where one side had no gradient and the other a zero one gets that cause (``WeightDiff.cause``)."""
     ba, ra = plan.base.adapter, plan.raw.adapter
@@ -146,7 +197,7 @@ def compare_mapped(plan, tol: Tolerance, call_order: dict, before: list | None =
     if strict:  # a first pass: the model's largest update norm (STEP_FLOOR) or gradient value (GRAD_FLOOR)
         for i, op in enumerate(ops):
             if weights:
-                floor = max(floor, _norm(ba.snapshot(op.src.tensor) - before[i]))
+                floor = max(floor, _norm(ba.snapshot(op.src.tensor) - before[i][0]))
             else:
                 g = ba.grad(op.src.tensor)
                 floor = max(floor, float(np.abs(np.where(np.isfinite(g), g, 0)).max()) if g is not None and g.size
@@ -174,15 +225,15 @@ def compare_mapped(plan, tol: Tolerance, call_order: dict, before: list | None =
         if not strict:
             f = compare(mapped, gr, tol)
         elif weights:
-            update, _ = to_raw_layout(gb - before[i], op, gr.shape)
-            f = compare_step(mapped, gr, update, tol, floor, tol.step_rtol,
-                             step_noise[i] if step_noise is not None else 0.0)
+            base_was, raw_was = before[i]
+            update, _ = to_raw_layout(gb - base_was, op, gr.shape)
+            raw_update = gr - raw_was if raw_was is not None and raw_was.shape == gr.shape else gr - mapped + update
+            f = compare_step(mapped, gr, update, raw_update, tol, floor,
+                             min(tol.step_rtol, ISOLATED_STEP_RTOL) if isolated else tol.step_rtol,
+                             step_noise[i] if step_noise is not None else None)
         else:
-            noise = 0.0
-            ref = reference[i] if reference is not None else None
-            if gb is not None and ref is not None and ref.shape == gb.shape:
-                moved, _ = to_raw_layout(gb - ref, op, gr.shape)
-                noise = _max_finite(moved)
+            noise = _gradient_floor(op, gb, gr, reference[i] if reference is not None else None,
+                                    raw_reference[i] if raw_reference is not None else None)
             f = compare_gradient(mapped, gr, tol, floor, tol.grad_rtol, noise)
         pair = op.pair
         d = kind(pair.base.path, pair.raw.path, type(pair.base.module).__name__, type(pair.raw.module).__name__,
@@ -190,14 +241,67 @@ def compare_mapped(plan, tol: Tolerance, call_order: dict, before: list | None =
                  f.max_abs, f.max_rel, f.mismatched, f.total, ", ".join(note), f.scale, f.norm_rel)
         d.noise = f.noise
         if weights:
-            top = _norm(mapped)
-            d.drift = _norm(mapped - gr) / top if top > 0 and mapped.shape == gr.shape else 0.0
-            if states is not None and f.mismatched:
-                update, _ = to_raw_layout(gb - before[i], op, gr.shape)
-                d.cause = gradless_cause(plan, states[i], update, states[i][2], gr, first_step)
+            d.excused = f.excused
+        if weights and states is not None and f.mismatched:
+            update, _ = to_raw_layout(gb - before[i][0], op, gr.shape)
+            d.cause = gradless_cause(plan, states[i], update, states[i][2], gr, first_step)
         found.append((call_order.get((pair.base.path, pair.raw.path), -1), len(found), d))
     found.sort(key=lambda t: (-t[0], t[1]))
     return [d for *_, d in found]
+
+
+def give_base_gradients(plan) -> int:
+    """Raw's gradients overwritten, in place, with base's carried through the plan (each op's region: parts,
+    transposes, reshapes), where both sides have one (a missing gradient stays missing: an optimizer skips such a
+    parameter); returns how many raw tensors were written."""
+    import torch
+
+    ba, ra = plan.base.adapter, plan.raw.adapter
+    edited = {}  # id(raw tensor) -> (raw tensor, its gradient as a torch array being edited)
+    for op in trainable_ops(plan):
+        gb = ba.grad(op.src.tensor)
+        if gb is None:
+            continue
+        entry = edited.get(id(op.dst.tensor))
+        if entry is None:
+            gr = ra.grad(op.dst.tensor)
+            if gr is None:
+                continue
+            entry = edited[id(op.dst.tensor)] = (op.dst.tensor, torch.from_numpy(gr))
+        for view, value in layout.pieces(torch.from_numpy(gb), op.src_part, op.transform, entry[1], op.dst_part):
+            view.copy_(value)
+    for t, value in edited.values():
+        ra.write_grad(t, value)
+    return len(edited)
+
+
+def weight_gaps(plan) -> dict:
+    """After an optimizer step: how far raw's weights are from base's, carried back into base's layout (each op's
+    raw region minus what the op writes from base's weight, untransposed and put at the op's base part), as
+    ``{id(base tensor): numpy array of its shape}`` for the floating trainable tensors. The next step's reference
+    run moves base's weights by exactly these gaps (``reference.py``): the difference pattern an earlier step left
+    (an adaptive optimizer's full-size steps on float noise, concentrated in a few rows) is what the floor must
+    measure, not a spread of the same norm."""
+    import torch
+
+    ba, ra = plan.base.adapter, plan.raw.adapter
+    gaps = {}
+    for op in trainable_ops(plan):
+        b, r = ba.snapshot(op.src.tensor), ra.snapshot(op.dst.tensor)
+        if b is None or r is None or b.dtype.kind != "f" or r.dtype.kind != "f":
+            continue
+        if op.dst_part is not None:
+            r = _raw_part(r, op)
+        mapped, _ = to_raw_layout(b, op, r.shape)
+        if mapped.shape != r.shape:
+            continue
+        gap = gaps.get(id(op.src.tensor))
+        if gap is None:
+            gap = gaps[id(op.src.tensor)] = torch.zeros(b.shape, dtype=torch.float64)
+        back = torch.from_numpy(r.astype(np.float64) - mapped.astype(np.float64))
+        for view, value in layout.pieces(back, None, op.transform, gap, op.src_part):  # each transform undoes itself
+            view.copy_(value)
+    return {k: v.numpy() for k, v in gaps.items()}
 
 
 def imperative_note(plan) -> str | None:

@@ -8,7 +8,9 @@ statistics over two images: 30% of a tensor's scale, float64 agrees to 3e-10; a 
 trainable weight moved by ``PERTURB`` (a few float32 ulps, random signs) and the gradients that run gives are kept:
 their distance from base's own gradients is what rounding-sized changes do to this model on these inputs, tensor by
 tensor. After a training step that agreed, the two models' weights are apart by what that step's float32 noise left
-(amplified by the optimizer); the next step's reference moves each weight by at least as much, relative to its norm. ``numerics.compare_gradient`` allows a multiple of it on top of its scale-aware tolerance. The same run gives
+(amplified by the optimizer, often in a few rows: Adam takes a full step on a gradient that is noise); the next
+step's reference run also moves each weight by exactly that gap, so it runs base's code on raw's weights and the
+floor holds what those differences do. ``numerics.compare_gradient`` allows a multiple of it on top of its scale-aware tolerance. The same run gives
 each layer output's noise floor (how far it moved), which the forward comparison adds to its tolerance likewise: a
 BatchNorm with batch statistics over a few values divides rounding by a small spread.
 
@@ -68,21 +70,42 @@ class Reference:
         return out
 
 
+@dataclass
+class Floors:
+    """The reference runs of one step: base's (``base``) and raw's own (``raw``), either None where it was not made
+    or failed. Each framework rounds in its own way (a correct ResNet-50 trained on 2 images: a layer3 gradient 5%
+    off float64 in paddle where torch is 0.05% off), so a value's floor is the larger of the two."""
+
+    base: Reference | None = None
+    raw: Reference | None = None
+
+    def grads(self, places=None) -> tuple:
+        """(base's reference gradients, raw's), one per op or None; ``places`` [(base place, raw place)] choose the
+        seed of a run without a loss function."""
+        def pick(ref, side):
+            if ref is None:
+                return None
+            return ref.grads_for([p[side] for p in places]) if places is not None else ref.grads
+
+        return pick(self.base, 0), pick(self.raw, 1)
+
+
 def reference_run(proxy, ops, hooked, args, kwargs, *, eval_mode: bool, loss_fn=None, grads: bool = True,
-                  seed: int = 0, drift: dict | None = None) -> Reference:
+                  seed: int = 0, gaps: dict | None = None, side: str = "src") -> Reference:
     """Base run forward (and backward from ``loss_fn``'s loss, or its outputs' mean, when ``grads``) with its
-    trainable weights moved by ``PERTURB`` (or by ``drift[parameter path]``, relative, when larger: how far the two
-    models' weights already are apart after earlier steps that agreed), the outputs of the ``hooked``
-    [(pair index, module)] captured; the model is put back as it was."""
+    trainable weights moved by ``PERTURB`` (relative, random signs) and by ``gaps[id(tensor)]`` (how far raw's
+    weights are from base's after earlier steps that agreed, ``mapped.weight_gaps``), the outputs of the
+    ``hooked`` [(pair index, module)] captured; the model is put back as it was. ``side``: "src" when ``proxy`` is
+    base (the ops' sources are its tensors), "dst" for raw's own reference run (its gradients read whole)."""
     import torch
 
     adapter = proxy.adapter
     tensors = own_tensors(proxy)
     saved = [adapter.snapshot(t) for t in tensors]
     rng = np.random.default_rng(seed)
-    trainable = {}
-    for op in ops:
-        trainable[id(op.src.tensor)] = max(trainable.get(id(op.src.tensor), PERTURB), (drift or {}).get(op.src.path, 0.0))
+    mine = [getattr(op, side).tensor for op in ops]
+    trainable = {id(t) for t in mine}
+    gaps = gaps or {}
     ref = Reference(None)
 
     def keep(idx, k, _a, _kw, output):
@@ -92,7 +115,11 @@ def reference_run(proxy, ops, hooked, args, kwargs, *, eval_mode: bool, loss_fn=
         for t, value in zip(tensors, saved):
             if id(t) in trainable and value.dtype.kind == "f":
                 signs = rng.integers(0, 2, value.shape).astype(value.dtype) * 2 - 1
-                adapter.write(t, torch.from_numpy(value * (1 + signs * value.dtype.type(trainable[id(t)]))))
+                moved = value * (1 + signs * value.dtype.type(PERTURB))
+                gap = gaps.get(id(t))
+                if gap is not None and gap.shape == value.shape:
+                    moved = (moved + gap).astype(value.dtype)
+                adapter.write(t, torch.from_numpy(moved))
         out = run_model(proxy, hooked, args, kwargs, grad=grads, eval_mode=eval_mode, on_call=keep)
         ref.final = output_align.capture(out, adapter)
         loss = loss_fn(out) if loss_fn is not None else None
@@ -101,9 +128,9 @@ def reference_run(proxy, ops, hooked, args, kwargs, *, eval_mode: bool, loss_fn=
             ref.loss = float(value[0]) if value.size == 1 else None
         if grads and loss is not None:
             backward(proxy, loss)
-            ref.grads = [adapter.grad(op.src.tensor) for op in ops]
+            ref.grads = [adapter.grad(t) for t in mine]
         elif grads:
-            ref.grads_by_place = backward_each(proxy, out, lambda: [adapter.grad(op.src.tensor) for op in ops])
+            ref.grads_by_place = backward_each(proxy, out, lambda: [adapter.grad(t) for t in mine])
         del out
         return ref
     finally:

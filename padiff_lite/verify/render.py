@@ -88,7 +88,10 @@ def _stage_detail(r: DiffResult) -> str:
             return f"layer base {label(f.base_path)} ({f.base_class}) -> raw {label(f.raw_path)} ({f.raw_class})"
         return "the final outputs differ (no compared layer does)"
     if r.stage == "loss" and s is not None and s.loss is not None:
-        return f"base loss {s.loss[0]:.8g}, raw loss {s.loss[1]:.8g}"
+        return (f"base loss {s.loss[0]:.8g}, raw loss {s.loss[1]:.8g}" + (
+            ", while every output agreed: the two loss functions give different values on the same outputs (e.g. "
+            "paddle's cross_entropy caps the loss of a value far off, torch's does not)" if s.mismatched == 0
+            and all(ld.ok for ld in s.layers) else ""))
     if r.stage == "backward":
         o = s.first_output_grad_diff if s is not None else None
         if o is not None:

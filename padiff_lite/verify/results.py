@@ -99,13 +99,16 @@ class WeightDiff(GradDiff):
     (``DiffResult.weight_diffs``, ``after_step`` False)."""
 
     after_step: bool = True
-    drift: float = 0.0  # after a step: ||raw - base|| / ||base|| of the weight itself
+    excused: int = 0  # after a step: values not judged, their gradient within its float32 noise (numerics.STEP_RTOL)
     # after a step, why it differs when known: one side had no gradient (not updated), the other a zero one
     cause: str = ""
 
     def __str__(self):
         if self.after_step:
             where, judged = "after the optimizer step", f", difference / update (L2) {self.norm_rel:.3g}"
+            if self.excused:
+                judged += (f" ({self.excused} of {self.total} values not judged: their gradient is within its "
+                           "float32 noise)")
         else:
             where, judged = "as the transfer maps it (no optimizer step ran)", ""
         return (f"weight base {self.base_param} {list(self.base_shape)} vs raw {self.raw_param} "
@@ -145,6 +148,7 @@ class StepRecord:
     weights: list[WeightDiff] = field(default_factory=list)  # after the optimizer step, in backward order
     first_weight_diff: WeightDiff | None = None
     stage: str | None = None  # the first stage of this step that differs
+    isolated: bool = False  # raw's optimizer stepped on base's gradients (``auto_diff(isolate_steps=...)``)
 
     @property
     def ok(self) -> bool:

@@ -183,9 +183,10 @@ class Session:
 
     def __init__(self, base, raw, pairs, hooked, tol: Tolerance, *, interleave: bool, grad: bool,
                  eval_mode: bool, single_step: bool = False, compare_layers: bool = True,
-                 reference_outputs: dict | None = None):
+                 reference_outputs: dict | None = None, raw_reference_outputs: dict | None = None):
         self.base, self.raw, self.pairs = base, raw, pairs
         self.reference_outputs = reference_outputs or {}  # (pair, call) -> base's output with its weights moved
+        self.raw_reference_outputs = raw_reference_outputs or {}  # the same of raw's own reference run
         self.hooked = hooked if compare_layers or single_step else (hooked[0], [])  # base: the call order only
         self.tol = tol
         self.grad, self.eval_mode, self.single_step, self.compare_layers = grad, eval_mode, single_step, compare_layers
@@ -304,7 +305,8 @@ class Session:
             if self.first is None or order <= self.first.order:
                 self.first, self.first_key, self.first_raw_inputs = ld, (idx, k), None
         al = output_align.align(bnode, rnode)
-        noise = noise_of(bnode, self.reference_outputs.pop((idx, k), None))
+        noise = max(noise_of(bnode, self.reference_outputs.pop((idx, k), None)),
+                    noise_of(rnode, self.raw_reference_outputs.pop((idx, k), None)))
         c = compare_aligned(al, widened(self.tol, noise))
         if c is None:
             self.not_comparable.append(NotComparable(pair.base.path, pair.raw.path, *classes, k, order, al.reason(),

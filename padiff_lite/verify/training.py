@@ -16,8 +16,9 @@ from . import output_align
 from ..errors import DiffError, DiffInputError
 from . import settings
 from .aligned import compare_final, inputs_agree, noise_of
-from .mapped import compare_mapped, grad_noise, gradient_states, trainable_ops, weights_before
-from .reference import reference_run
+from .mapped import (compare_mapped, give_base_gradients, grad_noise, gradient_states, trainable_ops, weight_gaps,
+                     weights_before)
+from .reference import Floors, reference_run
 from .numerics import Tolerance, compare, widened
 from .results import StepRecord
 from .session import Session, backward, inputs_at, needs_autograd
@@ -40,13 +41,14 @@ class Setup:
     loss_fns: tuple | None = None
     optimizers: tuple | None = None
     notes: list = field(default_factory=list)
+    isolate_steps: bool = True  # raw's optimizer steps on base's gradients once they agreed (auto_diff's docstring)
     finals: tuple = ("", "")  # the output structures of the last step run (base, raw)
     peak_held_bytes: int = 0
     interleaved: bool = False
     only: dict = field(default_factory=dict)  # pair index -> the side that called it more often
-    # base parameter path -> ||raw - base|| / ||base|| after the last optimizer step that agreed: the next step's
-    # reference run moves that weight by as much (reference.py), so differences a previous step left are floored
-    drift: dict = field(default_factory=dict)
+    # id(base tensor) -> raw's weight minus base's (base layout) after the last optimizer step that agreed: the next
+    # step's reference run moves base's weights by these gaps (reference.py), so what float32 left is floored
+    gaps: dict = field(default_factory=dict)
 
     @property
     def forward_compared(self) -> bool:
@@ -66,7 +68,8 @@ def _forward(setup: Setup, grad: bool, sides, reference=None) -> tuple:
     session = Session(setup.base, setup.raw, setup.pairs, setup.hooked, setup.tol, interleave=setup.interleave,
                       grad=grad, eval_mode=not setup.training, single_step=setup.single_step,
                       compare_layers=setup.forward_compared,
-                      reference_outputs=reference.outputs if reference is not None else None)
+                      reference_outputs=reference.base.outputs if reference is not None and reference.base else None,
+                      raw_reference_outputs=reference.raw.outputs if reference is not None and reference.raw else None)
     return session, session.run(bargs, bkw, rargs, rkw)
 
 
@@ -113,7 +116,7 @@ def run_step(setup: Setup, step: int, sides) -> StepRecord:
         rec.first_output_grad_diff = next((g for g in rec.output_grads if not g.ok), None)
         order = {(setup.pairs[i].base.path, setup.pairs[i].raw.path): o for i, o in session.call_order.items()}
         if setup.grads_compared:
-            rec.grads = compare_mapped(setup.plan, tol, order, reference=ref_grads)
+            rec.grads = compare_mapped(setup.plan, tol, order, reference=ref_grads[0], raw_reference=ref_grads[1])
             rec.first_grad_diff = next((g for g in rec.grads if not g.ok), None)
         if setup.optimizers is not None:
             _optimizer_stage(setup, rec, step, order, ref_grads)
@@ -136,7 +139,10 @@ def _forward_stage(setup: Setup, rec: StepRecord, session, sides, outs, referenc
     base, raw, tol = setup.base, setup.raw, setup.tol
     bfinal, rfinal = output_align.capture(outs[0], base.adapter), output_align.capture(outs[1], raw.adapter)
     setup.finals = (str(bfinal), str(rfinal))
-    final_noise = noise_of(bfinal, reference.final) if reference is not None else 0.0
+    final_noise = 0.0
+    if reference is not None:
+        final_noise = max(noise_of(bfinal, reference.base.final) if reference.base else 0.0,
+                          noise_of(rfinal, reference.raw.final) if reference.raw else 0.0)
     rec.max_abs_diff, rec.max_rel_diff, rec.mismatched, rec.total, fnotes, places = compare_final(
         bfinal, rfinal, base, raw, widened(tol, final_noise))
     for n in fnotes:
@@ -173,29 +179,36 @@ def _seeds(setup: Setup, rec: StepRecord, outs, places, reference) -> tuple:
         bseed, rseed, seed_note = _common_seed(base, raw, bout, rout, places)
         if seed_note and setup.need_backward and seed_note not in setup.notes:
             setup.notes.append(seed_note)
-        ref_grads = reference.grads_for(dict.fromkeys(b for b, _ in places)) if reference is not None else None
-        return bseed, rseed, ref_grads
+        return bseed, rseed, (reference.grads(places) if reference is not None else (None, None))
     bseed, lb = _loss(base, setup.loss_fns[0], bout, 0)
     rseed, lr = _loss(raw, setup.loss_fns[1], rout, 1)
     rec.loss = (lb, lr)
-    loss_noise = abs(reference.loss - lb) if reference is not None and reference.loss is not None else 0.0
+    loss_noise = 0.0
+    if reference is not None:
+        loss_noise = max([abs(ref.loss - v) for ref, v in ((reference.base, lb), (reference.raw, lr))
+                          if ref is not None and ref.loss is not None], default=0.0)
     rec.loss_ok = compare(np.float64(lb), np.float64(lr), widened(tol, loss_noise)).ok
-    return bseed, rseed, (reference.grads if reference is not None else None)
+    return bseed, rseed, (reference.grads() if reference is not None else (None, None))
 
 
 def _optimizer_stage(setup: Setup, rec: StepRecord, step: int, order, ref_grads) -> None:
-    """Both optimizers step; every weight compared after the step (against what it was before) into ``rec``."""
+    """Both optimizers step (raw's on base's gradients when the step isolates, see ``auto_diff``); every weight
+    compared after the step (its update against base's) into ``rec``."""
     before = weights_before(setup.plan)
-    noise = grad_noise(setup.plan, ref_grads)
     states = gradient_states(setup.plan)
+    rec.isolated = (setup.isolate_steps and setup.grads_compared and stage_of(rec) is None
+                    and rec.first_output_grad_diff is None)
+    if rec.isolated:  # the same gradients on both sides: the updates may differ by the optimizers' own rounding
+        give_base_gradients(setup.plan)
+        noise = None
+    else:
+        noise = grad_noise(setup.plan, *ref_grads)
     settings.step(setup.optimizers[0])
     settings.step(setup.optimizers[1])
     rec.weights = compare_mapped(setup.plan, setup.tol, order, before, step_noise=noise, states=states,
-                                 first_step=step == 0)
-    setup.drift = {}
-    if rec.first_diff is None and rec.loss_ok and all(x.ok for x in rec.grads + rec.weights):
-        for w in rec.weights:  # a step that agreed: what it left apart is float32's doing
-            setup.drift[w.base_param] = max(setup.drift.get(w.base_param, 0.0), w.drift)
+                                 first_step=step == 0, isolated=rec.isolated)
+    agreed = rec.first_diff is None and rec.loss_ok and all(x.ok for x in rec.grads + rec.weights)
+    setup.gaps = weight_gaps(setup.plan) if agreed else {}  # a step that agreed: what it left apart is float32's
     rec.first_weight_diff = next((w for w in rec.weights if not w.ok), None)
 
 
@@ -215,22 +228,30 @@ def _common_seed(base, raw, bout, rout, places):
     return bseed, rseed, note
 
 
-def _reference(setup: Setup, step: int, sides):
-    """Base run with its weights moved by a few ulps (``reference.py``): the float32 noise floor of every layer
-    output and gradient; None when that run fails (the step's own run then reports the failure; everything is
-    judged without a noise floor)."""
-    (bargs, bkw), _ = sides
-    loss_fn = setup.loss_fns[0] if setup.loss_fns is not None else None
-    hooked = setup.hooked[0] if setup.forward_compared else []
-    try:
-        return reference_run(setup.base, trainable_ops(setup.plan), hooked, bargs, bkw,
-                             eval_mode=not setup.training, loss_fn=loss_fn, grads=setup.need_backward, seed=step,
-                             drift=setup.drift)
-    except Exception as exc:  # noqa: BLE001 - the same inputs run again right after and raise there, named
-        note = f"compared without float32 noise floors: base's reference run failed ({type(exc).__name__})"
-        if note not in setup.notes:
-            setup.notes.append(note)
-        return None
+def _reference(setup: Setup, step: int, sides) -> Floors:
+    """Each model run once more with its weights moved by a few ulps (``reference.py``; base's also by the gap earlier
+    steps left): the float32 noise floors of every layer output, the loss and every gradient, each side's own. A side
+    whose run fails has none (the step's own run then reports the failure, named)."""
+    ops = trainable_ops(setup.plan)
+    floors = Floors()
+    for which, proxy, (args, kw) in ((0, setup.base, sides[0]), (1, setup.raw, sides[1])):
+        try:
+            ref = reference_run(proxy, ops, setup.hooked[which] if setup.forward_compared else [], args, kw,
+                                eval_mode=not setup.training,
+                                loss_fn=setup.loss_fns[which] if setup.loss_fns is not None else None,
+                                grads=setup.need_backward, seed=2 * step + which, gaps=setup.gaps if which == 0 else None,
+                                side=("src", "dst")[which])
+        except Exception as exc:  # noqa: BLE001 - the same inputs run again right after and raise there, named
+            note = (f"compared without {('base', 'raw')[which]}'s float32 noise floors: its reference run failed "
+                    f"({type(exc).__name__})")
+            if note not in setup.notes:
+                setup.notes.append(note)
+            continue
+        if which == 0:
+            floors.base = ref
+        else:
+            floors.raw = ref
+    return floors
 
 
 def gradless_note(rec: StepRecord) -> str | None:
