@@ -50,6 +50,18 @@ def _seed():
 
 
 @pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test, put back after: torch's threads spin against each other on a loaded 2-core
+    machine (a ResNet-50 backward: 8 s with 2 threads, 0.5 s with 1); results do not depend on it. A module uses it
+    with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    torch = _loaded("torch")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
 def scoped_pool():
     """The global registry (``init_pool``), put back exactly as it was after the test: whatever the test
     registers, replaces (override=True) or removes is undone."""

@@ -14,14 +14,7 @@ from padiff_lite.verify.numerics import Tolerance, compare, compare_arrays
 from resnet_twin import TorchResNet50
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """torch's threads spin against each other on a loaded 2-core machine (a ResNet-50 backward: 8 s with 2
-    threads, 0.5 s with 1); the results do not depend on it. Put back after each test."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -22,13 +22,7 @@ X = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype("float32")
 LABELS = np.array([3, 7])
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """torch's threads spin against each other on a loaded 2-core machine; the results do not depend on it."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def ce(fw, labels=LABELS):

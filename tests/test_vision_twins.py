@@ -21,13 +21,7 @@ def tv_models():
         yield models
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """torch's threads spin against each other on a loaded 2-core machine; results do not depend on it."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module", params=list(vt.TWINS))

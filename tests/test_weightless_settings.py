@@ -15,12 +15,7 @@ import vision_twins as vt
 from padiff_lite import PairingError, assign_weight, create_model
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class TorchNet(torch.nn.Module):

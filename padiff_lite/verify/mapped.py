@@ -284,24 +284,33 @@ def weight_gaps(plan) -> dict:
     measure, not a spread of the same norm."""
     import torch
 
-    ba, ra = plan.base.adapter, plan.raw.adapter
     gaps = {}
-    for op in trainable_ops(plan):
-        b, r = ba.snapshot(op.src.tensor), ra.snapshot(op.dst.tensor)
-        if b is None or r is None or b.dtype.kind != "f" or r.dtype.kind != "f":
-            continue
-        if op.dst_part is not None:
-            r = _raw_part(r, op)
-        mapped, _ = to_raw_layout(b, op, r.shape)
-        if mapped.shape != r.shape:
+    for op, mapped, r, _ in _weights_in_raw_layout(plan, trainable_ops(plan)):
+        if mapped.dtype.kind != "f" or r.dtype.kind != "f":
             continue
         gap = gaps.get(id(op.src.tensor))
         if gap is None:
-            gap = gaps[id(op.src.tensor)] = torch.zeros(b.shape, dtype=torch.float64)
+            gap = gaps[id(op.src.tensor)] = torch.zeros(tuple(plan.base.adapter.shape(op.src.tensor)),
+                                                         dtype=torch.float64)
         back = torch.from_numpy(r.astype(np.float64) - mapped.astype(np.float64))
         for view, value in layout.pieces(back, None, op.transform, gap, op.src_part):  # each transform undoes itself
             view.copy_(value)
     return {k: v.numpy() for k, v in gaps.items()}
+
+
+def _weights_in_raw_layout(plan, ops):
+    """``(op, base's weight as the op writes it, raw's region, notes)`` for each op whose two sides hold values of
+    one shape there (numpy copies)."""
+    ba, ra = plan.base.adapter, plan.raw.adapter
+    for op in ops:
+        b, r = ba.snapshot(op.src.tensor), ra.snapshot(op.dst.tensor)
+        if b is None or r is None:
+            continue
+        if op.dst_part is not None:
+            r = _raw_part(r, op)
+        mapped, note = to_raw_layout(b, op, r.shape)
+        if mapped.shape == r.shape:
+            yield op, mapped, r, note
 
 
 def imperative_note(plan) -> str | None:
@@ -315,26 +324,16 @@ def differing_weights(plan, tol: Tolerance) -> list:
     """Every planned copy whose raw region does not hold what the plan would write from base's current value (the
     part of a fused or packed tensor included): the weights that explain a difference, named to the part. Used
     when outputs differ, so a spoiled ``qkv_proj`` rows block is named, not the next layer that could be compared."""
-    ba, ra = plan.base.adapter, plan.raw.adapter
     found = []
-    for op in plan.ops:
-        if op.kind is not COPY:
-            continue
-        b, r = ba.snapshot(op.src.tensor), ra.snapshot(op.dst.tensor)
-        if b is None or r is None:
-            continue
-        if op.dst_part is not None:
-            r = _raw_part(r, op)
-        mapped, note = to_raw_layout(b, op, r.shape)
-        if mapped.shape != r.shape:
-            continue
+    for op, mapped, r, note in _weights_in_raw_layout(plan, [op for op in plan.ops if op.kind is COPY]):
         if op.dst_part is not None:
             note.append(f"raw part {op.dst_part}")
         f = compare(mapped, r, tol)
         if f.mismatched:
             pair = op.pair
             found.append(WeightDiff(pair.base.path, pair.raw.path, type(pair.base.module).__name__,
-                                    type(pair.raw.module).__name__, op.src.path, op.dst.path, tuple(b.shape),
+                                    type(pair.raw.module).__name__, op.src.path, op.dst.path,
+                                    tuple(plan.base.adapter.shape(op.src.tensor)),
                                     tuple(r.shape), f.max_abs, f.max_rel, f.mismatched, f.total, ", ".join(note),
                                     f.scale, f.norm_rel, after_step=False))
     return found
