@@ -65,15 +65,40 @@ def train(src, kind, lr=(1e-3, 1e-3), steps=2, **kw):
 
 @pytest.mark.parametrize("src,dst", DIRECTIONS, ids=IDS)
 def test_a_resnet50_trained_by_adamw_on_batch_statistics_is_ok_step_after_step(src, dst):
-    r = train(src, "adamw")
+    r = train(src, "adamw", steps=4)
     assert r.ok and all(s.isolated for s in r.steps), str(r)
     assert any("steps isolated" in n for n in r.notes)
+    # by step 3 the two images are learnt (loss ~2e-5): the loss gradient p - 1 is float32 rounding, 0.38% apart
+    # between the frameworks; handed over, the backward code is what the gradients compare
+    assert r.steps[3].loss[0] < 1e-4
+    assert any(n.startswith("the two losses' gradients at the outputs differed by float32 rounding alone")
+               for n in r.notes)
     for s in r.steps:  # the same gradients, the same AdamW: updates equal to the optimizers' own rounding
-        assert max(w.norm_rel for w in s.weights) < 1e-4
-        assert abs(s.loss[0] - s.loss[1]) < 1e-4 * abs(s.loss[0])
+        assert max(w.norm_rel for w in s.weights) < 2e-4
+        assert abs(s.loss[0] - s.loss[1]) < 1e-4 * abs(s.loss[0]) + 1e-7  # a loss of 2e-5 is float32 rounding
     # step 0's gradients differ by rounding up to ~30% of a tensor's scale (batch statistics of 2 images), within
     # their measured noise floors
     assert max(g.max_rel_diff for g in r.steps[0].grads) > 1e-2
+
+
+@pytest.mark.parametrize("src,dst", DIRECTIONS, ids=IDS)
+def test_a_loss_whose_backward_differs_is_not_handed_over_and_is_found_at_the_gradients(src, dst):
+    """raw's loss has the right value but a backward 1% off (a hook on the logits): its loss gradient is far from
+    base's by more than float32 rounding, so raw backpropagates its own and every gradient shows it."""
+    nets = {"torch": torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 4)),
+            "paddle": paddle.nn.Sequential(paddle.nn.Linear(8, 16), paddle.nn.Tanh(), paddle.nn.Linear(16, 4))}
+    a, b = nets[src], nets[dst]
+    x = np.random.default_rng(3).standard_normal((6, 8)).astype("float32")
+    labels = np.array([0, 1, 2, 3, 0, 1])
+
+    def skewed(out):
+        out.register_hook(lambda g: g * 1.01)
+        return ce(dst, labels)(out)
+
+    r = auto_diff(a, b, x, loss_fns=(ce(src, labels), skewed), diff_phase="both")
+    assert (r.step, r.stage) == (0, "backward") and r.steps[0].loss_ok, str(r)
+    assert all(not g.ok and 9e-3 < g.norm_rel < 1.1e-2 for g in r.grads)
+    assert not any("losses' gradients" in n for n in r.notes)
 
 
 @pytest.mark.parametrize("src,dst", DIRECTIONS, ids=IDS)

@@ -133,6 +133,16 @@ class RunningAdapter(Protocol):
         gradient does not grow with the output's size), the graph kept for another backward when ``retain``; False
         when there is none."""
 
+    def grads_of(self, target, tensors) -> list:
+        """The gradients of ``target`` (a scalar) with respect to ``tensors`` (None where it does not depend on one),
+        the graph kept."""
+
+    def backward_with(self, tensors, grads) -> None:
+        """One backward from ``tensors``, each seeded by its entry of ``grads`` (None: a scalar's 1)."""
+
+    def float64_copy(self, t) -> Any:
+        """A float64 copy of ``t`` that autograd tracks, outside ``t``'s graph; not a leaf (hooks put on it apply)."""
+
     def needs_grad(self, t) -> bool:
         """Whether autograd tracks ``t`` (torch ``requires_grad``, paddle ``not stop_gradient``)."""
 

@@ -359,6 +359,26 @@ class PaddleAdapter(Adapter):
         paddle.add_n(terms).backward(retain_graph=retain)
         return True
 
+    def grads_of(self, target, tensors) -> list:
+        """The gradients of ``target`` (a scalar) with respect to ``tensors`` (None where it does not depend on one),
+        the graph kept."""
+        import paddle
+
+        return list(paddle.grad(target, tensors, retain_graph=True, allow_unused=True))
+
+    def backward_with(self, tensors, grads) -> None:
+        """One backward from ``tensors``, each seeded by its entry of ``grads`` (None: a scalar's 1)."""
+        import paddle
+
+        paddle.autograd.backward(tensors, grads)
+
+    def float64_copy(self, t):
+        """A float64 copy of ``t`` that autograd tracks, outside ``t``'s graph; not a leaf, so hooks put on it apply
+        to gradients taken with respect to it, as on a model's output (paddle.grad skips a leaf's hooks)."""
+        c = t.detach().astype("float64")
+        c.stop_gradient = False
+        return c * 1.0
+
     def needs_grad(self, t) -> bool:
         return not t.stop_gradient
 

@@ -6,7 +6,10 @@
 - ``aligned``: comparing two captured outputs of possibly different form;
 - ``stream``: handing each base call's outputs to raw's matching call;
 - ``session``: running both models with hooks, layer by layer (single-step feeding too);
-- ``mapped``: gradients and weights compared through the transfer plan's operations;
+- ``mapped``: gradients and weights compared through the transfer plan's operations (and base's gradients handed
+  to raw's optimizer for an isolated step);
+- ``reference``: the float32 noise floors (each model run once more with its weights moved by a few ulps);
+- ``seeds``: base's loss gradient handed to raw's backward where the two differ by float32 rounding alone;
 - ``settings``: the optimizer and train/eval settings check before a training comparison;
 - ``training``: one step (forward, loss, backward, optimizer) and the stage where it first differs;
 - ``render``: the text report; ``html``: the HTML page; ``diff``: ``auto_diff`` composing them;

@@ -107,9 +107,14 @@ def backward(proxy, seed, retain: bool = False) -> bool:
 
 def _backward(proxy, seed, retain: bool, refuse: bool) -> bool:
     leaves = []
-    collect_tensors(seed, proxy.adapter, leaves)
+    if not hasattr(seed, "grads"):  # a seeds.Seeded carries its own seeds
+        collect_tensors(seed, proxy.adapter, leaves)
     try:
-        ran = proxy.adapter.backward_mean(leaves, retain)
+        if leaves or not hasattr(seed, "grads"):
+            ran = proxy.adapter.backward_mean(leaves, retain)
+        else:
+            proxy.adapter.backward_with(seed.tensors, seed.grads)
+            ran = True
     except Exception as exc:
         raise DiffError(f"backward through the {proxy.framework} model {proxy.name} failed: "
                         f"{type(exc).__name__}: {exc}") from exc

@@ -14,7 +14,7 @@ import numpy as np
 
 from . import output_align
 from ..errors import DiffError, DiffInputError
-from . import settings
+from . import seeds, settings
 from .aligned import compare_final, inputs_agree, noise_of
 from .mapped import (compare_mapped, give_base_gradients, grad_noise, gradient_states, trainable_ops, weight_gaps,
                      weights_before)
@@ -188,6 +188,12 @@ def _seeds(setup: Setup, rec: StepRecord, outs, places, reference) -> tuple:
         loss_noise = max([abs(ref.loss - v) for ref, v in ((reference.base, lb), (reference.raw, lr))
                           if ref is not None and ref.loss is not None], default=0.0)
     rec.loss_ok = compare(np.float64(lb), np.float64(lr), widened(tol, loss_noise)).ok
+    if rec.loss_ok and tol.mode == "strict" and setup.grads_compared and not setup.single_step and places:
+        seeded, note = seeds.hand_over(base, raw, setup.loss_fns, outs, (bseed, rseed), places)
+        if seeded is not None:
+            rseed = seeded
+            if not any(n.startswith(note.split(" (")[0]) for n in setup.notes):
+                setup.notes.append(note)
     return bseed, rseed, (reference.grads() if reference is not None else (None, None))
 
 
