@@ -158,7 +158,8 @@ def grad_noise(plan, reference: list | None, raw_reference: list | None = None) 
             out.append((judged, 0.0))
             continue
         n, a = noise[judged], np.abs(gb[judged])
-        out.append((judged, max(float(np.linalg.norm(n) / np.linalg.norm(a)), math.sqrt(float(np.mean(np.square(n / a)))))))
+        rho = max(float(np.linalg.norm(n) / np.linalg.norm(a)), math.sqrt(float(np.mean(np.square(n / a)))))
+        out.append((judged, rho))
     return out
 
 
@@ -183,8 +184,9 @@ def compare_mapped(plan, tol: Tolerance, call_order: dict, before: list | None =
     after it), in the raw layout, against the raw one; in backward order (the last layer to run forward first).
     ``reference``: base's gradients from ``reference.reference_run`` (in ``trainable_ops`` order), whose distance
     from base's gradients is each gradient's float32 noise floor; ``raw_reference`` raw's own (whole tensors), the
-    floor the larger of the two. ``step_noise`` (``grad_noise``): the same,
-    relative, for judging weights after the step. ``states`` (``gradient_states``, read before the step): a weight
+    floor the larger of the two. ``step_noise`` (``grad_noise``): per op, which values of a weight are judged after
+    the step and their gradient's relative noise (None: every value, no noise; ``isolated``: raw stepped on base's
+    gradients, judged within ``ISOLATED_STEP_RTOL``). ``states`` (``gradient_states``, read before the step): a weight
     that differs where one side had no gradient and the other a zero one gets that cause (``WeightDiff.cause``)."""
     ba, ra = plan.base.adapter, plan.raw.adapter
     weights = before is not None

@@ -1,21 +1,22 @@
-"""How far float32 itself moves base's gradients: the noise floor each gradient is judged against.
+"""How far float32 itself moves each model's gradients: the noise floor each gradient is judged against.
 
 A correct float32 port differs from its base by rounding: a few units in the last place per operation, grown by the
 model's own conditioning. Where the conditioning is good, gradients agree to ~1e-6 of their scale and a backward bug
 of 0.5% stands out; where it is bad, rounding alone moves gradients by far more (a ResNet-50 trained with batch
 statistics over two images: 30% of a tensor's scale, float64 agrees to 3e-10; a ReLU or a top-k choice flipped by
-1e-6 of noise: a few % of a weight gradient). No fixed tolerance fits both, so base is run once more with every
-trainable weight moved by ``PERTURB`` (a few float32 ulps, random signs) and the gradients that run gives are kept:
-their distance from base's own gradients is what rounding-sized changes do to this model on these inputs, tensor by
-tensor. After a training step that agreed, the two models' weights are apart by what that step's float32 noise left
-(amplified by the optimizer, often in a few rows: Adam takes a full step on a gradient that is noise); the next
-step's reference run also moves each weight by exactly that gap, so it runs base's code on raw's weights and the
-floor holds what those differences do. ``numerics.compare_gradient`` allows a multiple of it on top of its scale-aware tolerance. The same run gives
-each layer output's noise floor (how far it moved), which the forward comparison adds to its tolerance likewise: a
-BatchNorm with batch statistics over a few values divides rounding by a small spread.
+1e-6 of noise: a few % of a weight gradient). No fixed tolerance fits both, so each model is run once more with
+every trainable weight moved by ``PERTURB`` (a few float32 ulps, random signs) and the gradients that run gives are
+kept: their distance from the model's own gradients is what rounding-sized changes do to it on these inputs, tensor
+by tensor. Both models are run, since each framework rounds its own way (``Floors``: the larger counts). After a
+free training step that agreed, the two models' weights are apart by what that step's float32 noise left (amplified
+by the optimizer, often in a few rows: Adam takes a full step on a gradient that is noise); the next step's base
+reference also moves each weight by exactly that gap, so it runs base's code on raw's weights and the floor holds
+what those differences do. ``numerics.compare_gradient`` allows a multiple of the floor on top of its scale-aware
+tolerance. The same runs give each layer output's noise floor (how far it moved), which the forward comparison adds
+to its tolerance likewise: a BatchNorm with batch statistics over a few values divides rounding by a small spread.
 
-The extra run leaves base as it was: every own tensor of every module (weights, BatchNorm statistics and counters) is
-copied before and written back after, and base's gradients are cleared.
+The extra run leaves the model as it was: every own tensor of every module (weights, BatchNorm statistics and
+counters) is copied before and written back after, and its gradients are cleared.
 """
 from __future__ import annotations
 
@@ -92,7 +93,7 @@ class Floors:
 
 def reference_run(proxy, ops, hooked, args, kwargs, *, eval_mode: bool, loss_fn=None, grads: bool = True,
                   seed: int = 0, gaps: dict | None = None, side: str = "src") -> Reference:
-    """Base run forward (and backward from ``loss_fn``'s loss, or its outputs' mean, when ``grads``) with its
+    """The model run forward (and backward from ``loss_fn``'s loss, or its outputs' mean, when ``grads``) with its
     trainable weights moved by ``PERTURB`` (relative, random signs) and by ``gaps[id(tensor)]`` (how far raw's
     weights are from base's after earlier steps that agreed, ``mapped.weight_gaps``), the outputs of the
     ``hooked`` [(pair index, module)] captured; the model is put back as it was. ``side``: "src" when ``proxy`` is

@@ -245,8 +245,8 @@ def _reference(setup: Setup, step: int, sides) -> Floors:
             ref = reference_run(proxy, ops, setup.hooked[which] if setup.forward_compared else [], args, kw,
                                 eval_mode=not setup.training,
                                 loss_fn=setup.loss_fns[which] if setup.loss_fns is not None else None,
-                                grads=setup.need_backward, seed=2 * step + which, gaps=setup.gaps if which == 0 else None,
-                                side=("src", "dst")[which])
+                                grads=setup.need_backward, seed=2 * step + which,
+                                gaps=setup.gaps if which == 0 else None, side=("src", "dst")[which])
         except Exception as exc:  # noqa: BLE001 - the same inputs run again right after and raise there, named
             note = (f"compared without {('base', 'raw')[which]}'s float32 noise floors: its reference run failed "
                     f"({type(exc).__name__})")
