@@ -81,6 +81,17 @@ def test_a_resnet50_trained_by_adamw_on_batch_statistics_is_ok_step_after_step(s
     assert max(g.max_rel_diff for g in r.steps[0].grads) > 1e-2
 
 
+def test_without_the_loss_gradient_handed_over_the_learnt_step_is_flagged(monkeypatch):
+    """The same four steps with nothing handed over (outputs over the size limit): step 3's gradients differ by the
+    loss gradient's rounding, which no reference run sees (the case seeds.py exists for)."""
+    import padiff_lite.verify.seeds as seeds
+
+    monkeypatch.setattr(seeds, "MAX_VALUES", 0)
+    r = train("torch", "adamw", steps=4)
+    assert (r.step, r.stage) == (3, "backward"), str(r)
+    assert r.first_grad_diff.base_param == "fc.weight" and not any("losses' gradients" in n for n in r.notes)
+
+
 @pytest.mark.parametrize("src,dst", DIRECTIONS, ids=IDS)
 def test_a_loss_whose_backward_differs_is_not_handed_over_and_is_found_at_the_gradients(src, dst):
     """raw's loss has the right value but a backward 1% off (a hook on the logits): its loss gradient is far from

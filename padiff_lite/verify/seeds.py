@@ -13,6 +13,7 @@ backward differs) is not handed over: raw backpropagates its own and the backwar
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -20,6 +21,10 @@ import numpy as np
 
 from . import output_align
 from .numerics import NOISE_FACTOR
+
+# the float64 copies of the outputs and their gradients cost 16 bytes a value: above this many output values (a
+# large-vocabulary LM's logits over many tokens) nothing is handed over and raw backpropagates its own loss
+MAX_VALUES = 1 << 25
 
 
 @dataclass
@@ -62,7 +67,7 @@ def _seeds(proxy, loss, loss_fn, out):
     """([(place, tensor)] of the output tensors autograd tracks, their float32 loss gradients, float64 ones)."""
     adapter = proxy.adapter
     live = [(w, t) for w, t in output_align.live_tensors(out, adapter) if adapter.needs_grad(t)]
-    if not live:
+    if not live or sum(math.prod(adapter.shape(t)) for _, t in live) > MAX_VALUES:
         return live, None, None
     got = adapter.grads_of(loss, [t for _, t in live])
     f32 = [None if g is None else np.asarray(adapter.snapshot(g), dtype=np.float64) for g in got]
@@ -76,7 +81,7 @@ def hand_over(base, raw, loss_fns, outs, losses, places) -> tuple:
     (bout, rout), (bloss, rloss) = outs, losses
     blive, b32, b64 = _seeds(base, bloss, loss_fns[0], bout)
     rlive, r32, r64 = _seeds(raw, rloss, loss_fns[1], rout)
-    if b64 is None or r64 is None:
+    if b32 is None or r32 is None or b64 is None or r64 is None:
         return None, None
     bat = {w: i for i, (w, _) in enumerate(blive)}
     rat = {w: i for i, (w, _) in enumerate(rlive)}
