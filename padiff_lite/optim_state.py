@@ -312,17 +312,16 @@ class Moves:
         return lambda: _restore(self, saved)
 
 
-def prepare(plan, optimizers) -> Moves:
-    """Read both optimizers and plan the state move; raise TransferError naming every setting that cannot carry
-    over (nothing is written). ``optimizers``: ``(base_opt, raw_opt)``."""
+def _optimizers_of(plan, optimizers) -> tuple:
+    """``(base optimizer, raw optimizer, base's framework, raw's)``; TypeError for anything but a pair, TransferError
+    naming an optimizer that is none or belongs to the other model."""
     if not (isinstance(optimizers, (tuple, list)) and len(optimizers) == 2):
         raise TypeError("assign_weight(optimizers=...) takes a pair (base_optimizer, raw_optimizer), "
                         f"got {type(optimizers).__name__}")
     bo, ro = optimizers
-    base, raw = plan.base, plan.raw
     fb, fr = _framework(bo), _framework(ro)
     problems = []
-    for side, opt, fw, proxy in (("base", bo, fb, base), ("raw", ro, fr, raw)):
+    for side, opt, fw, proxy in (("base", bo, fb, plan.base), ("raw", ro, fr, plan.raw)):
         if fw is None:
             problems.append(scaler_problem(opt, f"{side} optimizer") or
                             f"{side} optimizer: {type(opt).__name__} is neither a torch.optim.Optimizer nor a "
@@ -332,6 +331,29 @@ def prepare(plan, optimizers) -> Moves:
                             "pass optimizers=(base_optimizer, raw_optimizer), in the order of the models")
     if problems:
         raise TransferError("cannot move the optimizer state; nothing was written", problems)
+    return bo, ro, fb, fr
+
+
+def _imperative_problems(plan, in_raw: dict) -> list:
+    """A layer an imperative special init writes says nothing of how its optimizer state maps: one problem per such
+    layer holding a parameter of raw's optimizer."""
+    problems = []
+    for pair in plan.imperative:
+        for p in pair.raw.module.parameters():
+            if id(p) in in_raw:
+                problems.append(f"{pair.raw.path or '<root>'} ({type(pair.raw.module).__name__}) is written by an "
+                                "imperative special init, which says nothing of how its optimizer state maps; "
+                                "register it as a mapping rule (init_pool.register_maps) to move its state")
+                break
+    return problems
+
+
+def prepare(plan, optimizers) -> Moves:
+    """Read both optimizers and plan the state move; raise TransferError naming every setting that cannot carry
+    over (nothing is written). ``optimizers``: ``(base_opt, raw_opt)``."""
+    bo, ro, fb, fr = _optimizers_of(plan, optimizers)
+    base, raw = plan.base, plan.raw
+    problems = []
     cb, cr = _family(bo, fb), _family(ro, fr)
     table = _table(fb, cb, fr, cr)
     if table is None:
@@ -345,13 +367,7 @@ def prepare(plan, optimizers) -> Moves:
         problems += _family_problems(table, ro, fr, "raw", rparams)
     in_base = {id(p) for p in bparams}
     in_raw = {id(p): p for p in rparams}
-    for pair in plan.imperative:
-        for p in pair.raw.module.parameters():
-            if id(p) in in_raw:
-                problems.append(f"{pair.raw.path or '<root>'} ({type(pair.raw.module).__name__}) is written by an "
-                                "imperative special init, which says nothing of how its optimizer state maps; "
-                                "register it as a mapping rule (init_pool.register_maps) to move its state")
-                break
+    problems += _imperative_problems(plan, in_raw)
     moves = Moves(table, ro, fr, raw.adapter)
     if problems:
         raise TransferError("cannot move the optimizer state; nothing was written", problems)

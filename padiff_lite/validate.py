@@ -167,8 +167,16 @@ def validate(plan: Plan, need_data: bool = True) -> Validation:
         if sd != dd:
             _check_dtype(plan, v, op, sd, dd)
     v.alike = {CopyFacts(*key): ops for key, ops in alike.items()}
-    if not need_data:  # shapes only (checkpoint conversion): values are checked against the file
-        return v
+    if need_data:  # else shapes only (checkpoint conversion): values are checked against the file
+        _check_values(plan, v, unreadable, shared)
+    return v
+
+
+def _check_values(plan: Plan, v: Validation, unreadable: set, shared: set) -> None:
+    """What needs the tensors' data: every tensor of a layer a special init writes whole readable (and not sharing
+    memory between elements), the constants base must hold (``plan.checks``), and tied tensors that must agree;
+    into ``v.problems``. ``unreadable``/``shared``: tensors already named by the copy checks."""
+    ba, ra = plan.base.adapter, plan.raw.adapter
     for pair in plan.imperative:  # a special init reads and writes whole layers: all of them must hold data
         for side, node, adapter in (("base", pair.base, ba), ("raw", pair.raw, ra)):
             for ref in node.subtree_tensors().values():
@@ -192,7 +200,6 @@ def validate(plan: Plan, need_data: bool = True) -> Validation:
     for kept, dropped in plan.tie_conflicts:
         if not {id(kept.src.tensor), id(dropped.src.tensor), id(kept.dst.tensor)} & unreadable:
             _check_tie(plan, v, kept, dropped)
-    return v
 
 
 def pair_fit(base, raw, pair: LayerPair) -> tuple[list[Problem], list[Problem]]:

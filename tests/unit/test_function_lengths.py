@@ -1,4 +1,5 @@
-"""No function of padiff_lite/formats/ or padiff_lite/verify/ is over 80 lines (issue 24): each does one job a reader can hold in view.
+"""No function of padiff_lite/formats/ or padiff_lite/verify/ is over 80 lines (issue 24): each does one job a reader can hold in view;
+elsewhere in the package none grows over it (a shrinking list of the ones still longer).
 
 Declarative tables (the opcode dispatch, the dtype tables) are module-level data, not functions, so they do not
 count. Read with ``ast``: nothing is imported.
@@ -42,6 +43,36 @@ def test_no_function_in_verify_is_over_80_lines():
     assert len(lengths) > 100  # every module was read
     long = {name: n for name, n in lengths.items() if n > LIMIT}
     assert not long, f"functions over {LIMIT} lines in padiff_lite/verify/ (split them by job): {long}"
+
+
+PACKAGE = FORMATS.parent
+# the functions of the rest of the package still over the limit, with their length now: none may grow and none may
+# join; split one and take it off (convert_checkpoint and convert_optimizer are public entry points whose
+# docstrings are a third of them)
+KNOWN_LONG = {
+    "checkpoint.py:convert_checkpoint": 165,
+    "optim_files.py:convert_optimizer": 136,
+    "align.py:mapping_from_calls": 125,
+    "models_bert.py:_classes": 116,
+    "library_folders.py:convert_folder": 114,
+    "optim_files.py:read_torch": 98,
+    "optim_files.py:_read_paddle": 89,
+    "models.py:llama": 87,
+}
+
+
+def test_no_function_of_the_package_grows_over_80_lines():
+    long = {}
+    for folder in sorted({p.parent for p in PACKAGE.rglob("*.py")}):
+        rel = folder.relative_to(PACKAGE)
+        for name, n in function_lengths(folder).items():
+            key = name if rel == Path(".") else f"{rel.as_posix()}/{name}"
+            if n > LIMIT and n > KNOWN_LONG.get(key, LIMIT):
+                long[key] = n
+    assert not long, f"functions over {LIMIT} lines (or longer than listed in KNOWN_LONG; split them by job): {long}"
+    lengths = function_lengths(PACKAGE)
+    gone = [k for k in KNOWN_LONG if lengths.get(k, 0) <= LIMIT]
+    assert not gone, f"now within {LIMIT} lines, take them off KNOWN_LONG: {gone}"
 
 
 def test_the_measure_counts_decorators_docstrings_and_nested_functions(tmp_path):
