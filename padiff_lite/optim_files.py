@@ -321,15 +321,10 @@ def _table_for(keys: set, framework: str, where: str):
 
 
 # -- reading -----------------------------------------------------------------------------------------------------
-def read_torch(src: Path, base, report, groups_of_params=None) -> Side:
-    """A torch optimizer file's state tied to ``base``'s parameters. ``groups_of_params``: the parameters of each
-    param group, in order, when the caller knows how the optimizer was built (a trainer's own grouping)."""
-    obj = load_torch_object(src)
-    if not (isinstance(obj, dict) and isinstance(obj.get("state"), dict) and isinstance(obj.get("param_groups"), list)):
-        what = sorted(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
-        raise CheckpointError(f"{src}: not a torch optimizer state dict (expected the keys 'state' and 'param_groups', "
-                              f"found {what}); save optimizer.state_dict() with torch.save")
-    groups = obj["param_groups"]
+def _torch_index(src: Path, groups: list, base, report, groups_of_params=None) -> dict:
+    """A torch optimizer file's parameter indices -> (base parameter, param group index): by the names torch saves
+    (``param_names``), by the caller's grouping, or for one unnamed group by ``base.parameters()`` order; refused
+    where the file cannot say which index is which parameter."""
     params = _torch_params(base)
     by_index = {}
     named = all(isinstance(g, dict) and "param_names" in g for g in groups)
@@ -364,6 +359,19 @@ def read_torch(src: Path, base, report, groups_of_params=None) -> Side:
         raise CheckpointError(f"{src}: {len(groups)} param groups (sizes {sizes}) without param_names: which index "
                               "is which parameter cannot be known from the file. Build the optimizer from "
                               "named_parameters() groups (torch then saves param_names), or use one group")
+    return by_index
+
+
+def read_torch(src: Path, base, report, groups_of_params=None) -> Side:
+    """A torch optimizer file's state tied to ``base``'s parameters. ``groups_of_params``: the parameters of each
+    param group, in order, when the caller knows how the optimizer was built (a trainer's own grouping)."""
+    obj = load_torch_object(src)
+    if not (isinstance(obj, dict) and isinstance(obj.get("state"), dict) and isinstance(obj.get("param_groups"), list)):
+        what = sorted(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
+        raise CheckpointError(f"{src}: not a torch optimizer state dict (expected the keys 'state' and 'param_groups', "
+                              f"found {what}); save optimizer.state_dict() with torch.save")
+    groups = obj["param_groups"]
+    by_index = _torch_index(src, groups, base, report, groups_of_params)
     keys = set()
     for i, st in obj["state"].items():
         if not isinstance(st, dict):
