@@ -496,23 +496,10 @@ def read_paddle_schedule(path: Path, obj=None) -> dict:
     return {"last_epoch": epoch, "lr": float(lr), "settings": extra}
 
 
-def _read_paddle(src: Path, base, report) -> Side:
-    obj = _parse_paddle(src)
-    if "master_weights" in obj:
-        raise CheckpointError(f"{src}: master_weights: the paddle optimizer kept float32 master weights (AMP, "
-                              "multi_precision=True); moving them is not supported: save from a float32 run with "
-                              "multi_precision=False")
-    side = Side()
-    if SCHED_KEY in obj:
-        side.schedule = read_paddle_schedule(src, obj[SCHED_KEY])
-    entries = {k: _paddle_value(v) for k, v in obj.items() if k not in (SCHED_KEY, STRUCTURED_KEY)}
-    bad = [str(k) for k, v in entries.items() if not (isinstance(k, str) and isinstance(v, pdparams.ArrayRef))]
-    if bad:
-        raise CheckpointError(f"{src}: entries that are not accumulator arrays: {', '.join(bad[:5])}; save "
-                              "optimizer.state_dict() with paddle.save")
-    if not entries:
-        raise CheckpointError(f"{src}: the optimizer holds no state (it has not stepped, or it keeps none, like plain "
-                              "SGD): there is nothing to convert; start the other side's optimizer fresh")
+def _paddle_keys(src: Path, entries: dict, base) -> tuple:
+    """``({(id(parameter), accumulator): file key}, {id(parameter): parameter})``: each key of a .pdopt matched to a
+    parameter of ``base`` by paddle's naming (``<param name>_<accumulator>_0``, or a structured name) and to the
+    accumulator it holds; refused for keys that name no parameter or two keys of one accumulator."""
     params = list(base.model.parameters())
     cands = {}
     for p in params:
@@ -556,6 +543,27 @@ def _read_paddle(src: Path, base, report) -> Side:
             f"{fresh} ... The file was saved in a process that built other layers first (or from another model): "
             "pass that very model object (Python: convert_checkpoint(..., base_model=model)), or save the optimizer "
             "from a process that builds this model first")
+    return found, by_id
+
+
+def _read_paddle(src: Path, base, report) -> Side:
+    obj = _parse_paddle(src)
+    if "master_weights" in obj:
+        raise CheckpointError(f"{src}: master_weights: the paddle optimizer kept float32 master weights (AMP, "
+                              "multi_precision=True); moving them is not supported: save from a float32 run with "
+                              "multi_precision=False")
+    side = Side()
+    if SCHED_KEY in obj:
+        side.schedule = read_paddle_schedule(src, obj[SCHED_KEY])
+    entries = {k: _paddle_value(v) for k, v in obj.items() if k not in (SCHED_KEY, STRUCTURED_KEY)}
+    bad = [str(k) for k, v in entries.items() if not (isinstance(k, str) and isinstance(v, pdparams.ArrayRef))]
+    if bad:
+        raise CheckpointError(f"{src}: entries that are not accumulator arrays: {', '.join(bad[:5])}; save "
+                              "optimizer.state_dict() with paddle.save")
+    if not entries:
+        raise CheckpointError(f"{src}: the optimizer holds no state (it has not stepped, or it keeps none, like plain "
+                              "SGD): there is nothing to convert; start the other side's optimizer fresh")
+    found, by_id = _paddle_keys(src, entries, base)
     accs = {acc for (_, acc) in found}
     for acc in sorted(accs & set(NOT_MOVED)):
         key = next(k for (_, a), k in found.items() if a == acc)

@@ -55,7 +55,6 @@ KNOWN_LONG = {
     "align.py:mapping_from_calls": 125,
     "models_bert.py:_classes": 116,
     "library_folders.py:convert_folder": 114,
-    "optim_files.py:_read_paddle": 89,
     "models.py:llama": 87,
 }
 
