@@ -199,12 +199,65 @@ def _other_files(src: Path, weight_files: set) -> list[Path]:
 
 
 # -- the conversion -------------------------------------------------------------------
+def _cpu_notes(out_cfg: dict) -> list:
+    """What PaddleFormers switches on for this config that has no CPU kernel, as the folder leaves it (an absent
+    fuse_rms_norm: on)."""
+    on = paddleformers_cpu.fused_flags_on(out_cfg)
+    if not on:
+        return []
+    return [f"PaddleFormers switches on {', '.join(on)} for this config (GPU-only fused kernels); on a CPU set them "
+            "False after loading (padiff-lite's check/pair/--verify do)"]
+
+
+def _open_weights(src: Path, weights):
+    """The folder's safetensors checkpoint (``weights``: its file or index when the folder holds others too); refused
+    for files linked from outside the folder or in another format."""
+    ck = open_checkpoint(src if weights is None else src / Path(weights).name)
+    outside = [str(f) for f in ck.files if f.resolve().parent != src.resolve()]
+    if outside:
+        raise CheckpointError(f"{src}: weight file(s) {', '.join(outside)} are symbolic links out of the folder; copy "
+                              "the files themselves into it (padiff_lite never follows a path out of the folder it is "
+                              "given)")
+    if ck.fmt != "safetensors":
+        raise CheckpointError(f"{ck.path}: the folder's weights are {ck.fmt} files; folder conversion reads "
+                              ".safetensors (what save_pretrained writes): convert them with the factory form first")
+    return ck
+
+
+def _verify_written(src: Path, final: Path, dst: Path, report: FolderReport, source_lib: str, classes: dict):
+    """Load the written folder ``final`` with the target library and compare its outputs with the source's: renamed
+    to ``dst`` when they agree, left marked unverified (and logged) when not; CheckpointError when the check cannot
+    run."""
+    from .library_verify import verify_folder
+
+    to = report.to
+    try:
+        report.max_diff, report.verified, verify_notes = verify_folder(src, final, to, source_lib, classes,
+                                                                       VERIFY_ATOL, VERIFY_RTOL)
+        report.notes += verify_notes
+    except Exception as exc:  # the folder stays marked: a load or a forward that fails proves nothing
+        why = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+        (final / UNVERIFIED_MARK).write_text(f"padiff-lite could not verify this folder: {why}\n", encoding="utf-8")
+        raise CheckpointError(f"{final}: verification could not run ({why}); the folder is left there, marked "
+                              f"unverified ({UNVERIFIED_MARK})") from exc
+    if report.verified:
+        (final / UNVERIFIED_MARK).unlink()
+        os.rename(final, dst)
+        report.destination = str(dst)
+    else:
+        (final / UNVERIFIED_MARK).write_text(
+            f"padiff-lite converted {src} into this folder for {to}, but the outputs of {to}'s from_pretrained on "
+            f"it differ from {source_lib}'s on the source by {report.max_diff:.3g} (allowed: atol {VERIFY_ATOL:g}, "
+            f"rtol {VERIFY_RTOL:g}). Do not use it; report the model family.\n", encoding="utf-8")
+        log.error("%s: verification failed (max |diff| %.3g); the folder is left as %s", src, report.max_diff,
+                  final)
+
+
 def convert_folder(src, dst, to: str, verify: bool = False, progress=None, weights=None) -> FolderReport:
     """Convert the model folder ``src`` (transformers' or PaddleFormers' save_pretrained) into the folder ``dst``
-    that ``to``'s ``from_pretrained`` loads. See the module's docstring; CheckpointError when it cannot be done
-    right (nothing is written then). ``progress`` is accepted for convert_checkpoint's signature; folder
-    conversion shows no bar yet (it logs the result). ``weights``: the model's file (or index) in ``src`` when the
-    folder holds other checkpoints too (a trainer checkpoint's optimizer.pt)."""
+    that ``to``'s ``from_pretrained`` loads (module docstring); CheckpointError when it cannot be done right (nothing
+    written). ``progress``: convert_checkpoint's signature (no bar here, the result is logged). ``weights``: the
+    model's file (or index) in ``src`` when the folder holds others too (a trainer checkpoint's optimizer.pt)."""
     t0 = time.perf_counter()
     if to not in TARGETS:
         raise CheckpointError(f"to={to!r}: choose one of {', '.join(TARGETS)}")
@@ -226,15 +279,7 @@ def convert_folder(src, dst, to: str, verify: bool = False, progress=None, weigh
                               "PaddleFormers imports it")
     model_type = cfg.get("model_type", "")
 
-    ck = open_checkpoint(src if weights is None else src / Path(weights).name)
-    outside = [str(f) for f in ck.files if f.resolve().parent != src.resolve()]
-    if outside:
-        raise CheckpointError(f"{src}: weight file(s) {', '.join(outside)} are symbolic links out of the folder; copy "
-                              "the files themselves into it (padiff_lite never follows a path out of the folder it is "
-                              "given)")
-    if ck.fmt != "safetensors":
-        raise CheckpointError(f"{ck.path}: the folder's weights are {ck.fmt} files; folder conversion reads "
-                              ".safetensors (what save_pretrained writes): convert them with the factory form first")
+    ck = _open_weights(src, weights)
     out_cfg, changes = translate_config(cfg, to)
     if to == "transformers" and arch.endswith(DEPRECATED):
         out_cfg["architectures"] = [t_cls.__name__] + list(out_cfg["architectures"][1:])
@@ -274,11 +319,7 @@ def convert_folder(src, dst, to: str, verify: bool = False, progress=None, weigh
                               f"transformers {_version('transformers')}, paddleformers {_version('paddleformers')}); "
                               "nothing was written:\n" + "\n".join("  - " + p for p in problems)
                               + (f"\n  cause: {cause}" if cause else ""))
-    if to == "paddleformers":
-        on = paddleformers_cpu.fused_flags_on(out_cfg)  # as the folder leaves them (absent fuse_rms_norm: on)
-        if on:
-            report.notes.append(f"PaddleFormers switches on {', '.join(on)} for this config (GPU-only fused kernels); "
-                                "on a CPU set them False after loading (padiff-lite's check/pair/--verify do)")
+    report.notes += _cpu_notes(out_cfg) if to == "paddleformers" else []
 
     for p in {dst, final}:
         if p.is_dir():
@@ -286,29 +327,8 @@ def convert_folder(src, dst, to: str, verify: bool = False, progress=None, weigh
     _write(src, final, ck, out_cfg, report, verify, names)
     report.seconds = time.perf_counter() - t0
     if verify:
-        from .library_verify import verify_folder
-
-        try:
-            classes = {"transformers": t_cls.__name__, "paddleformers": pfc.name}
-            report.max_diff, report.verified, verify_notes = verify_folder(src, final, to, source_lib, classes,
-                                                                           VERIFY_ATOL, VERIFY_RTOL)
-            report.notes += verify_notes
-        except Exception as exc:  # the folder stays marked: a load or a forward that fails proves nothing
-            why = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
-            (final / UNVERIFIED_MARK).write_text(f"padiff-lite could not verify this folder: {why}\n", encoding="utf-8")
-            raise CheckpointError(f"{final}: verification could not run ({why}); the folder is left there, marked "
-                                  f"unverified ({UNVERIFIED_MARK})") from exc
-        if report.verified:
-            (final / UNVERIFIED_MARK).unlink()
-            os.rename(final, dst)
-            report.destination = str(dst)
-        else:
-            (final / UNVERIFIED_MARK).write_text(
-                f"padiff-lite converted {src} into this folder for {to}, but the outputs of {to}'s from_pretrained on "
-                f"it differ from {source_lib}'s on the source by {report.max_diff:.3g} (allowed: atol {VERIFY_ATOL:g}, "
-                f"rtol {VERIFY_RTOL:g}). Do not use it; report the model family.\n", encoding="utf-8")
-            log.error("%s: verification failed (max |diff| %.3g); the folder is left as %s", src, report.max_diff,
-                      final)
+        _verify_written(src, final, dst, report, source_lib,
+                        {"transformers": t_cls.__name__, "paddleformers": pfc.name})
         report.seconds = time.perf_counter() - t0
     log.info("converted model folder %s -> %s: %d tensors, %.1f MB in %.2f s", src, report.destination,
              report.tensors, report.bytes / 1e6, report.seconds)

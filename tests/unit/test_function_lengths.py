@@ -54,7 +54,6 @@ KNOWN_LONG = {
     "optim_files.py:convert_optimizer": 136,
     "align.py:mapping_from_calls": 125,
     "models_bert.py:_classes": 116,
-    "library_folders.py:convert_folder": 114,
     "models.py:llama": 87,
 }
 
