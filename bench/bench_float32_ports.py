@@ -58,6 +58,15 @@ def figures(r, tol) -> list[str]:
     return out
 
 
+def show(what: str, r, tol, t0: float) -> None:
+    """A training run's verdict and time, its figures stage by stage, and its notes on gradients."""
+    print(f" {what}: {'OK' if r.ok else f'DIFFERS at step {r.step} {r.stage}'} ({time.perf_counter() - t0:.1f} s)")
+    print("\n".join(figures(r, tol)))
+    for n in r.notes:
+        if "gradient of" in n:
+            print("  note: " + n[:200])
+
+
 def optimizer(fw, kind, model):
     import paddle
     import torch
@@ -124,12 +133,7 @@ def run(name, side, batch, steps, directions):
             t0 = time.perf_counter()
             r = auto_diff(a, b, x, loss_fns=(loss_fn(src, labels), loss_fn(dst, labels)),
                           optimizers=(optimizer(src, kind, a), optimizer(dst, kind, b)), steps=steps)
-            print(f" training, {kind}, {steps} steps ({'train' if train else 'eval'} mode): "
-                  f"{'OK' if r.ok else f'DIFFERS at step {r.step} {r.stage}'} ({time.perf_counter() - t0:.1f} s)")
-            print("\n".join(figures(r, tol)))
-            for n in r.notes:
-                if "gradient of" in n:
-                    print("  note: " + n[:200])
+            show(f"training, {kind}, {steps} steps ({'train' if train else 'eval'} mode)", r, tol, t0)
         del r
         del fws, a, b
     _ = paddle, torch
@@ -190,12 +194,7 @@ def run_hf(steps, names):
             except Exception as exc:  # noqa: BLE001
                 print(f"  training: {type(exc).__name__}: {str(exc)[:300]}")
                 continue
-            print(f" training, adamw, {steps} steps: {'OK' if r.ok else f'DIFFERS at step {r.step} {r.stage}'} "
-                  f"({time.perf_counter() - t0:.1f} s)")
-            print("\n".join(figures(r, tol)))
-            for n in r.notes:
-                if "gradient of" in n:
-                    print("  note: " + n[:200])
+            show(f"training, adamw, {steps} steps", r, tol, t0)
 
 
 def main():

@@ -204,17 +204,10 @@ def _decay_names(model) -> set:
 
 
 def _optimizer(src: Path, tmp: Path, report) -> object:
-    import paddleformers.transformers as pft
-    import transformers
-
     cfg_t = json.loads((src / "config.json").read_text(encoding="utf-8"))
     cfg_p = json.loads((tmp / "config.json").read_text(encoding="utf-8"))
     arch_t, arch_p = cfg_t["architectures"][0], cfg_p["architectures"][0]
-    tcls, pcls = getattr(transformers, arch_t, None), getattr(pft, arch_p, None)
-    if tcls is None or pcls is None:
-        raise CheckpointError(f"{src}: {arch_t} / {arch_p} is not a class of transformers / PaddleFormers")
-    _, t_model = build_without_storage("transformers", tcls, cfg_t)
-    _, p_model = build_without_storage("paddleformers", pcls, cfg_p)
+    t_model, p_model = _models(cfg_t, cfg_p, "paddleformers", where=f"{src}: ")
     base, raw = create_model(t_model), create_model(p_model)
     prepared = prepare(base, raw, runnable=False)
     plan = prepared.plan
@@ -335,7 +328,9 @@ def _to_transformers(src: Path, dst: Path, optimizer) -> TrainerFolderReport:
     return report
 
 
-def _models(src_cfg: dict, dst_cfg: dict, to: str):
+def _models(src_cfg: dict, dst_cfg: dict, to: str, where: str = ""):
+    """(transformers' model, PaddleFormers') built without storage from the two configs; ``where`` prefixes the
+    error naming a class neither library has."""
     import paddleformers.transformers as pft
     import transformers
 
@@ -343,7 +338,7 @@ def _models(src_cfg: dict, dst_cfg: dict, to: str):
     arch_t, arch_p = cfg_t["architectures"][0], cfg_p["architectures"][0]
     tcls, pcls = getattr(transformers, arch_t, None), getattr(pft, arch_p, None)
     if tcls is None or pcls is None:
-        raise CheckpointError(f"{arch_t} / {arch_p} is not a class of transformers / PaddleFormers")
+        raise CheckpointError(f"{where}{arch_t} / {arch_p} is not a class of transformers / PaddleFormers")
     _, t_model = build_without_storage("transformers", tcls, cfg_t)
     _, p_model = build_without_storage("paddleformers", pcls, cfg_p)
     return t_model, p_model
